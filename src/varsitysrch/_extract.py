@@ -1,0 +1,335 @@
+"""Step 1: embed every image of a folder into a feature store.
+
+Decoding (PIL, which releases the GIL while it decodes and resizes) runs in a pool of
+threads, ``prefetch`` batches ahead of ONNX Runtime inference, so the two overlap.
+Progress is checkpointed to ``save_to/parts/`` every ``checkpoint_every`` images: an
+interrupted run resumes from there, and a rerun on an unchanged folder only checks file
+sizes and modification times (new or changed images are embedded, deleted ones dropped,
+the rest reused).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import FeatureStoreError, ImageError, IncompatibleModelError, InvalidArgumentError
+from ._extractors import Embedder, Extractor, get_extractor
+from ._images import list_images, load_image
+from ._io import atomic_path, write_csv, write_json
+from ._store import IDS, SKIPPED, STORE_JSON, VECTORS, FeatureStore
+
+log = logging.getLogger(__name__)
+
+PARTS = "parts"
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """What :func:`extract_features` did."""
+
+    store: Path
+    n_images: int
+    n_embedded: int
+    n_reused: int
+    n_removed: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_images} images in {self.store}: {self.n_embedded} embedded, {self.n_reused} reused, "
+            f"{self.n_removed} removed, {self.n_skipped} skipped ({self.images_per_second:.1f} img/s)"
+        )
+
+
+def _decode_batch(root: Path, ids: Sequence[str], size: int, resize: str) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    arrays: list[np.ndarray] = []
+    ok: list[int] = []
+    bad: list[tuple[str, str]] = []
+    for i, rel in enumerate(ids):
+        try:
+            arrays.append(load_image(root / rel, size, resize))
+            ok.append(i)
+        except ImageError as exc:
+            bad.append((rel, str(exc)))
+        except Exception as exc:  # never let one file stop the run
+            bad.append((rel, f"{type(exc).__name__}: {exc}"))
+    batch = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    return batch, ok, bad
+
+
+def iter_decoded(
+    root: Path, ids: Sequence[str], *, batch_size: int, size: int, resize: str, workers: int, prefetch: int
+) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
+    """Yield ``(ids_ok, uint8 batch, skipped)`` per batch, decoding ahead in threads (bounded)."""
+    chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    if workers <= 0:
+        for chunk in chunks:
+            batch, ok, bad = _decode_batch(root, chunk, size, resize)
+            yield [chunk[i] for i in ok], batch, bad
+        return
+    # each chunk is split across the workers, and at most ``prefetch`` chunks are in flight
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="varsitysrch-decode") as pool:
+        def submit(chunk: Sequence[str]) -> list[cf.Future[Any]]:
+            step = -(-len(chunk) // workers)
+            return [pool.submit(_decode_batch, root, chunk[j : j + step], size, resize)
+                    for j in range(0, len(chunk), step)]
+
+        pending: list[tuple[Sequence[str], list[cf.Future[Any]]]] = []
+        it = iter(chunks)
+        for chunk in it:
+            pending.append((chunk, submit(chunk)))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            chunk, futs = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, submit(nxt)))
+            step = -(-len(chunk) // workers)
+            ok_ids: list[str] = []
+            parts: list[np.ndarray] = []
+            bad_all: list[tuple[str, str]] = []
+            for j, fut in enumerate(futs):
+                batch, ok, bad = fut.result()
+                sub = chunk[j * step : (j + 1) * step]
+                ok_ids.extend(sub[i] for i in ok)
+                parts.append(batch)
+                bad_all.extend(bad)
+            yield ok_ids, np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8), bad_all
+
+
+class _Parts:
+    """Checkpoints of an unfinished run: ``parts/part-NNNNN.npy`` + ``.csv`` + ``parts.json``."""
+
+    def __init__(self, folder: Path, extractor: Extractor) -> None:
+        self.dir = folder / PARTS
+        self.extractor = extractor
+        self.n = 0
+
+    def load(self) -> dict[str, tuple[np.ndarray, int, int]]:
+        """Vectors of images done by an interrupted run with the same extractor."""
+        out: dict[str, tuple[np.ndarray, int, int]] = {}
+        head = self.dir / "parts.json"
+        if not head.exists():
+            return out
+        try:
+            meta = json.loads(head.read_text(encoding="utf-8"))
+            if not self.extractor.compatible_with(meta.get("extractor", {})):
+                log.info("discarding checkpoints made with another extractor")
+                return out
+            for npy in sorted(self.dir.glob("part-*.npy")):
+                X = np.load(npy, allow_pickle=False)
+                with open(npy.with_suffix(".csv"), encoding="utf-8", newline="") as f:
+                    rows = list(csv.reader(f))[1:]
+                if len(rows) != len(X):
+                    continue
+                for (rel, size, mtime), v in zip(rows, X, strict=True):
+                    out[rel] = (v, int(size), int(mtime))
+                self.n = max(self.n, int(npy.stem.split("-")[1]) + 1)
+        except (OSError, ValueError, IndexError) as exc:
+            log.warning("ignoring unreadable checkpoints in %s (%s)", self.dir, exc)
+            return {}
+        return out
+
+    def save(self, ids: list[str], X: np.ndarray, stats: list[tuple[int, int]]) -> None:
+        if not ids:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.n == 0:
+            write_json(self.dir / "parts.json", {"extractor": self.extractor.identity()})
+        stem = self.dir / f"part-{self.n:05d}"
+        write_csv(stem.with_suffix(".csv"), ["id", "size", "mtime_ns"],
+                  [(i, s, m) for i, (s, m) in zip(ids, stats, strict=True)])
+        with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
+            np.save(f, X, allow_pickle=False)
+        self.n += 1
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def extract_features(
+    img_folder: str | os.PathLike[str],
+    save_to: str | os.PathLike[str],
+    *,
+    extractor: str | Extractor | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    threads: int | None = None,
+    dtype: str = "float32",
+    checkpoint_every: int = 2048,
+    show_progress: bool = True,
+    **extractor_options: Any,
+) -> ExtractionResult:
+    """Embed every image under ``img_folder`` (recursively) into the feature store ``save_to``.
+
+    Images that cannot be read are skipped and listed in ``save_to/skipped.csv``.
+    A rerun reuses the vectors of unchanged images (same size and mtime) and embeds
+    only new or changed ones; a store made with another extractor is an error unless
+    the folder is emptied first.
+
+    Args:
+        img_folder: folder of catalogue images (searched recursively).
+        save_to: folder of the feature store (created if missing).
+        extractor: ``"efficientnet-lite0"`` (default), ``"mobilenet-v2"``,
+            ``"vgg16-block5pool"``, ``"onnx:PATH"`` or an :class:`Extractor`.
+        batch_size: images per inference batch.
+        num_workers: decoding threads (default: number of CPUs).
+        threads: ONNX Runtime threads (default: number of CPUs).
+        dtype: ``"float32"`` or ``"float16"`` storage.
+        checkpoint_every: images between checkpoints of an unfinished run.
+        show_progress: show a tqdm progress bar.
+    """
+    t0 = time.perf_counter()
+    root = Path(img_folder)
+    out = Path(save_to)
+    if not root.is_dir():
+        raise InvalidArgumentError(f"img_folder {str(root)!r} does not exist or is not a folder")
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be >= 1; got {batch_size}")
+    if dtype not in ("float32", "float16"):
+        raise InvalidArgumentError(f"dtype must be 'float32' or 'float16'; got {dtype!r}")
+    if out.resolve() == root.resolve():
+        raise InvalidArgumentError("save_to must not be the image folder itself")
+    ex = get_extractor(extractor, **extractor_options)
+
+    ids = list_images(root)
+    # never index the store itself when it lives inside the image folder
+    with contextlib.suppress(ValueError):
+        inner = out.resolve().relative_to(root.resolve()).as_posix()
+        ids = [i for i in ids if not (i == inner or i.startswith(inner + "/"))]
+    stats: dict[str, tuple[int, int]] = {}
+    for rel in ids:
+        st = os.stat(root / rel)
+        stats[rel] = (st.st_size, st.st_mtime_ns)
+
+    # ---- what can be reused: the previous store, then checkpoints of an interrupted run
+    old: FeatureStore | None = None
+    if (out / STORE_JSON).exists():
+        old = FeatureStore.open(out)
+        try:
+            ex.check_compatible(old.extractor, f"the feature store {str(out)!r}")
+        except IncompatibleModelError as exc:
+            raise IncompatibleModelError(f"{exc}; use a new save_to folder or delete the old store") from exc
+    reuse: dict[str, int] = {}
+    if old is not None:
+        for j, rel in enumerate(old.ids):
+            if rel in stats and old.sizes and stats[rel] == (old.sizes[j], old.mtimes[j]):
+                reuse[rel] = j
+    parts = _Parts(out, ex)
+    resumed = {k: v for k, v in parts.load().items() if k in stats and stats[k] == (v[1], v[2]) and k not in reuse}
+    todo = [rel for rel in ids if rel not in reuse and rel not in resumed]
+    n_removed = 0 if old is None else sum(1 for rel in old.ids if rel not in stats)
+    log.info("%d images: %d reused, %d resumed, %d to embed", len(ids), len(reuse), len(resumed), len(todo))
+
+    skipped: list[tuple[str, str]] = []
+    new_vecs: dict[str, np.ndarray] = {}
+    if todo:
+        embedder = Embedder(ex, threads=threads)
+        workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not show_progress, dynamic_ncols=True)
+        buf_ids: list[str] = []
+        buf_X: list[np.ndarray] = []
+        try:
+            for ok_ids, batch, bad in iter_decoded(
+                root, todo, batch_size=batch_size, size=ex.input_size, resize=ex.resize,
+                workers=workers, prefetch=2,
+            ):
+                skipped.extend(bad)
+                for rel, reason in bad:
+                    log.warning("skipped %s: %s", rel, reason)
+                if len(ok_ids):
+                    X = embedder.embed(batch).astype(dtype)
+                    buf_ids.extend(ok_ids)
+                    buf_X.append(X)
+                    for rel, v in zip(ok_ids, X, strict=True):
+                        new_vecs[rel] = v
+                bar.update(len(ok_ids) + len(bad))
+                if len(buf_ids) >= checkpoint_every:
+                    parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+                    buf_ids, buf_X = [], []
+        finally:
+            bar.close()
+            if buf_ids and len(new_vecs) < len(todo):  # interrupted: keep what was done
+                with contextlib.suppress(Exception):
+                    parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+
+    # ---- assemble the final store in id order, streaming rows into a memory map
+    final_ids = [rel for rel in ids if rel in reuse or rel in resumed or rel in new_vecs]
+    dim = ex.dim
+    out.mkdir(parents=True, exist_ok=True)
+    if final_ids:
+        probe = next(iter(new_vecs.values()), None)
+        if probe is not None:
+            dim = probe.shape[0]
+        elif resumed:
+            dim = next(iter(resumed.values()))[0].shape[0]
+        elif old is not None:
+            dim = old.dim
+    with atomic_path(out / VECTORS) as tmp:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(final_ids), dim))
+        for i, rel in enumerate(final_ids):
+            if rel in new_vecs:
+                mm[i] = new_vecs[rel]
+            elif rel in resumed:
+                mm[i] = resumed[rel][0]
+            else:
+                assert old is not None
+                mm[i] = old.vectors[reuse[rel]]
+        mm.flush()
+        del mm
+    write_csv(out / IDS, ["id", "size", "mtime_ns"], [(r, *stats[r]) for r in final_ids])
+    write_csv(out / SKIPPED, ["path", "reason"], skipped)
+    meta = {
+        "format": "varsitysrch-features",
+        "version": 1,
+        "library_version": _version(),
+        "extractor": ex.identity(),
+        "dim": int(dim),
+        "count": len(final_ids),
+        "dtype": dtype,
+        "vectors": VECTORS,
+        "ids": IDS,
+        "image_root": str(root.resolve()),
+        "skipped": len(skipped),
+    }
+    write_json(out / STORE_JSON, meta)
+    parts.clear()
+    if not final_ids:
+        raise FeatureStoreError(
+            f"no readable images under {str(root)!r} ({len(skipped)} skipped; see {out / SKIPPED})"
+        )
+    res = ExtractionResult(out, len(final_ids), len(new_vecs), len(reuse) + len(resumed), n_removed, skipped,
+                           time.perf_counter() - t0)
+    log.info("%s", res.summary())
+    return res
+
+
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__

