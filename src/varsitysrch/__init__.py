@@ -8,11 +8,16 @@ The four steps::
     get_optimal_num_clusters("features/", 30, 10, plot_path="k.png")
     train_clusters("features/", "model.vsm", "clusters.csv", num_clusters=20)
     hits = search_similar_images("query.jpg", "model.vsm", "clusters.csv", top_n=5)
+
+Names are imported lazily (PEP 562), so ``import varsitysrch`` and the CLI's ``--help``
+stay fast; the exception classes are plain imports.
 """
 
 from __future__ import annotations
 
-from ._cluster import KMeansModel, train_clusters
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     FeatureStoreError,
     ImageError,
@@ -23,15 +28,45 @@ from ._errors import (
     NotFittedError,
     VarsitysrchError,
 )
-from ._extract import ExtractionResult, extract_features
-from ._extractors import Extractor, get_extractor
-from ._search import Hit, Searcher, search_similar_images
-try:  # TEMP until the choose-k module lands
-    from ._selectk import KSelection, get_optimal_num_clusters
-except ImportError:  # pragma: no cover
-    pass
-from ._store import FeatureStore, load_features
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._cluster import KMeansModel, train_clusters
+    from ._extract import ExtractionResult, extract_features
+    from ._extractors import Extractor, get_extractor
+    from ._search import Hit, Searcher, search_similar_images
+    from ._selectk import KSelection, get_optimal_num_clusters
+    from ._store import FeatureStore, load_features
+
+_LAZY = {
+    "KMeansModel": "._cluster",
+    "train_clusters": "._cluster",
+    "ExtractionResult": "._extract",
+    "extract_features": "._extract",
+    "Extractor": "._extractors",
+    "get_extractor": "._extractors",
+    "Hit": "._search",
+    "Searcher": "._search",
+    "search_similar_images": "._search",
+    "KSelection": "._selectk",
+    "get_optimal_num_clusters": "._selectk",
+    "FeatureStore": "._store",
+    "load_features": "._store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'varsitysrch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ExtractionResult",

@@ -1,0 +1,145 @@
+"""The ``varsitysrch`` command line (typer).
+
+Heavy modules (numpy, onnxruntime, scikit-learn, faiss) are imported inside the
+commands, so ``varsitysrch --help`` is instant.  Bad input exits with code 2 and a
+one-line message; ``-v`` shows the library's log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+app = typer.Typer(
+    name="varsitysrch",
+    help="Product image search: embed a catalogue, cluster it, search it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v, -vv).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _setup(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from ._errors import VarsitysrchError
+
+    try:
+        return fn(*args, **kwargs)
+    except (VarsitysrchError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def extract(
+    img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images (searched recursively).")],
+    features_dir: Annotated[Path, typer.Argument(help="Feature store folder to write (or update).")],
+    extractor: Annotated[str, typer.Option(help="efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH.")]
+    = "efficientnet-lite0",
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPUs).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: CPUs).")] = None,
+    float16: Annotated[bool, typer.Option("--float16", help="Store vectors as float16 (half the size).")] = False,
+    weights: Annotated[Path | None, typer.Option(help="Weights file (vgg16-block5pool).")] = None,
+    engine: Annotated[str, typer.Option(help="local, or dask (needs --scheduler).")] = "local",
+    scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Embed every image of IMG_DIR into the feature store FEATURES_DIR (reruns only embed changes)."""
+    _setup(verbose)
+    from ._extract import extract_features
+
+    kw: dict[str, Any] = {}
+    if weights is not None:
+        kw["weights"] = str(weights)
+    if engine != "local" or scheduler is not None:
+        kw["engine"], kw["scheduler"] = engine, scheduler
+    res = _run(
+        extract_features, img_dir, features_dir, extractor=extractor, batch_size=batch_size, num_workers=workers,
+        threads=threads, dtype="float16" if float16 else "float32", show_progress=not quiet, **kw,
+    )
+    typer.echo(res.summary())
+    if res.n_skipped:
+        typer.echo(f"{res.n_skipped} unreadable files skipped: see {Path(features_dir) / 'skipped.csv'}")
+
+
+@app.command()
+def train(
+    features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file to write.")] = Path("model.vsm"),
+    csv: Annotated[Path, typer.Option("--csv", "-c", help="Assignments CSV to write.")] = Path("clusters.csv"),
+    k: Annotated[int, typer.Option("--num-clusters", "-k", help="Number of clusters.")] = 20,
+    n_components: Annotated[int | None, typer.Option(help="Cluster in a PCA space of this size.")] = None,
+    n_init: Annotated[int, typer.Option(help="K-means restarts.")] = 3,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    backend: Annotated[str, typer.Option(help="auto, sklearn or faiss.")] = "auto",
+    verbose: Verbose = 0,
+) -> None:
+    """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV."""
+    _setup(verbose)
+    from ._cluster import train_clusters
+
+    m = _run(train_clusters, features_dir, model, csv, k, n_components=n_components, n_init=n_init,
+             random_state=seed, backend=backend)
+    sizes = sorted(int(s) for s in __import__("numpy").bincount(m.labels_, minlength=k))
+    typer.echo(
+        f"k={k} on {len(m.labels_)} images ({m.backend_}, {m.fit_seconds_:.1f}s); cluster sizes "
+        f"{sizes[0]}..{sizes[-1]}; wrote {model} and {csv}"
+    )
+
+
+@app.command()
+def search(
+    query: Annotated[Path, typer.Argument(help="Query image.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file.")] = Path("model.vsm"),
+    csv: Annotated[Path | None, typer.Option("--csv", "-c", help="Assignments CSV (checked against the model).")]
+    = None,
+    n: Annotated[int, typer.Option("--top-n", "-n", help="Number of results.")] = 5,
+    nprobe: Annotated[int | None, typer.Option(help="Clusters to scan (default: calibrated).")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Scan the whole catalogue.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """The catalogue images most similar to QUERY, ranked by cosine similarity."""
+    _setup(verbose)
+    from ._search import Searcher
+
+    s = _run(Searcher, model, csv)
+    hits = _run(s.search, query, n, nprobe=nprobe, exact=exact)
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{len(hits)} most similar to {query}")
+    for col in ("rank", "score", "cluster", "image"):
+        t.add_column(col, justify="right" if col != "image" else "left")
+    for h in hits:
+        t.add_row(str(h.rank), f"{h.score:.4f}", str(h.cluster), h.image)
+    Console().print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

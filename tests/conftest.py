@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "catalog"
+CLOTHING = Path(os.environ.get("VARSITYSRCH_CLOTHING", REPO.parent / "shared" / "data" / "clothing-small"))
+
+
+@pytest.fixture(scope="session")
+def synth_catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    from imagegen import make_synthetic_catalogue
+
+    root = tmp_path_factory.mktemp("catalogue")
+    labels = make_synthetic_catalogue(root, n_classes=4, per_class=6, size=96, seed=0)
+    return root, labels
+
+
+@pytest.fixture(scope="session")
+def synth_store(synth_catalogue: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from varsitysrch import extract_features
+
+    root, _ = synth_catalogue
+    out = tmp_path_factory.mktemp("store") / "features"
+    extract_features(root, out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_model(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from varsitysrch import train_clusters
+
+    d = tmp_path_factory.mktemp("model")
+    model, csv = d / "model.vsm", d / "clusters.csv"
+    train_clusters(synth_store, model, csv, 4, show_progress=False)
+    return model, csv
