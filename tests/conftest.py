@@ -23,7 +23,9 @@ def synth_catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
 
 
 @pytest.fixture(scope="session")
-def synth_store(synth_catalogue: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synth_store(
+    synth_catalogue: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     from varsitysrch import extract_features
 
     root, _ = synth_catalogue

@@ -35,7 +35,9 @@ def test_extract_train_search(synth_catalogue, tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", str(feat), "--model", str(model), "--csv", str(csv), "-k", "4"])
     assert res.exit_code == 0, res.output
     rel = sorted(labels)[0]
-    res = runner.invoke(app, ["search", str(root / rel), "-m", str(model), "-c", str(csv), "-n", "3", "--json"])
+    res = runner.invoke(
+        app, ["search", str(root / rel), "-m", str(model), "-c", str(csv), "-n", "3", "--json"]
+    )
     assert res.exit_code == 0, res.output
     hits = json.loads(res.output)
     assert hits[0]["image"] == rel and len(hits) == 3

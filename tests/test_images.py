@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagegen import make_bad_corpus, make_exif_rotated
 from PIL import Image
 
-from varsitysrch._images import list_images, load_image
+from imagegen import make_bad_corpus, make_exif_rotated
 from varsitysrch._errors import ImageError
+from varsitysrch._images import list_images, load_image
 
 
 @pytest.fixture(scope="module")

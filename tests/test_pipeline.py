@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagegen import make_bad_corpus, make_synthetic_catalogue
 
+from imagegen import make_bad_corpus, make_synthetic_catalogue
 from varsitysrch import (
     FeatureStore,
     FeatureStoreError,
@@ -29,11 +29,13 @@ from varsitysrch._cluster import load_model
 
 
 def test_store_layout_and_ids(synth_catalogue, synth_store: Path) -> None:
-    root, labels = synth_catalogue
+    _root, labels = synth_catalogue
     meta = json.loads((synth_store / "store.json").read_text())
     assert meta["format"] == "varsitysrch-features" and meta["count"] == len(labels)
-    assert meta["extractor"]["name"] == "efficientnet-lite0" and len(meta["extractor"]["weights_sha256"]) == 64
-    ids, X, ex = load_features(synth_store)
+    assert (
+        meta["extractor"]["name"] == "efficientnet-lite0" and len(meta["extractor"]["weights_sha256"]) == 64
+    )
+    ids, X, _ex = load_features(synth_store)
     assert ids == sorted(labels) and X.shape == (len(labels), 1280) and X.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
     assert isinstance(FeatureStore.open(synth_store).vectors, np.memmap)
@@ -129,7 +131,9 @@ def test_extract_rejects_bad_arguments(tmp_path: Path, synth_catalogue) -> None:
         extract_features(empty, tmp_path / "f2", show_progress=False)
 
 
-def test_store_made_with_another_extractor_is_not_mixed(synth_catalogue, synth_store: Path, tmp_path: Path) -> None:
+def test_store_made_with_another_extractor_is_not_mixed(
+    synth_catalogue, synth_store: Path, tmp_path: Path
+) -> None:
     root, _ = synth_catalogue
     copy = tmp_path / "copy"
     shutil.copytree(synth_store, copy)
@@ -171,7 +175,9 @@ def test_estimator_contract() -> None:
     np.testing.assert_array_equal(m.predict(X), m.labels_)
     again = KMeansModel(3, random_state=0).fit(X)
     np.testing.assert_allclose(again.cluster_centers_, m.cluster_centers_)
-    with pytest.raises(InvalidArgumentError, match=r"num_clusters must be in \[2, n_images\] = \[2, 50\]; got 1"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"num_clusters must be in \[2, n_images\] = \[2, 50\]; got 1"
+    ):
         KMeansModel(1).fit(X)
     with pytest.raises(InvalidArgumentError, match="got 51"):
         KMeansModel(51).fit(X)

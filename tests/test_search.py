@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def searcher(synth_model) -> Searcher:
     return Searcher(model, csv)
 
 
-def test_catalogue_image_as_query_comes_back_first_with_score_one(searcher: Searcher, synth_catalogue) -> None:
+def test_catalogue_image_as_query_comes_back_first_with_score_one(
+    searcher: Searcher, synth_catalogue
+) -> None:
     root, labels = synth_catalogue
     for rel in list(labels)[:6]:
         hits = searcher.search(root / rel, 5)
@@ -45,7 +48,13 @@ def test_results_are_ranked_scored_and_complete(searcher: Searcher, synth_catalo
         assert scores == sorted(scores, reverse=True)
         assert len({h.image for h in hits}) == n
     assert len(searcher.search(root / rel, 10_000)) == len(labels)
-    assert isinstance(hits[0], Hit) and set(hits[0].to_dict()) == {"image", "score", "cluster", "rank", "path"}
+    assert isinstance(hits[0], Hit) and set(hits[0].to_dict()) == {
+        "image",
+        "score",
+        "cluster",
+        "rank",
+        "path",
+    }
 
 
 def test_same_class_first(searcher: Searcher, synth_catalogue) -> None:
@@ -112,7 +121,7 @@ def test_bad_arguments(searcher: Searcher, synth_catalogue) -> None:
 
 
 def test_csv_must_match_model(synth_model, synth_store: Path, tmp_path: Path) -> None:
-    model, csv = synth_model
+    model, _csv = synth_model
     other_model, other_csv = tmp_path / "m.vsm", tmp_path / "c.csv"
     train_clusters(synth_store, other_model, other_csv, 2, show_progress=False)
     with pytest.raises(IncompatibleModelError, match="does not match"):
@@ -147,4 +156,4 @@ def test_calibrated_nprobe_reaches_target_recall() -> None:
     m = KMeansModel(10).fit(X)
     nprobe, curve = calibrate_nprobe(X, m.labels_, m.cluster_centers_, m, 0.95)
     assert curve[nprobe - 1] >= 0.95 and (nprobe == 1 or curve[nprobe - 2] < 0.95)
-    assert all(a <= b + 1e-9 for a, b in zip(curve, curve[1:], strict=False))
+    assert all(a <= b + 1e-9 for a, b in itertools.pairwise(curve))

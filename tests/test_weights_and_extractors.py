@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import EXAMPLES
 from torchfmt import random_vgg16_state_dict, save_legacy, save_zip
-
 from varsitysrch import Extractor, IncompatibleModelError, InvalidArgumentError, ModelFileError, get_extractor
 from varsitysrch._extractors import Embedder, download, sha256_file
 from varsitysrch._images import load_image
@@ -128,8 +128,11 @@ def _tiny_onnx(path: Path) -> Path:
         helper.make_node("Flatten", ["g"], ["emb"]),
     ]
     g = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 8])], [numpy_helper.from_array(w, "w")],
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(w, "w")],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8

@@ -49,8 +49,9 @@ def _pickle_state_dict(sd: dict[str, np.ndarray], legacy: bool) -> tuple[bytes, 
     sys.modules["torch"], sys.modules["torch._utils"] = torch, utils
     tensors = [_Tensor(v, str(i)) for i, v in enumerate(sd.values())]
     try:
+
         class P(pickle.Pickler):
-            def persistent_id(self, obj):  # noqa: N805
+            def persistent_id(self, obj):
                 if isinstance(obj, _Tensor):
                     st = getattr(torch, _DTYPE_TO_STORAGE[obj.arr.dtype])
                     if legacy:
@@ -65,7 +66,10 @@ def _pickle_state_dict(sd: dict[str, np.ndarray], legacy: bool) -> tuple[bytes, 
             def __reduce__(self):
                 shape = tuple(self.t.arr.shape)
                 stride = tuple(int(s // self.t.arr.itemsize) for s in self.t.arr.strides)
-                return (utils._rebuild_tensor_v2, (self.t, 0, shape, stride, False, collections.OrderedDict()))
+                return (
+                    utils._rebuild_tensor_v2,
+                    (self.t, 0, shape, stride, False, collections.OrderedDict()),
+                )
 
         od = collections.OrderedDict((k, TensorReduce(t)) for k, t in zip(sd.keys(), tensors, strict=True))
         buf = io.BytesIO()

@@ -27,7 +27,8 @@ import logging
 import os
 import time
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,24 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "varsitysrch-model"
 MODEL_VERSION = 1
 SMALL_PROBLEM = 50_000_000  # n_images * k below which sklearn is used by "auto"
+MIN_SAMPLE = 50_000  # K-means trains on max(256 * k, MIN_SAMPLE) sampled rows (all rows if fewer)
+POINTS_PER_CENTROID = 256
+
+
+def training_sample_size(n: int, k: int, max_samples: int | None = None) -> int:
+    """Rows K-means trains on: ``min(n, max(256 * k, 50_000))`` unless ``max_samples`` is given.
+
+    256 points per centroid is faiss's own default (more barely moves the centroids);
+    the 50,000 floor keeps small k well estimated.  Every row is then assigned in chunks.
+    """
+    m = max(POINTS_PER_CENTROID * k, MIN_SAMPLE) if max_samples is None else int(max_samples)
+    return int(min(n, max(m, k)))
+
+
+def _all_finite(X: np.ndarray, chunk: int = 65536) -> bool:
+    return all(bool(np.isfinite(X[s : s + chunk]).all()) for s in range(0, len(X), chunk))
+
+
 TARGET_RECALL = 0.95
 
 
@@ -51,7 +70,11 @@ def fit_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=n_components, random_state=random_state, svd_solver="auto")
-    sample = X if len(X) <= 100_000 else X[np.random.default_rng(random_state).choice(len(X), 100_000, replace=False)]
+    sample = (
+        X
+        if len(X) <= 100_000
+        else X[np.random.default_rng(random_state).choice(len(X), 100_000, replace=False)]
+    )
     pca.fit(sample)
     return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
 
@@ -86,7 +109,22 @@ class KMeansModel:
         backend: ``"auto"``, ``"sklearn"`` or ``"faiss"`` (see the module docstring).
         n_components: cluster in a PCA space of this many dimensions (``None``: raw space).
             Search always ranks in the raw space; PCA only affects the partition.
+        max_samples: rows the centroids are trained on (``None``: ``max(256 * k, 50_000)``,
+            see :func:`training_sample_size`); every row is then assigned in chunks, so a
+            memory-mapped float16 store is never copied whole.
     """
+
+    # learned state (set by fit)
+    cluster_centers_: np.ndarray
+    labels_: np.ndarray
+    distances_: np.ndarray
+    pca_mean_: np.ndarray | None
+    pca_components_: np.ndarray | None
+    inertia_: float
+    n_iter_: int
+    backend_: str
+    n_features_in_: int
+    fit_seconds_: float
 
     def __init__(
         self,
@@ -97,6 +135,7 @@ class KMeansModel:
         random_state: int = 0,
         backend: str = "auto",
         n_components: int | None = None,
+        max_samples: int | None = None,
     ) -> None:
         self.num_clusters = num_clusters
         self.n_init = n_init
@@ -104,6 +143,7 @@ class KMeansModel:
         self.random_state = random_state
         self.backend = backend
         self.n_components = n_components
+        self.max_samples = max_samples
 
     # ---------------------------------------------------------------- fitting
     def _validate(self, n: int, dim: int) -> None:
@@ -118,50 +158,90 @@ class KMeansModel:
             raise InvalidArgumentError(f"backend must be 'auto', 'sklearn' or 'faiss'; got {self.backend!r}")
         if self.n_components is not None and not 1 <= self.n_components <= min(dim, n):
             raise InvalidArgumentError(
-                f"n_components must be in [1, min(dim, n_images)] = [1, {min(dim, n)}]; got {self.n_components}"
+                "n_components must be in [1, min(dim, n_images)] = "
+                f"[1, {min(dim, n)}]; got {self.n_components}"
             )
 
-    def fit(self, X: np.ndarray) -> KMeansModel:
-        X = np.asarray(X, np.float32)
+    def fit(
+        self,
+        X: np.ndarray,
+        y: Any = None,
+        *,
+        assigner: Callable[[KMeansModel], tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> KMeansModel:
+        """Train on a sample of ``X`` (see ``max_samples``), then assign every row in chunks.
+
+        ``X`` may be a memory map (float16 or float32): only the sample is copied.
+        ``assigner(model)`` (e.g. a dask.distributed one) replaces the local assignment
+        of every row; it returns ``(labels, distances)``.
+        """
+        X = np.asarray(X)
         if X.ndim != 2 or len(X) == 0:
             raise InvalidArgumentError(f"X must be a non-empty 2-d matrix; got shape {X.shape}")
-        if not np.isfinite(X).all():
+        if X.dtype.kind != "f":
+            X = X.astype(np.float32)
+        if not _all_finite(X):
             raise InvalidArgumentError("X contains NaN or infinite values")
         n, dim = X.shape
         self._validate(n, dim)
         t0 = time.perf_counter()
+        k = int(self.num_clusters)
+        m = training_sample_size(n, k, self.max_samples)
+        if m < n:
+            rows = np.sort(np.random.default_rng(self.random_state).choice(n, m, replace=False))
+            S = np.asarray(X[rows], np.float32)
+        else:
+            S = np.asarray(X, np.float32)
         if self.n_components is not None:
-            self.pca_mean_, self.pca_components_ = fit_pca(X, self.n_components, self.random_state)
-            Z = apply_pca(X, self.pca_mean_, self.pca_components_)
+            Xp = X if X.dtype == np.float32 or n > 100_000 else np.asarray(X, np.float32)
+            self.pca_mean_, self.pca_components_ = fit_pca(Xp, self.n_components, self.random_state)
+            Z = apply_pca(S, self.pca_mean_, self.pca_components_)
         else:
             self.pca_mean_ = self.pca_components_ = None
-            Z = X
-        k = int(self.num_clusters)
+            Z = S
+        self.sample_size_ = m
         backend = self.backend
         if backend == "auto":
-            backend = "sklearn" if n * k <= SMALL_PROBLEM else "faiss"
+            backend = "sklearn" if m * k <= SMALL_PROBLEM else "faiss"
         if backend == "sklearn":
             from sklearn.cluster import KMeans
 
-            km = KMeans(k, init="k-means++", n_init=self.n_init, max_iter=self.max_iter,
-                        random_state=self.random_state).fit(Z)
+            km = KMeans(
+                k,
+                init="k-means++",
+                n_init=self.n_init,
+                max_iter=self.max_iter,
+                random_state=self.random_state,
+            ).fit(Z)
             centroids = km.cluster_centers_.astype(np.float32)
             self.n_iter_ = int(km.n_iter_)
         else:
             import faiss
 
-            km = faiss.Kmeans(Z.shape[1], k, niter=min(self.max_iter, 50), nredo=self.n_init,
-                              seed=self.random_state, verbose=False, max_points_per_centroid=256)
+            km = faiss.Kmeans(
+                Z.shape[1],
+                k,
+                niter=min(self.max_iter, 50),
+                nredo=self.n_init,
+                seed=self.random_state,
+                verbose=False,
+                max_points_per_centroid=max(POINTS_PER_CENTROID, -(-len(Z) // k)),
+            )
             km.train(np.ascontiguousarray(Z))
             centroids = np.asarray(km.centroids, np.float32)
             self.n_iter_ = min(self.max_iter, 50)
-        labels, dists = assign(Z, centroids)
         self.cluster_centers_ = centroids
-        self.labels_ = labels
-        self.distances_ = dists
-        self.inertia_ = float((dists.astype(np.float64) ** 2).sum())
         self.backend_ = backend
         self.n_features_in_ = dim
+        if assigner is not None:
+            labels, dists = assigner(self)
+        elif m == n and self.n_components is None:
+            labels, dists = assign(Z, centroids)
+        else:
+            labels, dists = self.assign_all(X)
+        self.labels_ = np.asarray(labels, np.int32)
+        self.distances_ = np.asarray(dists, np.float32)
+        self.inertia_ = float((self.distances_.astype(np.float64) ** 2).sum())
         self.fit_seconds_ = time.perf_counter() - t0
         sizes = np.bincount(labels, minlength=k)
         if (sizes == 0).any():
@@ -182,12 +262,23 @@ class KMeansModel:
             raise IncompatibleModelError(
                 f"features have dim {X.shape[1]} but the model was trained on dim {self.n_features_in_}"
             )
-        if self.pca_components_ is not None:
+        if self.pca_components_ is not None and self.pca_mean_ is not None:
             return apply_pca(X, self.pca_mean_, self.pca_components_)
         return X
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return assign(self.project(X), self.cluster_centers_)[0]
+
+    def assign_all(self, X: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, distances)`` of every row, projecting and assigning ``chunk`` rows at a time."""
+        self._check_fitted()
+        labels = np.empty(len(X), np.int32)
+        dists = np.empty(len(X), np.float32)
+        for s in range(0, len(X), chunk):
+            lab, dst = assign(self.project(X[s : s + chunk]), self.cluster_centers_, chunk)
+            labels[s : s + len(lab)] = lab
+            dists[s : s + len(lab)] = dst
+        return labels, dists
 
     def centroid_distances(self, X: np.ndarray) -> np.ndarray:
         """Squared distances ``[n, k]`` of rows to every centroid (clustering space)."""
@@ -209,13 +300,19 @@ class ModelFile:
     labels: np.ndarray  # cluster of each id
     distances: np.ndarray
     vectors: np.ndarray | None  # embedded index (float16/32), store order; None = read the store
+    #: further plain arrays, stored as ``extra/<name>.npy``: ``ivf_centroids``/``ivf_lists`` (the
+    #: search IVF of large catalogues), ``store_sizes``/``store_mtimes`` (file stats of each id at
+    #: training or last update, used by update_catalogue to find changed images)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
         return int(self.centroids.shape[0])
 
     def to_model(self) -> KMeansModel:
-        m = KMeansModel(self.k, n_components=None if self.pca_components is None else len(self.pca_components))
+        m = KMeansModel(
+            self.k, n_components=None if self.pca_components is None else len(self.pca_components)
+        )
         m.cluster_centers_ = self.centroids
         m.pca_mean_, m.pca_components_ = self.pca_mean, self.pca_components
         m.n_features_in_ = int(self.config["dim"])
@@ -224,7 +321,7 @@ class ModelFile:
         return m
 
 
-def save_model(path: str | Path, mf: ModelFile) -> None:
+def save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
     arrays: dict[str, np.ndarray] = {
         "centroids": mf.centroids,
         "labels": mf.labels.astype(np.int32),
@@ -234,6 +331,8 @@ def save_model(path: str | Path, mf: ModelFile) -> None:
         arrays["pca_mean"], arrays["pca_components"] = mf.pca_mean, mf.pca_components
     if mf.vectors is not None:
         arrays["vectors"] = mf.vectors
+    for name, extra in mf.arrays.items():
+        arrays[f"extra/{name}"] = extra
     ids_blob = "\n".join(mf.ids).encode("utf-8")
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("model.json", json.dumps(mf.config, indent=2, sort_keys=True))
@@ -281,8 +380,20 @@ def load_model(path: str | Path) -> ModelFile:
             centroids, labels, distances = arr("centroids"), arr("labels"), arr("distances")
             if centroids is None or labels is None or distances is None:
                 raise ModelFileError(f"{p} is incomplete (centroids/labels/distances missing)")
-            mf = ModelFile(config, centroids.astype(np.float32), arr("pca_mean"), arr("pca_components"),
-                           ids if ids != [""] else [], labels, distances, arr("vectors"))
+            extras = {
+                n[6:-4]: arr(n[:-4]) for n in sorted(names) if n.startswith("extra/") and n.endswith(".npy")
+            }
+            mf = ModelFile(
+                config,
+                centroids.astype(np.float32),
+                arr("pca_mean"),
+                arr("pca_components"),
+                ids if ids != [""] else [],
+                labels,
+                distances,
+                arr("vectors"),
+                {n: a for n, a in extras.items() if a is not None},
+            )
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
@@ -308,6 +419,10 @@ def train_clusters(
     embed_index: bool | None = None,
     target_recall: float = TARGET_RECALL,
     show_progress: bool = True,
+    max_samples: int | None = None,
+    ivf: bool | None = None,
+    engine: str = "local",
+    scheduler: Any = None,
 ) -> KMeansModel:
     """Train K-means on a feature store; write the model file and the assignments CSV.
 
@@ -319,17 +434,42 @@ def train_clusters(
     default ``nprobe``: the fewest nearest clusters whose ranked search reaches
     ``target_recall`` recall@10 against exact search on held-out catalogue queries.
 
+    Scale: K-means trains on ``max(256 * k, 50,000)`` sampled images (``max_samples``)
+    and assigns every image in chunks (on dask.distributed workers with
+    ``engine="dask", scheduler=ADDRESS|Client``); the store is read through a memory map.
+    Catalogues above :data:`varsitysrch._index.IVF_THRESHOLD` images (or ``ivf=True``)
+    also get a faiss IVF search index (see :mod:`varsitysrch._index`).
+
     Returns the fitted :class:`KMeansModel`.
     """
     store = FeatureStore.open(features_folder)
-    X = np.asarray(store.vectors, np.float32)
+    X = store.vectors  # a memory map: float16 or float32, never copied whole
     if not 0.0 < target_recall <= 1.0:
         raise InvalidArgumentError(f"target_recall must be in (0, 1]; got {target_recall}")
-    model = KMeansModel(num_clusters, n_init=n_init, random_state=random_state, backend=backend,
-                        n_components=n_components)
-    model.fit(X)
-    nprobe, curve = calibrate_nprobe(X, model.labels_, model.cluster_centers_, model, target_recall,
-                                     random_state=random_state)
+    if engine not in ("local", "dask"):
+        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
+    model = KMeansModel(
+        num_clusters,
+        n_init=n_init,
+        random_state=random_state,
+        backend=backend,
+        n_components=n_components,
+        max_samples=max_samples,
+    )
+    assigner = None
+    if engine == "dask":
+        from ._dask import dask_assign
+
+        vectors_file = getattr(store.vectors, "filename", None)
+        source = vectors_file if vectors_file else X
+
+        def assigner(m: KMeansModel) -> tuple[np.ndarray, np.ndarray]:
+            return dask_assign(source, m, scheduler=scheduler)
+
+    model.fit(X, assigner=assigner)
+    nprobe, curve = calibrate_nprobe(
+        X, model.labels_, model.cluster_centers_, model, target_recall, random_state=random_state
+    )
     n, dim = X.shape
     if embed_index is None:
         embed_index = n * dim <= 50_000_000
@@ -364,23 +504,63 @@ def train_clusters(
             "mean_distance": float(model.distances_.mean()),
             "cluster_sizes": [int(s) for s in sizes],
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sample_size": int(model.sample_size_),
+            "distance_quantiles": distance_quantiles(model.distances_),
         },
     }
     vectors = None
     if embed_index:
-        vectors = X.astype(np.float16)
-    mf = ModelFile(config, model.cluster_centers_, model.pca_mean_, model.pca_components_, list(store.ids),
-                   model.labels_, model.distances_, vectors)
+        vectors = np.asarray(X, np.float16)
+    extra: dict[str, np.ndarray] = {}
+    if store.sizes and len(store.sizes) == n:
+        extra["store_sizes"] = np.asarray(store.sizes, np.int64)
+        extra["store_mtimes"] = np.asarray(store.mtimes, np.int64)
+    from ._index import IVF_THRESHOLD, build_ivf
+
+    if ivf or (ivf is None and n > IVF_THRESHOLD):
+        parts, _ = build_ivf(X, target_recall=target_recall, random_state=random_state)
+        config["ivf"] = parts.config(target_recall)
+        extra.update(parts.arrays())
+    mf = ModelFile(
+        config,
+        model.cluster_centers_,
+        model.pca_mean_,
+        model.pca_components_,
+        list(store.ids),
+        model.labels_,
+        model.distances_,
+        vectors,
+        extra,
+    )
     save_model(model_filename, mf)
     write_assignments(csv_filename, store.ids, model.labels_, model.distances_)
-    log.info("trained k=%d on %d images (%s, %.1fs); default nprobe %d", model.num_clusters, n,
-             model.backend_, model.fit_seconds_, nprobe)
+    log.info(
+        "trained k=%d on %d images (%s, %.1fs); default nprobe %d",
+        model.num_clusters,
+        n,
+        model.backend_,
+        model.fit_seconds_,
+        nprobe,
+    )
     return model
 
 
-def write_assignments(path: str | os.PathLike[str], ids: list[str], labels: np.ndarray, dists: np.ndarray) -> None:
-    write_csv(path, ["image", "cluster", "distance"],
-              ((i, int(c), f"{float(d):.6f}") for i, c, d in zip(ids, labels, dists, strict=True)))
+def distance_quantiles(
+    distances: np.ndarray, qs: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+) -> dict[str, float]:
+    """Quantiles of distances to the centroid, keyed ``"0.95"`` etc. (the drift reference)."""
+    d = np.asarray(distances, np.float64)
+    return {str(q): float(np.quantile(d, q)) for q in qs} if len(d) else {}
+
+
+def write_assignments(
+    path: str | os.PathLike[str], ids: list[str], labels: np.ndarray, dists: np.ndarray
+) -> None:
+    write_csv(
+        path,
+        ["image", "cluster", "distance"],
+        ((i, int(c), f"{float(d):.6f}") for i, c, d in zip(ids, labels, dists, strict=True)),
+    )
 
 
 def read_assignments(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
@@ -395,7 +575,9 @@ def read_assignments(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarra
         with open(p, encoding="utf-8", newline="") as f:
             r = csv.DictReader(f)
             if r.fieldnames is None or "image" not in r.fieldnames or "cluster" not in r.fieldnames:
-                raise ModelFileError(f"{p}: not a cluster CSV (need columns image, cluster; got {r.fieldnames})")
+                raise ModelFileError(
+                    f"{p}: not a cluster CSV (need columns image, cluster; got {r.fieldnames})"
+                )
             for row in r:
                 ids.append(row["image"])
                 labels.append(int(row["cluster"]))
@@ -419,28 +601,33 @@ def calibrate_nprobe(
 
     Queries are catalogue images; each query's own vector is excluded from both result
     lists (a held-out self-query).  Returns ``(nprobe, recall for nprobe = 1..k)``.
+
+    Ranking within the probed clusters is exact, so an exact neighbour is found exactly
+    when its cluster is probed: recall(nprobe) is the share of the exact top-``top``
+    whose cluster is among the query's ``nprobe`` nearest.  The exact neighbours are
+    found streaming ``X`` (a memory map is fine) in chunks: memory is
+    ``O(n_queries x chunk)``, not ``O(n_queries x n)``.
     """
+    from ._index import exact_topk
+
     n, k = len(X), len(centroids)
     if n <= top + 1:
         return k, [1.0] * k
     rng = np.random.default_rng(random_state)
     q = rng.choice(n, size=min(n_queries, n), replace=False)
-    Q = X[q]
-    sims = Q @ X.T
-    sims[np.arange(len(q)), q] = -np.inf
-    exact = np.argpartition(-sims, top, axis=1)[:, :top]
+    Q = np.asarray(X[q], np.float32)
+    exact, _ = exact_topk(Q, X, top, exclude=q)
     order = np.argsort(model.centroid_distances(Q), axis=1)  # clusters by distance, per query
     rank_of = np.empty_like(order)
     rank_of[np.arange(len(q))[:, None], order] = np.arange(k)[None, :]
-    # the probe rank at which each catalogue item becomes visible to each query
-    vis = rank_of[:, labels]  # [q, n]
+    # the probe rank at which each exact neighbour becomes visible to its query
+    vis = np.take_along_axis(rank_of, np.asarray(labels)[exact], axis=1)  # [q, top]
+    found = np.cumsum(np.bincount(vis.ravel(), minlength=k)) / vis.size
     curve: list[float] = []
     chosen = k
     for p in range(1, k + 1):
-        s = np.where(vis < p, sims, -np.inf)
-        got = np.argpartition(-s, top, axis=1)[:, :top]
-        rec = np.mean([len(set(a) & set(b)) / top for a, b in zip(exact, got, strict=True)])
-        curve.append(round(float(rec), 4))
+        rec = float(found[p - 1])
+        curve.append(round(rec, 4))
         if rec >= target_recall and chosen == k:
             chosen = p
         if rec >= 0.999:

@@ -63,7 +63,9 @@ class ExtractionResult:
         )
 
 
-def _decode_batch(root: Path, ids: Sequence[str], size: int, resize: str) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+def _decode_batch(
+    root: Path, ids: Sequence[str], size: int, resize: str
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     arrays: list[np.ndarray] = []
     ok: list[int] = []
     bad: list[tuple[str, str]] = []
@@ -91,10 +93,13 @@ def iter_decoded(
         return
     # each chunk is split across the workers, and at most ``prefetch`` chunks are in flight
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="varsitysrch-decode") as pool:
+
         def submit(chunk: Sequence[str]) -> list[cf.Future[Any]]:
             step = -(-len(chunk) // workers)
-            return [pool.submit(_decode_batch, root, chunk[j : j + step], size, resize)
-                    for j in range(0, len(chunk), step)]
+            return [
+                pool.submit(_decode_batch, root, chunk[j : j + step], size, resize)
+                for j in range(0, len(chunk), step)
+            ]
 
         pending: list[tuple[Sequence[str], list[cf.Future[Any]]]] = []
         it = iter(chunks)
@@ -127,10 +132,20 @@ class _Parts:
         self.dir = folder / PARTS
         self.extractor = extractor
         self.n = 0
+        self._arrays: dict[int, np.ndarray] = {}
 
     def load(self) -> dict[str, tuple[np.ndarray, int, int]]:
-        """Vectors of images done by an interrupted run with the same extractor."""
-        out: dict[str, tuple[np.ndarray, int, int]] = {}
+        """Vectors (memory-mapped rows) of images done by an interrupted run with the same extractor."""
+        return {rel: (self.array(p)[r], size, mtime) for rel, (p, r, size, mtime) in self.index().items()}
+
+    def index(self) -> dict[str, tuple[int, int, int, int]]:
+        """``id -> (part number, row, size, mtime_ns)`` of every checkpointed image (latest wins).
+
+        Only the ``.csv`` tables and ``.npy`` headers are read: the vectors stay on disk
+        until :meth:`array` hands out a part's memory map.
+        """
+        out: dict[str, tuple[int, int, int, int]] = {}
+        self._arrays = {}
         head = self.dir / "parts.json"
         if not head.exists():
             return out
@@ -138,20 +153,28 @@ class _Parts:
             meta = json.loads(head.read_text(encoding="utf-8"))
             if not self.extractor.compatible_with(meta.get("extractor", {})):
                 log.info("discarding checkpoints made with another extractor")
+                self.clear()
                 return out
             for npy in sorted(self.dir.glob("part-*.npy")):
-                X = np.load(npy, allow_pickle=False)
+                num = int(npy.stem.split("-")[1])
+                X = np.load(npy, mmap_mode="r", allow_pickle=False)
                 with open(npy.with_suffix(".csv"), encoding="utf-8", newline="") as f:
                     rows = list(csv.reader(f))[1:]
-                if len(rows) != len(X):
+                self.n = max(self.n, num + 1)
+                if len(rows) != len(X) or X.ndim != 2:
                     continue
-                for (rel, size, mtime), v in zip(rows, X, strict=True):
-                    out[rel] = (v, int(size), int(mtime))
-                self.n = max(self.n, int(npy.stem.split("-")[1]) + 1)
+                self._arrays[num] = X
+                for r, (rel, size, mtime) in enumerate(rows):
+                    out[rel] = (num, r, int(size), int(mtime))
         except (OSError, ValueError, IndexError) as exc:
             log.warning("ignoring unreadable checkpoints in %s (%s)", self.dir, exc)
+            self.clear()
             return {}
         return out
+
+    def array(self, num: int) -> np.ndarray:
+        """The memory-mapped vectors of part ``num`` (after :meth:`index`)."""
+        return self._arrays[num]
 
     def save(self, ids: list[str], X: np.ndarray, stats: list[tuple[int, int]]) -> None:
         if not ids:
@@ -160,14 +183,19 @@ class _Parts:
         if self.n == 0:
             write_json(self.dir / "parts.json", {"extractor": self.extractor.identity()})
         stem = self.dir / f"part-{self.n:05d}"
-        write_csv(stem.with_suffix(".csv"), ["id", "size", "mtime_ns"],
-                  [(i, s, m) for i, (s, m) in zip(ids, stats, strict=True)])
+        write_csv(
+            stem.with_suffix(".csv"),
+            ["id", "size", "mtime_ns"],
+            [(i, s, m) for i, (s, m) in zip(ids, stats, strict=True)],
+        )
         with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, X, allow_pickle=False)
         self.n += 1
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.n = 0
+        self._arrays = {}
 
 
 def extract_features(
@@ -181,6 +209,8 @@ def extract_features(
     dtype: str = "float32",
     checkpoint_every: int = 2048,
     show_progress: bool = True,
+    engine: str = "local",
+    scheduler: Any = None,
     **extractor_options: Any,
 ) -> ExtractionResult:
     """Embed every image under ``img_folder`` (recursively) into the feature store ``save_to``.
@@ -201,6 +231,18 @@ def extract_features(
         dtype: ``"float32"`` or ``"float16"`` storage.
         checkpoint_every: images between checkpoints of an unfinished run.
         show_progress: show a tqdm progress bar.
+        engine: ``"local"`` (decoding threads + ONNX Runtime here) or ``"dask"``: image
+            shards are embedded on dask.distributed workers (each loads the model once)
+            and the same store is written.  Workers must see ``img_folder`` at the same path.
+        scheduler: with ``engine="dask"``: a scheduler address (``"tcp://host:8786"``), a
+            scheduler file (``.json``), a ``distributed.Client`` or a cluster object
+            (``LocalCluster``, dask-kubernetes, dask-jobqueue, ``SSHCluster``); ``None``
+            uses the current default client.
+
+    Memory stays bounded whatever the catalogue size: a few batches of decoded images,
+    at most ``checkpoint_every`` vectors (then streamed to ``save_to/parts/``) and the id
+    tables; the final store is assembled from the previous store and the parts through
+    memory maps.
     """
     t0 = time.perf_counter()
     root = Path(img_folder)
@@ -213,6 +255,8 @@ def extract_features(
         raise InvalidArgumentError(f"dtype must be 'float32' or 'float16'; got {dtype!r}")
     if out.resolve() == root.resolve():
         raise InvalidArgumentError("save_to must not be the image folder itself")
+    if engine not in ("local", "dask"):
+        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
     ex = get_extractor(extractor, **extractor_options)
 
     ids = list_images(root)
@@ -239,69 +283,67 @@ def extract_features(
             if rel in stats and old.sizes and stats[rel] == (old.sizes[j], old.mtimes[j]):
                 reuse[rel] = j
     parts = _Parts(out, ex)
-    resumed = {k: v for k, v in parts.load().items() if k in stats and stats[k] == (v[1], v[2]) and k not in reuse}
+    resumed = {
+        k for k, v in parts.index().items() if k in stats and stats[k] == (v[2], v[3]) and k not in reuse
+    }
     todo = [rel for rel in ids if rel not in reuse and rel not in resumed]
     n_removed = 0 if old is None else sum(1 for rel in old.ids if rel not in stats)
     log.info("%d images: %d reused, %d resumed, %d to embed", len(ids), len(reuse), len(resumed), len(todo))
 
     skipped: list[tuple[str, str]] = []
-    new_vecs: dict[str, np.ndarray] = {}
+    new_ids: set[str] = set()  # embedded by this run; their vectors stream into parts/
     if todo:
-        embedder = Embedder(ex, threads=threads)
-        workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not show_progress, dynamic_ncols=True)
         buf_ids: list[str] = []
         buf_X: list[np.ndarray] = []
         try:
-            for ok_ids, batch, bad in iter_decoded(
-                root, todo, batch_size=batch_size, size=ex.input_size, resize=ex.resize,
-                workers=workers, prefetch=2,
+            for ok_ids, X, bad in _embedded_batches(
+                root,
+                todo,
+                ex,
+                engine=engine,
+                scheduler=scheduler,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                threads=threads,
             ):
                 skipped.extend(bad)
                 for rel, reason in bad:
                     log.warning("skipped %s: %s", rel, reason)
                 if len(ok_ids):
-                    X = embedder.embed(batch).astype(dtype)
                     buf_ids.extend(ok_ids)
-                    buf_X.append(X)
-                    for rel, v in zip(ok_ids, X, strict=True):
-                        new_vecs[rel] = v
+                    buf_X.append(X.astype(dtype))
+                    new_ids.update(ok_ids)
                 bar.update(len(ok_ids) + len(bad))
                 if len(buf_ids) >= checkpoint_every:
                     parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
                     buf_ids, buf_X = [], []
+            if buf_ids:
+                parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+                buf_ids, buf_X = [], []
         finally:
             bar.close()
-            if buf_ids and len(new_vecs) < len(todo):  # interrupted: keep what was done
+            if buf_ids:  # interrupted: keep what was done
                 with contextlib.suppress(Exception):
                     parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
 
-    # ---- assemble the final store in id order, streaming rows into a memory map
-    final_ids = [rel for rel in ids if rel in reuse or rel in resumed or rel in new_vecs]
+    # ---- assemble the final store in id order from the old store and the parts, via memory maps
+    done = parts.index() if (new_ids or resumed) else {}
+    from_parts = {
+        rel: (p, r)
+        for rel, (p, r, size, mtime) in done.items()
+        if rel not in reuse and rel in stats and stats[rel] == (size, mtime)
+    }
+    final_ids = [rel for rel in ids if rel in reuse or rel in from_parts]
     dim = ex.dim
     out.mkdir(parents=True, exist_ok=True)
-    if final_ids:
-        probe = next(iter(new_vecs.values()), None)
-        if probe is not None:
-            dim = probe.shape[0]
-        elif resumed:
-            dim = next(iter(resumed.values()))[0].shape[0]
-        elif old is not None:
-            dim = old.dim
-    with atomic_path(out / VECTORS) as tmp:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(final_ids), dim))
-        for i, rel in enumerate(final_ids):
-            if rel in new_vecs:
-                mm[i] = new_vecs[rel]
-            elif rel in resumed:
-                mm[i] = resumed[rel][0]
-            else:
-                assert old is not None
-                mm[i] = old.vectors[reuse[rel]]
-        mm.flush()
-        del mm
+    if from_parts:
+        dim = parts.array(next(iter(from_parts.values()))[0]).shape[1]
+    elif final_ids and old is not None:
+        dim = old.dim
+    _write_vectors(out / VECTORS, final_ids, dim, dtype, old, reuse, parts, from_parts)
     write_csv(out / IDS, ["id", "size", "mtime_ns"], [(r, *stats[r]) for r in final_ids])
     write_csv(out / SKIPPED, ["path", "reason"], skipped)
     meta = {
@@ -323,10 +365,74 @@ def extract_features(
         raise FeatureStoreError(
             f"no readable images under {str(root)!r} ({len(skipped)} skipped; see {out / SKIPPED})"
         )
-    res = ExtractionResult(out, len(final_ids), len(new_vecs), len(reuse) + len(resumed), n_removed, skipped,
-                           time.perf_counter() - t0)
+    res = ExtractionResult(
+        out,
+        len(final_ids),
+        len(new_ids),
+        len(reuse) + len(resumed),
+        n_removed,
+        skipped,
+        time.perf_counter() - t0,
+    )
     log.info("%s", res.summary())
     return res
+
+
+def _embedded_batches(
+    root: Path,
+    todo: list[str],
+    ex: Extractor,
+    *,
+    engine: str,
+    scheduler: Any,
+    batch_size: int,
+    num_workers: int | None,
+    threads: int | None,
+) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
+    """``(ids embedded, float32 vectors, skipped)`` per batch (local) or shard (dask), in ``todo`` order."""
+    if engine == "dask":
+        from ._dask import embed_shards
+
+        yield from embed_shards(root, todo, ex, scheduler=scheduler, batch_size=batch_size, threads=threads)
+        return
+    embedder = Embedder(ex, threads=threads)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    for ok_ids, batch, bad in iter_decoded(
+        root, todo, batch_size=batch_size, size=ex.input_size, resize=ex.resize, workers=workers, prefetch=2
+    ):
+        X = embedder.embed(batch) if len(ok_ids) else np.zeros((0, ex.dim), np.float32)
+        yield ok_ids, X, bad
+
+
+def _write_vectors(
+    path: Path,
+    final_ids: list[str],
+    dim: int,
+    dtype: str,
+    old: FeatureStore | None,
+    reuse: dict[str, int],
+    parts: _Parts,
+    from_parts: dict[str, tuple[int, int]],
+    chunk: int = 16384,
+) -> None:
+    """Write ``vectors.npy`` atomically, copying rows in chunks from the old store and the parts."""
+    pos = {rel: i for i, rel in enumerate(final_ids)}
+    with atomic_path(path) as tmp:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(final_ids), dim))
+        if reuse:
+            assert old is not None
+            dst = np.fromiter((pos[r] for r in reuse), np.int64, len(reuse))
+            src = np.fromiter(reuse.values(), np.int64, len(reuse))
+            for s in range(0, len(dst), chunk):
+                mm[dst[s : s + chunk]] = old.vectors[src[s : s + chunk]]
+        by_part: dict[int, list[tuple[int, int]]] = {}
+        for rel, (p, r) in from_parts.items():
+            by_part.setdefault(p, []).append((pos[rel], r))
+        for p, pairs in sorted(by_part.items()):
+            d, r = np.asarray(pairs, np.int64).T
+            mm[d] = parts.array(p)[r]
+        mm.flush()
+        del mm
 
 
 def _version() -> str:

@@ -84,19 +84,31 @@ class Extractor:
 
     def compatible_with(self, other: dict[str, Any]) -> bool:
         mine = self.identity()
-        keys = ("name", "dim", "input_size", "resize", "pooling", "weights_sha256", "layout", "mean", "std",
-                "output", "quantized")
+        keys = (
+            "name",
+            "dim",
+            "input_size",
+            "resize",
+            "pooling",
+            "weights_sha256",
+            "layout",
+            "mean",
+            "std",
+            "output",
+            "quantized",
+        )
         return all(mine.get(k) == other.get(k) for k in keys if k in other)
 
     def check_compatible(self, other: dict[str, Any], what: str) -> None:
         if other.get("name") == "legacy-npy":
             return
         if not self.compatible_with(other):
-            diff = {k: (other.get(k), v) for k, v in self.identity().items() if k in other and other.get(k) != v}
+            diff = {
+                k: (other.get(k), v) for k, v in self.identity().items() if k in other and other.get(k) != v
+            }
             raise IncompatibleModelError(
-                f"{what} was made with a different extractor: " + ", ".join(
-                    f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in diff.items()
-                )
+                f"{what} was made with a different extractor: "
+                + ", ".join(f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in diff.items())
             )
 
     # ------------------------------------------------------------ user models
@@ -156,7 +168,8 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
         ex = Extractor(name=name, dim=512, weights_sha256=sha256_file(path), extra={"weights": str(path)})
     else:
         raise InvalidArgumentError(
-            f"extractor must be one of efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH; got {name!r}"
+            "extractor must be one of efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH; "
+            f"got {name!r}"
         )
     if weights and name != "vgg16-block5pool":
         raise InvalidArgumentError(f"weights= is only used by vgg16-block5pool; got it for {name!r}")
@@ -180,7 +193,9 @@ def sha256_file(path: str | Path) -> str:
 def _verified(path: Path, expected: str) -> str:
     got = sha256_file(path)
     if got != expected:
-        raise ModelFileError(f"weights file {str(path)!r} has sha256 {got}, expected {expected}: corrupt or altered")
+        raise ModelFileError(
+            f"weights file {str(path)!r} has sha256 {got}, expected {expected}: corrupt or altered"
+        )
     return got
 
 
@@ -222,7 +237,7 @@ def download(url: str, dest: Path, *, sha256_prefix: str = "", sha256: str = "")
     os.close(fd)
     try:
         log.info("downloading %s", url)
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f, 1 << 20)
         got = sha256_file(tmp)
         if (sha256 and got != sha256) or (sha256_prefix and not got.startswith(sha256_prefix)):
@@ -279,7 +294,8 @@ def onnx_model_bytes(ex: Extractor) -> bytes:
     got = sha256_file(wpath)
     if got != ex.weights_sha256:
         raise IncompatibleModelError(
-            f"weights {str(wpath)!r} have sha256 {got}, expected {ex.weights_sha256} (corrupt or a different version)"
+            f"weights {str(wpath)!r} have sha256 {got}, expected {ex.weights_sha256} "
+            "(corrupt or a different version)"
         )
     try:
         import onnx  # noqa: F401
@@ -328,8 +344,7 @@ def _session(model: bytes, threads: int) -> Any:
 def _prepare(batch: np.ndarray, layout: str, mean: Any, std: Any) -> np.ndarray:
     if layout == "uint8-nhwc":
         return batch
-    x = batch.astype(np.float32)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    x = (batch.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     if layout == "float-nchw":
         x = x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x)

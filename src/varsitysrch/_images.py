@@ -105,7 +105,7 @@ def open_image(source: ImageSource) -> Image.Image:
         except ImageError:
             raise
         except FileNotFoundError as exc:
-            raise ImageError(f"no such file: {source}") from exc
+            raise ImageError(f"no such file: {exc.filename}") from exc
         except Image.DecompressionBombError as exc:
             raise ImageError(f"decompression bomb refused ({exc})") from exc
         except Exception as exc:  # PIL raises many kinds on garbage input

@@ -70,7 +70,15 @@ class _Graph:
         return self.node("Conv", ins, "conv", **attrs)
 
     def conv_bn(
-        self, x: str, conv: str, bn: str, *, eps: float, stride: int = 1, group: int = 1, pads: str | int = "same_upper"
+        self,
+        x: str,
+        conv: str,
+        bn: str,
+        *,
+        eps: float,
+        stride: int = 1,
+        group: int = 1,
+        pads: str | int = "same_upper",
     ) -> str:
         w = self.sd[f"{conv}.weight"]
         gamma, beta = self.sd[f"{bn}.weight"], self.sd[f"{bn}.bias"]
@@ -117,8 +125,12 @@ class _Graph:
         ]
         if fc is not None:
             w, b = fc
-            logits = self.node("Gemm", [pooled, self.const(w.astype(np.float32)), self.const(b.astype(np.float32))],
-                               "fc", transB=1)
+            logits = self.node(
+                "Gemm",
+                [pooled, self.const(w.astype(np.float32)), self.const(b.astype(np.float32))],
+                "fc",
+                transB=1,
+            )
             self.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
             outs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", int(w.shape[0])]))
         inp = helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", "H", "W", 3])
@@ -155,7 +167,9 @@ def build_efficientnet_lite(sd: dict[str, np.ndarray]) -> bytes:
         if f"{p}._expand_conv.weight" in sd:
             h = g.relu6(g.conv_bn(h, f"{p}._expand_conv", f"{p}._bn0", eps=eps))
         dw = sd[f"{p}._depthwise_conv.weight"]
-        h = g.relu6(g.conv_bn(h, f"{p}._depthwise_conv", f"{p}._bn1", eps=eps, stride=stride, group=dw.shape[0]))
+        h = g.relu6(
+            g.conv_bn(h, f"{p}._depthwise_conv", f"{p}._bn1", eps=eps, stride=stride, group=dw.shape[0])
+        )
         h = g.conv_bn(h, f"{p}._project_conv", f"{p}._bn2", eps=eps)
         if stride == 1 and prev_out == out_c:
             h = g.node("Add", [h, x], "skip")
@@ -168,7 +182,15 @@ def build_efficientnet_lite(sd: dict[str, np.ndarray]) -> bytes:
 
 
 # ---------------------------------------------------------------- MobileNetV2 (torchvision)
-_MBV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_MBV2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def build_mobilenet_v2(sd: dict[str, np.ndarray]) -> bytes:
@@ -191,7 +213,9 @@ def build_mobilenet_v2(sd: dict[str, np.ndarray]) -> bytes:
                 h = g.relu6(g.conv_bn(h, f"{p}.0.0", f"{p}.0.1", eps=eps, pads=0))
                 k = 1
             dw = sd[f"{p}.{k}.0.weight"]
-            h = g.relu6(g.conv_bn(h, f"{p}.{k}.0", f"{p}.{k}.1", eps=eps, stride=stride, group=dw.shape[0], pads=1))
+            h = g.relu6(
+                g.conv_bn(h, f"{p}.{k}.0", f"{p}.{k}.1", eps=eps, stride=stride, group=dw.shape[0], pads=1)
+            )
             h = g.conv_bn(h, f"{p}.{k + 1}", f"{p}.{k + 2}", eps=eps, pads=0)
             if stride == 1 and in_c == c:
                 h = g.node("Add", [h, x], "skip")
@@ -205,7 +229,26 @@ def build_mobilenet_v2(sd: dict[str, np.ndarray]) -> bytes:
 
 
 # ---------------------------------------------------------------- VGG16 up to block5_pool
-_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+_VGG16_CFG: list[int | str] = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+]
 
 
 def vgg16_conv_keys() -> list[str]:

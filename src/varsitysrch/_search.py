@@ -91,8 +91,11 @@ class Searcher:
             self.default_nprobe = nprobe
         root = image_root or self.config.get("image_root")
         self.image_root = Path(root) if root else None
-        self.extractor = Extractor.from_identity(self.config.get("extractor", {})) if self.config.get(
-            "extractor", {}).get("name") not in (None, "legacy-npy", "test") else None
+        self.extractor = (
+            Extractor.from_identity(self.config.get("extractor", {}))
+            if self.config.get("extractor", {}).get("name") not in (None, "legacy-npy", "test")
+            else None
+        )
         self._threads = threads
         self._embedder: Embedder | None = None
 
@@ -110,7 +113,10 @@ class Searcher:
 
     def _store_vectors(self) -> np.ndarray:
         feats = self.config.get("features", {})
-        cands = [self.model_path.resolve().parent / feats.get("relative_path", ""), Path(feats.get("path", ""))]
+        cands = [
+            self.model_path.resolve().parent / feats.get("relative_path", ""),
+            Path(feats.get("path", "")),
+        ]
         for c in cands:
             if (c / "store.json").exists():
                 store = FeatureStore.open(c)
@@ -156,14 +162,21 @@ class Searcher:
         return self.search_vector(self.embed(query), top_n, nprobe=nprobe, exact=exact)
 
     def search_id(
-        self, image_id: str, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False,
+        self,
+        image_id: str,
+        top_n: int = 10,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
         include_self: bool = True,
     ) -> list[Hit]:
         """Search with a catalogue image (by id) as the query."""
         j = self._id_index.get(image_id)
         if j is None:
             raise InvalidArgumentError(f"image_id {image_id!r} is not in the catalogue")
-        hits = self.search_vector(self.vectors[j], top_n + (0 if include_self else 1), nprobe=nprobe, exact=exact)
+        hits = self.search_vector(
+            self.vectors[j], top_n + (0 if include_self else 1), nprobe=nprobe, exact=exact
+        )
         if not include_self:
             hits = [h for h in hits if h.image != image_id][:top_n]
             hits = [Hit(h.image, h.score, h.cluster, r, h.path) for r, h in enumerate(hits, 1)]
@@ -180,14 +193,13 @@ class Searcher:
         rows = self.candidates(v, top_n, nprobe=nprobe, exact=exact)
         scores = self.vectors[rows] @ v
         n = min(top_n, len(rows))
-        if n < len(rows):
-            top = np.argpartition(-scores, n - 1)[:n]
-        else:
-            top = np.arange(len(rows))
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((rows[top], -scores[top]))]  # by score, ties by catalogue order
         return [self._hit(int(rows[t]), float(scores[t]), r) for r, t in enumerate(top, 1)]
 
-    def candidates(self, v: np.ndarray, top_n: int, *, nprobe: int | None = None, exact: bool = False) -> np.ndarray:
+    def candidates(
+        self, v: np.ndarray, top_n: int, *, nprobe: int | None = None, exact: bool = False
+    ) -> np.ndarray:
         """Rows scanned for a query: its ``nprobe`` nearest clusters, more until ``top_n``."""
         if exact:
             return np.arange(len(self.ids))
@@ -207,8 +219,13 @@ class Searcher:
     def _hit(self, row: int, score: float, rank: int) -> Hit:
         rel = self.ids[row]
         path = str(self.image_root / rel) if self.image_root else None
-        return Hit(rel, min(score, 1.0) if score > 1.0 and score < 1.0 + 1e-3 else score,
-                   int(self.labels[row]), rank, path)
+        return Hit(
+            rel,
+            min(score, 1.0) if score > 1.0 and score < 1.0 + 1e-3 else score,
+            int(self.labels[row]),
+            rank,
+            path,
+        )
 
 
 @functools.lru_cache(maxsize=4)

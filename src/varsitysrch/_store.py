@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ reading
     @classmethod
-    def open(cls, folder: str | Path, *, mmap: bool = True) -> FeatureStore:
+    def open(cls, folder: str | os.PathLike[str], *, mmap: bool = True) -> FeatureStore:
         """Open a store written by :func:`extract_features` (or a legacy .npy folder)."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -86,13 +87,19 @@ class FeatureStore:
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(f"{folder / VECTORS}: unreadable vectors ({exc})") from exc
         ids, sizes, mtimes = read_ids(folder / IDS)
-        if vectors.ndim != 2 or vectors.shape[0] != len(ids) or vectors.shape[0] != int(meta.get("count", -1)):
+        if (
+            vectors.ndim != 2
+            or vectors.shape[0] != len(ids)
+            or vectors.shape[0] != int(meta.get("count", -1))
+        ):
             raise FeatureStoreError(
                 f"{folder}: store is inconsistent: {vectors.shape[0]} vectors, {len(ids)} ids, "
                 f"count {meta.get('count')} in {STORE_JSON}"
             )
         if vectors.shape[1] != int(meta.get("dim", -1)):
-            raise FeatureStoreError(f"{folder}: vectors have dim {vectors.shape[1]}, header says {meta.get('dim')}")
+            raise FeatureStoreError(
+                f"{folder}: vectors have dim {vectors.shape[1]}, header says {meta.get('dim')}"
+            )
         return cls(folder, ids, vectors, dict(meta.get("extractor", {})), sizes, mtimes, meta)
 
     @classmethod

@@ -70,7 +70,7 @@ class _TensorRef:
         if not self.size:
             return np.array(flat[self.offset], dtype=flat.dtype)
         itemsize = flat.dtype.itemsize
-        needed = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride)) + 1
+        needed = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride, strict=False)) + 1
         if needed > flat.size:
             raise ModelFileError("tensor extends past its storage: corrupt checkpoint")
         view = np.lib.stride_tricks.as_strided(

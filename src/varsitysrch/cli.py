@@ -50,12 +50,15 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def extract(
     img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images (searched recursively).")],
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder to write (or update).")],
-    extractor: Annotated[str, typer.Option(help="efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH.")]
-    = "efficientnet-lite0",
+    extractor: Annotated[
+        str, typer.Option(help="efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH.")
+    ] = "efficientnet-lite0",
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPUs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: CPUs).")] = None,
-    float16: Annotated[bool, typer.Option("--float16", help="Store vectors as float16 (half the size).")] = False,
+    float16: Annotated[
+        bool, typer.Option("--float16", help="Store vectors as float16 (half the size).")
+    ] = False,
     weights: Annotated[Path | None, typer.Option(help="Weights file (vgg16-block5pool).")] = None,
     engine: Annotated[str, typer.Option(help="local, or dask (needs --scheduler).")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
@@ -72,8 +75,16 @@ def extract(
     if engine != "local" or scheduler is not None:
         kw["engine"], kw["scheduler"] = engine, scheduler
     res = _run(
-        extract_features, img_dir, features_dir, extractor=extractor, batch_size=batch_size, num_workers=workers,
-        threads=threads, dtype="float16" if float16 else "float32", show_progress=not quiet, **kw,
+        extract_features,
+        img_dir,
+        features_dir,
+        extractor=extractor,
+        batch_size=batch_size,
+        num_workers=workers,
+        threads=threads,
+        dtype="float16" if float16 else "float32",
+        show_progress=not quiet,
+        **kw,
     )
     typer.echo(res.summary())
     if res.n_skipped:
@@ -84,7 +95,9 @@ def extract(
 def train(
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file to write.")] = Path("model.vsm"),
-    csv: Annotated[Path, typer.Option("--csv", "-c", help="Assignments CSV to write.")] = Path("clusters.csv"),
+    csv: Annotated[Path, typer.Option("--csv", "-c", help="Assignments CSV to write.")] = Path(
+        "clusters.csv"
+    ),
     k: Annotated[int, typer.Option("--num-clusters", "-k", help="Number of clusters.")] = 20,
     n_components: Annotated[int | None, typer.Option(help="Cluster in a PCA space of this size.")] = None,
     n_init: Annotated[int, typer.Option(help="K-means restarts.")] = 3,
@@ -96,8 +109,17 @@ def train(
     _setup(verbose)
     from ._cluster import train_clusters
 
-    m = _run(train_clusters, features_dir, model, csv, k, n_components=n_components, n_init=n_init,
-             random_state=seed, backend=backend)
+    m = _run(
+        train_clusters,
+        features_dir,
+        model,
+        csv,
+        k,
+        n_components=n_components,
+        n_init=n_init,
+        random_state=seed,
+        backend=backend,
+    )
     sizes = sorted(int(s) for s in __import__("numpy").bincount(m.labels_, minlength=k))
     typer.echo(
         f"k={k} on {len(m.labels_)} images ({m.backend_}, {m.fit_seconds_:.1f}s); cluster sizes "
@@ -109,8 +131,9 @@ def train(
 def search(
     query: Annotated[Path, typer.Argument(help="Query image.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file.")] = Path("model.vsm"),
-    csv: Annotated[Path | None, typer.Option("--csv", "-c", help="Assignments CSV (checked against the model).")]
-    = None,
+    csv: Annotated[
+        Path | None, typer.Option("--csv", "-c", help="Assignments CSV (checked against the model).")
+    ] = None,
     n: Annotated[int, typer.Option("--top-n", "-n", help="Number of results.")] = 5,
     nprobe: Annotated[int | None, typer.Option(help="Clusters to scan (default: calibrated).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Scan the whole catalogue.")] = False,
