@@ -160,6 +160,67 @@ def search(
     Console().print(t)
 
 
+@app.command("choose-k")
+def choose_k(
+    features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
+    max_clusters: Annotated[int, typer.Option(help="Largest k tried (k = 2..max).")] = 30,
+    n_components: Annotated[int | None, typer.Option(help="PCA dimensions for the analysis.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the elbow + silhouette plot (PNG).")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Write the scores (.csv or .json).")] = None,
+    method: Annotated[str, typer.Option(help="fast, or exhaustive (slow reference sweep).")] = "fast",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Elbow, silhouette and retrieval scores for k = 2..MAX; prints the recommended k."""
+    _setup(verbose)
+    from ._selectk import get_optimal_num_clusters
+
+    sel = _run(
+        get_optimal_num_clusters,
+        features_dir,
+        max_clusters,
+        n_components,
+        plot_path=plot,
+        scores_path=scores,
+        method=method,
+        random_state=seed,
+        show_progress=not quiet,
+    )
+    typer.echo(sel.summary())
+    if plot is not None:
+        typer.echo(f"plot written to {plot}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file.")] = Path("model.vsm"),
+    csv: Annotated[Path | None, typer.Option("--csv", "-c", help="Assignments CSV.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    image_root: Annotated[
+        Path | None, typer.Option(help="Catalogue image folder (default: from the store).")
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 20.0,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Serve search over HTTP (JSON API, web page at /, OpenAPI at /docs)."""
+    _setup(verbose)
+    from ._service import run_server
+
+    _run(
+        run_server,
+        model,
+        csv,
+        host=host,
+        port=port,
+        image_root=image_root,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        threads=threads,
+    )
+
+
 def main() -> None:
     app()
 
