@@ -467,10 +467,16 @@ def train_clusters(
             return dask_assign(source, m, scheduler=scheduler)
 
     model.fit(X, assigner=assigner)
-    nprobe, curve = calibrate_nprobe(
-        X, model.labels_, model.cluster_centers_, model, target_recall, random_state=random_state
-    )
     n, dim = X.shape
+    nprobe, curve = calibrate_nprobe(
+        X,
+        model.labels_,
+        model.cluster_centers_,
+        model,
+        target_recall,
+        random_state=random_state,
+        n_queries=500 if n <= 200_000 else 200,  # each query scans the whole store once
+    )
     if embed_index is None:
         embed_index = n * dim <= 50_000_000
     sizes = np.bincount(model.labels_, minlength=model.num_clusters)

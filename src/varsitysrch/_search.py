@@ -24,6 +24,7 @@ from ._cluster import KMeansModel, ModelFile, load_model, read_assignments
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extractors import Embedder, Extractor
 from ._images import ImageSource, load_image
+from ._index import IVFSearch
 from ._store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class Searcher:
         if csv_file is not None:
             self._check_csv(Path(csv_file))
         vectors = mf.vectors if mf.vectors is not None else self._store_vectors()
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        # large catalogues carry a faiss IVF (see _index): search goes through it, vectors stay memory-mapped
+        self._ivf = IVFSearch.from_model(mf, vectors)
+        self.vectors = vectors if self._ivf is not None else np.ascontiguousarray(vectors, dtype=np.float32)
         if self.vectors.shape != (len(self.ids), int(self.config["dim"])):
             raise IncompatibleModelError(
                 f"index has shape {self.vectors.shape}, model expects ({len(self.ids)}, {self.config['dim']})"
@@ -190,6 +193,11 @@ class Searcher:
         v = np.asarray(vector, np.float32).reshape(-1)
         if v.shape[0] != self.vectors.shape[1]:
             raise IncompatibleModelError(f"query has dim {v.shape[0]}, the index has {self.vectors.shape[1]}")
+        if self._ivf is not None:  # IVF mode: nprobe counts IVF lists; hits report their K-means cluster
+            found, sims = self._ivf.search(v, top_n, nprobe=nprobe, exact=exact)
+            return [
+                self._hit(int(r), float(s), i) for i, (r, s) in enumerate(zip(found, sims, strict=True), 1)
+            ]
         rows = self.candidates(v, top_n, nprobe=nprobe, exact=exact)
         scores = self.vectors[rows] @ v
         n = min(top_n, len(rows))

@@ -1,0 +1,493 @@
+"""Catalogue updates without retraining, and a drift report that says when to retrain.
+
+:func:`update_catalogue` brings a trained model up to date with its image folder:
+
+1. :func:`~varsitysrch.extract_features` embeds only new and changed images (same size and
+   mtime = unchanged, reused) and drops deleted ones from the feature store;
+2. images are compared with the model: *added* (not in the model), *changed* (file size
+   or mtime differs from the one recorded in the model at training or at the last
+   update), *removed* (in the model, no longer in the store), *unchanged*;
+3. added and changed vectors are assigned to their nearest centroid with the model's own
+   projection (PCA, if any) and centroids -- nothing is retrained; unchanged images keep
+   their cluster and distance exactly;
+4. the model file (same centroids and configuration, new ids/labels/distances, embedded
+   vectors and IVF lists, an ``updates`` history entry) and the CSV are rewritten
+   atomically, the default ``nprobe`` recalibrated (cheap: 200 held-out queries).
+
+Drift report and the retrain rule
+---------------------------------
+Measured against the training reference stored in the model (``config["training"]``):
+
+* ``cluster_imbalance``: largest cluster / mean cluster size (and the Gini coefficient of
+  the sizes), now and at training;
+* ``mean_distance``: mean distance of every image to its centroid, now and at training;
+* ``far_share``: share of the added and changed images farther from their centroid than
+  the training distances' ``far_quantile`` (0.95: 5 % of the training images are that far);
+* ``churn``: images added, changed or removed since training / images at training.
+
+``retrain_recommended`` is true when any of these holds:
+
+* ``n_far >= 5`` and ``far_share > 2 * (1 - far_quantile)`` -- new images do not fit the
+  existing clusters (twice the rate of the training images themselves);
+* ``mean_distance > 1.15 * mean_distance_at_training``;
+* ``cluster_imbalance > 1.5 * cluster_imbalance_at_training``;
+* ``churn > 0.5`` -- half the catalogue is not what the clusters were trained on.
+
+The distance quantile is stored in the model at training time
+(``config["training"]["distance_quantiles"]``); for models trained before that, it is
+computed from the model's distances at the first update and stored then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._cluster import ModelFile, calibrate_nprobe, load_model, save_model, write_assignments
+from ._errors import IncompatibleModelError, InvalidArgumentError
+from ._extract import extract_features
+from ._extractors import Extractor
+from ._io import atomic_path
+from ._store import IDS, STORE_JSON, FeatureStore, read_ids
+
+log = logging.getLogger(__name__)
+
+#: the retrain rule (see the module docstring)
+MIN_FAR = 5
+FAR_SHARE_FACTOR = 2.0
+MEAN_DISTANCE_RATIO = 1.15
+IMBALANCE_RATIO = 1.5
+MAX_CHURN = 0.5
+#: history entries kept in the model file
+MAX_HISTORY = 100
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What :func:`update_catalogue` did, and how far the catalogue has drifted from training."""
+
+    n_images: int  #: images in the catalogue (and model) now
+    added: int  #: images new to the model
+    changed: int  #: images whose file changed (re-embedded, re-assigned)
+    removed: int  #: images dropped from the model
+    unchanged: int  #: images that kept their vector, cluster and distance
+    n_embedded: int  #: images embedded by this run (0 for unchanged ones)
+    skipped: int  #: unreadable images (see skipped.csv in the store)
+    seconds: float
+    k: int
+    cluster_imbalance: float  #: largest / mean cluster size now
+    cluster_imbalance_at_training: float
+    gini: float  #: Gini coefficient of the cluster sizes now (0 = equal)
+    gini_at_training: float
+    empty_clusters: int
+    mean_distance: float  #: mean distance to the centroid now
+    mean_distance_at_training: float
+    far_quantile: float
+    far_threshold: float  #: the training distances' far_quantile
+    n_far: int  #: added/changed images beyond far_threshold
+    far_share: float  #: n_far / (added + changed)
+    churn: float  #: images added, changed or removed since training / images at training
+    nprobe: int  #: default nprobe now (recalibrated)
+    nprobe_before: int
+    retrain_recommended: bool
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def mean_distance_ratio(self) -> float:
+        return self.mean_distance / self.mean_distance_at_training if self.mean_distance_at_training else 1.0
+
+    @property
+    def imbalance_ratio(self) -> float:
+        ref = self.cluster_imbalance_at_training
+        return self.cluster_imbalance / ref if ref else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        d["mean_distance_ratio"] = round(self.mean_distance_ratio, 4)
+        d["imbalance_ratio"] = round(self.imbalance_ratio, 4)
+        return d
+
+    def summary(self) -> str:
+        head = (
+            f"{self.n_images} images: {self.added} added, {self.changed} changed, {self.removed} removed, "
+            f"{self.unchanged} unchanged ({self.n_embedded} embedded, {self.skipped} skipped) "
+            f"in {self.seconds:.1f}s"
+        )
+        drift = (
+            f"drift: cluster imbalance {self.cluster_imbalance:.2f} "
+            f"(training {self.cluster_imbalance_at_training:.2f}), "
+            f"mean distance {self.mean_distance:.4f} (training {self.mean_distance_at_training:.4f}), "
+            f"{self.far_share:.0%} of new images far ({self.n_far}), churn {self.churn:.0%}; "
+            f"nprobe {self.nprobe_before} -> {self.nprobe}"
+        )
+        verdict = (
+            "retrain recommended: " + "; ".join(self.reasons)
+            if self.retrain_recommended
+            else "no retraining needed"
+        )
+        return f"{head}\n{drift}\n{verdict}"
+
+
+def gini(sizes: np.ndarray) -> float:
+    """Gini coefficient of non-negative sizes (0: all equal; near 1: one holds everything)."""
+    x = np.sort(np.asarray(sizes, np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * total))
+
+
+def _imbalance(sizes: np.ndarray) -> float:
+    s = np.asarray(sizes, np.float64)
+    return float(s.max() / s.mean()) if len(s) and s.mean() > 0 else 0.0
+
+
+def retrain_reasons(
+    *,
+    n_new: int,
+    n_far: int,
+    far_quantile: float,
+    mean_distance: float,
+    mean_distance_at_training: float,
+    imbalance: float,
+    imbalance_at_training: float,
+    churn: float,
+) -> list[str]:
+    """The retrain rule (module docstring): the reasons that hold, empty when none does."""
+    out: list[str] = []
+    far_share = n_far / n_new if n_new else 0.0
+    if n_far >= MIN_FAR and far_share > FAR_SHARE_FACTOR * (1 - far_quantile):
+        out.append(
+            f"{far_share:.0%} of the {n_new} new or changed images lie beyond the training distances' "
+            f"{far_quantile:.0%} quantile (expected {1 - far_quantile:.0%})"
+        )
+    if mean_distance_at_training > 0 and mean_distance > MEAN_DISTANCE_RATIO * mean_distance_at_training:
+        out.append(
+            f"mean distance to the centroids grew {mean_distance / mean_distance_at_training - 1:.0%} "
+            "since training"
+        )
+    if imbalance_at_training > 0 and imbalance > IMBALANCE_RATIO * imbalance_at_training:
+        out.append(
+            f"largest cluster is {imbalance:.1f}x the mean size (training {imbalance_at_training:.1f}x)"
+        )
+    if churn > MAX_CHURN:
+        out.append(f"{churn:.0%} of the catalogue was added, changed or removed since training")
+    return out
+
+
+def update_catalogue(
+    img_folder: str | os.PathLike[str],
+    features_folder: str | os.PathLike[str],
+    model_filename: str | os.PathLike[str],
+    csv_filename: str | os.PathLike[str],
+    *,
+    show_progress: bool = True,
+    far_quantile: float = 0.95,
+    engine: str = "local",
+    scheduler: Any = None,
+    recalibrate: bool = True,
+    extractor: str | Extractor | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    threads: int | None = None,
+) -> UpdateReport:
+    """Bring a trained model up to date with its image folder, without retraining.
+
+    Embeds only new or changed images into ``features_folder``, removes deleted ones,
+    assigns new vectors to their nearest centroid, keeps every unchanged image's cluster
+    and distance, and rewrites ``model_filename`` and ``csv_filename`` atomically.  The
+    returned :class:`UpdateReport` holds the counts and the drift report; its
+    ``retrain_recommended`` follows the rule in this module's docstring.
+
+    Args:
+        img_folder: the catalogue's image folder (as given to extract_features).
+        features_folder: its feature store (updated in place).
+        model_filename, csv_filename: the model file and CSV written by train_clusters.
+        show_progress: show the extraction progress bar.
+        far_quantile: training-distance quantile beyond which a new image counts as far.
+        engine, scheduler: ``engine="dask"`` embeds and assigns on a dask.distributed
+            cluster (see :func:`~varsitysrch.extract_features`).
+        recalibrate: recalibrate the default ``nprobe`` (and the IVF's) on 200 held-out
+            queries; otherwise keep the trained values.
+        extractor: override the model's extractor (default: the one recorded in the model).
+        batch_size, num_workers, threads: as in extract_features.
+    """
+    t0 = time.perf_counter()
+    if not 0.0 < far_quantile < 1.0:
+        raise InvalidArgumentError(f"far_quantile must be in (0, 1); got {far_quantile}")
+    if engine not in ("local", "dask"):
+        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
+    model_path, csv_path, features = Path(model_filename), Path(csv_filename), Path(features_folder)
+    mf = load_model(model_path)
+    config = mf.config
+    ex = extractor
+    if ex is None:
+        ident = config.get("extractor", {})
+        if ident.get("name") in (None, "legacy-npy", "test"):
+            raise IncompatibleModelError(
+                f"model {str(model_path)!r} was not made by a known extractor ({ident.get('name')!r}); "
+                "pass extractor= to embed new images"
+            )
+        ex = Extractor.from_identity(ident)
+
+    # file stats of the store before extraction: which images this run re-embeds
+    before: dict[str, tuple[int, int]] = {}
+    dtype = "float32"
+    if (features / STORE_JSON).exists():
+        ids0, sizes0, mtimes0 = read_ids(features / IDS)
+        before = dict(zip(ids0, zip(sizes0, mtimes0, strict=True), strict=True))
+        dtype = str(FeatureStore.open(features).meta.get("dtype", "float32"))
+
+    with contextlib.ExitStack() as stack:
+        if engine == "dask":
+            from ._dask import client_for
+
+            scheduler = stack.enter_context(client_for(scheduler))
+        res = extract_features(
+            img_folder,
+            features,
+            extractor=ex,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            threads=threads,
+            dtype=dtype,
+            show_progress=show_progress,
+            engine=engine,
+            scheduler=scheduler,
+        )
+        store = FeatureStore.open(features)
+        if store.dim != int(config["dim"]):
+            raise IncompatibleModelError(f"feature store has dim {store.dim}, the model {config['dim']}")
+        plan = _plan(mf, store, before)
+        labels, dists, new_rows = _assign(mf, store, plan, engine, scheduler)
+        ivf_lists = _ivf_lists(mf, store, plan, new_rows)
+
+    # ---- drift
+    training = config.setdefault("training", {})
+    k = mf.k
+    sizes_now = np.bincount(labels, minlength=k)
+    sizes_tr = np.asarray(training.get("cluster_sizes") or np.bincount(mf.labels, minlength=k), np.float64)
+    mean_now = float(dists.mean()) if len(dists) else 0.0
+    mean_tr = float(training.get("mean_distance", float(mf.distances.mean()) if len(mf.distances) else 0.0))
+    quantiles = training.setdefault("distance_quantiles", {})
+    key = str(far_quantile)
+    if key not in quantiles:
+        quantiles[key] = float(np.quantile(mf.distances, far_quantile)) if len(mf.distances) else 0.0
+    threshold = float(quantiles[key])
+    n_new = len(new_rows)
+    n_far = int((dists[new_rows] > threshold).sum()) if n_new else 0
+    n_training = int(sizes_tr.sum()) or len(mf.ids) or 1
+    churned = int(config.get("churn_since_training", 0)) + plan.added + plan.changed + plan.removed
+    churn = churned / n_training
+    reasons = retrain_reasons(
+        n_new=n_new,
+        n_far=n_far,
+        far_quantile=far_quantile,
+        mean_distance=mean_now,
+        mean_distance_at_training=mean_tr,
+        imbalance=_imbalance(sizes_now),
+        imbalance_at_training=_imbalance(sizes_tr),
+        churn=churn,
+    )
+
+    # ---- nprobe, IVF and the new model file
+    model = mf.to_model()
+    nprobe_before = int(config.get("nprobe", k))
+    nprobe = nprobe_before
+    if recalibrate and len(store) > 11:
+        nprobe, curve = calibrate_nprobe(
+            store.vectors,
+            labels,
+            mf.centroids,
+            model,
+            float(config.get("target_recall", 0.95)),
+            n_queries=200,
+        )
+        config["nprobe"], config["recall_curve"] = int(nprobe), curve
+    extra = dict(mf.arrays)
+    _update_ivf(config, extra, store, ivf_lists, recalibrate)
+    if store.sizes and len(store.sizes) == len(store):
+        extra["store_sizes"] = np.asarray(store.sizes, np.int64)
+        extra["store_mtimes"] = np.asarray(store.mtimes, np.int64)
+    n = len(store)
+    config["n_images"] = n
+    feats = config.setdefault("features", {})
+    feats.update(
+        path=str(features.resolve()),
+        relative_path=os.path.relpath(features.resolve(), model_path.resolve().parent),
+        count=n,
+    )
+    if store.meta.get("image_root"):
+        config["image_root"] = store.meta["image_root"]
+    config["churn_since_training"] = churned
+    entry = {
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "added": plan.added,
+        "changed": plan.changed,
+        "removed": plan.removed,
+        "n_images": n,
+        "far_share": round(n_far / n_new, 4) if n_new else 0.0,
+        "mean_distance": round(mean_now, 6),
+        "cluster_imbalance": round(_imbalance(sizes_now), 4),
+        "nprobe": int(nprobe),
+        "retrain_recommended": bool(reasons),
+    }
+    config["updates"] = [*config.get("updates", []), entry][-MAX_HISTORY:]
+    vectors = np.asarray(store.vectors, np.float16) if mf.vectors is not None else None
+    new_mf = ModelFile(
+        config, mf.centroids, mf.pca_mean, mf.pca_components, list(store.ids), labels, dists, vectors, extra
+    )
+    with atomic_path(model_path) as tmp_model, atomic_path(csv_path) as tmp_csv:
+        save_model(tmp_model, new_mf)
+        write_assignments(tmp_csv, store.ids, labels, dists)
+    report = UpdateReport(
+        n_images=n,
+        added=plan.added,
+        changed=plan.changed,
+        removed=plan.removed,
+        unchanged=plan.unchanged,
+        n_embedded=res.n_embedded,
+        skipped=res.n_skipped,
+        seconds=time.perf_counter() - t0,
+        k=k,
+        cluster_imbalance=_imbalance(sizes_now),
+        cluster_imbalance_at_training=_imbalance(sizes_tr),
+        gini=gini(sizes_now),
+        gini_at_training=gini(sizes_tr),
+        empty_clusters=int((sizes_now == 0).sum()),
+        mean_distance=mean_now,
+        mean_distance_at_training=mean_tr,
+        far_quantile=far_quantile,
+        far_threshold=threshold,
+        n_far=n_far,
+        far_share=n_far / n_new if n_new else 0.0,
+        churn=churn,
+        nprobe=int(nprobe),
+        nprobe_before=nprobe_before,
+        retrain_recommended=bool(reasons),
+        reasons=tuple(reasons),
+    )
+    log.info("%s", report.summary())
+    return report
+
+
+@dataclass
+class _Plan:
+    keep_rows: np.ndarray  # store rows that keep their assignment
+    keep_src: np.ndarray  # ... and their row in the old model
+    new_rows: np.ndarray  # store rows to assign (added + changed), increasing
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+
+
+def _plan(mf: ModelFile, store: FeatureStore, before: dict[str, tuple[int, int]]) -> _Plan:
+    old_pos = {rel: j for j, rel in enumerate(mf.ids)}
+    ref: dict[str, tuple[int, int]] = {}
+    if (
+        "store_sizes" in mf.arrays
+        and "store_mtimes" in mf.arrays
+        and len(mf.arrays["store_sizes"]) == len(mf.ids)
+    ):
+        ref = dict(
+            zip(
+                mf.ids,
+                zip(mf.arrays["store_sizes"].tolist(), mf.arrays["store_mtimes"].tolist(), strict=True),
+                strict=True,
+            )
+        )
+    keep_rows: list[int] = []
+    keep_src: list[int] = []
+    new_rows: list[int] = []
+    added = changed = 0
+    have_stats = bool(store.sizes) and len(store.sizes) == len(store)
+    for i, rel in enumerate(store.ids):
+        j = old_pos.get(rel)
+        if j is None:
+            added += 1
+            new_rows.append(i)
+            continue
+        now = (store.sizes[i], store.mtimes[i]) if have_stats else None
+        was = ref.get(rel, before.get(rel))
+        if now is not None and was is not None and was != now:
+            changed += 1
+            new_rows.append(i)
+        else:
+            keep_rows.append(i)
+            keep_src.append(j)
+    removed = len(mf.ids) - len(keep_rows) - changed
+    return _Plan(
+        np.asarray(keep_rows, np.int64),
+        np.asarray(keep_src, np.int64),
+        np.asarray(new_rows, np.int64),
+        added,
+        changed,
+        removed,
+        len(keep_rows),
+    )
+
+
+def _assign(
+    mf: ModelFile, store: FeatureStore, plan: _Plan, engine: str, scheduler: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(store)
+    labels = np.empty(n, np.int32)
+    dists = np.empty(n, np.float32)
+    labels[plan.keep_rows] = np.asarray(mf.labels)[plan.keep_src]
+    dists[plan.keep_rows] = np.asarray(mf.distances)[plan.keep_src]
+    if len(plan.new_rows):
+        model = mf.to_model()
+        X = np.asarray(store.vectors[plan.new_rows], np.float32)
+        if engine == "dask":
+            from ._dask import dask_assign
+
+            lab, dst = dask_assign(X, model, scheduler=scheduler)
+        else:
+            lab, dst = model.assign_all(X)
+        labels[plan.new_rows] = lab
+        dists[plan.new_rows] = dst
+    return labels, dists, plan.new_rows
+
+
+def _ivf_lists(mf: ModelFile, store: FeatureStore, plan: _Plan, new_rows: np.ndarray) -> np.ndarray | None:
+    """Each image's IVF list (None without an IVF): kept for unchanged images, nearest list for new ones."""
+    if not mf.config.get("ivf") or "ivf_lists" not in mf.arrays or "ivf_centroids" not in mf.arrays:
+        return None
+    from ._index import assign_lists
+
+    lists = np.empty(len(store), np.int32)
+    lists[plan.keep_rows] = mf.arrays["ivf_lists"][plan.keep_src]
+    if len(new_rows):
+        lists[new_rows] = assign_lists(store.vectors[new_rows], mf.arrays["ivf_centroids"])
+    return lists
+
+
+def _update_ivf(
+    config: dict[str, Any],
+    extra: dict[str, np.ndarray],
+    store: FeatureStore,
+    lists: np.ndarray | None,
+    recalibrate: bool,
+) -> None:
+    from ._index import IVF_THRESHOLD, build_faiss_index, build_ivf, calibrate_ivf
+
+    target = float(config.get("target_recall", 0.95))
+    if lists is not None:
+        extra["ivf_lists"] = lists
+        if recalibrate:
+            index = build_faiss_index(extra["ivf_centroids"], lists, store.vectors)
+            nprobe, curve = calibrate_ivf(index, store.vectors, target)
+            config["ivf"].update(nprobe=int(nprobe), recall_curve=curve)
+    elif len(store) > IVF_THRESHOLD:  # the catalogue outgrew numpy search: give it an IVF (search only)
+        parts, _ = build_ivf(store.vectors, target_recall=target)
+        config["ivf"] = parts.config(target)
+        extra.update(parts.arrays())

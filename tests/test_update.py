@@ -1,0 +1,178 @@
+"""update_catalogue: incremental embedding, assignment without retraining, drift report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagegen import SYNTHETIC_CLASSES, make_synthetic_catalogue
+from varsitysrch import train_clusters
+from varsitysrch._cluster import load_model, read_assignments
+from varsitysrch._extract import extract_features
+from varsitysrch._search import Searcher
+from varsitysrch._update import UpdateReport, gini, retrain_reasons, update_catalogue
+
+
+def _copy(src: Path, dst: Path, rels: list[str]) -> None:
+    for rel in rels:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
+
+
+def _rows(path: Path) -> dict[str, tuple[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return {r["image"]: (r["cluster"], r["distance"]) for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("source")
+    labels = make_synthetic_catalogue(root, n_classes=len(SYNTHETIC_CLASSES), per_class=8, size=96, seed=3)
+    return root, labels
+
+
+def _pick(labels: dict[str, str], classes: list[str], idx: range) -> list[str]:
+    return sorted(r for r in labels if labels[r] in classes and int(Path(r).stem.split("_")[1]) in idx)
+
+
+def test_add_change_delete_updates_only_what_changed(source, tmp_path: Path) -> None:
+    src, labels = source
+    classes = [c for c, _ in SYNTHETIC_CLASSES[:4]]
+    cat, feats, model, csv_path = (
+        tmp_path / "cat",
+        tmp_path / "features",
+        tmp_path / "m.vsm",
+        tmp_path / "c.csv",
+    )
+    _copy(src, cat, _pick(labels, classes, range(6)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 4, show_progress=False)
+    before = _rows(csv_path)
+    mf0 = load_model(model)
+    assert "store_sizes" in mf0.arrays and "0.95" in mf0.config["training"]["distance_quantiles"]
+
+    added = [f"{classes[0]}/img_06.png", f"{classes[1]}/img_07.jpg"]
+    _copy(src, cat, added)
+    changed = f"{classes[2]}/img_01.jpg"
+    shutil.copyfile(src / f"{classes[2]}/img_07.jpg", cat / changed)  # new content, same class
+    os.utime(cat / changed, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    removed = f"{classes[1]}/img_02.png"
+    (cat / removed).unlink()
+
+    rep = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert isinstance(rep, UpdateReport)
+    assert (rep.added, rep.changed, rep.removed, rep.unchanged) == (2, 1, 1, 22)
+    assert rep.n_embedded == 3 and rep.n_images == 25 and rep.skipped == 0
+
+    # the CSV and the model agree, and with the store; unchanged rows are byte-identical
+    after = _rows(csv_path)
+    assert set(after) == (set(before) | set(added)) - {removed}
+    for rel in set(before) - {removed, changed}:
+        assert after[rel] == before[rel], rel
+    mf = load_model(model)
+    ids, lab = read_assignments(csv_path)
+    assert ids == mf.ids and np.array_equal(lab, mf.labels)
+    np.testing.assert_array_equal(mf.centroids, mf0.centroids)  # no retraining
+    assert mf.config["n_images"] == 25 and mf.config["updates"][-1]["added"] == 2
+    assert mf.vectors is not None and len(mf.vectors) == 25
+    assert [int(s) for s in mf.arrays["store_sizes"]] == [os.stat(cat / r).st_size for r in mf.ids]
+
+    # a new image is found as top-1 of its own query; nprobe stays valid
+    s = Searcher(model, csv_path)
+    for rel in [*added, changed]:
+        assert s.search(cat / rel, top_n=3)[0].image == rel
+    assert 1 <= s.default_nprobe <= s.k
+
+    # drift report is sane and serialisable; same-class additions do not call for retraining
+    d = rep.to_dict()
+    json.dumps(d)
+    assert rep.cluster_imbalance >= 1.0 and rep.cluster_imbalance_at_training >= 1.0
+    assert 0.0 <= rep.gini < 1 and rep.mean_distance > 0 and rep.mean_distance_at_training > 0
+    assert rep.far_threshold > 0 and 0.0 <= rep.far_share <= 1.0 and rep.n_far <= 3
+    assert 0 < rep.churn < 0.5 and rep.k == 4
+    assert not rep.retrain_recommended and rep.reasons == ()
+    assert "2 added" in rep.summary() and "no retraining needed" in rep.summary()
+
+    # a rerun on an unchanged folder embeds nothing and keeps every row
+    rep2 = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert (rep2.added, rep2.changed, rep2.removed, rep2.n_embedded) == (0, 0, 0, 0)
+    assert _rows(csv_path) == after
+    assert len(load_model(model).config["updates"]) == 2
+
+
+def test_drifted_catalogue_recommends_retraining(source, tmp_path: Path) -> None:
+    src, labels = source
+    old = [c for c, _ in SYNTHETIC_CLASSES[:2]]
+    new = [c for c, _ in SYNTHETIC_CLASSES[4:8]]
+    cat, feats, model, csv_path = (
+        tmp_path / "cat",
+        tmp_path / "features",
+        tmp_path / "m.vsm",
+        tmp_path / "c.csv",
+    )
+    _copy(src, cat, _pick(labels, old, range(6)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 2, show_progress=False)
+    _copy(src, cat, _pick(labels, new, range(6)))
+    rep = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert rep.added == 24 and rep.n_embedded == 24 and rep.unchanged == 12
+    assert rep.n_far >= 5 and rep.far_share > 0.1
+    assert rep.retrain_recommended and rep.reasons
+    assert "retrain recommended" in rep.summary()
+    assert load_model(model).config["updates"][-1]["retrain_recommended"] is True
+
+
+def test_retrain_rule_and_gini() -> None:
+    base = dict(
+        far_quantile=0.95, mean_distance=1.0, mean_distance_at_training=1.0, imbalance=1.2,
+        imbalance_at_training=1.2, churn=0.1,
+    )  # fmt: skip
+    assert retrain_reasons(n_new=100, n_far=8, **base) == []  # 8 % far: under 2 x 5 %
+    assert len(retrain_reasons(n_new=100, n_far=20, **base)) == 1
+    assert retrain_reasons(n_new=3, n_far=3, **base) == []  # too few to tell
+    assert len(retrain_reasons(n_new=0, n_far=0, **{**base, "mean_distance": 1.2})) == 1
+    assert len(retrain_reasons(n_new=0, n_far=0, **{**base, "imbalance": 2.0})) == 1
+    assert len(retrain_reasons(n_new=0, n_far=0, **{**base, "churn": 0.6})) == 1
+    assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
+    assert gini(np.array([0, 0, 0, 20])) == pytest.approx(0.75)
+
+
+def test_update_rejects_bad_arguments(tmp_path: Path, synth_model, synth_catalogue, synth_store) -> None:
+    model, csv_path = synth_model
+    root, _ = synth_catalogue
+    with pytest.raises(ValueError, match="far_quantile"):
+        update_catalogue(root, synth_store, model, csv_path, far_quantile=1.5)
+    with pytest.raises(ValueError, match="engine"):
+        update_catalogue(root, synth_store, model, csv_path, engine="spark")
+
+
+def test_update_keeps_the_ivf_search_index_in_step(source, tmp_path: Path) -> None:
+    src, labels = source
+    classes = [c for c, _ in SYNTHETIC_CLASSES[:3]]
+    cat, feats, model, csv_path = (
+        tmp_path / "cat",
+        tmp_path / "features",
+        tmp_path / "m.vsm",
+        tmp_path / "c.csv",
+    )
+    _copy(src, cat, _pick(labels, classes, range(6)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 3, ivf=True, embed_index=False, show_progress=False)
+    assert load_model(model).config["ivf"]["nlist"] >= 1
+    added = [f"{classes[0]}/img_07.jpg", f"{classes[2]}/img_06.png"]
+    _copy(src, cat, added)
+    rep = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert rep.added == 2 and rep.n_images == 20
+    mf = load_model(model)
+    assert mf.vectors is None and mf.arrays["ivf_lists"].shape == (20,)
+    s = Searcher(model, csv_path)
+    assert s._ivf is not None
+    for rel in added:
+        hit = s.search(cat / rel, top_n=1)[0]
+        assert hit.image == rel and hit.cluster == int(mf.labels[mf.ids.index(rel)])
