@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._search import Hit, Searcher, search_similar_images
     from ._selectk import KSelection, get_optimal_num_clusters
     from ._store import FeatureStore, load_features
+    from ._update import UpdateReport, update_catalogue
 
 _LAZY = {
     "KMeansModel": "._cluster",
@@ -52,6 +53,8 @@ _LAZY = {
     "get_optimal_num_clusters": "._selectk",
     "FeatureStore": "._store",
     "load_features": "._store",
+    "UpdateReport": "._update",
+    "update_catalogue": "._update",
 }
 
 
@@ -83,6 +86,7 @@ __all__ = [
     "ModelFileError",
     "NotFittedError",
     "Searcher",
+    "UpdateReport",
     "VarsitysrchError",
     "__version__",
     "extract_features",
@@ -91,4 +95,5 @@ __all__ = [
     "load_features",
     "search_similar_images",
     "train_clusters",
+    "update_catalogue",
 ]

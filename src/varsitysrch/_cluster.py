@@ -5,8 +5,8 @@ arguments, ``fit`` returns self, learned state in ``*_`` attributes, ``NotFitted
 before fit).
 
 Backend choice (``backend="auto"``): scikit-learn's Lloyd K-means with k-means++ and
-``n_init`` restarts while ``n_images * k`` is small (best inertia, seconds at this
-size), faiss otherwise: measured at 200k x 512, k=1000, sklearn took 275 s (78 % of it
+``n_init`` restarts while ``n_train * k * dim`` <= 2e9 (best inertia; about 5k images
+x k=300 at dim 1280, seconds to a minute), faiss otherwise: measured at 200k x 512, k=1000, sklearn took 275 s (78 % of it
 in k-means++ init) and faiss 46 s with 0.4-3.7 % worse inertia, while MiniBatchKMeans
 (20 s) was 15-22 % worse with empty clusters -- so it is not offered.  faiss trains on
 at most ``256 * k`` sampled points (its own default) and every image is then assigned
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "varsitysrch-model"
 MODEL_VERSION = 1
-SMALL_PROBLEM = 50_000_000  # n_images * k below which sklearn is used by "auto"
+SMALL_PROBLEM = 2_000_000_000  # sample * k * dim up to which "auto" uses sklearn (~1 s per Lloyd pass)
 MIN_SAMPLE = 50_000  # K-means trains on max(256 * k, MIN_SAMPLE) sampled rows (all rows if fewer)
 POINTS_PER_CENTROID = 256
 
@@ -202,7 +202,7 @@ class KMeansModel:
         self.sample_size_ = m
         backend = self.backend
         if backend == "auto":
-            backend = "sklearn" if m * k <= SMALL_PROBLEM else "faiss"
+            backend = "sklearn" if m * k * Z.shape[1] <= SMALL_PROBLEM else "faiss"
         if backend == "sklearn":
             from sklearn.cluster import KMeans
 

@@ -103,6 +103,8 @@ def train(
     n_init: Annotated[int, typer.Option(help="K-means restarts.")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     backend: Annotated[str, typer.Option(help="auto, sklearn or faiss.")] = "auto",
+    engine: Annotated[str, typer.Option(help="local, or dask: assign clusters on a Dask cluster.")] = "local",
+    scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV."""
@@ -119,8 +121,12 @@ def train(
         n_init=n_init,
         random_state=seed,
         backend=backend,
+        engine=engine,
+        scheduler=scheduler,
     )
-    sizes = sorted(int(s) for s in __import__("numpy").bincount(m.labels_, minlength=k))
+    import numpy as np
+
+    sizes = sorted(int(s) for s in np.bincount(m.labels_, minlength=k))
     typer.echo(
         f"k={k} on {len(m.labels_)} images ({m.backend_}, {m.fit_seconds_:.1f}s); cluster sizes "
         f"{sizes[0]}..{sizes[-1]}; wrote {model} and {csv}"
@@ -219,6 +225,37 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         threads=threads,
     )
+
+
+@app.command()
+def update(
+    img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images, as it is now.")],
+    features_dir: Annotated[Path, typer.Argument(help="The catalogue's feature store.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file to update.")] = Path("model.vsm"),
+    csv: Annotated[Path, typer.Option("--csv", "-c", help="Assignments CSV to rewrite.")] = Path(
+        "clusters.csv"
+    ),
+    engine: Annotated[str, typer.Option(help="local, or dask (needs --scheduler).")] = "local",
+    scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Embed new/changed images, drop deleted ones, assign them to clusters: no retraining."""
+    _setup(verbose)
+    from ._update import update_catalogue
+
+    rep = _run(
+        update_catalogue,
+        img_dir,
+        features_dir,
+        model,
+        csv,
+        engine=engine,
+        scheduler=scheduler,
+        show_progress=not quiet,
+    )
+    typer.echo(json.dumps(rep.to_dict(), indent=2) if as_json else rep.summary())
 
 
 def main() -> None:
