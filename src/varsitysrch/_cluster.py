@@ -6,11 +6,11 @@ before fit).
 
 Backend choice (``backend="auto"``): scikit-learn's Lloyd K-means with k-means++ and
 ``n_init`` restarts while ``n_train * k * dim`` <= 2e9 (best inertia; about 5k images
-x k=300 at dim 1280, seconds to a minute), faiss otherwise: measured at 200k x 512,
-k=1000, sklearn took 275 s (78 % of it in k-means++ init) and faiss 46 s with 0.4-3.7 % worse inertia, while MiniBatchKMeans
-(20 s) was 15-22 % worse with empty clusters -- so it is not offered.  faiss trains on
-at most ``256 * k`` sampled points (its own default) and every image is then assigned
-in chunks.
+x k=300 at dim 1280: seconds to a minute), faiss otherwise.  Measured at 200k x 512,
+k=1000: sklearn 275 s (78 % of it in k-means++ init), faiss 46 s with 0.4-3.7 % worse
+inertia, MiniBatchKMeans 20 s but 15-22 % worse with empty clusters -- so MiniBatch is
+not offered.  Training uses a sample (see :func:`training_sample_size`) and every
+image is then assigned in chunks.
 
 The model file is a zip archive holding ``model.json`` (format, versions, k, extractor
 identity, training statistics, calibrated ``nprobe``) and ``.npy`` arrays (centroids,
