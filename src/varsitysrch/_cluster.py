@@ -36,7 +36,8 @@ import numpy as np
 
 from ._errors import IncompatibleModelError, InvalidArgumentError, ModelFileError, NotFittedError
 from ._io import atomic_path, write_csv
-from ._store import FeatureStore, normalize_rows
+from ._pca import apply_pca, fit_pca
+from ._store import FeatureStore
 from ._version import __version__
 
 log = logging.getLogger(__name__)
@@ -63,25 +64,6 @@ def _all_finite(X: np.ndarray, chunk: int = 65536) -> bool:
 
 
 TARGET_RECALL = 0.95
-
-
-def fit_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """PCA (no whitening) -> ``(mean [dim], components [n_components, dim])`` float32."""
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=n_components, random_state=random_state, svd_solver="auto")
-    sample = (
-        X
-        if len(X) <= 100_000
-        else X[np.random.default_rng(random_state).choice(len(X), 100_000, replace=False)]
-    )
-    pca.fit(sample)
-    return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
-
-
-def apply_pca(X: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Project and re-normalise rows to unit length (the clustering space)."""
-    return normalize_rows((np.asarray(X, np.float32) - mean) @ components.T)
 
 
 def assign(X: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,350 @@
+"""Choosing k: get_optimal_num_clusters / choose_k on generated blobs with known answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from varsitysrch._errors import InvalidArgumentError, MissingDependencyError
+from varsitysrch._selectk import (
+    KSelection,
+    _chord_knee,
+    _davies_bouldin,
+    _recommend,
+    _silhouettes,
+    apply_pca,
+    choose_k,
+    fit_pca,
+    get_optimal_num_clusters,
+)
+from varsitysrch._store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(show_progress=False, n_queries=200)
+
+
+def blobs(n: int, dim: int, k: int, std: float, seed: int, sizes: list[int] | None = None) -> np.ndarray:
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(
+        n_samples=sizes if sizes is not None else n,
+        n_features=dim,
+        centers=None if sizes is not None else k,
+        center_box=(-10, 10),
+        cluster_std=std,
+        random_state=seed,
+    )
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+CONFIGS = {
+    # name: (X, true k, max_clusters, n_components)
+    "3 blobs, 8 dims": (lambda: blobs(600, 8, 3, 1.0, 3), 3, 8, None),
+    "6 unequal blobs, 32 dims": (
+        lambda: blobs(0, 32, 6, 2.0, 6, sizes=[60, 120, 150, 200, 250, 400]),
+        6,
+        12,
+        None,
+    ),
+    "10 blobs, 64 dims, PCA 12": (lambda: blobs(1500, 64, 10, 2.5, 10), 10, 15, 12),
+}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, tuple[KSelection, np.ndarray]]:
+    out = {}
+    for name, (make, _k, kmax, nc) in CONFIGS.items():
+        X = make()
+        out[name] = (choose_k(X, kmax, nc, **FAST), X)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_recommends_the_true_number_of_blobs(
+    name: str, results: dict[str, tuple[KSelection, np.ndarray]]
+) -> None:
+    r, X = results[name]
+    _make, true_k, kmax, nc = CONFIGS[name]
+    assert r.recommended_k == true_k, r.summary()
+    assert r.best_silhouette_k == true_k
+    assert r.knee_k == true_k
+    assert r.ks == tuple(range(2, kmax + 1))
+    assert len(r.inertia) == len(r.silhouette) == len(r.davies_bouldin) == len(r.ks)
+    assert r.n_images == len(X) and r.dim == X.shape[1] and r.n_components == nc
+    assert r.method == "fast" and r.knee_method == "kneed"
+    assert true_k in r.confirmed_ks
+    assert "silhouette" in r.rule and r.seconds > 0
+    # Davies-Bouldin is lowest at the true k on clean blobs too
+    assert r.ks[int(np.argmin(r.davies_bouldin))] == true_k
+
+
+def test_fast_matches_exhaustive() -> None:
+    X = blobs(0, 32, 6, 2.0, 6, sizes=[60, 120, 150, 200, 250, 400])
+    fast = choose_k(X, 10, method="fast", sample_size=300, **FAST)  # type: ignore[arg-type]
+    ex = choose_k(X, 10, method="exhaustive", **FAST)  # type: ignore[arg-type]
+    assert fast.recommended_k == ex.recommended_k == 6
+    assert ex.silhouette_sample == len(X) and fast.silhouette_sample == 300
+    assert ex.confirmed_ks == ()
+    i = fast.ks.index(6)
+    # same clustering at the answer: inertia equal, silhouette close despite the 300-image sample
+    assert fast.inertia[i] == pytest.approx(ex.inertia[i], rel=1e-4)
+    assert fast.silhouette[i] == pytest.approx(ex.silhouette[i], abs=0.03)
+
+
+def test_silhouette_and_davies_bouldin_match_sklearn() -> None:
+    from sklearn.metrics import davies_bouldin_score, silhouette_score
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 12)).astype(np.float32)
+    labels = [rng.integers(0, k, len(X)) for k in (2, 5, 9)]
+    labels[1][:3] = 4  # and a cluster of one, whose silhouette is 0
+    labels[1][labels[1] == 4] = 3
+    labels[1][0] = 4
+    ours = _silhouettes(X, labels)
+    for lab, s in zip(labels, ours, strict=True):
+        assert s == pytest.approx(silhouette_score(X, lab), abs=1e-5)
+        assert _davies_bouldin(X, lab) == pytest.approx(davies_bouldin_score(X, lab), rel=1e-4)
+    assert np.isnan(_silhouettes(X, [np.zeros(len(X), dtype=np.int64)])[0])
+
+
+def test_the_recommendation_rule() -> None:
+    ks = list(range(2, 9))
+    # a clear best silhouette wins, wherever the knee is
+    assert _recommend(ks, np.array([0.2, 0.3, 0.5, 0.35, 0.3, 0.25, 0.2]), knee=6)[:2] == (4, 4)
+    # practically tied (within 0.002): the one nearest the knee
+    best, rec, rule = _recommend(ks, np.array([0.2, 0.3, 0.5, 0.4995, 0.3, 0.25, 0.2]), knee=6)
+    assert (best, rec) == (4, 5) and "[4, 5]" in rule and "knee" in rule
+    # flat silhouette (range < 0.02): the knee
+    best, rec, rule = _recommend(ks, np.array([0.05, 0.06, 0.055, 0.058, 0.052, 0.05, 0.051]), knee=5)
+    assert (best, rec) == (3, 5) and "flat" in rule
+    # no silhouette at all (NaN): the knee
+    assert _recommend(ks, np.full(7, np.nan), knee=4)[1] == 4
+    # the chord knee of an elbow curve
+    assert _chord_knee(ks, np.array([100.0, 60, 20, 18, 16, 14, 12])) == 4
+
+
+def test_plot_png_has_both_panels(tmp_path: Path, results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+    from PIL import Image
+
+    r, _X = results["3 blobs, 8 dims"]
+    png = tmp_path / "plots" / "k.png"
+    fig = r.plot(png)
+    assert len(fig.axes) == 2
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "inertia" in titles.lower() and "silhouette" in titles.lower()
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (1040, 440)
+    assert len(r.plot(show_retrieval=True).axes) == 3
+    assert not list(png.parent.glob(".*.tmp"))  # written atomically, no leftovers
+    with pytest.raises(InvalidArgumentError, match="plot_path"):
+        r.plot(tmp_path / "k.unknown")
+
+
+def test_scores_csv_and_json(tmp_path: Path, results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+    r, _X = results["6 unequal blobs, 32 dims"]
+    csv_path, json_path = r.write_scores(tmp_path / "scores.csv")
+    assert csv_path == tmp_path / "scores.csv" and json_path == tmp_path / "scores.json"
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["k"]) for row in rows] == list(r.ks)
+    assert {"inertia", "silhouette", "davies_bouldin", "recall_at_10_nprobe1", "scanned_nprobe4"} <= set(
+        rows[0]
+    )
+    assert float(rows[4]["silhouette"]) == pytest.approx(r.silhouette[4])
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    assert doc["recommended_k"] == 6 and doc["ks"] == list(r.ks) and doc["rule"] == r.rule
+    assert doc["retrieval"]["nprobe"] == [1, 2, 4]
+    assert json.loads(json.dumps(r.to_dict())) == doc
+    assert "recommended k = 6" in r.summary()
+
+
+def test_retrieval_scores_are_consistent(results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+    r, _X = results["6 unequal blobs, 32 dims"]
+    ret = r.retrieval
+    assert ret is not None and ret.nprobe == (1, 2, 4) and ret.n_queries == 200 and ret.top == 10
+    for i, k in enumerate(r.ks):
+        rec = [ret.recall_at_10[p][i] for p in ret.nprobe]
+        scan = [ret.scanned_fraction[p][i] for p in ret.nprobe]
+        assert all(0 <= v <= 1 for v in rec + scan)
+        assert rec == sorted(rec) and scan == sorted(scan)
+        for p in ret.nprobe:
+            if p >= k:
+                assert ret.recall_at_10[p][i] == 1.0 and ret.scanned_fraction[p][i] == pytest.approx(1.0)
+    i6 = r.ks.index(6)
+    assert ret.recall_at_10[1][i6] > 0.95  # clean blobs: neighbours share the query's cluster
+    assert ret.scanned_fraction[1][i6] < 0.5
+
+
+def test_folder_with_store_files(tmp_path: Path) -> None:
+    X = blobs(600, 8, 3, 1.0, 3)
+    folder = tmp_path / "features"
+    FeatureStore.write(
+        folder, [f"img{i:04d}.jpg" for i in range(len(X))], X, extractor={"name": "test", "dim": 8}
+    )
+    r = get_optimal_num_clusters(
+        folder, 6, plot_path=tmp_path / "k.png", scores_path=tmp_path / "k_scores", retrieval=False, **FAST
+    )
+    assert r.recommended_k == 3 and r.retrieval is None
+    assert (tmp_path / "k.png").stat().st_size > 0
+    assert (tmp_path / "k_scores.csv").exists() and (tmp_path / "k_scores.json").exists()
+    with open(tmp_path / "k_scores.csv", newline="", encoding="utf-8") as f:
+        assert "recall_at_10_nprobe1" not in next(csv.reader(f))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"max_clusters": 1}, r"max_clusters must be .*\[2, n_images - 1\] = \[2, 39\]; got 1"),
+        ({"max_clusters": 40}, r"max_clusters .*got 40"),
+        ({"max_clusters": 2.5}, r"max_clusters .*got 2\.5"),
+        ({"n_components": 9}, r"n_components must be .*\[2, 8\] \(dim = 8, n_images = 40\); got 9"),
+        ({"n_components": 1}, r"n_components .*got 1"),
+        ({"method": "quick"}, r"method must be 'fast' or 'exhaustive'; got 'quick'"),
+        ({"sample_size": 3}, r"sample_size must be .*>= max_clusters \+ 1 = 6; got 3"),
+        ({"n_init": 0}, r"n_init must be an integer >= 1; got 0"),
+        ({"n_queries": 0}, r"n_queries .*got 0"),
+        ({"random_state": -1}, r"random_state .*got -1"),
+    ],
+)
+def test_validation_names_parameter_and_value(kwargs: dict, pattern: str) -> None:
+    X = blobs(40, 8, 2, 1.0, 0)
+    args = {"max_clusters": 5, **kwargs}
+    with pytest.raises(InvalidArgumentError, match=pattern):
+        choose_k(X, **args, show_progress=False)
+
+
+def test_validation_of_the_matrix() -> None:
+    with pytest.raises(InvalidArgumentError, match="2-D"):
+        choose_k(np.zeros(10), 2)
+    with pytest.raises(InvalidArgumentError, match="at least 3 images"):
+        choose_k(np.eye(2, 4), 2)
+    X = blobs(40, 8, 2, 1.0, 0)
+    X[3, 2] = np.nan
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        choose_k(X, 3)
+    with pytest.raises(ValueError):  # InvalidArgumentError is a ValueError too
+        choose_k(blobs(40, 8, 2, 1.0, 0), 40)
+
+
+def test_pca_helpers_are_deterministic_and_normalised() -> None:
+    X = blobs(500, 64, 10, 2.5, 10)
+    mean, comps = fit_pca(X, 12, random_state=0)
+    mean2, comps2 = fit_pca(X, 12, random_state=0)
+    assert mean.dtype == comps.dtype == np.float32
+    assert mean.shape == (64,) and comps.shape == (12, 64)
+    np.testing.assert_array_equal(comps, comps2)
+    np.testing.assert_array_equal(mean, mean2)
+    Z = apply_pca(X, mean, comps)
+    assert Z.dtype == np.float32 and Z.shape == (500, 12)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="n_components"):
+        fit_pca(X, 65)
+    with pytest.raises(InvalidArgumentError, match="do not match"):
+        apply_pca(X[:, :10], mean, comps)
+
+
+def test_without_kneed_the_chord_rule_finds_the_knee(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kneed", None)
+    r = choose_k(blobs(600, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
+    assert r.knee_method == "chord" and r.knee_k == 3 and r.recommended_k == 3
+
+
+def test_show_outside_a_notebook_warns_and_returns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="varsitysrch._selectk"):
+        r = choose_k(blobs(300, 8, 3, 1.0, 3), 5, show=True, retrieval=False, **FAST)  # type: ignore[arg-type]
+    assert r.recommended_k == 3
+    assert any("notebook" in rec.getMessage() for rec in caplog.records)
+
+
+def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
+    assert "choose k" in capsys.readouterr().err
+    choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def _run(code: str, tmp_path: Path, env_drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_headless_png_without_display_or_backend(tmp_path: Path) -> None:
+    code = """
+        import sys, numpy as np
+        import varsitysrch  # whatever the package itself imports
+        before = set(sys.modules)
+        import varsitysrch._selectk as s
+        new = {m.split(".")[0] for m in set(sys.modules) - before}
+        heavy = {"sklearn", "matplotlib", "kneed", "faiss", "scipy", "tqdm"} & new
+        assert not heavy, heavy  # heavy imports happen inside the functions
+        rng = np.random.default_rng(0)
+        X = np.concatenate([rng.normal(c, 0.05, (100, 6)) for c in np.eye(6)[:3] * 3])
+        r = s.choose_k(X, 5, plot_path="k.png", show_progress=False)
+        print(r.recommended_k)
+    """
+    res = _run(code, tmp_path, env_drop=("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "3"
+    assert (tmp_path / "k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_works_without_matplotlib_except_the_plot(tmp_path: Path) -> None:
+    code = """
+        import sys
+        sys.modules["matplotlib"] = None  # as if not installed
+        import numpy as np
+        import varsitysrch
+        from varsitysrch._errors import MissingDependencyError
+        from varsitysrch._selectk import choose_k
+        rng = np.random.default_rng(0)
+        X = np.concatenate([rng.normal(c, 0.05, (100, 6)) for c in np.eye(6)[:3] * 3])
+        r = choose_k(X, 5, show_progress=False, scores_path="scores")
+        print("k", r.recommended_k, r.knee_method)
+        try:
+            r.plot()
+        except MissingDependencyError as e:
+            print("plot:", e)
+        try:
+            choose_k(X, 5, show_progress=False, plot_path="k.png")
+        except MissingDependencyError as e:
+            print("plot_path:", e)
+    """
+    res = _run(code, tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("k 3 ")  # kneed needs matplotlib too: the chord rule stands in
+    assert lines[1].startswith("plot:") and "varsitysrch[plot]" in lines[1] and "matplotlib" in lines[1]
+    assert lines[2].startswith("plot_path:") and "varsitysrch[plot]" in lines[2]
+    assert (tmp_path / "scores.csv").exists() and (tmp_path / "scores.json").exists()
+    assert not (tmp_path / "k.png").exists()
+
+
+def test_missing_dependency_error_in_process(
+    monkeypatch: pytest.MonkeyPatch, results: dict[str, tuple[KSelection, np.ndarray]]
+) -> None:
+    r, _X = results["3 blobs, 8 dims"]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(MissingDependencyError, match=r"varsitysrch\[plot\]"):
+        r.plot()
+    with pytest.raises(ImportError):  # MissingDependencyError is an ImportError
+        r.plot()
