@@ -1,6 +1,6 @@
 """Extraction throughput: the varsitysrch pipeline vs naive decode-then-infer loops, one run.
 
-    python benchmarks/bench_extract.py [IMG_DIR] [--limit 600]
+    python benchmarks/bench_extract.py [IMG_DIR] [--limit 600] [--upscale 4]
 
 IMG_DIR defaults to ../shared/data/clothing-small (falls back to examples/catalog).
 All variants use the same ONNX Runtime graph (EfficientNet-Lite0) and the same images,
@@ -49,6 +49,12 @@ def main() -> None:
         "img_dir", nargs="?", default=str(default if default.exists() else REPO / "examples" / "catalog")
     )
     ap.add_argument("--limit", type=int, default=600)
+    ap.add_argument(
+        "--upscale",
+        type=float,
+        default=1.0,
+        help="re-encode each photo this many times larger (JPEG q90), e.g. 4 for ~1600x2100 shop photos",
+    )
     args = ap.parse_args()
     src = Path(args.img_dir)
     ids = list_images(src)[:: max(1, len(list_images(src)) // args.limit)][: args.limit]
@@ -57,12 +63,21 @@ def main() -> None:
         root = work / "imgs"
         for rel in ids:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / rel, root / rel)
+            if args.upscale == 1.0:
+                shutil.copy(src / rel, root / rel)
+            else:
+                im = Image.open(src / rel).convert("RGB")
+                big = im.resize((round(im.width * args.upscale), round(im.height * args.upscale)))
+                big.save(root / rel, "JPEG", quality=90)
         ex = get_extractor()
         cpus = os.cpu_count() or 1
         emb = Embedder(ex, threads=cpus)
         emb.embed(np.zeros((2, 224, 224, 3), np.uint8))  # warm up (graph built and cached)
-        print(f"{len(ids)} images from {src}, {cpus} CPUs, extractor {ex.name}")
+        with Image.open(root / ids[0]) as im0:
+            size = im0.size
+        print(
+            f"{len(ids)} images from {src} (first is {size[0]}x{size[1]}), {cpus} CPUs, extractor {ex.name}"
+        )
         r1 = naive(root, ids, emb, 1)
         print(f"naive loop, batch 1  : {r1:7.1f} img/s")
         r32 = naive(root, ids, emb, 32)

@@ -32,6 +32,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._cluster import KMeansModel, train_clusters
+    from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
     from ._search import Hit, Searcher, search_similar_images
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "KMeansModel": "._cluster",
     "train_clusters": "._cluster",
+    "EvalConfig": "._evaluate",
+    "EvalReport": "._evaluate",
+    "evaluate": "._evaluate",
     "ExtractionResult": "._extract",
     "extract_features": "._extract",
     "Extractor": "._extractors",
@@ -72,6 +76,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "EvalConfig",
+    "EvalReport",
     "ExtractionResult",
     "Extractor",
     "FeatureStore",
@@ -89,6 +95,7 @@ __all__ = [
     "UpdateReport",
     "VarsitysrchError",
     "__version__",
+    "evaluate",
     "extract_features",
     "get_extractor",
     "get_optimal_num_clusters",

@@ -405,6 +405,8 @@ def train_clusters(
     ivf: bool | None = None,
     engine: str = "local",
     scheduler: Any = None,
+    search_pca: int | None = None,
+    query_expansion: int | None = None,
 ) -> KMeansModel:
     """Train K-means on a feature store; write the model file and the assignments CSV.
 
@@ -421,6 +423,14 @@ def train_clusters(
     ``engine="dask", scheduler=ADDRESS|Client``); the store is read through a memory map.
     Catalogues above :data:`varsitysrch._index.IVF_THRESHOLD` images (or ``ivf=True``)
     also get a faiss IVF search index (see :mod:`varsitysrch._index`).
+
+    Search space: ``search_pca`` components of a PCA (no whitening) fitted on the
+    catalogue are stored in the model, and :class:`~varsitysrch.Searcher` ranks in that
+    centred, reduced space (``None``: 256 when the catalogue has >= 1,000 images and no
+    IVF, else none; ``0``: plain cosine).  Measured on clothing-small: mAP@10 +0.011 and
+    a 5x cheaper scan (``docs/quality.md``).  Clusters stay in the clustering space.
+    ``query_expansion``: the Searcher's default alpha-QE neighbours, recorded in the model
+    (``None``: 2 where the search space is on, else 0): mAP@10 +0.016 for one more scan.
 
     Returns the fitted :class:`KMeansModel`.
     """
@@ -509,6 +519,15 @@ def train_clusters(
         parts, _ = build_ivf(X, target_recall=target_recall, random_state=random_state)
         config["ivf"] = parts.config(target_recall)
         extra.update(parts.arrays())
+    from ._postprocess import QE_NEIGHBOURS, default_search_pca, fit_search_pca
+
+    n_search = default_search_pca(n, dim) if search_pca is None else int(search_pca)
+    if n_search > 0 and "ivf" not in config:  # the IVF index searches the raw space
+        extra["search_mean"], extra["search_components"] = fit_search_pca(X, n_search, random_state)
+        config["search_pca"] = len(extra["search_components"])
+    if query_expansion is None:
+        query_expansion = QE_NEIGHBOURS if "search_pca" in config else 0
+    config["query_expansion"] = int(query_expansion)
     mf = ModelFile(
         config,
         model.cluster_centers_,

@@ -203,7 +203,7 @@ def extract_features(
     save_to: str | os.PathLike[str],
     *,
     extractor: str | Extractor | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     num_workers: int | None = None,
     threads: int | None = None,
     dtype: str = "float32",

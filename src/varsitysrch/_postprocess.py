@@ -1,0 +1,201 @@
+"""Feature post-processing for search: the measured options (see ``docs/quality.md``).
+
+All functions work on L2-normalised float32 rows and return L2-normalised rows.
+
+Adopted by default: the search space -- catalogue-centred PCA to 256 dimensions
+(:func:`default_search_pca`, fitted by :func:`~varsitysrch.train_clusters` and applied
+by :class:`~varsitysrch.Searcher` to the catalogue at load and to every query).
+
+Catalogue side (fitted or computed once on the catalogue, stored with the model):
+
+* :func:`database_augment` -- alpha-DBA: every catalogue vector is replaced by the
+  similarity-weighted sum (weights ``sim ** alpha``) of itself and its ``n - 1``
+  nearest catalogue neighbours.  No cost at query time.
+* :func:`fit_whitening` / :func:`apply_whitening` -- PCA whitening fitted on the
+  catalogue (mean, projection, per-component scale), optionally partial
+  (``power < 0.5``) and reduced to ``dim`` components.
+
+Query side:
+
+* :func:`expand_query` -- alpha-QE: the query plus its top ``n`` results weighted by
+  ``sim ** alpha``, searched again (a second search per query).
+* :func:`colour_descriptor` / :func:`colour_rerank` -- a colour histogram of the
+  product pixels (background white excluded) mixed into the final score of the top
+  results, for catalogues where colour variants of one product should rank together.
+
+Which of these are used by default is decided by measurement on clothing-small; the
+rest stay available to :func:`varsitysrch.evaluate` so their effect can be re-measured
+on a user's own catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._errors import InvalidArgumentError
+from ._store import normalize_rows
+
+#: alpha-DBA / alpha-QE defaults (measured best on clothing-small, docs/quality.md).
+DBA_NEIGHBOURS = 10
+QE_NEIGHBOURS = 2
+ALPHA = 3.0
+#: Adopted: search in a catalogue-centred PCA space of this many dimensions (no whitening) ...
+SEARCH_PCA_DIM = 256
+#: ... when the catalogue has at least this many images (fewer: plain cosine on raw vectors).
+SEARCH_PCA_MIN_IMAGES = 1000
+
+
+# ------------------------------------------------------------------ search space (adopted)
+def default_search_pca(n_images: int, dim: int) -> int:
+    """Components of the search-space PCA :func:`~varsitysrch.train_clusters` fits by default (0 = none).
+
+    Measured on clothing-small (docs/quality.md): centring on the catalogue mean is worth
+    +0.009 mAP@10, PCA to 64-512 dimensions +0.009-0.011 (held-out split: +0.016), and the
+    scan is ~5x cheaper at 256 dimensions.  Small catalogues keep plain cosine.
+    """
+    if n_images < SEARCH_PCA_MIN_IMAGES or dim <= SEARCH_PCA_DIM:
+        return 0
+    return SEARCH_PCA_DIM
+
+
+def fit_search_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, components)`` of the search space, fitted on the catalogue (seeded sample above 100k rows)."""
+    from ._pca import fit_pca
+
+    return fit_pca(X, int(min(n_components, min(X.shape))), random_state)
+
+
+def to_search_space(
+    X: np.ndarray, mean: np.ndarray, components: np.ndarray, chunk: int = 65536
+) -> np.ndarray:
+    """Rows projected into the search space and re-normalised (float32), in chunks."""
+    from ._pca import apply_pca
+
+    X = np.asarray(X)
+    single = X.ndim == 1
+    X2 = X.reshape(1, -1) if single else X
+    out = np.empty((len(X2), len(components)), np.float32)
+    for s in range(0, len(X2), chunk):
+        out[s : s + chunk] = apply_pca(X2[s : s + chunk], mean, components)
+    return out[0] if single else out
+
+
+# ------------------------------------------------------------------ alpha-DBA
+def neighbour_lists(X: np.ndarray, n: int, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` most similar rows of every row (itself included, first): ``(idx, sims)``."""
+    X = np.asarray(X, np.float32)
+    m = len(X)
+    n = min(n, m)
+    idx = np.empty((m, n), np.int64)
+    sims = np.empty((m, n), np.float32)
+    for s in range(0, m, chunk):
+        S = X[s : s + chunk] @ X.T
+        rows = np.arange(len(S))
+        S[rows, s + rows] = np.inf  # self first, whatever rounding says
+        part = np.argpartition(-S, n - 1, axis=1)[:, :n] if n < m else np.tile(np.arange(m), (len(S), 1))
+        ps = np.take_along_axis(S, part, 1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        idx[s : s + chunk] = np.take_along_axis(part, order, 1)
+        sims[s : s + chunk] = np.take_along_axis(ps, order, 1)
+    sims[:, 0] = 1.0
+    return idx, sims
+
+
+def augment_rows(X: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """alpha-DBA of the rows whose neighbour lists are given (``idx``/``sims`` [m, n])."""
+    w = np.clip(sims, 0.0, None) ** alpha
+    out = np.einsum("mn,mnd->md", w.astype(np.float32), np.asarray(X, np.float32)[idx])
+    return normalize_rows(out)
+
+
+def database_augment(X: np.ndarray, n: int = DBA_NEIGHBOURS, alpha: float = ALPHA) -> np.ndarray:
+    """alpha-DBA: each row -> ``sim**alpha``-weighted sum of its ``n`` nearest rows (itself included)."""
+    if n < 1:
+        raise InvalidArgumentError(f"DBA neighbours must be >= 1; got {n}")
+    if n == 1:
+        return normalize_rows(X)
+    idx, sims = neighbour_lists(X, n)
+    return augment_rows(X, idx, sims, alpha)
+
+
+# ------------------------------------------------------------------ alpha-QE
+def expand_query(q: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """alpha-QE: ``q + sum(sim_i**alpha * x_i)`` over the given result vectors, re-normalised."""
+    q = np.asarray(q, np.float32).reshape(-1)
+    if len(neighbours) == 0:
+        return q
+    w = np.clip(np.asarray(sims, np.float32), 0.0, None) ** alpha
+    v = q + (w[:, None] * np.asarray(neighbours, np.float32)).sum(0)
+    return normalize_rows(v[None])[0]
+
+
+# ------------------------------------------------------------------ whitening
+@dataclass(frozen=True)
+class Whitening:
+    """PCA whitening: ``normalize((x - mean) @ projection.T)``; ``projection`` rows are scaled components."""
+
+    mean: np.ndarray  # [dim_in]
+    projection: np.ndarray  # [dim_out, dim_in]
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        return apply_whitening(X, self)
+
+
+def fit_whitening(
+    X: np.ndarray, dim: int | None = None, *, power: float = 0.5, shrinkage: float = 0.0
+) -> Whitening:
+    """Fit PCA whitening on catalogue rows.
+
+    ``power=0.5`` is full whitening (unit variance per component), ``0`` is plain PCA
+    (rotation + truncation), values between are partial whitening; ``shrinkage`` adds
+    ``shrinkage * mean variance`` to every variance before scaling (regularisation).
+    """
+    X = np.asarray(X, np.float32)
+    n, d = X.shape
+    dim = min(d, n - 1) if dim is None else dim
+    if not 1 <= dim <= min(d, n - 1):
+        raise InvalidArgumentError(
+            f"whitening dim must be in [1, min(dim, n-1)] = [1, {min(d, n - 1)}]; got {dim}"
+        )
+    mean = X.mean(0)
+    _, s, vt = np.linalg.svd((X - mean).astype(np.float64), full_matrices=False)
+    var = s[:dim] ** 2 / max(1, n - 1)
+    var = var + shrinkage * float(var.mean())
+    scale = np.maximum(var, 1e-12) ** -power
+    return Whitening(mean.astype(np.float32), (vt[:dim] * scale[:, None]).astype(np.float32))
+
+
+def apply_whitening(X: np.ndarray, w: Whitening) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    single = X.ndim == 1
+    out = normalize_rows((X.reshape(-1, X.shape[-1]) - w.mean) @ w.projection.T)
+    return out[0] if single else out
+
+
+# ------------------------------------------------------------------ colour
+COLOUR_BINS = 4  # per channel -> 64 bins
+
+
+def colour_descriptor(image: np.ndarray, bins: int = COLOUR_BINS, white: int = 245) -> np.ndarray:
+    """Hellinger-normalised RGB histogram (``bins**3``) of the non-background pixels of a uint8 image."""
+    a = np.asarray(image, np.uint8).reshape(-1, 3)
+    fg = a[(a < white).any(1)]  # drop letterbox / studio white
+    if len(fg) < 16:
+        fg = a
+    q = (fg.astype(np.int32) * bins) // 256
+    h = np.bincount((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2], minlength=bins**3).astype(np.float32)
+    h = np.sqrt(h / max(1.0, float(h.sum())))
+    return normalize_rows(h[None])[0]
+
+
+def colour_rerank(
+    scores: np.ndarray, query_colour: np.ndarray, colours: np.ndarray, weight: float
+) -> np.ndarray:
+    """``(1 - weight) * scores + weight * colour similarity`` for candidate rows."""
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidArgumentError(f"colour weight must be in [0, 1]; got {weight}")
+    return (1.0 - weight) * np.asarray(scores, np.float32) + weight * (
+        np.asarray(colours, np.float32) @ query_colour
+    )
