@@ -258,6 +258,67 @@ def update(
     typer.echo(json.dumps(rep.to_dict(), indent=2) if as_json else rep.summary())
 
 
+@app.command("eval")
+def eval_(
+    img_dir: Annotated[
+        Path, typer.Argument(help="Labelled catalogue: one subfolder per label, or see --labels.")
+    ],
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV image,label[,group] instead of folder names.")
+    ] = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config", help="EXTRACTOR[:opt=val,...][+post...]; repeat to compare (default: a set)."
+        ),
+    ] = None,
+    k: Annotated[list[int] | None, typer.Option("-k", help="Cluster counts to compare (repeatable).")] = None,
+    nprobe: Annotated[
+        list[int] | None, typer.Option(help="nprobe values (repeatable; default 1 2 4 + calibrated).")
+    ] = None,
+    queries: Annotated[
+        int | None, typer.Option(help="Leave-one-out queries sampled (default 2000; 0 = all).")
+    ] = 2000,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Query split: a fraction like 0.1, or a file of query ids (default: LOO)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Cut-off k of P@k, mAP@k, recall@k.")] = 10,
+    out: Annotated[Path, typer.Option(help="Folder for stores, eval.json, eval.md and eval.html.")] = Path(
+        "eval"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Measure search quality on a labelled catalogue: exact, the seed's method and ranked search."""
+    _setup(verbose)
+    from ._evaluate import DEFAULT_CONFIGS, evaluate
+
+    query_split: Any = None
+    if split is not None:
+        try:
+            query_split = float(split)
+        except ValueError:
+            query_split = split
+    rep = _run(
+        evaluate,
+        img_dir,
+        labels=labels,
+        configs=config or DEFAULT_CONFIGS,
+        k_values=tuple(k or (20,)),
+        nprobes=(*nprobe, None) if nprobe else (1, 2, 4, None),
+        query_split=query_split,
+        top_k=top_k,
+        n_queries=None if queries == 0 else queries,
+        out_dir=out,
+        random_state=seed,
+        show_progress=not quiet,
+    )
+    typer.echo(rep.to_markdown())
+    typer.echo(f"written to {out}/")
+
+
 def main() -> None:
     app()
 
