@@ -108,14 +108,16 @@ def test_search_space_pca_is_stored_and_used(pca_model) -> None:
     Z = to_search_space(X, mean, comps)
     q = X[7]
     want = np.argsort(-(Z @ to_search_space(q, mean, comps)), kind="stable")[:5]
-    assert s.query_expansion == 2 and s.config["query_expansion"] == 2  # on by default with the space
+    assert s.query_expansion == 0 and s.config["query_expansion"] == 0  # opt-in: scores stay cosines
     hits = s.search_vector(q, 5, exact=True, expand=0)
     assert [s._id_index[h.image] for h in hits] == want.tolist()
     assert hits[0].image == s.ids[7] and hits[0].score == pytest.approx(1.0, abs=1e-4)
     raw = Searcher(d / "raw.vsm")
     assert raw._space is None and "search_pca" not in raw.config and raw._scoring is raw.vectors
     assert raw.query_expansion == 0
-    with_qe = s.search_vector(q, 5, exact=True)
+    assert s.search_vector(q, 5, exact=True)[0].score == pytest.approx(1.0, abs=1e-4)
+    qe = Searcher(d / "m.vsm", query_expansion=2)
+    with_qe = qe.search_vector(q, 5, exact=True)
     assert with_qe[0].image == s.ids[7] and 0.9 < with_qe[0].score < 1.0
 
 
