@@ -426,7 +426,7 @@ def train_clusters(
 
     Search space: ``search_pca`` components of a PCA (no whitening) fitted on the
     catalogue are stored in the model, and :class:`~varsitysrch.Searcher` ranks in that
-    centred, reduced space (``None``: 256 when the catalogue has >= 1,000 images and no
+    centred, reduced space (``None``: 128 when the catalogue has >= 1,000 images and no
     IVF, else none; ``0``: plain cosine).  Measured on clothing-small: mAP@10 +0.011 and
     a 5x cheaper scan (``docs/quality.md``).  Clusters stay in the clustering space.
     ``query_expansion``: the Searcher's default alpha-QE neighbours, recorded in the model

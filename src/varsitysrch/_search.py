@@ -9,7 +9,7 @@ value calibrated at training time (recall@10 >= 0.95 against exact search on
 held-out catalogue queries); ``exact=True`` scans everything.
 
 From 1,000 catalogue images up (models trained by this version), cosine similarity
-is measured in a catalogue-centred PCA space of 256 dimensions stored in the model
+is measured in a catalogue-centred PCA space of 128 dimensions stored in the model
 (``docs/quality.md``).  Opt-in query expansion (``query_expansion=2``: the query is
 expanded once with its top 2 results, alpha-QE) adds +0.016 mAP@10 on clothing-small;
 scores are then cosines to the expanded query (a catalogue image as query scores
