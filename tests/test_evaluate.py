@@ -92,7 +92,9 @@ def _row(report: EvalReport, method: str, **kw: object) -> dict:
 
 
 def test_exact_metrics_match_hand_computed_values(hand_store: Path) -> None:
-    rep = evaluate(hand_store, k_values=(2,), nprobes=(1, 2), top_k=2, n_queries=None)
+    rep = evaluate(
+        hand_store, configs=["efficientnet-lite0"], k_values=(2,), nprobes=(1, 2), top_k=2, n_queries=None
+    )
     ex = _row(rep, "exact")
     assert ex["n_queries"] == 6 and ex["config"] == "test"  # named after the store's extractor
     assert ex["precision"] == pytest.approx(HAND_P2, abs=1e-4)
@@ -110,7 +112,9 @@ def test_groups_are_neither_results_nor_relevant(hand_store: Path, tmp_path: Pat
     rows = [(i, i.split("/")[0], "g1" if i in ("a/1.jpg", "b/1.jpg") else "") for i in sorted(ANGLES)]
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([("image", "label", "group"), *rows])
-    rep = evaluate(hand_store, labels=labels, k_values=(2,), nprobes=(), top_k=2, n_queries=None)
+    rep = evaluate(
+        hand_store, labels=labels, configs=["x"], k_values=(2,), nprobes=(), top_k=2, n_queries=None
+    )
     ex = _row(rep, "exact")
     # a/1 no longer sees b/1: -> a/2, a/3 (P 1, AP 1); b/1 no longer sees a/1: -> a/2, a/3 (0)
     assert ex["precision"] == pytest.approx(3 / 6, abs=1e-4)
@@ -200,6 +204,7 @@ def test_held_out_split_removes_queries_from_the_catalogue(synth_store: Path) ->
         synth_store,
         k_values=(3,),
         nprobes=(None,),
+        configs=["efficientnet-lite0"],
         query_split=0.25,
         top_k=3,
         n_queries=None,
@@ -213,7 +218,14 @@ def test_held_out_split_removes_queries_from_the_catalogue(synth_store: Path) ->
 def test_images_end_to_end_with_latency(synth_catalogue, tmp_path: Path) -> None:
     root, _ = synth_catalogue
     rep = evaluate(root, k_values=(4,), nprobes=(1,), top_k=3, n_queries=8, n_latency=3, out_dir=tmp_path)
-    ex = _row(rep, "exact")
+    # the default configurations: plain cosine, the library default, + query expansion; one store
+    assert rep.meta["configs"] == [
+        "efficientnet-lite0+pca=0",
+        "efficientnet-lite0",
+        "efficientnet-lite0+qe=2",
+    ]
+    assert rep.meta["baseline"] == "efficientnet-lite0+pca=0"
+    ex = _row(rep, "exact", config="efficientnet-lite0")
     assert ex["embed_search_ms_p50"] is not None and ex["embed_search_ms_p50"] > ex["search_ms_p50"]
     assert (tmp_path / "features" / "efficientnet-lite0").is_dir()
     # a rerun reuses the extracted store

@@ -106,7 +106,13 @@ _POST_DEFAULTS: dict[str, float] = {
     "colour": 0.1,
 }
 _OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
-DEFAULT_CONFIGS: tuple[str, ...] = (DEFAULT_EXTRACTOR,)
+#: plain cosine (the obvious baseline), the library default, and the default + opt-in query expansion:
+#: one feature store, three search pipelines
+DEFAULT_CONFIGS: tuple[str, ...] = (
+    f"{DEFAULT_EXTRACTOR}+pca=0",
+    DEFAULT_EXTRACTOR,
+    f"{DEFAULT_EXTRACTOR}+qe=2",
+)
 COLOUR_SIZE = 96  # decoding size for colour descriptors
 COLOUR_POOL = 5  # colour re-ranking reorders the top ``COLOUR_POOL * top_k`` results
 
