@@ -29,7 +29,7 @@ from ._errors import FeatureStoreError, ImageError, IncompatibleModelError, Inva
 from ._extractors import Embedder, Extractor, get_extractor
 from ._images import list_images, load_image
 from ._io import atomic_path, write_csv, write_json
-from ._store import IDS, SKIPPED, STORE_JSON, VECTORS, FeatureStore
+from ._store import IDS, SKIPPED, STORE_JSON, VECTORS, FeatureStore, store_header
 
 log = logging.getLogger(__name__)
 
@@ -346,20 +346,8 @@ def extract_features(
     _write_vectors(out / VECTORS, final_ids, dim, dtype, old, reuse, parts, from_parts)
     write_csv(out / IDS, ["id", "size", "mtime_ns"], [(r, *stats[r]) for r in final_ids])
     write_csv(out / SKIPPED, ["path", "reason"], skipped)
-    meta = {
-        "format": "varsitysrch-features",
-        "version": 1,
-        "library_version": _version(),
-        "extractor": ex.identity(),
-        "dim": int(dim),
-        "count": len(final_ids),
-        "dtype": dtype,
-        "vectors": VECTORS,
-        "ids": IDS,
-        "image_root": str(root.resolve()),
-        "skipped": len(skipped),
-    }
-    write_json(out / STORE_JSON, meta)
+    extra = {"image_root": str(root.resolve()), "skipped": len(skipped)}
+    write_json(out / STORE_JSON, store_header(ex.identity(), dim, len(final_ids), dtype, extra))
     parts.clear()
     if not final_ids:
         raise FeatureStoreError(
@@ -433,9 +421,3 @@ def _write_vectors(
             mm[d] = parts.array(p)[r]
         mm.flush()
         del mm
-
-
-def _version() -> str:
-    from ._version import __version__
-
-    return __version__

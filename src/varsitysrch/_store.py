@@ -150,21 +150,29 @@ class FeatureStore:
         mtimes = list(mtimes) if mtimes is not None else [-1] * n
         write_npy(folder / VECTORS, np.ascontiguousarray(vectors))
         write_csv(folder / IDS, ["id", "size", "mtime_ns"], zip(ids, sizes, mtimes, strict=True))
-        meta = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "library_version": __version__,
-            "extractor": extractor,
-            "dim": int(vectors.shape[1]),
-            "count": n,
-            "dtype": str(vectors.dtype),
-            "vectors": VECTORS,
-            "ids": IDS,
-        }
-        if extra:
-            meta.update(extra)
-        write_json(folder / STORE_JSON, meta)
+        write_json(
+            folder / STORE_JSON, store_header(extractor, int(vectors.shape[1]), n, str(vectors.dtype), extra)
+        )
         return folder
+
+
+def store_header(
+    extractor: dict[str, Any], dim: int, count: int, dtype: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``store.json`` of a store (written last, after vectors and ids)."""
+    meta: dict[str, Any] = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "library_version": __version__,
+        "extractor": extractor,
+        "dim": int(dim),
+        "count": int(count),
+        "dtype": dtype,
+        "vectors": VECTORS,
+        "ids": IDS,
+    }
+    meta.update(extra or {})
+    return meta
 
 
 def read_ids(path: Path) -> tuple[list[str], list[int], list[int]]:
