@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,33 @@ sys.path.insert(0, str(Path(__file__).parent))
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "catalog"
 CLOTHING = Path(os.environ.get("VARSITYSRCH_CLOTHING", REPO.parent / "shared" / "data" / "clothing-small"))
+
+_SESSION_CACHE: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hermetic suite: one cache folder per test session, never the user's cache.
+
+    Set here (not in a fixture) so that it is in ``os.environ`` before any test module is
+    imported and so that CLI subprocesses inherit it.  ONNX graphs are built once per session
+    (about a second each) and shared by all tests in it; a test that needs a pristine cache
+    points ``VARSITYSRCH_CACHE`` at its own ``tmp_path``.
+    """
+    global _SESSION_CACHE
+    _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="varsitysrch-test-cache-"))
+    os.environ["VARSITYSRCH_CACHE"] = str(_SESSION_CACHE)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_cache() -> Path:
+    """The session's cache folder (``$VARSITYSRCH_CACHE`` for every test)."""
+    assert _SESSION_CACHE is not None
+    return _SESSION_CACHE
 
 
 @pytest.fixture(scope="session")

@@ -166,3 +166,14 @@ def test_extractor_identity_mismatch_is_reported() -> None:
     b = get_extractor("efficientnet-lite0", resize="squash")
     with pytest.raises(IncompatibleModelError, match="resize"):
         a.check_compatible(b.identity(), "the store")
+
+
+def test_suite_never_uses_the_user_cache(session_cache: Path) -> None:
+    # conftest points VARSITYSRCH_CACHE at a per-session folder: nothing the suite builds lands
+    # in (or is read from) the real user cache
+    from platformdirs import user_cache_dir
+
+    from varsitysrch._extractors import cache_dir
+
+    assert cache_dir() == session_cache
+    assert not session_cache.resolve().is_relative_to(Path(user_cache_dir("varsitysrch")).resolve())
