@@ -1,4 +1,15 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, rename."""
+"""Atomic file writes (temporary file in the same folder, fsync, rename) and safe CSV/JSON.
+
+Every text file is UTF-8 with ``surrogateescape``, so a file name that is not valid UTF-8
+(``os.listdir`` hands it out as lone surrogates) is written byte-for-byte and read back as
+the same ``str``.  JSON escapes such characters as ``\\udcXX`` instead (JSON stays UTF-8).
+
+CSV cells meant for people are *neutralised* (:func:`neutralise_cell`): a text cell that a
+spreadsheet would evaluate -- it starts with ``= + - @``, a tab or a carriage return -- or
+that starts with ``'`` gets one leading ``'``.  :func:`read_csv` strips one leading ``'``,
+so the round trip is exact.  Numbers (``int``/``float`` cells, and text that is a plain
+decimal number such as ``-0.5``) are never touched.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -47,17 +59,61 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         yield f
 
 
+#: text files: UTF-8, with undecodable file-name bytes kept as lone surrogates (and back)
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"
+_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def neutralise_cell(cell: Any) -> Any:
+    """``cell`` as a spreadsheet-safe CSV cell (a leading ``'`` on risky text; see module docstring)."""
+    if isinstance(cell, str) and cell.startswith(_TRIGGERS) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def restore_cell(cell: str) -> str:
+    """Undo :func:`neutralise_cell` on a cell read back from a CSV."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    # lone surrogates (undecodable file names) become JSON \udcXX escapes: valid UTF-8, same str back
+    with atomic_open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
         json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
         f.write("\n")
 
 
-def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+def write_csv(
+    path: str | os.PathLike[str],
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    neutralise: bool = True,
+) -> None:
+    """Write a CSV atomically (UTF-8 + surrogateescape); text cells neutralised unless told not to."""
+    with atomic_open(path, "w", encoding=ENCODING, errors=ERRORS, newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
-        w.writerows(rows)
+        if neutralise:
+            w.writerows([neutralise_cell(c) for c in row] for row in rows)
+        else:
+            w.writerows(rows)
+
+
+def csv_rows(f: IO[str], *, neutralised: bool = True) -> Iterator[list[str]]:
+    """Rows of an open CSV text file (header included), neutralisation undone."""
+    for row in csv.reader(f):
+        yield [restore_cell(c) for c in row] if neutralised else row
+
+
+def read_csv(path: str | os.PathLike[str], *, neutralised: bool = True) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of a CSV written by :func:`write_csv` (cells as ``str``, ids exactly as written)."""
+    with open(path, encoding=ENCODING, errors=ERRORS, newline="") as f:
+        it = csv_rows(f, neutralised=neutralised)
+        header = next(it, [])
+        return header, list(it)
 
 
 def write_npy(path: str | os.PathLike[str], arr: np.ndarray) -> None:
