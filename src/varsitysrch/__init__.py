@@ -32,6 +32,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._cluster import KMeansModel, train_clusters
+    from ._compat import VaSrch
     from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ._update import UpdateReport, update_catalogue
 
 _LAZY = {
+    "VaSrch": "._compat",
     "KMeansModel": "._cluster",
     "train_clusters": "._cluster",
     "EvalConfig": "._evaluate",
@@ -93,6 +95,7 @@ __all__ = [
     "NotFittedError",
     "Searcher",
     "UpdateReport",
+    "VaSrch",
     "VarsitysrchError",
     "__version__",
     "evaluate",
