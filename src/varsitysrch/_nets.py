@@ -19,6 +19,14 @@ import numpy as np
 
 GEM_P = 3.0
 
+#: Version of the graphs these builders produce (and of the preprocessing inside them).
+#: Bump it whenever a change here (or in the in-graph normalisation) changes the vectors:
+#: it keys the ONNX graph cache and is recorded in every store's extractor identity, so a
+#: store made by an older graph is refused instead of being mixed with new vectors.
+#: (The cache key also hashes this module's source, so an edit that forgets the bump still
+#: rebuilds the cached graph.)
+GRAPH_VERSION = 1
+
 
 class _Graph:
     def __init__(self, sd: dict[str, np.ndarray]) -> None:
