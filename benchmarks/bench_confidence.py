@@ -1,0 +1,91 @@
+"""Confidence separation: in-domain vs out-of-domain queries, both dev domains, held-out splits.
+
+For each domain the store is split (seeded) into a catalogue part (80 %) and held-out
+queries (20 %).  Everything is fitted on the catalogue part only, as ``train_clusters``
+does: the search-space PCA (``fit_search_pca``, 128 components from 1,000 images) and the
+:class:`~varsitysrch._confidence.ScoreCalibrator` on the catalogue in that space.  Queries:
+
+* in-domain: the domain's held-out photos;
+* out-of-domain: the other domain's held-out photos (grocery photos against the clothing
+  catalogue and vice versa).
+
+Each query's best hit (exact search in the search space) gets a confidence; the script prints
+the ROC AUC of that confidence (in-domain = positive), and the share of queries whose best hit
+is ``close`` at several cut-offs (the default marked).  Since confidence is a monotone map of
+the score, the AUC is the AUC of the raw best score too; what calibration adds is a cut-off
+that means the same on every catalogue (``cutoff score`` shows how different the raw scores are).
+
+Run::
+
+    nice -n 5 .venv/bin/python benchmarks/bench_confidence.py --features /tmp/team/feats
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from varsitysrch._confidence import CUTOFF, ScoreCalibrator
+from varsitysrch._neighbours import exact_topk
+from varsitysrch._postprocess import default_search_pca, fit_search_pca, to_search_space
+from varsitysrch._store import FeatureStore
+
+CUTOFFS = (0.01, 0.02, 0.05, 0.10, 0.20)
+#: search: rank + score in the search-space PCA; raw: plain cosine; hybrid: rank in the search
+#: space, confidence from the plain cosine of the hit (the default)
+SPACES = ("search", "raw", "hybrid")
+
+
+def split(n: int, seed: int, held: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    k = round(n * held)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", type=Path, default=Path("/tmp/team/feats"))
+    ap.add_argument("--domains", nargs=2, default=["clothing-small", "grocery-train"])
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    data = {d: np.asarray(FeatureStore.open(a.features / d).vectors, np.float32) for d in a.domains}
+    parts = {d: split(len(X), a.seed) for d, X in data.items()}
+    print(f"default cutoff {CUTOFF}; in-domain = held-out 20 % of the catalogue's own domain")
+    header = f"{'catalogue':>15} {'space':>6} {'AUC':>6} {'cutoff score':>12} " + " ".join(
+        f"{'in@' + str(c):>8} {'out@' + str(c):>9}" for c in CUTOFFS
+    )
+    print(header)
+    for cat, other in (a.domains, a.domains[::-1]):
+        Xc = data[cat][parts[cat][0]]
+        Qin, Qout = data[cat][parts[cat][1]], data[other][parts[other][1]]
+        n_pca = default_search_pca(len(Xc), Xc.shape[1])
+        if n_pca:
+            mean, comps = fit_search_pca(Xc, n_pca, 0)
+            Z, Zin, Zout = (to_search_space(M, mean, comps) for M in (Xc, Qin, Qout))
+        else:
+            Z, Zin, Zout = Xc, Qin, Qout
+        for space in SPACES:
+            if space == "search":  # rank and score in the search space
+                cal = ScoreCalibrator().fit(Z)
+                s_in, s_out = exact_topk(Zin, Z, 1)[1][:, 0], exact_topk(Zout, Z, 1)[1][:, 0]
+            elif space == "raw":  # rank and score by plain cosine
+                cal = ScoreCalibrator().fit(Xc)
+                s_in, s_out = exact_topk(Qin, Xc, 1)[1][:, 0], exact_topk(Qout, Xc, 1)[1][:, 0]
+            else:  # rank in the search space, score the hit by its plain cosine (what Searcher does)
+                cal = ScoreCalibrator().fit(Xc, ranking=Z)
+                r_in, r_out = exact_topk(Zin, Z, 1)[0][:, 0], exact_topk(Zout, Z, 1)[0][:, 0]
+                s_in = np.einsum("ij,ij->i", Qin, Xc[r_in])
+                s_out = np.einsum("ij,ij->i", Qout, Xc[r_out])
+            c_in, c_out = cal.confidence(s_in), cal.confidence(s_out)
+            y = np.r_[np.ones(len(c_in)), np.zeros(len(c_out))]
+            auc = roc_auc_score(y, np.r_[s_in, s_out])
+            cells = " ".join(f"{(c_in >= c).mean():>8.3f} {(c_out >= c).mean():>9.3f}" for c in CUTOFFS)
+            print(f"{cat:>15} {space:>6} {auc:>6.3f} {cal.cutoff_score_:>12.3f} {cells}")
+        print(f"{'':>15} queries: {len(Qin)} in-domain, {len(Qout)} out-of-domain ({other})")
+
+
+if __name__ == "__main__":
+    main()
