@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -23,7 +24,7 @@ from PIL import Image
 
 from imagegen import make_bomb_png, make_truncated_jpeg
 from varsitysrch import InvalidArgumentError, MissingDependencyError
-from varsitysrch._service import MULTIPART_SLACK, create_app
+from varsitysrch.service import MULTIPART_SLACK, create_app
 
 MAX_UPLOAD = 64 * 1024
 THUMB = 48
@@ -32,11 +33,15 @@ THUMB = 48
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def service_app(
-    synth_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+    synth_model: tuple[Path, Path],
+    synth_catalogue: tuple[Path, dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Any, Path]]:
     model, csv = synth_model
     cache = tmp_path_factory.mktemp("thumbs")
-    app = create_app(model, csv, max_upload_bytes=MAX_UPLOAD, thumb_size=THUMB, cache_dir=cache)
+    app = create_app(
+        model, csv, image_root=synth_catalogue[0], max_upload_bytes=MAX_UPLOAD, thumb_size=THUMB, cache_dir=cache
+    )
     yield app, cache
 
 
@@ -358,7 +363,7 @@ def test_thumbnails_are_resized_and_cached(
     r = client.get(f"/thumbnails/{rel}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     im = Image.open(io.BytesIO(r.content))
-    assert im.format == "JPEG" and max(im.size) == THUMB
+    assert im.format == "JPEG" and im.size == (THUMB, THUMB)
     new = {p for p in cache.rglob("*.jpg")} - before
     assert len(new) == 1
     cached = new.pop()
@@ -388,7 +393,11 @@ def test_thumbnail_cache_follows_source_mtime(
         os.utime(copy / rel, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
         second = c.get(f"/thumbnails/{rel}")
         assert second.status_code == 200 and second.content != first
-        assert Image.open(io.BytesIO(second.content)).size == (THUMB, THUMB // 2)
+        thumb = np.asarray(Image.open(io.BytesIO(second.content)).convert("RGB"), np.float32)
+        assert thumb.shape == (THUMB, THUMB, 3)
+        # the 60x30 blue image, letterboxed: blue in the middle rows, white above and below
+        assert thumb[THUMB // 2, THUMB // 2, 2] > 200 and thumb[THUMB // 2, THUMB // 2, 0] < 60
+        assert thumb[2, THUMB // 2].min() > 230 and thumb[-3, THUMB // 2].min() > 230
     assert len(list(cache.rglob("*.jpg"))) == 2
 
 

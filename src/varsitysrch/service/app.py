@@ -1,0 +1,827 @@
+"""The FastAPI app: :func:`create_app` wires small parts together; :func:`run_server` serves it.
+
+Endpoints (OpenAPI at ``/docs``, self-hosted, and ``/openapi.json``)::
+
+    GET  /                       the web page (plain HTML/JS/CSS, works offline)
+    POST /search                 multipart: ``image`` (a file) or ``image_id``; ``top_n``, ``nprobe``,
+                                 ``exact``, ``include_self`` as form fields or query parameters
+    GET  /search?image_id=ID     search with a catalogue image
+    POST /search/batch           many queries in one request: files ``images`` and/or fields ``image_ids``
+    GET  /images/{id}            a catalogue image (only catalogue ids, only inside the image folder)
+    GET  /thumbnails/{id}        a JPEG thumbnail, cached on disk
+    GET  /clusters               every cluster: size and a few sample members
+    GET  /clusters/{id}          a cluster's members, paged (``offset``, ``limit``)
+    GET  /healthz                liveness and catalogue facts
+    GET  /metrics                Prometheus text format
+    POST /admin/reload           load the model again now if its files changed (else a no-op)
+
+Errors are JSON ``{"detail": ...}``: 404 unknown image / cluster, 413 upload too large,
+415 not an image in an accepted format, 422 invalid parameters or an image that cannot be
+used (decompression bombs included), 503 (with ``Retry-After``) when the decode or embed
+queue is full.
+
+Concurrency: uploads are decoded on a bounded pool of their own and embedded together by a
+micro-batcher (``batching``); both refuse work beyond their limit at once, and neither uses
+the request thread pool, so health checks, metrics, thumbnails and search by id stay fast
+under any upload load.  The model is reloaded without a restart when its files change
+(``models``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import mimetypes
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import numpy as np
+
+from .._errors import ImageError, InvalidArgumentError, VarsitysrchError, missing
+from .._version import __version__
+from .batching import BoundedPool, MicroBatcher, Overloaded
+from .files import UPLOAD_FORMATS_TEXT, UnsupportedFormat, choose_root, decode_upload, make_thumbnail
+from .files import resolve_image as _resolve_image
+from .metrics import CONTENT_TYPE, Metrics
+from .middleware import BodyLimit, Observe
+from .models import Generation, ModelHolder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD = 20 * 2**20
+#: Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file.
+MULTIPART_SLACK = 64 * 1024
+MAX_TOP_N = 1000
+MAX_PAGE = 500
+#: Queries in one ``POST /search/batch``.
+MAX_BATCH_QUERIES = 32
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",
+}
+_DOCS_ASSETS = {"swagger-ui.css": "text/css; charset=utf-8", "swagger-ui-bundle.js": "text/javascript"}
+_PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+_DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+_APP_KEYS = (
+    "image_root",
+    "allow_roots",
+    "max_upload_bytes",
+    "thumb_size",
+    "cache_dir",
+    "nprobe",
+    "threads",
+    "decode_workers",
+    "queue_limit",
+    "max_batch",
+    "batch_window_ms",
+    "reload_interval",
+)
+
+
+def _import_fastapi() -> Any:
+    try:
+        import fastapi
+    except ImportError as exc:
+        raise missing("fastapi", "serve", "the HTTP service") from exc
+    try:
+        import python_multipart  # noqa: F401
+    except ImportError:
+        try:
+            import multipart  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        except ImportError as exc:
+            raise missing("python-multipart", "serve", "the HTTP service") from exc
+    return fastapi
+
+
+def _static_files() -> dict[str, bytes]:
+    base = resources.files("varsitysrch.service").joinpath("static")
+    return {name: base.joinpath(name).read_bytes() for name in _STATIC}
+
+
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files from the ``swagger-ui-bundle`` package (the ``serve`` extra), if installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    p = Path(str(swagger_ui_path))
+    return p if all((p / name).is_file() for name in _DOCS_ASSETS) else None
+
+
+def _positive_int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < low
+    if bad or (high is not None and value > high):
+        rule = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InvalidArgumentError(f"{name} must be an integer {rule}; got {value!r}")
+    return int(value)
+
+
+@dataclass
+class Settings:
+    """create_app's arguments, checked."""
+
+    model: Path
+    csv: Path | None
+    root: Path | None
+    max_upload_bytes: int
+    thumb_size: int
+    thumbs_dir: Path
+    nprobe: int | None
+    threads: int | None
+    decode_workers: int
+    queue_limit: int
+    max_batch: int
+    batch_window_s: float
+    reload_interval: float
+    too_large: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        mb = self.max_upload_bytes / 2**20
+        self.too_large = f"upload too large: the limit is {self.max_upload_bytes} bytes ({mb:.3g} MiB)"
+
+
+@dataclass
+class Service:
+    """What the endpoints share: settings, the served model, the decode pool, metrics."""
+
+    settings: Settings
+    holder: ModelHolder
+    decode: BoundedPool
+    metrics: Metrics
+    static: dict[str, bytes]
+    swagger: Path | None
+
+    @property
+    def gen(self) -> Generation:
+        return self.holder.current
+
+
+# ---------------------------------------------------------------------------- building blocks
+def _links(request: Any, image_id: str) -> dict[str, str]:
+    q = quote(image_id, safe="/")
+    b = str(request.scope.get("root_path", "")).rstrip("/")
+    return {"url": f"{b}/images/{q}", "thumbnail_url": f"{b}/thumbnails/{q}"}
+
+
+def _hit_dict(request: Any, h: Any) -> dict[str, Any]:
+    return {
+        "image": h.image,
+        "score": h.score,
+        "cluster": h.cluster,
+        "rank": h.rank,
+        **_links(request, h.image),
+    }
+
+
+def _http(status: int, detail: str, **headers: str) -> Exception:
+    from fastapi import HTTPException
+
+    return HTTPException(status, detail, headers=headers or None)
+
+
+def _busy(svc: Service, exc: Overloaded) -> Exception:
+    svc.metrics.rejections.labels(exc.stage).inc()
+    return _http(503, str(exc), **{"Retry-After": "1"})
+
+
+def _check_nprobe(gen: Generation, nprobe: int | None, exact: bool) -> None:
+    if nprobe is not None and not exact and not 1 <= nprobe <= gen.k:
+        raise _http(422, f"nprobe must be in [1, k] = [1, {gen.k}]; got {nprobe}")
+
+
+def _result(
+    request: Any, gen: Generation, query: dict[str, Any], hits: list[Any], t0: float,
+    top_n: int, nprobe: int | None, exact: bool,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "query": query,
+        "top_n": top_n,
+        "nprobe": None if exact else (gen.searcher.default_nprobe if nprobe is None else nprobe),
+        "exact": exact,
+        "took_ms": round((time.perf_counter() - t0) * 1000, 3),
+        "hits": [_hit_dict(request, h) for h in hits],
+    }
+
+
+def _search_id(
+    request: Any,
+    gen: Generation,
+    image_id: str,
+    top_n: int,
+    nprobe: int | None,
+    exact: bool,
+    include_self: bool,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if image_id not in gen.id_set:
+        raise _http(404, f"image_id {image_id!r} is not in the catalogue")
+    _check_nprobe(gen, nprobe, exact)
+    hits = gen.searcher.search_id(image_id, top_n, nprobe=nprobe, exact=exact, include_self=include_self)
+    query = {"kind": "image_id", "image_id": image_id, **_links(request, image_id)}
+    return _result(request, gen, query, hits, t0, top_n, nprobe, exact)
+
+
+def _decode_error(exc: BaseException, filename: str | None) -> Exception:
+    name = f" {filename!r}" if filename else ""
+    if isinstance(exc, UnsupportedFormat):
+        fmt = f" ({exc.args[0]} is not accepted)" if exc.args and exc.args[0] else ""
+        return _http(
+            415, f"the upload{name} is not an image in a supported format ({UPLOAD_FORMATS_TEXT}){fmt}"
+        )
+    return _http(422, f"cannot use the uploaded image{name}: {exc}")
+
+
+async def _embed_uploads(svc: Service, gen: Generation, uploads: list[tuple[bytes, str | None]]) -> list[Any]:
+    """Decode (bounded pool) and embed (micro-batched) uploads: a vector or an HTTP error each."""
+    if gen.batcher is None or gen.embedder is None:
+        raise _http(
+            501, "this model's features were not made by a known extractor: search by image_id instead"
+        )
+    ex = gen.embedder.extractor
+    try:
+        svc.decode.reserve(len(uploads))  # all or none: a batch never half-fits
+    except Overloaded as exc:
+        raise _busy(svc, exc) from exc
+    futs = [svc.decode.run_reserved(decode_upload, data, ex.input_size, ex.resize) for data, _ in uploads]
+    out: list[Any] = []
+    arrays: list[np.ndarray] = []
+    for fut, (_, name) in zip(futs, uploads, strict=True):
+        try:
+            arr = await asyncio.wrap_future(fut)
+            arrays.append(arr)
+            out.append(arr)
+        except (UnsupportedFormat, ImageError) as exc:
+            out.append(_decode_error(exc, name))
+    if arrays:
+        try:
+            vec_futs = iter(gen.batcher.submit_many(arrays))
+        except Overloaded as exc:
+            raise _busy(svc, exc) from exc
+        out = [await asyncio.wrap_future(next(vec_futs)) if isinstance(o, np.ndarray) else o for o in out]
+    return out
+
+
+def _pick(form_value: Any, query_value: Any, default: Any) -> Any:
+    if form_value is not None:
+        return form_value
+    return default if query_value is None else query_value
+
+
+# ---------------------------------------------------------------------------- routes
+def _add_error_handlers(app: Any) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(InvalidArgumentError)
+    async def _invalid(request: Request, exc: InvalidArgumentError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ImageError)
+    async def _bad_image(request: Request, exc: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(VarsitysrchError)
+    async def _library_error(request: Request, exc: VarsitysrchError) -> JSONResponse:
+        log.exception("request failed: %s", exc)
+        return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def _add_page_routes(app: Any, svc: Service) -> None:
+    from fastapi.responses import HTMLResponse, Response
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        headers = {"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"}
+        return Response(svc.static["index.html"], media_type=_STATIC["index.html"], headers=headers)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Response:
+        if name not in svc.static:
+            raise _http(404, "no such file")
+        return Response(svc.static[name], media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if svc.swagger is not None:
+            body = (
+                '<div id="swagger-ui"></div>'
+                '<script src="docs/assets/swagger-ui-bundle.js"></script>'
+                '<script src="static/docs.js"></script>'
+            )
+            head = '<link rel="stylesheet" href="docs/assets/swagger-ui.css">'
+        else:
+            head = '<link rel="stylesheet" href="static/style.css">'
+            body = (
+                "<main><h1>varsitysrch API</h1><p>The interactive documentation needs the "
+                "<code>swagger-ui-bundle</code> package (<code>pip install 'varsitysrch[serve]'</code>). "
+                'The API schema: <a href="openapi.json">openapi.json</a>.</p></main>'
+            )
+        html = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>varsitysrch API</title><link rel="icon" href="data:,">{head}</head>'
+            f"<body>{body}</body></html>"
+        )
+        return HTMLResponse(html, headers={"Content-Security-Policy": _DOCS_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        from fastapi.responses import FileResponse
+
+        if svc.swagger is None or name not in _DOCS_ASSETS:
+            raise _http(404, "no such file")
+        return FileResponse(svc.swagger / name, media_type=_DOCS_ASSETS[name])
+
+
+def _add_service_routes(app: Any, svc: Service) -> None:
+    from fastapi.responses import Response
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness, and what is being served."""
+        gen = svc.gen
+        ex = gen.searcher.extractor
+        return {
+            "status": "ok",
+            "version": __version__,
+            "images": len(gen.ids),
+            "clusters": gen.k,
+            "nprobe": int(gen.searcher.default_nprobe),
+            "extractor": ex.name if ex is not None else None,
+            "search_by_image": gen.embedder is not None,
+            "images_served": svc.settings.root is not None,
+            "max_upload_bytes": svc.settings.max_upload_bytes,
+            "max_top_n": MAX_TOP_N,
+            "max_batch_queries": MAX_BATCH_QUERIES,
+            "model_generation": gen.number,
+        }
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    def metrics_text() -> Response:
+        """Prometheus text format: requests, errors and latency by route template and status, queues."""
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/admin/reload", tags=["service"])
+    def reload() -> dict[str, Any]:
+        """Load the model again now if its model file or CSV changed (a no-op otherwise)."""
+        changed = svc.holder.reload_if_changed()
+        return {"reloaded": changed, "generation": svc.gen.number, "error": svc.holder.last_error}
+
+
+_TOP_N_DOC = "number of results (default 10)"
+_NPROBE_DOC = "clusters to scan (default: the model's calibrated value)"
+_SELF_DOC = "with image_id: keep the query image in the results"
+
+
+def _add_search_routes(app: Any, svc: Service) -> None:
+    from fastapi import File, Form, Query, Request, UploadFile
+    from starlette.concurrency import run_in_threadpool
+
+    limit = svc.settings.max_upload_bytes
+
+    async def read_upload(image: UploadFile) -> bytes:
+        data = await image.read(limit + 1)
+        if len(data) > limit:
+            raise _http(413, svc.settings.too_large)
+        if not data:
+            raise _http(
+                422, f"the uploaded file {image.filename!r} is empty" if image.filename else "empty upload"
+            )
+        return data
+
+    @app.post("/search", tags=["search"])
+    async def search_post(
+        request: Request,
+        image: Annotated[UploadFile | None, File(description="the query photo")] = None,
+        image_id: Annotated[str | None, Form(description="or: a catalogue image id to search with")] = None,
+        top_n: Annotated[int | None, Form(ge=1, le=MAX_TOP_N, description=_TOP_N_DOC)] = None,
+        nprobe: Annotated[int | None, Form(ge=1, description=_NPROBE_DOC)] = None,
+        exact: Annotated[bool | None, Form(description="scan every cluster")] = None,
+        include_self: Annotated[bool | None, Form(description=_SELF_DOC)] = None,
+        q_top_n: Annotated[
+            int | None, Query(alias="top_n", ge=1, le=MAX_TOP_N, description=_TOP_N_DOC)
+        ] = None,
+        q_nprobe: Annotated[int | None, Query(alias="nprobe", ge=1, description=_NPROBE_DOC)] = None,
+        q_exact: Annotated[bool | None, Query(alias="exact")] = None,
+        q_include_self: Annotated[bool | None, Query(alias="include_self")] = None,
+    ) -> dict[str, Any]:
+        """Search with an uploaded photo (field ``image``) or a catalogue image (field ``image_id``).
+
+        ``top_n``, ``nprobe``, ``exact`` and ``include_self`` may be form fields or query parameters.
+        """
+        gen = svc.gen  # one model for the whole request, even if a reload lands meanwhile
+        n, p = _pick(top_n, q_top_n, 10), _pick(nprobe, q_nprobe, None)
+        ex, inc = bool(_pick(exact, q_exact, False)), bool(_pick(include_self, q_include_self, True))
+        has_file = image is not None and (bool(image.filename) or image.size not in (None, 0))
+        if has_file and image_id:
+            raise _http(422, "send either an image file or an image_id, not both")
+        if image_id:
+            return await run_in_threadpool(_search_id, request, gen, image_id, n, p, ex, inc)
+        if image is None or not has_file:
+            raise _http(422, "send an image file (multipart field 'image') or an image_id")
+        t0 = time.perf_counter()
+        _check_nprobe(gen, p, ex)
+        data = await read_upload(image)
+        (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
+        if isinstance(v, Exception):
+            raise v
+        hits = await run_in_threadpool(gen.searcher.search_vector, v, n, nprobe=p, exact=ex)
+        query = {"kind": "upload", "filename": image.filename, "bytes": len(data)}
+        return _result(request, gen, query, hits, t0, n, p, ex)
+
+    @app.get("/search", tags=["search"])
+    def search_get(
+        request: Request,
+        image_id: Annotated[str, Query(description="a catalogue image id")],
+        top_n: Annotated[int, Query(ge=1, le=MAX_TOP_N, description=_TOP_N_DOC)] = 10,
+        nprobe: Annotated[int | None, Query(ge=1, description=_NPROBE_DOC)] = None,
+        exact: Annotated[bool, Query(description="scan every cluster")] = False,
+        include_self: Annotated[bool, Query(description="keep the query image in the results")] = True,
+    ) -> dict[str, Any]:
+        """Search with a catalogue image."""
+        return _search_id(request, svc.gen, image_id, top_n, nprobe, exact, include_self)
+
+    @app.post("/search/batch", tags=["search"])
+    async def search_batch(
+        request: Request,
+        images: Annotated[list[UploadFile] | None, File(description="query photos")] = None,
+        image_ids: Annotated[list[str] | None, Form(description="catalogue image ids")] = None,
+        top_n: Annotated[int, Query(ge=1, le=MAX_TOP_N, description=_TOP_N_DOC)] = 10,
+        nprobe: Annotated[int | None, Query(ge=1, description=_NPROBE_DOC)] = None,
+        exact: Annotated[bool, Query(description="scan every cluster")] = False,
+        include_self: Annotated[bool, Query(description=_SELF_DOC)] = True,
+    ) -> dict[str, Any]:
+        """Many queries in one request: uploads first (in order), then ids; embedded as one batch.
+
+        Each entry of ``results`` is a search result, or ``{"query": ..., "error": {"status", "detail"}}``
+        for a query that failed on its own (an unknown id, a file that is not an image); the request
+        itself fails only for what concerns all of them (parameters, size, 503 when busy).
+        """
+        gen = svc.gen
+        files, id_list = list(images or []), list(image_ids or [])
+        if not files and not id_list:
+            raise _http(422, "send at least one file (field 'images') or id (field 'image_ids')")
+        if len(files) + len(id_list) > MAX_BATCH_QUERIES:
+            raise _http(
+                422, f"a batch holds at most {MAX_BATCH_QUERIES} queries; got {len(files) + len(id_list)}"
+            )
+        if len(files) > svc.decode.limit:
+            raise _http(422, f"a batch holds at most {svc.decode.limit} uploads; got {len(files)}")
+        _check_nprobe(gen, nprobe, exact)
+        t0 = time.perf_counter()
+        datas = [await read_upload(f) for f in files]
+        vecs = (
+            await _embed_uploads(svc, gen, [(d, f.filename) for d, f in zip(datas, files, strict=True)])
+            if files
+            else []
+        )
+
+        def answer() -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            for f, d, v in zip(files, datas, vecs, strict=True):
+                query = {"kind": "upload", "filename": f.filename, "bytes": len(d)}
+                if isinstance(v, Exception):
+                    out.append({"query": query, "error": {"status": v.status_code, "detail": v.detail}})  # type: ignore[attr-defined]
+                    continue
+                hits = gen.searcher.search_vector(v, top_n, nprobe=nprobe, exact=exact)
+                out.append(_result(request, gen, query, hits, t0, top_n, nprobe, exact))
+            for i in id_list:
+                try:
+                    out.append(_search_id(request, gen, i, top_n, nprobe, exact, include_self))
+                except Exception as exc:
+                    status, detail = (
+                        getattr(exc, "status_code", 500),
+                        getattr(exc, "detail", "internal server error"),
+                    )
+                    out.append(
+                        {
+                            "query": {"kind": "image_id", "image_id": i},
+                            "error": {"status": status, "detail": detail},
+                        }
+                    )
+            return out
+
+        results = await run_in_threadpool(answer)
+        return {
+            "count": len(results),
+            "took_ms": round((time.perf_counter() - t0) * 1000, 3),
+            "results": results,
+        }
+
+
+def _add_image_routes(app: Any, svc: Service) -> None:
+    from fastapi.responses import FileResponse, Response
+
+    from .._io import atomic_path
+
+    size = svc.settings.thumb_size
+
+    def source(image_id: str) -> Path:
+        if image_id not in svc.gen.id_set:
+            raise _http(404, f"image_id {image_id!r} is not in the catalogue")
+        root = svc.settings.root
+        if root is None:
+            raise _http(
+                404, "the catalogue's image folder is not served: start the service with --images DIR"
+            )
+        p = _resolve_image(root, image_id)
+        if p is None:
+            raise _http(404, f"image {image_id!r} is not available")
+        return p
+
+    @app.get("/images/{image_id:path}", tags=["images"], response_class=FileResponse)
+    def get_image(image_id: str) -> FileResponse:
+        """A catalogue image, as stored."""
+        p = source(image_id)
+        media = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+        if not media.startswith("image/"):
+            media = "application/octet-stream"
+        return FileResponse(p, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/thumbnails/{image_id:path}", tags=["images"], response_class=Response)
+    def get_thumbnail(image_id: str) -> Response:
+        """A square JPEG thumbnail (side ``thumb_size``, letterboxed), cached on disk by id and mtime."""
+        src = source(image_id)
+        st = src.stat()
+        key = hashlib.sha256(f"v2\0{src}\0{st.st_mtime_ns}\0{st.st_size}\0{size}".encode()).hexdigest()
+        cached = svc.settings.thumbs_dir / key[:2] / f"{key}.jpg"
+        headers = {"Cache-Control": "public, max-age=3600", "ETag": f'"{key[:32]}"'}
+        if cached.is_file():
+            svc.metrics.thumbs.labels("hit").inc()
+            return FileResponse(cached, media_type="image/jpeg", headers=headers)
+        svc.metrics.thumbs.labels("miss").inc()
+        try:
+            data = make_thumbnail(src, size)
+        except ImageError as exc:
+            raise _http(404, f"image {image_id!r} cannot be shown: {exc}") from exc
+        try:
+            with atomic_path(cached) as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:  # a read-only cache still serves thumbnails
+            log.warning("cannot cache thumbnail %s: %s", cached, exc)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def _add_cluster_routes(app: Any, svc: Service) -> None:
+    from fastapi import Query, Request
+
+    def member(request: Any, gen: Generation, row: int) -> dict[str, Any]:
+        return {"image": gen.ids[row], **_links(request, gen.ids[row])}
+
+    @app.get("/clusters", tags=["clusters"])
+    def list_clusters(
+        request: Request,
+        sample: Annotated[int, Query(ge=0, le=50, description="members shown per cluster")] = 4,
+    ) -> dict[str, Any]:
+        """Every cluster: its size and the first few members."""
+        gen = svc.gen
+        b = str(request.scope.get("root_path", "")).rstrip("/")
+        out = []
+        for c in range(gen.k):
+            rows = gen.searcher.members(c)
+            out.append(
+                {
+                    "id": c,
+                    "size": len(rows),
+                    "url": f"{b}/clusters/{c}",
+                    "sample": [member(request, gen, int(r)) for r in rows[:sample]],
+                }
+            )
+        return {"k": gen.k, "images": len(gen.ids), "clusters": out}
+
+    @app.get("/clusters/{cluster_id}", tags=["clusters"])
+    def get_cluster(
+        request: Request,
+        cluster_id: int,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    ) -> dict[str, Any]:
+        """A cluster's members (catalogue order), ``limit`` at a time from ``offset``."""
+        gen = svc.gen
+        if not 0 <= cluster_id < gen.k:
+            raise _http(404, f"cluster {cluster_id} does not exist (k = {gen.k})")
+        rows = gen.searcher.members(cluster_id)
+        page = rows[offset : offset + limit]
+        nxt = offset + limit if offset + limit < len(rows) else None
+        return {
+            "id": cluster_id,
+            "size": len(rows),
+            "offset": offset,
+            "limit": limit,
+            "next_offset": nxt,
+            "prev_offset": max(0, offset - limit) if offset > 0 else None,
+            "members": [member(request, gen, int(r)) for r in page],
+        }
+
+
+# ---------------------------------------------------------------------------- assembly
+def _settings(
+    model_filename: str | os.PathLike[str],
+    csv_file: str | os.PathLike[str] | None,
+    image_root: str | os.PathLike[str] | None,
+    **kw: Any,
+) -> Settings:
+    from .._extractors import cache_dir as user_cache_dir
+
+    cores = os.cpu_count() or 1
+    cache_dir = kw["cache_dir"]
+    window = kw["batch_window_ms"]
+    if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= 1000:
+        raise InvalidArgumentError(f"batch_window_ms must be a number in [0, 1000]; got {window!r}")
+    interval = kw["reload_interval"]
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+        raise InvalidArgumentError(f"reload_interval must be a number >= 0 (0: off); got {interval!r}")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise InvalidArgumentError(f"image_root must be a folder; got {str(image_root)!r}")
+    workers = kw["decode_workers"] if kw["decode_workers"] is not None else max(1, min(4, cores))
+    return Settings(
+        model=Path(model_filename),
+        csv=Path(csv_file) if csv_file is not None else None,
+        root=Path(image_root) if image_root is not None else None,  # final choice: _serve_root
+        max_upload_bytes=_positive_int("max_upload_bytes", kw["max_upload_bytes"]),
+        thumb_size=_positive_int("thumb_size", kw["thumb_size"], 16, 2048),
+        thumbs_dir=Path(cache_dir) if cache_dir is not None else user_cache_dir() / "thumbnails",
+        nprobe=kw["nprobe"],
+        threads=kw["threads"],
+        decode_workers=_positive_int("decode_workers", workers, 1, 64),
+        queue_limit=_positive_int("queue_limit", kw["queue_limit"], 1, 4096),
+        max_batch=_positive_int("max_batch", kw["max_batch"], 1, 256),
+        batch_window_s=float(window) / 1000,
+        reload_interval=float(interval),
+    )
+
+
+def _holder(s: Settings, metrics: Metrics) -> ModelHolder:
+    from .._extractors import Embedder
+    from .._search import Searcher
+
+    def make_batcher(embedder: Any) -> MicroBatcher:
+        limit = max(s.queue_limit, s.max_batch)
+        return MicroBatcher(
+            embedder.embed, max_batch=s.max_batch, window_s=s.batch_window_s, limit=limit,
+            observe=metrics.observe_batch,
+        )  # fmt: skip
+
+    return ModelHolder(
+        s.model,
+        s.csv,
+        make_searcher=lambda: Searcher(s.model, s.csv, nprobe=s.nprobe, threads=s.threads),
+        make_embedder=lambda ex: Embedder(ex, threads=s.threads),
+        make_batcher=make_batcher,
+        on_reload=lambda result: metrics.reloads.labels(result).inc(),
+    )
+
+
+def _serve_root(s: Settings, gen: Generation, allow_roots: tuple[str | os.PathLike[str], ...]) -> Path | None:
+    """The operator's folder, or the model's recorded one inside an allowed root (chosen once, at start)."""
+    recorded = gen.searcher.config.get("image_root")
+    return choose_root(s.root, recorded if isinstance(recorded, str) else None, allow_roots)
+
+
+def create_app(
+    model_filename: str | os.PathLike[str],
+    csv_file: str | os.PathLike[str] | None = None,
+    *,
+    image_root: str | os.PathLike[str] | None = None,
+    allow_roots: tuple[str | os.PathLike[str], ...] | list[str | os.PathLike[str]] = (),
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    thumb_size: int = 256,
+    cache_dir: str | os.PathLike[str] | None = None,
+    nprobe: int | None = None,
+    threads: int | None = None,
+    decode_workers: int | None = None,
+    queue_limit: int = 32,
+    max_batch: int = 8,
+    batch_window_ms: float = 5.0,
+    reload_interval: float = 2.0,
+) -> Any:
+    """A FastAPI app serving search over one model; the model and extractor load now.
+
+    Args:
+        model_filename: a model file written by :func:`~varsitysrch.train_clusters`.
+        csv_file: its assignments CSV (optional; checked against the model).
+        image_root: the folder catalogue images and thumbnails are served from.
+        allow_roots: without ``image_root``, the folder recorded at extraction is served only
+            if it lies inside one of these (a model file never chooses what is served by itself).
+        max_upload_bytes: largest accepted upload (413 beyond).
+        thumb_size: side of the (square) thumbnails, in pixels.
+        cache_dir: thumbnail cache (default: ``<user cache>/varsitysrch/thumbnails``).
+        nprobe: default clusters to scan (``None``: the model's calibrated value).
+        threads: ONNX Runtime threads (default: every core).
+        decode_workers: threads decoding uploads (default: cores, at most 4).
+        queue_limit: uploads held per stage (decoding, embedding) before answering 503.
+        max_batch: most query images embedded in one inference call (1: no micro-batching).
+        batch_window_ms: how long the embedder waits for more queries after the first.
+        reload_interval: seconds between checks of the model/CSV files for a new version (0: off).
+    """
+    _import_fastapi()
+    from fastapi import FastAPI
+
+    s = _settings(
+        model_filename, csv_file, image_root,
+        max_upload_bytes=max_upload_bytes, thumb_size=thumb_size, cache_dir=cache_dir, nprobe=nprobe,
+        threads=threads, decode_workers=decode_workers, queue_limit=queue_limit, max_batch=max_batch,
+        batch_window_ms=batch_window_ms, reload_interval=reload_interval,
+    )  # fmt: skip
+    metrics = Metrics()
+    decode = BoundedPool(s.decode_workers, max(s.queue_limit, s.decode_workers), "decode")
+    holder = _holder(s, metrics)
+    s.root = _serve_root(s, holder.current, tuple(allow_roots))
+    svc = Service(s, holder, decode, metrics, _static_files(), _swagger_assets())
+    _add_gauges(svc)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        svc.holder.start(s.reload_interval)
+        try:
+            yield
+        finally:
+            svc.holder.stop()
+            decode.close()
+            if svc.gen.batcher is not None:
+                svc.gen.batcher.close()
+
+    app = FastAPI(
+        title="varsitysrch",
+        version=__version__,
+        description="Product image search: upload a photo (or pick a catalogue image), get similar products.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    app.state.metrics = metrics
+    app.add_middleware(
+        BodyLimit, limit=s.max_upload_bytes + MULTIPART_SLACK, detail=s.too_large, routes=app.router.routes
+    )
+    app.add_middleware(Observe, metrics=metrics)
+    _add_error_handlers(app)
+    for add in (
+        _add_page_routes,
+        _add_service_routes,
+        _add_search_routes,
+        _add_image_routes,
+        _add_cluster_routes,
+    ):
+        add(app, svc)
+    return app
+
+
+def _add_gauges(svc: Service) -> None:
+    m = svc.metrics
+    m.gauge_from("varsitysrch_catalogue_images", "Images in the catalogue.", lambda: len(svc.gen.ids))
+    m.gauge_from("varsitysrch_clusters", "Clusters in the model.", lambda: svc.gen.k)
+    m.gauge_from(
+        "varsitysrch_model_generation", "Model generation served (1, +1 per reload).", lambda: svc.gen.number
+    )
+    m.queue_from("decode", lambda: svc.decode.depth)
+    m.queue_from("embed", lambda: svc.gen.batcher.depth if svc.gen.batcher is not None else 0)
+
+
+def run_server(
+    model_filename: str | os.PathLike[str],
+    csv_file: str | os.PathLike[str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **kw: Any,
+) -> None:
+    """Serve :func:`create_app` with uvicorn until interrupted.
+
+    Keyword arguments named like :func:`create_app`'s go to it; the rest go to ``uvicorn.run``
+    (``log_level``, ``access_log``, ``limit_concurrency``, ...).  One process: the model is
+    loaded once and shared by the request threads (``workers`` cannot apply to an app object).
+    """
+    _import_fastapi()
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise missing("uvicorn", "serve", "the HTTP service") from exc
+    app_kw = {k: kw.pop(k) for k in _APP_KEYS if k in kw}
+    app = create_app(model_filename, csv_file, **app_kw)
+    kw.setdefault("log_level", "info")
+    uvicorn.run(app, host=host, port=port, **kw)

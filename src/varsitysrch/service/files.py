@@ -1,0 +1,116 @@
+"""What the service reads from disk and from uploads, and the checks on it.
+
+* The image folder is never taken from the model file alone: :func:`choose_root` serves the
+  folder the operator names, or the one recorded at extraction only when it lies inside a
+  root the operator allows.  :func:`resolve_image` keeps every id inside that folder
+  (no absolute ids, no ``..``, no NUL, no symlink out of it, regular files only).
+* Uploads: only the formats in :data:`UPLOAD_FORMATS` are decoded.  The format is read from
+  the file's header (``Image.format`` after ``open``, before any pixel is decoded), so a
+  QOI, PCX, TGA, SGI, DDS, ICNS, JPEG 2000, PPM, IM, SPIDER or AVIF upload never reaches
+  its decoder, whatever its name or Content-Type.
+* Thumbnails are decoded by :func:`varsitysrch._images.load_image`, the one decoder of the
+  package (bombs refused, EXIF orientation, draft decoding, bounded resize), letterboxed to a
+  ``size`` x ``size`` JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .._errors import ImageError
+
+#: Pillow format names accepted for uploads (MPO: the multi-picture JPEG of phone cameras).
+UPLOAD_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+#: How the 415 message names them: the same list.
+UPLOAD_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
+class UnsupportedFormat(Exception):
+    """An upload that is not an image in one of :data:`UPLOAD_FORMATS` (HTTP 415)."""
+
+
+def _real(p: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(os.fspath(p)))
+
+
+def choose_root(
+    image_root: str | os.PathLike[str] | None,
+    recorded: str | None,
+    allow_roots: tuple[str | os.PathLike[str], ...] = (),
+) -> Path | None:
+    """The folder images are served from, or ``None`` (images and thumbnails then 404).
+
+    ``image_root`` (the operator's) wins.  Otherwise the model's recorded folder is used only
+    if it resolves inside one of ``allow_roots``: a model file is data, and a crafted one must
+    not be able to point the service at ``/``.
+    """
+    if image_root is not None:
+        return _real(image_root)
+    if not recorded:
+        return None
+    rec = _real(recorded)
+    for allowed in allow_roots:
+        if rec.is_relative_to(_real(allowed)):
+            return rec
+    return None
+
+
+def resolve_image(root: Path, image_id: str) -> Path | None:
+    """The regular file ``image_id`` names inside ``root`` (already real), or ``None``.
+
+    Refused: empty, absolute or backslashed ids, ``.``/``..`` parts, NUL or other control
+    characters, anything whose real path (symlinks followed) leaves ``root``, and anything
+    that is not a regular file (folders, FIFOs, devices, sockets).
+    """
+    if not image_id or "\\" in image_id or any(ord(ch) < 32 for ch in image_id):
+        return None
+    rel = PurePosixPath(image_id)
+    if rel.is_absolute() or any(part in ("", ".", "..") for part in image_id.split("/")):
+        return None
+    try:
+        p = Path(os.path.realpath(root / rel, strict=True))
+        st = p.stat()
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, an odd name
+        return None
+    if not p.is_relative_to(root) or not stat.S_ISREG(st.st_mode):
+        return None
+    return p
+
+
+def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
+    """Decode an upload for the extractor, allow-listed formats only.
+
+    Raises :class:`UnsupportedFormat` (not an image, or a format outside the list) or
+    :class:`~varsitysrch.ImageError` (an image that cannot be used: broken, bomb, ...).
+    """
+    from PIL import UnidentifiedImageError
+
+    from .._images import load_image, open_image
+
+    try:
+        im = open_image(data)
+    except ImageError as exc:
+        if isinstance(exc.__cause__, UnidentifiedImageError):
+            raise UnsupportedFormat() from exc
+        raise
+    if im.format not in UPLOAD_FORMATS:
+        im.close()
+        raise UnsupportedFormat(str(im.format))
+    return load_image(im, size, resize)
+
+
+def make_thumbnail(src: Path, size: int) -> bytes:
+    """A ``size`` x ``size`` JPEG of a catalogue image (letterboxed on white)."""
+    from PIL import Image
+
+    from .._images import load_image
+
+    arr = load_image(src, size, "letterbox")
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=85, optimize=True)
+    return buf.getvalue()
