@@ -160,7 +160,9 @@ def test_missing_or_corrupt_store_is_a_clear_error(tmp_path: Path, synth_store: 
         load_features(tmp_path / "empty")
     broken = tmp_path / "broken"
     shutil.copytree(synth_store, broken)
-    (broken / "ids.csv").write_text("id,size,mtime_ns\nonly-one,1,1\n")
+    from varsitysrch._store import store_paths
+
+    store_paths(broken).ids.write_text("id,size,mtime_ns\nonly-one,1,1\n")  # the live ids table
     with pytest.raises(FeatureStoreError, match="inconsistent"):
         load_features(broken)
 

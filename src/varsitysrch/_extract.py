@@ -4,15 +4,15 @@ Decoding (PIL, which releases the GIL while it decodes and resizes) runs in a po
 threads, ``prefetch`` batches ahead of ONNX Runtime inference, so the two overlap.
 Progress is checkpointed to ``save_to/parts/`` every ``checkpoint_every`` images: an
 interrupted run resumes from there, and a rerun on an unchanged folder only checks file
-sizes and modification times (new or changed images are embedded, deleted ones dropped,
-the rest reused).
+stamps -- size, mtime, inode and ctime -- (new or changed images are embedded, deleted
+ones dropped, the rest reused).  The store is written as one commit under a lock
+(see :mod:`varsitysrch._store`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -25,11 +25,31 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import FeatureStoreError, ImageError, IncompatibleFeaturesError, InvalidArgumentError
+from ._errors import (
+    FeatureStoreError,
+    ImageError,
+    IncompatibleModelError,
+    InvalidArgumentError,
+    VarsitysrchError,
+)
 from ._extractors import Embedder, Extractor, get_extractor
-from ._images import list_images, load_image
-from ._io import atomic_path, write_csv, write_json
-from ._store import IDS, SKIPPED, STORE_JSON, VECTORS, FeatureStore, store_header
+from ._images import load_image, scan_images
+from ._io import atomic_path, read_csv, write_csv, write_json
+from ._store import (
+    ID_COLUMNS,
+    SKIPPED,
+    STORE_JSON,
+    FeatureStore,
+    Stamp,
+    _refuse_empty,
+    commit,
+    new_token,
+    os_error,
+    recover,
+    same_file,
+    store_header,
+    store_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +67,8 @@ class ExtractionResult:
     n_removed: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: ids whose vector this run (or the interrupted run it resumed) embedded
+    embedded_ids: frozenset[str] = frozenset()
 
     @property
     def n_skipped(self) -> int:
@@ -126,46 +148,59 @@ def iter_decoded(
 
 
 class _Parts:
-    """Checkpoints of an unfinished run: ``parts/part-NNNNN.npy`` + ``.csv`` + ``parts.json``."""
+    """Checkpoints of unfinished runs: ``parts/part-<run>-NNNNN.npy`` + ``.csv``, and ``parts.json``.
 
-    def __init__(self, folder: Path, extractor: Extractor) -> None:
+    Each run names its parts with its own token, so parts of two runs can never be taken
+    for one another; a part counts only when its ``.csv`` (written after its ``.npy``)
+    and ``.npy`` agree.  Only the process holding the store lock touches ``parts/``.
+    """
+
+    def __init__(self, folder: Path, extractor: Extractor, run: str | None = None) -> None:
         self.dir = folder / PARTS
         self.extractor = extractor
+        self.run = run or new_token()
         self.n = 0
         self._arrays: dict[int, np.ndarray] = {}
 
-    def load(self) -> dict[str, tuple[np.ndarray, int, int]]:
+    def load(self) -> dict[str, tuple[np.ndarray, Stamp]]:
         """Vectors (memory-mapped rows) of images done by an interrupted run with the same extractor."""
-        return {rel: (self.array(p)[r], size, mtime) for rel, (p, r, size, mtime) in self.index().items()}
+        return {rel: (self.array(p)[r], stamp) for rel, (p, r, stamp) in self.index().items()}
 
-    def index(self) -> dict[str, tuple[int, int, int, int]]:
-        """``id -> (part number, row, size, mtime_ns)`` of every checkpointed image (latest wins).
+    def index(self) -> dict[str, tuple[int, int, Stamp]]:
+        """``id -> (part number, row, stamp)`` of every checkpointed image (latest wins).
 
         Only the ``.csv`` tables and ``.npy`` headers are read: the vectors stay on disk
         until :meth:`array` hands out a part's memory map.
         """
-        out: dict[str, tuple[int, int, int, int]] = {}
+        out: dict[str, tuple[int, int, Stamp]] = {}
         self._arrays = {}
         head = self.dir / "parts.json"
         if not head.exists():
             return out
         try:
             meta = json.loads(head.read_text(encoding="utf-8"))
-            if not self.extractor.compatible_with(meta.get("extractor", {})):
+            if not isinstance(meta, dict) or not self.extractor.compatible_with(meta.get("extractor", {})):
                 log.info("discarding checkpoints made with another extractor")
                 self.clear()
                 return out
-            for npy in sorted(self.dir.glob("part-*.npy")):
-                num = int(npy.stem.split("-")[1])
+            for num, npy in enumerate(sorted(self.dir.glob("part-*.npy"))):
+                table = npy.with_suffix(".csv")
+                if not table.exists():
+                    continue  # killed between the two files: the .npy alone means nothing
                 X = np.load(npy, mmap_mode="r", allow_pickle=False)
-                with open(npy.with_suffix(".csv"), encoding="utf-8", newline="") as f:
-                    rows = list(csv.reader(f))[1:]
-                self.n = max(self.n, num + 1)
-                if len(rows) != len(X) or X.ndim != 2:
+                header, rows = read_csv(table)
+                if (
+                    X.ndim != 2
+                    or len(rows) != len(X)
+                    or X.shape[1] != self.extractor.dim
+                    or X.dtype.name not in ("float32", "float16")
+                ):
                     continue
                 self._arrays[num] = X
-                for r, (rel, size, mtime) in enumerate(rows):
-                    out[rel] = (num, r, int(size), int(mtime))
+                width = len(header)
+                for r, row in enumerate(rows):
+                    st = tuple(int(v) for v in row[1:width]) + (-1,) * (5 - width)
+                    out[row[0]] = (num, r, st)  # type: ignore[assignment]
         except (OSError, ValueError, IndexError) as exc:
             log.warning("ignoring unreadable checkpoints in %s (%s)", self.dir, exc)
             self.clear()
@@ -176,26 +211,29 @@ class _Parts:
         """The memory-mapped vectors of part ``num`` (after :meth:`index`)."""
         return self._arrays[num]
 
-    def save(self, ids: list[str], X: np.ndarray, stats: list[tuple[int, int]]) -> None:
+    def save(self, ids: list[str], X: np.ndarray, stats: Sequence[Sequence[int]]) -> None:
         if not ids:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.n == 0:
+        if not (self.dir / "parts.json").exists():
             write_json(self.dir / "parts.json", {"extractor": self.extractor.identity()})
-        stem = self.dir / f"part-{self.n:05d}"
-        write_csv(
-            stem.with_suffix(".csv"),
-            ["id", "size", "mtime_ns"],
-            [(i, s, m) for i, (s, m) in zip(ids, stats, strict=True)],
-        )
+        stem = self.dir / f"part-{self.run}-{self.n:05d}"
         with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, X, allow_pickle=False)
+        write_csv(
+            stem.with_suffix(".csv"), list(ID_COLUMNS), [(i, *st) for i, st in zip(ids, stats, strict=True)]
+        )
         self.n += 1
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.n = 0
         self._arrays = {}
+
+
+def _auto_checkpoint(n_todo: int, batch_size: int) -> int:
+    """Images per checkpoint when none is given: about 16 per run, at most 2,048."""
+    return max(batch_size, min(2048, -(-n_todo // 16)))
 
 
 def extract_features(
@@ -207,18 +245,21 @@ def extract_features(
     num_workers: int | None = None,
     threads: int | None = None,
     dtype: str = "float32",
-    checkpoint_every: int = 2048,
+    checkpoint_every: int | None = None,
     show_progress: bool = True,
     engine: str = "local",
     scheduler: Any = None,
+    allow_empty: bool = False,
     **extractor_options: Any,
 ) -> ExtractionResult:
     """Embed every image under ``img_folder`` (recursively) into the feature store ``save_to``.
 
-    Images that cannot be read are skipped and listed in ``save_to/skipped.csv``.
-    A rerun reuses the vectors of unchanged images (same size and mtime) and embeds
-    only new or changed ones; a store made with another extractor is an error unless
-    the folder is emptied first.
+    Files and folders left out (unreadable, special files, undecodable formats, ...) are
+    listed with the reason in ``save_to/skipped.csv``.  A rerun reuses the vectors of
+    unchanged images (same size, mtime, inode and ctime) and embeds only new or changed
+    ones; a store made with another extractor is an error unless the folder is emptied
+    first.  The store is committed as a unit and locked while it is written: a second
+    writer gets a :class:`~varsitysrch.FeatureStoreError`.
 
     Args:
         img_folder: folder of catalogue images (searched recursively).
@@ -229,7 +270,8 @@ def extract_features(
         num_workers: decoding threads (default: number of CPUs).
         threads: ONNX Runtime threads (default: number of CPUs).
         dtype: ``"float32"`` or ``"float16"`` storage.
-        checkpoint_every: images between checkpoints of an unfinished run.
+        checkpoint_every: images between checkpoints of an unfinished run (default: about
+            16 checkpoints per run, at most 2,048 images apart, and at least one a minute).
         show_progress: show a tqdm progress bar.
         engine: ``"local"`` (decoding threads + ONNX Runtime here) or ``"dask"``: image
             shards are embedded on dask.distributed workers (each loads the model once)
@@ -238,6 +280,9 @@ def extract_features(
             scheduler file (``.json``), a ``distributed.Client`` or a cluster object
             (``LocalCluster``, dask-kubernetes, dask-jobqueue, ``SSHCluster``); ``None``
             uses the current default client.
+        allow_empty: let a listing with no readable image replace a non-empty store
+            (otherwise that is an error and the store is kept: an unmounted or emptied
+            folder never wipes a catalogue).
 
     Memory stays bounded whatever the catalogue size: a few batches of decoded images,
     at most ``checkpoint_every`` vectors (then streamed to ``save_to/parts/``) and the id
@@ -251,6 +296,8 @@ def extract_features(
         raise InvalidArgumentError(f"img_folder {str(root)!r} does not exist or is not a folder")
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1; got {batch_size}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise InvalidArgumentError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
     if dtype not in ("float32", "float16"):
         raise InvalidArgumentError(f"dtype must be 'float32' or 'float16'; got {dtype!r}")
     if out.resolve() == root.resolve():
@@ -258,16 +305,54 @@ def extract_features(
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
     ex = get_extractor(extractor, **extractor_options)
+    with store_lock(out):
+        try:
+            return _extract_locked(
+                root,
+                out,
+                ex,
+                t0=t0,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                threads=threads,
+                dtype=dtype,
+                checkpoint_every=checkpoint_every,
+                show_progress=show_progress,
+                engine=engine,
+                scheduler=scheduler,
+                allow_empty=allow_empty,
+            )
+        except OSError as exc:
+            if isinstance(exc, VarsitysrchError):
+                raise
+            raise os_error(exc, f"extracting into {str(out)!r}") from exc
 
-    ids = list_images(root)
+
+def _extract_locked(
+    root: Path,
+    out: Path,
+    ex: Extractor,
+    *,
+    t0: float,
+    batch_size: int,
+    num_workers: int | None,
+    threads: int | None,
+    dtype: str,
+    checkpoint_every: int | None,
+    show_progress: bool,
+    engine: str,
+    scheduler: Any,
+    allow_empty: bool,
+) -> ExtractionResult:
+    recover(out)
+    exclude: list[str] = []
     # never index the store itself when it lives inside the image folder
     with contextlib.suppress(ValueError):
-        inner = out.resolve().relative_to(root.resolve()).as_posix()
-        ids = [i for i in ids if not (i == inner or i.startswith(inner + "/"))]
-    stats: dict[str, tuple[int, int]] = {}
-    for rel in ids:
-        st = os.stat(root / rel)
-        stats[rel] = (st.st_size, st.st_mtime_ns)
+        exclude.append(out.resolve().relative_to(root.resolve()).as_posix())
+    listing = scan_images(root, exclude)
+    stats = listing.stamps
+    ids = listing.ids
+    skipped: list[tuple[str, str]] = list(listing.skipped)
 
     # ---- what can be reused: the previous store, then checkpoints of an interrupted run
     old: FeatureStore | None = None
@@ -275,31 +360,32 @@ def extract_features(
         old = FeatureStore.open(out)
         try:
             ex.check_compatible(old.extractor, f"the feature store {str(out)!r}")
-        except IncompatibleFeaturesError as exc:
-            raise IncompatibleFeaturesError(
-                f"{exc}; use a new save_to folder or delete the old store"
-            ) from exc
+        except IncompatibleModelError as exc:
+            raise IncompatibleModelError(f"{exc}; use a new save_to folder or delete the old store") from exc
     reuse: dict[str, int] = {}
     if old is not None:
+        old_stamps = old.stamps()
         for j, rel in enumerate(old.ids):
-            if rel in stats and old.sizes and stats[rel] == (old.sizes[j], old.mtimes[j]):
+            if rel in stats and rel in old_stamps and same_file(stats[rel], old_stamps[rel]):
                 reuse[rel] = j
     parts = _Parts(out, ex)
     resumed = {
-        k for k, v in parts.index().items() if k in stats and stats[k] == (v[2], v[3]) and k not in reuse
+        k for k, v in parts.index().items() if k in stats and same_file(stats[k], v[2]) and k not in reuse
     }
     todo = [rel for rel in ids if rel not in reuse and rel not in resumed]
     n_removed = 0 if old is None else sum(1 for rel in old.ids if rel not in stats)
     log.info("%d images: %d reused, %d resumed, %d to embed", len(ids), len(reuse), len(resumed), len(todo))
 
-    skipped: list[tuple[str, str]] = []
     new_ids: set[str] = set()  # embedded by this run; their vectors stream into parts/
     if todo:
         from tqdm.auto import tqdm
 
+        every = checkpoint_every or _auto_checkpoint(len(todo), batch_size)
+        max_seconds = 60.0 if checkpoint_every is None else float("inf")
         bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not show_progress, dynamic_ncols=True)
         buf_ids: list[str] = []
         buf_X: list[np.ndarray] = []
+        last = time.monotonic()
         try:
             for ok_ids, X, bad in _embedded_batches(
                 root,
@@ -319,9 +405,10 @@ def extract_features(
                     buf_X.append(X.astype(dtype))
                     new_ids.update(ok_ids)
                 bar.update(len(ok_ids) + len(bad))
-                if len(buf_ids) >= checkpoint_every:
+                if len(buf_ids) >= every or (buf_ids and time.monotonic() - last > max_seconds):
                     parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
                     buf_ids, buf_X = [], []
+                    last = time.monotonic()
             if buf_ids:
                 parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
                 buf_ids, buf_X = [], []
@@ -335,26 +422,27 @@ def extract_features(
     done = parts.index() if (new_ids or resumed) else {}
     from_parts = {
         rel: (p, r)
-        for rel, (p, r, size, mtime) in done.items()
-        if rel not in reuse and rel in stats and stats[rel] == (size, mtime)
+        for rel, (p, r, stamp) in done.items()
+        if rel not in reuse and rel in stats and same_file(stats[rel], stamp)
     }
     final_ids = [rel for rel in ids if rel in reuse or rel in from_parts]
+    skipped.sort()
+    write_csv(out / SKIPPED, ["path", "reason"], skipped)
+    if not final_ids and not allow_empty:
+        _refuse_empty(out, f"no readable images under {str(root)!r}")
+        raise FeatureStoreError(
+            f"no readable images under {str(root)!r} ({len(skipped)} skipped; see {out / SKIPPED})"
+        )
     dim = ex.dim
-    out.mkdir(parents=True, exist_ok=True)
     if from_parts:
         dim = parts.array(next(iter(from_parts.values()))[0]).shape[1]
     elif final_ids and old is not None:
         dim = old.dim
-    _write_vectors(out / VECTORS, final_ids, dim, dtype, old, reuse, parts, from_parts)
-    write_csv(out / IDS, ["id", "size", "mtime_ns"], [(r, *stats[r]) for r in final_ids])
-    write_csv(out / SKIPPED, ["path", "reason"], skipped)
     extra = {"image_root": str(root.resolve()), "skipped": len(skipped)}
-    write_json(out / STORE_JSON, store_header(ex.identity(), dim, len(final_ids), dtype, extra))
+    header = store_header(ex.identity(), dim, len(final_ids), dtype, extra)
+    chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
+    commit(out, final_ids, [stats[r] for r in final_ids], chunks, header)
     parts.clear()
-    if not final_ids:
-        raise FeatureStoreError(
-            f"no readable images under {str(root)!r} ({len(skipped)} skipped; see {out / SKIPPED})"
-        )
     res = ExtractionResult(
         out,
         len(final_ids),
@@ -363,6 +451,7 @@ def extract_features(
         n_removed,
         skipped,
         time.perf_counter() - t0,
+        frozenset(new_ids | {r for r in resumed if r in from_parts}),
     )
     log.info("%s", res.summary())
     return res
@@ -383,7 +472,9 @@ def _embedded_batches(
     if engine == "dask":
         from ._dask import embed_shards
 
-        yield from embed_shards(root, todo, ex, scheduler=scheduler, batch_size=batch_size, threads=threads)
+        yield from embed_shards(
+            root, todo, ex, decode=iter_decoded, scheduler=scheduler, batch_size=batch_size, threads=threads
+        )
         return
     embedder = Embedder(ex, threads=threads)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
@@ -394,8 +485,7 @@ def _embedded_batches(
         yield ok_ids, X, bad
 
 
-def _write_vectors(
-    path: Path,
+def _vector_chunks(
     final_ids: list[str],
     dim: int,
     dtype: str,
@@ -404,22 +494,24 @@ def _write_vectors(
     parts: _Parts,
     from_parts: dict[str, tuple[int, int]],
     chunk: int = 16384,
-) -> None:
-    """Write ``vectors.npy`` atomically, copying rows in chunks from the old store and the parts."""
-    pos = {rel: i for i, rel in enumerate(final_ids)}
-    with atomic_path(path) as tmp:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(final_ids), dim))
-        if reuse:
+) -> Iterator[np.ndarray]:
+    """The rows of the new store in ``final_ids`` order, ``chunk`` at a time, gathered from the
+    old store and the parts (both memory-mapped read-only)."""
+    for s in range(0, len(final_ids), chunk):
+        ids = final_ids[s : s + chunk]
+        block = np.empty((len(ids), dim), np.dtype(dtype))
+        old_dst = [i for i, rel in enumerate(ids) if rel in reuse]
+        if old_dst:
             assert old is not None
-            dst = np.fromiter((pos[r] for r in reuse), np.int64, len(reuse))
-            src = np.fromiter(reuse.values(), np.int64, len(reuse))
-            for s in range(0, len(dst), chunk):
-                mm[dst[s : s + chunk]] = old.vectors[src[s : s + chunk]]
+            src = np.fromiter((reuse[ids[i]] for i in old_dst), np.int64, len(old_dst))
+            order = np.argsort(src)  # read the old store forward
+            block[np.asarray(old_dst, np.int64)[order]] = old.vectors[src[order]]
         by_part: dict[int, list[tuple[int, int]]] = {}
-        for rel, (p, r) in from_parts.items():
-            by_part.setdefault(p, []).append((pos[rel], r))
+        for i, rel in enumerate(ids):
+            if rel not in reuse:
+                p, r = from_parts[rel]
+                by_part.setdefault(p, []).append((i, r))
         for p, pairs in sorted(by_part.items()):
             d, r = np.asarray(pairs, np.int64).T
-            mm[d] = parts.array(p)[r]
-        mm.flush()
-        del mm
+            block[d] = parts.array(p)[r]
+        yield block

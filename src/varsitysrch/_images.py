@@ -1,19 +1,31 @@
 """Finding and decoding images, robustly.
 
-* :func:`list_images` walks a folder recursively and returns ids (POSIX paths relative
-  to the folder, extension kept) of files with an image extension, in sorted order.
+* :func:`scan_images` walks a folder recursively and returns ids (POSIX paths relative
+  to the folder, extension kept) of regular files (or symlinks to them) with an image
+  extension, in sorted order, their stat stamps, and every file or folder it left out
+  with the reason: FIFOs, sockets and devices (never opened, so never a hang), dangling
+  symlinks, files that vanish, unreadable or symlinked folders, formats this Pillow
+  cannot decode (AVIF without libavif, HEIC/HEIF without pillow-heif).  Hidden files and
+  folders (``.name``) are ignored on purpose.  :func:`list_images` returns just the ids.
 * :func:`load_image` decodes a path, bytes or PIL image into a ``uint8 [size, size, 3]``
   RGB array: EXIF orientation applied, alpha composited on white, CMYK / 16-bit /
   palette / grey converted, first frame of animations, JPEG draft decoding, and
-  decompression bombs refused.  Every failure raises :class:`~varsitysrch.ImageError`
-  with a short reason, which the extraction step records in ``skipped.csv``.
+  decompression bombs and images thinner than 1:``MAX_ASPECT`` refused.  A path is opened
+  non-blocking and checked to be a regular file (``fstat``) before a byte is read; the
+  resize never allocates more than the output (centre crop crops in source coordinates).
+  Every failure raises :class:`~varsitysrch.ImageError` with a short reason, which the
+  extraction step records in ``skipped.csv``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import stat
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +35,155 @@ from PIL import Image, ImageOps
 from ._errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+#: image formats that need an optional codec: extension -> (codec check, what to install)
+OPTIONAL_FORMATS = {
+    ".avif": ("avif", "a Pillow built with libavif (Pillow >= 11.2 wheels have it)"),
+    ".heic": ("heif", "the pillow-heif plugin (pip install pillow-heif)"),
+    ".heif": ("heif", "the pillow-heif plugin (pip install pillow-heif)"),
+}
 #: Images with more pixels than this are refused as decompression bombs (Pillow's default).
 MAX_PIXELS = 89_478_485
+#: Images longer than this many times their width (or wider than tall) are refused: not a product photo,
+#: and a centre crop of one would be all blur
+MAX_ASPECT = 200
+#: Files bigger than this are refused before they are read
+MAX_FILE_BYTES = 1 << 30
 RESIZE_MODES = ("letterbox", "squash", "center-crop")
 
 ImageSource = str | os.PathLike[str] | bytes | Image.Image
 
 
-def list_images(folder: str | Path) -> list[str]:
-    """Ids of every image under ``folder`` (recursive, any extension case, hidden files skipped)."""
-    root = Path(folder)
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root)
+@functools.cache
+def _codec(name: str) -> bool:
+    if name == "avif":
+        from PIL import features
+
+        return bool(features.check("avif"))
+    if name == "heif":
+        try:
+            import pillow_heif  # type: ignore[import-not-found]
+
+            pillow_heif.register_heif_opener()
+            return True
+        except Exception:
+            return False
+    return False
+
+
+def image_extensions() -> frozenset[str]:
+    """Extensions this installation decodes (the base set plus AVIF/HEIC where a codec is present)."""
+    return IMAGE_EXTENSIONS | {e for e, (codec, _) in OPTIONAL_FORMATS.items() if _codec(codec)}
+
+
+_KIND = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def _not_regular(mode: int) -> str:
+    return f"not a regular file ({_KIND.get(stat.S_IFMT(mode), 'special file')}): not opened"
+
+
+@dataclass
+class Listing:
+    """What :func:`scan_images` found: ids, their ``(size, mtime_ns, inode, ctime_ns)``, what it left out."""
+
+    ids: list[str] = field(default_factory=list)
+    stamps: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _rel(root: str, path: str) -> str:
+    r = os.path.relpath(path, root)
+    return "." if r == "." else Path(r).as_posix()
+
+
+def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
+    """Every image under ``folder`` (see the module docstring); ``exclude``: relative folders to leave out."""
+    root = os.fspath(folder)
+    excluded = {e.rstrip("/") for e in exclude}
+    exts = image_extensions()
+    out = Listing()
+
+    def onerror(exc: OSError) -> None:
+        where = _rel(root, exc.filename) if exc.filename else "."
+        out.skipped.append((where + "/", f"unreadable folder ({exc.strerror or exc}): left out"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        rel_dir = _rel(root, dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            rel = d if rel_dir == "." else f"{rel_dir}/{d}"
+            if d.startswith(".") or rel in excluded:
+                continue
+            if os.path.islink(os.path.join(dirpath, d)):
+                out.skipped.append((rel + "/", "symlinked folder: not followed"))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if name.startswith("."):
                 continue
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                out.append((rel / name).as_posix())
-    out.sort()
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            ext = os.path.splitext(name)[1].lower()
+            if ext not in exts:
+                if ext in OPTIONAL_FORMATS:
+                    out.skipped.append((rel, f"cannot decode {ext} here: needs {OPTIONAL_FORMATS[ext][1]}"))
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)  # follows symlinks to files
+            except FileNotFoundError:
+                reason = "dangling symlink" if os.path.islink(path) else "vanished while listing"
+                out.skipped.append((rel, reason))
+                continue
+            except OSError as exc:
+                out.skipped.append((rel, f"cannot stat ({exc.strerror or exc})"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                out.skipped.append((rel, _not_regular(st.st_mode)))
+                continue
+            out.ids.append(rel)
+            out.stamps[rel] = (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_ctime_ns))
+    out.ids.sort()
+    out.skipped.sort()
     return out
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Ids of every image under ``folder`` (recursive, any extension case, hidden files skipped)."""
+    return scan_images(folder).ids
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file, opened non-blocking (a FIFO or device is refused, never waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ImageError(f"no such file (vanished?): {exc.filename}") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot open ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(_not_regular(st.st_mode))
+        if st.st_size == 0:
+            raise ImageError("empty file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageError(f"file of {st.st_size} bytes is larger than {MAX_FILE_BYTES}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ImageError(f"cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    if not data:
+        raise ImageError("empty file")
+    return data
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -73,11 +213,11 @@ def _fit(im: Image.Image, size: int, resize: str) -> Image.Image:
     if resize == "squash":
         return im.resize((size, size), Image.Resampling.BILINEAR)
     if resize == "center-crop":
-        s = size / min(w, h)
-        nw, nh = max(size, round(w * s)), max(size, round(h * s))
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        return im.crop((left, top, left + size, top + size))
+        # crop the centred square in source coordinates, then resize it: nothing larger than the
+        # output is ever allocated, whatever the aspect ratio
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        return im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
     # letterbox: keep the whole product, pad with white
     s = size / max(w, h)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
@@ -98,10 +238,7 @@ def open_image(source: ImageSource) -> Image.Image:
                     raise ImageError("empty file")
                 im = Image.open(io.BytesIO(bytes(source)))
             else:
-                p = Path(source)
-                if p.is_file() and p.stat().st_size == 0:
-                    raise ImageError("empty file")
-                im = Image.open(p)
+                im = Image.open(io.BytesIO(read_image_file(source)))
         except ImageError:
             raise
         except FileNotFoundError as exc:
@@ -115,6 +252,8 @@ def open_image(source: ImageSource) -> Image.Image:
         raise ImageError(f"image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
         raise ImageError(f"decompression bomb refused: {w}x{h} = {w * h} pixels > {MAX_PIXELS}")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(f"image of {w}x{h} is thinner than 1:{MAX_ASPECT}: not a product photo")
     return im
 
 
@@ -152,4 +291,4 @@ def _draft_box(wh: tuple[int, int], size: int) -> tuple[int, int]:
 
 def image_info(path: str | Path) -> dict[str, Any]:
     st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "ctime_ns": st.st_ctime_ns}

@@ -1,45 +1,102 @@
-"""The feature store: one float matrix, an ids table and a JSON header, in one folder.
+"""The feature store: one float matrix, an ids table and a JSON header, committed as a unit.
 
-Layout of ``save_to``::
+Layout of ``save_to`` (format version 2)::
 
-    store.json     format, version, extractor identity, dim, count, dtype, library version
-    vectors.npy    float32 (or float16) [count, dim], L2-normalised rows, memory-mappable
-    ids.csv        id,size,mtime_ns  -- id = POSIX path relative to the image folder
-    skipped.csv    path,reason       -- images that could not be read on the last run
-    parts/         checkpoints of an interrupted run (merged and removed on success)
+    store.json        the commit record: format, version, generation, extractor identity,
+                      dim, count, dtype, library version -- written last, renamed atomically
+    g-<token>/        the generation store.json names (never modified once committed):
+        vectors.npy   float32 (or float16) [count, dim], L2-normalised rows, memory-mappable
+        ids.csv       id,size,mtime_ns,inode,ctime_ns -- id = POSIX path relative to the image folder
+    vectors.npy       hard links to the current generation's files, for tools that read the
+    ids.csv           folder directly (refreshed after each commit; readers here use store.json)
+    skipped.csv       path,reason -- files and folders left out by the last run
+    parts/            checkpoints of an unfinished run (``part-<run>-NNNNN``), removed on success
+    .lock             held (fcntl) by the one process writing the store
 
-Every file is written atomically (temporary file + rename), so an interrupted run
-never leaves a half-written store; ``parts/`` lets a rerun resume where it stopped.
+A commit writes a new generation folder, fsyncs it, then replaces ``store.json``: a kill at
+any point leaves either the old catalogue or the new one, never a mix.  Stray generations
+and temporary files of a killed writer are removed by the next writer.  A second writer
+gets a :class:`~varsitysrch.FeatureStoreError` naming the holder of the lock.  A full disk
+is a one-line :class:`~varsitysrch.FeatureStoreError`; vectors are written with plain
+``write`` calls after ``posix_fallocate`` (no writable memory map, so no SIGBUS) and the
+old store stays intact.
 
-A *legacy* folder -- one ``<name>.npy`` per image, as the original scripts wrote -- is
-read too (:func:`load_features`); its vectors are flattened and L2-normalised.
+Stores of format version 1 (``vectors.npy``/``ids.csv``/``store.json`` side by side) are
+read as before and become version 2 at their next write.  A *legacy* folder -- one
+``<name>.npy`` per image, as the original scripts wrote -- is read too
+(:func:`load_features`); its vectors are flattened and L2-normalised.
+
+Opening a store validates what it trusts: JSON types, shapes and dtypes (float16/float32
+only, checked against the file size before anything is read), finite unit-norm rows,
+unique well-formed ids, and the extractor's dim; anything else is a one-line
+:class:`~varsitysrch.FeatureStoreError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._errors import FeatureStoreError
-from ._io import write_csv, write_json, write_npy
+from ._errors import FeatureStoreError, VarsitysrchError
+from ._io import ENCODING, ERRORS, csv_rows, write_csv, write_json
 from ._version import __version__
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "varsitysrch-features"
-STORE_VERSION = 1
+STORE_VERSION = 2
 STORE_JSON = "store.json"
 VECTORS = "vectors.npy"
 IDS = "ids.csv"
 SKIPPED = "skipped.csv"
+LOCK = ".lock"
+ID_COLUMNS = ("id", "size", "mtime_ns", "inode", "ctime_ns")
+DTYPES = ("float32", "float16")
+#: rows whose L2 norm is farther than this from 1 make the store invalid (float16 rounds to ~1e-3)
+NORM_TOLERANCE = 0.02
+_GENERATION = re.compile(r"g-[0-9a-f]{8,32}-[0-9a-f]{4,32}")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+#: (size, mtime_ns, inode, ctime_ns) of a file; -1 where unknown (stores of format version 1)
+Stamp = tuple[int, int, int, int]
+
+
+def same_file(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether two stamps say the file is unchanged: size and mtime, and inode and ctime where both known."""
+    if a[0] != b[0] or a[1] != b[1]:
+        return False
+    return all(x < 0 or y < 0 or x == y for x, y in zip(a[2:4], b[2:4], strict=False))
+
+
+def file_stamp(st: os.stat_result) -> Stamp:
+    return (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_ctime_ns))
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    """Where the live files of a store are (follow ``store.json``; never guess)."""
+
+    folder: Path
+    header: Path
+    vectors: Path
+    ids: Path
+    generation: str | None  # None: a format-1 store (files beside store.json)
 
 
 @dataclass
@@ -53,6 +110,8 @@ class FeatureStore:
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    inodes: list[int] = field(default_factory=list)
+    ctimes: list[int] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -61,46 +120,63 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def stamps(self) -> dict[str, Stamp]:
+        """``id -> (size, mtime_ns, inode, ctime_ns)`` recorded at extraction (empty for legacy stores)."""
+        if not self.sizes:
+            return {}
+        n = len(self.ids)
+        ino = self.inodes if len(self.inodes) == n else [-1] * n
+        ct = self.ctimes if len(self.ctimes) == n else [-1] * n
+        return {
+            rel: (s, m, i, c)
+            for rel, s, m, i, c in zip(self.ids, self.sizes, self.mtimes, ino, ct, strict=True)
+        }
+
     # ------------------------------------------------------------------ reading
     @classmethod
-    def open(cls, folder: str | os.PathLike[str], *, mmap: bool = True) -> FeatureStore:
-        """Open a store written by :func:`extract_features` (or a legacy .npy folder)."""
+    def open(
+        cls, folder: str | os.PathLike[str], *, mmap: bool = True, validate: bool = True
+    ) -> FeatureStore:
+        """Open a store written by :func:`extract_features` (or a legacy .npy folder).
+
+        ``validate`` also checks every row is finite and of unit norm (one pass over the
+        vectors, in chunks); shapes, dtypes, ids and the header are always checked.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise FeatureStoreError(f"features_folder {str(folder)!r} does not exist or is not a folder")
-        header = folder / STORE_JSON
-        if not header.exists():
+        if not (folder / STORE_JSON).exists():
             return cls._open_legacy(folder)
+        # a writer may commit (and remove the generation we just read about) between our
+        # reads: then store.json names a newer generation, and we read again
+        for attempt in range(5):
+            try:
+                return cls._open_once(folder, mmap=mmap, validate=validate)
+            except _Moved:
+                time.sleep(0.01 * (attempt + 1))
+        return cls._open_once(folder, mmap=mmap, validate=validate)
+
+    @classmethod
+    def _open_once(cls, folder: Path, *, mmap: bool, validate: bool) -> FeatureStore:
+        meta = read_header(folder / STORE_JSON)
+        paths = _paths(folder, meta)
         try:
-            meta = json.loads(header.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FeatureStoreError(f"{header}: unreadable store header ({exc})") from exc
-        if meta.get("format") != STORE_FORMAT:
-            raise FeatureStoreError(f"{header}: not a varsitysrch feature store")
-        if int(meta.get("version", 0)) > STORE_VERSION:
-            raise FeatureStoreError(
-                f"{header}: store format version {meta.get('version')} is newer than this library "
-                f"understands ({STORE_VERSION}); upgrade varsitysrch"
-            )
-        try:
-            vectors = np.load(folder / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise FeatureStoreError(f"{folder / VECTORS}: unreadable vectors ({exc})") from exc
-        ids, sizes, mtimes = read_ids(folder / IDS)
-        if (
-            vectors.ndim != 2
-            or vectors.shape[0] != len(ids)
-            or vectors.shape[0] != int(meta.get("count", -1))
-        ):
+            ids, cols = read_id_table(paths.ids)
+            vectors = _load_vectors(paths.vectors, meta, mmap=mmap)
+        except FileNotFoundError as exc:
+            if paths.generation is not None and read_header(folder / STORE_JSON).get("generation") != (
+                paths.generation
+            ):
+                raise _Moved from exc
+            raise FeatureStoreError(f"{exc.filename}: missing from the feature store") from exc
+        if vectors.shape[0] != len(ids) or vectors.shape[0] != meta["count"]:
             raise FeatureStoreError(
                 f"{folder}: store is inconsistent: {vectors.shape[0]} vectors, {len(ids)} ids, "
-                f"count {meta.get('count')} in {STORE_JSON}"
+                f"count {meta['count']} in {STORE_JSON}"
             )
-        if vectors.shape[1] != int(meta.get("dim", -1)):
-            raise FeatureStoreError(
-                f"{folder}: vectors have dim {vectors.shape[1]}, header says {meta.get('dim')}"
-            )
-        return cls(folder, ids, vectors, dict(meta.get("extractor", {})), sizes, mtimes, meta)
+        if validate:
+            check_rows(vectors, str(paths.vectors))
+        return cls(folder, ids, vectors, dict(meta["extractor"]), cols[0], cols[1], meta, cols[2], cols[3])
 
     @classmethod
     def _open_legacy(cls, folder: Path) -> FeatureStore:
@@ -116,11 +192,16 @@ class FeatureStore:
                 a = np.load(p, allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise FeatureStoreError(f"{p}: unreadable legacy feature file ({exc})") from exc
+            if a.dtype.kind not in "fiu":
+                raise FeatureStoreError(f"{p}: legacy feature file holds {a.dtype}, not numbers")
             rows.append(np.asarray(a, dtype=np.float32).reshape(-1))
         dims = {r.size for r in rows}
         if len(dims) != 1:
             raise FeatureStoreError(f"{folder}: legacy .npy files have different sizes {sorted(dims)}")
-        X = normalize_rows(np.stack(rows))
+        X = np.stack(rows)
+        if not np.isfinite(X).all():
+            raise FeatureStoreError(f"{folder}: legacy .npy files hold NaN or infinite values")
+        X = normalize_rows(X)
         ids = [p.relative_to(folder).with_suffix("").as_posix() for p in files]
         log.info("read %d legacy per-image .npy feature files from %s", len(ids), folder)
         extractor = {"name": "legacy-npy", "dim": int(X.shape[1])}
@@ -137,29 +218,63 @@ class FeatureStore:
         sizes: Sequence[int] | None = None,
         mtimes: Sequence[int] | None = None,
         extra: dict[str, Any] | None = None,
+        inodes: Sequence[int] | None = None,
+        ctimes: Sequence[int] | None = None,
+        allow_empty: bool = False,
     ) -> Path:
-        """Write a complete store atomically (vectors and ids first, header last)."""
+        """Write a complete store as one commit, holding the store's lock.
+
+        An empty ``ids`` never replaces a non-empty store unless ``allow_empty``.
+        """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise FeatureStoreError(f"vectors shape {vectors.shape} does not match {len(ids)} ids")
-        if len(set(ids)) != len(ids):
-            raise FeatureStoreError("ids must be unique")
+        dtype = str(vectors.dtype)
+        if dtype not in DTYPES:
+            raise FeatureStoreError(f"vectors must be float32 or float16; got {dtype}")
         n = len(ids)
-        sizes = list(sizes) if sizes is not None else [-1] * n
-        mtimes = list(mtimes) if mtimes is not None else [-1] * n
-        write_npy(folder / VECTORS, np.ascontiguousarray(vectors))
-        write_csv(folder / IDS, ["id", "size", "mtime_ns"], zip(ids, sizes, mtimes, strict=True))
-        write_json(
-            folder / STORE_JSON, store_header(extractor, int(vectors.shape[1]), n, str(vectors.dtype), extra)
-        )
+
+        def col(v: Sequence[int] | None) -> list[int]:
+            return [int(x) for x in v] if v is not None else [-1] * n
+
+        stamps = list(zip(col(sizes), col(mtimes), col(inodes), col(ctimes), strict=True))
+        check_ids(list(ids), "ids")
+        check_rows(vectors, "vectors")
+        header = store_header(extractor, int(vectors.shape[1]), n, dtype, extra)
+        with store_lock(folder):
+            recover(folder)
+            if n == 0 and not allow_empty:
+                _refuse_empty(folder, "no ids given")
+
+            def chunks() -> Iterator[np.ndarray]:
+                for s in range(0, n, 16384):
+                    yield vectors[s : s + 16384]
+
+            commit(folder, list(ids), stamps, chunks(), header)
         return folder
+
+
+class _Moved(Exception):
+    """store.json moved on to a newer generation while we were reading."""
+
+
+def _refuse_empty(folder: Path, why: str) -> None:
+    n = 0
+    if (folder / STORE_JSON).exists():
+        with contextlib.suppress(FeatureStoreError):
+            n = read_header(folder / STORE_JSON)["count"]
+    if n > 0:
+        raise FeatureStoreError(
+            f"{why}: the feature store {str(folder)!r} holds {n} images and was left as it is "
+            "(pass allow_empty=True, or --allow-empty, to empty it)"
+        )
 
 
 def store_header(
     extractor: dict[str, Any], dim: int, count: int, dtype: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``store.json`` of a store (written last, after vectors and ids)."""
+    """The ``store.json`` of a store (the generation is added at commit)."""
     meta: dict[str, Any] = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -175,23 +290,188 @@ def store_header(
     return meta
 
 
-def read_ids(path: Path) -> tuple[list[str], list[int], list[int]]:
-    ids: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
+# ---------------------------------------------------------------------- validation
+def _int(meta: dict[str, Any], key: str, path: Path, lo: int) -> int:
+    v = meta.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise FeatureStoreError(f"{path}: {key!r} must be an integer >= {lo}; got {v!r}")
+    return v
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """``store.json`` checked for types (one-line FeatureStoreError otherwise)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            r = csv.reader(f)
-            header = next(r, None)
-            if header is None or header[0] != "id":
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FeatureStoreError(f"{path}: unreadable store header ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise FeatureStoreError(f"{path}: store header must be a JSON object; got {type(meta).__name__}")
+    if meta.get("format") != STORE_FORMAT:
+        raise FeatureStoreError(f"{path}: not a varsitysrch feature store")
+    version = _int(meta, "version", path, 1)
+    if version > STORE_VERSION:
+        raise FeatureStoreError(
+            f"{path}: store format version {version} is newer than this library "
+            f"understands ({STORE_VERSION}); upgrade varsitysrch"
+        )
+    _int(meta, "count", path, 0)
+    dim = _int(meta, "dim", path, 0)
+    if meta.get("dtype", "float32") not in DTYPES:
+        raise FeatureStoreError(f"{path}: dtype must be one of {DTYPES}; got {meta.get('dtype')!r}")
+    meta.setdefault("dtype", "float32")
+    ex = meta.get("extractor", {})
+    if not isinstance(ex, dict):
+        raise FeatureStoreError(f"{path}: 'extractor' must be a JSON object; got {type(ex).__name__}")
+    meta["extractor"] = ex
+    ex_dim = ex.get("dim")
+    # a post-processed store (a projection of the extractor's vectors) has its own dim
+    if isinstance(ex_dim, int) and not meta.get("postprocess") and ex_dim != dim and meta["count"] > 0:
+        raise FeatureStoreError(
+            f"{path}: vectors have dim {dim} but the extractor {ex.get('name')!r} makes {ex_dim}-d vectors"
+        )
+    if version >= 2:
+        gen = meta.get("generation")
+        if not isinstance(gen, str) or not _GENERATION.fullmatch(gen):
+            raise FeatureStoreError(f"{path}: bad generation {gen!r}")
+    return meta
+
+
+def _paths(folder: Path, meta: dict[str, Any]) -> StorePaths:
+    gen = meta.get("generation") if meta.get("version", 1) >= 2 else None
+    base = folder / gen if gen else folder
+    return StorePaths(folder, folder / STORE_JSON, base / VECTORS, base / IDS, gen)
+
+
+def store_paths(folder: str | os.PathLike[str]) -> StorePaths:
+    """The live files of the store in ``folder`` (as ``store.json`` names them)."""
+    folder = Path(folder)
+    return _paths(folder, read_header(folder / STORE_JSON))
+
+
+def _load_vectors(path: Path, meta: dict[str, Any], *, mmap: bool) -> np.ndarray:
+    """The vectors, with shape and dtype checked against the header and the file size first."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dt = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dt = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+    if dt.name not in DTYPES or dt.byteorder == ">" or fortran:
+        raise FeatureStoreError(f"{path}: vectors must be little-endian float32/float16 rows; got {dt}")
+    if dt.name != meta["dtype"]:
+        raise FeatureStoreError(f"{path}: vectors are {dt.name}, header says {meta['dtype']}")
+    if len(shape) != 2:
+        raise FeatureStoreError(f"{path}: vectors must be a [count, dim] matrix; got shape {shape}")
+    if shape[1] != meta["dim"] or shape[0] != meta["count"]:
+        raise FeatureStoreError(
+            f"{path}: store is inconsistent: vectors are {shape[0]} x {shape[1]}, "
+            f"{STORE_JSON} says count {meta['count']}, dim {meta['dim']}"
+        )
+    want = offset + shape[0] * shape[1] * dt.itemsize
+    if size != want:
+        raise FeatureStoreError(f"{path}: vectors file is {size} bytes, its header needs {want}")
+    if shape[0] == 0:
+        return np.zeros(shape, dt)
+    try:
+        if mmap:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+
+
+def check_rows(X: np.ndarray, what: str, chunk: int = 16384) -> None:
+    """Every row finite and of unit L2 norm (within :data:`NORM_TOLERANCE`), in chunks."""
+    for s in range(0, len(X), chunk):
+        block = np.asarray(X[s : s + chunk], np.float32)
+        norms = np.linalg.norm(block, axis=1)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            finite = bool(np.isfinite(block[i]).all())
+            why = f"norm {norms[i]:.4g}, not 1" if finite else "NaN or infinite values"
+            raise FeatureStoreError(
+                f"{what}: row {s + i} is not a unit vector ({why}; {int(bad.sum())} such rows in this "
+                "block): vectors must be finite and L2-normalised"
+            )
+
+
+def check_ids(ids: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for n, rel in enumerate(ids):
+        _check_id(rel, f"{where}, row {n + 1}")
+        if rel in seen:
+            raise FeatureStoreError(f"{where}, row {n + 1}: duplicate id {rel!r}")
+        seen.add(rel)
+
+
+def _check_id(rel: str, where: str) -> None:
+    if not rel or "\x00" in rel or rel.startswith("/") or ".." in rel.split("/"):
+        raise FeatureStoreError(f"{where}: bad id {rel!r} (ids are relative paths inside the image folder)")
+
+
+def read_id_table(path: Path) -> tuple[list[str], tuple[list[int], list[int], list[int], list[int]]]:
+    """``(ids, (sizes, mtimes, inodes, ctimes))`` of an ids table; every row checked."""
+    ids: list[str] = []
+    cols: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+    seen: set[str] = set()
+    try:
+        with open(path, encoding=ENCODING, errors=ERRORS, newline="") as f:
+            rows = csv_rows(f)
+            header = next(rows, None)
+            if not header or header[0] != "id" or tuple(header) != ID_COLUMNS[: len(header)]:
                 raise FeatureStoreError(f"{path}: not an ids table (header {header})")
-            for row in r:
-                ids.append(row[0])
-                sizes.append(int(row[1]) if len(row) > 1 else -1)
-                mtimes.append(int(row[2]) if len(row) > 2 else -1)
+            width = len(header)
+            for n, row in enumerate(rows, start=2):
+                where = f"{path}, line {n}"
+                if len(row) != width:
+                    raise FeatureStoreError(f"{where}: {len(row)} fields, the header has {width}")
+                rel = row[0]
+                _check_id(rel, where)
+                if rel in seen:
+                    raise FeatureStoreError(f"{where}: duplicate id {rel!r}")
+                seen.add(rel)
+                ids.append(rel)
+                for k in range(4):
+                    if k + 1 < width:
+                        try:
+                            cols[k].append(int(row[k + 1]))
+                        except ValueError:
+                            raise FeatureStoreError(
+                                f"{where}: {ID_COLUMNS[k + 1]} must be an integer; got {row[k + 1]!r}"
+                            ) from None
+                    else:
+                        cols[k].append(-1)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise FeatureStoreError(f"{path}: unreadable ids table ({exc})") from exc
-    return ids, sizes, mtimes
+    except (UnicodeError, ValueError, csv.Error) as exc:
+        raise FeatureStoreError(f"{path}: unreadable ids table ({exc})") from exc
+    return ids, cols
+
+
+def read_ids(path: Path) -> tuple[list[str], list[int], list[int]]:
+    """``(ids, sizes, mtimes)`` of an ids table (a store folder: its live table)."""
+    path = Path(path)
+    if path.is_dir():
+        path = store_paths(path).ids
+    elif path.name == IDS and (path.parent / STORE_JSON).exists():
+        path = store_paths(path.parent).ids
+    try:
+        ids, cols = read_id_table(path)
+    except FileNotFoundError as exc:
+        raise FeatureStoreError(f"{path}: missing ids table") from exc
+    return ids, cols[0], cols[1]
 
 
 def normalize_rows(X: np.ndarray) -> np.ndarray:
@@ -206,3 +486,182 @@ def load_features(features_folder: str | Path) -> tuple[list[str], np.ndarray, d
     """Return ``(ids, float32 matrix, extractor identity)`` of a feature store folder."""
     store = FeatureStore.open(features_folder)
     return store.ids, np.asarray(store.vectors, dtype=np.float32), store.extractor
+
+
+# ---------------------------------------------------------------------- the lock
+_HELD: set[str] = set()
+
+
+@contextlib.contextmanager
+def store_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the store's writer lock (``.lock``, fcntl ``flock``); a second writer gets a clear error."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise os_error(exc, f"cannot lock the feature store {str(folder)!r}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            raise FeatureStoreError(
+                f"the feature store {str(folder)!r} is being written by another process ({holder}); "
+                "wait for it to finish or stop it, then retry"
+            ) from None
+        info = (
+            f"pid {os.getpid()} on {socket.gethostname()}, "
+            f"since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        )
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+        key = str(folder.resolve())
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def os_error(exc: OSError, what: str) -> FeatureStoreError:
+    """A one-line FeatureStoreError for an OSError (disk full said plainly)."""
+    if isinstance(exc, VarsitysrchError):
+        return exc  # type: ignore[return-value]
+    if exc.errno in _DISK_FULL:
+        return FeatureStoreError(
+            f"{what}: disk full ({exc.strerror}); nothing was changed -- the previous store is intact; "
+            "free some space and rerun"
+        )
+    name = f" {exc.filename}" if exc.filename else ""
+    return FeatureStoreError(f"{what}:{name} {exc.strerror or exc}")
+
+
+# ---------------------------------------------------------------------- commit and recovery
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def new_token() -> str:
+    return f"{time.time_ns():016x}-{secrets.token_hex(4)}"
+
+
+def recover(folder: Path) -> None:
+    """Under the lock: drop generations store.json does not name and temp files of killed writers."""
+    live: str | None = None
+    if (folder / STORE_JSON).exists():
+        try:
+            meta = read_header(folder / STORE_JSON)
+            live = meta.get("generation") if meta["version"] >= 2 else None
+        except FeatureStoreError:
+            return  # a damaged store: touch nothing
+    for p in folder.iterdir() if folder.is_dir() else ():
+        name = p.name
+        if name.startswith("g-") and name != live and p.is_dir() and not p.is_symlink():
+            log.info("removing unfinished or superseded generation %s", p)
+            shutil.rmtree(p, ignore_errors=True)
+        elif name.startswith(".") and name.endswith(".tmp") and p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+    if live:
+        _link_compat(folder, folder / live)
+
+
+def _link_compat(folder: Path, gdir: Path) -> None:
+    """Top-level ``vectors.npy``/``ids.csv`` as hard links to the live generation (best effort)."""
+    for name in (VECTORS, IDS):
+        src, dst = gdir / name, folder / name
+        try:
+            if dst.exists() and os.path.samefile(src, dst):
+                continue
+            tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+        except OSError as exc:
+            log.debug("no compatibility link %s (%s)", dst, exc)
+            with contextlib.suppress(OSError, UnboundLocalError):
+                tmp.unlink()
+
+
+def write_vectors_file(path: Path, n: int, dim: int, dtype: str, chunks: Iterable[np.ndarray]) -> None:
+    """A ``.npy`` of ``n`` rows from ``chunks``: space reserved first, plain writes (no mmap), fsync."""
+    dt = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": (n, dim)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.flush()
+        total = f.tell() + n * dim * dt.itemsize
+        try:
+            os.posix_fallocate(f.fileno(), 0, total)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise
+            # the filesystem cannot preallocate: plain writes still fail with ENOSPC, never SIGBUS
+        rows = 0
+        for block in chunks:
+            block = np.ascontiguousarray(block, dtype=dt)
+            if block.ndim != 2 or block.shape[1] != dim:
+                raise FeatureStoreError(f"vectors of shape {block.shape} in a store of dim {dim}")
+            f.write(block.tobytes())
+            rows += len(block)
+        if rows != n:
+            raise FeatureStoreError(f"{rows} vectors written, {n} expected")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+#: test hook: called with a step name before each step of a commit ("vectors", "ids", "header", "cleanup")
+_commit_hook: Callable[[str], None] | None = None
+
+
+def _step(name: str) -> None:
+    if _commit_hook is not None:
+        _commit_hook(name)
+
+
+def commit(
+    folder: Path,
+    ids: list[str],
+    stamps: Sequence[Sequence[int]],
+    chunks: Iterable[np.ndarray],
+    header: dict[str, Any],
+) -> str:
+    """Write a new generation and make it the store (the caller holds :func:`store_lock`).
+
+    Returns the generation name.  On any failure the generation is removed and the
+    previous store is untouched; an OSError becomes a one-line FeatureStoreError.
+    """
+    gen = f"g-{new_token()}"
+    gdir = folder / gen
+    n, dim, dtype = int(header["count"]), int(header["dim"]), str(header["dtype"])
+    try:
+        gdir.mkdir(parents=True)
+        _step("vectors")
+        write_vectors_file(gdir / VECTORS, n, dim, dtype, chunks)
+        _step("ids")
+        write_csv(gdir / IDS, list(ID_COLUMNS), ((rel, *st) for rel, st in zip(ids, stamps, strict=True)))
+        _fsync_dir(gdir)
+        _step("header")
+        write_json(folder / STORE_JSON, {**header, "generation": gen})  # the commit
+        _fsync_dir(folder)
+    except BaseException as exc:
+        shutil.rmtree(gdir, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, VarsitysrchError):
+            raise os_error(exc, f"cannot write the feature store {str(folder)!r}") from exc
+        raise
+    try:
+        _step("cleanup")
+        recover(folder)
+    except Exception as exc:  # the commit stands; leftovers go at the next write
+        log.warning("feature store %s committed; cleanup failed (%s)", folder, exc)
+    return gen
