@@ -1,17 +1,29 @@
-"""The command line: instant help, the three core commands, exit code 2 on bad input."""
+"""The command line: instant help, flags as flags, -v/-q anywhere, full ids, one line per step."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from varsitysrch.cli import app
+from varsitysrch import __version__
+from varsitysrch.cli import app, cluster_warnings, k_table, render_hits
 
 runner = CliRunner()
+
+COMMANDS = ("extract", "train", "search", "choose-k", "serve", "update", "eval")
+
+
+def _tsv(text: str) -> list[dict[str, str]]:
+    lines = [ln for ln in text.splitlines() if ln]
+    head = lines[0].split("\t")
+    rows = [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]]
+    return rows
 
 
 def test_help_does_not_import_heavy_modules() -> None:
@@ -26,29 +38,181 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert res.exit_code == 0 and "extract" in res.output and "search" in res.output
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_boolean_options_are_shown_as_flags(command: str) -> None:
+    res = runner.invoke(app, [command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "<bool>" not in res.output and "--verbose" in res.output
+
+
+def test_a_flag_takes_no_value() -> None:
+    res = runner.invoke(app, ["search", "q.jpg", "--exact", "true"])
+    assert res.exit_code == 2 and "unexpected extra argument" in res.output.lower()
+
+
+def test_version() -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"varsitysrch {__version__}"
+
+
 def test_extract_train_search(synth_catalogue, tmp_path: Path) -> None:
     root, labels = synth_catalogue
     feat, model, csv = tmp_path / "feat", tmp_path / "m.vsm", tmp_path / "c.csv"
-    res = runner.invoke(app, ["extract", str(root), str(feat), "--quiet"])
+    res = runner.invoke(app, ["extract", str(root), str(feat)])
     assert res.exit_code == 0, res.output
-    assert f"{len(labels)} images" in res.output
+    # one step line: counts and where it was written; no progress bar in a non-terminal
+    (line,) = res.stdout.splitlines()
+    assert line.startswith(f"{len(labels)} images in {feat}") and f"{len(labels)} embedded" in line
+    assert "\r" not in res.stderr and "img/s]" not in res.stderr
     res = runner.invoke(app, ["train", str(feat), "--model", str(model), "--csv", str(csv), "-k", "4"])
     assert res.exit_code == 0, res.output
+    (line,) = res.stdout.splitlines()
+    assert line.startswith(f"trained k=4 on {len(labels)} images") and str(model) in line and str(csv) in line
+    assert res.stderr == ""  # 6 images per cluster: no warning
     rel = sorted(labels)[0]
     res = runner.invoke(
         app, ["search", str(root / rel), "-m", str(model), "-c", str(csv), "-n", "3", "--json"]
     )
     assert res.exit_code == 0, res.output
-    hits = json.loads(res.output)
-    assert hits[0]["image"] == rel and len(hits) == 3
-    res = runner.invoke(app, ["search", str(root / rel), "-m", str(model), "-n", "2"])
-    assert res.exit_code == 0 and rel.split("/")[-1][:10] in res.output
+    hits = json.loads(res.stdout)
+    assert hits[0]["image"] == rel and len(hits) == 3 and hits[0]["rank"] == 1
+    # piped (not a terminal): tab-separated, full ids, a path column; --plain the same
+    for extra in ([], ["--plain"]):
+        res = runner.invoke(
+            app, ["search", str(root / rel), "-m", str(model), "-n", "2", "--images", str(root), *extra]
+        )
+        assert res.exit_code == 0, res.output
+        rows = _tsv(res.stdout)
+        assert [r["rank"] for r in rows] == ["1", "2"]
+        assert rows[0]["image"] == rel and float(rows[0]["score"]) == pytest.approx(1.0, abs=1e-3)
+        assert all(r["image"] in labels for r in rows)
+        assert Path(rows[0]["path"]) == (root / rel).resolve()
 
 
-def test_bad_input_exits_2_with_a_message(tmp_path: Path, synth_store: Path) -> None:
-    res = runner.invoke(app, ["extract", str(tmp_path / "missing"), str(tmp_path / "f")])
-    assert res.exit_code == 2 and "img_folder" in res.output
-    res = runner.invoke(app, ["train", str(synth_store), "--model", str(tmp_path / "m"), "-k", "1"])
-    assert res.exit_code == 2 and "num_clusters must be in" in res.output
-    res = runner.invoke(app, ["search", str(tmp_path / "q.jpg"), "-m", str(tmp_path / "nope.vsm")])
-    assert res.exit_code == 2 and "does not exist" in res.output
+def test_quiet_silences_step_lines_before_or_after_the_command(synth_catalogue, synth_store: Path) -> None:
+    root, _ = synth_catalogue
+    for args in (
+        ["extract", str(root), str(synth_store), "--quiet"],
+        ["-q", "extract", str(root), str(synth_store)],
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert res.stdout == "" and res.stderr == ""
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_before_or_after_the_command(tmp_path: Path, where: str) -> None:
+    cmd = ["search", str(tmp_path / "q.jpg"), "-m", str(tmp_path / "nope.vsm")]
+    res = runner.invoke(app, cmd)
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
+    res = runner.invoke(app, ["-v", *cmd] if where == "before" else [*cmd, "-v"])
+    assert res.exit_code == 2
+    assert "Traceback" in res.stderr and res.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_verbose_shows_the_library_log(synth_catalogue, synth_store: Path) -> None:
+    root, _ = synth_catalogue
+    res = runner.invoke(app, ["-v", "extract", str(root), str(synth_store)])
+    assert res.exit_code == 0, res.output
+    assert "INFO varsitysrch" in res.stderr
+    res = runner.invoke(app, ["extract", str(root), str(synth_store)])
+    assert "INFO" not in res.stderr
+
+
+def test_results_table_never_cuts_ids() -> None:
+    from rich.console import Console
+
+    from varsitysrch._search import Hit
+
+    long_id = "a-very-long-folder-name/with/several/levels/and-a-product-photo-called-0123456789.jpg"
+    hits = [Hit(image=long_id, score=0.987654, cluster=3, rank=1, path="/catalogue/" + long_id)]
+    buf = StringIO()
+    render_hits(hits, "1 most similar", Console(file=buf, width=60, color_system=None))
+    text = buf.getvalue()
+    (head,) = [ln for ln in text.splitlines() if ln.startswith("┃")]
+    header = [c.strip() for c in head.strip("┃").split("┃")]
+    body = [[c.strip() for c in ln.strip("│").split("│")] for ln in text.splitlines() if ln.startswith("│")]
+    image = "".join(row[header.index("image")] for row in body)
+    path = "".join(row[header.index("path")] for row in body)
+    assert image == long_id and path == "/catalogue/" + long_id
+    assert all(len(ln) <= 60 for ln in buf.getvalue().splitlines())
+
+
+def test_choose_k_table_fits_100_columns_with_a_legend() -> None:
+    nprobes = (1, 2, 4, 8)
+    rows = []
+    for k in range(2, 41):
+        row = {"k": k, "inertia": 123456.789 / k, "silhouette": 0.2 + k / 1000, "davies_bouldin": 1.5}
+        row.update({f"recall_at_10_nprobe{p}": 0.5 + p / 20 for p in nprobes})
+        row.update({f"scanned_nprobe{p}": p / k for p in nprobes})
+        rows.append(row)
+    text = k_table(rows, recommended_k=12)
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 100
+    head = lines[0].split()
+    assert head == ["k", "inertia", "silh", "DB", "R1", "R2", "R4", "R8", "S1", "S2", "S4", "S8"]
+    assert sum("<- recommended" in ln for ln in lines) == 1
+    assert next(ln for ln in lines if "<- recommended" in ln).split()[0] == "12"
+    # every abbreviated header is explained below the table
+    legend = [ln.split()[0] for ln in lines[1 + len(rows) :]]
+    assert legend == ["silh", "DB", "Rn", "Sn"]
+
+
+def test_choose_k_command(synth_store: Path) -> None:
+    res = runner.invoke(app, ["choose-k", str(synth_store), "--max-clusters", "6"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 100
+    assert lines[0].split()[:4] == ["k", "inertia", "silh", "DB"]
+    assert [ln.split()[0] for ln in lines[1:6]] == ["2", "3", "4", "5", "6"]
+    assert sum(ln.startswith("recommended k = ") for ln in lines) == 1
+    res = runner.invoke(app, ["choose-k", str(synth_store), "--max-clusters", "6", "--json"])
+    assert json.loads(res.stdout)["ks"] == [2, 3, 4, 5, 6]
+
+
+def test_cluster_size_warnings() -> None:
+    (w,) = cluster_warnings(40, [1] * 40)
+    assert w.startswith("k=40 on 40 images: one image per cluster") and "choose-k" in w
+    (w,) = cluster_warnings(20, [1, 1, 2, 2, 3, 4] + [2] * 14)
+    assert w.startswith("k=20 on 41 images: 2.0 images per cluster") and "sizes 1..4" in w
+    (w,) = cluster_warnings(10, [1, 1, 1] + [50] * 7)
+    assert w.startswith("3 of 10 clusters hold at most one image")
+    assert cluster_warnings(4, [6, 6, 6, 6]) == []
+    assert cluster_warnings(20, [50] * 20) == []
+
+
+def test_train_warns_when_k_is_close_to_the_number_of_images(
+    synth_catalogue, synth_store: Path, tmp_path: Path
+) -> None:
+    n = len(synth_catalogue[1])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_store),
+            "-m",
+            str(tmp_path / "m.vsm"),
+            "-c",
+            str(tmp_path / "c.csv"),
+            "-k",
+            str(n),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert f"warning: k={n} on {n} images: one image per cluster" in res.stderr
+    res = runner.invoke(
+        app,
+        [
+            "-q",
+            "train",
+            str(synth_store),
+            "-m",
+            str(tmp_path / "m.vsm"),
+            "-c",
+            str(tmp_path / "c.csv"),
+            "-k",
+            "12",
+        ],
+    )
+    assert res.stdout == "" and f"warning: k=12 on {n} images: 2.0 images per cluster" in res.stderr

@@ -1,52 +1,321 @@
 """The ``varsitysrch`` command line (typer).
 
-Heavy modules (numpy, onnxruntime, scikit-learn, faiss) are imported inside the
-commands, so ``varsitysrch --help`` is instant.  Bad input exits with code 2 and a
-one-line message; ``-v`` shows the library's log.
+Heavy modules (numpy, onnxruntime, scikit-learn, faiss, PIL) are imported inside the
+commands, so ``varsitysrch --help`` is instant.
+
+The contract every command keeps:
+
+* one line per step on standard output (what was done, counts, where it was written);
+  results (search hits, the choose-k table, JSON) are always printed, the step lines are
+  silenced by ``--quiet``;
+* progress bars on standard error, only when it is a terminal (never in a log file) and
+  not with ``--quiet``;
+* an error the user can cause (any :class:`~varsitysrch.VarsitysrchError`, or an OS error
+  such as a missing file or a full disk) prints ``error: <one line>`` on standard error and
+  exits with status 2; ``-v`` adds the traceback and the library's log, ``-vv`` debug log.
+  ``-v``/``-q`` work before the command (``varsitysrch -v search ...``) and after it.
+* tables never cut ids: when standard output is not a terminal, or with ``--plain``, the
+  output is tab-separated with full ids; ``--json`` prints JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import logging
 import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ._errors import VarsitysrchError
+from ._version import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 app = typer.Typer(
     name="varsitysrch",
-    help="Product image search: embed a catalogue, cluster it, search it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: flags are shown as flags (``--exact``), not as ``--exact <bool>``
+    rich_markup_mode=None,
 )
 
-Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v, -vv).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Verbose = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        show_default=False,
+        help="-v: the library's log and tracebacks of errors; -vv: debug log.",
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars, no step lines (results and errors stay).")
+]
+Plain = Annotated[
+    bool, typer.Option("--plain", help="Tab-separated output with full ids (the default when piped).")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _setup(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+class _State:
+    """Options given before the command (``varsitysrch -v search ...``), and the effective ones."""
+
+    verbose = 0
+    quiet = False
 
 
-def _fail(exc: BaseException) -> NoReturn:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
+_state = _State()
 
 
-def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from ._errors import VarsitysrchError
+# ------------------------------------------------------------------ the app
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"varsitysrch {__version__}")
+        raise typer.Exit()
 
+
+@app.callback()
+def _main(
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Product image search: embed a catalogue, cluster it, search it.
+
+    Steps: extract (images -> feature store), choose-k (how many clusters), train (store ->
+    model file + clusters CSV), search / serve, update (a changed catalogue, no retraining).
+    An error you can cause prints one line and exits with status 2; -v adds the traceback.
+    """
+    _state.verbose = verbose
+    _state.quiet = quiet
+
+
+@contextlib.contextmanager
+def _logging(verbose: int) -> Iterator[None]:
+    """The library's log on stderr (warnings always; -v info; -vv debug), restored afterwards."""
+    logger = logging.getLogger("varsitysrch")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
     try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else type(exc).__name__
+
+
+def _command(name: str | None = None) -> Callable[[F], F]:
+    """``app.command`` plus the CLI contract: -v/-q from before the command, errors -> exit 2."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(**kw: Any) -> Any:
+            verbose = _state.verbose + int(kw.get("verbose") or 0)
+            quiet = _state.quiet or bool(kw.get("quiet"))
+            saved = (_state.verbose, _state.quiet)
+            _state.verbose, _state.quiet = verbose, quiet
+            try:
+                with _logging(verbose):
+                    return fn(**kw)
+            except KeyboardInterrupt:
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130) from None
+            except (VarsitysrchError, OSError) as exc:
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                typer.echo(f"error: {_one_line(exc)}", err=True)
+                raise typer.Exit(2) from None
+            finally:
+                _state.verbose, _state.quiet = saved
+
+        app.command(name)(wrapper)
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------ output helpers
+def _say(message: str) -> None:
+    """A step line (stdout), silenced by --quiet."""
+    if not _state.quiet:
+        typer.echo(_printable(message))
+
+
+def _warn(message: str) -> None:
+    """A warning (stderr), shown even with --quiet."""
+    typer.echo(f"warning: {_printable(message)}", err=True)
+
+
+def _printable(text: str) -> str:
+    # ids that are not valid UTF-8 are kept as lone surrogates: show their bytes as \\xNN
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _wrap(text: str, width: int = 100) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=width, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def _bars() -> bool:
+    """Whether the library should draw progress bars: not --quiet, and stderr a terminal."""
+    from ._progress import bars_enabled
+
+    return bars_enabled(not _state.quiet)
+
+
+def _stdout_is_terminal() -> bool:
+    return bool(getattr(sys.stdout, "isatty", None) and sys.stdout.isatty())
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the library; its own step lines (stdout) are dropped: the CLI prints its own.
+
+    They are logged at INFO as well, so ``-v`` still shows them (on stderr); dropping them
+    keeps ``--json`` and ``--plain`` output machine-readable.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args, **kwargs)
-    except (VarsitysrchError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        _fail(exc)
 
 
-@app.command()
+def _echo_json(obj: Any) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=str)
+    # a lone surrogate (non-UTF-8 file name) becomes the JSON escape \udcXX: same str back
+    typer.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+def _tsv_cell(value: Any) -> str:
+    s = _printable(str(value))
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _echo_tsv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    typer.echo("\t".join(header))
+    for row in rows:
+        typer.echo("\t".join(_tsv_cell(c) for c in row))
+
+
+def _hit_dict(h: Any) -> dict[str, Any]:
+    if hasattr(h, "to_dict"):
+        return dict(h.to_dict())
+    return {k: getattr(h, k, None) for k in ("rank", "score", "cluster", "image", "path")}
+
+
+def render_hits(hits: Sequence[Any], title: str, console: Any = None) -> None:
+    """The results as a rich table whose id and path columns wrap instead of being cut."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [_hit_dict(h) for h in hits]
+    with_path = any(r.get("path") for r in rows)
+    t = Table(title=_printable(title), title_justify="left")
+    t.add_column("rank", justify="right", no_wrap=True)
+    t.add_column("score", justify="right", no_wrap=True)
+    t.add_column("cluster", justify="right", no_wrap=True)
+    t.add_column("image", overflow="fold", ratio=1)
+    if with_path:
+        t.add_column("path", overflow="fold", ratio=1)
+    for r in rows:
+        cells = [str(r["rank"]), f"{r['score']:.4f}", str(r["cluster"]), _printable(str(r["image"]))]
+        if with_path:
+            cells.append(_printable(str(r.get("path") or "")))
+        t.add_row(*cells)
+    (console or Console()).print(t)
+
+
+def cluster_warnings(k: int, sizes: Sequence[int]) -> list[str]:
+    """Warnings for a k that leaves clusters too small to be useful (empty list: none)."""
+    n = int(sum(sizes))
+    if n == 0 or k <= 0:
+        return []
+    hint = "try `varsitysrch choose-k` for a k that fits"
+    if k >= n:
+        return [f"k={k} on {n} images: one image per cluster, so clustering does nothing; {hint}"]
+    small, big = min(sizes), max(sizes)
+    if n / k < 5:
+        return [
+            f"k={k} on {n} images: {n / k:.1f} images per cluster on average (sizes {small}..{big}); "
+            f"clusters this small split look-alikes apart; {hint}"
+        ]
+    singles = sum(1 for s in sizes if s <= 1)
+    if singles >= max(2, k // 10):
+        return [f"{singles} of {k} clusters hold at most one image; {hint}"]
+    return []
+
+
+_K_HEADERS = {"k": "k", "inertia": "inertia", "silhouette": "silh", "davies_bouldin": "DB"}
+
+
+def _k_header(key: str) -> str:
+    if key in _K_HEADERS:
+        return _K_HEADERS[key]
+    if key.startswith("recall_at_10_nprobe"):
+        return "R" + key.removeprefix("recall_at_10_nprobe")
+    if key.startswith("scanned_nprobe"):
+        return "S" + key.removeprefix("scanned_nprobe")
+    return key
+
+
+def _k_cell(key: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    if key == "k":
+        return str(v)
+    if key == "inertia":
+        return f"{v:.5g}"
+    if key.startswith("scanned_nprobe"):
+        return f"{100 * v:.1f}%"
+    return f"{v:.3f}"
+
+
+def k_table(rows: Sequence[dict[str, Any]], recommended_k: int, top: int = 10) -> str:
+    """The choose-k table (from ``KSelection.to_rows()``): short headers, a legend, <= 100 columns."""
+    if not rows:
+        return "(no k scored)"
+    keys = list(rows[0])
+    head = [_k_header(k) for k in keys]
+    body = [[_k_cell(key, r.get(key)) for key in keys] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    for r, row in zip(rows, body, strict=True):
+        mark = "  <- recommended" if r.get("k") == recommended_k else ""
+        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + mark)
+    legend = []
+    if "silhouette" in keys:
+        legend.append("silh  silhouette, -1..1: higher = better separated (under ~0.25: weak structure)")
+    if "davies_bouldin" in keys:
+        legend.append("DB    Davies-Bouldin index: lower = better separated")
+    if any(k.startswith("recall_at_10_nprobe") for k in keys):
+        legend.append(
+            f"Rn    recall@{top} when a search scans the n nearest clusters (share of the exact top {top})"
+        )
+    if any(k.startswith("scanned_nprobe") for k in keys):
+        legend.append("Sn    share of the catalogue a search scans with n clusters (its cost vs a full scan)")
+    return "\n".join(lines + legend)
+
+
+# ------------------------------------------------------------------ commands
+@_command()
 def extract(
     img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images (searched recursively).")],
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder to write (or update).")],
@@ -66,7 +335,6 @@ def extract(
     verbose: Verbose = 0,
 ) -> None:
     """Embed every image of IMG_DIR into the feature store FEATURES_DIR (reruns only embed changes)."""
-    _setup(verbose)
     from ._extract import extract_features
 
     kw: dict[str, Any] = {}
@@ -74,7 +342,7 @@ def extract(
         kw["weights"] = str(weights)
     if engine != "local" or scheduler is not None:
         kw["engine"], kw["scheduler"] = engine, scheduler
-    res = _run(
+    res = _call(
         extract_features,
         img_dir,
         features_dir,
@@ -83,15 +351,15 @@ def extract(
         num_workers=workers,
         threads=threads,
         dtype="float16" if float16 else "float32",
-        show_progress=not quiet,
+        show_progress=_bars(),
         **kw,
     )
-    typer.echo(res.summary())
+    _say(res.summary())
     if res.n_skipped:
-        typer.echo(f"{res.n_skipped} unreadable files skipped: see {Path(features_dir) / 'skipped.csv'}")
+        _say(f"{res.n_skipped} unreadable files skipped: see {Path(features_dir) / 'skipped.csv'}")
 
 
-@app.command()
+@_command()
 def train(
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file to write.")] = Path("model.vsm"),
@@ -105,13 +373,13 @@ def train(
     backend: Annotated[str, typer.Option(help="auto, sklearn or faiss.")] = "auto",
     engine: Annotated[str, typer.Option(help="local, or dask: assign clusters on a Dask cluster.")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
+    quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV."""
-    _setup(verbose)
-    from ._cluster import train_clusters
+    from ._train import train_clusters
 
-    m = _run(
+    m = _call(
         train_clusters,
         features_dir,
         model,
@@ -123,17 +391,22 @@ def train(
         backend=backend,
         engine=engine,
         scheduler=scheduler,
+        show_progress=_bars(),
     )
     import numpy as np
 
-    sizes = sorted(int(s) for s in np.bincount(m.labels_, minlength=k))
-    typer.echo(
-        f"k={k} on {len(m.labels_)} images ({m.backend_}, {m.fit_seconds_:.1f}s); cluster sizes "
-        f"{sizes[0]}..{sizes[-1]}; wrote {model} and {csv}"
+    sizes = [int(s) for s in np.bincount(np.asarray(m.labels_), minlength=k)]
+    backend_used = getattr(m, "backend_", backend)
+    seconds = float(getattr(m, "fit_seconds_", 0.0))
+    _say(
+        f"trained k={k} on {sum(sizes)} images ({backend_used}, {seconds:.1f}s); cluster sizes "
+        f"{min(sizes)}..{max(sizes)} (median {int(np.median(sizes))}); wrote {model} and {csv}"
     )
+    for w in cluster_warnings(k, sizes):
+        _warn(w)
 
 
-@app.command()
+@_command()
 def search(
     query: Annotated[Path, typer.Argument(help="Query image.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file.")] = Path("model.vsm"),
@@ -143,30 +416,36 @@ def search(
     n: Annotated[int, typer.Option("--top-n", "-n", help="Number of results.")] = 5,
     nprobe: Annotated[int | None, typer.Option(help="Clusters to scan (default: calibrated).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Scan the whole catalogue.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="The catalogue's image folder: hits then show their file's path."),
+    ] = None,
+    as_json: AsJson = False,
+    plain: Plain = False,
+    quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """The catalogue images most similar to QUERY, ranked by cosine similarity."""
-    _setup(verbose)
+    """The catalogue images most similar to QUERY, ranked by cosine similarity.
+
+    Piped, or with --plain: tab-separated rank, score, cluster, image (the full id) and path.
+    """
     from ._search import Searcher
 
-    s = _run(Searcher, model, csv)
-    hits = _run(s.search, query, n, nprobe=nprobe, exact=exact)
+    s = _call(Searcher, model, csv, image_root=images)
+    hits = _call(s.search, query, n, nprobe=nprobe, exact=exact)
     if as_json:
-        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{len(hits)} most similar to {query}")
-    for col in ("rank", "score", "cluster", "image"):
-        t.add_column(col, justify="right" if col != "image" else "left")
-    for h in hits:
-        t.add_row(str(h.rank), f"{h.score:.4f}", str(h.cluster), h.image)
-    Console().print(t)
+        _echo_json([_hit_dict(h) for h in hits])
+    elif plain or not _stdout_is_terminal():
+        rows = [_hit_dict(h) for h in hits]
+        _echo_tsv(
+            ["rank", "score", "cluster", "image", "path"],
+            [[r["rank"], f"{r['score']:.4f}", r["cluster"], r["image"], r.get("path") or ""] for r in rows],
+        )
+    else:
+        render_hits(hits, f"{len(hits)} most similar to {query}")
 
 
-@app.command("choose-k")
+@_command("choose-k")
 def choose_k(
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
     max_clusters: Annotated[int, typer.Option(help="Largest k tried (k = 2..max).")] = 30,
@@ -175,14 +454,14 @@ def choose_k(
     scores: Annotated[Path | None, typer.Option(help="Write the scores (.csv or .json).")] = None,
     method: Annotated[str, typer.Option(help="fast, or exhaustive (slow reference sweep).")] = "fast",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: AsJson = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Elbow, silhouette and retrieval scores for k = 2..MAX; prints the recommended k."""
-    _setup(verbose)
     from ._selectk import get_optimal_num_clusters
 
-    sel = _run(
+    sel = _call(
         get_optimal_num_clusters,
         features_dir,
         max_clusters,
@@ -191,59 +470,51 @@ def choose_k(
         scores_path=scores,
         method=method,
         random_state=seed,
-        show_progress=not quiet,
+        show_progress=_bars(),
+        verbose=False,  # the CLI prints its own table and lines (stdout stays JSON with --json)
     )
-    typer.echo(sel.summary())
+    if as_json:
+        _echo_json(sel.to_dict())
+    else:
+        top = getattr(getattr(sel, "retrieval", None), "top", 10)
+        typer.echo(k_table(sel.to_rows(), sel.recommended_k, top))
+        typer.echo(_wrap(f"recommended k = {sel.recommended_k}: {sel.rule}"))
     if plot is not None:
-        typer.echo(f"plot written to {plot}")
+        _say(f"plot written to {plot}")
+    if scores is not None:
+        _say(f"scores written beside {scores} (.csv and .json)")
 
 
-@app.command()
+@_command()
 def serve(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file.")] = Path("model.vsm"),
     csv: Annotated[Path | None, typer.Option("--csv", "-c", help="Assignments CSV.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     image_root: Annotated[
-        Path | None,
-        typer.Option("--images", "--image-root", help="Catalogue image folder to serve images from."),
-    ] = None,
-    allow_root: Annotated[
-        list[Path] | None,
-        typer.Option(help="Without --images: serve the recorded image folder if inside this (repeatable)."),
+        Path | None, typer.Option(help="Catalogue image folder (default: from the store).")
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 20.0,
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
-    max_batch: Annotated[int, typer.Option(help="Most uploads embedded together (1: no batching).")] = 8,
-    batch_window_ms: Annotated[float, typer.Option(help="Wait for more uploads to batch, ms.")] = 5.0,
-    queue_limit: Annotated[int, typer.Option(help="Uploads held per stage before answering 503.")] = 32,
-    reload_interval: Annotated[
-        float, typer.Option(help="Seconds between checks for a new model file (0: off).")
-    ] = 2.0,
+    quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Serve search over HTTP (JSON API, web page at /, OpenAPI at /docs)."""
-    _setup(verbose)
-    from .service import run_server
+    from ._service import run_server
 
-    _run(
-        run_server,
+    _say(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
+    run_server(
         model,
         csv,
         host=host,
         port=port,
         image_root=image_root,
-        allow_roots=tuple(allow_root or ()),
         max_upload_bytes=int(max_upload_mb * 2**20),
         threads=threads,
-        max_batch=max_batch,
-        batch_window_ms=batch_window_ms,
-        queue_limit=queue_limit,
-        reload_interval=reload_interval,
     )
 
 
-@app.command()
+@_command()
 def update(
     img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images, as it is now.")],
     features_dir: Annotated[Path, typer.Argument(help="The catalogue's feature store.")],
@@ -258,10 +529,9 @@ def update(
     verbose: Verbose = 0,
 ) -> None:
     """Embed new/changed images, drop deleted ones, assign them to clusters: no retraining."""
-    _setup(verbose)
     from ._update import update_catalogue
 
-    rep = _run(
+    rep = _call(
         update_catalogue,
         img_dir,
         features_dir,
@@ -269,12 +539,15 @@ def update(
         csv,
         engine=engine,
         scheduler=scheduler,
-        show_progress=not quiet,
+        show_progress=_bars(),
     )
-    typer.echo(json.dumps(rep.to_dict(), indent=2) if as_json else rep.summary())
+    if as_json:
+        _echo_json(rep.to_dict())
+    else:
+        _say(rep.summary())
 
 
-@app.command("eval")
+@_command("eval")
 def eval_(
     img_dir: Annotated[
         Path, typer.Argument(help="Labelled catalogue: one subfolder per label, or see --labels.")
@@ -308,7 +581,6 @@ def eval_(
     verbose: Verbose = 0,
 ) -> None:
     """Measure search quality on a labelled catalogue: exact, the seed's method and ranked search."""
-    _setup(verbose)
     from ._evaluate import DEFAULT_CONFIGS, evaluate
 
     query_split: Any = None
@@ -317,7 +589,7 @@ def eval_(
             query_split = float(split)
         except ValueError:
             query_split = split
-    rep = _run(
+    rep = _call(
         evaluate,
         img_dir,
         labels=labels,
@@ -329,10 +601,10 @@ def eval_(
         n_queries=None if queries == 0 else queries,
         out_dir=out,
         random_state=seed,
-        show_progress=not quiet,
+        show_progress=_bars(),
     )
     typer.echo(rep.to_markdown())
-    typer.echo(f"written to {out}/")
+    _say(f"written to {out}/")
 
 
 def main() -> None:
