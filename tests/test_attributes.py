@@ -1,0 +1,306 @@
+"""Attributes: typed columns from a CSV joined to the catalogue, the where language, persistence."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from varsitysrch import InvalidArgumentError, ModelFileError
+from varsitysrch._attributes import Attributes, normalise_where, parse_condition, parse_where
+
+IDS = [f"cat{i % 3}/img{i:03d}.jpg" for i in range(12)]
+
+
+def write(tmp_path: Path, text: str, name: str = "attrs.csv") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def table(tmp_path: Path) -> Attributes:
+    lines = ["image,category,price,in_stock,sku"]
+    for i, id_ in enumerate(IDS[:10]):  # the last two catalogue images have no row
+        price = "" if i == 4 else f"{i * 10 + 0.5:g}"
+        lines.append(
+            f"{id_},{['shoes', 'bags', 'hats'][i % 3]},{price},{'true' if i % 2 else 'false'},{i:05d}"
+        )
+    return Attributes.from_csv(write(tmp_path, "\n".join(lines) + "\n"), IDS, types={"sku": "string"})
+
+
+def test_types_are_detected_and_missing_cells_stay_missing(tmp_path: Path) -> None:
+    a = table(tmp_path)
+    kinds = {n: c.kind for n, c in a.columns.items()}
+    assert kinds == {"category": "string", "price": "number", "in_stock": "bool", "sku": "string"}
+    assert a.row(3) == {"category": "shoes", "price": 30.5, "in_stock": True, "sku": "00003"}
+    assert "price" not in a.row(4)  # empty cell
+    assert a.row(11) == {}  # no row in the file
+    assert a.report is not None and a.report.missing == 2 and a.report.matched == 10
+    # a column with one text cell among numbers is text; "1_000" is not a number in a CSV
+    b = Attributes.from_csv(
+        write(tmp_path, "image,size\na.jpg,42\nb.jpg,XL\nc.jpg,1_000\n"), ["a.jpg", "b.jpg"]
+    )
+    assert b.columns["size"].kind == "string"
+
+
+def test_join_reports_unknown_ids_and_accepts_dot_slash_and_backslash(tmp_path: Path) -> None:
+    p = write(tmp_path, "image,brand\n./cat0/img000.jpg,a\ncat1\\img001.jpg,b\nnot/here.jpg,c\n")
+    a = Attributes.from_csv(p, IDS)
+    assert a.row(0) == {"brand": "a"} and a.row(1) == {"brand": "b"}
+    assert a.report is not None and a.report.unknown == ["not/here.jpg"]
+    assert "not/here.jpg" in a.report.summary()
+    with pytest.raises(InvalidArgumentError, match=r"not in the catalogue.*not/here\.jpg"):
+        Attributes.from_csv(p, IDS, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("name,brand\na.jpg,x\n", "no 'image' column"),
+        ("image,brand\na.jpg,x\na.jpg,y\n", "line 3: image 'a.jpg' appears twice"),
+        ("image,brand\na.jpg,x,extra\n", "line 2: 3 cells, the header has 2"),
+        ("image,Price (EUR)\na.jpg,3\n", "'Price \\(EUR\\)' must start with a letter"),
+        ("image,brand,brand\na.jpg,x,y\n", "'brand' appears twice"),
+        ("image,brand\n,x\n", "empty 'image' cell"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_files_get_one_line_errors_naming_the_value(tmp_path: Path, text: str, rule: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=rule) as ei:
+        Attributes.from_csv(write(tmp_path, text), ["a.jpg"])
+    assert "\n" not in str(ei.value)
+
+
+def test_unreadable_or_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        Attributes.from_csv(tmp_path / "nope.csv", IDS)
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(b"image,brand\na.jpg,caf\xe9\n")
+    with pytest.raises(InvalidArgumentError, match="not UTF-8"):
+        Attributes.from_csv(bad, ["a.jpg"])
+    with pytest.raises(InvalidArgumentError, match="types names column 'nope'"):
+        Attributes.from_csv(write(tmp_path, "image,b\na.jpg,1\n"), ["a.jpg"], types={"nope": "string"})
+    with pytest.raises(InvalidArgumentError, match="'x' is not a finite number"):
+        Attributes.from_csv(write(tmp_path, "image,b\na.jpg,x\n"), ["a.jpg"], types={"b": "number"})
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("category=shoes", ("category", "eq", "shoes")),
+        ("category==shoes", ("category", "eq", "shoes")),
+        ("category != shoes", ("category", "ne", "shoes")),
+        ("brand in a,b", ("brand", "in", ["a", "b"])),
+        ("brand IN a, b", ("brand", "in", ["a", "b"])),
+        ("brand=a,b", ("brand", "in", ["a", "b"])),
+        ("brand not in a,b", ("brand", "not_in", ["a", "b"])),
+        ('brand in "a, b",c', ("brand", "in", ["a, b", "c"])),
+        ("price<50", ("price", "lt", "50")),
+        ("price<=50", ("price", "lte", "50")),
+        ("price>10", ("price", "gt", "10")),
+        ("price >= 10", ("price", "gte", "10")),
+        ("in_stock=true", ("in_stock", "eq", "true")),
+        ("title=a<b", ("title", "eq", "a<b")),  # the first operator wins
+    ],
+)
+def test_where_strings(text: str, want: tuple[str, str, object]) -> None:
+    assert parse_condition(text) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("", "non-empty"),
+        ("price", "need <column><op><value>"),
+        ("price<", "empty value"),
+        ("p<1,2", "one value"),
+    ],
+)
+def test_bad_where_strings(text: str, rule: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=rule):
+        parse_condition(text)
+
+
+def test_where_strings_merge_into_ranges() -> None:
+    assert parse_where(["price>=10", "price<50", "brand=a"]) == {
+        "price": {"gte": "10", "lt": "50"},
+        "brand": {"eq": "a"},
+    }
+    with pytest.raises(InvalidArgumentError, match="already has a 'lt'"):
+        parse_where(["price<10", "price<50"])
+    assert normalise_where({"brand": ["a", "b"], "price": {"le": 3}}) == [
+        ("brand", "in", ["a", "b"]),
+        ("price", "lte", 3),
+    ]
+
+
+def brute(a: Attributes, conds: list[tuple[str, str, object]]) -> np.ndarray:
+    """The same filter row by row in plain Python: the reference."""
+    out = []
+    for i in range(len(a)):
+        row = a.row(i)
+        ok = True
+        for name, op, v in conds:
+            x = row.get(name)
+            if x is None:
+                ok = False
+                continue
+            if op == "eq":
+                ok &= x == v
+            elif op == "ne":
+                ok &= x != v
+            elif op == "in":
+                ok &= x in v  # type: ignore[operator]
+            elif op == "not_in":
+                ok &= x not in v  # type: ignore[operator]
+            elif op == "lt":
+                ok &= x < v  # type: ignore[operator]
+            elif op == "lte":
+                ok &= x <= v  # type: ignore[operator]
+            elif op == "gt":
+                ok &= x > v  # type: ignore[operator]
+            elif op == "gte":
+                ok &= x >= v  # type: ignore[operator]
+        out.append(ok)
+    return np.array(out)
+
+
+def random_table(n: int, seed: int) -> Attributes:
+    rng = np.random.default_rng(seed)
+    ids = [f"i{j}.jpg" for j in range(n)]
+    recs: dict[str, dict[str, object]] = {}
+    for j, id_ in enumerate(ids):
+        r: dict[str, object] = {}
+        if rng.random() > 0.1:
+            r["brand"] = str(rng.choice(["a", "b", "c", "d"]))
+        if rng.random() > 0.1:
+            r["price"] = float(np.round(rng.uniform(0, 100), 1))
+        if rng.random() > 0.1:
+            r["in_stock"] = bool(rng.random() > 0.5)
+        recs[id_] = r if j else {"brand": "a", "price": 1.0, "in_stock": True}
+    return Attributes.from_records(recs, ids)
+
+
+def test_masks_match_a_row_by_row_reference() -> None:
+    a = random_table(400, 0)
+    rng = np.random.default_rng(1)
+    conds_pool: list[tuple[str, str, object]] = [
+        ("brand", "eq", "a"),
+        ("brand", "ne", "b"),
+        ("brand", "in", ["a", "c"]),
+        ("brand", "not_in", ["a", "zzz"]),
+        ("brand", "eq", "absent"),
+        ("in_stock", "eq", True),
+        ("in_stock", "ne", True),
+    ]
+    for op in ("lt", "lte", "gt", "gte"):
+        conds_pool.append(("price", op, float(np.round(rng.uniform(0, 100), 1))))
+    conds_pool.append(("price", "in", [1.0, 50.5]))
+    for r in (1, 2, 3):
+        for conds in itertools.combinations(conds_pool, r):
+            m = a.mask({})
+            assert m is None
+            where: dict[str, dict[str, object]] = {}
+            for name, op, v in conds:
+                where.setdefault(name, {})[op] = v
+            if sum(len(v) for v in where.values()) != len(conds):
+                continue  # the same operator twice on one column: not expressible as a dict
+            got = a.mask(where)
+            assert got is not None
+            np.testing.assert_array_equal(got, brute(a, list(conds)), err_msg=str(conds))
+
+
+def test_where_strings_give_the_same_mask_as_dicts(tmp_path: Path) -> None:
+    a = table(tmp_path)
+    cases = [
+        (["category=shoes", "price<50"], {"category": "shoes", "price": {"lt": 50}}),
+        (["category in shoes,hats"], {"category": ["shoes", "hats"]}),
+        (["in_stock=yes", "price>=10.5"], {"in_stock": True, "price": {"gte": 10.5}}),
+        (["sku=00003"], {"sku": "00003"}),
+    ]
+    for strings, d in cases:
+        ms, md = a.mask(strings), a.mask(d)
+        assert ms is not None and md is not None
+        np.testing.assert_array_equal(ms, md)
+        assert ms.any()
+    m = a.mask(["category=shoes", "price<50"])
+    assert m is not None
+    assert [IDS[i] for i in np.flatnonzero(m)] == ["cat0/img000.jpg", "cat0/img003.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("where", "rule"),
+    [
+        ({"colour": "red"}, "'colour', which is not an attribute"),
+        ({"price": {"lt": "cheap"}}, "'cheap' is not a finite number"),
+        ({"price": {"lt": math.nan}}, "not a finite number"),
+        ({"category": {"lt": 3}}, "ranges need a numeric column"),
+        ({"in_stock": "maybe"}, "is true/false"),
+        ({"price": {"about": 3}}, "operator must be one of"),
+        ({"category": []}, "list of values is empty"),
+        ({"category": None}, "None is not a value"),
+        (42, "where must be a dict"),
+    ],
+)
+def test_bad_filters_name_the_value_and_the_rule(tmp_path: Path, where: object, rule: str) -> None:
+    a = table(tmp_path)
+    with pytest.raises(InvalidArgumentError, match=rule):
+        a.mask(where)  # type: ignore[arg-type]
+
+
+def test_roundtrip_through_json_and_arrays(tmp_path: Path) -> None:
+    import json
+
+    a = random_table(300, 3)
+    cfg = json.loads(json.dumps(a.to_config()))
+    arrays = a.to_arrays()
+    assert all(v.dtype.kind in "fiu" and not v.dtype.hasobject for v in arrays.values())
+    specs = Attributes.array_specs(cfg, len(a))
+    assert set(specs) == set(arrays)
+    b = Attributes.from_parts(cfg, arrays, a.ids)
+    for i in range(len(a)):
+        assert a.row(i) == b.row(i)
+    where = {"brand": ["a", "b"], "price": {"gte": 30}, "in_stock": False}
+    np.testing.assert_array_equal(a.mask(where), b.mask(where))  # type: ignore[arg-type]
+    # non-ASCII categories survive
+    c = Attributes.from_records({"x.jpg": {"brand": "café ☕"}}, ["x.jpg"])
+    assert Attributes.from_parts(c.to_config(), c.to_arrays(), ["x.jpg"]).row(0) == {"brand": "café ☕"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda cfg, arr: arr.pop("attr0_values"),
+        lambda cfg, arr: arr.__setitem__("attr0_values", arr["attr0_values"][:-1]),
+        lambda cfg, arr: arr.__setitem__("attr0_values", arr["attr0_values"] + 99),
+        lambda cfg, arr: arr.__setitem__("attr0_offsets", arr["attr0_offsets"][::-1].copy()),
+        lambda cfg, arr: cfg["columns"][0].__setitem__("kind", "pickle"),
+        lambda cfg, arr: cfg["columns"][0].__setitem__("name", "bad name"),
+        lambda cfg, arr: arr.__setitem__("attr0_text", np.full(len(arr["attr0_text"]), 0xFF, np.uint8)),
+    ],
+)
+def test_damaged_parts_are_model_file_errors(damage: object) -> None:
+    a = random_table(50, 4)
+    cfg, arrays = a.to_config(), a.to_arrays()
+    damage(cfg, arrays)  # type: ignore[operator]
+    with pytest.raises(ModelFileError):
+        Attributes.from_parts(cfg, arrays, a.ids)
+
+
+def test_align_keeps_values_of_kept_ids_and_leaves_new_ones_missing(tmp_path: Path) -> None:
+    a = table(tmp_path)
+    new_ids = [IDS[3], "new.jpg", IDS[0]]
+    b = a.align(new_ids)
+    assert b.row(0) == a.row(3) and b.row(1) == {} and b.row(2) == a.row(0)
+    m = b.mask({"category": "shoes"})
+    assert m is not None and m.tolist() == [True, False, True]
+
+
+def test_describe_gives_what_a_filter_control_needs(tmp_path: Path) -> None:
+    d = {c["name"]: c for c in table(tmp_path).describe()}
+    assert d["price"]["min"] == 0.5 and d["price"]["max"] == 90.5 and d["price"]["missing"] == 3
+    assert d["category"]["values"][0] == ["shoes", 4]
+    assert d["in_stock"]["counts"] == {"true": 5, "false": 5}
