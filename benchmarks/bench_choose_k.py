@@ -13,6 +13,9 @@ sweep is estimated (from a short calibration) to take at most ``--exhaustive-bud
     python benchmarks/bench_choose_k.py                      # 50,000 x 1,280, k = 2..50
     python benchmarks/bench_choose_k.py --n 20000 --dim 512 --exhaustive-n 20000
     python benchmarks/bench_choose_k.py --n-components 10    # analysis in PCA-10 space
+    python benchmarks/bench_choose_k.py --no-warm-start      # ablation: why the sweep keeps them
+
+Figures from runs of this script: ``docs/choose_k.md``.
 
 Not a test: it prints figures. Progress bars go to stderr (``--quiet`` hides them).
 """
@@ -91,9 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exhaustive-budget", type=float, default=360.0, help="seconds, for the default size")
     ap.add_argument("--no-retrieval", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="ablation: the sweep without its warm starts from the k - 1 and k + 1 solutions",
+    )
     args = ap.parse_args(argv)
 
+    from varsitysrch import _selectk
     from varsitysrch._selectk import choose_k
+
+    if args.no_warm_start:
+        _selectk._WARM_STARTS = False  # the documented ablation switch of the sweep
 
     progress = not args.quiet
     print(
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"data: {args.n:,} x {args.dim}, {args.true_k} blobs in a 64-dim subspace + noise "
         f"(norm {args.noise}), unit rows; generated in {time.perf_counter() - t:.1f} s"
+        + ("; sweep WITHOUT warm starts" if args.no_warm_start else "")
     )
     common = dict(
         max_clusters=args.max_clusters,

@@ -14,16 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from varsitysrch._errors import InvalidArgumentError, MissingDependencyError
+from varsitysrch import _selectk
+from varsitysrch._errors import InvalidArgumentError
+from varsitysrch._pca import apply_pca, fit_pca
 from varsitysrch._selectk import (
+    DEFAULT_PLOT,
+    SIL_TIE,
+    SIL_WEAK,
     KSelection,
     _chord_knee,
-    _davies_bouldin,
     _recommend,
-    _silhouettes,
-    apply_pca,
+    _sample_distances,
+    _sample_scores,
     choose_k,
-    fit_pca,
     get_optimal_num_clusters,
 )
 from varsitysrch._store import FeatureStore
@@ -100,20 +103,37 @@ def test_fast_matches_exhaustive() -> None:
     assert fast.silhouette[i] == pytest.approx(ex.silhouette[i], abs=0.03)
 
 
-def test_silhouette_and_davies_bouldin_match_sklearn() -> None:
+def test_silhouette_and_davies_bouldin_are_sklearns() -> None:
+    """The precomputed-distance path gives sklearn's plain Euclidean silhouette and Davies-Bouldin."""
     from sklearn.metrics import davies_bouldin_score, silhouette_score
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 12)).astype(np.float32)
     labels = [rng.integers(0, k, len(X)) for k in (2, 5, 9)]
-    labels[1][:3] = 4  # and a cluster of one, whose silhouette is 0
     labels[1][labels[1] == 4] = 3
-    labels[1][0] = 4
-    ours = _silhouettes(X, labels)
-    for lab, s in zip(labels, ours, strict=True):
-        assert s == pytest.approx(silhouette_score(X, lab), abs=1e-5)
-        assert _davies_bouldin(X, lab) == pytest.approx(davies_bouldin_score(X, lab), rel=1e-4)
-    assert np.isnan(_silhouettes(X, [np.zeros(len(X), dtype=np.int64)])[0])
+    labels[1][0] = 4  # a cluster of one, whose silhouette is 0
+    labels[2][labels[2] == 3] = 8  # an empty cluster id
+    sil, dbi = _sample_scores(X, _sample_distances(X), labels, False)
+    np.testing.assert_allclose(_sample_scores(X, None, labels, False)[0], sil, atol=1e-6)  # streamed
+    for lab, s, d in zip(labels, sil, dbi, strict=True):
+        assert s == pytest.approx(silhouette_score(X, lab, metric="euclidean"), abs=1e-6)
+        assert d == pytest.approx(davies_bouldin_score(X, lab), rel=1e-9)
+    sil1, dbi1 = _sample_scores(X, None, [np.zeros(len(X), dtype=np.int64)], False)
+    assert np.isnan(sil1[0]) and np.isnan(dbi1[0])  # one cluster: undefined, not an error
+
+
+def test_exhaustive_scores_equal_sklearn_on_the_true_clustering() -> None:
+    """On clean blobs the clustering at the true k is unique: every score must be sklearn's."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import davies_bouldin_score, silhouette_score
+
+    X = blobs(0, 32, 6, 2.0, 6, sizes=[60, 120, 150, 200, 250, 400])
+    r = choose_k(X, 8, method="exhaustive", retrieval=False, show_progress=False)
+    i = r.ks.index(6)
+    km = KMeans(6, n_init=5, random_state=1).fit(X)
+    assert r.silhouette[i] == pytest.approx(silhouette_score(X, km.labels_), abs=1e-6)
+    assert r.davies_bouldin[i] == pytest.approx(davies_bouldin_score(X, km.labels_), rel=1e-5)
+    assert r.inertia[i] == pytest.approx(km.inertia_, rel=1e-4)
 
 
 def test_the_recommendation_rule() -> None:
@@ -132,23 +152,82 @@ def test_the_recommendation_rule() -> None:
     assert _chord_knee(ks, np.array([100.0, 60, 20, 18, 16, 14, 12])) == 4
 
 
-def test_plot_png_has_both_panels(tmp_path: Path, results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+def _texts(fig) -> str:  # type: ignore[no-untyped-def]
+    parts = [t.get_text() for t in fig.texts]
+    if fig._supxlabel is not None:
+        parts.append(fig._supxlabel.get_text())
+    if fig._suptitle is not None:
+        parts.append(fig._suptitle.get_text())
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        parts += [t.get_text() for t in ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            parts += [t.get_text() for t in legend.get_texts()]
+    return "\n".join(parts)
+
+
+def test_plot_explains_the_recommendation(
+    tmp_path: Path, results: dict[str, tuple[KSelection, np.ndarray]]
+) -> None:
     from PIL import Image
 
-    r, _X = results["3 blobs, 8 dims"]
+    r, _X = results["6 unequal blobs, 32 dims"]
     png = tmp_path / "plots" / "k.png"
     fig = r.plot(png)
-    assert len(fig.axes) == 2
-    titles = " ".join(ax.get_title() for ax in fig.axes)
-    assert "inertia" in titles.lower() and "silhouette" in titles.lower()
+    sil_ax, inertia_ax, ret_ax = fig.axes
+    assert "silhouette" in sil_ax.get_title().lower()
+    assert "inertia" in inertia_ax.get_title().lower()
+    assert "recall@10" in ret_ax.get_ylabel() and "scanned" in ret_ax.get_xlabel()
+    # the tie band is a shaded horizontal span [best - SIL_TIE, best] in the silhouette panel
+    best = max(r.silhouette)
+    spans = [p for p in sil_ax.patches if p.get_label().startswith("tie band")]
+    assert len(spans) == 1
+    ys = spans[0].get_path().transformed(spans[0].get_patch_transform()).vertices[:, 1]
+    assert min(ys) == pytest.approx(best - SIL_TIE) and max(ys) == pytest.approx(best)
+    # the recommended k is marked in the silhouette panel, the knee in the inertia panel
+    rec = [ln for ln in sil_ax.lines if ln.get_label() == f"recommended k={r.recommended_k}"]
+    assert rec and list(rec[0].get_xdata()) == [r.recommended_k]
+    knee = [ln for ln in inertia_ax.lines if ln.get_label().startswith(f"knee k={r.knee_k}")]
+    assert knee and list(knee[0].get_xdata()) == [r.knee_k]
+    # one line per nprobe in the retrieval panel, each through one point per k
+    curves = [ln for ln in ret_ax.lines if ln.get_label().startswith("nprobe=")]
+    assert [c.get_label() for c in curves] == ["nprobe=1", "nprobe=2", "nprobe=4"]
+    assert all(len(c.get_xdata()) == len(r.ks) for c in curves)
+    # value axes from zero
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] <= 0.0 and ax.get_xlim()[0] == 0.0
+    text = _texts(fig)
+    assert f"recommended k = {r.recommended_k}" in text and r.rule in text.replace("\n", " ")
+    assert "weak structure" not in text  # silhouette 0.6+: no warning
     with Image.open(png) as im:
         im.verify()
     with Image.open(png) as im:
-        assert im.format == "PNG" and im.size == (1040, 440)
-    assert len(r.plot(show_retrieval=True).axes) == 3
+        assert im.format == "PNG" and im.size == (1620, 500)
     assert not list(png.parent.glob(".*.tmp"))  # written atomically, no leftovers
     with pytest.raises(InvalidArgumentError, match="plot_path"):
         r.plot(tmp_path / "k.unknown")
+
+
+def test_plot_without_retrieval_has_two_panels(results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+    import dataclasses
+
+    r, _X = results["3 blobs, 8 dims"]
+    assert len(r.plot().axes) == 3
+    assert len(dataclasses.replace(r, retrieval=None).plot().axes) == 2
+
+
+def test_weak_structure_is_said_in_the_message_and_the_plot() -> None:
+    X = np.random.default_rng(1).standard_normal((400, 16)).astype(np.float32)  # no clusters at all
+    r = choose_k(X, 8, **FAST)  # type: ignore[arg-type]
+    assert r.weak_structure and max(r.silhouette) < SIL_WEAK
+    assert "weak cluster structure" in str(r) and "note:" in r.summary()
+    fig = r.plot()
+    assert "weak structure" in _texts(fig)
+    sil_ax = fig.axes[0]
+    assert sil_ax.get_ylim()[0] == 0.0  # silhouettes > 0 here: the axis still starts at zero
+    strong, _X = choose_k(blobs(600, 8, 3, 1.0, 3), 6, **FAST), None  # type: ignore[arg-type]
+    assert not strong.weak_structure and "weak" not in str(strong)
 
 
 def test_scores_csv_and_json(tmp_path: Path, results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
@@ -195,11 +274,136 @@ def test_folder_with_store_files(tmp_path: Path) -> None:
     r = get_optimal_num_clusters(
         folder, 6, plot_path=tmp_path / "k.png", scores_path=tmp_path / "k_scores", retrieval=False, **FAST
     )
-    assert r.recommended_k == 3 and r.retrieval is None
+    assert r.recommended_k == 3 and r.retrieval is None and r.plot_path == tmp_path / "k.png"
+    assert len(r.plot().axes) == 2
     assert (tmp_path / "k.png").stat().st_size > 0
     assert (tmp_path / "k_scores.csv").exists() and (tmp_path / "k_scores.json").exists()
     with open(tmp_path / "k_scores.csv", newline="", encoding="utf-8") as f:
         assert "recall_at_10_nprobe1" not in next(csv.reader(f))
+
+
+def _store(folder: Path, X: np.ndarray) -> Path:
+    FeatureStore.write(
+        folder, [f"img{i:04d}.jpg" for i in range(len(X))], X, extractor={"name": "test", "dim": X.shape[1]}
+    )
+    return folder
+
+
+def test_default_call_saves_the_plot_in_the_working_folder_and_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _store(tmp_path / "features", blobs(600, 8, 3, 1.0, 3))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = get_optimal_num_clusters(folder, 6)
+    out, err = capsys.readouterr()
+    assert r.recommended_k == 3
+    assert (work / DEFAULT_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert DEFAULT_PLOT == "optimal_clusters.png" and r.plot_path == Path(DEFAULT_PLOT)
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0] == str(r)
+    assert lines[0].startswith("k=3: highest silhouette") and "knee" in lines[0]
+    assert lines[0].endswith("plot saved to optimal_clusters.png")
+    assert "choose k" in err  # the progress bar follows verbose
+
+
+@pytest.mark.parametrize("off", [None, False])
+def test_plot_path_none_or_false_writes_no_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], off: object
+) -> None:
+    folder = _store(tmp_path / "features", blobs(300, 8, 3, 1.0, 3))
+    monkeypatch.chdir(tmp_path)
+    r = get_optimal_num_clusters(folder, 5, plot_path=off, retrieval=False, show_progress=False)  # type: ignore[arg-type]
+    assert r.plot_path is None and not list(tmp_path.glob("*.png"))
+    out = capsys.readouterr().out
+    assert out.startswith("k=3: ") and "plot" not in out
+
+
+def test_verbose_false_is_silent_but_logs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = _store(tmp_path / "features", blobs(300, 8, 3, 1.0, 3))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="varsitysrch._selectk"):
+        r = get_optimal_num_clusters(folder, 5, verbose=False, retrieval=False)
+    assert capsys.readouterr() == ("", "")  # neither the line nor the progress bar
+    assert str(r) in [rec.getMessage() for rec in caplog.records]
+    assert (tmp_path / DEFAULT_PLOT).exists()
+
+
+def test_the_originals_call_on_its_per_image_npy_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``get_optimal_num_clusters(features_folder, max_clusters=100, n_components=10)`` as example.py does."""
+    X = blobs(60, 16, 3, 1.0, 4)
+    folder = tmp_path / "test_features"
+    folder.mkdir()
+    for i, x in enumerate(X):  # the original saved one [1, dim] array per image
+        np.save(folder / f"img{i:03d}.npy", x[None, :])
+    monkeypatch.chdir(tmp_path)
+    r = get_optimal_num_clusters(str(folder), max_clusters=100, n_components=10)
+    out = capsys.readouterr().out.splitlines()
+    assert r.ks == tuple(range(2, 60)) and r.n_components == 10 and r.recommended_k == 3
+    assert len(out) == 2 and "max_clusters=100" in out[0] and "2..59" in out[0]
+    assert out[1].startswith("k=3: ") and out[1].endswith("plot saved to optimal_clusters.png")
+    assert (tmp_path / "optimal_clusters.png").stat().st_size > 0
+
+
+class _Shell:
+    def __init__(self, kernel: object) -> None:
+        self.kernel = kernel
+
+
+def _fake_ipython(monkeypatch: pytest.MonkeyPatch, shell: _Shell | None) -> list[object]:
+    import types
+
+    shown: list[object] = []
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell  # type: ignore[attr-defined]
+    display_mod = types.ModuleType("IPython.display")
+    display_mod.display = shown.append  # type: ignore[attr-defined]
+    ipython.display = display_mod  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
+    return shown
+
+
+@pytest.mark.parametrize(
+    ("shell", "show", "expect_shown"),
+    [
+        (_Shell(kernel=object()), None, True),  # a notebook kernel: shown inline by default
+        (_Shell(kernel=object()), False, False),
+        (_Shell(kernel=None), None, False),  # terminal IPython: only on request
+        (_Shell(kernel=None), True, True),
+        (None, None, False),  # plain Python with IPython installed
+    ],
+)
+def test_shown_inline_in_a_notebook(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shell: _Shell | None,
+    show: bool | None,
+    expect_shown: bool,
+) -> None:
+    from matplotlib.figure import Figure
+
+    shown = _fake_ipython(monkeypatch, shell)
+    folder = _store(tmp_path / "features", blobs(300, 8, 3, 1.0, 3))
+    monkeypatch.chdir(tmp_path)
+    get_optimal_num_clusters(folder, 5, show=show, retrieval=False, verbose=False)
+    assert len(shown) == int(expect_shown)
+    if shown:
+        assert isinstance(shown[0], Figure) and len(shown[0].axes) == 2
+
+
+def test_str_is_one_line_with_the_recommendation(results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+    r, _X = results["10 blobs, 64 dims, PCA 12"]
+    assert str(r) == f"k=10: {r.rule}" and "\n" not in str(r)
+    assert str(_selectk.dataclasses.replace(r, plot_path=Path("x.png"))).endswith("; plot saved to x.png")
 
 
 @pytest.mark.parametrize(
@@ -254,8 +458,16 @@ def test_pca_helpers_are_deterministic_and_normalised() -> None:
         apply_pca(X[:, :10], mean, comps)
 
 
-def test_without_kneed_the_chord_rule_finds_the_knee(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "kneed", None)
+def test_where_kneed_finds_no_knee_the_chord_rule_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kneed
+
+    class NoKnee:
+        knee = None
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr(kneed, "KneeLocator", NoKnee)
     r = choose_k(blobs(600, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
     assert r.knee_method == "chord" and r.knee_k == 3 and r.recommended_k == 3
 
@@ -300,51 +512,11 @@ def test_headless_png_without_display_or_backend(tmp_path: Path) -> None:
         X = np.concatenate([rng.normal(c, 0.05, (100, 6)) for c in np.eye(6)[:3] * 3])
         r = s.choose_k(X, 5, plot_path="k.png", show_progress=False)
         print(r.recommended_k)
+        s.get_optimal_num_clusters  # the store-folder entry point draws the same way
+        assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
+        assert "matplotlib.figure" in sys.modules
     """
     res = _run(code, tmp_path, env_drop=("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "3"
     assert (tmp_path / "k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_works_without_matplotlib_except_the_plot(tmp_path: Path) -> None:
-    code = """
-        import sys
-        sys.modules["matplotlib"] = None  # as if not installed
-        import numpy as np
-        import varsitysrch
-        from varsitysrch._errors import MissingDependencyError
-        from varsitysrch._selectk import choose_k
-        rng = np.random.default_rng(0)
-        X = np.concatenate([rng.normal(c, 0.05, (100, 6)) for c in np.eye(6)[:3] * 3])
-        r = choose_k(X, 5, show_progress=False, scores_path="scores")
-        print("k", r.recommended_k, r.knee_method)
-        try:
-            r.plot()
-        except MissingDependencyError as e:
-            print("plot:", e)
-        try:
-            choose_k(X, 5, show_progress=False, plot_path="k.png")
-        except MissingDependencyError as e:
-            print("plot_path:", e)
-    """
-    res = _run(code, tmp_path)
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.splitlines()
-    assert lines[0].startswith("k 3 ")  # kneed needs matplotlib too: the chord rule stands in
-    assert lines[1].startswith("plot:") and "varsitysrch[plot]" in lines[1] and "matplotlib" in lines[1]
-    assert lines[2].startswith("plot_path:") and "varsitysrch[plot]" in lines[2]
-    assert (tmp_path / "scores.csv").exists() and (tmp_path / "scores.json").exists()
-    assert not (tmp_path / "k.png").exists()
-
-
-def test_missing_dependency_error_in_process(
-    monkeypatch: pytest.MonkeyPatch, results: dict[str, tuple[KSelection, np.ndarray]]
-) -> None:
-    r, _X = results["3 blobs, 8 dims"]
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(MissingDependencyError, match=r"varsitysrch\[plot\]"):
-        r.plot()
-    with pytest.raises(ImportError):  # MissingDependencyError is an ImportError
-        r.plot()

@@ -1,123 +1,126 @@
 """Choosing k: elbow, silhouette, Davies-Bouldin, search recall -- and a recommended k.
 
-:func:`get_optimal_num_clusters` (a feature store folder) and :func:`choose_k` (a matrix) fit K-means
-for every k in ``2..max_clusters`` and score each k:
+:func:`get_optimal_num_clusters` (a feature store folder, or the original package's folder of
+per-image ``.npy`` files) and :func:`choose_k` (a matrix) fit K-means for every k in
+``2..max_clusters`` and score each k:
 
 * **inertia** -- sum of squared distances of *all* images to their nearest centroid (the elbow);
-* **silhouette** -- exact mean silhouette, on a fixed random sample of ``sample_size`` images
-  (``method="fast"``) or on all images (``method="exhaustive"``), Euclidean distance;
-* **Davies-Bouldin** -- on the same images as the silhouette (lower is better);
+* **silhouette** -- ``sklearn.metrics.silhouette_score`` (Euclidean) on a fixed random sample of
+  ``sample_size`` images (``method="fast"``) or on all images (``method="exhaustive"``);
+* **Davies-Bouldin** -- ``sklearn.metrics.davies_bouldin_score`` on the same images (lower is better);
 * **retrieval** (``retrieval=True``) -- recall@10 of cluster-restricted search against exact search
-  when the query's ``nprobe`` = 1, 2, 4 nearest clusters are searched, and the fraction of the
+  when the query's ``nprobe`` = 1, 2, 4 nearest clusters are searched, and the share of the
   catalogue that scans (see :class:`RetrievalScores`).
 
 The space
 ---------
 Rows are L2-normalised first (feature stores already are). With ``n_components=None`` the analysis
-runs in that raw feature space. With ``n_components=c`` it runs in a PCA space: PCA fitted on all the
-features with ``random_state`` (no whitening), rows projected and re-normalised to unit length
-(:func:`varsitysrch._pca.fit_pca` / :func:`~varsitysrch._pca.apply_pca`). ``train_clusters`` accepts
-the same ``n_components`` and fits the same PCA the same way (stored in the model file), so the k
-chosen here is the k trained there. Exact neighbours for the retrieval scores are always found in the
-raw feature space (that is how results are ranked); cluster membership and the query's nearest
-clusters use the analysis space.
+runs in that raw feature space. With ``n_components=c`` it runs in the PCA space of
+:func:`varsitysrch._pca.fit_pca` / :func:`~varsitysrch._pca.apply_pca` -- the one
+``train_clusters(..., n_components=c)`` fits the same way, so the k chosen here is the k trained
+there. Exact neighbours for the retrieval scores are found in the raw feature space; cluster
+membership and the query's nearest clusters use the analysis space.
 
 The recommendation rule
 -----------------------
 1. ``knee_k``: the knee of the inertia curve, by ``kneed.KneeLocator(curve="convex",
-   direction="decreasing", S=1)``. Without ``kneed`` (or where it finds none): the k whose inertia lies
-   farthest below the straight line from the first to the last point of the curve, both axes scaled to
-   [0, 1] (Kneedle's difference curve maximum, without its threshold).
-2. ``best_silhouette_k``: the k with the highest silhouette (smallest such k on an exact tie).
-3. ``recommended_k``: if the silhouette is flat -- max - min < 0.02 over the ks -- the knee.
-   Otherwise, of the ks whose silhouette is within 0.002 of the best, the one nearest the knee
-   (the smaller on a tie). On clearly clustered data that is the best-silhouette k; where several ks
-   are practically tied, the inertia curve breaks the tie. 0.002 is about the error of a silhouette
-   estimated on 5,000 images (measured: 0.001-0.002 against the full silhouette at 10,000 x 1,280),
-   so sampling noise alone rarely reorders the fast path's choice.
+   direction="decreasing", S=1)``; where it finds none, the k whose inertia lies farthest below
+   the straight line from the first to the last point of the curve, both axes scaled to [0, 1]
+   (Kneedle's difference-curve maximum without its threshold).
+2. ``best_silhouette_k``: the k with the highest silhouette (the smallest such k on an exact tie).
+3. ``recommended_k``: if the silhouette is flat (max - min < ``SIL_FLAT`` over the ks), the knee.
+   Otherwise, of the ks whose silhouette lies in the tie band (within ``SIL_TIE`` of the best), the
+   one nearest the knee (the smaller on a tie). ``SIL_TIE`` is about the sampling error of a
+   silhouette estimated on 5,000 images (see ``docs/choose_k.md``).
 
-``KSelection.rule`` restates the rule with the numbers of the run.
+``KSelection.rule`` restates the rule with the numbers of the run; ``str(selection)`` is the
+one-line message :func:`get_optimal_num_clusters` prints.
 
 The fast path (``method="fast"``, default)
 ------------------------------------------
 1. A training sample of ``max(4096, 128 * max_clusters)`` images (all, if fewer), projected on its
-   top ``max(64, 4 * max_clusters)`` principal directions when the space has more dimensions.
-2. For each k: Lloyd (numpy, float32, until no label changes) from ``n_init`` greedy k-means++
-   seedings (one seed sequence of ``max_clusters`` centres per restart; the first k seed k), and
-   from the k - 1 solution plus one k-means++ centre; then, going down, from the k + 1 solution minus
-   its least useful centre. The lowest objective wins. The warm starts escape most of the local
-   minima where restarts leave one centre on two blobs and two on one, which is what made single-init
-   sweeps pick a wrong k.
+   top ``max(64, 4 * max_clusters)`` principal directions (``fit_pca``) when the space has more.
+2. The sweep (:func:`_sweep`): for each k, scikit-learn ``KMeans(n_init)`` and a *warm start* --
+   the k - 1 solution plus one k-means++ centre (``sklearn.cluster.kmeans_plusplus`` weighted by
+   the squared distances); then, going down, the k + 1 solution minus its least useful centre.
+   The lowest inertia wins. The warm starts are kept because the benchmark needs them: without
+   them independent restarts stay in local minima (one centre on two blobs, two on one) at some
+   ks, the silhouette curve gets dents and the recommendation moves (``docs/choose_k.md``).
 3. Each solution is lifted to the analysis space (centroids = means of the full vectors of its
-   clusters) and *every* image is assigned there: inertia and labels are exact for those centroids.
-4. Silhouette and Davies-Bouldin on a fixed random sample (``sample_size``), all ks in one pass.
+   clusters) and *every* image is assigned there (:func:`~varsitysrch._neighbours.nearest_centroid`):
+   inertia and labels are exact for those centroids.
+4. Silhouette and Davies-Bouldin on the fixed sample.
 5. Confirmation: the candidates -- the 3 best silhouettes, the knee and the recommended k -- are
-   re-fitted by Lloyd on *all* images from their sweep centroids, rescored, and the rule re-applied
-   until no new candidate appears (``KSelection.confirmed_ks``).
+   re-fitted by Lloyd (``KMeans(init=...)``) on *all* images from their sweep centroids, rescored,
+   and the rule re-applied until no new candidate appears (``KSelection.confirmed_ks``).
 
-``method="exhaustive"`` is the reference: scikit-learn ``KMeans(n_init=n_init)`` on all images for
-every k plus the same two warm starts (as scikit-learn runs with ``init=``), silhouette and
-Davies-Bouldin on all images (exact O(n^2) silhouette, computed in one pass over row blocks for all
-ks together). ``benchmarks/bench_choose_k.py`` compares the two and prints the times.
+``method="exhaustive"`` is the reference: the same sweep on all images in the analysis space, the
+silhouette on all images (O(n^2) time and, up to ``_PRECOMPUTED_MAX_BYTES``, memory for the
+distance matrix). ``benchmarks/bench_choose_k.py`` compares the two.
 
-Threads: ``n_threads`` limits BLAS/OpenMP threads (threadpoolctl) while running; by default 1 thread
-on machines with at most 2 cores and for small inputs (starting and spin-waiting threads cost more
-than they save there, badly so when anything else runs), and on larger machines 1 thread for the
-sweep's many small products and the libraries' defaults for the large ones.
+Threads: ``n_threads`` limits BLAS/OpenMP threads (threadpoolctl) while running; by default one
+thread on machines with at most 2 cores and for small inputs, and for the sweep's many small fits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
+import textwrap
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from ._errors import InvalidArgumentError, missing
+from ._errors import InvalidArgumentError
 from ._io import atomic_path, write_csv, write_json
+from ._neighbours import centroid_order, exact_topk, nearest_centroid, probe_recall
 from ._pca import apply_pca, fit_pca
 from ._store import load_features, normalize_rows
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
+    "DEFAULT_PLOT",
     "KSelection",
     "RetrievalScores",
-    "apply_pca",
     "choose_k",
-    "fit_pca",
     "get_optimal_num_clusters",
 ]
 
 log = logging.getLogger(__name__)
 
 Method = Literal["fast", "exhaustive"]
+_T = TypeVar("_T")
+PlotPath = str | os.PathLike[str] | Literal[False] | None
 
+#: Where :func:`get_optimal_num_clusters` writes its plot unless told otherwise (the original's name,
+#: relative to the current working folder).
+DEFAULT_PLOT = "optimal_clusters.png"
 NPROBES: tuple[int, ...] = (1, 2, 4)
 RECALL_AT = 10
-SIL_TIE = 0.002  # silhouettes within this of the best count as tied (~ sampling error at 5,000)
+SIL_TIE = 0.002  # silhouettes within this of the best are tied (~ sampling error at 5,000 images)
 SIL_FLAT = 0.02  # a silhouette range below this is "flat": the knee decides
+SIL_WEAK = 0.25  # a best silhouette below this means weak cluster structure
 N_TOP = 3  # best-silhouette ks confirmed by the fast path
-_MAX_ITER = 100  # Lloyd iterations at most (k-means++ seeded runs converge in ~5-15)
-_TOL = 1e-4  # ... or stop when the objective improves by less than this, relatively
 _MIN_TRAIN = 4096  # fast path: training sample of max(_MIN_TRAIN, _PER_CENTROID * max_clusters) images
 _PER_CENTROID = 128
 _SWEEP_MIN_DIMS = 64  # the fast sweep runs in max(_SWEEP_MIN_DIMS, _SWEEP_DIMS_PER_K * max_clusters) PCA dims
 _SWEEP_DIMS_PER_K = 4
-_SEED_POOL = 4096  # k-means++ seeds are drawn from this many images
-_BLOCK_BYTES = 64 << 20  # distance block size in the silhouette pass
 _MAX_CONFIRM_ROUNDS = 3
-_SWEEP_THREADS: int | None = 1  # BLAS threads in the fast sweep (None: as set outside)
+_WARM_STARTS = True  # the sweep's warm starts (benchmarks/bench_choose_k.py --no-warm-start turns them off)
+_SWEEP_THREADS: int | None = 1  # BLAS/OpenMP threads in the sweep (None: as set outside)
 _SMALL = 4_000_000  # n_images * dim at or below which n_threads=None means 1 thread
+_PRECOMPUTED_MAX_BYTES = 2 << 30  # silhouette from one distance matrix up to this size, else streamed
 
 
 # --------------------------------------------------------------------------- results
@@ -129,10 +132,9 @@ class RetrievalScores:
     images (leave-one-out self-queries). Exact search: the ``top`` (10) nearest by cosine in the raw
     feature space. Cluster-restricted search: only the images in the query's ``nprobe`` nearest
     clusters, ranked exactly. ``recall_at_10[nprobe][i]`` is the share of the exact top 10 that the
-    restricted search returns for ``ks[i]`` (the restricted ranking is exact, so this is the share
-    of the exact top 10 lying in the probed clusters); ``scanned_fraction[nprobe][i]`` the mean share
-    of the catalogue in the probed clusters (the cost relative to exact search). ``nprobe >= k``
-    scans everything (recall 1).
+    restricted search returns for ``ks[i]`` (the share of the exact top 10 lying in the probed
+    clusters); ``scanned_fraction[nprobe][i]`` the mean share of the catalogue in the probed
+    clusters (the cost relative to exact search). ``nprobe >= k`` scans everything (recall 1).
     """
 
     nprobe: tuple[int, ...]
@@ -157,7 +159,9 @@ class KSelection:
 
     ``inertia``, ``silhouette`` and ``davies_bouldin`` are aligned with ``ks``; a silhouette or
     Davies-Bouldin score that cannot be computed (fewer than 2 clusters among the scored images) is
-    NaN. ``seconds`` is the wall time of the analysis (without writing files).
+    NaN. ``seconds`` is the wall time of the analysis (without writing files). ``plot_path`` is
+    where the plot was written (``None``: not written). ``str(selection)`` is a one-line summary:
+    the recommended k, why, and where the plot is.
     """
 
     ks: tuple[int, ...]
@@ -178,6 +182,32 @@ class KSelection:
     knee_method: str = "kneed"
     confirmed_ks: tuple[int, ...] = ()
     random_state: int = 0
+    plot_path: Path | None = None
+
+    def __str__(self) -> str:
+        parts = [f"k={self.recommended_k}: {self.rule}"]
+        if self.weak_structure:
+            parts.append(self.weak_note)
+        if self.plot_path is not None:
+            parts.append(f"plot saved to {self.plot_path}")
+        return "; ".join(parts)
+
+    @property
+    def best_silhouette(self) -> float:
+        finite = [v for v in self.silhouette if math.isfinite(v)]
+        return max(finite) if finite else float("nan")
+
+    @property
+    def weak_structure(self) -> bool:
+        """True when even the best silhouette is below ``SIL_WEAK`` (0.25): clusters overlap."""
+        return math.isfinite(self.best_silhouette) and self.best_silhouette < SIL_WEAK
+
+    @property
+    def weak_note(self) -> str:
+        return (
+            f"the best silhouette {self.best_silhouette:.2f} is below {SIL_WEAK}: weak cluster structure, "
+            "so neighbouring ks are about as good (choose by the retrieval trade-off)"
+        )
 
     # ------------------------------------------------------------------ tables
     def to_rows(self) -> list[dict[str, Any]]:
@@ -210,6 +240,7 @@ class KSelection:
             "best_silhouette_k": self.best_silhouette_k,
             "recommended_k": self.recommended_k,
             "rule": self.rule,
+            "weak_structure": self.weak_structure,
             "method": self.method,
             "n_components": self.n_components,
             "space": self.space,
@@ -219,6 +250,7 @@ class KSelection:
             "confirmed_ks": list(self.confirmed_ks),
             "random_state": self.random_state,
             "seconds": round(self.seconds, 3),
+            "plot_path": None if self.plot_path is None else str(self.plot_path),
             "retrieval": None if self.retrieval is None else self.retrieval.to_dict(),
         }
 
@@ -243,9 +275,11 @@ class KSelection:
             mark = "  <- recommended" if row["k"] == self.recommended_k else ""
             lines.append("  ".join(cells) + mark)
         lines.append(f"recommended k = {self.recommended_k}: {self.rule}")
+        if self.weak_structure:
+            lines.append(f"note: {self.weak_note}")
         return "\n".join(lines)
 
-    def write_scores(self, path: str | Path) -> tuple[Path, Path]:
+    def write_scores(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write ``<path stem>.csv`` (one row per k) and ``<path stem>.json`` (everything) atomically.
 
         A ``.csv`` or ``.json`` suffix is replaced, any other name gets both appended:
@@ -263,95 +297,135 @@ class KSelection:
         return csv_path, json_path
 
     # ------------------------------------------------------------------ plot
-    def plot(self, path: str | Path | None = None, *, show_retrieval: bool = False) -> Figure:
-        """Draw the elbow (inertia) and silhouette panels side by side; return the Figure.
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """Draw the figure that explains the recommendation; return it (written to ``path`` if given).
 
-        The knee, the best silhouette and the recommended k are marked. With ``path`` the figure is
-        written atomically (format from the suffix: .png, .svg, .pdf, ...; PNG if none).
-        ``show_retrieval=True`` adds a third panel with recall@10 and the scanned fraction per
-        nprobe. Uses ``matplotlib.figure.Figure`` directly: no display and no pyplot needed.
-        Raises :class:`~varsitysrch.MissingDependencyError` without matplotlib
-        (``pip install 'varsitysrch[plot]'``).
+        Panels: the silhouette per k with the tie band shaded and the recommended k marked; the
+        inertia (elbow) with the knee marked; with retrieval scores, recall@10 against the share of
+        the catalogue scanned, one point per k, for each nprobe. Value axes start at zero. A weak
+        structure (best silhouette < 0.25) is said in the silhouette panel and the caption. The
+        file format comes from the suffix (.png, .svg, .pdf, ...; PNG if none); the file is written
+        atomically. ``matplotlib.figure.Figure`` is used directly: no pyplot, no display needed.
         """
-        _require_matplotlib()
         from matplotlib.figure import Figure
 
-        with_retrieval = show_retrieval and self.retrieval is not None
-        ncols = 3 if with_retrieval else 2
-        fig = Figure(figsize=(5.2 * ncols, 4.4), layout="constrained")
-        ks = np.asarray(self.ks)
-        rec = self.recommended_k
-
-        ax1 = fig.add_subplot(1, ncols, 1)
-        ax1.plot(ks, self.inertia, "o-", color="tab:blue", markersize=3.5, label="inertia")
-        ax1.axvline(self.knee_k, color="tab:gray", linestyle="--", label=f"knee k={self.knee_k}")
-        ax1.axvline(rec, color="tab:red", linewidth=2, alpha=0.7, label=f"recommended k={rec}")
-        ax1.set_title("Elbow: inertia (all images)")
-        ax1.set_xlabel("k (number of clusters)")
-        ax1.set_ylabel("sum of squared distances to centroid")
-        ax1.legend(loc="upper right", fontsize="small")
-        ax1.grid(alpha=0.3)
-
-        ax2 = fig.add_subplot(1, ncols, 2)
-        ax2.plot(ks, self.silhouette, "o-", color="tab:green", markersize=3.5, label="silhouette")
-        i_best = self.ks.index(self.best_silhouette_k)
-        ax2.plot(
-            [self.best_silhouette_k],
-            [self.silhouette[i_best]],
-            marker="*",
-            markersize=14,
-            color="tab:orange",
-            linestyle="none",
-            label=f"best silhouette k={self.best_silhouette_k}",
-        )
-        ax2.axvline(rec, color="tab:red", linewidth=2, alpha=0.7, label=f"recommended k={rec}")
-        sample = (
-            "all images" if self.silhouette_sample >= self.n_images else f"{self.silhouette_sample} images"
-        )
-        ax2.set_title(f"Silhouette ({sample}; higher is better)")
-        ax2.set_xlabel("k (number of clusters)")
-        ax2.set_ylabel("mean silhouette")
-        ax2.legend(loc="best", fontsize="small")
-        ax2.grid(alpha=0.3)
-
-        if with_retrieval:
-            assert self.retrieval is not None
-            ax3 = fig.add_subplot(1, ncols, 3)
-            for p in self.retrieval.nprobe:
-                (line,) = ax3.plot(
-                    ks, self.retrieval.recall_at_10[p], "o-", markersize=3, label=f"recall@10 np={p}"
-                )
-                ax3.plot(
-                    ks,
-                    self.retrieval.scanned_fraction[p],
-                    ":",
-                    color=line.get_color(),
-                    label=f"scanned np={p}",
-                )
-            ax3.axvline(rec, color="tab:red", linewidth=2, alpha=0.7)
-            ax3.set_ylim(0, 1.02)
-            ax3.set_title(f"Search within nprobe clusters ({self.retrieval.n_queries} queries)")
-            ax3.set_xlabel("k (number of clusters)")
-            ax3.legend(loc="best", fontsize="x-small")
-            ax3.grid(alpha=0.3)
-
+        ncols = 3 if self.retrieval is not None else 2
+        fig = Figure(figsize=(5.4 * ncols, 5.0), layout="constrained")
+        axes = fig.subplots(1, ncols)
+        self._plot_silhouette(axes[0])
+        self._plot_inertia(axes[1])
+        if self.retrieval is not None:
+            self._plot_retrieval(axes[2], self.retrieval)
         fig.suptitle(
-            f"Choosing k: {self.n_images:,} images, {self.space}; recommended k = {rec}", fontsize="medium"
+            f"Choosing k: {self.n_images:,} images, {self.space}; recommended k = {self.recommended_k}",
+            fontsize="medium",
         )
+        caption = f"Recommended k={self.recommended_k}: {self.rule}."
+        if self.weak_structure:
+            caption += f" Note: {self.weak_note}."
+        fig.supxlabel(textwrap.fill(caption, width=60 * ncols), fontsize="small", ha="center")
         if path is not None:
             _save_figure(fig, Path(path))
         return fig
 
+    def _plot_silhouette(self, ax: Axes) -> None:
+        ks = np.asarray(self.ks)
+        sil = np.asarray(self.silhouette, dtype=np.float64)
+        rec = self.recommended_k
+        ax.plot(ks, sil, "o-", color="tab:green", markersize=3.5, label="mean silhouette")
+        best = self.best_silhouette
+        if math.isfinite(best):
+            tied = ks[np.isfinite(sil) & (sil >= best - SIL_TIE)]
+            ax.axhspan(
+                best - SIL_TIE, best, color="tab:orange", alpha=0.35, label=f"tie band (within {SIL_TIE})"
+            )
+            ax.plot(tied, sil[np.isin(ks, tied)], "s", color="tab:orange", markersize=6, label="tied ks")
+            ax.axhline(SIL_WEAK, color="tab:gray", linestyle=":", linewidth=1, label=f"weak below {SIL_WEAK}")
+        i_rec = self.ks.index(rec)
+        ax.axvline(rec, color="tab:red", linewidth=1.5, alpha=0.6)
+        ax.plot([rec], [sil[i_rec]], "*", color="tab:red", markersize=15, label=f"recommended k={rec}")
+        finite = sil[np.isfinite(sil)]
+        low = min(0.0, float(finite.min())) if len(finite) else 0.0
+        high = max(SIL_WEAK, float(finite.max())) if len(finite) else 1.0
+        ax.set_ylim(low, high * 1.12)
+        ax.set_xlim(0, ks[-1] + 1)
+        sample = (
+            "all images" if self.silhouette_sample >= self.n_images else f"{self.silhouette_sample:,} images"
+        )
+        ax.set_title(f"Silhouette ({sample}; higher is better)")
+        ax.set_xlabel("k (number of clusters)")
+        ax.set_ylabel("mean silhouette (axis from 0)")
+        if self.weak_structure:
+            ax.text(
+                0.03,
+                0.04,
+                f"weak structure: best silhouette {best:.2f} < {SIL_WEAK}",
+                transform=ax.transAxes,
+                fontsize="small",
+                color="tab:red",
+            )
+        ax.legend(loc="upper right", fontsize="x-small")
+        ax.grid(alpha=0.3)
+
+    def _plot_inertia(self, ax: Axes) -> None:
+        ks = np.asarray(self.ks)
+        inertia = np.asarray(self.inertia)
+        rec = self.recommended_k
+        ax.plot(ks, inertia, "o-", color="tab:blue", markersize=3.5, label="inertia")
+        i_knee = self.ks.index(self.knee_k)
+        ax.plot(
+            [self.knee_k],
+            [inertia[i_knee]],
+            "D",
+            color="black",
+            markersize=8,
+            label=f"knee k={self.knee_k} ({self.knee_method})",
+        )
+        ax.axvline(self.knee_k, color="black", linestyle="--", linewidth=1)
+        ax.axvline(rec, color="tab:red", linewidth=1.5, alpha=0.6, label=f"recommended k={rec}")
+        ax.set_ylim(0, float(inertia.max()) * 1.05)
+        ax.set_xlim(0, ks[-1] + 1)
+        ax.set_title("Elbow: inertia (all images; axis from 0)")
+        ax.set_xlabel("k (number of clusters)")
+        ax.set_ylabel("sum of squared distances to centroid")
+        ax.legend(loc="upper right", fontsize="x-small")
+        ax.grid(alpha=0.3)
+
+    def _plot_retrieval(self, ax: Axes, ret: RetrievalScores) -> None:
+        i_rec = self.ks.index(self.recommended_k)
+        for p in ret.nprobe:
+            x = np.asarray(ret.scanned_fraction[p])
+            y = np.asarray(ret.recall_at_10[p])
+            (line,) = ax.plot(x, y, "o-", markersize=3, linewidth=1, label=f"nprobe={p}")
+            ax.plot([x[i_rec]], [y[i_rec]], "*", color=line.get_color(), markersize=14, markeredgecolor="k")
+            ax.annotate(
+                f"k={self.recommended_k}",
+                (x[i_rec], y[i_rec]),
+                textcoords="offset points",
+                xytext=(6, -12),
+                fontsize="x-small",
+            )
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"Search in the nearest clusters ({ret.n_queries:,} queries)")
+        ax.set_xlabel("share of the catalogue scanned (one point per k; larger k scans less)")
+        ax.set_ylabel(f"recall@{ret.top} vs exact search")
+        ax.legend(
+            loc="lower right", fontsize="x-small", title="star: recommended k", title_fontsize="x-small"
+        )
+        ax.grid(alpha=0.3)
+
 
 # --------------------------------------------------------------------------- public functions
 def get_optimal_num_clusters(
-    features_folder: str | Path,
+    features_folder: str | os.PathLike[str],
     max_clusters: int = 30,
     n_components: int | None = None,
     *,
-    plot_path: str | Path | None = None,
-    scores_path: str | Path | None = None,
-    show: bool = False,
+    plot_path: PlotPath = DEFAULT_PLOT,
+    scores_path: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    verbose: bool = True,
     method: Method = "fast",
     sample_size: int | None = 5000,
     n_init: int = 3,
@@ -359,22 +433,52 @@ def get_optimal_num_clusters(
     retrieval: bool = True,
     n_queries: int = 1000,
     n_threads: int | None = None,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> KSelection:
-    """Score k = 2..max_clusters on a feature store and recommend a k (see :func:`choose_k`).
+    """Score k = 2..max_clusters on a feature folder, recommend a k, save the plot, say so in one line.
 
-    ``features_folder`` is a folder written by ``extract_features`` (or a legacy folder of per-image
-    ``.npy`` files). All other arguments are those of :func:`choose_k`.
+    The original package's call ``get_optimal_num_clusters(features_folder, max_clusters=100,
+    n_components=10)`` works unchanged: it writes the plot to ``optimal_clusters.png`` in the
+    current working folder and prints one line such as ``k=23: the highest silhouette (...);
+    plot saved to optimal_clusters.png``. The recommended k is ``result.recommended_k``.
+
+    Args:
+        features_folder: a feature store written by ``extract_features``, or a folder of per-image
+            ``.npy`` files (the original package's layout).
+        max_clusters: the largest k tried. Above ``n_images - 1`` it is lowered to that, with a
+            warning (the original's examples pass 100 for small folders).
+        n_components: see :func:`choose_k`.
+        plot_path: where the plot goes; default ``"optimal_clusters.png"`` (relative to the working
+            folder); ``None`` or ``False``: no plot file.
+        scores_path: also write the scores as ``<stem>.csv`` and ``<stem>.json``.
+        show: display the figure inline. ``None`` (default): only inside a Jupyter/IPython kernel;
+            ``True``: whenever IPython is there (a warning otherwise); ``False``: never. Never blocks.
+        verbose: print the one-line message to stdout (it is logged at INFO either way), and show
+            the progress bar unless ``show_progress`` says otherwise. ``False`` silences both.
+        show_progress: a progress bar over k on stderr; ``None``: as ``verbose``.
+        method, sample_size, n_init, random_state, retrieval, n_queries, n_threads: see
+            :func:`choose_k`.
+
+    Returns:
+        :class:`KSelection` (``plot_path`` set to the file written).
     """
-    _ids, X, extractor = load_features(features_folder)
+    _ids, X, extractor = load_features(Path(features_folder))
+    n = int(X.shape[0])
     log.info(
         "choose k on %s: %d images x %d (extractor %s)",
         features_folder,
-        X.shape[0],
+        n,
         X.shape[1] if X.ndim == 2 else -1,
         extractor.get("name", "?"),
     )
-    return choose_k(
+    if _is_int(max_clusters) and n >= 3 and max_clusters > n - 1:
+        _say(
+            f"max_clusters={max_clusters} is more than n_images - 1 = {n - 1}: trying k = 2..{n - 1}",
+            verbose,
+            logging.WARNING,
+        )
+        max_clusters = n - 1
+    result = choose_k(
         X,
         max_clusters,
         n_components,
@@ -388,8 +492,10 @@ def get_optimal_num_clusters(
         retrieval=retrieval,
         n_queries=n_queries,
         n_threads=n_threads,
-        show_progress=show_progress,
+        show_progress=verbose if show_progress is None else show_progress,
     )
+    _say(str(result), verbose)
+    return result
 
 
 def choose_k(
@@ -397,9 +503,9 @@ def choose_k(
     max_clusters: int = 30,
     n_components: int | None = None,
     *,
-    plot_path: str | Path | None = None,
-    scores_path: str | Path | None = None,
-    show: bool = False,
+    plot_path: PlotPath = None,
+    scores_path: str | os.PathLike[str] | None = None,
+    show: bool | None = False,
     method: Method = "fast",
     sample_size: int | None = 5000,
     n_init: int = 3,
@@ -415,33 +521,30 @@ def choose_k(
         X: ``[n_images, dim]`` features; rows are L2-normalised here (as feature stores hold them).
         max_clusters: the largest k tried; in ``[2, n_images - 1]``.
         n_components: ``None``: analyse the raw feature space. An integer in
-            ``[2, min(dim, n_images)]``: analyse in that many PCA dimensions (fitted on all rows with
-            ``random_state``, no whitening, rows re-normalised) -- the space
+            ``[2, min(dim, n_images)]``: analyse in that many PCA dimensions (``fit_pca`` on all
+            rows with ``random_state``, rows re-normalised) -- the space
             ``train_clusters(..., n_components=...)`` trains in.
-        plot_path: write the elbow + silhouette figure there (PNG unless the suffix says otherwise).
+        plot_path: write the figure there (:meth:`KSelection.plot`); ``None``/``False``: no file.
         scores_path: write the scores as ``<stem>.csv`` and ``<stem>.json``.
-        show: display the figure in a Jupyter notebook (never blocks; ignored with a warning outside
-            IPython).
-        method: ``"fast"`` (sampled training + confirmation, see the module docstring) or
-            ``"exhaustive"`` (scikit-learn KMeans on all images for every k, silhouette on all
-            images: O(n^2), slow beyond ~20,000 images).
+        show: display the figure inline: ``True`` where IPython is there (a warning otherwise),
+            ``None`` only inside a notebook kernel, ``False`` never. Never blocks.
+        method: ``"fast"`` (sampled sweep + confirmation, see the module docstring) or
+            ``"exhaustive"`` (the sweep on all images, silhouette on all images: O(n^2)).
         sample_size: images the silhouette and Davies-Bouldin are computed on (``method="fast"``;
-            ``None``: all). The sample is fixed by ``random_state``. Ignored by ``"exhaustive"``.
+            ``None``: all), fixed by ``random_state``. Ignored by ``"exhaustive"``.
         n_init: K-means restarts per k (best inertia kept), >= 1.
         random_state: seeds sampling, k-means++, PCA and the retrieval queries.
         retrieval: also score cluster-restricted search per k (:class:`RetrievalScores`).
         n_queries: retrieval queries (random catalogue images, capped at ``n_images``).
         n_threads: limit BLAS and OpenMP threads to this many while running (restored after).
             ``None``: 1 thread on machines with at most 2 cores and for small inputs
-            (``n_images * dim <= 4,000,000``); elsewhere 1 thread for the K-means sweep (thousands
-            of small products) and the libraries' defaults for the large products. Measured on 2
-            shared cores, 50,000 x 1,280: 28 s on 1 thread, 54 s on 2 (spin-waiting threads).
+            (``n_images * dim <= 4,000,000``), elsewhere 1 thread for the sweep's small fits and
+            the libraries' defaults for the large products.
         show_progress: a progress bar over k (tqdm, on stderr).
 
     Returns:
-        :class:`KSelection`. Raises :class:`~varsitysrch.InvalidArgumentError` for bad arguments and
-        :class:`~varsitysrch.MissingDependencyError` when ``plot_path``/``show`` need matplotlib
-        and it is missing (checked before any work).
+        :class:`KSelection`. Raises :class:`~varsitysrch.InvalidArgumentError` for bad arguments
+        (checked before any work).
     """
     X, n, dim = _check_matrix(X)
     _validate(
@@ -456,8 +559,9 @@ def choose_k(
         n_queries=n_queries,
         n_threads=n_threads,
     )
-    if plot_path is not None or show:
-        _require_matplotlib()
+    target = None if plot_path is None or plot_path is False else Path(plot_path)
+    if target is not None:
+        _check_plot_format(target)
 
     if n_threads is None and (n * dim <= _SMALL or _cores() <= 2):
         n_threads = 1  # thread start-up and spin-waiting cost more than they save here (measured)
@@ -482,11 +586,21 @@ def choose_k(
         )
     if scores_path is not None:
         result.write_scores(scores_path)
-    if plot_path is not None or show:
-        fig = result.plot(plot_path)
-        if show:
-            _show(fig)
+    display = _display_function(show)
+    if target is not None or display is not None:
+        fig = result.plot(target)
+        if target is not None:
+            result = dataclasses.replace(result, plot_path=target)
+        if display is not None:
+            display(fig)
     return result
+
+
+def _say(message: str, verbose: bool, level: int = logging.INFO) -> None:
+    """Log ``message``; with ``verbose`` also print it (stdout, as the original package did)."""
+    log.log(level, "%s", message)
+    if verbose:
+        print(message, flush=True)
 
 
 # --------------------------------------------------------------------------- validation
@@ -552,13 +666,6 @@ def _validate(
         raise InvalidArgumentError(f"n_threads must be None or an integer >= 1; got {n_threads!r}")
 
 
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib.figure  # noqa: F401
-    except ImportError as exc:
-        raise missing("matplotlib", "plot", "drawing the choose-k plot") from exc
-
-
 # --------------------------------------------------------------------------- the analysis
 @dataclass
 class _Fit:
@@ -605,45 +712,39 @@ def _analyse(
     perm = rng.permutation(n)
     q_idx = np.sort(rng.choice(n, min(n_queries, n), replace=False)) if retrieval else None
 
-    confirmed: list[int] = []
     if method == "fast":
-        fits = _sweep_fast(Z, ks, perm, n_init, rng, show_progress)
+        fits = _sweep_fast(Z, ks, perm, n_init, random_state, rng, show_progress)
     else:
-        fits = _sweep_exhaustive(Z, ks, n_init, random_state, rng, show_progress)
+        T = Z.astype(np.float64)  # scikit-learn's k-means++ is much faster on float64 than on float32
+        best = _sweep(T, ks, n_init, random_state, rng, show_progress, "choose k (exhaustive)")
+        fits = {k: _assign(Z, best[k].centroids) for k in ks}
 
     Zs = np.ascontiguousarray(Z[sil_idx])
-    sil = _silhouettes(
-        Zs, [fits[k].labels[sil_idx] for k in ks], show_progress=show_progress and method != "fast"
-    )
-    dbi = np.array([_davies_bouldin(Zs, fits[k].labels[sil_idx]) for k in ks])
+    D = _sample_distances(Zs)
+    sil, dbi = _sample_scores(Zs, D, [fits[k].labels[sil_idx] for k in ks], show_progress)
     inertia = np.array([fits[k].inertia for k in ks])
     knee, knee_method = _knee(ks, inertia)
     best_k, rec, rule = _recommend(ks, sil, knee)
 
+    confirmed: list[int] = []
     if method == "fast":
         # confirm the candidates: Lloyd on all images from the sweep's centroids, until the
         # candidate set (which the new scores may change) has been confirmed entirely
-        sqZ = np.einsum("ij,ij->i", Z, Z)
         for _round in range(_MAX_CONFIRM_ROUNDS):
             todo = [k for k in _candidates(ks, sil, knee, rec) if k not in confirmed]
             if not todo:
                 break
             for k in _progress(todo, show_progress, "confirm k"):
                 confirmed.append(k)
-                C, obj, lab = _lloyd(Z, sqZ, fits[k].centroids)
-                fits[k] = _Fit(C, lab, obj)
+                fits[k] = _assign(Z, _kmeans(Z, k, fits[k].centroids, 1, random_state).centroids)
                 i = ks.index(k)
-                inertia[i] = obj
-                sil[i] = _silhouettes(Zs, [lab[sil_idx]])[0]
-                dbi[i] = _davies_bouldin(Zs, lab[sil_idx])
+                inertia[i] = fits[k].inertia
+                s, d = _sample_scores(Zs, D, [fits[k].labels[sil_idx]], False)
+                sil[i], dbi[i] = s[0], d[0]
             knee, knee_method = _knee(ks, inertia)
             best_k, rec, rule = _recommend(ks, sil, knee)
 
-    ret = None
-    if q_idx is not None:
-        ret = _retrieval_scores(X, Z, ks, fits, q_idx)
-
-    seconds = time.perf_counter() - t0
+    ret = None if q_idx is None else _retrieval_scores(X, Z, ks, fits, q_idx)
     return KSelection(
         ks=tuple(ks),
         inertia=tuple(float(v) for v in inertia),
@@ -656,7 +757,7 @@ def _analyse(
         n_components=n_components,
         n_images=int(n),
         dim=int(dim),
-        seconds=float(seconds),
+        seconds=float(time.perf_counter() - t0),
         retrieval=ret,
         method=method,
         silhouette_sample=len(sil_idx),
@@ -666,51 +767,44 @@ def _analyse(
     )
 
 
-def _n_train(n: int, k: int) -> int:
-    return min(n, max(_MIN_TRAIN, _PER_CENTROID * k))
-
-
-def _progress(items: Sequence[int], show: bool, desc: str) -> Iterator[int]:
+def _progress(items: Sequence[_T], show: bool, desc: str) -> Iterator[_T]:
     from tqdm.auto import tqdm
 
-    yield from tqdm(items, desc=desc, unit="k", disable=not show, leave=False)
-
-
-_FitK = Callable[[int, list[np.ndarray], bool], tuple[np.ndarray, float]]
+    yield from tqdm(items, desc=desc, unit="k", disable=not show or len(items) < 2, leave=False)
 
 
 def _sweep_fast(
-    Z: np.ndarray, ks: list[int], perm: np.ndarray, n_init: int, rng: np.random.Generator, show_progress: bool
+    Z: np.ndarray,
+    ks: list[int],
+    perm: np.ndarray,
+    n_init: int,
+    random_state: int,
+    rng: np.random.Generator,
+    show_progress: bool,
 ) -> dict[int, _Fit]:
-    """K-means for every k on one training sample: k-means++ restarts + warm starts from k - 1 and k + 1.
+    """The sweep on a training sample in its top principal directions, lifted back to ``Z``'s space.
 
-    The sweep runs in the top ``max(64, 4 * max_clusters)`` principal directions of the training
-    sample (when the space has more), where Lloyd costs a fraction; each solution is then lifted back:
-    its centroids are the means of its clusters' full vectors, and all images are assigned to them in
-    the full space (inertia, labels, silhouette are all computed there).
+    The sample's top ``max(64, 4 * max_clusters)`` principal directions (when the space has more)
+    make each K-means fit a fraction of the cost; each solution is lifted back -- its centroids are
+    the means of its clusters' full vectors -- and all images are assigned to them in the full space.
     """
     n, d = Z.shape
     kmax = ks[-1]
-    T = np.ascontiguousarray(Z[perm[: _n_train(n, kmax)]])
+    T = np.ascontiguousarray(Z[perm[: min(n, max(_MIN_TRAIN, _PER_CENTROID * kmax))]])
     r = max(_SWEEP_MIN_DIMS, _SWEEP_DIMS_PER_K * kmax)
-    Tr = _project_top(T, r, rng) if d > r and len(T) > r else T
-    sq = np.einsum("ij,ij->i", Tr, Tr)
-    pool = Tr[: min(len(Tr), _SEED_POOL)]
-    # one greedy k-means++ sequence per restart; its first k centres seed k
-
-    def fit_k(k: int, warm: list[np.ndarray], restarts: bool) -> tuple[np.ndarray, float]:
-        inits = ([s[:k] for s in seeds] if restarts else []) + warm
-        return min((_lloyd(Tr, sq, init)[:2] for init in inits), key=lambda res: res[1])
-
-    # thousands of small matrix products: one thread is faster than two (no start/spin-wait cost)
-    with _thread_limit(_SWEEP_THREADS):
-        seeds = [_kmeanspp(pool, min(kmax, len(pool)), rng) for _ in range(n_init)]
-        best = _sweep(ks, fit_k, Tr, sq, rng, show_progress, "choose k")
+    projected = d > r and len(T) > r
+    if projected:
+        # centred projection, not re-normalised: only the sweep's labels are used from this space
+        mean, components = fit_pca(T, r, random_state)
+        Tr = (T - mean).astype(np.float64) @ components.T.astype(np.float64)
+    else:
+        Tr = T.astype(np.float64)  # scikit-learn's k-means++ is much faster on float64 than on float32
+    best = _sweep(Tr, ks, n_init, random_state, rng, show_progress, "choose k")
     fits: dict[int, _Fit] = {}
     for k in ks:
-        C = best[k][0]
-        if Tr is not T:  # lift: the clusters' means in the full space
-            sums, counts = _cluster_sums(_sq_dists(Tr, sq, C).argmin(axis=1), k, T)
+        C = best[k].centroids
+        if projected:  # lift: the clusters' means in the full space
+            sums, counts = _cluster_sums(best[k].labels, k, T)
             C = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
             empty = counts == 0
             if empty.any():
@@ -719,81 +813,95 @@ def _sweep_fast(
     return fits
 
 
-def _project_top(T: np.ndarray, r: int, rng: np.random.Generator) -> np.ndarray:
-    """Centred rows of ``T`` in its top ``r`` principal directions (randomized range finder)."""
-    Tc = T - T.mean(axis=0)
-    Q = _orth(Tc @ rng.standard_normal((T.shape[1], r + 10)).astype(np.float32))
-    for _ in range(2):
-        Q = _orth(Tc @ (Tc.T @ Q))
-    _u, _s, Vt = np.linalg.svd(Q.T @ Tc, full_matrices=False)
-    return np.ascontiguousarray(Tc @ Vt[:r].T.astype(np.float32))
-
-
-def _orth(Y: np.ndarray) -> np.ndarray:
-    """An orthonormal basis of the columns of ``Y`` (via the small Gram matrix: gemm, no QR)."""
-    G = (Y.T @ Y).astype(np.float64)
-    w, V = np.linalg.eigh(G)
-    keep = w > w.max() * 1e-10
-    return (Y @ (V[:, keep] / np.sqrt(w[keep])).astype(np.float32)).astype(np.float32)
-
-
-def _sweep_exhaustive(
-    Z: np.ndarray,
+def _sweep(
+    T: np.ndarray,
     ks: list[int],
     n_init: int,
     random_state: int,
     rng: np.random.Generator,
     show_progress: bool,
-) -> dict[int, _Fit]:
-    """scikit-learn KMeans(n_init) on all rows for every k, plus the same warm starts as the fast path."""
-    from sklearn.cluster import KMeans
-
-    Z64 = Z.astype(np.float64)  # scikit-learn's k-means++ is much faster on float64 than on float32
-    sq = np.einsum("ij,ij->i", Z, Z)
-
-    def fit_k(k: int, warm: list[np.ndarray], restarts: bool) -> tuple[np.ndarray, float]:
-        runs = [KMeans(n_clusters=k, n_init=n_init, random_state=random_state)] if restarts else []
-        runs += [KMeans(n_clusters=k, init=w.astype(np.float64), n_init=1) for w in warm]
-        out: list[tuple[np.ndarray, float]] = []
-        for km in runs:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Number of distinct clusters")
-                km.fit(Z64)
-            out.append((np.asarray(km.cluster_centers_, dtype=np.float32), float(km.inertia_)))
-        return min(out, key=lambda r: r[1])
-
-    best = _sweep(ks, fit_k, Z, sq, rng, show_progress, "choose k (exhaustive)")
-    return {k: _assign(Z, best[k][0]) for k in ks}
-
-
-def _sweep(
-    ks: list[int],
-    fit_k: _FitK,
-    T: np.ndarray,
-    sq: np.ndarray,
-    rng: np.random.Generator,
-    show_progress: bool,
     desc: str,
-) -> dict[int, tuple[np.ndarray, float]]:
-    """Forward over k: restarts + (k - 1 solution plus one centre); backward: k + 1 solution minus one.
+) -> dict[int, _Fit]:
+    """K-means for every k: ``KMeans(n_init)`` and warm starts from the k - 1 and k + 1 solutions.
 
-    Lloyd from the neighbouring k's solution escapes most of the local minima that independent
-    restarts get stuck in (a centre shared by two blobs while another blob holds two).
+    Forward over k, the k - 1 solution plus one k-means++ centre; backward, the k + 1 solution
+    minus its least useful centre; the lowest inertia wins. Why the warm starts stay: independent
+    k-means++ restarts get stuck, at some ks, in the local minimum with one centre on two blobs and
+    two centres on one; that k's silhouette drops and the recommendation can move. Starting from a
+    neighbouring k's solution escapes it (``benchmarks/bench_choose_k.py --no-warm-start`` shows
+    the difference; figures in ``docs/choose_k.md``). Fits run with ``_SWEEP_THREADS`` threads:
+    thousands of small fits are faster on one thread than on two (no start-up or spin-waiting).
     """
     from tqdm.auto import tqdm
 
-    best: dict[int, tuple[np.ndarray, float]] = {}
-    with tqdm(total=2 * len(ks) - 1, desc=desc, unit="k", disable=not show_progress, leave=False) as bar:
+    best: dict[int, _Fit] = {}
+    total = 2 * len(ks) - 1 if _WARM_STARTS else len(ks)
+    with (
+        _thread_limit(_SWEEP_THREADS),
+        tqdm(total=total, desc=desc, unit="k", disable=not show_progress, leave=False) as bar,
+    ):
         for k in ks:
-            warm = [_add_centre(T, sq, best[k - 1][0], rng)] if k - 1 in best else []
-            best[k] = fit_k(k, warm, True)
+            fit = _kmeans(T, k, None, n_init, random_state)
+            if _WARM_STARTS and k - 1 in best:
+                warm = _kmeans(T, k, _add_centre(T, best[k - 1].centroids, rng), 1, random_state)
+                fit = min(fit, warm, key=lambda f: f.inertia)
+            best[k] = fit
             bar.update()
-        for k in reversed(ks[:-1]):
-            cand = fit_k(k, [_drop_centre(T, sq, best[k + 1][0])], False)
-            if cand[1] < best[k][1]:
-                best[k] = cand
-            bar.update()
+        if _WARM_STARTS:
+            for k in reversed(ks[:-1]):
+                cand = _kmeans(T, k, _drop_centre(T, best[k + 1].centroids), 1, random_state)
+                if cand.inertia < best[k].inertia:
+                    best[k] = cand
+                bar.update()
     return best
+
+
+def _kmeans(T: np.ndarray, k: int, init: np.ndarray | None, n_init: int, random_state: int) -> _Fit:
+    """scikit-learn ``KMeans``: k-means++ with ``n_init`` restarts, or Lloyd from ``init``."""
+    from sklearn.cluster import KMeans
+
+    if init is None:
+        km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=random_state)
+    else:
+        km = KMeans(n_clusters=k, init=np.asarray(init, dtype=T.dtype), n_init=1, random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        km.fit(T)
+    return _Fit(
+        np.asarray(km.cluster_centers_, dtype=np.float32), km.labels_.astype(np.int32), float(km.inertia_)
+    )
+
+
+def _add_centre(T: np.ndarray, C: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``C`` plus one k-means++ centre: a row of ``T`` drawn with probability ~ squared distance to ``C``."""
+    from sklearn.cluster import kmeans_plusplus
+
+    _labels, dist = nearest_centroid(T, C)
+    weight = dist.astype(np.float64) ** 2
+    seed = int(rng.integers(2**31 - 1))
+    if weight.sum() <= 0:  # every row sits on a centre: any row will do
+        return np.vstack([C, T[seed % len(T)]])
+    centre, _idx = kmeans_plusplus(T, 1, sample_weight=weight, random_state=seed)
+    return np.vstack([C, centre])
+
+
+def _drop_centre(T: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """``C`` without the centre whose removal raises the objective least."""
+    labels, d1 = nearest_centroid(T, C)
+    cost = np.zeros(len(C))
+    for j in range(len(C)):
+        members = labels == j
+        if members.any():
+            _l, d2 = nearest_centroid(T[members], np.delete(C, j, axis=0))
+            cost[j] = float((d2.astype(np.float64) ** 2 - d1[members].astype(np.float64) ** 2).sum())
+    return np.delete(C, int(np.argmin(cost)), axis=0)
+
+
+def _assign(Z: np.ndarray, centroids: np.ndarray) -> _Fit:
+    """Every row's nearest centroid; the inertia (sum of squared distances) in float64."""
+    labels, dist = nearest_centroid(Z, centroids)
+    inertia = float(np.square(dist, dtype=np.float64).sum())
+    return _Fit(np.ascontiguousarray(centroids, dtype=np.float32), labels, inertia)
 
 
 def _cluster_sums(labels: np.ndarray, k: int, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -807,216 +915,76 @@ def _cluster_sums(labels: np.ndarray, k: int, T: np.ndarray) -> tuple[np.ndarray
     return np.asarray(onehot @ T), counts
 
 
-def _sq_dists(T: np.ndarray, sq: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Squared distances [n, k] (float32, clipped at 0)."""
-    D = T @ C.T
-    D *= -2
-    D += np.einsum("ij,ij->i", C, C)[None, :]
-    D += sq[:, None]
-    np.maximum(D, 0, out=D)
+def _sample_distances(Zs: np.ndarray) -> np.ndarray | None:
+    """The Euclidean distance matrix of the scored sample (``None`` above ``_PRECOMPUTED_MAX_BYTES``)."""
+    from sklearn.metrics import pairwise_distances
+
+    if 4 * len(Zs) ** 2 > _PRECOMPUTED_MAX_BYTES:
+        return None
+    D = pairwise_distances(Zs)
+    np.fill_diagonal(D, 0.0)
     return D
 
 
-def _lloyd(T: np.ndarray, sq: np.ndarray, C0: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """Lloyd iterations from ``C0`` until no label changes or the objective improves < 1e-4 relatively.
+def _sample_scores(
+    Zs: np.ndarray, D: np.ndarray | None, label_sets: Sequence[np.ndarray], show_progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's silhouette and Davies-Bouldin of each labelling of ``Zs`` (NaN where undefined).
 
-    Returns ``(centroids, objective, labels)``: the objective (sum of squared distances of ``T``) and
-    labels belong to the returned centroids. An empty cluster moves to the point farthest from its
-    centroid.
+    ``D`` (:func:`_sample_distances`) is computed once per run and passed as ``metric="precomputed"``
+    to every ``silhouette_score`` call: the same values as ``metric="euclidean"`` without
+    recomputing the distances for each k. Without ``D``, scikit-learn streams them per k.
     """
-    C = np.array(C0, dtype=np.float32, copy=True)
-    n, k = len(T), len(C)
-    rows = np.arange(n)
-    prev_lab: np.ndarray | None = None
-    prev_obj = math.inf
-    for it in range(_MAX_ITER):
-        D = _sq_dists(T, sq, C)
-        lab = D.argmin(axis=1)
-        dmin = D[rows, lab]
-        obj = float(dmin.sum(dtype=np.float64))
-        if it == _MAX_ITER - 1 or (
-            prev_lab is not None and (np.array_equal(lab, prev_lab) or prev_obj - obj <= _TOL * obj)
-        ):
-            break
-        prev_lab, prev_obj = lab, obj
-        sums, counts = _cluster_sums(lab, k, T)
-        C = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            far = np.argsort(-dmin, kind="stable")[: len(empty)]
-            C[empty] = T[far]
-    return C, obj, lab.astype(np.int32)
+    from sklearn.metrics import davies_bouldin_score, silhouette_score
 
-
-def _add_centre(T: np.ndarray, sq: np.ndarray, C: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``C`` plus one centre chosen by a greedy k-means++ step (D^2 sampling, best of 2 + log k)."""
-    closest = _sq_dists(T, sq, C).min(axis=1)
-    pot = float(closest.sum(dtype=np.float64))
-    if pot <= 0:
-        return np.vstack([C, T[int(rng.integers(len(T)))]])
-    trials = 2 + int(math.log(len(C) + 1))
-    cand = np.minimum(
-        np.searchsorted(np.cumsum(closest, dtype=np.float64), rng.random(trials) * pot), len(T) - 1
-    )
-    pots = np.minimum(closest[None, :], _sq_dists(T, sq, T[cand]).T).sum(axis=1, dtype=np.float64)
-    return np.vstack([C, T[int(cand[int(np.argmin(pots))])]])
-
-
-def _drop_centre(T: np.ndarray, sq: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """``C`` without the centre whose removal raises the objective least."""
-    D = _sq_dists(T, sq, C)
-    two = np.partition(D, 1, axis=1)[:, :2]
-    lab = D.argmin(axis=1)
-    cost = np.bincount(lab, weights=(two[:, 1] - two[:, 0]).astype(np.float64), minlength=len(C))
-    return np.delete(C, int(np.argmin(cost)), axis=0)
-
-
-def _assign(Z: np.ndarray, centroids: np.ndarray) -> _Fit:
-    """Nearest centroid of every row (exact, in row blocks); inertia in float64."""
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    n = len(Z)
-    labels = np.empty(n, dtype=np.int32)
-    inertia = 0.0
-    step = max(1024, _BLOCK_BYTES // (4 * max(1, len(centroids))))
-    for s in range(0, n, step):
-        blk = Z[s : s + step]
-        D = _sq_dists(blk, np.einsum("ij,ij->i", blk, blk), centroids)
-        lab = D.argmin(axis=1)
-        labels[s : s + step] = lab
-        inertia += float(D[np.arange(len(blk)), lab].sum(dtype=np.float64))
-    return _Fit(centroids, labels, inertia)
-
-
-def _kmeanspp(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ (2 + log k local trials per centre, as scikit-learn) in float32 numpy."""
-    n = len(X)
-    sq = np.einsum("ij,ij->i", X, X)
-    trials = 2 + int(math.log(k))
-    first = int(rng.integers(n))
-    idx = [first]
-    closest = np.maximum(sq + sq[first] - 2 * (X @ X[first]), 0)
-    pot = float(closest.sum(dtype=np.float64))
-    for _ in range(1, k):
-        if pot <= 0:  # fewer distinct points than k: repeat a point (Lloyd splits empty clusters)
-            idx.append(int(rng.integers(n)))
-            continue
-        r = rng.random(trials) * pot
-        cand = np.minimum(np.searchsorted(np.cumsum(closest, dtype=np.float64), r), n - 1)
-        dc = np.maximum(sq[None, :] + sq[cand][:, None] - 2 * (X[cand] @ X.T), 0)
-        new = np.minimum(closest[None, :], dc)
-        pots = new.sum(axis=1, dtype=np.float64)
-        b = int(np.argmin(pots))
-        closest, pot = new[b], float(pots[b])
-        idx.append(int(cand[b]))
-    return np.ascontiguousarray(X[idx])
-
-
-def _silhouettes(
-    Zs: np.ndarray, label_sets: Sequence[np.ndarray], *, show_progress: bool = False
-) -> np.ndarray:
-    """Exact mean silhouette (Euclidean) of each labelling of the rows of ``Zs``, in one pass.
-
-    Same definition as ``sklearn.metrics.silhouette_score``: a(i) mean distance to the other
-    members of i's cluster, b(i) the smallest mean distance to another non-empty cluster,
-    s(i) = (b - a) / max(a, b), 0 for members of singleton clusters. NaN where fewer than 2
-    clusters are non-empty. Distances are computed once per row block and multiplied by the
-    one-hot memberships of all labellings together, so extra labellings are nearly free.
-    """
     m = len(Zs)
-    if not label_sets:
-        return np.zeros(0)
-    sizes = [int(lab.max()) + 1 for lab in label_sets]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    total = int(offsets[-1])
-    onehot = np.zeros((m, total), dtype=np.float32)
-    rows = np.arange(m)
-    for j, lab in enumerate(label_sets):
-        onehot[rows, offsets[j] + lab] = 1.0
-    counts = onehot.sum(axis=0, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", Zs, Zs).astype(np.float32)
-    ssum = np.zeros(len(label_sets))
-    block = int(max(1, min(m, _BLOCK_BYTES // (4 * max(m, total)))))
-    from tqdm.auto import tqdm
-
-    for s in tqdm(
-        range(0, m, block), desc="silhouette", unit="block", disable=not show_progress, leave=False
-    ):
-        e = min(m, s + block)
-        D = Zs[s:e] @ Zs.T
-        D *= -2
-        D += sq[s:e, None]
-        D += sq[None, :]
-        np.maximum(D, 0, out=D)
-        np.sqrt(D, out=D)
-        D[np.arange(e - s), np.arange(s, e)] = 0.0
-        P = (D @ onehot).astype(np.float64)  # [block, total] sums of distances to each cluster
-        for j, lab in enumerate(label_sets):
-            o, kk = offsets[j], sizes[j]
-            c = counts[o : o + kk]
-            S = P[:, o : o + kk]
-            own = lab[s:e]
-            r = np.arange(e - s)
-            n_own = c[own]
-            a = S[r, own] / np.maximum(n_own - 1, 1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                means = np.where(c > 0, S / c, np.inf)
-            means[r, own] = np.inf
-            b = means.min(axis=1)
-            denom = np.maximum(a, b)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                si = np.where((n_own > 1) & np.isfinite(b) & (denom > 0), (b - a) / denom, 0.0)
-            ssum[j] += si.sum()
-    out = ssum / m
-    for j in range(len(label_sets)):
-        if np.count_nonzero(counts[offsets[j] : offsets[j] + sizes[j]]) < 2:
-            out[j] = np.nan
-    return out
-
-
-def _davies_bouldin(Zs: np.ndarray, labels: np.ndarray) -> float:
-    """Davies-Bouldin index as ``sklearn.metrics.davies_bouldin_score``, vectorised; NaN below 2 clusters."""
-    k = int(labels.max()) + 1
-    sums, counts = _cluster_sums(labels, k, Zs)
-    present = np.flatnonzero(counts)
-    if len(present) < 2:
-        return float("nan")
-    C = (sums[present] / counts[present, None]).astype(np.float32)
-    remap = np.full(k, -1)
-    remap[present] = np.arange(len(present))
-    lab = remap[labels]
-    sqz = np.einsum("ij,ij->i", Zs, Zs)
-    sqc = np.einsum("ij,ij->i", C, C)
-    dot = np.einsum("ij,ij->i", Zs, C[lab]) if len(present) > 64 else (Zs @ C.T)[np.arange(len(Zs)), lab]
-    dist = np.sqrt(np.maximum(sqz + sqc[lab] - 2 * dot, 0)).astype(np.float64)
-    intra = np.bincount(lab, weights=dist, minlength=len(present)) / counts[present]
-    C64 = C.astype(np.float64)
-    sq64 = sqc.astype(np.float64)
-    cd = np.sqrt(np.maximum(sq64[:, None] + sq64[None, :] - 2 * (C64 @ C64.T), 0))
-    np.fill_diagonal(cd, 0.0)
-    if np.allclose(intra, 0) or np.allclose(cd, 0):
-        return 0.0
-    cd[cd == 0] = np.inf
-    return float(np.mean(np.max((intra[:, None] + intra[None, :]) / cd, axis=1)))
+    sil = np.full(len(label_sets), np.nan)
+    dbi = np.full(len(label_sets), np.nan)
+    for j, lab in enumerate(_progress(label_sets, show_progress, "silhouette")):
+        if not 2 <= len(np.unique(lab)) <= m - 1:
+            continue
+        if D is not None:
+            sil[j] = silhouette_score(D, lab, metric="precomputed")
+        else:
+            sil[j] = silhouette_score(Zs, lab, metric="euclidean")
+        dbi[j] = davies_bouldin_score(Zs, lab)
+    return sil, dbi
 
 
 def _knee(ks: Sequence[int], inertia: np.ndarray) -> tuple[int, str]:
     """Knee of the decreasing, roughly convex inertia curve: kneed, else the chord rule."""
     if len(ks) < 3:
         return int(ks[0]), "chord"
-    try:
-        from kneed import KneeLocator
-    except ImportError:
-        log.info("kneed is not installed: knee found by the chord rule (pip install 'varsitysrch[plot]')")
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            knee = KneeLocator(
-                list(ks), list(map(float, inertia)), curve="convex", direction="decreasing", S=1.0
-            ).knee
-        if knee is not None:
-            return int(knee), "kneed"
-        log.info("kneed found no knee: using the chord rule")
+    KneeLocator = _kneed_locator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        knee = KneeLocator(
+            list(ks), list(map(float, inertia)), curve="convex", direction="decreasing", S=1.0
+        ).knee
+    if knee is not None:
+        return int(knee), "kneed"
+    log.info("kneed found no knee: using the chord rule")
     return _chord_knee(ks, inertia), "chord"
+
+
+def _kneed_locator() -> Any:
+    """``kneed.KneeLocator``, imported without letting kneed import ``matplotlib.pyplot``.
+
+    kneed imports pyplot at import time for its optional plotting helpers (unused here); pyplot
+    brings global figure state and backend selection into a library that only draws on
+    ``matplotlib.figure.Figure``. Blocking it for the duration of that import makes kneed skip it.
+    """
+    import sys
+
+    if "kneed" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
+        sys.modules["matplotlib.pyplot"] = None  # type: ignore[assignment]
+        try:
+            import kneed
+        finally:
+            del sys.modules["matplotlib.pyplot"]
+    import kneed
+
+    return kneed.KneeLocator
 
 
 def _chord_knee(ks: Sequence[int], inertia: np.ndarray) -> int:
@@ -1049,17 +1017,16 @@ def _recommend(ks: Sequence[int], sil: np.ndarray, knee: int) -> tuple[int, int,
         return (
             best_k,
             int(knee),
-            f"the silhouette is flat (max - min = {spread:.3f} < {SIL_FLAT}): the knee of the inertia curve "
-            f"(k={knee})",
+            f"flat silhouette (max - min {spread:.3f} < {SIL_FLAT}): the knee (k={knee})",
         )
     near = [int(k) for k, v, ok in zip(ks, s, finite, strict=True) if ok and v >= best_s - SIL_TIE]
     rec = min(near, key=lambda k: (abs(k - knee), k))
     if len(near) == 1:
-        rule = f"the highest silhouette ({best_s:.3f} at k={best_k}; no other k within {SIL_TIE})"
+        rule = f"highest silhouette ({best_s:.3f}), alone in the tie band {SIL_TIE}; knee at k={knee}"
     else:
         rule = (
-            f"the highest silhouette ({best_s:.3f} at k={best_k}); ks within {SIL_TIE} of it: {near}; "
-            f"of these the nearest to the knee of the inertia curve (k={knee})"
+            f"highest silhouette {best_s:.3f} at k={best_k}; tie band {SIL_TIE}: {near}; "
+            f"the nearest to the knee (k={knee})"
         )
     return best_k, int(rec), rule
 
@@ -1077,45 +1044,28 @@ def _candidates(ks: Sequence[int], sil: np.ndarray, knee: int, rec: int) -> list
 def _retrieval_scores(
     X: np.ndarray, Z: np.ndarray, ks: Sequence[int], fits: Mapping[int, _Fit], q_idx: np.ndarray
 ) -> RetrievalScores:
+    """Recall@10 and scanned share per k and nprobe (:func:`~varsitysrch._neighbours.probe_recall`)."""
     n = len(X)
-    top = min(RECALL_AT, n - 1)
-    nn = _exact_neighbours(X, q_idx, top)
+    exact, _scores = exact_topk(X[q_idx], X, min(RECALL_AT, n - 1), exclude=q_idx)
     Zq = Z[q_idx]
     recall: dict[int, list[float]] = {p: [] for p in NPROBES}
     scanned: dict[int, list[float]] = {p: [] for p in NPROBES}
     for k in ks:
         fit = fits[k]
+        order = centroid_order(Zq, fit.centroids)
+        by_nprobe = probe_recall(exact, fit.labels, order)
         counts = np.bincount(fit.labels, minlength=k).astype(np.float64)
-        c = fit.centroids
-        dq = (Zq * Zq).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (Zq @ c.T)
-        probes = np.argsort(dq, axis=1, kind="stable")
-        lab_nn = fit.labels[nn]  # [q, top]
         for p in NPROBES:
             pp = min(p, k)
-            hit = (lab_nn[:, :, None] == probes[:, None, :pp]).any(axis=2)
-            recall[p].append(float(hit.mean()))
-            scanned[p].append(float(counts[probes[:, :pp]].sum(axis=1).mean() / n))
+            recall[p].append(float(by_nprobe[pp - 1]))
+            scanned[p].append(float(counts[order[:, :pp]].sum(axis=1).mean() / n))
     return RetrievalScores(
         nprobe=NPROBES,
         recall_at_10={p: tuple(v) for p, v in recall.items()},
         scanned_fraction={p: tuple(v) for p, v in scanned.items()},
         n_queries=len(q_idx),
-        top=top,
+        top=int(exact.shape[1]),
     )
-
-
-def _exact_neighbours(X: np.ndarray, q_idx: np.ndarray, top: int) -> np.ndarray:
-    """Indices [q, top] of the nearest rows of ``X`` (cosine; unit rows) to ``X[q_idx]``, self excluded."""
-    out = np.empty((len(q_idx), top), dtype=np.int64)
-    step = max(1, _BLOCK_BYTES // (4 * len(X)))
-    for s in range(0, len(q_idx), step):
-        q = q_idx[s : s + step]
-        sim = X[q] @ X.T
-        sim[np.arange(len(q)), q] = -np.inf
-        part = np.argpartition(-sim, top - 1, axis=1)[:, :top]
-        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
-        out[s : s + step] = np.take_along_axis(part, order, axis=1)
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1123,29 +1073,43 @@ def _json_float(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
+def _check_plot_format(path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fmt = path.suffix.lstrip(".").lower() or "png"
-    supported = fig.canvas.get_supported_filetypes()
+    supported = FigureCanvasAgg.get_supported_filetypes()
     if fmt not in supported:
         raise InvalidArgumentError(
             f"plot_path must end in one of {', '.join('.' + f for f in sorted(supported))}; got {str(path)!r}"
         )
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    _check_plot_format(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=100)
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=100)
 
 
-def _show(fig: Figure) -> None:
+def _display_function(show: bool | None) -> Any:
+    """IPython's ``display`` when the figure should be shown inline, else ``None`` (never blocks)."""
+    if show is False:
+        return None
     try:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:
-        get_ipython = None
-    if get_ipython is None or get_ipython() is None:
-        log.warning(
-            "show=True displays the figure in a notebook only (no IPython here); use plot_path to save it"
-        )
-        return
-    display(fig)
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is None:
+        if show:
+            log.warning(
+                "show=True displays the figure in a notebook (IPython/Jupyter) only, not here; see plot_path"
+            )
+        return None
+    if show is None and getattr(shell, "kernel", None) is None:
+        return None  # a terminal IPython: an inline figure would print its repr
+    return display
 
 
 def _cores() -> int:
