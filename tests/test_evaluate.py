@@ -243,3 +243,107 @@ def test_clear_errors(hand_store: Path, tmp_path: Path) -> None:
         evaluate(hand_store, top_k=0)
     with pytest.raises(InvalidArgumentError, match="query_split"):
         evaluate(hand_store, query_split=1.5, k_values=(2,))
+
+
+# ------------------------------------------------------------------ recall@1 / @5 and separate query sets
+def test_recall_at_1_and_5_by_hand(hand_store: Path) -> None:
+    rep = evaluate(hand_store, configs=["x"], k_values=(2,), nprobes=(), top_k=2, n_queries=None)
+    ex = _row(rep, "exact")
+    # first results (see HAND_*): a/1 -> b/1, a/2 -> b/1, a/3 -> a/2, b/1 -> a/2, b/2 -> b/3, b/3 -> b/2
+    assert ex["r1"] == pytest.approx(3 / 6, abs=1e-4)
+    assert ex["r5"] == pytest.approx(5 / 6, abs=1e-4)  # top_k = 2 caps R@5 at the top 2
+    assert "R@1" in rep.to_markdown()
+
+
+@pytest.fixture(scope="module")
+def shopper_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Other photos of the same four classes (another seed, larger, on a cluttered frame)."""
+    from PIL import Image
+
+    from imagegen import make_synthetic_catalogue
+
+    root = tmp_path_factory.mktemp("shoppers")
+    made = make_synthetic_catalogue(root, n_classes=4, per_class=3, size=96, seed=7)
+    rng = np.random.default_rng(3)
+    for rel in made:  # paste each product into the corner of a noisy, bigger frame
+        im = Image.open(root / rel).convert("RGB")
+        frame = Image.fromarray(rng.integers(0, 256, size=(160, 160, 3), dtype=np.uint8))
+        frame.paste(im, (int(rng.integers(0, 64)), int(rng.integers(0, 64))))
+        frame.save(root / rel, "PNG" if rel.endswith(".png") else "JPEG")
+    return root
+
+
+def test_separate_query_set_is_searched_against_the_whole_catalogue(
+    synth_catalogue: tuple[Path, dict[str, str]], shopper_photos: Path, tmp_path: Path
+) -> None:
+    root, _ = synth_catalogue
+    rep = evaluate(
+        root,
+        configs=["efficientnet-lite0+pca=0", "efficientnet-lite0+pca=0+crops"],
+        k_values=(4,),
+        nprobes=(),
+        top_k=5,
+        n_queries=None,
+        n_latency=2,
+        seed_baseline=False,
+        queries_dir=shopper_photos,
+        out_dir=tmp_path,
+    )
+    assert rep.meta["n_catalogue"] == 24 and rep.meta["n_queries"] == 12  # nothing removed from the catalogue
+    assert rep.meta["query_split"].startswith("query set")
+    one = _row(rep, "exact", config="efficientnet-lite0+pca=0")
+    many = _row(rep, "exact", config="efficientnet-lite0+pca=0+crops=1")
+    for r in (one, many):
+        assert 0.0 <= r["r1"] <= r["r5"] <= 1.0 and r["recall"] == 1.0
+        assert r["r5"] > 0.5  # very different classes: the product's class is found
+    # six views cost more than one to embed
+    assert many["embed_search_ms_p50"] > one["embed_search_ms_p50"]
+    # query vectors are cached: a rerun embeds nothing new
+    cached = sorted((tmp_path / "queries").glob("*.npy"))
+    assert len(cached) == 2
+
+
+def test_query_csv_inside_the_catalogue_holds_those_images_out(
+    synth_catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, labels = synth_catalogue
+    picked = sorted(labels)[::4]  # 6 images
+    qcsv = tmp_path / "queries.csv"
+    qcsv.write_text("image,label\n" + "".join(f"{i},{labels[i]}\n" for i in picked), encoding="utf-8")
+    rep = evaluate(
+        root,
+        configs=["efficientnet-lite0+pca=0"],
+        k_values=(3,),
+        nprobes=(),
+        top_k=3,
+        n_queries=None,
+        n_latency=0,
+        seed_baseline=False,
+        queries_csv=qcsv,
+        out_dir=tmp_path / "eval",
+    )
+    assert rep.meta["n_queries"] == 6 and rep.meta["n_catalogue"] == 18
+
+
+def test_query_set_errors(
+    synth_catalogue: tuple[Path, dict[str, str]], shopper_photos: Path, tmp_path: Path
+) -> None:
+    root, _ = synth_catalogue
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        evaluate(root, query_split=0.2, queries_dir=shopper_photos)
+    with pytest.raises(InvalidArgumentError, match="not a folder"):
+        evaluate(root, queries_dir=tmp_path / "nope", k_values=(2,))
+    other = tmp_path / "other"
+    (other / "unknown-class").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(other / "unknown-class" / "x.png")
+    with pytest.raises(InvalidArgumentError, match="labels must match"):
+        evaluate(
+            root, queries_dir=other, configs=["efficientnet-lite0+pca=0"], k_values=(2,), out_dir=tmp_path
+        )
+    # a CSV naming files outside the query folder reads nothing there
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,label\n../../etc/passwd,x\n", encoding="utf-8")
+    with pytest.raises(InvalidArgumentError, match="no labelled query image"):
+        evaluate(root, queries_dir=shopper_photos, queries_csv=bad, k_values=(2,))

@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import InvalidArgumentError
-from ._extractors import DEFAULT_EXTRACTOR, get_extractor
+from ._extractors import DEFAULT_EXTRACTOR, Extractor, get_extractor
 from ._io import write_json
 from ._postprocess import (
     DBA_NEIGHBOURS,
@@ -87,7 +87,6 @@ from ._postprocess import (
     Whitening,
     apply_whitening,
     augment_rows,
-    colour_descriptor,
     colour_rerank,
     fit_whitening,
     neighbour_lists,
@@ -96,7 +95,7 @@ from ._store import STORE_JSON, FeatureStore, normalize_rows
 
 log = logging.getLogger(__name__)
 
-POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour")
+POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour", "crops", "flipq")
 _POST_DEFAULTS: dict[str, float] = {
     "whiten": 0,  # 0 = all components
     "pwhiten": 0.25,
@@ -104,6 +103,8 @@ _POST_DEFAULTS: dict[str, float] = {
     "dba": DBA_NEIGHBOURS,
     "qe": QE_NEIGHBOURS,
     "colour": 0.1,
+    "crops": 1,  # query embedded as the whole image + five 70 % crops, best view per catalogue image
+    "flipq": 1,  # the query's mirror image as one more view
 }
 _OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
 #: plain cosine (the obvious baseline), the library default, and the default + opt-in query expansion:
@@ -236,6 +237,8 @@ class EvalReport:
             f"P@{k}",
             f"mAP@{k}",
             "ΔmAP",
+            "R@1",
+            "R@5",
             f"recall@{k} vs exact",
             "hit rate",
             "scanned",
@@ -259,6 +262,8 @@ class EvalReport:
                     f"{r['precision']:.3f}",
                     f"{r['map']:.3f}",
                     "-" if base is None else f"{r['map'] - base:+.3f}",
+                    "-" if r.get("r1") is None else f"{r['r1']:.3f}",
+                    "-" if r.get("r5") is None else f"{r['r5']:.3f}",
                     f"{r['recall']:.3f}",
                     f"{r['hit_rate']:.3f}",
                     f"{r['scanned']:.3f}",
@@ -395,6 +400,43 @@ class _Queries:
     ids: list[str]
     split: str
     held_out: bool
+    #: a separate query set (not catalogue images): (its folder, labels of its images)
+    external: tuple[Path, dict[str, str]] | None = None
+
+
+def _query_set(
+    source: Path,
+    features_mode: bool,
+    queries_dir: str | os.PathLike[str] | None,
+    queries_csv: str | os.PathLike[str] | None,
+) -> tuple[Path, dict[str, str], bool]:
+    """``(folder, labels, same_folder)`` of a labelled query set given by a folder and/or a CSV."""
+    from ._images import list_images
+
+    root = Path(queries_dir) if queries_dir is not None else source
+    if queries_dir is None and features_mode:
+        raise InvalidArgumentError(
+            "queries_csv without queries_dir needs an image folder as the catalogue, not a feature store"
+        )
+    if not root.is_dir():
+        raise InvalidArgumentError(f"queries_dir {str(root)!r} is not a folder")
+    if queries_csv is not None:
+        qlabels, _ = read_labels(queries_csv)
+    else:
+        qlabels = folder_labels(list_images(root))
+    base = root.resolve()
+    safe: dict[str, str] = {}
+    for i, lab in qlabels.items():
+        p = (root / i).resolve()
+        if p.is_file() and p.is_relative_to(base):  # nothing outside the query folder is read
+            safe[i] = lab
+    if not safe:
+        raise InvalidArgumentError(
+            f"no labelled query image found in {str(root)!r}"
+            + (f" (labels from {str(queries_csv)!r})" if queries_csv is not None else " (sub-folder names)")
+        )
+    same = not features_mode and base == source.resolve()
+    return root, safe, same
 
 
 def _choose_queries(
@@ -553,6 +595,8 @@ def evaluate(
     threads: int | None = None,
     show_progress: bool = False,
     report_stem: str = "eval",
+    queries_dir: str | os.PathLike[str] | None = None,
+    queries_csv: str | os.PathLike[str] | None = None,
 ) -> EvalReport:
     """Measure search quality of configurations x ``k`` x ``nprobe`` against exact and seed baselines.
 
@@ -579,6 +623,13 @@ def evaluate(
         threads: ONNX Runtime threads (default: number of CPUs).
         show_progress: progress bars.
         report_stem: file names of the report in ``out_dir`` (``<stem>.json`` etc.).
+        queries_dir: a separate labelled query set (e.g. shoppers' photos searched against
+            catalogue shots): a folder of images, labels from its sub-folders unless
+            ``queries_csv`` is given.  Its labels must match the catalogue's labels;
+            rows then also report recall@1 / recall@5 of that cross-domain search.
+        queries_csv: CSV ``image,label`` of the query set (paths relative to
+            ``queries_dir``, or to the catalogue folder when ``queries_dir`` is not given:
+            then those catalogue images are the queries and are held out of the catalogue).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InvalidArgumentError(f"top_k must be a positive integer; got {top_k!r}")
@@ -586,6 +637,10 @@ def evaluate(
         raise InvalidArgumentError(f"n_queries must be >= 1 or None; got {n_queries}")
     if not k_values:
         raise InvalidArgumentError("k_values must name at least one k")
+    if (queries_dir is not None or queries_csv is not None) and query_split is not None:
+        raise InvalidArgumentError(
+            "give either query_split or a query set (queries_dir / queries_csv), not both"
+        )
     cfgs = [EvalConfig.parse(c) for c in configs]
     if not cfgs:
         raise InvalidArgumentError("configs must name at least one configuration")
@@ -624,6 +679,8 @@ def evaluate(
             seed_baseline,
             threads,
             show_progress,
+            queries_dir,
+            queries_csv,
         )
         if out_dir is not None:
             report.write(work, report_stem)
@@ -651,18 +708,74 @@ def _feature_store(
     return FeatureStore.open(folder)
 
 
-def _colours(source: Path, ids: list[str], work: Path) -> np.ndarray:
+def _colours(source: Path, ids: list[str], work: Path, tag: str = "catalogue") -> np.ndarray:
+    """Colour signatures (:func:`~varsitysrch._colour.colour_signature`) of images, cached in ``work``."""
+    from ._colour import SIGNATURE_DIM, colour_signature
+    from ._errors import ImageError
     from ._images import load_image
 
-    cache = work / "colour" / "colours.npy"
-    cache_ids = cache.with_suffix(".txt")
-    if cache.exists() and cache_ids.exists() and cache_ids.read_text(encoding="utf-8").split("\n") == ids:
+    key = hashlib.sha256((str(source.resolve()) + "\n" + "\n".join(ids)).encode()).hexdigest()[:12]
+    cache = work / "colour" / f"{tag}-{key}.npy"
+    if cache.exists():
         return np.load(cache, allow_pickle=False)
-    out = np.stack([colour_descriptor(load_image(source / i, COLOUR_SIZE, "letterbox")) for i in ids])
+    out = np.zeros((len(ids), SIGNATURE_DIM), np.float32)
+    for j, i in enumerate(ids):
+        try:
+            out[j] = colour_signature(load_image(source / i, COLOUR_SIZE, "letterbox"))
+        except ImageError as exc:
+            log.warning("colour of %s: %s", i, exc)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, out, allow_pickle=False)
-    cache_ids.write_text("\n".join(ids), encoding="utf-8")
     return out
+
+
+def _view_batch(path: Path, ex: Extractor, crops: bool, flipq: bool) -> np.ndarray:
+    """The query's views as a uint8 batch: the fitted image (+ five crops) (+ mirrors)."""
+    if not (crops or flipq):
+        from ._images import load_image
+
+        return load_image(path, ex.input_size, ex.resize)[None]
+    from ._query import decode_rgb, query_views
+
+    return query_views(decode_rgb(path), ex.input_size, ex.resize, crops=crops, flip=flipq)
+
+
+def _query_vectors(
+    root: Path,
+    qids: list[str],
+    ex: Extractor,
+    crops: bool,
+    flipq: bool,
+    work: Path,
+    threads: int | None,
+) -> tuple[np.ndarray, list[str]]:
+    """Raw unit vectors ``[n, views, dim]`` of query images (cached in ``work/queries``); unreadable -> 0."""
+    from ._errors import ImageError
+    from ._extractors import Embedder
+
+    ident = json.dumps(ex.identity(), sort_keys=True)
+    key = hashlib.sha256(
+        (ident + str(root.resolve()) + f"|{crops}|{flipq}|" + "\n".join(qids)).encode()
+    ).hexdigest()[:16]
+    cache = work / "queries" / f"{key}.npy"
+    bad_file = cache.with_suffix(".bad.txt")
+    if cache.exists() and bad_file.exists():
+        bad = [b for b in bad_file.read_text(encoding="utf-8").split("\n") if b]
+        return np.load(cache, allow_pickle=False), bad
+    emb = Embedder(ex, threads=threads)
+    n_views = (6 if crops else 1) * (2 if flipq else 1)
+    out = np.zeros((len(qids), n_views, ex.dim), np.float32)
+    bad = []
+    for j, q in enumerate(qids):
+        try:
+            out[j] = emb.embed(_view_batch(root / q, ex, crops, flipq))
+        except ImageError as exc:
+            bad.append(q)
+            log.warning("query %s: %s", q, exc)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, out, allow_pickle=False)
+    bad_file.write_text("\n".join(bad) + "\n", encoding="utf-8")
+    return out, bad
 
 
 def _evaluate(
@@ -681,9 +794,11 @@ def _evaluate(
     seed_baseline: bool,
     threads: int | None,
     show_progress: bool,
+    queries_dir: Any = None,
+    queries_csv: Any = None,
 ) -> EvalReport:
-    from ._cluster import train_clusters
     from ._search import Searcher
+    from ._train import train_clusters
 
     t_start = time.perf_counter()
     stores = {
@@ -704,9 +819,28 @@ def _evaluate(
             "or put the images in class sub-folders"
         )
     rng = np.random.default_rng(random_state)
-    queries = _choose_queries(ids, labels, groups, query_split, n_queries, rng)
+    if queries_dir is not None or queries_csv is not None:
+        qroot, qlabels, same = _query_set(source, features_mode, queries_dir, queries_csv)
+        if same:  # catalogue images as queries: held out of the catalogue, labels from the query CSV
+            labels.update({i: v for i, v in qlabels.items() if i in common})
+            query_split = sorted(i for i in qlabels if i in common)
+            queries = _choose_queries(ids, labels, groups, query_split, n_queries, rng)
+            queries.split = f"query set {queries_csv}"
+        else:
+            known = set(labels.values())
+            qids = sorted(i for i, v in qlabels.items() if v in known)
+            if not qids:
+                raise InvalidArgumentError(
+                    "no query's label occurs in the catalogue: query and catalogue labels must match"
+                )
+            if n_queries is not None and len(qids) > n_queries:
+                qids = [qids[j] for j in sorted(rng.choice(len(qids), size=n_queries, replace=False))]
+            queries = _Queries(qids, f"query set {qroot}", True, (qroot, qlabels))
+    else:
+        queries = _choose_queries(ids, labels, groups, query_split, n_queries, rng)
     qset = set(queries.ids)
-    cat_ids = [i for i in ids if not (queries.held_out and i in qset)]
+    query_label = [queries.external[1][q] if queries.external else labels[q] for q in queries.ids]
+    cat_ids = [i for i in ids if not (queries.held_out and queries.external is None and i in qset)]
     cat_index = {i: j for j, i in enumerate(cat_ids)}
     cat_label = np.array([labels.get(i, "\0unlabelled") for i in cat_ids], dtype=object)
     cat_group = np.array([groups.get(i, f"\0{j}") for j, i in enumerate(cat_ids)], dtype=object)
@@ -721,13 +855,15 @@ def _evaluate(
         group_members.setdefault(g, []).append(j)
     for qi, q in enumerate(queries.ids):
         ex: set[int] = set()
-        if q in cat_index:
+        if queries.external is None and q in cat_index:
             ex.add(cat_index[q])
-        g = groups.get(q)
+        g = groups.get(q) if queries.external is None else None
         if g is not None:
             ex.update(group_members.get(g, []))
         excluded.append(ex)
-        n_relevant[qi] = label_count.get(labels[q], 0) - sum(1 for j in ex if cat_label[j] == labels[q])
+        n_relevant[qi] = label_count.get(query_label[qi], 0) - sum(
+            1 for j in ex if cat_label[j] == query_label[qi]
+        )
     split_key = hashlib.sha256(("\n".join(queries.ids) + f"|{queries.held_out}").encode()).hexdigest()[:10]
     colours = None
     if any(c.post_param("colour") is not None for c in cfgs):
@@ -738,7 +874,14 @@ def _evaluate(
         colours = _colours(source, ids, work)
     id_row = {i: j for j, i in enumerate(ids)}
     cat_rows_all = np.array([id_row[i] for i in cat_ids])
-    q_rows_all = np.array([id_row[i] for i in queries.ids])
+    q_root = queries.external[0] if queries.external else source
+    q_rows_all = None if queries.external else np.array([id_row[i] for i in queries.ids])
+    q_colours = None
+    if colours is not None:
+        assert colours is not None
+        q_colours = (
+            _colours(q_root, queries.ids, work, "queries") if queries.external else colours[q_rows_all]
+        )
 
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -753,8 +896,21 @@ def _evaluate(
         X = np.asarray(store.vectors, np.float32)
         Xr = X[[srow[i] for i in ids]]  # rows in ``ids`` order
         pipe = _Pipeline(cfg, Xr, cat_rows_all, queries.held_out)
-        Q = np.stack([pipe.query_vector(Xr[r]) for r in q_rows_all])
-        qcol = colours[q_rows_all] if colours is not None else None
+        crops, flipq = bool(cfg.post_param("crops")), bool(cfg.post_param("flipq"))
+        if queries.external is None and not (crops or flipq):
+            assert q_rows_all is not None
+            Q = np.stack([pipe.query_vector(Xr[r]) for r in q_rows_all])[:, None]
+        else:
+            if features_mode and queries.external is None:
+                raise InvalidArgumentError(
+                    "multi-view queries (+crops / +flipq) need the images: pass an image folder"
+                )
+            ex_q = Extractor.from_identity(dict(store.extractor))
+            raw, bad = _query_vectors(q_root, queries.ids, ex_q, crops, flipq, work, threads)
+            if bad:
+                notes.append(f"{len(bad)} query images unreadable (counted as misses): {bad[:3]}")
+            Q = np.stack([[pipe.query_vector(v) for v in views] for views in raw])
+        qcol = q_colours
         ccol = colours[cat_rows_all] if colours is not None else None
         # the searchable catalogue of this configuration, as a feature store -> train_clusters -> Searcher
         idx_dir = work / "index" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.name) / split_key
@@ -769,7 +925,11 @@ def _evaluate(
                 "postprocess": cfg.name,
             },
         )
-        emb = None if features_mode else _embed_latency(source, cfg, pipe, queries.ids[:n_latency], threads)
+        emb = (
+            None
+            if features_mode and queries.external is None
+            else _embed_latency(q_root, cfg, pipe, queries.ids[:n_latency], threads, crops, flipq, store)
+        )
         if emb is not None:
             embed_times[cfg.name] = emb
         exact_lists: list[list[int]] | None = None
@@ -806,7 +966,7 @@ def _evaluate(
                 assert exact_lists is not None
                 rel = np.zeros((len(lists), top_k), bool)
                 for qi, lst in enumerate(lists):
-                    lab = labels[queries.ids[qi]]
+                    lab = query_label[qi]
                     for r, j in enumerate(lst[:top_k]):
                         rel[qi, r] = cat_label[j] == lab
                 prec = precision_at_k(rel, top_k)
@@ -838,6 +998,8 @@ def _evaluate(
                         "map": round(float(ap.mean()), 4),
                         "recall": round(float(rec.mean()), 4),
                         "hit_rate": round(float((rel.any(1)).mean()), 4),
+                        "r1": round(float(rel[:, 0].mean()), 4),
+                        "r5": round(float(rel[:, : min(5, top_k)].any(1).mean()), 4),
                         "scanned": round(float(np.mean(scanned)), 4),
                         "search_ms_p50": s50,
                         "search_ms_p95": s95,
@@ -891,23 +1053,39 @@ def _evaluate(
 
 
 def _embed_latency(
-    source: Path, cfg: EvalConfig, pipe: _Pipeline, qids: list[str], threads: int | None
+    root: Path,
+    cfg: EvalConfig,
+    pipe: _Pipeline,
+    qids: list[str],
+    threads: int | None,
+    crops: bool = False,
+    flipq: bool = False,
+    store: FeatureStore | None = None,
 ) -> list[float]:
-    """Seconds to decode + embed (+ transform) each query image, one at a time."""
+    """Seconds to decode + embed (+ transform) each query image (all its views), one at a time."""
     if not qids:
         return []
+    from ._errors import ImageError
     from ._extractors import Embedder
-    from ._images import load_image
 
-    ex = get_extractor(cfg.extractor, **dict(cfg.options))
+    if store is not None:
+        ex = Extractor.from_identity(dict(store.extractor))
+    else:
+        ex = get_extractor(cfg.extractor, **dict(cfg.options))
     emb = Embedder(ex, threads=threads)
-    warm = load_image(source / qids[0], ex.input_size, ex.resize)
-    emb.embed(warm[None])  # first run allocates
     out = []
+    warm = True
     for q in qids:
         t0 = time.perf_counter()
-        arr = load_image(source / q, ex.input_size, ex.resize)
-        pipe.query_vector(emb.embed(arr[None])[0])
+        try:
+            views = emb.embed(_view_batch(root / q, ex, crops, flipq))
+        except ImageError:
+            continue
+        for v in views:
+            pipe.query_vector(v)
+        if warm:  # the first run allocates
+            warm = False
+            continue
         out.append(time.perf_counter() - t0)
     return out
 
@@ -944,13 +1122,22 @@ def _run_queries(
             owners, vecs = patch
             saved = searcher.vectors[owners].copy()
             searcher.vectors[owners] = vecs
-        v = Q[qi]
+        views = Q[qi]
+        v = views[0]
         t0 = time.perf_counter()
         if method == "seed":
             c = int(searcher.model.predict(v[None])[0])
             found = [int(r) for r in searcher.members(c) if int(r) not in ex][:top_k]
         else:
-            hits = searcher.search_vector(v, pool, nprobe=nprobe, exact=exact, expand=pipe.qe, exclude=ex)
+            from ._query import merge_view_hits
+
+            hits = merge_view_hits(
+                [
+                    searcher.search_vector(w, pool, nprobe=nprobe, exact=exact, expand=pipe.qe, exclude=ex)
+                    for w in views
+                ],
+                pool,
+            )
             found = [row_of[h.image] for h in hits]
             if pipe.colour_w is not None and qcol is not None and ccol is not None and found:
                 sims = np.array([h.score for h in hits], np.float32)

@@ -1,0 +1,508 @@
+"""Search quality on both dev domains, one column per domain: every variant, its protocol and its cost.
+
+    python benchmarks/eval_domains.py --part features   # embed every variant once (cached)
+    python benchmarks/eval_domains.py --part table      # leave-one-out / held-out / cross-domain table
+    python benchmarks/eval_domains.py --part colour     # hue-shifted copies: colour weight trade-off
+    python benchmarks/eval_domains.py --part speed      # extraction img/s, old vs new default, one run
+    python benchmarks/eval_domains.py --part api        # the same protocols through varsitysrch.evaluate
+
+Domains: ``../shared/data/clothing-small`` (3,781 photos, 10 classes) and
+``../shared/data/grocery-train`` (2,640 in-store photos, 81 products), each with its
+``manifest.csv`` (relevance = same ``label``).  Fixed, seeded protocol per domain:
+
+* ``Q``: 600 query images (seed 0), the same for all three protocols;
+* **leave-one-out**: every image is the catalogue, the query is removed from its own results;
+* **held-out**: 25 % of the images (``Q`` and more) are removed from the catalogue; every
+  catalogue statistic (search PCA, whitening, DBA) is fitted on the remaining 75 %;
+* **cross-domain** (shopper photo -> small catalogue): a catalogue of 3 photos per product
+  (grocery) / 20 per class (clothing) drawn from outside ``Q``; the queries ``Q`` are
+  separate photos; recall@1, recall@5 and mAP@10.
+
+``--part features`` embeds every image once per backbone / input variant with the same
+ONNX graphs the library builds, plus the last feature map so that average, GeM and
+foreground-weighted pooling come from one pass, plus query-only views (five 70 % crops,
+mirror) of ``Q``.  Everything is cached under ``--cache`` (default
+``/tmp/team/quality``); a rerun only computes what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DOMAINS = {"clothing": DATA / "clothing-small", "grocery": DATA / "grocery-train"}
+CROSS_PER_LABEL = {"clothing": 20, "grocery": 3}
+N_QUERIES = 600
+HELD_OUT = 0.25
+GEM_P = 3.0
+
+
+# ====================================================================== data and protocol
+def manifest(domain: str) -> tuple[list[str], np.ndarray, list[str]]:
+    root = DOMAINS[domain]
+    with open(root / "manifest.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: r["path"])
+    ids = [r["path"] for r in rows]
+    names, y = np.unique([r["label"] for r in rows], return_inverse=True)
+    return ids, y, list(names)
+
+
+def protocol(domain: str) -> dict[str, np.ndarray]:
+    """Row indices of the queries, the held-out catalogue and the cross-domain catalogue (seeded)."""
+    ids, y, _ = manifest(domain)
+    n = len(ids)
+    rng = np.random.default_rng(0)
+    q = np.sort(rng.choice(n, N_QUERIES, replace=False))
+    rest = np.setdiff1d(np.arange(n), q)
+    extra = rng.choice(rest, round(HELD_OUT * n) - len(q), replace=False)
+    held = np.union1d(q, extra)
+    held_cat = np.setdiff1d(np.arange(n), held)
+    cross: list[int] = []
+    for lab in range(int(y.max()) + 1):
+        cand = rest[y[rest] == lab]
+        cross += sorted(rng.choice(cand, min(CROSS_PER_LABEL[domain], len(cand)), replace=False).tolist())
+    return {"q": q, "held_cat": held_cat, "cross_cat": np.array(sorted(cross))}
+
+
+# ====================================================================== embedding
+def fmap_session(name: str, quantized: bool = False, threads: int = 2) -> Any:
+    """An ONNX Runtime session of the library's graph with the last feature map as an extra output."""
+    import onnx
+
+    from varsitysrch import get_extractor
+    from varsitysrch._extractors import _session, onnx_model_bytes
+
+    ex = get_extractor(name, quantized=quantized) if quantized else get_extractor(name)
+    m = onnx.load_from_string(onnx_model_bytes(ex))
+    gap = next(n for n in m.graph.node if n.op_type == "GlobalAveragePool")
+    m.graph.output.append(onnx.helper.make_tensor_value_info(gap.input[0], onnx.TensorProto.FLOAT, None))
+    return _session(m.SerializeToString(), threads), gap.input[0]
+
+
+def pool(fmap: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Average and GeM pooling of ``[N, C, h, w]`` maps, optionally weighted per position ``[N, h, w]``."""
+    f = np.maximum(fmap, 1e-6)
+    if weights is None:
+        return {"avg": fmap.mean((2, 3)), "gem": (f**GEM_P).mean((2, 3)) ** (1 / GEM_P)}
+    w = weights[:, None] / weights.sum((1, 2))[:, None, None, None]
+    return {"avg": (fmap * w).sum((2, 3)), "gem": ((f**GEM_P) * w).sum((2, 3)) ** (1 / GEM_P)}
+
+
+def cell_weights(images: np.ndarray, h: int) -> np.ndarray:
+    """Fraction of foreground pixels in each of the ``h x h`` cells of every image (0.1 floor)."""
+    from varsitysrch._colour import foreground_mask
+
+    out = []
+    for im in images:
+        m = foreground_mask(im).astype(np.float32)
+        s = m.shape[0] // h
+        out.append(m[: s * h, : s * h].reshape(h, s, h, s).mean((1, 3)))
+    return np.maximum(np.stack(out), 0.1)
+
+
+def _decode(domain: str, ids: list[str], size: int, modes: tuple[str, ...]) -> Any:
+    from varsitysrch._images import _fit
+    from varsitysrch._query import decode_rgb
+
+    root = DOMAINS[domain]
+    for i in ids:
+        im = decode_rgb(root / i)
+        yield im, {m: np.asarray(_fit(im, size, m), np.uint8) for m in modes}
+
+
+def embed_variant(domain: str, variant: str, out: Path, batch: int = 16) -> None:
+    """One backbone / input size over every image: lb + cc views, their poolings, flip, colour."""
+    from varsitysrch._colour import colour_signature
+
+    name, size, quant = {
+        "lite0-224": ("efficientnet-lite0", 224, False),
+        "lite0-288": ("efficientnet-lite0", 288, False),
+        "mbv2-224": ("mobilenet-v2", 224, False),
+        "lite0int8-224": ("efficientnet-lite0", 224, True),
+    }[variant]
+    ids, _, _ = manifest(domain)
+    sess, fmap_name = fmap_session(name, quant)
+    want_extra = variant == "lite0-224"
+    acc: dict[str, list[np.ndarray]] = {}
+
+    def add(key: str, v: np.ndarray) -> None:
+        acc.setdefault(key, []).append(np.asarray(v, np.float32))
+
+    def run(arr: np.ndarray) -> np.ndarray:
+        return sess.run([fmap_name], {"images": arr})[0]
+
+    t0 = time.perf_counter()
+    buf: list[tuple[Any, dict[str, np.ndarray]]] = []
+
+    def flush() -> None:
+        lb = np.stack([d["letterbox"] for _, d in buf])
+        cc = np.stack([d["center-crop"] for _, d in buf])
+        same = np.array([im.size[0] == im.size[1] for im, _ in buf])
+        F_lb = run(lb)
+        F_cc = F_lb.copy()
+        if (~same).any():
+            F_cc[~same] = run(cc[~same])
+        h = F_lb.shape[2]
+        for mode, F, imgs in (("lb", F_lb, lb), ("cc", F_cc, cc)):
+            for k, v in pool(F).items():
+                add(f"{mode}_{k}", v)
+            if want_extra:
+                for k, v in pool(F, cell_weights(imgs, h)).items():
+                    add(f"{mode}_fg{k}", v)
+        if want_extra:
+            Ff = run(np.ascontiguousarray(cc[:, :, ::-1]))
+            for k, v in pool(Ff).items():
+                add(f"ccflip_{k}", v)
+            add("colour", np.stack([colour_signature(x) for x in lb]))
+        buf.clear()
+
+    for n, item in enumerate(_decode(domain, ids, size, ("letterbox", "center-crop")), 1):
+        buf.append(item)
+        if len(buf) == batch:
+            flush()
+        if n % 400 == 0:
+            print(
+                f"  {domain} {variant}: {n}/{len(ids)} ({n / (time.perf_counter() - t0):.1f} img/s)",
+                flush=True,
+            )
+    if buf:
+        flush()
+    arrays = {k: np.concatenate(v) for k, v in acc.items()}
+    np.savez(out, **arrays)
+    print(f"  {domain} {variant}: {len(ids)} images in {time.perf_counter() - t0:.0f}s -> {out}", flush=True)
+
+
+def embed_query_views(domain: str, out: Path) -> None:
+    """Query-only views of ``Q`` with Lite0 at 224: five 70 % crops (cc and lb fitted) and lb mirror."""
+    from varsitysrch._images import _fit
+    from varsitysrch._query import crop_boxes, decode_rgb
+
+    ids, _, _ = manifest(domain)
+    q = protocol(domain)["q"]
+    sess, fmap_name = fmap_session("efficientnet-lite0")
+    acc: dict[str, list[np.ndarray]] = {}
+    t0 = time.perf_counter()
+    for n, r in enumerate(q, 1):
+        im = decode_rgb(DOMAINS[domain] / ids[r])
+        boxes = crop_boxes(*im.size)[1:]
+        views = [np.asarray(_fit(im.crop(b), 224, "center-crop"), np.uint8) for b in boxes]
+        views += [np.asarray(_fit(im.crop(b), 224, "letterbox"), np.uint8) for b in boxes]
+        lb = np.asarray(_fit(im, 224, "letterbox"), np.uint8)
+        views.append(np.ascontiguousarray(lb[:, ::-1]))
+        F = sess.run([fmap_name], {"images": np.stack(views)})[0]
+        P = pool(F)
+        for k in ("avg", "gem"):
+            acc.setdefault(f"crops_cc_{k}", []).append(P[k][:5])
+            acc.setdefault(f"crops_lb_{k}", []).append(P[k][5:10])
+            acc.setdefault(f"lbflip_{k}", []).append(P[k][10])
+        if n % 100 == 0:
+            print(
+                f"  {domain} query views: {n}/{len(q)} ({n / (time.perf_counter() - t0):.1f} q/s)", flush=True
+            )
+    np.savez(out, **{k: np.stack(v) for k, v in acc.items()})
+    print(f"  {domain} query views: {len(q)} queries in {time.perf_counter() - t0:.0f}s -> {out}", flush=True)
+
+
+def part_features(args: argparse.Namespace) -> None:
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, str]] = []
+    for variant in args.variants.split(","):
+        for domain in args.domains.split(","):
+            jobs.append((domain, variant))
+    for domain, variant in jobs:
+        if variant == "views":
+            f = cache / f"{domain}-views.npz"
+            if not f.exists():
+                embed_query_views(domain, f)
+            continue
+        f = cache / f"{domain}-{variant}.npz"
+        if not f.exists():
+            embed_variant(domain, variant, f)
+
+
+# ====================================================================== scoring
+def _norm(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    n = np.linalg.norm(X, axis=-1, keepdims=True)
+    return X / np.where(n > 0, n, 1.0)
+
+
+def metrics(
+    S: np.ndarray, qy: np.ndarray, cy: np.ndarray, self_col: np.ndarray | None, k: int = 10
+) -> dict[str, float]:
+    """P@k, mAP@k, recall@1 / @5 (a relevant item in the top 1 / 5) of a score matrix [queries, catalogue]."""
+    from varsitysrch._evaluate import average_precision_at_k, precision_at_k
+
+    S = np.array(S, np.float32, copy=True)
+    n_rel = (cy[None, :] == qy[:, None]).sum(1)
+    if self_col is not None:
+        S[np.arange(len(S)), self_col] = -np.inf
+        n_rel = n_rel - 1
+    part = np.argpartition(-S, k, axis=1)[:, :k]
+    top = np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable"), 1)
+    rel = cy[top] == qy[:, None]
+    return {
+        "p10": float(precision_at_k(rel, k).mean()),
+        "map10": float(average_precision_at_k(rel, n_rel, k).mean()),
+        "r1": float(rel[:, 0].mean()),
+        "r5": float(rel[:, :5].any(1).mean()),
+    }
+
+
+class Domain:
+    """Cached features of one domain and its three protocols."""
+
+    def __init__(self, name: str, cache: Path) -> None:
+        self.name = name
+        self.ids, self.y, self.labels = manifest(name)
+        self.p = protocol(name)
+        self.cache = cache
+        self._f: dict[str, dict[str, np.ndarray]] = {}
+
+    def feats(self, variant: str) -> dict[str, np.ndarray]:
+        if variant not in self._f:
+            f = self.cache / f"{self.name}-{variant}.npz"
+            if not f.exists():
+                raise FileNotFoundError(f)
+            with np.load(f) as z:
+                self._f[variant] = {k: z[k] for k in z.files}
+        return self._f[variant]
+
+    def X(self, spec: str) -> np.ndarray:
+        """``variant:key[+variant:key...]``: unit rows; ``+`` concatenates (an ensemble), ``&`` averages."""
+        if "+" in spec:
+            return _norm(np.hstack([self.X(s) for s in spec.split("+")]))
+        if "&" in spec:
+            return _norm(sum(self.X(s) for s in spec.split("&")))
+        variant, key = spec.split(":")
+        return _norm(self.feats(variant)[key])
+
+    def protocols(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """name -> (catalogue rows, self column of each query in the catalogue or None)."""
+        n = len(self.ids)
+        q = self.p["q"]
+        return {
+            "loo": (np.arange(n), q),
+            "held": (self.p["held_cat"], None),
+            "cross": (self.p["cross_cat"], None),
+        }
+
+
+def search_space(C: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The library's search-space PCA (train_clusters' rule: >= 1,000 catalogue images)."""
+    from varsitysrch._postprocess import SEARCH_PCA_MIN_IMAGES, fit_search_pca
+
+    if dim is None or dim == 0 or len(C) < SEARCH_PCA_MIN_IMAGES:
+        return None
+    if dim < 0:  # centring only
+        return C.mean(0), np.eye(C.shape[1], dtype=np.float32)
+    return fit_search_pca(C, dim)
+
+
+def project(X: np.ndarray, sp: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    from varsitysrch._postprocess import to_search_space
+
+    if sp is None:
+        return _norm(X)
+    shape = X.shape
+    return to_search_space(X.reshape(-1, shape[-1]), *sp).reshape(*shape[:-1], -1)
+
+
+def run_variant(
+    D: Domain,
+    cat_spec: str,
+    *,
+    query_spec: str | None = None,
+    views: str | None = None,
+    aggregate: str = "max",
+    pca: int | None = None,
+    qe: int = 0,
+    dba: int = 0,
+    colour: float = 0.0,
+    protocols: tuple[str, ...] = ("loo", "held", "cross"),
+) -> dict[str, dict[str, float]]:
+    """Exact search of one variant under each protocol -> metrics."""
+    from varsitysrch._postprocess import augment_rows, expand_query, neighbour_lists
+
+    X = D.X(cat_spec)
+    q = D.p["q"]
+    Qx = D.X(query_spec)[q] if query_spec else X[q]
+    V = None
+    if views:
+        extra = [_norm(D.feats("views")[v]) for v in views.split(",")]
+        extra = [e if e.ndim == 3 else e[:, None] for e in extra]
+        V = np.concatenate([Qx[:, None], *extra], axis=1)  # [nq, views, d]
+    colours = D.feats("lite0-224")["colour"] if colour else None
+    out = {}
+    for name in protocols:
+        cat, self_col = D.protocols()[name]
+        if self_col is not None and (dba or pca is not None) and name == "loo":
+            pass  # leave-one-out: statistics fitted on all images (queries included), as the library would
+        C = X[cat]
+        sp = search_space(C, pca)
+        Cs = project(C, sp)
+        if dba:
+            idx, sims = neighbour_lists(Cs, dba + 1)
+            if self_col is not None:
+                # never let a query augment its neighbours: drop it from every list
+                pos = {int(c): j for j, c in enumerate(cat)}
+                qpos = np.array([pos[int(r)] for r in q])
+                drop = np.isin(idx, qpos) & (idx != np.arange(len(Cs))[:, None])
+                sims = np.where(drop, 0.0, sims)
+            Cs = augment_rows(Cs, idx[:, : dba + 1], sims[:, : dba + 1])
+        if V is not None:
+            Vs = project(V, sp)
+            S = np.einsum("qvd,nd->qvn", Vs, Cs)
+            S = S.max(1) if aggregate == "max" else np.einsum("qd,nd->qn", _norm(Vs.mean(1)), Cs)
+        else:
+            S = project(Qx, sp) @ Cs.T
+        sc = None
+        if self_col is not None:
+            pos = {int(c): j for j, c in enumerate(cat)}
+            sc = np.array([pos[int(r)] for r in q])
+        if qe:
+            Qs = project(Qx, sp)
+            S2 = S.copy()
+            if sc is not None:
+                S2[np.arange(len(S2)), sc] = -np.inf
+            nn = np.argsort(-S2, axis=1)[:, :qe]
+            Qe = np.stack([expand_query(Qs[i], Cs[nn[i]], S2[i, nn[i]]) for i in range(len(Qs))])
+            S = Qe @ Cs.T
+        if colours is not None:
+            cc = _norm(colours)
+            S = (1 - colour) * S + colour * (cc[q] @ cc[cat].T)
+        out[name] = metrics(S, D.y[q], D.y[cat], sc)
+    return out
+
+
+#: (row label, catalogue features, keyword arguments of run_variant, relative extraction cost)
+VARIANTS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("**plain**: letterbox, average pool, exact cosine", "lite0-224:lb_avg", {}, "1x"),
+    ("letterbox, GeM", "lite0-224:lb_gem", {}, "1x"),
+    ("centre crop, average pool", "lite0-224:cc_avg", {}, "1x"),
+    ("centre crop + GeM, exact cosine", "lite0-224:cc_gem", {}, "1x"),
+    ("**old default**: centre crop + GeM + PCA 128", "lite0-224:cc_gem", {"pca": 128}, "1x"),
+    ("letterbox, average pool + PCA 128", "lite0-224:lb_avg", {"pca": 128}, "1x"),
+    ("letterbox, average pool + PCA 256", "lite0-224:lb_avg", {"pca": 256}, "1x"),
+    ("letterbox, average pool + centring only", "lite0-224:lb_avg", {"pca": -1}, "1x"),
+    ("centre crop, average pool + PCA 128", "lite0-224:cc_avg", {"pca": 128}, "1x"),
+    ("letterbox, foreground-weighted average pool", "lite0-224:lb_fgavg", {}, "1x"),
+    ("letterbox, foreground-weighted GeM", "lite0-224:lb_fggem", {}, "1x"),
+    ("centre crop, foreground-weighted average", "lite0-224:cc_fgavg", {}, "1x"),
+    (
+        "letterbox avg, flip-averaged query only",
+        "lite0-224:lb_avg",
+        {"query_spec": "lite0-224:lb_avg&views:lbflip_avg"},
+        "1x (query 2x)",
+    ),
+    ("centre crop avg, flip-averaged both sides", "lite0-224:cc_avg&lite0-224:ccflip_avg", {}, "2x"),
+    (
+        "letterbox avg, query = full + 5 crops (cc), best per image",
+        "lite0-224:lb_avg",
+        {"views": "crops_cc_avg"},
+        "1x (query 6x)",
+    ),
+    (
+        "letterbox avg, query = full + 5 crops (lb), best per image",
+        "lite0-224:lb_avg",
+        {"views": "crops_lb_avg"},
+        "1x (query 6x)",
+    ),
+    (
+        "letterbox avg, query = full + 5 crops (cc), mean view",
+        "lite0-224:lb_avg",
+        {"views": "crops_cc_avg", "aggregate": "mean"},
+        "1x (query 6x)",
+    ),
+    (
+        "letterbox avg, query = full + 5 crops + flip, best",
+        "lite0-224:lb_avg",
+        {"views": "crops_cc_avg,lbflip_avg"},
+        "1x (query 7x)",
+    ),
+    (
+        "letterbox avg + PCA 128, query = full + 5 crops, best",
+        "lite0-224:lb_avg",
+        {"views": "crops_cc_avg", "pca": 128},
+        "1x (query 6x)",
+    ),
+    ("letterbox avg + alpha-QE 2", "lite0-224:lb_avg", {"qe": 2}, "1x"),
+    ("letterbox avg + PCA 128 + alpha-QE 2", "lite0-224:lb_avg", {"pca": 128, "qe": 2}, "1x"),
+    ("letterbox avg + PCA 128 + alpha-DBA 5", "lite0-224:lb_avg", {"pca": 128, "dba": 5}, "1x"),
+    ("letterbox avg + colour 0.1", "lite0-224:lb_avg", {"colour": 0.1}, "1x"),
+    ("MobileNetV2, letterbox, average pool", "mbv2-224:lb_avg", {}, "0.9x"),
+    ("MobileNetV2, centre crop, GeM", "mbv2-224:cc_gem", {}, "0.9x"),
+    ("ensemble Lite0 + MobileNetV2 (lb avg, concatenated)", "lite0-224:lb_avg+mbv2-224:lb_avg", {}, "1.9x"),
+    ("int8 Lite0, letterbox, average pool", "lite0int8-224:lb_avg", {}, "0.65x"),
+    ("int8 Lite0, centre crop + GeM", "lite0int8-224:cc_gem", {}, "0.65x"),
+    ("letterbox 288, average pool", "lite0-288:lb_avg", {}, "1.65x"),
+    ("centre crop 288, GeM", "lite0-288:cc_gem", {}, "1.65x"),
+    ("letterbox 224 + 288 average pool, averaged", "lite0-224:lb_avg&lite0-288:lb_avg", {}, "2.65x"),
+]
+
+
+def part_table(args: argparse.Namespace) -> None:
+    cache = Path(args.cache)
+    domains = [Domain(d, cache) for d in args.domains.split(",")]
+    only = set(args.only.split(",")) if args.only else None
+    cols = [(d, p) for d in domains for p in ("loo", "held", "cross")]
+    head = ["variant", "extraction cost"] + [
+        f"{d.name} {'LOO' if p == 'loo' else 'held-out' if p == 'held' else 'cross'} "
+        + ("R@1 / mAP@10" if p == "cross" else "mAP@10")
+        for d, p in cols
+    ]
+    print(
+        f"Exact search, {N_QUERIES} queries per domain (seed 0); mAP@10 (Δ vs plain); "
+        "cross = R@1 (Δ) / mAP@10.\n"
+    )
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head), flush=True)
+    base: dict[tuple[str, str], dict[str, float]] = {}
+    for i, (label, spec, kw, cost) in enumerate(VARIANTS):
+        if only and str(i) not in only and i != 0:
+            continue
+        cells = []
+        for d in domains:
+            try:
+                res = run_variant(d, spec, **kw)
+            except FileNotFoundError as exc:
+                cells += [f"(no {Path(str(exc)).name})"] * 3
+                continue
+            for p in ("loo", "held", "cross"):
+                m = res[p]
+                if i == 0:
+                    base[(d.name, p)] = m
+                b = base[(d.name, p)]
+                if p == "cross":
+                    cells.append(f"{m['r1']:.3f} ({m['r1'] - b['r1']:+.3f}) / {m['map10']:.3f}")
+                else:
+                    cells.append(f"{m['map10']:.3f} ({m['map10'] - b['map10']:+.3f})")
+        print(f"| {label} | {cost} | " + " | ".join(cells) + " |", flush=True)
+
+
+# ====================================================================== main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["features", "table", "colour", "speed", "api"], default="table")
+    ap.add_argument("--cache", default="/tmp/team/quality")
+    ap.add_argument("--domains", default="grocery,clothing")
+    ap.add_argument("--variants", default="lite0-224,views,mbv2-224,lite0int8-224,lite0-288")
+    ap.add_argument("--only", default="", help="comma-separated row numbers of the table (plain always)")
+    args = ap.parse_args(argv)
+    {"features": part_features, "table": part_table}[args.part](args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

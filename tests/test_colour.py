@@ -1,0 +1,93 @@
+"""Colour signature: foreground only, known colours, hue shifts with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from varsitysrch import InvalidArgumentError
+from varsitysrch._colour import (
+    SIGNATURE_DIM,
+    colour_signature,
+    combine_scores,
+    foreground_mask,
+    hsv_to_rgb,
+    hue_shift,
+    rgb_to_hsv,
+)
+
+
+def product(colour: tuple[int, int, int], background: tuple[int, int, int], size: int = 96) -> np.ndarray:
+    """A filled disc of ``colour`` (with some shading) on a plain ``background``."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    im = np.empty((size, size, 3), np.uint8)
+    im[:] = background
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    shade = (0.8 + 0.2 * (xx / size))[..., None]
+    im[disc] = np.clip(np.asarray(colour) * shade, 0, 255).astype(np.uint8)[disc]
+    return im
+
+
+RED, GREEN, BLUE = (210, 30, 40), (40, 190, 60), (40, 60, 200)
+WHITE, GREY, BEIGE = (255, 255, 255), (128, 128, 128), (225, 210, 180)
+
+
+def test_hsv_round_trip_and_hue_shift_keeps_greys() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(50, 50, 3), dtype=np.uint8)
+    back = hsv_to_rgb(*rgb_to_hsv(rgb))
+    assert np.abs(back.astype(int) - rgb).max() <= 1
+    grey = np.full((8, 8, 3), 77, np.uint8)
+    assert np.array_equal(hue_shift(grey, 123), grey)
+    # three shifts of 120 degrees come back to the start; red -> green -> blue
+    im = product(RED, WHITE)
+    assert np.abs(hue_shift(hue_shift(hue_shift(im, 120), 120), 120).astype(int) - im).max() <= 2
+    h, _, _ = rgb_to_hsv(np.array([[[255, 0, 0]]], np.uint8))
+    h2, _, _ = rgb_to_hsv(hue_shift(np.array([[[255, 0, 0]]], np.uint8), 120))
+    assert float(h[0, 0]) == pytest.approx(0.0) and float(h2[0, 0]) == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_foreground_mask_finds_the_product_on_any_plain_background() -> None:
+    for bg in (WHITE, GREY, BEIGE):
+        im = product(RED, bg)
+        m = foreground_mask(im)
+        disc_frac = np.pi / 9  # area of the disc / area of the image
+        assert m.mean() == pytest.approx(disc_frac, abs=0.03)
+        assert not m[0].any() and m[48, 48]
+    # no plain background (noise everywhere): every pixel counts
+    noise = np.random.default_rng(1).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    assert foreground_mask(noise).all()
+
+
+def test_signature_is_the_products_colour_not_the_backgrounds() -> None:
+    sig = {(c, b): colour_signature(product(c, b)) for c in (RED, GREEN, BLUE) for b in (WHITE, GREY, BEIGE)}
+    for s in sig.values():
+        assert s.shape == (SIGNATURE_DIM,) and s.dtype == np.float32
+        assert float(np.linalg.norm(s)) == pytest.approx(1.0, abs=1e-5) and (s >= 0).all()
+    for c in (RED, GREEN, BLUE):
+        same_colour = [float(sig[(c, WHITE)] @ sig[(c, b)]) for b in (GREY, BEIGE)]
+        other_colour = [float(sig[(c, WHITE)] @ sig[(o, WHITE)]) for o in (RED, GREEN, BLUE) if o != c]
+        # the same product on another background is far closer than another colour on the same one
+        assert min(same_colour) > 0.9 > 0.3 > max(other_colour)
+
+
+def test_hue_shifted_copies_rank_by_hue_distance() -> None:
+    im = product(RED, WHITE)
+    s0 = colour_signature(im)
+    sims = [float(s0 @ colour_signature(hue_shift(im, d))) for d in (0, 30, 90, 180)]
+    assert sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert sims[0] > sims[1] > sims[2] >= sims[3] - 1e-6
+
+
+def test_combine_scores_and_weight_checked() -> None:
+    cos = np.array([0.9, 0.8], np.float32)
+    col = np.array([0.1, 1.0], np.float32)
+    np.testing.assert_allclose(combine_scores(cos, col, 0.0), cos)
+    np.testing.assert_allclose(combine_scores(cos, col, 1.0), col)
+    # enough colour weight reverses the order
+    assert np.argmax(combine_scores(cos, col, 0.5)) == 1
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="colour_weight"):
+            combine_scores(cos, col, bad)
+    with pytest.raises(InvalidArgumentError, match="RGB"):
+        colour_signature(np.zeros((4, 4), np.uint8))
