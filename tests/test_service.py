@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -40,7 +41,12 @@ def service_app(
     model, csv = synth_model
     cache = tmp_path_factory.mktemp("thumbs")
     app = create_app(
-        model, csv, image_root=synth_catalogue[0], max_upload_bytes=MAX_UPLOAD, thumb_size=THUMB, cache_dir=cache
+        model,
+        csv,
+        image_root=synth_catalogue[0],
+        max_upload_bytes=MAX_UPLOAD,
+        thumb_size=THUMB,
+        cache_dir=cache,
     )
     yield app, cache
 
@@ -136,6 +142,29 @@ def test_openapi_and_docs(client: TestClient) -> None:
     assert set(spec["paths"]["/search"]) == {"get", "post"}
     r = client.get("/docs")
     assert r.status_code == 200 and "openapi.json" in r.text
+    assert "http://" not in r.text and "https://" not in r.text  # offline: assets from this server
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    for asset in re.findall(r'(?:src|href)="(docs/assets/[^"]+|static/[^"]+)"', r.text):
+        got = client.get("/" + asset)
+        assert got.status_code == 200 and len(got.content) > 100, asset
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/docs/assets/swagger-ui-bundle.js").text.count("SwaggerUIBundle") > 0
+    assert client.get("/docs/assets/../app.py").status_code == 404
+    assert client.get("/docs/assets/index.html").status_code == 404  # only the two files
+
+
+def test_docs_without_swagger_bundle_links_the_schema(
+    synth_model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import varsitysrch.service.app as service_app_module
+
+    monkeypatch.setattr(service_app_module, "_swagger_assets", lambda: None)
+    app = create_app(*synth_model, cache_dir=tmp_path, reload_interval=0)
+    with TestClient(app) as c:
+        r = c.get("/docs")
+        assert r.status_code == 200 and 'href="openapi.json"' in r.text and "swagger-ui-bundle" in r.text
+        assert "<script" not in r.text  # not a blank page waiting for a script that is not there
+        assert c.get("/docs/assets/swagger-ui.css").status_code == 404
 
 
 def test_unknown_route_is_404(client: TestClient) -> None:
@@ -514,7 +543,7 @@ def test_internal_errors_do_not_crash_the_server(
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.state.searcher, "search_id", boom)
+    monkeypatch.setattr(app.state.service.gen.searcher, "search_id", boom)
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/search", params={"image_id": "red_circles/img_00.png"})
         assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
@@ -538,3 +567,450 @@ def test_missing_fastapi_names_the_extra(
     monkeypatch.setitem(sys.modules, "fastapi", None)
     with pytest.raises(MissingDependencyError, match=r"varsitysrch\[serve\]"):
         create_app(*synth_model)
+
+
+# --------------------------------------------------------------------------- hostile model files (issue 9)
+def craft_model(src: Path, dest: Path, *, image_root: str, ids: dict[int, str]) -> Path:
+    """A copy of a model file whose recorded image folder and some ids are replaced."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "model.json":
+                config = json.loads(data)
+                config["image_root"] = image_root
+                data = json.dumps(config).encode()
+            elif item.filename == "ids.txt":
+                lines = data.decode().split("\n")
+                for row, new in ids.items():
+                    lines[row] = new
+                data = "\n".join(lines).encode()
+            zout.writestr(item, data)
+    return dest
+
+
+def test_crafted_model_cannot_serve_files_outside_the_catalogue(
+    synth_model: tuple[Path, Path], catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A model recording image_root "/" and ids like etc/passwd: the old service served /etc/passwd."""
+    model, _ = synth_model
+    root, _ = catalogue
+    crafted = craft_model(
+        model,
+        tmp_path / "crafted.vsm",
+        image_root="/",
+        ids={0: "etc/passwd", 1: "../../../../etc/passwd.png", 2: "/etc/hostname.png"},
+    )
+    for kw in ({}, {"allow_roots": [tmp_path]}, {"allow_roots": ["/"]}):
+        app = create_app(crafted, cache_dir=tmp_path / "thumbs", reload_interval=0, **kw)
+        with TestClient(app) as c:
+            assert c.get("/healthz").json()["images_served"] is (kw.get("allow_roots") == ["/"])
+            for image_id in ("etc/passwd", "../../../../etc/passwd.png", "/etc/hostname.png"):
+                assert image_id in app.state.service.gen.id_set  # they are catalogue ids...
+                for prefix in ("/images/", "/thumbnails/"):
+                    r = c.get(prefix + quote(image_id, safe=""))
+                    assert r.status_code == 404, (kw, prefix, image_id)  # ...and never served
+                    assert b"root:" not in r.content
+    # the operator's folder is served, the crafted root is not used at all
+    app = create_app(crafted, image_root=root, cache_dir=tmp_path / "thumbs", reload_interval=0)
+    with TestClient(app) as c:
+        assert c.get("/images/etc/passwd").status_code == 404
+        assert (
+            c.get("/images/red_circles/img_00.png").content == (root / "red_circles/img_00.png").read_bytes()
+        )
+
+
+def test_recorded_root_needs_an_allowed_root(
+    synth_model: tuple[Path, Path], catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    model, csv = synth_model
+    root, _ = catalogue
+    rel = "red_circles/img_00.png"
+    for allow, served in (((), False), ((tmp_path,), False), ((root.parent,), True), ((root,), True)):
+        app = create_app(model, csv, allow_roots=allow, cache_dir=tmp_path / "t", reload_interval=0)
+        with TestClient(app) as c:
+            assert c.get("/healthz").json()["images_served"] is served
+            r = c.get("/images/" + rel)
+            assert r.status_code == (200 if served else 404), allow
+            if not served:
+                assert "--images" in r.json()["detail"]
+
+
+def test_resolve_image_keeps_ids_inside_the_root(tmp_path: Path) -> None:
+    from varsitysrch.service.files import resolve_image
+
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "a" / "x.png")
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    os.symlink(outside, root / "a" / "out.png")
+    os.symlink(root / "a" / "x.png", root / "a" / "in.png")
+    os.symlink(root / "a" / "loop.png", root / "a" / "loop.png")
+    os.mkfifo(root / "a" / "fifo.png")
+    (root / "a" / "dir.png").mkdir()
+    real = Path(os.path.realpath(root))
+    assert resolve_image(real, "a/x.png") == real / "a" / "x.png"
+    assert resolve_image(real, "a/in.png") == real / "a" / "x.png"
+    for bad in (
+        "a/out.png",  # symlink out of the root
+        "a/loop.png",  # symlink loop
+        "a/fifo.png",  # never opened: a FIFO would hang a reader
+        "a/dir.png",
+        "../secret.png",
+        "a/../../secret.png",
+        str(outside),  # absolute
+        "/a/x.png",
+        "a//x.png",
+        "./a/x.png",
+        "a\\x.png",
+        "a/x.png\x00.txt",
+        "a/nope.png",
+        "",
+        "a/x",  # no image extension
+    ):
+        assert resolve_image(real, bad) is None, bad
+
+
+# --------------------------------------------------------------------------- upload formats (issue 9)
+ACCEPTED = {
+    "JPEG": "q.jpg",
+    "PNG": "q.png",
+    "WEBP": "q.webp",
+    "GIF": "q.gif",
+    "BMP": "q.bmp",
+    "TIFF": "q.tif",
+}
+REFUSED = ["QOI", "PCX", "TGA", "SGI", "DDS", "ICNS", "JPEG2000", "PPM", "IM", "SPIDER", "AVIF", "ICO", "XBM"]
+
+
+def encoded(fmt: str, size: int = 64) -> bytes:
+    im = Image.new("RGB", (size, size), (200, 30, 30))
+    for x in range(0, size, 8):
+        im.paste((20, 20, 220), (x, 0, x + 4, size))
+    if fmt == "SPIDER":
+        im = im.convert("F")
+    elif fmt == "XBM":
+        im = im.convert("1")
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", sorted(ACCEPTED))
+def test_accepted_upload_formats(client: TestClient, fmt: str) -> None:
+    r = upload(client, encoded(fmt), ACCEPTED[fmt], top_n=3)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["hits"]) == 3
+
+
+@pytest.mark.parametrize("fmt", REFUSED)
+def test_refused_upload_formats_are_415_before_decoding(
+    client: TestClient, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Formats Pillow can read but the allow-list does not name are never decoded (old code: 200)."""
+    from varsitysrch.service.files import UPLOAD_FORMATS_TEXT
+
+    decoded: list[str] = []
+    real_load = Image.Image.load
+
+    def spy(self: Image.Image) -> Any:
+        decoded.append(str(self.format))
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", spy)
+    data = encoded(fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow identifies it...
+    decoded.clear()
+    r = upload(client, data, "photo.jpg")  # ...whatever the name says
+    assert r.status_code == 415, (fmt, r.text)
+    detail = r.json()["detail"]
+    assert UPLOAD_FORMATS_TEXT in detail and "photo.jpg" in detail
+    assert fmt not in decoded  # refused from the header, before any pixel is decoded
+
+
+def test_415_message_lists_exactly_the_allow_list() -> None:
+    from varsitysrch.service.files import UPLOAD_FORMATS, UPLOAD_FORMATS_TEXT
+
+    named = {w.upper() for w in re.findall(r"[A-Za-z]+", UPLOAD_FORMATS_TEXT) if w != "or"}
+    assert named == UPLOAD_FORMATS - {"MPO"}  # MPO: a JPEG from a phone camera
+
+
+# --------------------------------------------------------------------------- bounded work (issue 9)
+def test_saturated_uploads_answer_503_fast_and_health_stays_fast(
+    synth_model: tuple[Path, Path], catalogue: tuple[Path, dict[str, str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Slow uploads fill the decode pool; /healthz, /metrics and search by id never wait for them."""
+    import time
+
+    import varsitysrch.service.app as service_app_module
+
+    real = service_app_module.decode_upload
+
+    def slow(*a: Any) -> Any:  # a decode that takes 1.5 s (as a hostile thin image did)
+        time.sleep(1.5)
+        return real(*a)
+
+    monkeypatch.setattr(service_app_module, "decode_upload", slow)
+    root, labels = catalogue
+    app = create_app(
+        *synth_model, image_root=root, cache_dir=tmp_path, decode_workers=1, queue_limit=2, reload_interval=0
+    )
+    data = (root / "red_circles/img_00.png").read_bytes()
+    with TestClient(app) as c, ThreadPoolExecutor(max_workers=12) as pool:
+
+        def timed_upload(_: int) -> tuple[int, float, str]:
+            t0 = time.perf_counter()
+            r = upload(c, data, "q.png", top_n=3)
+            return r.status_code, time.perf_counter() - t0, r.headers.get("retry-after", "")
+
+        uploads = [pool.submit(timed_upload, i) for i in range(10)]
+        time.sleep(0.3)  # the pool is full now
+        fast: list[float] = []
+        for _ in range(5):
+            for url, params in (
+                ("/healthz", {}),
+                ("/metrics", {}),
+                ("/search", {"image_id": sorted(labels)[0]}),
+            ):
+                t0 = time.perf_counter()
+                assert c.get(url, params=params).status_code == 200
+                fast.append(time.perf_counter() - t0)
+        results = [f.result(timeout=60) for f in uploads]
+    assert max(fast) < 0.5, fast  # while every decode slot is busy for seconds
+    ok = [r for r in results if r[0] == 200]
+    busy = [r for r in results if r[0] == 503]
+    assert len(ok) + len(busy) == len(results) and 1 <= len(ok) <= 4 and busy
+    assert all(t < 0.5 and retry == "1" for _, t, retry in busy)  # refused at once, with Retry-After
+    samples = parse_metrics(TestClient(app).get("/metrics").text)
+    assert metric(samples, "varsitysrch_queue_rejections_total", stage="decode") == len(busy)
+
+
+def test_queue_depth_is_exported(client: TestClient) -> None:
+    samples = parse_metrics(client.get("/metrics").text)
+    assert metric(samples, "varsitysrch_queue_depth", stage="decode") == 0
+    assert metric(samples, "varsitysrch_queue_depth", stage="embed") == 0
+    assert metric(samples, "varsitysrch_model_generation") == 1
+
+
+# --------------------------------------------------------------------------- micro-batching (issue 13)
+def test_micro_batcher_embeds_queued_images_together() -> None:
+    import threading
+    import time
+
+    import numpy as np
+
+    from varsitysrch.service.batching import MicroBatcher, Overloaded
+
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        sizes.append(len(batch))
+        return batch.reshape(len(batch), -1)[:, :2].astype(np.float32)
+
+    mb = MicroBatcher(embed, max_batch=4, window_s=0.05, limit=10)
+    ims = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
+    futs = mb.submit_many(ims)
+    with pytest.raises(Overloaded):  # 10 held: the 11th is refused at once
+        mb.submit(ims[0])
+    gate.set()
+    out = [f.result(timeout=5) for f in futs]
+    assert [int(v[0]) for v in out] == list(range(10))  # each caller gets its own row
+    assert sum(sizes) == 10 and max(sizes) <= 4 and len(sizes) <= 4  # 1 (taken before the rest) + 4 + 4 + 1
+    t0 = time.perf_counter()
+    assert int(mb.submit(ims[3]).result(timeout=5)[0]) == 3  # a lone query waits at most the window
+    assert time.perf_counter() - t0 < 1.0
+    mb.close()
+
+
+def test_micro_batcher_reports_errors_to_every_caller_and_goes_on() -> None:
+    import numpy as np
+
+    from varsitysrch.service.batching import MicroBatcher
+
+    calls = {"n": 0}
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("inference failed")
+        return np.ones((len(batch), 3), np.float32)
+
+    mb = MicroBatcher(embed, max_batch=2, window_s=0.2, limit=4)
+    futs = mb.submit_many([np.zeros((2, 2, 3), np.uint8)] * 2)
+    for f in futs:
+        with pytest.raises(RuntimeError, match="inference failed"):
+            f.result(timeout=5)
+    assert mb.submit(np.zeros((2, 2, 3), np.uint8)).result(timeout=5).shape == (3,)
+    assert mb.depth == 0
+    mb.close()
+
+
+def test_concurrent_uploads_are_embedded_in_batches(
+    synth_model: tuple[Path, Path], catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, labels = catalogue
+    app = create_app(
+        *synth_model, image_root=root, cache_dir=tmp_path, max_batch=8, batch_window_ms=100, reload_interval=0
+    )
+    ids = sorted(labels)[:8]
+    with TestClient(app) as c:
+        sequential = {i: upload(c, (root / i).read_bytes(), "q", top_n=3).json()["hits"] for i in ids}
+        before = parse_metrics(c.get("/metrics").text)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = pool.map(lambda i: upload(c, (root / i).read_bytes(), "q", top_n=3), ids)
+            together = dict(zip(ids, answers, strict=True))
+        after = parse_metrics(c.get("/metrics").text)
+    for i in ids:
+        assert together[i].status_code == 200
+        got = together[i].json()["hits"]
+        assert [h["image"] for h in got] == [h["image"] for h in sequential[i]]
+        assert [h["score"] for h in got] == pytest.approx([h["score"] for h in sequential[i]], abs=1e-4)
+    batches = metric(after, "varsitysrch_embed_batch_size_count") - metric(
+        before, "varsitysrch_embed_batch_size_count"
+    )
+    images = metric(after, "varsitysrch_embed_batch_size_sum") - metric(
+        before, "varsitysrch_embed_batch_size_sum"
+    )
+    assert images == 8 and batches < 8  # queries that arrived together were embedded together
+
+
+# --------------------------------------------------------------------------- /search/batch (issue 13)
+def test_search_batch(client: TestClient, catalogue: tuple[Path, dict[str, str]]) -> None:
+    root, _ = catalogue
+    a, b = "red_circles/img_01.jpg", "blue_stripes/img_03.jpg"
+    files = [
+        ("images", ("a.jpg", (root / a).read_bytes(), "image/jpeg")),
+        ("images", ("notes.txt", b"not an image at all", "text/plain")),
+    ]
+    r = client.post("/search/batch", files=files, data={"image_ids": [b, "no/such.png"]}, params={"top_n": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 4
+    res = body["results"]
+    single_a = upload(client, (root / a).read_bytes(), "a.jpg", top_n=4).json()["hits"]
+    single_b = client.get("/search", params={"image_id": b, "top_n": 4}).json()["hits"]
+    assert [h["image"] for h in res[0]["hits"]] == [h["image"] for h in single_a]
+    assert res[0]["query"] == {"kind": "upload", "filename": "a.jpg", "bytes": len((root / a).read_bytes())}
+    assert res[1]["error"]["status"] == 415 and "notes.txt" in res[1]["error"]["detail"]
+    assert res[2]["hits"] == single_b
+    assert res[3]["error"]["status"] == 404 and res[3]["query"]["image_id"] == "no/such.png"
+
+
+def test_search_batch_limits(client: TestClient) -> None:
+    from varsitysrch.service import MAX_BATCH_QUERIES
+
+    assert client.post("/search/batch").status_code == 422
+    many = {"image_ids": ["red_circles/img_01.jpg"] * (MAX_BATCH_QUERIES + 1)}
+    r = client.post("/search/batch", data=many)
+    assert r.status_code == 422 and str(MAX_BATCH_QUERIES) in r.json()["detail"]
+    r = client.post("/search/batch", data={"image_ids": ["red_circles/img_01.jpg"]}, params={"nprobe": 99})
+    assert r.status_code == 422 and "nprobe" in r.json()["detail"]
+    big = [("images", ("big.jpg", b"\xff" * (MAX_UPLOAD + MULTIPART_SLACK), "image/jpeg"))]
+    assert client.post("/search/batch", files=big).status_code == 413
+
+
+# --------------------------------------------------------------------------- reload, no restart (issue 13)
+@pytest.fixture(scope="module")
+def second_model(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from varsitysrch import train_clusters
+
+    d = tmp_path_factory.mktemp("model3")
+    model, csv = d / "model.vsm", d / "clusters.csv"
+    train_clusters(synth_store, model, csv, 3, show_progress=False)
+    return model, csv
+
+
+def replace_atomically(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".new")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def test_reload_under_load_fails_no_request(
+    synth_model: tuple[Path, Path],
+    second_model: tuple[Path, Path],
+    catalogue: tuple[Path, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """Threads search (uploads and ids) while the model and CSV are replaced twice: 0 failures."""
+    import threading
+    import time
+
+    root, labels = catalogue
+    model, csv = tmp_path / "model.vsm", tmp_path / "clusters.csv"
+    shutil.copyfile(synth_model[0], model)
+    shutil.copyfile(synth_model[1], csv)
+    app = create_app(model, csv, image_root=root, cache_dir=tmp_path / "t", reload_interval=0.05)
+    ids = sorted(labels)
+    photos = [(root / i).read_bytes() for i in ids[::3]]
+    stop = threading.Event()
+    sent: list[int] = []
+    failures: list[str] = []
+    ks: set[int] = set()
+
+    def hammer(worker: int) -> None:
+        n = 0
+        while not stop.is_set() and n < 400:
+            n += 1
+            if (n + worker) % 2:
+                r = upload(c, photos[n % len(photos)], "q.png", top_n=5)
+            else:
+                r = c.get("/search", params={"image_id": ids[n % len(ids)], "top_n": 5})
+            sent.append(1)
+            if r.status_code != 200 or len(r.json()["hits"]) != 5:
+                failures.append(f"{r.status_code}: {r.text[:200]}")
+            h = c.get("/healthz")
+            if h.status_code != 200:
+                failures.append(f"healthz {h.status_code}")
+            else:
+                ks.add(h.json()["clusters"])
+
+    with TestClient(app) as c:
+        threads = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for target, k in ((second_model, 3), (synth_model, 4)):
+            time.sleep(0.5)
+            replace_atomically(target[1], csv)  # the CSV first: for a moment it does not match the model
+            time.sleep(0.1)
+            replace_atomically(target[0], model)
+            deadline = time.monotonic() + 30
+            while c.get("/healthz").json()["clusters"] != k:
+                assert time.monotonic() < deadline, "the new model was not picked up"
+                time.sleep(0.05)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        gen = c.get("/healthz").json()["model_generation"]
+        samples = parse_metrics(c.get("/metrics").text)
+    print(f"reload under load: {len(sent)} requests sent, {len(failures)} failed, generation {gen}")
+    assert failures == []
+    assert len(sent) >= 40 and ks == {3, 4} and gen >= 3
+    assert metric(samples, "varsitysrch_model_reloads_total", result="ok") == gen - 1
+
+
+def test_admin_reload_and_a_broken_model_file(
+    synth_model: tuple[Path, Path], second_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "model.vsm"
+    shutil.copyfile(synth_model[0], model)
+    app = create_app(model, cache_dir=tmp_path / "t", reload_interval=0)  # no watcher: explicit reloads
+    with TestClient(app) as c:
+        assert c.post("/admin/reload").json() == {"reloaded": False, "generation": 1, "error": None}
+        model.write_bytes(b"this is not a model file")
+        r = c.post("/admin/reload").json()
+        assert r["reloaded"] is False and r["generation"] == 1 and r["error"]
+        assert c.get("/search", params={"image_id": "red_circles/img_01.jpg"}).status_code == 200  # old one
+        replace_atomically(second_model[0], model)
+        assert c.post("/admin/reload").json() == {"reloaded": True, "generation": 2, "error": None}
+        assert c.get("/healthz").json()["clusters"] == 3
+        samples = parse_metrics(c.get("/metrics").text)
+    assert metric(samples, "varsitysrch_model_reloads_total", result="error") == 1
+    assert metric(samples, "varsitysrch_model_reloads_total", result="ok") == 1

@@ -27,8 +27,6 @@ under any upload load.  The model is reloaded without a restart when its files c
 (``models``).
 """
 
-from __future__ import annotations
-
 import asyncio
 import hashlib
 import logging
@@ -328,6 +326,7 @@ def _add_page_routes(app: Any, svc: Service) -> None:
     def docs() -> HTMLResponse:
         if svc.swagger is not None:
             body = (
+                '<noscript>The API schema: <a href="openapi.json">openapi.json</a></noscript>'
                 '<div id="swagger-ui"></div>'
                 '<script src="docs/assets/swagger-ui-bundle.js"></script>'
                 '<script src="static/docs.js"></script>'
@@ -759,11 +758,8 @@ def create_app(
         svc.holder.start(s.reload_interval)
         try:
             yield
-        finally:
+        finally:  # the pools stay: an app may be started again (their idle threads cost nothing)
             svc.holder.stop()
-            decode.close()
-            if svc.gen.batcher is not None:
-                svc.gen.batcher.close()
 
     app = FastAPI(
         title="varsitysrch",

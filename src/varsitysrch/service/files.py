@@ -4,10 +4,10 @@
   folder the operator names, or the one recorded at extraction only when it lies inside a
   root the operator allows.  :func:`resolve_image` keeps every id inside that folder
   (no absolute ids, no ``..``, no NUL, no symlink out of it, regular files only).
-* Uploads: only the formats in :data:`UPLOAD_FORMATS` are decoded.  The format is read from
-  the file's header (``Image.format`` after ``open``, before any pixel is decoded), so a
-  QOI, PCX, TGA, SGI, DDS, ICNS, JPEG 2000, PPM, IM, SPIDER or AVIF upload never reaches
-  its decoder, whatever its name or Content-Type.
+* Uploads: only the formats in :data:`UPLOAD_FORMATS` are opened at all: only their Pillow
+  plugins read the header, and ``Image.format`` is checked again before any pixel is
+  decoded, so a QOI, PCX, TGA, SGI, DDS, ICNS, ICO, JPEG 2000, PPM, IM, SPIDER or AVIF upload
+  never reaches its decoder, whatever its name or Content-Type.
 * Thumbnails are decoded by :func:`varsitysrch._images.load_image`, the one decoder of the
   package (bombs refused, EXIF orientation, draft decoding, bounded resize), letterboxed to a
   ``size`` x ``size`` JPEG.
@@ -28,6 +28,7 @@ from .._errors import ImageError
 UPLOAD_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 #: How the 415 message names them: the same list.
 UPLOAD_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+_PIL_FORMATS = tuple(sorted(UPLOAD_FORMATS - {"MPO"}))  # MPO files open through the JPEG plugin
 
 
 class UnsupportedFormat(Exception):
@@ -64,10 +65,15 @@ def resolve_image(root: Path, image_id: str) -> Path | None:
     """The regular file ``image_id`` names inside ``root`` (already real), or ``None``.
 
     Refused: empty, absolute or backslashed ids, ``.``/``..`` parts, NUL or other control
-    characters, anything whose real path (symlinks followed) leaves ``root``, and anything
-    that is not a regular file (folders, FIFOs, devices, sockets).
+    characters, names without an image extension, anything whose real path (symlinks
+    followed) leaves ``root``, and anything that is not a regular file (folders, FIFOs,
+    devices, sockets: never opened, so never a hang).
     """
+    from .._images import IMAGE_EXTENSIONS
+
     if not image_id or "\\" in image_id or any(ord(ch) < 32 for ch in image_id):
+        return None
+    if os.path.splitext(image_id)[1].lower() not in IMAGE_EXTENSIONS:
         return None
     rel = PurePosixPath(image_id)
     if rel.is_absolute() or any(part in ("", ".", "..") for part in image_id.split("/")):
@@ -85,23 +91,28 @@ def resolve_image(root: Path, image_id: str) -> Path | None:
 def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
     """Decode an upload for the extractor, allow-listed formats only.
 
-    Raises :class:`UnsupportedFormat` (not an image, or a format outside the list) or
-    :class:`~varsitysrch.ImageError` (an image that cannot be used: broken, bomb, ...).
+    Only the allow-listed plugins even look at the bytes (``Image.open(..., formats=...)``):
+    some others decode while opening (ICO decodes its PNG frames), so checking
+    ``Image.format`` afterwards would be too late.  Raises :class:`UnsupportedFormat` (not an
+    image, or a format outside the list) or :class:`~varsitysrch.ImageError` (an image that
+    cannot be used: broken, a decompression bomb, ...).
     """
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     from .._images import load_image, open_image
 
     try:
-        im = open_image(data)
-    except ImageError as exc:
-        if isinstance(exc.__cause__, UnidentifiedImageError):
-            raise UnsupportedFormat() from exc
-        raise
-    if im.format not in UPLOAD_FORMATS:
+        im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise UnsupportedFormat() from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"decompression bomb refused ({exc})") from exc
+    except Exception as exc:  # PIL raises many kinds on garbage input
+        raise ImageError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+    if im.format not in UPLOAD_FORMATS:  # a plugin that reports another name: refuse it too
         im.close()
         raise UnsupportedFormat(str(im.format))
-    return load_image(im, size, resize)
+    return load_image(open_image(im), size, resize)
 
 
 def make_thumbnail(src: Path, size: int) -> bytes:
