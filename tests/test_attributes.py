@@ -304,3 +304,81 @@ def test_describe_gives_what_a_filter_control_needs(tmp_path: Path) -> None:
     assert d["price"]["min"] == 0.5 and d["price"]["max"] == 90.5 and d["price"]["missing"] == 3
     assert d["category"]["values"][0] == ["shoes", 4]
     assert d["in_stock"]["counts"] == {"true": 5, "false": 5}
+
+
+# ------------------------------------------------------------------ filtered candidate generation
+def clustered(
+    n: int = 3000, k: int = 30, dim: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from varsitysrch._neighbours import nearest_centroid
+
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((k, dim)).astype(np.float32)
+    X = C[rng.integers(0, k, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    labels, _ = nearest_centroid(X, C)
+    return X, labels, C
+
+
+def filtered_top(X: np.ndarray, q: np.ndarray, rows: np.ndarray, n: int) -> list[int]:
+    s = X[rows] @ q
+    o = np.lexsort((rows, -s))[:n]
+    return rows[o].tolist()
+
+
+@pytest.mark.parametrize("share", [0.003, 0.01, 0.1, 0.5])
+def test_masked_candidates_hold_only_matches_and_enough_of_them(share: float) -> None:
+    from varsitysrch._attributes import FilterCache, masked_candidates
+    from varsitysrch._neighbours import centroid_order
+
+    X, labels, C = clustered()
+    n, k = len(X), len(C)
+    rng = np.random.default_rng(5)
+    keep = rng.random(n) < share
+    attrs = Attributes.from_records(
+        {f"{i}": {"ok": bool(keep[i])} for i in range(n)}, [f"{i}" for i in range(n)]
+    )
+    cache = FilterCache(attrs, labels, k)
+    flt = cache.get({"ok": True})
+    assert flt is not None and cache.get(["ok=true"]) is flt  # the same filter, compiled once
+    members = np.argsort(labels, kind="stable").astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
+    Q = X[rng.choice(n, 20, replace=False)] + 0.1 * rng.standard_normal((20, X.shape[1])).astype(np.float32)
+    orders = centroid_order(Q, C)
+    exact_rows = np.flatnonzero(keep)
+    for q, order in zip(Q, orders, strict=True):
+        for nprobe in (1, 3):
+            for top_n in (5, 50):
+                rows = masked_candidates(order, offsets, members, flt, nprobe, top_n)
+                assert keep[rows].all()  # only matching rows are scored
+                assert len(rows) >= min(top_n, flt.count)  # exactly top_n come back when that many match
+                assert len(set(rows.tolist())) == len(rows)
+        full = masked_candidates(order, offsets, members, flt, k, 10)  # full nprobe: exact filtered search
+        assert filtered_top(X, q, full, 10) == filtered_top(X, q, exact_rows, 10)
+
+
+def test_ivf_masked_search_matches_exact_filtered_search() -> None:
+    import faiss
+
+    from varsitysrch._attributes import FilterCache, ivf_masked_search
+    from varsitysrch._index import build_faiss_index, train_ivf
+
+    X, labels, _ = clustered(4000, 20, 16, seed=2)
+    Cl, lists = train_ivf(X, 40, random_state=0)
+    index = build_faiss_index(Cl, lists, X)
+    n = len(X)
+    rng = np.random.default_rng(3)
+    for share in (0.005, 0.2, 0.7):
+        keep = rng.random(n) < share
+        attrs = Attributes.from_records(
+            {f"{i}": {"ok": bool(keep[i])} for i in range(n)}, [f"{i}" for i in range(n)]
+        )
+        flt = FilterCache(attrs, labels, 20).get({"ok": True})
+        assert flt is not None
+        for q in X[rng.choice(n, 10, replace=False)]:
+            rows, scores = ivf_masked_search(index, X, q, 10, 4, flt)
+            assert keep[rows].all() and len(rows) == min(10, flt.count)
+            assert np.all(np.diff(scores) <= 1e-6)
+            full, _ = ivf_masked_search(index, X, q, 10, int(index.nlist), flt)
+            assert full.tolist() == filtered_top(X, q, np.flatnonzero(keep), 10)
+    assert faiss.omp_get_max_threads() >= 1

@@ -507,6 +507,23 @@ class Attributes:
             m = c if m is None else (m & c)
         return m
 
+    def canonical(self, conds: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+        """Conditions with values in their column's type (``"true"`` and ``True`` alike), sorted."""
+        out = []
+        for name, op, value in conds:
+            col = self.columns.get(name)
+            if col is None:
+                return [(name, op, repr(value))]  # mask() reports the unknown column
+            if op in ("in", "not_in"):
+                items = (
+                    [value] if isinstance(value, str | bytes) or not isinstance(value, Iterable) else value
+                )
+                v: Any = sorted({repr(col._coerce(x, op)) for x in items})
+            else:
+                v = repr(col._coerce(value, op))
+            out.append((name, op, v))
+        return sorted(out)
+
     def row(self, i: int) -> dict[str, Any]:
         """Attributes of row ``i`` as plain JSON values (missing ones left out)."""
         out = {}
@@ -733,3 +750,140 @@ def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> li
         else:
             conds.append((name, "eq", spec))
     return conds
+
+
+# ====================================================================== filtered candidate generation
+@dataclass
+class CompiledFilter:
+    """A where filter compiled against one catalogue: the row mask and matches per cluster."""
+
+    mask: np.ndarray  #: bool [n]
+    count: int  #: matching rows
+    per_cluster: np.ndarray  #: int64 [k]: matching rows in each cluster
+    rows: np.ndarray  #: int64: the matching rows, ascending
+
+
+class FilterCache:
+    """Compiled filters of one catalogue, the most recently used ``size`` kept (thread-safe).
+
+    A shop sends the same few filters again and again; compiling one is a few numpy passes
+    over the columns plus a ``bincount`` over the cluster labels.
+    """
+
+    def __init__(self, attributes: Attributes, labels: np.ndarray, k: int, size: int = 64) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.attributes, self.labels, self.k, self.size = attributes, np.asarray(labels), int(k), size
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, CompiledFilter] = OrderedDict()
+
+    def get(self, where: Mapping[str, Any] | Sequence[str] | str | None) -> CompiledFilter | None:
+        conds = normalise_where(where)
+        if not conds:
+            return None
+        import json
+
+        key = json.dumps(self.attributes.canonical(conds), default=repr)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        mask = self.attributes.mask(conds_to_where(conds))
+        assert mask is not None
+        rows = np.flatnonzero(mask).astype(np.int64)
+        per = np.bincount(self.labels[rows], minlength=self.k).astype(np.int64)
+        out = CompiledFilter(mask, len(rows), per, rows)
+        with self._lock:
+            self._cache[key] = out
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return out
+
+
+def conds_to_where(conds: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
+    """``(column, op, value)`` conditions back to the dict form (one op per column and kind)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, op, value in conds:
+        ops = out.setdefault(name, {})
+        if op in ops:
+            raise InvalidArgumentError(f"where column {name!r} has two {op!r} conditions")
+        ops[op] = value
+    return out
+
+
+def masked_candidates(
+    order: np.ndarray,
+    offsets: np.ndarray,
+    members: np.ndarray,
+    flt: CompiledFilter,
+    nprobe: int,
+    need: int,
+) -> np.ndarray:
+    """The rows a filtered search scores: matching rows of the query's nearest clusters.
+
+    ``order``: clusters nearest first; ``members[offsets[c]:offsets[c + 1]]``: the rows of
+    cluster ``c``.  The search scores as many matching rows as the unfiltered search would
+    score rows (those of its first ``nprobe`` clusters), and at least ``need``: clusters are
+    probed in order until that many matching rows are gathered.  When the whole filter
+    matches no more rows than that, every matching row is scored (exact filtered search,
+    no costlier than the unfiltered probe).  So ``need`` rows come back whenever ``need``
+    rows match, and ``nprobe = k`` is exact filtered search.
+    """
+    sizes = np.diff(offsets)[order]
+    p = int(min(max(1, nprobe), len(order)))
+    budget = max(int(need), int(sizes[:p].sum()))
+    if flt.count <= budget:
+        return flt.rows
+    cum = np.cumsum(flt.per_cluster[order])
+    used = max(p, int(np.searchsorted(cum, budget)) + 1)
+    rows = np.concatenate([members[offsets[c] : offsets[c + 1]] for c in order[:used]])
+    return rows[flt.mask[rows]]
+
+
+def ivf_masked_search(
+    index: Any,
+    vectors: np.ndarray,
+    q: np.ndarray,
+    need: int,
+    nprobe: int,
+    flt: CompiledFilter,
+    chunk: int = 65536,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Filtered search through a faiss IVF: ``(rows, exact cosine scores)``, best first.
+
+    The same rule as :func:`masked_candidates`: a filter matching no more rows than the
+    unfiltered probe scans (``nprobe / nlist`` of the catalogue) is searched exactly over its
+    rows; otherwise faiss skips non-matching rows while scanning (an ``IDSelectorBitmap``)
+    and probes ``nprobe / share matching`` lists, doubled until ``need`` rows are found.
+    """
+    import faiss
+
+    n, nlist = int(index.ntotal), int(index.nlist)
+    need = int(min(need, flt.count))
+    if need <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    qf = np.ascontiguousarray(q, np.float32).reshape(1, -1)
+    budget = max(need, math.ceil(nprobe * n / nlist))
+    if flt.count <= budget:
+        rows = flt.rows
+    else:
+        bits = np.packbits(flt.mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+        p = int(min(nlist, max(nprobe, math.ceil(nprobe * n / flt.count))))
+        while True:
+            params = faiss.SearchParametersIVF()
+            params.nprobe, params.sel = p, sel
+            _, idx = index.search(qf, need, params=params)
+            rows = idx[0][idx[0] >= 0].astype(np.int64)
+            if len(rows) >= need or p >= nlist:
+                break
+            p = min(nlist, p * 2)
+        rows = np.sort(rows)
+    scores = np.empty(len(rows), np.float32)
+    for s in range(0, len(rows), chunk):
+        scores[s : s + chunk] = np.asarray(vectors[rows[s : s + chunk]], np.float32) @ qf[0]
+    top = np.argpartition(-scores, need - 1)[:need] if need < len(rows) else np.arange(len(rows))
+    top = top[np.lexsort((rows[top], -scores[top]))]
+    return rows[top], scores[top]
