@@ -197,9 +197,11 @@ def main() -> None:
 
     import faiss
 
-    from varsitysrch import _cluster, _index
-    from varsitysrch._cluster import KMeansModel, load_model, train_clusters
+    from varsitysrch import _index, _searchindex
+    from varsitysrch._kmeans import KMeansModel
+    from varsitysrch._modelfile import load_model
     from varsitysrch._search import Searcher
+    from varsitysrch._train import train_clusters
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -232,7 +234,7 @@ def main() -> None:
         # ---- build
         steps: dict[str, float] = {}
         timed(KMeansModel, "fit", steps, "kmeans_fit (sample + assign all)")
-        timed(_cluster, "calibrate_nprobe", steps, "calibrate_nprobe (k-means)")
+        timed(_searchindex, "calibrate_nprobe", steps, "calibrate_nprobe (k-means)")
         timed(_index, "train_ivf", steps, "ivf_train (two-level) + list assignment")
         timed(_index, "build_faiss_index", steps, "ivf_fill (fp16 codes)")
         timed(_index, "calibrate_ivf", steps, "ivf_calibrate")

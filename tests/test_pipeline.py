@@ -25,7 +25,7 @@ from varsitysrch import (
     load_features,
     train_clusters,
 )
-from varsitysrch._cluster import load_model
+from varsitysrch._modelfile import load_model
 
 
 def test_store_layout_and_ids(synth_catalogue, synth_store: Path) -> None:

@@ -10,10 +10,13 @@ import pytest
 
 from varsitysrch import KMeansModel, train_clusters
 from varsitysrch import _index as index_mod
-from varsitysrch._cluster import calibrate_nprobe, load_model, training_sample_size
 from varsitysrch._extract import _Parts, extract_features
-from varsitysrch._index import default_nlist, exact_topk
+from varsitysrch._index import default_nlist
+from varsitysrch._kmeans import training_sample_size
+from varsitysrch._modelfile import load_model
+from varsitysrch._neighbours import exact_topk
 from varsitysrch._search import Searcher
+from varsitysrch._searchindex import calibrate_nprobe
 from varsitysrch._store import FeatureStore
 
 
@@ -127,7 +130,8 @@ def _calibrate_reference(X, labels, model, target, n_queries=500, top=10, random
     sims = X[q] @ X.T
     sims[np.arange(len(q)), q] = -np.inf
     exact = np.argpartition(-sims, top, axis=1)[:, :top]
-    order = np.argsort(model.centroid_distances(X[q]), axis=1)
+    C = model.cluster_centers_
+    order = np.argsort(((X[q][:, None, :] - C[None]) ** 2).sum(-1), axis=1)
     rank_of = np.empty_like(order)
     rank_of[np.arange(len(q))[:, None], order] = np.arange(k)[None, :]
     vis = rank_of[:, labels]
@@ -142,7 +146,7 @@ def _calibrate_reference(X, labels, model, target, n_queries=500, top=10, random
 def test_streaming_calibration_matches_the_reference() -> None:
     X = clustered(3000, 32, 40, seed=3)
     m = KMeansModel(12, random_state=0).fit(X)
-    nprobe, curve = calibrate_nprobe(X, m.labels_, m.cluster_centers_, m, 0.95)
+    nprobe, curve = calibrate_nprobe(X, m.labels_, m, 0.95)
     ref = _calibrate_reference(X, m.labels_, m, 0.95)
     assert np.allclose(curve, ref[: len(curve)], atol=2e-3)
     assert nprobe == next(p for p, r in enumerate(ref, 1) if r >= 0.95)

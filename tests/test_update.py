@@ -13,8 +13,8 @@ import pytest
 
 from imagegen import SYNTHETIC_CLASSES, make_synthetic_catalogue
 from varsitysrch import train_clusters
-from varsitysrch._cluster import load_model, read_assignments
 from varsitysrch._extract import extract_features
+from varsitysrch._modelfile import load_model, read_assignments
 from varsitysrch._search import Searcher
 from varsitysrch._update import UpdateReport, gini, retrain_reasons, update_catalogue
 

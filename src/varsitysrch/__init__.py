@@ -33,20 +33,21 @@ from ._errors import (
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._cluster import KMeansModel, train_clusters
     from ._compat import VaSrch
     from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
+    from ._kmeans import KMeansModel
     from ._search import Hit, Searcher, search_similar_images
     from ._selectk import KSelection, get_optimal_num_clusters
     from ._store import FeatureStore, load_features
+    from ._train import train_clusters
     from ._update import UpdateReport, update_catalogue
 
 _LAZY = {
     "VaSrch": "._compat",
-    "KMeansModel": "._cluster",
-    "train_clusters": "._cluster",
+    "KMeansModel": "._kmeans",
+    "train_clusters": "._train",
     "EvalConfig": "._evaluate",
     "EvalReport": "._evaluate",
     "evaluate": "._evaluate",

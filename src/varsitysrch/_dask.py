@@ -33,7 +33,7 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,15 @@ import numpy as np
 
 from ._errors import InvalidArgumentError, missing
 from ._extractors import Embedder, Extractor
+from ._neighbours import nearest_centroid
+from ._pca import apply_pca
 
 log = logging.getLogger(__name__)
+
+#: ``decode(root, ids, *, batch_size, size, resize, workers, prefetch)`` yields ``(ok ids, uint8
+#: batch, skipped)``: the caller's image decoder (``_extract.iter_decoded``), passed in so that this
+#: engine never imports the pipeline stages that call it
+Decoder = Callable[..., Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]]
 
 #: Images per shard (``None``: a multiple of batch_size, ~4 shards per worker thread, at most 32 batches).
 SHARD_SIZE: int | None = None
@@ -73,16 +80,14 @@ def embedder_builds() -> int:
 
 
 def _embed_shard(
-    root: str, ids: list[str], ex: Extractor, batch_size: int, threads: int
+    root: str, ids: list[str], ex: Extractor, batch_size: int, threads: int, decode: Decoder
 ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """On a worker: decode and embed one shard -> ``(ids embedded, float32 vectors, skipped)``."""
-    from ._extract import iter_decoded
-
     emb = _worker_embedder(ex, threads)
     ok_all: list[str] = []
     Xs: list[np.ndarray] = []
     bad_all: list[tuple[str, str]] = []
-    for ok_ids, batch, bad in iter_decoded(
+    for ok_ids, batch, bad in decode(
         Path(root), ids, batch_size=batch_size, size=ex.input_size, resize=ex.resize, workers=1, prefetch=2
     ):
         bad_all.extend(bad)
@@ -97,14 +102,12 @@ def _assign_rows(
     source: str | np.ndarray, start: int, stop: int, params: tuple[np.ndarray, Any, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """On a worker: project and assign rows ``start:stop`` of a ``.npy`` file (or an array chunk)."""
-    from ._cluster import apply_pca, assign
-
     centroids, pca_mean, pca_components = params
     x = np.load(source, mmap_mode="r")[start:stop] if isinstance(source, str) else source
     z = np.asarray(x, np.float32)
     if pca_components is not None:
         z = apply_pca(z, pca_mean, pca_components)
-    return assign(z, centroids)
+    return nearest_centroid(z, centroids)
 
 
 # ------------------------------------------------------------------ client side
@@ -178,11 +181,14 @@ def embed_shards(
     todo: list[str],
     ex: Extractor,
     *,
+    decode: Decoder,
     scheduler: Any = None,
     batch_size: int = 32,
     threads: int | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
     """Embed ``todo`` on the cluster; yield ``(ids embedded, float32 vectors, skipped)`` per shard, in order.
+
+    ``decode`` is the image decoder run on the workers (see :data:`Decoder`).
 
     ``threads`` is ONNX Runtime's threads per task (default 1: a worker with ``t`` threads
     runs ``t`` shards at once, one decoding and inference pipeline each).
@@ -205,7 +211,15 @@ def embed_shards(
             for shard in it:
                 pending.append(
                     client.submit(
-                        _embed_shard, root_s, shard, ex, batch_size, ort_threads, pure=False, retries=1
+                        _embed_shard,
+                        root_s,
+                        shard,
+                        ex,
+                        batch_size,
+                        ort_threads,
+                        decode,
+                        pure=False,
+                        retries=1,
                     )
                 )
                 if len(pending) >= window:
@@ -216,7 +230,15 @@ def embed_shards(
                 if nxt is not None:
                     pending.append(
                         client.submit(
-                            _embed_shard, root_s, nxt, ex, batch_size, ort_threads, pure=False, retries=1
+                            _embed_shard,
+                            root_s,
+                            nxt,
+                            ex,
+                            batch_size,
+                            ort_threads,
+                            decode,
+                            pure=False,
+                            retries=1,
                         )
                     )
                 result = fut.result()

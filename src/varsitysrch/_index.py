@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ModelFileError
+from ._neighbours import exact_topk, list_recall, nearest_centroid
 
 log = logging.getLogger(__name__)
 
@@ -59,36 +60,6 @@ def default_nlist(n: int) -> int:
 
 def _f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def exact_topk(
-    Q: np.ndarray, X: np.ndarray, k: int, *, exclude: np.ndarray | None = None, chunk: int = CHUNK
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` rows of ``X`` by inner product for each query, streaming ``X`` in chunks.
-
-    ``X`` may be a float16 memory map; only one chunk is converted at a time.  ``exclude[i]``
-    (a row of ``X``) is never returned for query ``i`` (held-out self-queries).
-    Returns ``(rows [q, k] int64, scores [q, k] float32)``, best first.
-    """
-    Q = _f32(Q)
-    nq, n = len(Q), len(X)
-    k = min(k, n - (1 if exclude is not None else 0))
-    best_s = np.full((nq, k), -np.inf, np.float32)
-    best_i = np.full((nq, k), -1, np.int64)
-    ar = np.arange(nq)
-    for s in range(0, n, chunk):
-        x = _f32(X[s : s + chunk])
-        S = Q @ x.T
-        if exclude is not None:
-            hit = (exclude >= s) & (exclude < s + len(x))
-            S[ar[hit], exclude[hit] - s] = -np.inf
-        cs = np.concatenate([best_s, S], axis=1)
-        ci = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(x)), (nq, len(x)))], axis=1)
-        top = np.argpartition(-cs, k - 1, axis=1)[:, :k]
-        best_s = np.take_along_axis(cs, top, 1)
-        best_i = np.take_along_axis(ci, top, 1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1)
 
 
 # ---------------------------------------------------------------------------- training
@@ -122,16 +93,12 @@ def _spherical_kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.n
 
 
 def assign_lists(X: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """Exact nearest centroid by inner product of every row (chunked): ``int32 [n]``."""
-    import faiss
+    """Nearest list of every row (chunked): ``int32 [n]``.
 
-    q = faiss.IndexFlatIP(centroids.shape[1])
-    q.add(_f32(centroids))
-    out = np.empty(len(X), np.int32)
-    for s in range(0, len(X), chunk):
-        _, idx = q.search(_f32(X[s : s + chunk]), 1)
-        out[s : s + len(idx)] = idx[:, 0]
-    return out
+    List centroids are unit vectors (spherical K-means), so the nearest by Euclidean distance
+    is the nearest by inner product.
+    """
+    return nearest_centroid(X, centroids, chunk)[0]
 
 
 def _split(total: int, sizes: np.ndarray) -> np.ndarray:
@@ -277,11 +244,8 @@ def calibrate_ivf(
     chosen = nlist
     for p in grid:
         _, got = index.search(Q, top + 1, params=_probe(p))
-        hits = 0
-        for i in range(len(q)):
-            row = [r for r in got[i] if r != q[i] and r >= 0][:top]
-            hits += len(set(row) & set(exact[i].tolist()))
-        rec = hits / (len(q) * exact.shape[1])
+        found = [[r for r in got[i] if r != q[i] and r >= 0][:top] for i in range(len(q))]
+        rec = float(list_recall(found, exact.tolist(), top).mean())
         curve[str(p)] = round(rec, 4)
         if rec >= target_recall:
             chosen = p

@@ -8,12 +8,17 @@ results come back whenever the catalogue has that many.  ``nprobe=None`` uses th
 value calibrated at training time (recall@10 >= 0.95 against exact search on
 held-out catalogue queries); ``exact=True`` scans everything.
 
-From 1,000 catalogue images up (models trained by this version), cosine similarity
-is measured in a catalogue-centred PCA space of 128 dimensions stored in the model
-(``docs/quality.md``).  Opt-in query expansion (``query_expansion=2``: the query is
-expanded once with its top 2 results, alpha-QE) adds +0.016 mAP@10 on clothing-small;
-scores are then cosines to the expanded query (a catalogue image as query scores
-about 0.98 against itself, not 1.0), which is why it is not the default.
+Ranking space: the one stored in the model by
+:func:`~varsitysrch._searchindex.build_search_index` (by default a catalogue-centred PCA
+for catalogues of 1,000 images and more; the catalogue is stored already projected, so
+loading projects nothing), else plain cosine on the raw vectors.  Opt-in query expansion
+(``query_expansion=n``: the query is expanded once with its top ``n`` results, alpha-QE)
+makes scores cosines to the expanded query, so a catalogue image no longer scores 1.0
+against itself; the measurements behind these defaults are in ``docs/quality.md``.
+
+Files: a :class:`Hit` carries a ``path`` only when the caller names the catalogue's image
+folder (``image_root``); ids are resolved under it by :func:`varsitysrch._paths.resolve_image`
+and never leave it.  Nothing recorded in the model file is used as a filesystem root.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from ._cluster import KMeansModel, ModelFile, load_model, read_assignments
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extractors import Embedder, Extractor
 from ._images import ImageSource, load_image
 from ._index import IVFSearch
+from ._kmeans import KMeansModel
+from ._modelfile import ModelFile, load_model, read_assignments
+from ._paths import resolve_image
+from ._postprocess import expand_query, to_search_space
 from ._store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ class Hit:
     score: float  #: cosine similarity to the query (1.0 = identical features)
     cluster: int  #: the image's cluster
     rank: int  #: 1-based rank
-    path: str | None = None  #: absolute path, when the image folder is known
+    path: str | None = None  #: the file, when the Searcher was given its image_root (and it stays inside)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +68,10 @@ class Searcher:
         csv_file: its assignments CSV (optional; checked against the model when given).
         nprobe: default clusters to scan (``None``: the calibrated value).
         threads: ONNX Runtime threads for embedding queries.
-        image_root: folder of the catalogue images (default: recorded at extraction).
+        image_root: folder of the catalogue images, named by the operator; hits then carry
+            their file's ``path`` (resolved inside it, see :func:`varsitysrch._paths.resolve_image`).
+            ``None``: no paths.  A folder recorded in the model or store is never used.
+        query_expansion: alpha-QE neighbours (``None``: the model's value; 0: off).
     """
 
     def __init__(
@@ -99,14 +110,7 @@ class Searcher:
             raise IncompatibleModelError(
                 f"index has shape {self.vectors.shape}, model expects ({len(self.ids)}, {self.config['dim']})"
             )
-        # ranking space: the catalogue-centred PCA stored by train_clusters (docs/quality.md), or raw
-        self._space: tuple[np.ndarray, np.ndarray] | None = None
-        self._scoring = self.vectors
-        if self._ivf is None and "search_components" in mf.arrays and "search_mean" in mf.arrays:
-            from ._postprocess import to_search_space
-
-            self._space = (mf.arrays["search_mean"], mf.arrays["search_components"])
-            self._scoring = to_search_space(self.vectors, *self._space)
+        self._space, self._scoring = self._ranking_space(mf)
         # inverted lists: member rows of each cluster
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=self.k)
@@ -117,17 +121,26 @@ class Searcher:
         if nprobe is not None:
             self._check_nprobe(nprobe)
             self.default_nprobe = nprobe
-        root = image_root or self.config.get("image_root")
-        self.image_root = Path(root) if root else None
+        self.image_root = Path(image_root).resolve() if image_root is not None else None
+        ident = self.config.get("extractor", {})
         self.extractor = (
-            Extractor.from_identity(self.config.get("extractor", {}))
-            if self.config.get("extractor", {}).get("name") not in (None, "legacy-npy", "test")
-            else None
+            Extractor.from_identity(ident) if ident.get("name") not in (None, "legacy-npy") else None
         )
         self._threads = threads
         self._embedder: Embedder | None = None
 
     # ------------------------------------------------------------------ loading
+    def _ranking_space(self, mf: ModelFile) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray]:
+        """``(search PCA, catalogue in the ranking space)``: as stored, or the raw vectors."""
+        if self._ivf is not None or "search_components" not in mf.arrays or "search_mean" not in mf.arrays:
+            return None, self.vectors  # the IVF ranks in the raw space
+        space = (mf.arrays["search_mean"], mf.arrays["search_components"])
+        stored = mf.arrays.get("search_vectors")
+        if stored is not None:
+            return space, np.ascontiguousarray(stored, dtype=np.float32)
+        log.info("model file of format 1: projecting the catalogue into the search space")
+        return space, to_search_space(self.vectors, *space)
+
     def _check_csv(self, path: Path) -> None:
         ids, labels = read_assignments(path)
         if len(ids) != len(self.ids) or ids != self.ids or not np.array_equal(labels, self.labels):
@@ -227,11 +240,9 @@ class Searcher:
         v = np.asarray(vector, np.float32).reshape(-1)
         if v.shape[0] != self.vectors.shape[1]:
             raise IncompatibleModelError(f"query has dim {v.shape[0]}, the index has {self.vectors.shape[1]}")
-        vs = v if self._space is None else self._project(v)  # the query in the ranking space
+        vs = v if self._space is None else to_search_space(v, *self._space)  # the query in the ranking space
         qe = self.query_expansion if expand is None else expand
         if qe:  # alpha-QE: scores are then cosines to the expanded query
-            from ._postprocess import expand_query
-
             first = self.search_vector(v, qe, nprobe=nprobe, exact=exact, expand=0, exclude=exclude)
             rows_ = [self._id_index[h.image] for h in first]
             sims_ = np.array([h.score for h in first], np.float32)
@@ -252,12 +263,6 @@ class Searcher:
         top = top[np.lexsort((rows[top], -scores[top]))]  # by score, ties by catalogue order
         return [self._hit(int(rows[t]), float(scores[t]), r) for r, t in enumerate(top, 1)]
 
-    def _project(self, v: np.ndarray) -> np.ndarray:
-        from ._postprocess import to_search_space
-
-        assert self._space is not None
-        return to_search_space(v, *self._space)
-
     def candidates(
         self, v: np.ndarray, top_n: int, *, nprobe: int | None = None, exact: bool = False
     ) -> np.ndarray:
@@ -266,7 +271,7 @@ class Searcher:
             return np.arange(len(self.ids))
         p = self.default_nprobe if nprobe is None else nprobe
         self._check_nprobe(p)
-        order = np.argsort(self.model.centroid_distances(v[None])[0])
+        order = self.model.cluster_order(v[None])[0]
         need = min(top_n, len(self.ids))
         total = 0
         used = 0
@@ -279,7 +284,8 @@ class Searcher:
 
     def _hit(self, row: int, score: float, rank: int) -> Hit:
         rel = self.ids[row]
-        path = str(self.image_root / rel) if self.image_root else None
+        file = resolve_image(self.image_root, rel)
+        path = str(file) if file is not None else None
         return Hit(
             rel,
             min(score, 1.0) if score > 1.0 and score < 1.0 + 1e-3 else score,
@@ -290,8 +296,8 @@ class Searcher:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_searcher(model: str, csv: str | None, _stamp: tuple[int, ...]) -> Searcher:
-    return Searcher(model, csv)
+def _cached_searcher(model: str, csv: str | None, root: str | None, _stamp: tuple[int, ...]) -> Searcher:
+    return Searcher(model, csv, image_root=root)
 
 
 def _stamp(*paths: str | None) -> tuple[int, ...]:
@@ -315,13 +321,16 @@ def search_similar_images(
     *,
     nprobe: int | None = None,
     exact: bool = False,
+    image_root: str | os.PathLike[str] | None = None,
 ) -> list[Hit]:
     """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
 
     The model (and extractor) are loaded once and cached for later calls with the same
     files (reloaded if the files change).  ``image_path`` may also be bytes or a PIL image.
+    ``image_root``: the catalogue's image folder, for each hit's ``path`` (see :class:`Searcher`).
     """
     m = str(Path(model_filename).resolve())
     c = str(Path(csv_file).resolve()) if csv_file is not None else None
-    searcher = _cached_searcher(m, c, _stamp(m, c))
+    r = str(Path(image_root).resolve()) if image_root is not None else None
+    searcher = _cached_searcher(m, c, r, _stamp(m, c))
     return searcher.search(image_path, top_n, nprobe=nprobe, exact=exact)

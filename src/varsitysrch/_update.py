@@ -4,15 +4,18 @@
 
 1. :func:`~varsitysrch.extract_features` embeds only new and changed images (same size and
    mtime = unchanged, reused) and drops deleted ones from the feature store;
-2. images are compared with the model: *added* (not in the model), *changed* (file size
-   or mtime differs from the one recorded in the model at training or at the last
-   update), *removed* (in the model, no longer in the store), *unchanged*;
+2. images are compared with the model: *added* (not in the model), *changed* (the file's
+   stamp -- size, mtime, inode, ctime -- differs from the one recorded in the model at
+   training or at the last update), *removed* (in the model, no longer in the store),
+   *unchanged*;
 3. added and changed vectors are assigned to their nearest centroid with the model's own
    projection (PCA, if any) and centroids -- nothing is retrained; unchanged images keep
    their cluster and distance exactly;
-4. the model file (same centroids and configuration, new ids/labels/distances, embedded
-   vectors and IVF lists, an ``updates`` history entry) and the CSV are rewritten
-   atomically, the default ``nprobe`` recalibrated (cheap: 200 held-out queries).
+4. the search index is rebuilt by :func:`~varsitysrch._searchindex.build_search_index`
+   with the trained ranking space (the new catalogue projected, ``nprobe`` recalibrated
+   in that space on 200 held-out queries) and the IVF's lists kept; the model file (same
+   centroids, new ids/labels/distances, an ``updates`` history entry) and the CSV are
+   rewritten atomically.
 
 Drift report and the retrain rule
 ---------------------------------
@@ -50,12 +53,14 @@ from typing import Any
 
 import numpy as np
 
-from ._cluster import ModelFile, calibrate_nprobe, load_model, save_model, write_assignments
 from ._errors import IncompatibleModelError, InvalidArgumentError
-from ._extract import extract_features
+from ._extract import ExtractionResult, extract_features
 from ._extractors import Extractor
+from ._index import assign_lists
 from ._io import atomic_path
-from ._store import IDS, STORE_JSON, FeatureStore, read_ids
+from ._modelfile import ModelFile, load_model, model_stamps, save_model, stamp_arrays, write_assignments
+from ._searchindex import build_search_index
+from ._store import STORE_JSON, FeatureStore, Stamp, same_file
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +208,10 @@ def update_catalogue(
 
     Embeds only new or changed images into ``features_folder``, removes deleted ones,
     assigns new vectors to their nearest centroid, keeps every unchanged image's cluster
-    and distance, and rewrites ``model_filename`` and ``csv_filename`` atomically.  The
-    returned :class:`UpdateReport` holds the counts and the drift report; its
+    and distance, rebuilds the search index with the trained ranking space
+    (:func:`~varsitysrch._searchindex.build_search_index`), and rewrites
+    ``model_filename`` and ``csv_filename`` atomically.  The returned
+    :class:`UpdateReport` holds the counts and the drift report; its
     ``retrain_recommended`` follows the rule in this module's docstring.
 
     Args:
@@ -225,27 +232,10 @@ def update_catalogue(
         raise InvalidArgumentError(f"far_quantile must be in (0, 1); got {far_quantile}")
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
-    model_path, csv_path, features = Path(model_filename), Path(csv_filename), Path(features_folder)
+    model_path, features = Path(model_filename), Path(features_folder)
     mf = load_model(model_path)
-    config = mf.config
-    ex = extractor
-    if ex is None:
-        ident = config.get("extractor", {})
-        if ident.get("name") in (None, "legacy-npy", "test"):
-            raise IncompatibleModelError(
-                f"model {str(model_path)!r} was not made by a known extractor ({ident.get('name')!r}); "
-                "pass extractor= to embed new images"
-            )
-        ex = Extractor.from_identity(ident)
-
-    # file stats of the store before extraction: which images this run re-embeds
-    before: dict[str, tuple[int, int]] = {}
-    dtype = "float32"
-    if (features / STORE_JSON).exists():
-        ids0, sizes0, mtimes0 = read_ids(features / IDS)
-        before = dict(zip(ids0, zip(sizes0, mtimes0, strict=True), strict=True))
-        dtype = str(FeatureStore.open(features).meta.get("dtype", "float32"))
-
+    ex = _extractor(mf, extractor, model_path)
+    before, dtype = _store_state(features)
     with contextlib.ExitStack() as stack:
         if engine == "dask":
             from ._dask import client_for
@@ -264,119 +254,40 @@ def update_catalogue(
             scheduler=scheduler,
         )
         store = FeatureStore.open(features)
-        if store.dim != int(config["dim"]):
-            raise IncompatibleModelError(f"feature store has dim {store.dim}, the model {config['dim']}")
+        if store.dim != int(mf.config["dim"]):
+            raise IncompatibleModelError(f"feature store has dim {store.dim}, the model {mf.config['dim']}")
         plan = _plan(mf, store, before)
-        labels, dists, new_rows = _assign(mf, store, plan, engine, scheduler)
-        ivf_lists = _ivf_lists(mf, store, plan, new_rows)
-
-    # ---- drift
-    training = config.setdefault("training", {})
-    k = mf.k
-    sizes_now = np.bincount(labels, minlength=k)
-    sizes_tr = np.asarray(training.get("cluster_sizes") or np.bincount(mf.labels, minlength=k), np.float64)
-    mean_now = float(dists.mean()) if len(dists) else 0.0
-    mean_tr = float(training.get("mean_distance", float(mf.distances.mean()) if len(mf.distances) else 0.0))
-    quantiles = training.setdefault("distance_quantiles", {})
-    key = str(far_quantile)
-    if key not in quantiles:
-        quantiles[key] = float(np.quantile(mf.distances, far_quantile)) if len(mf.distances) else 0.0
-    threshold = float(quantiles[key])
-    n_new = len(new_rows)
-    n_far = int((dists[new_rows] > threshold).sum()) if n_new else 0
-    n_training = int(sizes_tr.sum()) or len(mf.ids) or 1
-    churned = int(config.get("churn_since_training", 0)) + plan.added + plan.changed + plan.removed
-    churn = churned / n_training
-    reasons = retrain_reasons(
-        n_new=n_new,
-        n_far=n_far,
-        far_quantile=far_quantile,
-        mean_distance=mean_now,
-        mean_distance_at_training=mean_tr,
-        imbalance=_imbalance(sizes_now),
-        imbalance_at_training=_imbalance(sizes_tr),
-        churn=churn,
-    )
-
-    # ---- nprobe, IVF and the new model file
-    model = mf.to_model()
-    nprobe_before = int(config.get("nprobe", k))
-    nprobe = nprobe_before
-    if recalibrate and len(store) > 11:
-        nprobe, curve = calibrate_nprobe(
-            store.vectors,
-            labels,
-            mf.centroids,
-            model,
-            float(config.get("target_recall", 0.95)),
-            n_queries=200,
-        )
-        config["nprobe"], config["recall_curve"] = int(nprobe), curve
-    extra = dict(mf.arrays)
-    _update_ivf(config, extra, store, ivf_lists, recalibrate)
-    if store.sizes and len(store.sizes) == len(store):
-        extra["store_sizes"] = np.asarray(store.sizes, np.int64)
-        extra["store_mtimes"] = np.asarray(store.mtimes, np.int64)
-    n = len(store)
-    config["n_images"] = n
-    feats = config.setdefault("features", {})
-    feats.update(
-        path=str(features.resolve()),
-        relative_path=os.path.relpath(features.resolve(), model_path.resolve().parent),
-        count=n,
-    )
-    if store.meta.get("image_root"):
-        config["image_root"] = store.meta["image_root"]
-    config["churn_since_training"] = churned
-    entry = {
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "added": plan.added,
-        "changed": plan.changed,
-        "removed": plan.removed,
-        "n_images": n,
-        "far_share": round(n_far / n_new, 4) if n_new else 0.0,
-        "mean_distance": round(mean_now, 6),
-        "cluster_imbalance": round(_imbalance(sizes_now), 4),
-        "nprobe": int(nprobe),
-        "retrain_recommended": bool(reasons),
-    }
-    config["updates"] = [*config.get("updates", []), entry][-MAX_HISTORY:]
-    vectors = np.asarray(store.vectors, np.float16) if mf.vectors is not None else None
-    new_mf = ModelFile(
-        config, mf.centroids, mf.pca_mean, mf.pca_components, list(store.ids), labels, dists, vectors, extra
-    )
-    with atomic_path(model_path) as tmp_model, atomic_path(csv_path) as tmp_csv:
+        labels, dists = _assign(mf, store, plan, engine, scheduler)
+    drift = _drift(mf, plan, labels, dists, far_quantile)
+    nprobe_before = int(mf.config.get("nprobe", mf.k))
+    new_mf = _updated_model(mf, store, plan, labels, dists, drift, recalibrate, model_path)
+    with atomic_path(model_path) as tmp_model, atomic_path(csv_filename) as tmp_csv:
         save_model(tmp_model, new_mf)
         write_assignments(tmp_csv, store.ids, labels, dists)
-    report = UpdateReport(
-        n_images=n,
-        added=plan.added,
-        changed=plan.changed,
-        removed=plan.removed,
-        unchanged=plan.unchanged,
-        n_embedded=res.n_embedded,
-        skipped=res.n_skipped,
-        seconds=time.perf_counter() - t0,
-        k=k,
-        cluster_imbalance=_imbalance(sizes_now),
-        cluster_imbalance_at_training=_imbalance(sizes_tr),
-        gini=gini(sizes_now),
-        gini_at_training=gini(sizes_tr),
-        empty_clusters=int((sizes_now == 0).sum()),
-        mean_distance=mean_now,
-        mean_distance_at_training=mean_tr,
-        far_quantile=far_quantile,
-        far_threshold=threshold,
-        n_far=n_far,
-        far_share=n_far / n_new if n_new else 0.0,
-        churn=churn,
-        nprobe=int(nprobe),
-        nprobe_before=nprobe_before,
-        retrain_recommended=bool(reasons),
-        reasons=tuple(reasons),
-    )
+    seconds = time.perf_counter() - t0
+    report = drift.report(plan, res, seconds, int(new_mf.config["nprobe"]), nprobe_before)
     log.info("%s", report.summary())
     return report
+
+
+def _extractor(mf: ModelFile, extractor: str | Extractor | None, model_path: Path) -> str | Extractor:
+    if extractor is not None:
+        return extractor
+    ident = mf.config.get("extractor", {})
+    if ident.get("name") in (None, "legacy-npy"):
+        raise IncompatibleModelError(
+            f"model {str(model_path)!r} was not made by a known extractor ({ident.get('name')!r}); "
+            "pass extractor= to embed new images"
+        )
+    return Extractor.from_identity(ident)
+
+
+def _store_state(features: Path) -> tuple[dict[str, Stamp], str]:
+    """File stamps of the store before extraction (which images this run re-embeds) and its dtype."""
+    if not (features / STORE_JSON).exists():
+        return {}, "float32"
+    store = FeatureStore.open(features, validate=False)
+    return store.stamps(), str(store.meta.get("dtype", "float32"))
 
 
 @dataclass
@@ -390,35 +301,23 @@ class _Plan:
     unchanged: int
 
 
-def _plan(mf: ModelFile, store: FeatureStore, before: dict[str, tuple[int, int]]) -> _Plan:
+def _plan(mf: ModelFile, store: FeatureStore, before: dict[str, Stamp]) -> _Plan:
     old_pos = {rel: j for j, rel in enumerate(mf.ids)}
-    ref: dict[str, tuple[int, int]] = {}
-    if (
-        "store_sizes" in mf.arrays
-        and "store_mtimes" in mf.arrays
-        and len(mf.arrays["store_sizes"]) == len(mf.ids)
-    ):
-        ref = dict(
-            zip(
-                mf.ids,
-                zip(mf.arrays["store_sizes"].tolist(), mf.arrays["store_mtimes"].tolist(), strict=True),
-                strict=True,
-            )
-        )
+    ref = model_stamps(mf)
+    now_stamps = store.stamps()
     keep_rows: list[int] = []
     keep_src: list[int] = []
     new_rows: list[int] = []
     added = changed = 0
-    have_stats = bool(store.sizes) and len(store.sizes) == len(store)
     for i, rel in enumerate(store.ids):
         j = old_pos.get(rel)
         if j is None:
             added += 1
             new_rows.append(i)
             continue
-        now = (store.sizes[i], store.mtimes[i]) if have_stats else None
+        now = now_stamps.get(rel)
         was = ref.get(rel, before.get(rel))
-        if now is not None and was is not None and was != now:
+        if now is not None and was is not None and not same_file(was, now):
             changed += 1
             new_rows.append(i)
         else:
@@ -438,7 +337,7 @@ def _plan(mf: ModelFile, store: FeatureStore, before: dict[str, tuple[int, int]]
 
 def _assign(
     mf: ModelFile, store: FeatureStore, plan: _Plan, engine: str, scheduler: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     n = len(store)
     labels = np.empty(n, np.int32)
     dists = np.empty(n, np.float32)
@@ -455,39 +354,164 @@ def _assign(
             lab, dst = model.assign_all(X)
         labels[plan.new_rows] = lab
         dists[plan.new_rows] = dst
-    return labels, dists, plan.new_rows
+    return labels, dists
 
 
-def _ivf_lists(mf: ModelFile, store: FeatureStore, plan: _Plan, new_rows: np.ndarray) -> np.ndarray | None:
-    """Each image's IVF list (None without an IVF): kept for unchanged images, nearest list for new ones."""
+def _ivf_lists(mf: ModelFile, store: FeatureStore, plan: _Plan) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's IVF with each image's list (None without an IVF): kept or nearest list for new ones."""
     if not mf.config.get("ivf") or "ivf_lists" not in mf.arrays or "ivf_centroids" not in mf.arrays:
         return None
-    from ._index import assign_lists
-
+    C = mf.arrays["ivf_centroids"]
     lists = np.empty(len(store), np.int32)
     lists[plan.keep_rows] = mf.arrays["ivf_lists"][plan.keep_src]
-    if len(new_rows):
-        lists[new_rows] = assign_lists(store.vectors[new_rows], mf.arrays["ivf_centroids"])
-    return lists
+    if len(plan.new_rows):
+        lists[plan.new_rows] = assign_lists(store.vectors[plan.new_rows], C)
+    return C, lists
 
 
-def _update_ivf(
-    config: dict[str, Any],
-    extra: dict[str, np.ndarray],
+@dataclass
+class _Drift:
+    """The drift measures of an update (module docstring)."""
+
+    k: int
+    sizes_now: np.ndarray
+    sizes_tr: np.ndarray
+    mean_now: float
+    mean_tr: float
+    far_quantile: float
+    threshold: float
+    n_new: int
+    n_far: int
+    churned: int
+    churn: float
+    reasons: list[str]
+
+    def report(
+        self, plan: _Plan, res: ExtractionResult, seconds: float, nprobe: int, nprobe_before: int
+    ) -> UpdateReport:
+        return UpdateReport(
+            n_images=int(self.sizes_now.sum()),
+            added=plan.added,
+            changed=plan.changed,
+            removed=plan.removed,
+            unchanged=plan.unchanged,
+            n_embedded=res.n_embedded,
+            skipped=res.n_skipped,
+            seconds=seconds,
+            k=self.k,
+            cluster_imbalance=_imbalance(self.sizes_now),
+            cluster_imbalance_at_training=_imbalance(self.sizes_tr),
+            gini=gini(self.sizes_now),
+            gini_at_training=gini(self.sizes_tr),
+            empty_clusters=int((self.sizes_now == 0).sum()),
+            mean_distance=self.mean_now,
+            mean_distance_at_training=self.mean_tr,
+            far_quantile=self.far_quantile,
+            far_threshold=self.threshold,
+            n_far=self.n_far,
+            far_share=self.n_far / self.n_new if self.n_new else 0.0,
+            churn=self.churn,
+            nprobe=nprobe,
+            nprobe_before=nprobe_before,
+            retrain_recommended=bool(self.reasons),
+            reasons=tuple(self.reasons),
+        )
+
+
+def _drift(mf: ModelFile, plan: _Plan, labels: np.ndarray, dists: np.ndarray, far_quantile: float) -> _Drift:
+    """Drift against the training reference; stores the far quantile in the model's config if new."""
+    config, k = mf.config, mf.k
+    training = config.setdefault("training", {})
+    sizes_now = np.bincount(labels, minlength=k)
+    sizes_tr = np.asarray(training.get("cluster_sizes") or np.bincount(mf.labels, minlength=k), np.float64)
+    mean_now = float(dists.mean()) if len(dists) else 0.0
+    mean_tr = float(training.get("mean_distance", float(mf.distances.mean()) if len(mf.distances) else 0.0))
+    quantiles = training.setdefault("distance_quantiles", {})
+    key = str(far_quantile)
+    if key not in quantiles:
+        quantiles[key] = float(np.quantile(mf.distances, far_quantile)) if len(mf.distances) else 0.0
+    threshold = float(quantiles[key])
+    n_new = len(plan.new_rows)
+    n_far = int((dists[plan.new_rows] > threshold).sum()) if n_new else 0
+    n_training = int(sizes_tr.sum()) or len(mf.ids) or 1
+    churned = int(config.get("churn_since_training", 0)) + plan.added + plan.changed + plan.removed
+    reasons = retrain_reasons(
+        n_new=n_new,
+        n_far=n_far,
+        far_quantile=far_quantile,
+        mean_distance=mean_now,
+        mean_distance_at_training=mean_tr,
+        imbalance=_imbalance(sizes_now),
+        imbalance_at_training=_imbalance(sizes_tr),
+        churn=churned / n_training,
+    )
+    return _Drift(
+        k,
+        sizes_now,
+        sizes_tr,
+        mean_now,
+        mean_tr,
+        far_quantile,
+        threshold,
+        n_new,
+        n_far,
+        churned,
+        churned / n_training,
+        reasons,
+    )
+
+
+def _updated_model(
+    mf: ModelFile,
     store: FeatureStore,
-    lists: np.ndarray | None,
+    plan: _Plan,
+    labels: np.ndarray,
+    dists: np.ndarray,
+    drift: _Drift,
     recalibrate: bool,
-) -> None:
-    from ._index import IVF_THRESHOLD, build_faiss_index, build_ivf, calibrate_ivf
-
-    target = float(config.get("target_recall", 0.95))
-    if lists is not None:
-        extra["ivf_lists"] = lists
-        if recalibrate:
-            index = build_faiss_index(extra["ivf_centroids"], lists, store.vectors)
-            nprobe, curve = calibrate_ivf(index, store.vectors, target)
-            config["ivf"].update(nprobe=int(nprobe), recall_curve=curve)
-    elif len(store) > IVF_THRESHOLD:  # the catalogue outgrew numpy search: give it an IVF (search only)
-        parts, _ = build_ivf(store.vectors, target_recall=target)
-        config["ivf"] = parts.config(target)
-        extra.update(parts.arrays())
+    model_path: Path,
+) -> ModelFile:
+    """The model file after the update: same centroids and spaces, new catalogue, search index rebuilt."""
+    config = mf.config
+    arrays = {k: v for k, v in mf.arrays.items() if not k.startswith("store_")}
+    arrays.update(stamp_arrays(store.ids, store.stamps()))
+    space = None
+    if "search_mean" in mf.arrays and "search_components" in mf.arrays:
+        space = (mf.arrays["search_mean"], mf.arrays["search_components"])
+    index = build_search_index(
+        store.vectors,
+        labels,
+        mf.to_model(),
+        target_recall=float(config.get("target_recall", 0.95)),
+        search_pca=space if space is not None else 0,
+        ivf=_ivf_lists(mf, store, plan),
+        calibrate=recalibrate,
+        n_queries=200,
+    )
+    index.apply(config, arrays)
+    n = len(store)
+    config["n_images"] = n
+    config.pop("image_root", None)  # never used: files are served only from an operator-given root
+    config.setdefault("features", {}).update(
+        path=str(store.folder.resolve()),
+        relative_path=os.path.relpath(store.folder.resolve(), model_path.resolve().parent),
+        count=n,
+    )
+    config["churn_since_training"] = drift.churned
+    entry = {
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "added": plan.added,
+        "changed": plan.changed,
+        "removed": plan.removed,
+        "n_images": n,
+        "far_share": round(drift.n_far / drift.n_new, 4) if drift.n_new else 0.0,
+        "mean_distance": round(drift.mean_now, 6),
+        "cluster_imbalance": round(_imbalance(drift.sizes_now), 4),
+        "nprobe": int(config.get("nprobe", mf.k)),
+        "retrain_recommended": bool(drift.reasons),
+    }
+    config["updates"] = [*config.get("updates", []), entry][-MAX_HISTORY:]
+    vectors = np.asarray(store.vectors, np.float16) if mf.vectors is not None else None
+    return ModelFile(
+        config, mf.centroids, mf.pca_mean, mf.pca_components, list(store.ids), labels, dists, vectors, arrays
+    )

@@ -1,0 +1,448 @@
+"""The model file and the assignments CSV: the only place that knows their layout.
+
+A model file is a zip archive (members stored, not compressed) of
+
+* ``model.json`` -- format name, format version, k, dim, n_images, extractor identity,
+  training statistics, the search configuration (``nprobe``, ``recall_curve``,
+  ``search_pca``, ``ivf``, ``query_expansion``) and the update history;
+* ``ids.json`` -- the catalogue ids in store order, a JSON list (any character, a newline
+  or an undecodable file-name byte kept as a lone surrogate, round-trips; version 1 files
+  joined ids with newlines in ``ids.txt`` and still load);
+* ``.npy`` arrays read with ``allow_pickle=False``: ``centroids``, ``labels``,
+  ``distances``, optional ``pca_mean``/``pca_components`` (the clustering space) and
+  ``vectors`` (the embedded catalogue), and ``extra/<name>.npy`` (see :class:`ModelFile`).
+
+Nothing in it can execute code, and :func:`load_model` trusts nothing: the JSON types, the
+``.npy`` headers (shape and dtype checked against ``model.json`` before any data is read),
+every member's size (bounded by the archive's own size before it is decompressed: no zip
+bomb), label ranges, finiteness and unit norm of vectors, unique ids and the extractor's
+dim are all checked, and every failure is a one-line :class:`ModelFileError`.  No path
+recorded in the model is ever used to serve files (see :mod:`varsitysrch._paths`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeGuard
+
+import numpy as np
+
+from ._errors import ModelFileError
+from ._io import atomic_path, read_csv, write_csv
+from ._kmeans import KMeansModel
+from ._version import __version__
+
+MODEL_FORMAT = "varsitysrch-model"
+MODEL_VERSION = 2
+#: model.json larger than this is refused before it is read
+MAX_JSON_BYTES = 64 * 2**20
+#: bytes decompressed for the whole file at most: this many times the archive's size, plus slack
+MAX_EXPANSION = 16
+MAX_DIM = 1 << 16
+UNIT_TOLERANCE = 0.02  # |norm - 1| of stored catalogue vectors (float16 rounding is ~1e-3)
+
+#: extra arrays and the shape each must have (n: images, dim, nlist, s: search dims)
+_EXTRAS = {
+    "store_sizes": "n",
+    "store_mtimes": "n",
+    "store_inodes": "n",
+    "store_ctimes": "n",
+    "ivf_centroids": "nlist,dim",
+    "ivf_lists": "n",
+    "search_mean": "dim",
+    "search_components": "s,dim",
+    "search_vectors": "n,s",
+}
+
+
+@dataclass
+class ModelFile:
+    """Everything a search needs, as stored in the model file."""
+
+    config: dict[str, Any]
+    centroids: np.ndarray
+    pca_mean: np.ndarray | None
+    pca_components: np.ndarray | None
+    ids: list[str]  # catalogue ids in store order
+    labels: np.ndarray  # cluster of each id
+    distances: np.ndarray
+    vectors: np.ndarray | None  # embedded catalogue (float16/32), store order; None = read the store
+    #: further arrays, stored as ``extra/<name>.npy``: ``search_mean``/``search_components`` (the
+    #: ranking-space PCA) and ``search_vectors`` (the catalogue already in that space),
+    #: ``ivf_centroids``/``ivf_lists`` (the IVF of large catalogues), ``store_sizes``/
+    #: ``store_mtimes`` (file stats of each id, used by update_catalogue to find changed images)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def to_model(self) -> KMeansModel:
+        """The fitted :class:`KMeansModel` stored in the file (nothing is retrained)."""
+        return KMeansModel.restore(
+            self.centroids,
+            int(self.config["dim"]),
+            pca_mean=self.pca_mean,
+            pca_components=self.pca_components,
+            labels=self.labels,
+            distances=self.distances,
+            inertia=float(self.config.get("training", {}).get("inertia", 0.0)),
+        )
+
+
+#: the file stamp of each image at training or the last update: ``extra/store_<column>.npy``
+STAMP_COLUMNS = ("sizes", "mtimes", "inodes", "ctimes")
+
+
+def stamp_arrays(ids: list[str], stamps: dict[str, tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
+    """The stamp arrays of a catalogue (``{}`` when the store has no stamps)."""
+    if len(stamps) != len(ids) or not ids:
+        return {}
+    cols = np.asarray([stamps[rel] for rel in ids], np.int64).reshape(len(ids), 4)
+    return {f"store_{c}": cols[:, j].copy() for j, c in enumerate(STAMP_COLUMNS)}
+
+
+def model_stamps(mf: ModelFile) -> dict[str, tuple[int, int, int, int]]:
+    """``id -> (size, mtime_ns, inode, ctime_ns)`` recorded in the model (-1 where not recorded)."""
+    a, n = mf.arrays, len(mf.ids)
+    if "store_sizes" not in a or "store_mtimes" not in a:
+        return {}
+    cols = [a.get(f"store_{c}", np.full(n, -1, np.int64)).tolist() for c in STAMP_COLUMNS]
+    return {rel: (s, m, i, c) for rel, s, m, i, c in zip(mf.ids, *cols, strict=True)}
+
+
+# ==================================================================== writing
+def save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
+    """Write ``mf`` atomically in the current format version."""
+    config = {**mf.config, "format": MODEL_FORMAT, "version": MODEL_VERSION, "library_version": __version__}
+    arrays: dict[str, np.ndarray] = {
+        "centroids": np.asarray(mf.centroids, np.float32),
+        "labels": np.asarray(mf.labels, np.int32),
+        "distances": np.asarray(mf.distances, np.float32),
+    }
+    if mf.pca_components is not None and mf.pca_mean is not None:
+        arrays["pca_mean"], arrays["pca_components"] = mf.pca_mean, mf.pca_components
+    if mf.vectors is not None:
+        arrays["vectors"] = mf.vectors
+    for name, extra in mf.arrays.items():
+        arrays[f"extra/{name}"] = extra
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("model.json", json.dumps(config, indent=2, sort_keys=True))
+        zf.writestr("ids.json", json.dumps(list(mf.ids), ensure_ascii=True))
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def write_assignments(
+    path: str | os.PathLike[str], ids: list[str], labels: np.ndarray, dists: np.ndarray
+) -> None:
+    """The assignments CSV: ``image, cluster, distance`` (spreadsheet-safe cells, see ``_io``)."""
+    write_csv(
+        path,
+        ["image", "cluster", "distance"],
+        ((i, int(c), f"{float(d):.6f}") for i, c, d in zip(ids, labels, dists, strict=True)),
+    )
+
+
+def read_assignments(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
+    """``(ids, labels)`` of an assignments CSV written by :func:`write_assignments`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"csv_file {str(p)!r} does not exist")
+    try:
+        header, rows = read_csv(p)
+        if "image" not in header or "cluster" not in header:
+            raise ModelFileError(f"{p}: not a cluster CSV (need columns image, cluster; got {header})")
+        ci, li = header.index("image"), header.index("cluster")
+        ids = [r[ci] for r in rows]
+        labels = np.asarray([int(r[li]) for r in rows], np.int32)
+    except (OSError, ValueError, IndexError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{p}: unreadable cluster CSV ({exc})") from exc
+    return ids, labels
+
+
+# ==================================================================== reading
+def _bad(p: Path, what: str) -> ModelFileError:
+    return ModelFileError(f"{p}: corrupt model file ({what})")
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _need_int(p: Path, cfg: dict[str, Any], key: str, lo: int, hi: int, *, required: bool = True) -> None:
+    v = cfg.get(key)
+    if v is None and not required:
+        return
+    if not _is_int(v) or not lo <= int(v) <= hi:
+        raise _bad(p, f"model.json {key!r} must be an integer in [{lo}, {hi}]; got {v!r}")
+
+
+def _check_config(p: Path, cfg: Any) -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        raise _bad(p, f"model.json must be an object; got {type(cfg).__name__}")
+    if cfg.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{p} is not a varsitysrch model file (format {cfg.get('format')!r})")
+    version = cfg.get("version")
+    if not _is_int(version) or version < 1:
+        raise _bad(p, f"model.json 'version' must be a positive integer; got {version!r}")
+    if version > MODEL_VERSION:
+        raise ModelFileError(
+            f"{p} has model format version {version}, newer than this library ({__version__}) "
+            f"understands ({MODEL_VERSION}); upgrade varsitysrch"
+        )
+    _need_int(p, cfg, "dim", 1, MAX_DIM)
+    _need_int(p, cfg, "n_images", 1, 2**40)
+    _need_int(p, cfg, "k", 1, cfg["n_images"])
+    _need_int(p, cfg, "nprobe", 1, cfg["k"], required=False)
+    _need_int(p, cfg, "query_expansion", 0, 1000, required=False)
+    _need_int(p, cfg, "search_pca", 1, cfg["dim"], required=False)
+    _need_int(p, cfg, "churn_since_training", 0, 2**62, required=False)
+    if cfg.get("n_components") is not None:
+        _need_int(p, cfg, "n_components", 1, cfg["dim"])
+    for key in ("training", "extractor", "features", "ivf"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise _bad(p, f"model.json {key!r} must be an object; got {cfg[key]!r}")
+    for key in ("recall_curve", "updates"):
+        if key in cfg and not isinstance(cfg[key], list):
+            raise _bad(p, f"model.json {key!r} must be a list; got {type(cfg[key]).__name__}")
+    tr = cfg.get("target_recall", 0.95)
+    if not _is_num(tr) or not 0 < tr <= 1:
+        raise _bad(p, f"model.json 'target_recall' must be a number in (0, 1]; got {tr!r}")
+    training = cfg.get("training", {})
+    for key in ("inertia", "mean_distance"):
+        if key in training and (not _is_num(training[key]) or training[key] < 0):
+            raise _bad(p, f"training {key!r} must be a number >= 0; got {training[key]!r}")
+    q = training.get("distance_quantiles", {})
+    if not isinstance(q, dict) or not all(_is_num(v) for v in q.values()):
+        raise _bad(p, "training 'distance_quantiles' must map quantiles to numbers")
+    sizes = training.get("cluster_sizes")
+    if sizes is not None and (
+        not isinstance(sizes, list) or len(sizes) != cfg["k"] or not all(_is_int(s) and s >= 0 for s in sizes)
+    ):
+        raise _bad(p, "training 'cluster_sizes' must be k integers >= 0")
+    ex = cfg.get("extractor", {})
+    if "input_size" in ex:
+        _need_int(p, ex, "input_size", 16, 4096)
+    if "dim" in ex and ex["dim"] != cfg["dim"]:
+        raise _bad(p, f"the extractor makes dim {ex['dim']!r} vectors but the model has dim {cfg['dim']}")
+    if "name" in ex and not isinstance(ex["name"], str):
+        raise _bad(p, f"extractor 'name' must be a string; got {ex['name']!r}")
+    if "ivf" in cfg:
+        _need_int(p, cfg["ivf"], "nprobe", 1, cfg["n_images"])
+    return cfg
+
+
+class _Reader:
+    """Reads members of an open model zip, checking sizes before anything is decompressed."""
+
+    def __init__(self, p: Path, zf: zipfile.ZipFile) -> None:
+        self.p, self.zf = p, zf
+        self.names = set(zf.namelist())
+        self.budget = MAX_EXPANSION * p.stat().st_size + 2**24
+
+    def info(self, name: str, limit: int) -> zipfile.ZipInfo:
+        info = self.zf.getinfo(name)
+        if info.file_size > limit or info.file_size > self.budget:
+            raise _bad(self.p, f"member {name} claims {info.file_size} bytes, more than its content allows")
+        self.budget -= info.file_size
+        return info
+
+    def read_text(self, name: str, limit: int) -> Any:
+        self.info(name, limit)
+        try:
+            return json.loads(self.zf.read(name))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(self.p, f"{name} is not valid JSON: {exc}") from exc
+
+    def array(self, name: str, shape: tuple[int | None, ...], kinds: str) -> np.ndarray | None:
+        """``name.npy`` if present; its header must give ``shape`` (None: any) and a dtype of ``kinds``."""
+        member = f"{name}.npy"
+        if member not in self.names:
+            return None
+        info = self.zf.getinfo(member)
+        with self.zf.open(member) as f:
+            got, dtype, header_len = _npy_header(self.p, member, f)
+            want = tuple(g if w is None else w for g, w in zip(got, shape, strict=False))
+            if len(got) != len(shape) or got != want:
+                raise _bad(self.p, f"{member} has shape {got}, expected {_shape_text(shape)}")
+            if dtype.kind not in kinds or dtype.hasobject or dtype.itemsize > 8:
+                raise _bad(self.p, f"{member} has dtype {dtype}, expected kind {kinds!r}")
+            size = header_len + math.prod(got) * dtype.itemsize
+            if info.file_size != size:
+                raise _bad(self.p, f"member {member} holds {info.file_size} bytes, its header says {size}")
+            self.info(member, size)
+            data = f.read(size - header_len)
+        if len(data) != size - header_len:
+            raise _bad(self.p, f"{member} is truncated")
+        return np.frombuffer(data, dtype=dtype).reshape(got).copy()
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
+def _npy_header(p: Path, member: str, f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError) as exc:
+        raise _bad(p, f"{member} has no valid .npy header: {exc}") from exc
+    if fortran:
+        raise _bad(p, f"{member} is Fortran-ordered")
+    return tuple(int(s) for s in shape), np.dtype(dtype), int(f.tell())  # magic + header length
+
+
+def _read_ids(r: _Reader, cfg: dict[str, Any]) -> list[str]:
+    n = cfg["n_images"]
+    limit = 64 + n * 4096 * 6 + MAX_JSON_BYTES
+    if "ids.json" in r.names:
+        ids = r.read_text("ids.json", limit)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _bad(r.p, "ids.json must be a list of strings")
+    elif "ids.txt" in r.names:  # format version 1
+        r.info("ids.txt", limit)
+        ids = r.zf.read("ids.txt").decode("utf-8", "surrogateescape").split("\n")
+        ids = [] if ids == [""] else ids
+    else:
+        raise _bad(r.p, "no ids")
+    if len(ids) != n:
+        raise _bad(r.p, f"{len(ids)} ids for n_images {n}")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in _counts(ids).items() if c > 1)
+        raise _bad(r.p, f"duplicate id {dup!r}")
+    return ids
+
+
+def _counts(ids: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in ids:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _finite(p: Path, name: str, a: np.ndarray | None, *, unit: bool = False, chunk: int = 65536) -> None:
+    if a is None:
+        return
+    flat = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+    for s in range(0, len(flat), chunk):
+        x = np.asarray(flat[s : s + chunk], np.float32)
+        if not np.isfinite(x).all():
+            raise _bad(p, f"{name} holds NaN or infinite values")
+        if unit and len(x) and np.abs(np.linalg.norm(x, axis=1) - 1.0).max() > UNIT_TOLERANCE:
+            raise _bad(p, f"{name} rows are not unit vectors")
+
+
+def _read(p: Path, zf: zipfile.ZipFile) -> ModelFile:
+    r = _Reader(p, zf)
+    if "model.json" not in r.names:
+        raise ModelFileError(f"{p} is not a varsitysrch model file (no model.json)")
+    cfg = _check_config(p, r.read_text("model.json", MAX_JSON_BYTES))
+    n, k, dim = cfg["n_images"], cfg["k"], cfg["dim"]
+    ids = _read_ids(r, cfg)
+    pca_components = r.array("pca_components", (None, dim), "f")
+    pca_mean = r.array("pca_mean", (dim,), "f") if pca_components is not None else None
+    if pca_components is not None and (pca_mean is None or not 1 <= len(pca_components) <= dim):
+        raise _bad(p, "clustering PCA incomplete")
+    c = dim if pca_components is None else len(pca_components)
+    centroids = r.array("centroids", (k, c), "f")
+    labels = r.array("labels", (n,), "iu")
+    distances = r.array("distances", (n,), "f")
+    if centroids is None or labels is None or distances is None:
+        raise ModelFileError(f"{p} is incomplete (centroids/labels/distances missing)")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise _bad(p, f"labels must be in [0, k) = [0, {k}); got {int(labels.min())}..{int(labels.max())}")
+    _finite(p, "centroids", centroids)
+    _finite(p, "distances", distances)
+    if len(distances) and float(distances.min()) < 0:
+        raise _bad(p, "negative distances")
+    _finite(p, "the clustering PCA", pca_components)
+    _finite(p, "the clustering PCA mean", pca_mean)
+    vectors = r.array("vectors", (n, dim), "f")
+    _finite(p, "vectors", vectors, unit=True)
+    arrays = _read_extras(r, cfg)
+    return ModelFile(
+        cfg,
+        centroids.astype(np.float32),
+        pca_mean,
+        pca_components,
+        ids,
+        labels.astype(np.int32),
+        distances.astype(np.float32),
+        vectors,
+        arrays,
+    )
+
+
+def _read_extras(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    p, n, dim = r.p, cfg["n_images"], cfg["dim"]
+    comps = r.array("extra/search_components", (None, dim), "f")
+    s = None if comps is None else len(comps)
+    ivf_c = r.array("extra/ivf_centroids", (None, dim), "f")
+    sizes = {"n": n, "dim": dim, "s": s, "nlist": None if ivf_c is None else len(ivf_c)}
+    out: dict[str, np.ndarray] = {}
+    for name, spec in _EXTRAS.items():
+        if name == "search_components":
+            a = comps
+        elif name == "ivf_centroids":
+            a = ivf_c
+        else:
+            shape = tuple(sizes[d] for d in spec.split(","))
+            kinds = "f" if name.startswith("search") else "iu"
+            a = r.array(f"extra/{name}", shape, kinds)
+        if a is not None:
+            out[name] = a
+    for name in ("search_components", "search_mean", "search_vectors", "ivf_centroids"):
+        _finite(p, name, out.get(name), unit=name in ("search_vectors", "ivf_centroids"))
+    if ("search_components" in out) != ("search_mean" in out):
+        raise _bad(p, "search PCA incomplete")
+    if "search_vectors" in out and "search_components" not in out:
+        raise _bad(p, "search vectors without their PCA")
+    if ("ivf_centroids" in out) != ("ivf_lists" in out):
+        raise _bad(p, "IVF incomplete")
+    if "ivf_lists" in out and len(out["ivf_lists"]):
+        lists, nlist = out["ivf_lists"], len(out["ivf_centroids"])
+        if int(lists.min()) < 0 or int(lists.max()) >= nlist:
+            raise _bad(p, f"IVF lists must be in [0, {nlist})")
+    return out
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelFile:
+    """Read and validate a model file; refuses pickles and anything but JSON + plain arrays."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"model_filename {str(p)!r} does not exist")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"c", b"]", b"}"):
+        raise ModelFileError(
+            f"{p} looks like a Python pickle: refused (varsitysrch model files are JSON + arrays and "
+            "are never unpickled; retrain with train_clusters)"
+        )
+    if not zipfile.is_zipfile(p):
+        raise ModelFileError(f"{p} is not a varsitysrch model file")
+    try:
+        with zipfile.ZipFile(p) as zf:
+            return _read(p, zf)
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, KeyError, OSError, EOFError) as exc:
+        raise _bad(p, f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,190 @@
+"""Step 3: ``train_clusters`` -- feature store -> K-means -> search index -> model file + CSV.
+
+The stages, each in its own module: :mod:`varsitysrch._kmeans` (the estimator),
+:mod:`varsitysrch._searchindex` (ranking space, calibrated ``nprobe``, IVF),
+:mod:`varsitysrch._modelfile` (the file format).  The Dask engine is reached only through
+:func:`varsitysrch._dask.dask_assign`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _index
+from ._errors import InvalidArgumentError
+from ._kmeans import Assigner, KMeansModel, distance_quantiles
+from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, save_model, stamp_arrays, write_assignments
+from ._postprocess import default_search_pca, fit_search_pca
+from ._searchindex import TARGET_RECALL, build_search_index
+from ._store import FeatureStore
+from ._version import __version__
+
+log = logging.getLogger(__name__)
+
+#: the catalogue's raw vectors are embedded (float16) in the model up to this many floats
+EMBED_MAX_FLOATS = 50_000_000
+
+
+def train_clusters(
+    features_folder: str | os.PathLike[str],
+    model_filename: str | os.PathLike[str],
+    csv_filename: str | os.PathLike[str],
+    num_clusters: int,
+    *,
+    n_components: int | None = None,
+    n_init: int = 3,
+    random_state: int = 0,
+    backend: str = "auto",
+    embed_index: bool | None = None,
+    target_recall: float = TARGET_RECALL,
+    show_progress: bool = True,
+    max_samples: int | None = None,
+    ivf: bool | None = None,
+    engine: str = "local",
+    scheduler: Any = None,
+    search_pca: int | None = None,
+    query_expansion: int | None = None,
+) -> KMeansModel:
+    """Train K-means on a feature store; write the model file and the assignments CSV.
+
+    The CSV has columns ``image`` (id: relative path with extension), ``cluster`` and
+    ``distance`` (to its centroid, in the clustering space), in store (sorted id) order.
+
+    Clustering: :class:`KMeansModel` with ``num_clusters``, ``n_components`` (a PCA
+    clustering space), ``n_init``, ``random_state``, ``backend`` and ``max_samples`` (rows
+    the centroids are trained on; every image is then assigned in chunks, on
+    dask.distributed workers with ``engine="dask", scheduler=ADDRESS|Client``).
+
+    Search (:func:`~varsitysrch._searchindex.build_search_index`): ``search_pca``
+    components of a catalogue-centred PCA form the ranking space (``None``: the default
+    rule of :func:`~varsitysrch._postprocess.default_search_pca`; ``0``: plain cosine),
+    and the default ``nprobe`` is the fewest clusters reaching ``target_recall`` recall@10
+    against exact search in that space.  Catalogues above
+    :data:`varsitysrch._index.IVF_THRESHOLD` images (or ``ivf=True``) get a faiss IVF
+    instead.  ``embed_index``: keep the raw vectors in the model file (``None``: up to
+    50M floats); otherwise the Searcher reads them from the feature store.
+    ``query_expansion``: the Searcher's default alpha-QE neighbours (``None``/``0``: off;
+    the measurements behind this opt-in are in ``docs/quality.md``).
+
+    Returns the fitted :class:`KMeansModel`.
+    """
+    _check_args(target_recall, engine, search_pca, query_expansion)
+    store = FeatureStore.open(features_folder)
+    X = store.vectors  # a memory map: float16 or float32, never copied whole
+    n, dim = X.shape
+    use_ivf = bool(ivf or (ivf is None and n > _index.IVF_THRESHOLD))
+    n_search = 0 if use_ivf else default_search_pca(n, dim) if search_pca is None else search_pca
+    model = KMeansModel(
+        num_clusters,
+        n_init=n_init,
+        random_state=random_state,
+        backend=backend,
+        n_components=n_components,
+        max_samples=max_samples,
+    )
+    model._validate(n, dim)
+    # one PCA for both spaces: the clustering space is its first n_components components
+    shared = fit_search_pca(X, max(n_components or 0, n_search), random_state) if n_search else None
+    model.fit(X, assigner=_assigner(store, engine, scheduler), pca=shared)
+    space: Any = (shared[0], shared[1][:n_search]) if shared is not None else 0
+    index = build_search_index(
+        X,
+        model.labels_,
+        model,
+        target_recall=target_recall,
+        search_pca=space,
+        ivf=use_ivf,
+        random_state=random_state,
+    )
+    config = _config(store, model, Path(features_folder), Path(model_filename), target_recall)
+    config["query_expansion"] = int(query_expansion or 0)  # opt-in: scores stay cosines to the query
+    if embed_index is None:
+        embed_index = n * dim <= EMBED_MAX_FLOATS
+    config["index"] = "embedded" if embed_index else "store"
+    arrays = stamp_arrays(store.ids, store.stamps())  # update_catalogue compares them to find changes
+    index.apply(config, arrays)
+    mf = ModelFile(
+        config,
+        model.cluster_centers_,
+        model.pca_mean_,
+        model.pca_components_,
+        list(store.ids),
+        model.labels_,
+        model.distances_,
+        np.asarray(X, np.float16) if embed_index else None,
+        arrays,
+    )
+    save_model(model_filename, mf)
+    write_assignments(csv_filename, store.ids, model.labels_, model.distances_)
+    log.info(
+        "trained k=%d on %d images (%s, %.1fs); default nprobe %s",
+        model.num_clusters,
+        n,
+        model.backend_,
+        model.fit_seconds_,
+        config["nprobe"],
+    )
+    return model
+
+
+def _check_args(target_recall: float, engine: str, search_pca: Any, query_expansion: Any) -> None:
+    if not 0.0 < target_recall <= 1.0:
+        raise InvalidArgumentError(f"target_recall must be in (0, 1]; got {target_recall}")
+    if engine not in ("local", "dask"):
+        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
+    for name, v in (("search_pca", search_pca), ("query_expansion", query_expansion)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0):
+            raise InvalidArgumentError(f"{name} must be an integer >= 0 or None; got {v!r}")
+
+
+def _assigner(store: FeatureStore, engine: str, scheduler: Any) -> Assigner | None:
+    """Every row's nearest centroid on dask.distributed workers (``engine="dask"``), else local."""
+    if engine != "dask":
+        return None
+    from ._dask import dask_assign
+
+    vectors_file = getattr(store.vectors, "filename", None)
+    source = vectors_file if vectors_file else store.vectors
+    return lambda m: dask_assign(source, m, scheduler=scheduler)
+
+
+def _config(
+    store: FeatureStore, model: KMeansModel, folder: Path, model_path: Path, target_recall: float
+) -> dict[str, Any]:
+    n, dim = store.vectors.shape
+    sizes = np.bincount(model.labels_, minlength=model.num_clusters)
+    return {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "library_version": __version__,
+        "k": int(model.num_clusters),
+        "dim": int(dim),
+        "n_images": int(n),
+        "extractor": store.extractor,
+        "features": {
+            "path": str(folder.resolve()),
+            "relative_path": os.path.relpath(folder.resolve(), model_path.resolve().parent),
+            "count": int(n),
+        },
+        "n_components": model.n_components,
+        "target_recall": target_recall,
+        "training": {
+            "backend": model.backend_,
+            "n_init": model.n_init,
+            "random_state": model.random_state,
+            "inertia": model.inertia_,
+            "n_iter": model.n_iter_,
+            "seconds": round(model.fit_seconds_, 3),
+            "mean_distance": float(model.distances_.mean()),
+            "cluster_sizes": [int(s) for s in sizes],
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sample_size": int(model.sample_size_),
+            "distance_quantiles": distance_quantiles(model.distances_),
+        },
+    }
