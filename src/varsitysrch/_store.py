@@ -146,6 +146,13 @@ class FeatureStore:
         if not folder.is_dir():
             raise FeatureStoreError(f"features_folder {str(folder)!r} does not exist or is not a folder")
         if not (folder / STORE_JSON).exists():
+            if (folder / "ids.csv").exists() or any(folder.glob("*/ids.csv")):
+                # a store whose header was lost, not a legacy per-image folder: refuse, do not
+                # read its vectors.npy files as if each were one image's features
+                raise FeatureStoreError(
+                    f"{folder}: {STORE_JSON} is missing but the folder holds a feature store's files; "
+                    "run extract_features again (into a new folder)"
+                )
             return cls._open_legacy(folder)
         # a writer may commit (and remove the generation we just read about) between our
         # reads: then store.json names a newer generation, and we read again
@@ -349,9 +356,18 @@ def store_paths(folder: str | os.PathLike[str]) -> StorePaths:
 
 
 def _load_vectors(path: Path, meta: dict[str, Any], *, mmap: bool) -> np.ndarray:
-    """The vectors, with shape and dtype checked against the header and the file size first."""
+    """The vectors, with shape and dtype checked against the header and the file size first.
+
+    The file is opened once (a concurrent commit may unlink it; the open file stays valid).
+    """
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")  # noqa: SIM115  (closed below, after the checks)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+    with f:
+        try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, fortran, dt = np.lib.format.read_array_header_1_0(f)
@@ -361,32 +377,31 @@ def _load_vectors(path: Path, meta: dict[str, Any], *, mmap: bool) -> np.ndarray
                 raise ValueError(f"unsupported .npy version {version}")
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
-    if dt.name not in DTYPES or dt.byteorder == ">" or fortran:
-        raise FeatureStoreError(f"{path}: vectors must be little-endian float32/float16 rows; got {dt}")
-    if dt.name != meta["dtype"]:
-        raise FeatureStoreError(f"{path}: vectors are {dt.name}, header says {meta['dtype']}")
-    if len(shape) != 2:
-        raise FeatureStoreError(f"{path}: vectors must be a [count, dim] matrix; got shape {shape}")
-    if shape[1] != meta["dim"] or shape[0] != meta["count"]:
-        raise FeatureStoreError(
-            f"{path}: store is inconsistent: vectors are {shape[0]} x {shape[1]}, "
-            f"{STORE_JSON} says count {meta['count']}, dim {meta['dim']}"
-        )
-    want = offset + shape[0] * shape[1] * dt.itemsize
-    if size != want:
-        raise FeatureStoreError(f"{path}: vectors file is {size} bytes, its header needs {want}")
-    if shape[0] == 0:
-        return np.zeros(shape, dt)
-    try:
-        if mmap:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+        except (OSError, ValueError) as exc:
+            raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+        if dt.name not in DTYPES or dt.byteorder == ">" or fortran:
+            raise FeatureStoreError(f"{path}: vectors must be little-endian float32/float16 rows; got {dt}")
+        if dt.name != meta["dtype"]:
+            raise FeatureStoreError(f"{path}: vectors are {dt.name}, header says {meta['dtype']}")
+        if len(shape) != 2:
+            raise FeatureStoreError(f"{path}: vectors must be a [count, dim] matrix; got shape {shape}")
+        if shape[1] != meta["dim"] or shape[0] != meta["count"]:
+            raise FeatureStoreError(
+                f"{path}: store is inconsistent: vectors are {shape[0]} x {shape[1]}, "
+                f"{STORE_JSON} says count {meta['count']}, dim {meta['dim']}"
+            )
+        want = offset + shape[0] * shape[1] * dt.itemsize
+        if size != want:
+            raise FeatureStoreError(f"{path}: vectors file is {size} bytes, its header needs {want}")
+        if shape[0] == 0:
+            return np.zeros(shape, dt)
+        try:
+            if mmap:
+                return np.memmap(f, dtype=dt, mode="r", offset=offset, shape=tuple(shape))
+            X = np.fromfile(f, dtype=dt, count=shape[0] * shape[1])
+            return X.reshape(shape)
+        except (OSError, ValueError) as exc:
+            raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
 
 
 def check_rows(X: np.ndarray, what: str, chunk: int = 16384) -> None:
