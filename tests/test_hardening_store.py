@@ -117,7 +117,11 @@ def _run(code: str, timeout: float = 240, **env: str) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(REPO / "tests"), **env},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+            **env,
+        },
         cwd=REPO,
     )
 

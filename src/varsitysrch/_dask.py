@@ -262,7 +262,7 @@ def dask_assign(
     data goes through the client), or an array (shipped chunk by chunk).  ``model`` is a
     fitted :class:`~varsitysrch.KMeansModel` (its PCA, if any, is applied on the workers).
     """
-    from ._store import VECTORS
+    from ._store import store_paths
 
     params = (
         np.asarray(model.cluster_centers_, np.float32),
@@ -275,7 +275,7 @@ def dask_assign(
         if isinstance(source, str | Path):
             path = Path(source)
             if path.is_dir():
-                path = path / VECTORS
+                path = store_paths(path).vectors  # the live generation (store.json names it)
             path_s = str(path.resolve())
             n = int(np.load(path_s, mmap_mode="r").shape[0])
             for s in range(0, n, chunk):
