@@ -291,7 +291,8 @@ class _Reader:
 
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    inner = ", ".join("*" if s is None else str(s) for s in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 def _npy_header(p: Path, member: str, f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any], int]:
@@ -326,10 +327,17 @@ def _read_ids(r: _Reader, cfg: dict[str, Any]) -> list[str]:
         raise _bad(r.p, "no ids")
     if len(ids) != n:
         raise _bad(r.p, f"{len(ids)} ids for n_images {n}")
+    bad = next((i for i in ids if not _plain_id(i)), None)
+    if bad is not None:
+        raise _bad(r.p, f"bad id {bad!r}: ids are relative paths inside the image folder")
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in _counts(ids).items() if c > 1)
         raise _bad(r.p, f"duplicate id {dup!r}")
     return ids
+
+
+def _plain_id(rel: str) -> bool:
+    return bool(rel) and "\x00" not in rel and not rel.startswith("/") and ".." not in rel.split("/")
 
 
 def _counts(ids: list[str]) -> dict[str, int]:
