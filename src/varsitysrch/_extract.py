@@ -294,8 +294,13 @@ def extract_features(
     out = Path(save_to)
     if not root.is_dir():
         raise InvalidArgumentError(f"img_folder {str(root)!r} does not exist or is not a folder")
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1; got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    for name, value, low in (("num_workers", num_workers, 0), ("threads", threads, 1)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low
+        ):
+            raise InvalidArgumentError(f"{name} must be None or an integer >= {low}; got {value!r}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise InvalidArgumentError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
     if dtype not in ("float32", "float16"):

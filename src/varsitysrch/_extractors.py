@@ -92,12 +92,23 @@ class Extractor:
         return d
 
     @classmethod
-    def from_identity(cls, d: dict[str, Any]) -> Extractor:
+    def from_identity(cls, d: dict[str, Any], error: type[VarsitysrchError] | None = None) -> Extractor:
+        """The extractor recorded in a store or model file, with every field's type checked.
+
+        A malformed record raises ``error`` (default :class:`ModelFileError`) naming the field.
+        """
+        err = error or ModelFileError
+        if not isinstance(d, dict):
+            raise err(f"the recorded extractor must be a JSON object; got {type(d).__name__}")
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         kw = {k: v for k, v in d.items() if k in known}
+        for k, v in kw.items():
+            problem = _identity_problem(k, v)
+            if problem:
+                raise err(f"the recorded extractor's {k} must be {problem}; got {v!r}")
         for k in ("mean", "std"):
             if k in kw:
-                kw[k] = tuple(kw[k])
+                kw[k] = tuple(float(x) for x in kw[k])
         return cls(**kw)
 
     def compatible_with(self, other: dict[str, Any]) -> bool:
@@ -176,6 +187,34 @@ class Extractor:
             output=output,
             pooling="model",
         )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _identity_problem(key: str, v: Any) -> str:
+    """What is wrong with one recorded identity field ('' if nothing)."""
+    if key in ("dim",) and not (_is_int(v) and 1 <= v <= 1 << 20):
+        return "an integer in [1, 1048576]"
+    if key == "input_size" and not (_is_int(v) and 8 <= v <= 4096):
+        return "an integer in [8, 4096]"
+    if key == "graph_version" and not (_is_int(v) and v >= 0):
+        return "an integer >= 0"
+    if key == "quantized" and not isinstance(v, bool):
+        return "true or false"
+    if key in ("mean", "std") and not (
+        isinstance(v, list | tuple)
+        and len(v) == 3
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+        and (key == "mean" or all(x > 0 for x in v))
+    ):
+        return "a list of 3 finite numbers" + (" > 0" if key == "std" else "")
+    if key in ("name", "resize", "pooling", "weights_sha256", "onnx_path", "layout", "output") and not (
+        isinstance(v, str)
+    ):
+        return "a string"
+    return ""
 
 
 def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extractor:

@@ -37,6 +37,10 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
+    if path.is_dir():
+        from ._errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{str(path)!r} is a folder; a file name is needed here")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -335,7 +335,7 @@ def extract(
     verbose: Verbose = 0,
 ) -> None:
     """Embed every image of IMG_DIR into the feature store FEATURES_DIR (reruns only embed changes)."""
-    from ._extract import extract_features
+    from . import extract_features
 
     kw: dict[str, Any] = {}
     if weights is not None:
@@ -377,7 +377,7 @@ def train(
     verbose: Verbose = 0,
 ) -> None:
     """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV."""
-    from ._train import train_clusters
+    from . import train_clusters
 
     m = _call(
         train_clusters,
@@ -429,7 +429,7 @@ def search(
 
     Piped, or with --plain: tab-separated rank, score, cluster, image (the full id) and path.
     """
-    from ._search import Searcher
+    from . import Searcher
 
     s = _call(Searcher, model, csv, image_root=images)
     hits = _call(s.search, query, n, nprobe=nprobe, exact=exact)
@@ -459,7 +459,7 @@ def choose_k(
     verbose: Verbose = 0,
 ) -> None:
     """Elbow, silhouette and retrieval scores for k = 2..MAX; prints the recommended k."""
-    from ._selectk import get_optimal_num_clusters
+    from . import get_optimal_num_clusters
 
     sel = _call(
         get_optimal_num_clusters,
@@ -500,9 +500,9 @@ def serve(
     verbose: Verbose = 0,
 ) -> None:
     """Serve search over HTTP (JSON API, web page at /, OpenAPI at /docs)."""
-    from ._service import run_server
+    from .service import run_server
 
-    _say(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
+    # uvicorn prints where it listens once the model is loaded
     run_server(
         model,
         csv,
@@ -529,7 +529,7 @@ def update(
     verbose: Verbose = 0,
 ) -> None:
     """Embed new/changed images, drop deleted ones, assign them to clusters: no retraining."""
-    from ._update import update_catalogue
+    from . import update_catalogue
 
     rep = _call(
         update_catalogue,
@@ -581,7 +581,8 @@ def eval_(
     verbose: Verbose = 0,
 ) -> None:
     """Measure search quality on a labelled catalogue: exact, the seed's method and ranked search."""
-    from ._evaluate import DEFAULT_CONFIGS, evaluate
+    from . import evaluate
+    from ._evaluate import DEFAULT_CONFIGS
 
     query_split: Any = None
     if split is not None:
