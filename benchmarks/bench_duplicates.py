@@ -43,7 +43,7 @@ from varsitysrch._store import FeatureStore
 DATA = Path("/work/shared/data")
 DUP_TRANSFORMS = ("reencode", "resize", "crop", "mirror")
 TRANSFORMS = (*DUP_TRANSFORMS, "colour")
-THRESHOLDS = (0.70, 0.75, 0.80, 0.83, 0.85, 0.87, 0.88, 0.90, 0.92, 0.94, 0.96)
+THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96)
 
 
 def hue_rotate(im: Image.Image, degrees: float) -> Image.Image:

@@ -127,7 +127,7 @@ class ScoreCalibrator:
             nn, _ = exact_topk(np.asarray(ranking[q], np.float32), ranking, 1, exclude=q)
             Xq = np.asarray(X[q], np.float32)
             s = np.einsum("ij,ij->i", Xq, np.asarray(X[nn[:, 0]], np.float32)).astype(np.float64)
-        s = s[np.isfinite(s)]
+        s = np.clip(s[np.isfinite(s)], -1.0, 1.0)  # cosines; float rounding can step past 1
         if not len(s):
             raise InvalidArgumentError("X has no finite nearest-neighbour scores (NaN or empty rows?)")
         self.levels_ = np.linspace(0.0, 1.0, int(self.n_quantiles))
@@ -143,7 +143,7 @@ class ScoreCalibrator:
     def confidence(self, scores: Any) -> np.ndarray:
         """Confidence in ``[0, 1]`` of each score: its percentile among the reference scores."""
         self._check_fitted()
-        s = np.asarray(scores, np.float64)
+        s = np.clip(np.asarray(scores, np.float64), -1.0, 1.0)
         xp = self.quantiles_
         # flat stretches (many equal reference scores, e.g. exact duplicates) map to their upper level
         uniq, last = np.unique(xp[::-1], return_index=True)
