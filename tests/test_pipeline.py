@@ -21,6 +21,7 @@ from varsitysrch import (
     KMeansModel,
     ModelFileError,
     NotFittedError,
+    Searcher,
     extract_features,
     load_features,
     train_clusters,
@@ -149,7 +150,14 @@ def test_legacy_per_image_npy_folder_is_readable(tmp_path: Path) -> None:
         np.save(tmp_path / f"{name}.npy", rng.standard_normal((1, 7, 7, 4)).astype(np.float32))
     ids, X, ex = load_features(tmp_path)
     assert ids == ["a.jpg", "b.jpg", "c.jpg"] and X.shape == (3, 196) and ex["name"] == "legacy-npy"
-    train_clusters(tmp_path, tmp_path / "m.vsm", tmp_path / "c.csv", 2, show_progress=False)
+    km = train_clusters(tmp_path, tmp_path / "m.vsm", tmp_path / "c.csv", 2, show_progress=False)
+    mf = load_model(tmp_path / "m.vsm")
+    assert mf.ids == ids and mf.config["dim"] == 196 and sorted(set(mf.labels.tolist())) == [0, 1]
+    np.testing.assert_array_equal(mf.labels, km.labels_)
+    s = Searcher(tmp_path / "m.vsm", tmp_path / "c.csv")
+    assert s.extractor is None  # legacy features: search by vector only
+    for j, rel in enumerate(ids):
+        assert s.search_vector(X[j], 1)[0].image == rel
 
 
 def test_missing_or_corrupt_store_is_a_clear_error(tmp_path: Path, synth_store: Path) -> None:
@@ -187,6 +195,26 @@ def test_estimator_contract() -> None:
         KMeansModel(51).fit(X)
     with pytest.raises(InvalidArgumentError, match="integer"):
         KMeansModel(2.5).fit(X)  # type: ignore[arg-type]
+
+
+def test_kmeans_model_is_a_scikit_learn_estimator() -> None:
+    from sklearn.base import BaseEstimator, clone
+
+    X = np.random.default_rng(1).standard_normal((60, 6)).astype(np.float32)
+    m = KMeansModel(3, n_init=2, random_state=4, n_components=4, backend="sklearn")
+    assert isinstance(m, BaseEstimator)
+    params = m.get_params()
+    assert params == {
+        "num_clusters": 3, "n_init": 2, "max_iter": 300, "random_state": 4, "backend": "sklearn",
+        "n_components": 4, "max_samples": None,
+    }  # fmt: skip
+    m.fit(X)
+    c = clone(m)
+    assert c.get_params() == params and not hasattr(c, "cluster_centers_")
+    np.testing.assert_array_equal(c.fit(X).labels_, m.labels_)
+    assert m.set_params(num_clusters=2) is m and m.num_clusters == 2
+    learned = [a for a in vars(m) if a not in params]
+    assert learned and all(a.endswith("_") for a in learned), learned
 
 
 def test_faiss_backend_and_pca_space() -> None:

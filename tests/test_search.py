@@ -157,3 +157,107 @@ def test_calibrated_nprobe_reaches_target_recall() -> None:
     nprobe, curve = calibrate_nprobe(X, m.labels_, m, 0.95)
     assert curve[nprobe - 1] >= 0.95 and (nprobe == 1 or curve[nprobe - 2] < 0.95)
     assert all(a <= b + 1e-9 for a, b in itertools.pairwise(curve))
+
+
+def _generated_store(folder: Path, n: int, dim: int, seed: int) -> tuple[list[str], np.ndarray]:
+    from varsitysrch._store import FeatureStore
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((12, dim)).astype(np.float32)
+    # a large shared offset: raw cosine and the catalogue-centred PCA space rank differently
+    X = 3.0 + centres[rng.integers(0, 12, n)] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    ids = [f"g/{i:05d}.jpg" for i in range(n)]
+    FeatureStore.write(folder, ids, X, {"name": "generated", "dim": dim})
+    return ids, X
+
+
+def test_nprobe_is_calibrated_in_the_space_the_searcher_ranks_in(tmp_path: Path) -> None:
+    """The stored recall curve is what the Searcher itself measures, nprobe by nprobe (held-out queries)."""
+    _generated_store(tmp_path / "f", 400, 40, seed=5)
+    train_clusters(
+        tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", 8, search_pca=4, show_progress=False
+    )
+    s = Searcher(tmp_path / "m.vsm")
+    curve = s.config["recall_curve"]
+    assert s.config["search_pca"] == 4 and len(curve) == s.k
+    measured = np.zeros(s.k)
+    for j in range(len(s)):  # 400 < 500 calibration queries: every image was a query
+        v = np.asarray(s.vectors[j], np.float32)
+        exact = {h.image for h in s.search_vector(v, 10, exact=True, exclude={j})}
+        for p in range(1, s.k + 1):
+            got = {h.image for h in s.search_vector(v, 10, nprobe=p, exclude={j})}
+            measured[p - 1] += len(got & exact) / 10
+    measured /= len(s)
+    np.testing.assert_allclose(curve, measured, atol=2e-3)
+    assert s.default_nprobe == next(p for p, r in enumerate(measured, 1) if r >= 0.95 - 2e-3)
+
+
+def test_catalogue_is_stored_projected_and_not_projected_at_load(tmp_path: Path, monkeypatch) -> None:
+    from varsitysrch import _search
+    from varsitysrch._modelfile import load_model
+
+    _generated_store(tmp_path / "f", 300, 40, seed=6)
+    train_clusters(
+        tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", 5, search_pca=6, show_progress=False
+    )
+    rows: list[int] = []
+    real = _search.to_search_space
+    monkeypatch.setattr(
+        _search, "to_search_space", lambda X, *a: rows.append(np.atleast_2d(X).shape[0]) or real(X, *a)
+    )
+    s = Searcher(tmp_path / "m.vsm")
+    assert rows == []  # nothing projected at load
+    s.search_id("g/00007.jpg", 3)
+    assert rows == [1]  # the query only
+    mf = load_model(tmp_path / "m.vsm")
+    assert mf.arrays["search_vectors"].shape == (300, 6) and s._scoring.shape == (300, 6)
+
+
+def test_n_components_model_into_a_searcher(synth_store: Path, synth_catalogue, tmp_path: Path) -> None:
+    """Clustering in a PCA space and ranking in the (shared, wider) search PCA space, end to end."""
+    from varsitysrch._modelfile import load_model
+
+    root, labels = synth_catalogue
+    km = train_clusters(
+        synth_store,
+        tmp_path / "m.vsm",
+        tmp_path / "c.csv",
+        4,
+        n_components=5,
+        search_pca=8,
+        show_progress=False,
+    )
+    assert km.pca_components_.shape == (5, 1280)
+    mf = load_model(tmp_path / "m.vsm")
+    # one PCA fit: the clustering space is the search space's first components
+    np.testing.assert_array_equal(mf.pca_components, mf.arrays["search_components"][:5])
+    np.testing.assert_array_equal(mf.pca_mean, mf.arrays["search_mean"])
+    s = Searcher(tmp_path / "m.vsm", tmp_path / "c.csv")
+    np.testing.assert_array_equal(s.model.predict(s.vectors), s.labels)
+    for rel in sorted(labels)[::5]:
+        hits = s.search(root / rel, 3)
+        assert hits[0].image == rel and hits[0].score == pytest.approx(1.0, abs=1e-3)
+        assert hits[0].cluster == int(s.labels[s.ids.index(rel)])
+
+
+def test_search_cache_reloads_when_the_files_change(
+    synth_store: Path, synth_catalogue, tmp_path: Path
+) -> None:
+    from varsitysrch import _search
+
+    root, labels = synth_catalogue
+    rel = sorted(labels)[0]
+    model, csv_path = tmp_path / "m.vsm", tmp_path / "c.csv"
+    train_clusters(synth_store, model, csv_path, 4, show_progress=False)
+    _search._cached_searcher.cache_clear()
+    a = search_similar_images(root / rel, model, csv_path, 3)
+    b = search_similar_images(root / rel, model, csv_path, 3)
+    assert _search._cached_searcher.cache_info().misses == 1 and [h.image for h in a] == [h.image for h in b]
+    train_clusters(synth_store, model, csv_path, 2, show_progress=False)  # same paths, new files
+    c = search_similar_images(root / rel, model, csv_path, 3)
+    assert _search._cached_searcher.cache_info().misses == 2
+    assert all(h.cluster in (0, 1) for h in c) and c[0].image == rel
+    assert a[0].path is None
+    d = search_similar_images(root / rel, model, csv_path, 3, image_root=root)
+    assert d[0].path == str((root / rel).resolve())

@@ -176,3 +176,40 @@ def test_update_keeps_the_ivf_search_index_in_step(source, tmp_path: Path) -> No
     for rel in added:
         hit = s.search(cat / rel, top_n=1)[0]
         assert hit.image == rel and hit.cluster == int(mf.labels[mf.ids.index(rel)])
+
+
+def test_update_on_a_model_with_pca_keeps_both_spaces_and_projects_the_new_catalogue(
+    source, tmp_path: Path
+) -> None:
+    from varsitysrch._postprocess import to_search_space
+    from varsitysrch._searchindex import calibrate_nprobe
+
+    src, labels = source
+    classes = [c for c, _ in SYNTHETIC_CLASSES[:4]]
+    cat, feats, model, csv_path = tmp_path / "cat", tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv"
+    _copy(src, cat, _pick(labels, classes, range(6)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 4, n_components=5, search_pca=12, show_progress=False)
+    mf0 = load_model(model)
+    assert mf0.pca_components is not None and mf0.config["search_pca"] == 12
+    added = [f"{classes[0]}/img_06.png", f"{classes[3]}/img_07.jpg"]
+    _copy(src, cat, added)
+    rep = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert (rep.added, rep.n_images) == (2, 26)
+    mf = load_model(model)
+    # neither space is refitted
+    np.testing.assert_array_equal(mf.pca_components, mf0.pca_components)
+    np.testing.assert_array_equal(mf.arrays["search_components"], mf0.arrays["search_components"])
+    # the whole new catalogue is stored in the ranking space
+    X = np.asarray(mf.vectors, np.float32)
+    R = to_search_space(X, mf.arrays["search_mean"], mf.arrays["search_components"])
+    np.testing.assert_allclose(mf.arrays["search_vectors"], R, atol=1e-3)
+    # new images are assigned in the clustering space: the model's own prediction
+    pos = [mf.ids.index(a) for a in added]
+    np.testing.assert_array_equal(mf.labels[pos], mf.to_model().predict(X[pos]))
+    # nprobe was recalibrated in the ranking space
+    want, curve = calibrate_nprobe(X, mf.labels, mf.to_model(), 0.95, ranking=R, n_queries=200)
+    assert mf.config["nprobe"] == want and mf.config["recall_curve"] == curve
+    s = Searcher(model, csv_path)
+    for rel in added:
+        assert s.search(cat / rel, top_n=3)[0].image == rel
