@@ -216,3 +216,19 @@ def test_train_warns_when_k_is_close_to_the_number_of_images(
         ],
     )
     assert res.stdout == "" and f"warning: k=12 on {n} images: 2.0 images per cluster" in res.stderr
+
+
+def test_extract_allow_empty(synth_catalogue, synth_store: Path, tmp_path: Path) -> None:
+    # an empty (or unmounted) folder never empties a store; --allow-empty says it may
+    import shutil
+
+    root, labels = synth_catalogue
+    store = tmp_path / "store"
+    shutil.copytree(synth_store, store)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["extract", str(empty), str(store)])
+    assert res.exit_code == 2 and "--allow-empty" in res.stderr
+    res = runner.invoke(app, ["extract", str(empty), str(store), "--allow-empty"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(f"0 images in {store}") and f"{len(labels)} removed" in res.stdout

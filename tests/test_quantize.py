@@ -38,8 +38,12 @@ def test_calibration_from_folder_array_or_paths(synth_catalogue) -> None:
     assert from_folder.shape == (5, 32, 32, 3) and from_folder.dtype == np.uint8
     paths = [root / p for p in list_images(root)[:3]]
     assert _calibration_batch(paths, ex, limit=10).shape == (3, 32, 32, 3)
-    arr = np.zeros((2, 32, 32, 3), np.uint8)
-    assert _calibration_batch(arr, ex, limit=10) is not None
+    arr = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_calibration_batch(arr, ex, limit=10), arr[:10])  # used as given, capped
+    # a folder is spread evenly over its (sorted) images when it holds more than the limit
+    every = _calibration_batch(root, ex, limit=1000)
+    two = _calibration_batch(root, ex, limit=2)
+    np.testing.assert_array_equal(two, every[[0, len(every) - 1]])
     with pytest.raises(InvalidArgumentError, match="uint8"):
         _calibration_batch(np.zeros((2, 16, 16, 3), np.uint8), ex, limit=10)
     with pytest.raises(InvalidArgumentError, match="does not exist"):

@@ -331,6 +331,13 @@ def extract(
     weights: Annotated[Path | None, typer.Option(help="Weights file (vgg16-block5pool).")] = None,
     engine: Annotated[str, typer.Option(help="local, or dask (needs --scheduler).")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="Let a folder with no readable image empty an existing store (refused otherwise).",
+        ),
+    ] = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -342,6 +349,8 @@ def extract(
         kw["weights"] = str(weights)
     if engine != "local" or scheduler is not None:
         kw["engine"], kw["scheduler"] = engine, scheduler
+    if allow_empty:
+        kw["allow_empty"] = True
     res = _call(
         extract_features,
         img_dir,
