@@ -222,7 +222,7 @@ def test_extract_allow_empty(synth_catalogue, synth_store: Path, tmp_path: Path)
     # an empty (or unmounted) folder never empties a store; --allow-empty says it may
     import shutil
 
-    root, labels = synth_catalogue
+    _, labels = synth_catalogue
     store = tmp_path / "store"
     shutil.copytree(synth_store, store)
     empty = tmp_path / "empty"
