@@ -1,20 +1,19 @@
 """The search index of large catalogues: a faiss IVF beside the user's K-means clusters.
 
 The user's ``k`` clusters are chosen for browsing (tens to a few thousand); as a search
-partition they are too coarse at scale (with k=50 on 200k images, ranked search through
-the nearest 1-4 clusters reached recall@10 0.56-0.77 while scanning 3-12 % of the
-catalogue).  Above :data:`IVF_THRESHOLD` images, :func:`~varsitysrch.train_clusters`
-therefore also builds a finer inverted-file partition used only for search:
+partition they are too coarse at scale (measured in ``docs/scale.md``).  Above
+:data:`IVF_THRESHOLD` images, :func:`~varsitysrch._searchindex.build_search_index`
+therefore builds a finer inverted-file partition used only for search:
 
 * ``nlist = round(4 * sqrt(N))`` lists (at most ``N / 39``: faiss's floor of training
   points per list), spherical K-means (cosine), trained in two levels: ``sqrt(nlist)``
   coarse cells, then each cell is split into lists in proportion to its size.  Training
-  and assignment are matrix products over one cell at a time, so building the index for
-  1M x 1280 vectors takes seconds to a minute instead of the ~10 TFLOP of assigning every
-  vector to every list; an item's list is the nearest list of its cell (queries compare
+  and assignment are matrix products over one cell at a time instead of comparing every
+  vector with every list; an item's list is the nearest list of its cell (queries compare
   against all ``nlist`` centroids; the calibrated ``nprobe`` absorbs the difference).
+  Build times are in ``docs/scale.md`` (``benchmarks/bench_scale.py``).
 * vectors are stored as float16 codes (faiss ``IndexIVFScalarQuantizer``, ``QT_fp16``,
-  inner product, no residual): half the memory of float32, recall unchanged in practice.
+  inner product, no residual): half the memory of float32.
 * ``nprobe`` is calibrated at build time: the fewest lists whose search reaches the
   target recall@10 (0.95) against exact search, on held-out catalogue queries.
 

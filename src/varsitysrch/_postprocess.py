@@ -2,9 +2,9 @@
 
 All functions work on L2-normalised float32 rows and return L2-normalised rows.
 
-Adopted by default: the search space -- catalogue-centred PCA to 128 dimensions
-(:func:`default_search_pca`, fitted by :func:`~varsitysrch.train_clusters` and applied
-by :class:`~varsitysrch.Searcher` to the catalogue at load and to every query).
+Adopted by default: the search space -- catalogue-centred PCA (:func:`default_search_pca`),
+fitted once by :func:`~varsitysrch._searchindex.build_search_index`, which stores the
+catalogue projected; :class:`~varsitysrch.Searcher` projects each query.
 
 Catalogue side (fitted or computed once on the catalogue, stored with the model):
 
@@ -23,7 +23,7 @@ Query side:
   product pixels (background white excluded) mixed into the final score of the top
   results, for catalogues where colour variants of one product should rank together.
 
-Which of these are used by default is decided by measurement on clothing-small; the
+Which of these are used by default is decided by measurement (``docs/quality.md``); the
 rest stay available to :func:`varsitysrch.evaluate` so their effect can be re-measured
 on a user's own catalogue.
 """
@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._errors import InvalidArgumentError
+from ._neighbours import exact_topk
 from ._store import normalize_rows
 
-#: alpha-DBA / alpha-QE defaults (measured best on clothing-small, docs/quality.md).
+#: alpha-DBA / alpha-QE defaults (chosen by measurement: docs/quality.md).
 DBA_NEIGHBOURS = 10
 QE_NEIGHBOURS = 2
 ALPHA = 3.0
@@ -51,10 +52,8 @@ SEARCH_PCA_MIN_IMAGES = 1000
 def default_search_pca(n_images: int, dim: int) -> int:
     """Components of the search-space PCA :func:`~varsitysrch.train_clusters` fits by default (0 = none).
 
-    Measured on clothing-small (docs/quality.md): centring on the catalogue mean is worth
-    +0.009 mAP@10, PCA to 64-512 dimensions +0.009-0.011 (held-out split: +0.016), and the
-    scan is ~10x cheaper at 128 dimensions (measured best: mAP@10 0.709 vs 0.707 at 256).
-    Small catalogues keep plain cosine.
+    :data:`SEARCH_PCA_DIM` components from :data:`SEARCH_PCA_MIN_IMAGES` images up (and when the
+    features have more dimensions); small catalogues keep plain cosine.  Why: ``docs/quality.md``.
     """
     if n_images < SEARCH_PCA_MIN_IMAGES or dim <= SEARCH_PCA_DIM:
         return 0
@@ -84,23 +83,23 @@ def to_search_space(
 
 
 # ------------------------------------------------------------------ alpha-DBA
-def neighbour_lists(X: np.ndarray, n: int, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` most similar rows of every row (itself included, first): ``(idx, sims)``."""
+def neighbour_lists(X: np.ndarray, n: int, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` most similar rows of every row (itself first, then by similarity): ``(idx, sims)``.
+
+    The neighbours are :func:`varsitysrch._neighbours.exact_topk` with each row held out from
+    its own list (ties by row order), ``chunk`` query rows at a time.
+    """
     X = np.asarray(X, np.float32)
     m = len(X)
     n = min(n, m)
     idx = np.empty((m, n), np.int64)
-    sims = np.empty((m, n), np.float32)
-    for s in range(0, m, chunk):
-        S = X[s : s + chunk] @ X.T
-        rows = np.arange(len(S))
-        S[rows, s + rows] = np.inf  # self first, whatever rounding says
-        part = np.argpartition(-S, n - 1, axis=1)[:, :n] if n < m else np.tile(np.arange(m), (len(S), 1))
-        ps = np.take_along_axis(S, part, 1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        idx[s : s + chunk] = np.take_along_axis(part, order, 1)
-        sims[s : s + chunk] = np.take_along_axis(ps, order, 1)
-    sims[:, 0] = 1.0
+    sims = np.ones((m, n), np.float32)
+    idx[:, 0] = np.arange(m)
+    if n > 1:
+        for s in range(0, m, chunk):
+            rows = np.arange(s, min(m, s + chunk))
+            nb, sc = exact_topk(X[rows], X, n - 1, exclude=rows, chunk=8192)
+            idx[rows, 1:], sims[rows, 1:] = nb, sc
     return idx, sims
 
 
@@ -160,12 +159,12 @@ def fit_whitening(
         raise InvalidArgumentError(
             f"whitening dim must be in [1, min(dim, n-1)] = [1, {min(d, n - 1)}]; got {dim}"
         )
-    mean = X.mean(0)
-    _, s, vt = np.linalg.svd((X - mean).astype(np.float64), full_matrices=False)
-    var = s[:dim] ** 2 / max(1, n - 1)
-    var = var + shrinkage * float(var.mean())
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dim, svd_solver="full").fit(X.astype(np.float64))
+    var = pca.explained_variance_ + shrinkage * float(pca.explained_variance_.mean())
     scale = np.maximum(var, 1e-12) ** -power
-    return Whitening(mean.astype(np.float32), (vt[:dim] * scale[:, None]).astype(np.float32))
+    return Whitening(pca.mean_.astype(np.float32), (pca.components_ * scale[:, None]).astype(np.float32))
 
 
 def apply_whitening(X: np.ndarray, w: Whitening) -> np.ndarray:
