@@ -148,6 +148,9 @@ def h(
     a_dir = base / "a-folder"
     a_dir.mkdir()
     (a_dir / "readme.txt").write_text("no images here")
+    for name in ("garbage.pth", "garbage.npz"):
+        (base / name).write_bytes(b"garbage weights" * 10)
+    np.savez(base / "wrong-keys.npz", a=np.zeros(3, np.float32))
     garbage_onnx = base / "garbage.onnx"
     garbage_onnx.write_bytes(b"\x00garbage onnx" * 20)
     model, csv = synth_model
@@ -167,6 +170,9 @@ def h(
         "empty_jpg": empty_jpg,
         "dir": a_dir,
         "garbage_onnx": garbage_onnx,
+        "garbage.pth": base / "garbage.pth",
+        "garbage.npz": base / "garbage.npz",
+        "wrong-keys.npz": base / "wrong-keys.npz",
         "bad_csv": bad_csv,
         "garbage_csv": garbage_csv,
         "stores": _corrupt_stores(synth_store, base),
@@ -232,6 +238,16 @@ case("extract_features", "onnx-missing")(
 case("extract_features", "onnx-garbage")(
     lambda h: V.extract_features(h["root"], _out(h, "og") / "f", extractor=f"onnx:{h['garbage_onnx']}")
 )
+for _w in ("garbage.pth", "garbage.npz", "wrong-keys.npz"):
+    case("extract_features", f"vgg16-weights-{_w}")(
+        lambda h, w=_w: V.extract_features(
+            h["root"],
+            _out(h, f"vgg-{w}") / "f",
+            extractor="vgg16-block5pool",
+            weights=str(h[w]),
+            show_progress=False,
+        )
+    )
 case("extract_features", "weights-for-lite0")(
     lambda h: V.extract_features(h["root"], _out(h, "w") / "f", weights=str(h["text"]), show_progress=False)
 )

@@ -299,3 +299,18 @@ def test_garbage_user_onnx_model_is_a_model_file_error(tmp_path: Path) -> None:
     p = _tiny_onnx(tmp_path / "tiny.onnx")
     with pytest.raises(ModelFileError, match="failed on an input"):
         Extractor.from_onnx(p, input_size=64, layout="uint8-nhwc")  # graph wants float NCHW
+
+
+def test_unusable_weights_are_one_model_file_error_without_a_rebuild(
+    tmp_path: Path, fresh_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "vgg16.npz"
+    np.savez(bad, a=np.zeros(3, np.float32))  # a readable .npz without the VGG16 tensors
+    ex = get_extractor("vgg16-block5pool", weights=str(bad))
+    with caplog.at_level("WARNING", logger="varsitysrch"), pytest.raises(ModelFileError, match="do not fit"):
+        Embedder(ex)
+    assert "rebuilding" not in caplog.text  # a build error is not mistaken for a bad cached graph
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelFileError, match=r"not a readable \.npz"):
+        Embedder(get_extractor("vgg16-block5pool", weights=str(bad)))
+    assert not list((fresh_cache / "models").glob("vgg16-*.onnx"))

@@ -350,8 +350,11 @@ def vgg16_weights(url: str = VGG16_URL) -> Path:
 
 def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as exc:  # not a zip, pickled members, truncated
+            raise ModelFileError(f"{path}: not a readable .npz of weights ({_first_line(exc)})") from exc
     from ._weights import load_torch_state_dict
 
     return load_torch_state_dict(path)
@@ -483,7 +486,12 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
         "mobilenet-v2": _nets.build_mobilenet_v2,
         "vgg16-block5pool": _nets.build_vgg16_block5pool,
     }[ex.name]
-    data = builder(sd)
+    try:
+        data = builder(sd)
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise ModelFileError(
+            f"weights {str(wpath)!r} do not fit {ex.name}: {type(exc).__name__} {_first_line(exc)}"
+        ) from exc
     if ex.quantized:
         data = _quantize(data, ex)
     _write_cached_graph(cached, data, ex)
@@ -551,8 +559,9 @@ class Embedder:
     def __init__(self, extractor: Extractor, *, threads: int | None = None) -> None:
         self.extractor = extractor
         self.threads = threads or max(1, os.cpu_count() or 1)
+        graph = onnx_model_bytes(extractor)  # build errors (weights, onnx) are raised as they are
         try:
-            self.session = _session(onnx_model_bytes(extractor), self.threads)
+            self.session = _session(graph, self.threads)
         except ModelFileError:
             if extractor.onnx_path:
                 raise
