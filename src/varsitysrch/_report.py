@@ -929,7 +929,9 @@ def _map_page(
     sampled = (
         " (a seeded sample: the page stays the same size at any catalogue size)" if len(map_rows) < n else ""
     )
-    js = "window.VS_MAP = " + json.dumps(data, ensure_ascii=True, separators=(",", ":")) + ";\n"
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # no markup
+    js = "window.VS_MAP = " + text + ";\n"
     (tmp / "map-data.js").write_text(js, encoding="ascii")
     body = f"""
 <h1>Map of the catalogue</h1>

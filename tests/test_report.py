@@ -1,0 +1,242 @@
+"""make_report: a self-contained folder, cached thumbnails, safe ids, atomic replacement."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from varsitysrch import IncompatibleModelError, InvalidArgumentError
+from varsitysrch._io import read_csv
+from varsitysrch._report import make_report
+from varsitysrch._store import FeatureStore, normalize_rows
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Generated catalogue + a byte copy and a mirrored copy of one image, extracted and trained (k=4)."""
+    from imagegen import make_synthetic_catalogue
+    from varsitysrch import extract_features, train_clusters
+
+    d = tmp_path_factory.mktemp("report")
+    root = d / "img"
+    make_synthetic_catalogue(root, n_classes=4, per_class=6, size=96, seed=0)
+    shutil.copyfile(root / "red_circles" / "img_00.png", root / "red_circles" / "img_00_copy.png")
+    ImageOps.mirror(Image.open(root / "blue_stripes" / "img_00.png")).save(
+        root / "blue_stripes" / "mirror.png"
+    )
+    extract_features(root, d / "features", show_progress=False)
+    train_clusters(d / "features", d / "model.vsm", d / "clusters.csv", 4, show_progress=False)
+    return {
+        "root": root,
+        "features": d / "features",
+        "model": d / "model.vsm",
+        "csv": d / "clusters.csv",
+        "dir": d,
+    }
+
+
+def _build(t: dict[str, Path], out: Path, **kw: object):  # type: ignore[no-untyped-def]
+    return make_report(t["features"], t["model"], t["csv"], out, show_progress=False, **kw)  # type: ignore[arg-type]
+
+
+def _html(out: Path) -> dict[Path, str]:
+    return {p: p.read_text(encoding="utf-8") for p in out.rglob("*.html")}
+
+
+def test_report_folder_is_complete_and_self_contained(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    s = _build(trained, out)
+    for name in (
+        "index.html",
+        "duplicates.html",
+        "map.html",
+        "map.js",
+        "map-data.js",
+        "style.css",
+        "outliers.csv",
+        "duplicates.csv",
+        "clusters.csv",
+        "report.json",
+        "figures/cluster-sizes.png",
+        "figures/silhouette.png",
+    ):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "clusters").iterdir()) == [f"c{c:04d}.html" for c in range(4)]
+    assert s.n_images == 26 and s.k == 4 and s.thumbnails_missing == 0 and s.thumbnails_made > 0
+    assert s.bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name != "report.json")
+    pages = _html(out)
+    for page, text in pages.items():
+        refs = re.findall(r'(?:src|href)="([^"]+)"', text)
+        assert refs, page
+        for ref in refs:
+            assert not re.match(r"[a-z]+:", ref), (page, ref)  # no http(s):, file:, data: ... only relative
+            target = (page.parent / ref.split("#")[0]).resolve()
+            assert target.is_file(), (page, ref)  # every link, image, script and sheet is in the folder
+            assert target.is_relative_to(out.resolve())
+    assert not list(tmp_path.glob(".report.*"))  # no temporary folder left
+
+
+def test_duplicates_found_and_exported(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    s = _build(trained, out)
+    header, rows = read_csv(out / "duplicates.csv")
+    assert header == ["tier", "group", "group_size", "max_score", "min_score", "image", "cluster"]
+    dup = {}
+    for r in rows:
+        if r[0] == "duplicate":
+            dup.setdefault(r[1], set()).add(r[5])
+    assert {"red_circles/img_00.png", "red_circles/img_00_copy.png"} in dup.values()
+    assert s.n_duplicate_groups == len(dup)
+    text = (out / "duplicates.html").read_text(encoding="utf-8")
+    assert "0.93" in text and "img_00_copy.png" in text
+
+
+def test_outliers_and_clusters_csv(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    _build(trained, out, central=3, outliers=2)
+    header, rows = read_csv(out / "outliers.csv")
+    assert header[:3] == ["rank", "image", "cluster"]
+    _, crow = read_csv(out / "clusters.csv")
+    sizes = [int(r[1]) for r in crow]
+    assert sum(sizes) == 26
+    assert len(rows) == sum(min(2, sz) for sz in sizes if sz > 3)
+    ratios = [float(r[5]) for r in rows]
+    assert ratios == sorted(ratios, reverse=True)
+    sil = [float(r[5]) for r in crow if r[5]]
+    assert all(-1 <= v <= 1 for v in sil) and sil
+
+
+def test_rebuild_reuses_thumbnails(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    first = _build(trained, out)
+    files = sorted(p.relative_to(out) for p in out.rglob("*"))
+    second = _build(trained, out)
+    assert second.thumbnails_made == 0 and second.thumbnails_reused == first.thumbnails_made > 0
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files
+    # a changed image gets a new thumbnail, the others are reused
+    img = trained["root"] / "red_circles" / "img_02.png"
+    keep = img.read_bytes()
+    try:
+        Image.open(img).rotate(90).save(img)
+        third = _build(trained, out)
+    finally:
+        img.write_bytes(keep)
+    assert third.thumbnails_made <= 1  # only if that image is shown
+
+
+def test_interrupted_build_keeps_the_previous_report(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import varsitysrch._report as rep
+
+    out = tmp_path / "r"
+    _build(trained, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(rep, "_map_page", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _build(trained, out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_refuses_to_overwrite_other_folders_and_mismatched_files(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidArgumentError, match="not a varsitysrch report"):
+        _build(trained, other)
+    assert (other / "keep.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidArgumentError, match="not a folder"):
+        _build(trained, tmp_path / "file")
+    header, rows = read_csv(trained["csv"])
+    rows[0][1] = str((int(rows[0][1]) + 1) % 4)
+    from varsitysrch._io import write_csv
+
+    bad_csv = tmp_path / "bad.csv"
+    write_csv(bad_csv, header, rows)
+    with pytest.raises(IncompatibleModelError, match="does not match"):
+        make_report(trained["features"], trained["model"], bad_csv, tmp_path / "x", show_progress=False)
+    X = np.asarray(FeatureStore.open(trained["features"]).vectors)
+    FeatureStore.write(
+        tmp_path / "f2", [f"z{k}.png" for k in range(len(X))], X, {"name": "test", "dim": X.shape[1]}
+    )
+    with pytest.raises(IncompatibleModelError, match="not trained on"):
+        make_report(tmp_path / "f2", trained["model"], None, tmp_path / "x", show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"thumb_size": 0}, "thumb_size"),
+        ({"central": 0}, "central"),
+        ({"duplicate_threshold": 1.5}, "duplicate_threshold"),
+        ({"duplicate_threshold": 0.9, "variant_threshold": 0.95}, "variant_threshold"),
+        ({"map_points": True}, "map_points"),
+    ],
+)
+def test_bad_arguments(trained: dict[str, Path], tmp_path: Path, kw: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        _build(trained, tmp_path / "r", **kw)
+
+
+HOSTILE = [
+    '<img src=x onerror="alert(1)">.jpg',
+    "ok/link.png",
+    '=HYPERLINK("http://evil.example","x").png',
+    "-1+2.png",
+    "a&b\"c'd.png",
+    "ok/plain.png",
+]
+
+
+def test_hostile_ids_are_escaped_neutralised_and_never_read_outside(tmp_path: Path) -> None:
+    from varsitysrch import train_clusters
+
+    rng = np.random.default_rng(0)
+    base = normalize_rows(rng.standard_normal((10, 16)))
+    ids = [*HOSTILE, *(f"img/{k:02d}.png" for k in range(14))]
+    X = normalize_rows(
+        np.concatenate([base[[0, 0, 1, 1, 2, 2]], base[rng.integers(0, 10, 14)]])
+        + 0.001 * rng.standard_normal((20, 16))
+    )
+    FeatureStore.write(tmp_path / "f", ids, X, {"name": "test", "dim": 16})
+    train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", 3, show_progress=False)
+    images = tmp_path / "images"
+    (images / "ok").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(images / "ok" / "plain.png")
+    Image.new("RGB", (40, 30), "blue").save(tmp_path / "outside.png")
+    (images / "ok" / "link.png").symlink_to(tmp_path / "outside.png")  # a symlink out of the image root
+    out = tmp_path / "r"
+    s = make_report(
+        tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", out, image_root=images, show_progress=False
+    )
+    assert s.thumbnails_made == 1  # only ok/plain.png: the rest are missing or lead outside the image root
+    thumbs = list((out / "thumbs").rglob("*.jpg"))
+    assert len(thumbs) == 1 and s.thumbnails_missing >= 5
+    r, _, b = Image.open(thumbs[0]).convert("RGB").getpixel((80, 80))
+    assert r > 200 and b < 60  # the red image inside the root, never the blue one the symlink points at
+    for page, text in _html(out).items():
+        assert "<img src=x" not in text and 'onerror="alert' not in text, page
+        assert '"http://evil' not in text
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;.jpg" in (out / "duplicates.html").read_text()
+    raw = (out / "duplicates.csv").read_text(encoding="utf-8")
+    assert "'=HYPERLINK" in raw and ",=HYPERLINK" not in raw
+    _, rows = read_csv(out / "duplicates.csv")
+    assert HOSTILE[2] in {r[5] for r in rows}  # the round trip restores the id
+    js = (out / "map-data.js").read_text(encoding="ascii")
+    assert "<" not in js and "&" not in js and "\\u003cimg src=x" in js  # markup characters escaped
