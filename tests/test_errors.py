@@ -618,3 +618,16 @@ def test_cli_os_errors_are_one_line(h: dict[str, Any], monkeypatch: pytest.Monke
     res = _cli(["train", str(h["store"]), "-m", str(out / "m.vsm"), "-c", str(out / "c.csv"), "-k", "4"])
     _assert_exit_2(res)
     assert "No space left on device" in res.stderr
+
+
+def test_all_is_in_sync_with_the_lazy_import_map() -> None:
+    # every lazily imported name is public, and every public name resolves (to the module the map names)
+    import importlib
+
+    lazy = varsitysrch._LAZY
+    assert set(lazy) <= set(varsitysrch.__all__)
+    for name in varsitysrch.__all__:
+        obj = getattr(varsitysrch, name)
+        if name in lazy:
+            assert obj is getattr(importlib.import_module(lazy[name], "varsitysrch"), name), name
+    assert sorted(dir(varsitysrch)) == sorted(varsitysrch.__all__)
