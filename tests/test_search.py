@@ -140,9 +140,12 @@ def test_index_in_store_instead_of_model(synth_store: Path, tmp_path: Path) -> N
     s = Searcher(tmp_path / "m.vsm", tmp_path / "c.csv")
     ids, X, _ = load_features(store)
     assert s.search_vector(X[2], 1)[0].image == ids[2]
-    shutil.rmtree(store)
+    moved = tmp_path / "moved"
+    shutil.move(store, moved)
     with pytest.raises(OSError, match="not found"):
         Searcher(tmp_path / "m.vsm")
+    s2 = Searcher(tmp_path / "m.vsm", features_folder=moved)  # the operator names the store
+    assert s2.search_vector(X[2], 1)[0].image == ids[2]
 
 
 def test_calibrated_nprobe_reaches_target_recall() -> None:

@@ -72,6 +72,8 @@ class Searcher:
             their file's ``path`` (resolved inside it, see :func:`varsitysrch._paths.resolve_image`).
             ``None``: no paths.  A folder recorded in the model or store is never used.
         query_expansion: alpha-QE neighbours (``None``: the model's value; 0: off).
+        features_folder: the feature store of a model whose index is not embedded (default:
+            the one recorded in the model, beside it or at its absolute path).
     """
 
     def __init__(
@@ -83,7 +85,9 @@ class Searcher:
         threads: int | None = None,
         image_root: str | os.PathLike[str] | None = None,
         query_expansion: int | None = None,
+        features_folder: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._features = Path(features_folder) if features_folder is not None else None
         if query_expansion is not None and (
             isinstance(query_expansion, bool) or not isinstance(query_expansion, int) or query_expansion < 0
         ):
@@ -154,10 +158,11 @@ class Searcher:
 
     def _store_vectors(self) -> np.ndarray:
         feats = self.config.get("features", {})
-        cands = [
-            self.model_path.resolve().parent / feats.get("relative_path", ""),
-            Path(feats.get("path", "")),
-        ]
+        rel, absolute = feats.get("relative_path"), feats.get("path")
+        cands = [self.model_path.resolve().parent / rel] if isinstance(rel, str) and rel else []
+        cands += [Path(absolute)] if isinstance(absolute, str) and absolute else []
+        if self._features is not None:
+            cands = [self._features]
         for c in cands:
             if (c / "store.json").exists():
                 store = FeatureStore.open(c)
