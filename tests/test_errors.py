@@ -101,6 +101,12 @@ def _corrupt_stores(store: Path, base: Path) -> dict[str, Path]:
     )
     variant("ids-garbage", lambda d: each(d, "ids.csv", lambda f: f.write_bytes(b'\xff\xfe\x00,,,\n"\n')))
     variant("ids-missing", lambda d: each(d, "ids.csv", lambda f: f.unlink()))
+
+    def nan_vectors(f: Path) -> None:
+        a = np.load(f)
+        np.save(f, np.full_like(a, np.nan))
+
+    variant("vectors-nan", lambda d: each(d, "vectors.npy", nan_vectors))
     return out
 
 
@@ -128,6 +134,14 @@ def _garbage_models(model: Path, base: Path) -> dict[str, Path]:
     out["json-list"] = _model_zip(model, base / "jl.vsm", {"model.json": b"[1, 2]"})
     out["labels-garbage"] = _model_zip(model, base / "lg.vsm", {"labels.npy": b"garbage"})
     out["centroids-wrong"] = _model_zip(model, base / "cw.vsm", {"centroids.npy": buf.getvalue()})
+    with zipfile.ZipFile(model) as z:
+        labels = np.load(io.BytesIO(z.read("labels.npy")))
+        ids = json.loads(z.read("ids.json"))
+    far = io.BytesIO()
+    np.save(far, np.full_like(labels, 999))
+    out["labels-out-of-range"] = _model_zip(model, base / "lr.vsm", {"labels.npy": far.getvalue()})
+    dup = [ids[0]] * len(ids) if isinstance(ids, list) else ids
+    out["ids-duplicate"] = _model_zip(model, base / "dup.vsm", {"ids.json": json.dumps(dup).encode()})
     out["directory"] = base / "a-directory.vsm"
     out["directory"].mkdir()
     return out
@@ -271,6 +285,7 @@ for _fn_name, _fn in {
         "ids-extra-rows",
         "ids-garbage",
         "ids-missing",
+        "vectors-nan",
     ):
         case(_fn_name, f"store-{_store}")(lambda h, fn=_fn, s=_store: fn(h["stores"][s]))
 
@@ -336,6 +351,8 @@ for _m in (
     "json-list",
     "labels-garbage",
     "centroids-wrong",
+    "labels-out-of-range",
+    "ids-duplicate",
     "directory",
 ):
     case("search_similar_images", f"model-{_m}")(lambda h, m=_m: _search(h, model=h["models"][m]))
