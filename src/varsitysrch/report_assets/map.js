@@ -86,5 +86,7 @@
     ox = p[0] * (1 - f) + f * ox + pad * (f - 1); oy = p[1] * (1 - f) + f * oy + (H - pad) * (f - 1);
     zoom *= f; draw();
   }, { passive: false });
+  // canvas position of a drawn point (tests and scripts use it to hover a point)
+  window.VS_MAP_VIEW = { pos: function (j) { return [px(j), py(j)]; }, width: W, height: H };
   draw();
 })();
