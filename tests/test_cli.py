@@ -232,3 +232,19 @@ def test_extract_allow_empty(synth_catalogue, synth_store: Path, tmp_path: Path)
     res = runner.invoke(app, ["extract", str(empty), str(store), "--allow-empty"])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith(f"0 images in {store}") and f"{len(labels)} removed" in res.stdout
+
+
+def test_non_utf8_names_in_messages_do_not_crash_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a file name that is not valid UTF-8 reaches a message as lone surrogates: shown as \xNN
+    import os
+
+    import varsitysrch
+
+    name = os.fsdecode(b"caf\xe9.jpg")
+
+    def refuse(*a, **k):
+        raise varsitysrch.ImageError(f"{name}: cannot decode")
+
+    monkeypatch.setattr(varsitysrch, "Searcher", refuse)
+    res = runner.invoke(app, ["search", "q.jpg"])
+    assert res.exit_code == 2 and res.stderr == "error: caf\\xe9.jpg: cannot decode\n"

@@ -143,7 +143,7 @@ def _command(name: str | None = None) -> Callable[[F], F]:
             except (VarsitysrchError, OSError) as exc:
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
-                typer.echo(f"error: {_one_line(exc)}", err=True)
+                typer.echo(f"error: {_printable(_one_line(exc))}", err=True)
                 raise typer.Exit(2) from None
             finally:
                 _state.verbose, _state.quiet = saved
