@@ -887,3 +887,69 @@ def ivf_masked_search(
     top = np.argpartition(-scores, need - 1)[:need] if need < len(rows) else np.arange(len(rows))
     top = top[np.lexsort((rows[top], -scores[top]))]
     return rows[top], scores[top]
+
+
+# ====================================================================== model file glue
+
+
+def resolve_attributes(
+    source: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | Attributes | None,
+    ids: Sequence[str],
+    *,
+    types: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> Attributes | None:
+    """Attributes for the catalogue ``ids`` from a CSV path, ``{id: {column: value}}`` or an
+    :class:`Attributes` (re-aligned to ``ids``); ``None`` stays ``None``."""
+    if source is None:
+        return None
+    if isinstance(source, Attributes):
+        return source if source.ids == list(ids) else source.align(ids)
+    if isinstance(source, Mapping):
+        return Attributes.from_records(source, ids, types=types, strict=strict)
+    if isinstance(source, str | os.PathLike):
+        return Attributes.from_csv(source, ids, types=types, strict=strict)
+    raise InvalidArgumentError(
+        "attributes must be a CSV path, a mapping {image: {column: value}} or None; "
+        f"got {type(source).__name__}"
+    )
+
+
+def model_attributes(
+    config: Mapping[str, Any], arrays: Mapping[str, np.ndarray], ids: Sequence[str]
+) -> Attributes | None:
+    """The attributes stored in a model file (``None`` when it has none)."""
+    cfg = config.get("attributes")
+    if not cfg:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise ModelFileError("corrupt model file (attributes is not an object)")
+    return Attributes.from_parts(cfg, {k: v for k, v in arrays.items() if k.startswith("attr")}, ids)
+
+
+def apply_to_model(
+    mf: Any,
+    previous: Attributes | None,
+    source: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | Attributes | None,
+    types: Mapping[str, str] | None = None,
+) -> Attributes | None:
+    """Store attributes in an updated model file ``mf`` (its ids are the new catalogue).
+
+    ``source`` given: that table replaces the old one; else ``previous`` (the model's table
+    before the update) is carried over: kept images keep their values, new ones have none.
+    """
+    attrs = resolve_attributes(source, mf.ids, types=types) if source is not None else None
+    if attrs is None and previous is not None:
+        attrs = previous.align(mf.ids)
+        if attrs.report is not None and attrs.report.missing:
+            log.warning(
+                "%d new catalogue images have no attributes (pass attributes= to update them)",
+                attrs.report.missing,
+            )
+    for k in [k for k in mf.arrays if k.startswith("attr")]:
+        del mf.arrays[k]
+    mf.config.pop("attributes", None)
+    if attrs is not None:
+        mf.config["attributes"] = attrs.to_config()
+        mf.arrays.update(attrs.to_arrays())
+    return attrs
