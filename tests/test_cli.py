@@ -248,3 +248,39 @@ def test_non_utf8_names_in_messages_do_not_crash_the_cli(monkeypatch: pytest.Mon
     monkeypatch.setattr(varsitysrch, "Searcher", refuse)
     res = runner.invoke(app, ["search", "q.jpg"])
     assert res.exit_code == 2 and res.stderr == "error: caf\\xe9.jpg: cannot decode\n"
+
+
+def test_non_utf8_ids_reach_piped_output(synth_catalogue, tmp_path: Path) -> None:
+    # a real process whose stdout is a pipe (strict UTF-8): an id that is not valid UTF-8 is
+    # printed as \xNN in TSV and as the JSON escape \udcNN, never a UnicodeEncodeError
+    import os
+    import shutil
+
+    from varsitysrch import extract_features, train_clusters
+
+    root, labels = synth_catalogue
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    for rel in sorted(labels)[:6]:
+        shutil.copy(root / rel, cat / Path(rel).name.replace(".", f"-{Path(rel).parent.name}.", 1))
+    first = sorted(cat.iterdir())[0]
+    odd = os.fsdecode(b"caf\xe9-" + os.fsencode(first.name))
+    first.rename(cat / odd)
+    extract_features(cat, tmp_path / "f", show_progress=False)
+    train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", 2, show_progress=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "varsitysrch.cli",
+        "search",
+        os.fsencode(cat / odd),
+        "-m",
+        str(tmp_path / "m.vsm"),
+    ]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    out = subprocess.run([*cmd, "-n", "1"], capture_output=True, env=env)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    rows = _tsv(out.stdout.decode("utf-8"))
+    assert rows[0]["image"] == "caf\\xe9-" + first.name
+    out = subprocess.run([*cmd, "-n", "1", "--json"], capture_output=True, env=env)
+    assert out.returncode == 0 and json.loads(out.stdout)[0]["image"] == odd

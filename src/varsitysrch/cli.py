@@ -205,8 +205,9 @@ def _echo_json(obj: Any) -> None:
 
 
 def _tsv_cell(value: Any) -> str:
-    s = _printable(str(value))
-    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    # a backslash in an id is doubled first, so the escapes below (and \\xNN) stay unambiguous
+    s = str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return _printable(s)
 
 
 def _echo_tsv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
