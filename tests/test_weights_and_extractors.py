@@ -314,3 +314,14 @@ def test_unusable_weights_are_one_model_file_error_without_a_rebuild(
     with pytest.raises(ModelFileError, match=r"not a readable \.npz"):
         Embedder(get_extractor("vgg16-block5pool", weights=str(bad)))
     assert not list((fresh_cache / "models").glob("vgg16-*.onnx"))
+
+
+def test_unwritable_cache_still_embeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a cache folder that cannot be created (here: a file is in the way) costs a rebuild per
+    # process, with a warning; it never stops extraction
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setenv("VARSITYSRCH_CACHE", str(blocker))
+    ex = get_extractor("efficientnet-lite0")
+    e = Embedder(ex, threads=2).embed(_two_photos())
+    assert e.shape == (2, 1280) and blocker.read_text() == "a file, not a folder"
