@@ -890,3 +890,41 @@ def test_kill_9_of_update_leaves_a_whole_store_and_a_loadable_model(
     report = update_catalogue(b, out, model, csv_path, show_progress=False)  # the rerun completes it
     assert _assert_whole(out, two_catalogues) == "B" and report.n_images == 11
     _no_leftovers(out)
+
+
+RACE_SCRIPT = """
+import sys
+from varsitysrch import extract_features
+from varsitysrch._errors import FeatureStoreError
+try:
+    extract_features(sys.argv[1], sys.argv[2], show_progress=False, batch_size=2, num_workers=1)
+except FeatureStoreError as exc:
+    print("REFUSED", exc)
+    sys.exit(2)
+"""
+
+
+def test_two_extracts_at_once_never_mix(tmp_path: Path, two_catalogues) -> None:
+    """Two extracts into one store, started together: in 80 runs on d95ed08, 2 gave one catalogue's
+    ids with the other's vectors, 4 an empty store, 3 crashed.  Now one runs, the other is refused
+    (or runs after it); the store always holds one catalogue whole."""
+    a, b, _ = two_catalogues
+    for round_ in range(2):
+        out = tmp_path / f"f{round_}"
+        procs = [
+            subprocess.Popen(
+                [PY, "-c", RACE_SCRIPT, str(root), str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for root in ((a, b) if round_ % 2 == 0 else (b, a))
+        ]
+        results = [(p.wait(timeout=240), p.communicate()) for p in procs]
+        codes = [c for c, _ in results]
+        assert sorted(codes) in ([0, 0], [0, 2]), results
+        for code, (stdout, _) in results:
+            if code == 2:
+                assert "being written by another process (pid" in stdout
+        _assert_whole(out, two_catalogues)
+        _no_leftovers(out)
