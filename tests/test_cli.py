@@ -284,3 +284,13 @@ def test_non_utf8_ids_reach_piped_output(synth_catalogue, tmp_path: Path) -> Non
     assert rows[0]["image"] == "caf\\xe9-" + first.name
     out = subprocess.run([*cmd, "-n", "1", "--json"], capture_output=True, env=env)
     assert out.returncode == 0 and json.loads(out.stdout)[0]["image"] == odd
+
+
+def test_printable_keeps_text_and_escapes_only_undecodable_bytes() -> None:
+    import os
+
+    from varsitysrch.cli import _printable
+
+    assert _printable("plain é ü 商品.jpg") == "plain é ü 商品.jpg"
+    assert _printable(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert _printable("x\ud800y") == "x\\ud800y"  # not an escaped byte: still printable

@@ -168,7 +168,11 @@ def _warn(message: str) -> None:
 
 def _printable(text: str) -> str:
     # ids that are not valid UTF-8 are kept as lone surrogates: show their bytes as \\xNN
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON \\ud800 escape)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _wrap(text: str, width: int = 100) -> str:
