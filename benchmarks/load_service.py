@@ -1,14 +1,18 @@
-"""Load test of the HTTP service: a benchmark, not a timed test.
+"""Load test of the HTTP service: micro-batching against per-request inference, in one run.
 
-    python benchmarks/load_service.py [--model M --csv C] [--requests 2000] [--concurrency 16]
+    python benchmarks/load_service.py [--model M --csv C] [--requests 64] [--concurrency 1,4,8,16]
 
-Starts ``varsitysrch``'s server (uvicorn, in a subprocess) on 127.0.0.1 and a free port
-(this script never targets another host), for the given model, or for a small model built
-from ``examples/catalog`` when none is given.  Then sends ``--requests`` requests from
-``--concurrency`` threads, mixing photo uploads (``POST /search`` with a file) and searches
-by catalogue id (``GET /search?image_id=...``), within ``--max-seconds`` in all.  Prints
-p50/p95/p99 latency, throughput and errors, per kind and overall; exits with status 1 if
-any request failed (or the time bound cut the run short).
+A benchmark, not a timed test.  Starts ``varsitysrch``'s server (uvicorn, in a subprocess) on
+127.0.0.1 and a free port (this script never targets another host) twice, for the same
+model: once with ``max_batch=1`` (each upload runs its own batch-of-one inference, as before
+micro-batching) and once with micro-batching (``--max-batch``, ``--window-ms``).  At each
+concurrency level, ``--requests`` photo uploads (``POST /search``; ``--id-share`` of them
+replaced by searches by catalogue id) are sent from that many threads.  Prints uploads/s and
+p50/p95 latency per configuration and level, the speed-up over one client, the speed-up of
+micro-batching over per-request inference, and the mean batch size the server saw.  Exits
+with status 1 if any request failed or the ``--max-seconds`` bound cut the run short.
+
+With no ``--model``, a small model is built from ``examples/catalog``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # on purpose not configurable
 SERVER = """
 import sys
-from varsitysrch._service import run_server
-model, csv, port, cache = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), sys.argv[4]
-run_server(model, csv, host="127.0.0.1", port=port, cache_dir=cache, log_level="warning", access_log=False)
+from varsitysrch.service import run_server
+model, csv, port, cache, max_batch, window = sys.argv[1:7]
+run_server(model, csv or None, host="127.0.0.1", port=int(port), cache_dir=cache, log_level="warning",
+           access_log=False, max_batch=int(max_batch), batch_window_ms=float(window), queue_limit=64,
+           reload_interval=0)
 """
 
 
@@ -67,10 +73,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(model: Path, csv: Path | None, cache: Path, startup_s: float) -> Iterator[str]:
+def server(
+    model: Path, csv: Path | None, cache: Path, max_batch: int, window_ms: float, startup_s: float
+) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-c", SERVER, str(model), str(csv or ""), str(port), str(cache)]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen([*cmd, str(max_batch), str(window_ms)])
     base = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -125,14 +133,60 @@ def pct(xs: list[float], q: float) -> float:
     return s[i]
 
 
-def report(name: str, rs: list[Result], wall: float) -> None:
-    lat = [r.seconds * 1000 for r in rs]
-    errs = sum(1 for r in rs if r.status != 200)
-    print(
-        f"  {name:<8} n={len(rs):>5}  errors={errs:<3} "
-        f"p50={pct(lat, 50):7.1f} ms  p95={pct(lat, 95):7.1f} ms  p99={pct(lat, 99):7.1f} ms  "
-        f"max={max(lat, default=float('nan')):7.1f} ms  {len(rs) / wall:6.1f} req/s"
-    )
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def run_level(
+    base: str,
+    plan: list[tuple[str, int]],
+    uploads: list[tuple[str, bytes]],
+    ids: list[str],
+    concurrency: int,
+    top_n: int,
+    deadline: float,
+) -> tuple[list[Result | None], float]:
+    local = threading.local()
+    clients: list[httpx2.Client] = []
+    lock = threading.Lock()
+
+    def client() -> httpx2.Client:
+        c = getattr(local, "client", None)
+        if c is None:
+            c = local.client = httpx2.Client(base_url=base, timeout=120)
+            with lock:
+                clients.append(c)
+        return c
+
+    def one(job: tuple[str, int]) -> Result | None:
+        if time.monotonic() > deadline:
+            return None
+        kind, i = job
+        t0 = time.perf_counter()
+        try:
+            if kind == "upload":
+                name, data = uploads[i]
+                r = client().post(
+                    "/search", files={"image": (name, data, "image/jpeg")}, params={"top_n": top_n}
+                )
+            else:
+                r = client().get("/search", params={"image_id": ids[i], "top_n": top_n})
+            ok = r.status_code == 200 and len(r.json()["hits"]) == min(top_n, len(ids))
+            err = "" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+            return Result(kind, time.perf_counter() - t0, r.status_code if ok else -r.status_code, err)
+        except Exception as exc:  # a failed request is a result, not a crash of the benchmark
+            return Result(kind, time.perf_counter() - t0, 0, f"{type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for j in plan[:concurrency]:  # warm-up (not counted): connections, thread pools
+            pool.submit(one, j)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, plan))
+    wall = time.perf_counter() - t0
+    for c in clients:
+        c.close()
+    return results, wall
 
 
 def main() -> int:
@@ -140,105 +194,78 @@ def main() -> int:
     ap.add_argument("--model", type=Path, help="model file (default: build one from examples/catalog)")
     ap.add_argument("--csv", type=Path, help="its assignments CSV")
     ap.add_argument("--images", type=Path, default=REPO / "examples" / "catalog", help="photos to upload")
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--upload-share", type=float, default=0.5, help="share of requests that upload a photo")
+    ap.add_argument("--requests", type=int, default=64, help="requests per configuration and level")
+    ap.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client counts")
+    ap.add_argument("--id-share", type=float, default=0.0, help="share of searches by id instead of uploads")
+    ap.add_argument("--max-batch", type=int, default=8, help="micro-batching: largest batch")
+    ap.add_argument("--window-ms", type=float, default=5.0, help="micro-batching: time window")
     ap.add_argument("--top-n", type=int, default=10)
-    ap.add_argument("--max-seconds", type=float, default=600.0, help="bound on the whole run")
+    ap.add_argument("--max-seconds", type=float, default=900.0, help="bound on the whole run")
     ap.add_argument("--k", type=int, default=8, help="clusters of the model built from examples/catalog")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.requests < 1 or args.concurrency < 1 or not 0 <= args.upload_share <= 1:
-        ap.error("--requests and --concurrency must be >= 1, --upload-share in [0, 1]")
+    levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if args.requests < 1 or not levels or min(levels) < 1 or not 0 <= args.id_share <= 1:
+        ap.error("--requests and every --concurrency must be >= 1, --id-share in [0, 1]")
 
     work = Path(tempfile.mkdtemp(prefix="vs-load-"))
+    deadline = time.monotonic() + args.max_seconds
     try:
         model, csv = args.model, args.csv
         if model is None:
             model, csv = build_example_model(work, args.k)
         uploads = upload_pool(args.images)
-        t_start = time.monotonic()
-        with server(model, csv, work / "thumbs", startup_s=180) as base:
-            print(f"server up at {base} in {time.monotonic() - t_start:.1f} s", flush=True)
-            ids = catalogue_ids(base)
-            rng = random.Random(args.seed)
-            plan = [
-                ("upload", rng.randrange(len(uploads)))
-                if rng.random() < args.upload_share
-                else ("id", rng.randrange(len(ids)))
-                for _ in range(args.requests)
-            ]
-            local = threading.local()
-            clients: list[httpx2.Client] = []
-            lock = threading.Lock()
-
-            def client() -> httpx2.Client:
-                c = getattr(local, "client", None)
-                if c is None:
-                    c = local.client = httpx2.Client(base_url=base, timeout=60)
-                    with lock:
-                        clients.append(c)
-                return c
-
-            deadline = time.monotonic() + args.max_seconds
-
-            def one(job: tuple[str, int]) -> Result | None:
-                if time.monotonic() > deadline:
-                    return None
-                kind, i = job
-                t0 = time.perf_counter()
-                try:
-                    if kind == "upload":
-                        name, data = uploads[i]
-                        r = client().post(
-                            "/search",
-                            files={"image": (name, data, "image/jpeg")},
-                            params={"top_n": args.top_n},
-                        )
-                    else:
-                        r = client().get("/search", params={"image_id": ids[i], "top_n": args.top_n})
-                    ok = r.status_code == 200 and len(r.json()["hits"]) == min(args.top_n, len(ids))
-                    err = "" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
-                    return Result(
-                        kind, time.perf_counter() - t0, r.status_code if ok else -r.status_code, err
-                    )
-                except Exception as exc:  # a failed request is a result, not a crash of the benchmark
-                    return Result(kind, time.perf_counter() - t0, 0, f"{type(exc).__name__}: {exc}")
-
-            for j in plan[: min(8, len(plan))]:  # warm-up (not counted): thread pools, caches
-                one(j)
-            print(
-                f"{args.requests} requests ({args.upload_share:.0%} uploads of {len(uploads)} photos, "
-                f"the rest by id among {len(ids)}), concurrency {args.concurrency}, top_n {args.top_n} ...",
-                flush=True,
-            )
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                results = list(pool.map(one, plan))
-            wall = time.perf_counter() - t0
-            for c in clients:
-                c.close()
-            metrics = httpx2.get(base + "/metrics", timeout=10).text
-
-        done = [r for r in results if r is not None]
-        skipped = len(results) - len(done)
-        errors = [r for r in done if r.status != 200]
+        configs = [("per-request", 1, 0.0), (f"batch<={args.max_batch}", args.max_batch, args.window_ms)]
+        rates: dict[tuple[str, int], float] = {}
+        failed = skipped = 0
         print(
-            f"done in {wall:.1f} s: {len(done)} requests, {len(done) / wall:.1f} req/s, "
-            f"{len(errors)} errors, {skipped} not sent (time bound)"
+            f"{args.requests} requests per level ({1 - args.id_share:.0%} uploads of {len(uploads)} photos), "
+            f"top_n {args.top_n}, micro-batching window {args.window_ms} ms; client and server share this "
+            f"machine ({os.cpu_count()} cores)",
+            flush=True,
         )
-        for kind in ("upload", "id"):
-            report(kind, [r for r in done if r.kind == kind], wall)
-        report("all", done, wall)
-        server_errors = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("varsitysrch_http_errors_total{")
-        )
-        print(f"server /metrics: {server_errors:.0f} error responses")
-        for r in errors[:5]:
-            print(f"  error ({r.kind}): {r.error}")
-        return 1 if errors or skipped else 0
+        print(f"{'config':<12} {'clients':>7} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
+        for name, max_batch, window in configs:
+            with server(model, csv, work / "thumbs", max_batch, window, startup_s=180) as base:
+                ids = catalogue_ids(base)
+                rng = random.Random(args.seed)
+                for c in levels:
+                    plan = [
+                        ("id", rng.randrange(len(ids)))
+                        if rng.random() < args.id_share
+                        else ("upload", rng.randrange(len(uploads)))
+                        for _ in range(args.requests)
+                    ]
+                    results, wall = run_level(base, plan, uploads, ids, c, args.top_n, deadline)
+                    done = [r for r in results if r is not None]
+                    skipped += len(results) - len(done)
+                    errors = [r for r in done if r.status != 200]
+                    failed += len(errors)
+                    lat = [r.seconds * 1000 for r in done if r.kind == "upload"]
+                    rate = len(lat) / wall
+                    rates[(name, c)] = rate
+                    print(
+                        f"{name:<12} {c:>7} {rate:>10.1f} {pct(lat, 50):>8.0f} {pct(lat, 95):>8.0f} "
+                        f"{len(errors):>6}",
+                        flush=True,
+                    )
+                    for r in errors[:3]:
+                        print(f"    error ({r.kind}): {r.error}")
+                text = httpx2.get(base + "/metrics", timeout=10).text
+                n = metric_sum(text, "varsitysrch_embed_batch_size_count")
+                s = metric_sum(text, "varsitysrch_embed_batch_size_sum")
+                print(f"{'':<12} mean batch size seen by the server: {s / max(n, 1):.2f} ({n:.0f} batches)")
+        base_rate = {name: rates.get((name, levels[0]), float("nan")) for name, _, _ in configs}
+        print(f"\nspeed-up over {levels[0]} client(s), uploads/s:")
+        for name, _, _ in configs:
+            cells = "  ".join(f"{c}: {rates[(name, c)] / base_rate[name]:.2f}x" for c in levels)
+            print(f"  {name:<12} {cells}")
+        per, mb = configs[0][0], configs[1][0]
+        cells = "  ".join(f"{c}: {rates[(mb, c)] / rates[(per, c)]:.2f}x" for c in levels)
+        print(f"micro-batching over per-request inference, same clients: {cells}")
+        if skipped:
+            print(f"{skipped} requests not sent (--max-seconds)")
+        return 1 if failed or skipped else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

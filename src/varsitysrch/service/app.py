@@ -112,12 +112,14 @@ def _static_files() -> dict[str, bytes]:
 
 
 def _swagger_assets() -> Path | None:
-    """Swagger UI's files from the ``swagger-ui-bundle`` package (the ``serve`` extra), if installed."""
+    """Swagger UI's files, from the ``fastapi-offline`` package (in the ``serve`` extra), if installed.
+
+    Only its static files are used (Swagger UI 5, which reads the OpenAPI 3.1 schema FastAPI writes).
+    """
     try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
+        p = Path(str(resources.files("fastapi_offline").joinpath("static")))
+    except (ImportError, TypeError):
         return None
-    p = Path(str(swagger_ui_path))
     return p if all((p / name).is_file() for name in _DOCS_ASSETS) else None
 
 
@@ -336,7 +338,7 @@ def _add_page_routes(app: Any, svc: Service) -> None:
             head = '<link rel="stylesheet" href="static/style.css">'
             body = (
                 "<main><h1>varsitysrch API</h1><p>The interactive documentation needs the "
-                "<code>swagger-ui-bundle</code> package (<code>pip install 'varsitysrch[serve]'</code>). "
+                "<code>fastapi-offline</code> package (<code>pip install 'varsitysrch[serve]'</code>). "
                 'The API schema: <a href="openapi.json">openapi.json</a>.</p></main>'
             )
         html = (

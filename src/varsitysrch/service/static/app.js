@@ -1,17 +1,21 @@
 // varsitysrch web page: plain JavaScript, no framework, no build step, no network access
 // beyond this server.  Views are chosen by the URL hash:
 //   #search              upload / drop / paste a photo
-//   #id=<image id>       search with a catalogue image
+//   #id=<image id>       more like a catalogue image (the image itself is left out)
 //   #clusters            every cluster with a few samples
 //   #cluster=<c>&offset=<n>  a cluster's members, paged
+// Search options are the elements with data-param inside #options (see index.html): their
+// values are sent as query parameters, and changing one re-runs the current search.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const PAGE = 24;
-  let info = { max_upload_bytes: 20 * 1024 * 1024, search_by_image: true };
+  const SMALL_SCREEN = "(max-width: 700px)";
+  let info = { max_upload_bytes: 20 * 1024 * 1024, search_by_image: true, clusters: null };
   let inflight = null;      // AbortController of the running search
   let previewUrl = null;    // object URL of the uploaded query
+  let current = null;       // the search on screen: {kind: "upload", file} or {kind: "id", id}
 
   // ------------------------------------------------------------------ helpers
   function el(tag, attrs, ...children) {
@@ -29,33 +33,87 @@
     return e;
   }
 
-  function setStatus(node, text, kind) {
+  function setStatus(node, text, kind, code) {
     node.textContent = text || "";
     node.className = "status" + (kind ? " " + kind : "");
-  }
-
-  async function errorText(resp) {
-    let detail = resp.statusText || "request failed";
-    try {
-      const body = await resp.json();
-      if (typeof body.detail === "string") detail = body.detail;
-      else if (Array.isArray(body.detail)) {
-        detail = body.detail.map((d) => (d.loc ? d.loc.slice(-1)[0] + ": " : "") + d.msg).join("; ");
-      }
-    } catch (_) { /* not JSON */ }
-    return `Error ${resp.status}: ${detail}`;
-  }
-
-  async function getJSON(url) {
-    const resp = await fetch(url, { headers: { Accept: "application/json" } });
-    if (!resp.ok) throw new Error(await errorText(resp));
-    return resp.json();
+    if (code) node.dataset.code = String(code);
+    else delete node.dataset.code;
   }
 
   function fmtBytes(n) {
     if (n >= 1024 * 1024) return (n / 1024 / 1024).toFixed(1) + " MB";
     if (n >= 1024) return (n / 1024).toFixed(0) + " KB";
     return n + " bytes";
+  }
+
+  // An image that cannot be shown becomes a plain "no preview" box, never a broken-image icon.
+  function safeImg(attrs) {
+    const img = el("img", { loading: "lazy", ...attrs });
+    img.addEventListener("error", () => {
+      const box = el("span", { class: "noimg", role: "img", "aria-label": "no preview" }, "no preview");
+      img.replaceWith(box);
+    }, { once: true });
+    return img;
+  }
+
+  // ------------------------------------------------------------------ messages in the page's words
+  function controls() {
+    return [...$("options").querySelectorAll("[data-param]")];
+  }
+
+  function labelOf(param) {
+    const c = controls().find((x) => x.dataset.param === param);
+    if (c) return c.dataset.label;
+    return { image: "The photo", image_id: "The catalogue image", offset: "Page", limit: "Page size" }[param] || null;
+  }
+
+  function rangeText(label, lo, hi) {
+    return `${label} must be between ${lo} and ${hi}.`;
+  }
+
+  // "nprobe must be in [1, k] = [1, 4]; got 99"  ->  "Clusters to scan must be between 1 and 4."
+  function friendly(detail) {
+    if (Array.isArray(detail)) {  // FastAPI validation errors: [{loc, msg}, ...]
+      return detail.map((d) => {
+        const label = labelOf(d.loc ? d.loc[d.loc.length - 1] : "") || "A value";
+        return `${label}: ${String(d.msg || "is not valid").replace(/^Input should be /, "should be ")}.`;
+      }).join(" ");
+    }
+    const text = String(detail || "");
+    const m = text.match(/^(\w+) must be\b(.*)$/);
+    if (m) {
+      const label = labelOf(m[1]);
+      if (label) {
+        const ranges = [...m[2].matchAll(/\[(\d+), (\d+)\]/g)];
+        if (ranges.length) {
+          const r = ranges[ranges.length - 1];
+          return rangeText(label, r[1], r[2]);
+        }
+        return `${label} must be${m[2].replace(/; got .*$/, "")}.`;
+      }
+    }
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  async function failure(resp) {
+    let detail = "";
+    try {
+      detail = (await resp.json()).detail;
+    } catch (_) { /* not JSON */ }
+    const words = {
+      413: `That file is too large (the limit is ${fmtBytes(info.max_upload_bytes)}).`,
+      503: "The server is busy right now; try again in a moment.",
+    }[resp.status];
+    return { status: resp.status, text: words || friendly(detail) || resp.statusText || "Request failed." };
+  }
+
+  async function getJSON(url) {
+    const resp = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!resp.ok) {
+      const f = await failure(resp);
+      throw Object.assign(new Error(f.text), { status: f.status });
+    }
+    return resp.json();
   }
 
   // ------------------------------------------------------------------ views
@@ -74,7 +132,7 @@
       searchById(params.get("id"));
     } else if (params.has("cluster")) {
       show("clusters");
-      showCluster(parseInt(params.get("cluster"), 10), parseInt(params.get("offset") || "0", 10));
+      showCluster(params.get("cluster"), parseInt(params.get("offset") || "0", 10));
     } else if (h === "clusters") {
       show("clusters");
       showClusters();
@@ -89,16 +147,47 @@
     else location.hash = target;
   }
 
-  // ------------------------------------------------------------------ search
+  // ------------------------------------------------------------------ search options
+  // Checked in the page first, so a wrong value gets a message in the page's words at once.
   function options() {
     const p = new URLSearchParams();
-    p.set("top_n", $("top-n").value);
-    const np = $("nprobe").value.trim();
-    if (np) p.set("nprobe", np);
-    if ($("exact").checked) p.set("exact", "true");
+    for (const c of controls()) {
+      if (c.type === "checkbox") {
+        if (c.checked) p.set(c.dataset.param, "true");
+        continue;
+      }
+      const v = String(c.value).trim();
+      if (!v) continue;
+      if (c.type === "number") {
+        const lo = c.min === "" ? -Infinity : Number(c.min);
+        const hi = c.max === "" ? Infinity : Number(c.max);
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < lo || n > hi) {
+          throw new Error(Number.isFinite(hi) ? rangeText(c.dataset.label, lo, hi)
+            : `${c.dataset.label} must be a whole number of at least ${lo}.`);
+        }
+      }
+      p.set(c.dataset.param, v);
+    }
     return p;
   }
 
+  // Re-run the search on screen when an option changed since it ran (a "change" that follows
+  // the debounced "input" of a number field, or a blur, is not a second search).
+  function rerun() {
+    if (!current) return;
+    let now;
+    try {
+      now = options().toString();
+    } catch (_) {
+      now = null;  // let the search show the message
+    }
+    if (now !== null && now === current.applied) return;
+    if (current.kind === "upload") searchFile(current.file);
+    else searchById(current.id);
+  }
+
+  // ------------------------------------------------------------------ search
   function beginSearch() {
     if (inflight) inflight.abort();
     inflight = new AbortController();
@@ -107,76 +196,117 @@
 
   function showQuery(src, caption) {
     $("query").hidden = false;
-    $("query-img").src = src;
+    const frame = $("query").querySelector(".query-frame");
+    frame.replaceChildren(safeImg({ id: "query-img", src, alt: "query image" }));
     $("query-caption").textContent = caption;
   }
 
+  function clearResults(label) {
+    const results = $("results");
+    results.replaceChildren();
+    results.dataset.query = label;
+    results.removeAttribute("aria-busy");
+  }
+
+  function showError(text, code) {
+    setStatus($("status"), text, "error", code);
+    clearResults("error");
+  }
+
+  // Skeleton cards while a search runs, so the layout does not jump when results arrive.
+  function placeholders(n) {
+    const cards = [];
+    for (let i = 0; i < Math.min(n, 20); i++) {
+      cards.push(el("li", { class: "card skeleton", "aria-hidden": "true" },
+        el("div", { class: "thumb" }), el("div", { class: "line" }), el("div", { class: "line short" })));
+    }
+    const results = $("results");
+    results.replaceChildren(...cards);
+    results.dataset.query = "loading";
+    results.setAttribute("aria-busy", "true");
+  }
+
+  // On a phone the results start below the fold: bring the query and results into view.
+  function reveal() {
+    if (!window.matchMedia(SMALL_SCREEN).matches) return;
+    const q = $("query");
+    (q.hidden ? $("status") : q).scrollIntoView({ block: "start", behavior: "auto" });
+  }
+
   async function searchFile(file) {
-    const status = $("status");
     if (!file) return;
+    show("search");
     if (file.size > info.max_upload_bytes) {
-      setStatus(status, `That file is ${fmtBytes(file.size)}; the limit is ${fmtBytes(info.max_upload_bytes)}.`, "error");
-      return;
+      $("query").hidden = true;
+      return showError(`That file is ${fmtBytes(file.size)}; the limit is ${fmtBytes(info.max_upload_bytes)}.`, 413);
     }
     if (!info.search_by_image) {
-      setStatus(status, "This model cannot embed new photos; click a catalogue image instead.", "error");
-      return;
+      $("query").hidden = true;
+      return showError("This catalogue cannot search with new photos; click a catalogue image instead.", 501);
     }
-    show("search");
+    current = { kind: "upload", file };
     if (location.hash && location.hash !== "#search") history.pushState(null, "", "#search");
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
     showQuery(previewUrl, `${file.name || "pasted image"} · ${fmtBytes(file.size)}`);
     const form = new FormData();
     form.append("image", file, file.name || "upload");
-    await runSearch("search?" + options().toString(), { method: "POST", body: form }, "upload:" + (file.name || ""));
+    await runSearch("search?", { method: "POST", body: form }, "upload:" + (file.name || ""), true);
   }
 
   async function searchById(id) {
     if (!id) return;
+    current = { kind: "id", id };
     showQuery("thumbnails/" + id.split("/").map(encodeURIComponent).join("/"), id);
-    const p = options();
-    p.set("image_id", id);
-    await runSearch("search?" + p.toString(), { method: "GET" }, "id:" + id);
+    await runSearch("search?", { method: "GET" }, "id:" + id, false, { image_id: id, include_self: "false" });
   }
 
-  async function runSearch(url, init, label) {
+  async function runSearch(url, init, label, isUpload, extra) {
     const status = $("status");
-    const results = $("results");
+    let p;
+    try {
+      p = options();
+    } catch (err) {
+      return showError(err.message, 422);
+    }
+    if (current) current.applied = p.toString();
+    for (const [k, v] of Object.entries(extra || {})) p.set(k, v);
     const signal = beginSearch();
     setStatus(status, "Searching…", "busy");
-    results.setAttribute("aria-busy", "true");
+    placeholders(Number(p.get("top_n")) || 10);
+    reveal();
     try {
-      const resp = await fetch(url, { ...init, signal, headers: { Accept: "application/json" } });
+      const resp = await fetch(url + p.toString(), { ...init, signal, headers: { Accept: "application/json" } });
       if (!resp.ok) {
-        setStatus(status, await errorText(resp), "error");
-        results.replaceChildren();
-        results.dataset.query = "error";
-        return;
+        const f = await failure(resp);
+        if (isUpload && [413, 415, 422].includes(f.status)) $("query").hidden = true;  // nothing to show
+        return showError(f.text, f.status);
       }
       const data = await resp.json();
       renderHits(data);
-      results.dataset.query = label;
+      $("results").dataset.query = label;
       const scan = data.exact ? "all clusters" : `${data.nprobe} cluster${data.nprobe === 1 ? "" : "s"}`;
-      setStatus(status, `${data.hits.length} results in ${Math.round(data.took_ms)} ms (scanned ${scan}).`);
+      const n = data.hits.length;
+      setStatus(status, `${n} result${n === 1 ? "" : "s"} in ${Math.round(data.took_ms)} ms (scanned ${scan}).`);
     } catch (err) {
       if (err.name === "AbortError") return;
-      setStatus(status, "Search failed: " + err.message, "error");
+      showError("The search could not reach the server: " + err.message, 0);
     } finally {
-      results.removeAttribute("aria-busy");
+      if (!signal.aborted) $("results").removeAttribute("aria-busy");
     }
   }
 
   function card(item, extra) {
-    const img = el("img", { src: item.thumbnail_url, alt: item.image, loading: "lazy" });
+    const img = safeImg({ src: item.thumbnail_url, alt: item.image });
     const button = el("button", {
-      type: "button", class: "thumb", title: "Search with this image",
+      type: "button", class: "thumb", title: "More like this",
       onclick: () => goSearchId(item.image),
     }, img);
     const name = el("div", { class: "name", title: item.image }, item.image);
+    const more = el("button", { type: "button", class: "more", onclick: () => goSearchId(item.image) }, "More like this");
     const open = el("a", { class: "open", href: item.url, target: "_blank", rel: "noopener" }, "full size ↗");
     return el("li", { class: "card", dataset: { id: item.image, ...(extra.dataset || {}) } },
-      button, ...(extra.children || []), name, open);
+      button, ...(extra.children || []), name, el("div", { class: "actions" }, more, open));
   }
 
   function renderHits(data) {
@@ -204,33 +334,49 @@
     list.hidden = false;
     const status = $("cluster-status");
     setStatus(status, "Loading clusters…", "busy");
+    list.replaceChildren(...Array.from({ length: 4 }, () => el("div", { class: "cluster-card skeleton" },
+      el("div", { class: "samples" }, el("div", { class: "thumb" })), el("div", { class: "line" }))));
     try {
       const data = await getJSON("clusters?sample=4");
       const items = data.clusters.map((c) =>
         el("a", { class: "cluster-card", href: `#cluster=${c.id}`, dataset: { cluster: String(c.id) } },
           el("div", { class: "samples" },
-            ...c.sample.map((m) => el("img", { src: m.thumbnail_url, alt: m.image, loading: "lazy" }))),
+            ...c.sample.map((m) => safeImg({ src: m.thumbnail_url, alt: m.image }))),
           el("div", { class: "cluster-name" }, `Cluster ${c.id}`),
           el("div", { class: "cluster-size" }, `${c.size} image${c.size === 1 ? "" : "s"}`)));
       list.replaceChildren(...items);
       setStatus(status, `${data.k} clusters, ${data.images} images.`);
     } catch (err) {
-      setStatus(status, err.message, "error");
+      list.replaceChildren();
+      setStatus(status, err.message, "error", err.status);
     }
   }
 
-  async function showCluster(c, offset) {
-    if (!Number.isFinite(c)) return showClusters();
-    offset = Number.isFinite(offset) && offset > 0 ? offset : 0;
-    $("cluster-list").hidden = true;
-    $("cluster-detail").hidden = false;
+  async function showCluster(raw, offset) {
+    const c = Number(raw);
     const status = $("cluster-status");
+    $("cluster-list").hidden = true;
+    const detail = $("cluster-detail");
+    const k = info.clusters;
+    const badCluster = () => {  // no stale title, pager or members from the cluster shown before
+      detail.hidden = true;
+      $("members").replaceChildren();
+      const range = k ? ` This catalogue has clusters 0 to ${k - 1}.` : "";
+      setStatus(status, `There is no cluster ${String(raw).slice(0, 20)}.${range}`, "error", 404);
+    };
+    if (!Number.isInteger(c) || c < 0 || (k && c >= k)) return badCluster();
+    offset = Number.isFinite(offset) && offset > 0 ? offset : 0;
+    detail.hidden = false;
+    $("cluster-title").textContent = `Cluster ${c}`;
+    $("page-info").textContent = "";
+    $("members").replaceChildren(...Array.from({ length: 6 }, () =>
+      el("li", { class: "card skeleton", "aria-hidden": "true" }, el("div", { class: "thumb" }))));
     setStatus(status, "Loading…", "busy");
     try {
       const data = await getJSON(`clusters/${c}?offset=${offset}&limit=${PAGE}`);
       $("cluster-title").textContent = `Cluster ${data.id} · ${data.size} images`;
       const last = Math.min(data.offset + data.members.length, data.size);
-      $("page-info").textContent = data.size ? `${data.offset + 1}–${last} of ${data.size}` : "empty";
+      $("page-info").textContent = data.members.length ? `${data.offset + 1}–${last} of ${data.size}` : "no images here";
       const prev = $("prev");
       const next = $("next");
       prev.disabled = data.prev_offset === null;
@@ -241,8 +387,10 @@
       $("members").dataset.cluster = String(c);
       setStatus(status, "");
     } catch (err) {
+      if (err.status === 404) return badCluster();
+      detail.hidden = true;
       $("members").replaceChildren();
-      setStatus(status, err.message, "error");
+      setStatus(status, err.message, "error", err.status);
     }
   }
 
@@ -279,6 +427,15 @@
         if (f.type.startsWith("image/")) { searchFile(f); break; }
       }
     });
+    const opts = $("options");
+    opts.addEventListener("change", rerun);  // any option: the current search again
+    let typing = null;
+    opts.addEventListener("input", (e) => {  // number fields: once the typing pauses
+      if (e.target.type !== "number") return;
+      clearTimeout(typing);
+      typing = setTimeout(rerun, 600);
+    });
+    opts.addEventListener("submit", (e) => { e.preventDefault(); rerun(); });
     window.addEventListener("hashchange", route);
   }
 
@@ -288,6 +445,8 @@
       info = await getJSON("healthz");
       const by = info.extractor ? ` · ${info.extractor}` : "";
       $("stats").textContent = `${info.images} images · ${info.clusters} clusters${by}`;
+      $("nprobe").max = String(info.clusters);
+      $("nprobe").placeholder = `auto (${info.nprobe})`;
     } catch (err) {
       $("stats").textContent = "service unavailable";
     }
