@@ -928,3 +928,20 @@ def test_two_extracts_at_once_never_mix(tmp_path: Path, two_catalogues) -> None:
                 assert "being written by another process (pid" in stdout
         _assert_whole(out, two_catalogues)
         _no_leftovers(out)
+
+
+def test_store_killed_before_its_first_commit_is_not_read_as_a_legacy_folder(
+    tmp_path: Path, two_catalogues
+) -> None:
+    """Checkpoints of a first run killed before any commit were read back as a legacy per-image
+    .npy folder (parts/part-00000.npy as one image; failed on d95ed08)."""
+    a, _, _ = two_catalogues
+    out = tmp_path / "f"
+    p = _extract_proc(a, out, KILL_AT_STEP="ids")
+    p.communicate(timeout=180)
+    assert p.returncode == -signal.SIGKILL and not (out / STORE_JSON).exists()
+    with pytest.raises(FeatureStoreError, match="unfinished feature store"):
+        load_features(out)
+    res = extract_features(a, out, show_progress=False)
+    assert res.n_embedded == 0 and _assert_whole(out, two_catalogues) == "A"
+    _no_leftovers(out)

@@ -187,6 +187,11 @@ class FeatureStore:
 
     @classmethod
     def _open_legacy(cls, folder: Path) -> FeatureStore:
+        if (folder / LOCK).exists() or (folder / "parts").is_dir() or any(folder.glob("g-*")):
+            raise FeatureStoreError(
+                f"features_folder {str(folder)!r} holds an unfinished feature store (nothing committed "
+                "yet); rerun extract_features to finish it"
+            )
         files = sorted(p for p in folder.rglob("*.npy") if p.is_file())
         if not files:
             raise FeatureStoreError(
