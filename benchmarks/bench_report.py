@@ -1,0 +1,115 @@
+"""Report build time and size: clothing-small (3,781 real photos) and a synthetic 100k catalogue.
+
+* 4k: the clothing-small store (extracted with the default extractor), a model with k=20
+  trained once into ``--work``; the report is built twice -- cold (every thumbnail made) and
+  warm (thumbnails reused from the previous report) -- and the time of each stage is printed.
+* 100k: ``--synthetic`` unit vectors of dim 1280 (the default extractor's), drawn around 200
+  centres with 1 % near-duplicate copies, written as a float16 store (no image files: the
+  report's pages say "no image"), trained with k=100; the report is built once.  Thumbnail time
+  at that size is then estimated from the rate measured on the real photos and the number of
+  thumbnails the 100k report shows, which does not grow with the catalogue (k x (central +
+  outliers) + the shown duplicate groups + at most 400 on the map).
+
+Run::
+
+    nice -n 5 .venv/bin/python benchmarks/bench_report.py --features /tmp/team/feats/clothing-small
+
+Peak memory is printed from ``resource.getrusage`` (the whole process, training included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from varsitysrch import train_clusters
+from varsitysrch._report import make_report
+from varsitysrch._store import FeatureStore, normalize_rows
+
+
+def mib(b: float) -> str:
+    return f"{b / 2**20:.1f} MiB"
+
+
+def peak() -> str:
+    return mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def synthetic_store(folder: Path, n: int, dim: int = 1280, centres: int = 200, seed: int = 0) -> Path:
+    if (folder / "store.json").exists() and len(FeatureStore.open(folder)) == n:
+        return folder
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((centres, dim)).astype(np.float32)
+    X = np.empty((n, dim), np.float16)
+    n_dup = n // 100
+    for s in range(0, n - n_dup, 20_000):
+        m = min(20_000, n - n_dup - s)
+        X[s : s + m] = normalize_rows(C[rng.integers(0, centres, m)] + 1.5 * rng.standard_normal((m, dim)))
+    src = rng.choice(n - n_dup, n_dup, replace=False)
+    X[n - n_dup :] = normalize_rows(X[src].astype(np.float32) + 0.01 * rng.standard_normal((n_dup, dim)))
+    ids = [f"p{k // 1000:03d}/img_{k:07d}.jpg" for k in range(n)]
+    FeatureStore.write(folder, ids, X, {"name": "synthetic", "dim": dim})
+    return folder
+
+
+def report(label: str, s: object) -> None:
+    d = s.to_dict()  # type: ignore[attr-defined]
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in d["timings"].items())
+    print(
+        f"{label:>22}: {d['seconds']:7.1f} s, {mib(d['bytes']):>10}, thumbnails made {d['thumbnails_made']}, "
+        f"reused {d['thumbnails_reused']}, missing {d['thumbnails_missing']} | {stages}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", type=Path, default=Path("/tmp/team/feats/clothing-small"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/varsitysrch-bench-report"))
+    ap.add_argument(
+        "--synthetic", type=int, default=100_000, help="images of the synthetic catalogue (0: skip)"
+    )
+    a = ap.parse_args()
+    w = a.work
+    w.mkdir(parents=True, exist_ok=True)
+    model, csv = w / "clothing.vsm", w / "clothing.csv"
+    if not model.exists():
+        train_clusters(a.features, model, csv, 20, show_progress=False)
+    out = w / "report-4k"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    cold = make_report(a.features, model, csv, out, show_progress=False)
+    report(f"{cold.n_images} images cold", cold)
+    warm = make_report(a.features, model, csv, out, show_progress=False)
+    report(f"{warm.n_images} images warm", warm)
+    rate = cold.thumbnails_made / max(cold.timings["thumbnails"], 1e-9)
+    print(f"{'':>22}  thumbnail rate on real photos: {rate:.0f} per second; peak RSS so far {peak()}")
+    if a.synthetic:
+        n = a.synthetic
+        t0 = time.perf_counter()
+        store = synthetic_store(w / f"synthetic-{n}", n)
+        t1 = time.perf_counter()
+        smodel, scsv = w / f"synthetic-{n}.vsm", w / f"synthetic-{n}.csv"
+        if not smodel.exists():
+            train_clusters(store, smodel, scsv, 100, show_progress=False)
+        t2 = time.perf_counter()
+        print(
+            f"{'':>22}  synthetic store {t1 - t0:.0f} s, training k=100 {t2 - t1:.0f} s "
+            "(not part of the report)"
+        )
+        big = make_report(store, smodel, scsv, w / f"report-{n}", show_progress=False)
+        report(f"{n} images", big)
+        shown = big.thumbnails_missing  # every shown image is 'missing' here: no image files
+        print(
+            f"{'':>22}  thumbnails it would show: {shown}; at {rate:.0f}/s that adds ~{shown / rate:.0f} s "
+            f"(cold) -> about {big.seconds + shown / rate:.0f} s cold in all; peak RSS {peak()}"
+        )
+
+
+if __name__ == "__main__":
+    main()
