@@ -336,7 +336,10 @@ def test_verbose_false_is_silent_but_logs(
 
 
 def test_the_originals_call_on_its_per_image_npy_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``get_optimal_num_clusters(features_folder, max_clusters=100, n_components=10)`` as example.py does."""
     X = blobs(60, 16, 3, 1.0, 4)
@@ -351,6 +354,14 @@ def test_the_originals_call_on_its_per_image_npy_folder(
     assert len(out) == 2 and "max_clusters=100" in out[0] and "2..59" in out[0]
     assert out[1].startswith("k=3: ") and out[1].endswith("plot saved to optimal_clusters.png")
     assert (tmp_path / "optimal_clusters.png").stat().st_size > 0
+    # silenced, the lowered max_clusters is still a warning in the log
+    with caplog.at_level(logging.INFO, logger="varsitysrch._selectk"):
+        get_optimal_num_clusters(folder, 100, 10, verbose=False, plot_path=None, retrieval=False)
+    assert capsys.readouterr() == ("", "")
+    warned = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "max_clusters=100" in r.getMessage()
+    ]
+    assert len(warned) == 1
 
 
 class _Shell:

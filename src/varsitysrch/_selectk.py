@@ -122,6 +122,7 @@ _MAX_CONFIRM_ROUNDS = 3
 _WARM_STARTS = True  # the sweep's warm starts (benchmarks/bench_choose_k.py --no-warm-start turns them off)
 _SWEEP_THREADS: int | None = 1  # BLAS/OpenMP threads in the sweep (None: as set outside)
 _SMALL = 4_000_000  # n_images * dim at or below which n_threads=None means 1 thread
+_TOPK_CHUNK = 4096  # catalogue rows per exact_topk chunk in the retrieval scores
 _PRECOMPUTED_MAX_BYTES = 2 << 30  # silhouette from one distance matrix up to this size, else streamed
 
 
@@ -599,10 +600,14 @@ def choose_k(
 
 
 def _say(message: str, verbose: bool, level: int = logging.INFO) -> None:
-    """Log ``message``; with ``verbose`` also print it (stdout, as the original package did)."""
-    log.log(level, "%s", message)
+    """With ``verbose`` print ``message`` (stdout, as the original package did) and log it at INFO;
+    without, log it at ``level`` (a warning still reaches the log, and is not shown twice when
+    logging is not configured and its last-resort handler writes warnings to stderr)."""
     if verbose:
         print(message, flush=True)
+        log.info("%s", message)
+    else:
+        log.log(level, "%s", message)
 
 
 # --------------------------------------------------------------------------- validation
@@ -1064,7 +1069,8 @@ def _retrieval_scores(
 ) -> RetrievalScores:
     """Recall@10 and scanned share per k and nprobe (:func:`~varsitysrch._neighbours.probe_recall`)."""
     n = len(X)
-    exact, _scores = exact_topk(X[q_idx], X, min(RECALL_AT, n - 1), exclude=q_idx)
+    # 4096-row chunks: the merge with the running top 10 stays in cache (docs/choose_k.md)
+    exact, _scores = exact_topk(X[q_idx], X, min(RECALL_AT, n - 1), exclude=q_idx, chunk=_TOPK_CHUNK)
     Zq = Z[q_idx]
     recall: dict[int, list[float]] = {p: [] for p in NPROBES}
     scanned: dict[int, list[float]] = {p: [] for p in NPROBES}
