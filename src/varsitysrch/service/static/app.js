@@ -16,6 +16,7 @@
   let inflight = null;      // AbortController of the running search
   let previewUrl = null;    // object URL of the uploaded query
   let current = null;       // the search on screen: {kind: "upload", file} or {kind: "id", id}
+  let clusterView = 0;      // bumped by each clusters view: a late answer for an older one is dropped
 
   // ------------------------------------------------------------------ helpers
   function el(tag, attrs, ...children) {
@@ -329,6 +330,7 @@
 
   // ------------------------------------------------------------------ clusters
   async function showClusters() {
+    const mine = ++clusterView;
     $("cluster-detail").hidden = true;
     const list = $("cluster-list");
     list.hidden = false;
@@ -338,6 +340,7 @@
       el("div", { class: "samples" }, el("div", { class: "thumb" })), el("div", { class: "line" }))));
     try {
       const data = await getJSON("clusters?sample=4");
+      if (mine !== clusterView) return;
       const items = data.clusters.map((c) =>
         el("a", { class: "cluster-card", href: `#cluster=${c.id}`, dataset: { cluster: String(c.id) } },
           el("div", { class: "samples" },
@@ -347,12 +350,14 @@
       list.replaceChildren(...items);
       setStatus(status, `${data.k} clusters, ${data.images} images.`);
     } catch (err) {
+      if (mine !== clusterView) return;
       list.replaceChildren();
       setStatus(status, err.message, "error", err.status);
     }
   }
 
   async function showCluster(raw, offset) {
+    const mine = ++clusterView;
     const c = Number(raw);
     const status = $("cluster-status");
     $("cluster-list").hidden = true;
@@ -374,6 +379,7 @@
     setStatus(status, "Loading…", "busy");
     try {
       const data = await getJSON(`clusters/${c}?offset=${offset}&limit=${PAGE}`);
+      if (mine !== clusterView) return;
       $("cluster-title").textContent = `Cluster ${data.id} · ${data.size} images`;
       const last = Math.min(data.offset + data.members.length, data.size);
       $("page-info").textContent = data.members.length ? `${data.offset + 1}–${last} of ${data.size}` : "no images here";
@@ -387,6 +393,7 @@
       $("members").dataset.cluster = String(c);
       setStatus(status, "");
     } catch (err) {
+      if (mine !== clusterView) return;
       if (err.status === 404) return badCluster();
       detail.hidden = true;
       $("members").replaceChildren();
