@@ -945,3 +945,16 @@ def test_store_killed_before_its_first_commit_is_not_read_as_a_legacy_folder(
     res = extract_features(a, out, show_progress=False)
     assert res.n_embedded == 0 and _assert_whole(out, two_catalogues) == "A"
     _no_leftovers(out)
+
+
+def test_unchanged_rerun_keeps_the_generation(tmp_path: Path, two_catalogues) -> None:
+    """A rerun on an unchanged folder rewrites only store.json (d95ed08 rewrote every vector)."""
+    a, _, _ = two_catalogues
+    out = tmp_path / "f"
+    extract_features(a, out, show_progress=False)
+    gen = store_paths(out).generation
+    ino = os.stat(store_paths(out).vectors).st_ino
+    res = extract_features(a, out, show_progress=False)
+    assert res.n_embedded == 0 and store_paths(out).generation == gen
+    assert os.stat(store_paths(out).vectors).st_ino == ino
+    assert _assert_whole(out, two_catalogues) == "A"

@@ -445,8 +445,21 @@ def _extract_locked(
         dim = old.dim
     extra = {"image_root": str(root.resolve()), "skipped": len(skipped)}
     header = store_header(ex.identity(), dim, len(final_ids), dtype, extra)
-    chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
-    commit(out, final_ids, [stats[r] for r in final_ids], chunks, header)
+    new_stamps = [stats[r] for r in final_ids]
+    if (
+        old is not None
+        and old.meta.get("generation")
+        and not from_parts
+        and final_ids == old.ids
+        and old.meta.get("dtype") == dtype
+        and old.dim == dim
+        and new_stamps == [old.stamps()[r] for r in final_ids]
+    ):
+        # nothing changed: keep the generation (no rewrite of the vectors), refresh the header only
+        write_json(out / STORE_JSON, {**header, "generation": old.meta["generation"]})
+    else:
+        chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
+        commit(out, final_ids, new_stamps, chunks, header)
     parts.clear()
     res = ExtractionResult(
         out,
