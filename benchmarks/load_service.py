@@ -5,8 +5,9 @@
 A benchmark, not a timed test.  Starts ``varsitysrch``'s server (uvicorn, in a subprocess) on
 127.0.0.1 and a free port (this script never targets another host) twice, for the same
 model: once with ``max_batch=1`` (each upload runs its own batch-of-one inference, as before
-micro-batching) and once with micro-batching (``--max-batch``, ``--window-ms``).  At each
-concurrency level, ``--requests`` photo uploads (``POST /search``; ``--id-share`` of them
+micro-batching) and once with micro-batching (``--max-batch``, ``--window-ms``); both stay up, and each
+concurrency level is run on one and then the other, so load drift hits both alike.  At each
+level, ``--requests`` photo uploads (``POST /search``; ``--id-share`` of them
 replaced by searches by catalogue id) are sent from that many threads.  Prints uploads/s and
 p50/p95 latency per configuration and level, the speed-up over one client, the speed-up of
 micro-batching over per-request inference, and the mean batch size the server saw.  Exits
@@ -225,18 +226,22 @@ def main() -> int:
             flush=True,
         )
         print(f"{'config':<12} {'clients':>7} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
-        for name, max_batch, window in configs:
-            with server(model, csv, work / "thumbs", max_batch, window, startup_s=180) as base:
-                ids = catalogue_ids(base)
-                rng = random.Random(args.seed)
-                for c in levels:
-                    plan = [
-                        ("id", rng.randrange(len(ids)))
-                        if rng.random() < args.id_share
-                        else ("upload", rng.randrange(len(uploads)))
-                        for _ in range(args.requests)
-                    ]
-                    results, wall = run_level(base, plan, uploads, ids, c, args.top_n, deadline)
+        with contextlib.ExitStack() as stack:  # both servers up; the idle one costs no CPU
+            bases = {
+                name: stack.enter_context(server(model, csv, work / "thumbs", mb, window, startup_s=180))
+                for name, mb, window in configs
+            }
+            ids = catalogue_ids(next(iter(bases.values())))
+            rng = random.Random(args.seed)
+            for c in levels:  # each level for both configurations back to back: drift hits both alike
+                plan = [
+                    ("id", rng.randrange(len(ids)))
+                    if rng.random() < args.id_share
+                    else ("upload", rng.randrange(len(uploads)))
+                    for _ in range(args.requests)
+                ]
+                for name, _, _ in configs:
+                    results, wall = run_level(bases[name], plan, uploads, ids, c, args.top_n, deadline)
                     done = [r for r in results if r is not None]
                     skipped += len(results) - len(done)
                     errors = [r for r in done if r.status != 200]
@@ -251,10 +256,11 @@ def main() -> int:
                     )
                     for r in errors[:3]:
                         print(f"    error ({r.kind}): {r.error}")
-                text = httpx2.get(base + "/metrics", timeout=10).text
+            for name, _, _ in configs:
+                text = httpx2.get(bases[name] + "/metrics", timeout=10).text
                 n = metric_sum(text, "varsitysrch_embed_batch_size_count")
                 s = metric_sum(text, "varsitysrch_embed_batch_size_sum")
-                print(f"{'':<12} mean batch size seen by the server: {s / max(n, 1):.2f} ({n:.0f} batches)")
+                print(f"{name:<12} mean batch size seen by the server: {s / max(n, 1):.2f} ({n:.0f} batches)")
         base_rate = {name: rates.get((name, levels[0]), float("nan")) for name, _, _ in configs}
         print(f"\nspeed-up over {levels[0]} client(s), uploads/s:")
         for name, _, _ in configs:

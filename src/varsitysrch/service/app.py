@@ -398,21 +398,21 @@ _NPROBE_DOC = "clusters to scan (default: the model's calibrated value)"
 _SELF_DOC = "with image_id: keep the query image in the results"
 
 
+async def _read_upload(svc: Service, image: Any) -> bytes:
+    limit = svc.settings.max_upload_bytes
+    data = await image.read(limit + 1)
+    if len(data) > limit:
+        raise _http(413, svc.settings.too_large)
+    if not data:
+        raise _http(
+            422, f"the uploaded file {image.filename!r} is empty" if image.filename else "empty upload"
+        )
+    return data
+
+
 def _add_search_routes(app: Any, svc: Service) -> None:
     from fastapi import File, Form, Query, Request, UploadFile
     from starlette.concurrency import run_in_threadpool
-
-    limit = svc.settings.max_upload_bytes
-
-    async def read_upload(image: UploadFile) -> bytes:
-        data = await image.read(limit + 1)
-        if len(data) > limit:
-            raise _http(413, svc.settings.too_large)
-        if not data:
-            raise _http(
-                422, f"the uploaded file {image.filename!r} is empty" if image.filename else "empty upload"
-            )
-        return data
 
     @app.post("/search", tags=["search"])
     async def search_post(
@@ -446,7 +446,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
             raise _http(422, "send an image file (multipart field 'image') or an image_id")
         t0 = time.perf_counter()
         _check_nprobe(gen, p, ex)
-        data = await read_upload(image)
+        data = await _read_upload(svc, image)
         (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
         if isinstance(v, Exception):
             raise v
@@ -465,6 +465,11 @@ def _add_search_routes(app: Any, svc: Service) -> None:
     ) -> dict[str, Any]:
         """Search with a catalogue image."""
         return _search_id(request, svc.gen, image_id, top_n, nprobe, exact, include_self)
+
+
+def _add_batch_route(app: Any, svc: Service) -> None:
+    from fastapi import File, Form, Query, Request, UploadFile
+    from starlette.concurrency import run_in_threadpool
 
     @app.post("/search/batch", tags=["search"])
     async def search_batch(
@@ -494,7 +499,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
             raise _http(422, f"a batch holds at most {svc.decode.limit} uploads; got {len(files)}")
         _check_nprobe(gen, nprobe, exact)
         t0 = time.perf_counter()
-        datas = [await read_upload(f) for f in files]
+        datas = [await _read_upload(svc, f) for f in files]
         vecs = (
             await _embed_uploads(svc, gen, [(d, f.filename) for d, f in zip(datas, files, strict=True)])
             if files
@@ -782,6 +787,7 @@ def create_app(
         _add_page_routes,
         _add_service_routes,
         _add_search_routes,
+        _add_batch_route,
         _add_image_routes,
         _add_cluster_routes,
     ):
