@@ -17,7 +17,9 @@ Nothing in it can execute code, and :func:`load_model` trusts nothing: the JSON 
 every member's size (bounded by the archive's own size before it is decompressed: no zip
 bomb), label ranges, finiteness and unit norm of vectors, unique ids and the extractor's
 dim are all checked, and every failure is a one-line :class:`ModelFileError`.  No path
-recorded in the model is ever used to serve files (see :mod:`varsitysrch._paths`).
+recorded in the model is ever used to serve files: ``image_root`` (where the images were at
+extraction) is a record only, and :class:`~varsitysrch.Searcher` resolves ids under the folder
+its caller names (see :mod:`varsitysrch._paths`).
 """
 
 from __future__ import annotations
@@ -242,6 +244,8 @@ def _check_config(p: Path, cfg: Any) -> dict[str, Any]:
         raise _bad(p, f"extractor 'name' must be a string; got {ex['name']!r}")
     if "ivf" in cfg:
         _need_int(p, cfg["ivf"], "nprobe", 1, cfg["n_images"])
+    if cfg.get("image_root") is not None and not isinstance(cfg["image_root"], str):
+        raise _bad(p, f"model.json 'image_root' must be a string; got {cfg['image_root']!r}")
     return cfg
 
 

@@ -172,6 +172,9 @@ def _config(
             "relative_path": os.path.relpath(folder.resolve(), model_path.resolve().parent),
             "count": int(n),
         },
+        # where the images were at extraction: a record only (Searcher never uses it; the service
+        # may, inside a root its operator allows)
+        "image_root": store.meta.get("image_root"),
         "n_components": model.n_components,
         "target_recall": target_recall,
         "training": {

@@ -491,7 +491,8 @@ def _updated_model(
     index.apply(config, arrays)
     n = len(store)
     config["n_images"] = n
-    config.pop("image_root", None)  # never used: files are served only from an operator-given root
+    if store.meta.get("image_root"):  # a record only, as at training
+        config["image_root"] = store.meta["image_root"]
     config.setdefault("features", {}).update(
         path=str(store.folder.resolve()),
         relative_path=os.path.relpath(store.folder.resolve(), model_path.resolve().parent),
