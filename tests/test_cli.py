@@ -294,3 +294,26 @@ def test_printable_keeps_text_and_escapes_only_undecodable_bytes() -> None:
     assert _printable("plain é ü 商品.jpg") == "plain é ü 商品.jpg"
     assert _printable(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
     assert _printable("x\ud800y") == "x\\ud800y"  # not an escaped byte: still printable
+
+
+def test_update_reports_its_summary_or_json(synth_catalogue, tmp_path: Path) -> None:
+    import shutil
+
+    from varsitysrch import extract_features, train_clusters
+
+    root, labels = synth_catalogue
+    cat, store, model, csv = tmp_path / "cat", tmp_path / "store", tmp_path / "m.vsm", tmp_path / "c.csv"
+    shutil.copytree(root, cat)
+    extract_features(cat, store, show_progress=False)
+    train_clusters(store, model, csv, 4, show_progress=False)
+    (cat / sorted(labels)[0]).unlink()
+    args = [str(cat), str(store), "-m", str(model), "-c", str(csv)]
+    res = runner.invoke(app, ["update", *args])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(f"{len(labels) - 1} images: 0 added, 0 changed, 1 removed")
+    res = runner.invoke(app, ["update", *args, "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert (report["removed"], report["added"], report["changed"]) == (0, 0, 0)
+    res = runner.invoke(app, ["-q", "update", *args])
+    assert res.exit_code == 0 and res.stdout == ""
