@@ -256,6 +256,8 @@ def test_ids_with_newlines_and_undecodable_bytes_round_trip(tmp_path: Path) -> N
     train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", 3, show_progress=False)
     assert load_model(tmp_path / "m.vsm").ids == ids
     assert read_assignments(tmp_path / "c.csv")[0] == ids
+    raw = (tmp_path / "c.csv").read_bytes()
+    assert b"\n'=HYPERLINK(x).jpg," in raw and b"\n=HYPERLINK" not in raw  # spreadsheet-safe cell
     s = Searcher(tmp_path / "m.vsm", tmp_path / "c.csv")
     for rel in odd:
         assert s.search_id(rel, 1)[0].image == rel
