@@ -61,7 +61,7 @@ def _codec(name: str) -> bool:
         return bool(features.check("avif"))
     if name == "heif":
         try:
-            import pillow_heif  # type: ignore[import-not-found]
+            import pillow_heif
 
             pillow_heif.register_heif_opener()
             return True
