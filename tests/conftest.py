@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -26,6 +27,13 @@ def pytest_configure(config: pytest.Config) -> None:
     points ``VARSITYSRCH_CACHE`` at its own ``tmp_path``.
     """
     global _SESSION_CACHE
+    import time
+
+    # folders left by killed sessions (unconfigure never ran) are removed after a day
+    for old in Path(tempfile.gettempdir()).glob("varsitysrch-test-cache-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
     _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="varsitysrch-test-cache-"))
     os.environ["VARSITYSRCH_CACHE"] = str(_SESSION_CACHE)
 
