@@ -753,6 +753,14 @@ def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> li
 
 
 # ====================================================================== filtered candidate generation
+#: A filtered search scores this many times as many matching rows as the unfiltered search
+#: scores rows.  Measured (benchmarks/bench_filters.py, 100k, a 10 % filter that follows
+#: appearance, recall@10 vs exact filtered search): factor 1 -> 0.919, 2 -> 0.979 (the
+#: unfiltered search: 0.987), 4 -> 0.995; filters drawn independently of appearance reach 1.000
+#: at any factor.
+FILTER_SCAN_FACTOR = 2
+
+
 @dataclass
 class CompiledFilter:
     """A where filter compiled against one catalogue: the row mask and matches per cluster."""
@@ -824,16 +832,16 @@ def masked_candidates(
     """The rows a filtered search scores: matching rows of the query's nearest clusters.
 
     ``order``: clusters nearest first; ``members[offsets[c]:offsets[c + 1]]``: the rows of
-    cluster ``c``.  The search scores as many matching rows as the unfiltered search would
-    score rows (those of its first ``nprobe`` clusters), and at least ``need``: clusters are
-    probed in order until that many matching rows are gathered.  When the whole filter
-    matches no more rows than that, every matching row is scored (exact filtered search,
-    no costlier than the unfiltered probe).  So ``need`` rows come back whenever ``need``
-    rows match, and ``nprobe = k`` is exact filtered search.
+    cluster ``c``.  The search scores :data:`FILTER_SCAN_FACTOR` times as many matching rows
+    as the unfiltered search would score rows (those of its first ``nprobe`` clusters), and
+    at least ``need``: clusters are probed in order until that many matching rows are
+    gathered.  When the whole filter matches no more rows than that, every matching row is
+    scored (exact filtered search).  So ``need`` rows come back whenever ``need`` rows
+    match, and ``nprobe = k`` is exact filtered search.
     """
     sizes = np.diff(offsets)[order]
     p = int(min(max(1, nprobe), len(order)))
-    budget = max(int(need), int(sizes[:p].sum()))
+    budget = max(int(need), FILTER_SCAN_FACTOR * int(sizes[:p].sum()))
     if flt.count <= budget:
         return flt.rows
     cum = np.cumsum(flt.per_cluster[order])
@@ -853,10 +861,11 @@ def ivf_masked_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Filtered search through a faiss IVF: ``(rows, exact cosine scores)``, best first.
 
-    The same rule as :func:`masked_candidates`: a filter matching no more rows than the
-    unfiltered probe scans (``nprobe / nlist`` of the catalogue) is searched exactly over its
-    rows; otherwise faiss skips non-matching rows while scanning (an ``IDSelectorBitmap``)
-    and probes ``nprobe / share matching`` lists, doubled until ``need`` rows are found.
+    The same rule as :func:`masked_candidates`: a filter matching no more rows than
+    :data:`FILTER_SCAN_FACTOR` times what the unfiltered probe scans (``nprobe / nlist`` of
+    the catalogue) is searched exactly over its rows; otherwise faiss skips non-matching
+    rows while scanning (an ``IDSelectorBitmap``) and probes ``FILTER_SCAN_FACTOR * nprobe /
+    share matching`` lists, doubled until ``need`` rows are found.
     """
     import faiss
 
@@ -865,13 +874,13 @@ def ivf_masked_search(
     if need <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     qf = np.ascontiguousarray(q, np.float32).reshape(1, -1)
-    budget = max(need, math.ceil(nprobe * n / nlist))
+    budget = max(need, FILTER_SCAN_FACTOR * math.ceil(nprobe * n / nlist))
     if flt.count <= budget:
         rows = flt.rows
     else:
         bits = np.packbits(flt.mask, bitorder="little")
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
-        p = int(min(nlist, max(nprobe, math.ceil(nprobe * n / flt.count))))
+        p = int(min(nlist, max(nprobe, math.ceil(FILTER_SCAN_FACTOR * nprobe * n / flt.count))))
         while True:
             params = faiss.SearchParametersIVF()
             params.nprobe, params.sel = p, sel

@@ -181,8 +181,10 @@ def feedback_search(
     raw = rocchio(None if q is None else q[0], side(pos, 0), side(neg, 0), **kw)  # probes the clusters
     ranked = rocchio(None if q is None else q[1], side(pos, 1), side(neg, 1), **kw)  # ranks the rows
     exclude = {r for _, _, r in neg if r is not None}  # what was rejected is never shown again
-    if exclude_judged:
+    if exclude_judged:  # the shopper has seen the positives, and the query itself
         exclude |= {r for _, _, r in pos if r is not None}
+        if q is not None and q[2] is not None:
+            exclude.add(q[2])
     return list(
         searcher.search_vector(
             raw,
@@ -223,7 +225,8 @@ def search_feedback(
     ``query``: the original query (an image or id; optional).  The refined query
     ``alpha*q + beta*mean(positive) - gamma*mean(negative)`` is searched once, with the
     same ``where`` filter, ``collapse`` and ``nprobe`` as any search; the judged catalogue
-    items are left out of the results (``exclude_judged=False`` keeps the positives).
+    items (and a catalogue query) are left out of the results (``exclude_judged=False``
+    keeps the positives and the query).
     Measured with one round on the top 10 (``docs/shop.md``): the 10 new items shown are
     +0.15 (clothing-small) and +0.23 (grocery-train) more often relevant than the next 10
     without feedback.  The model is loaded once and cached, as in
