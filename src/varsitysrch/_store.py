@@ -236,7 +236,9 @@ class FeatureStore:
     ) -> Path:
         """Write a complete store as one commit, holding the store's lock.
 
-        An empty ``ids`` never replaces a non-empty store unless ``allow_empty``.
+        ``vectors`` must be float32/float16 rows that are finite and L2-normalised, ``ids``
+        unique relative paths.  An empty ``ids`` never replaces a non-empty store unless
+        ``allow_empty``.
         """
         folder = Path(folder)
         vectors = np.asarray(vectors)
