@@ -582,11 +582,16 @@ def craft_model(src: Path, dest: Path, *, image_root: str, ids: dict[int, str]) 
                 config = json.loads(data)
                 config["image_root"] = image_root
                 data = json.dumps(config).encode()
-            elif item.filename == "ids.txt":
+            elif item.filename == "ids.txt":  # model format 1
                 lines = data.decode().split("\n")
                 for row, new in ids.items():
                     lines[row] = new
                 data = "\n".join(lines).encode()
+            elif item.filename == "ids.json":  # model format 2
+                listed = json.loads(data)
+                for row, new in ids.items():
+                    listed[row] = new
+                data = json.dumps(listed).encode()
             zout.writestr(item, data)
     return dest
 
@@ -595,31 +600,38 @@ def test_crafted_model_cannot_serve_files_outside_the_catalogue(
     synth_model: tuple[Path, Path], catalogue: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """A model recording image_root "/" and ids like etc/passwd: the old service served /etc/passwd."""
+    from varsitysrch import ModelFileError
+
     model, _ = synth_model
     root, _ = catalogue
-    crafted = craft_model(
-        model,
-        tmp_path / "crafted.vsm",
-        image_root="/",
-        ids={0: "etc/passwd", 1: "../../../../etc/passwd.png", 2: "/etc/hostname.png"},
-    )
-    for kw in ({}, {"allow_roots": [tmp_path]}, {"allow_roots": ["/"]}):
-        app = create_app(crafted, cache_dir=tmp_path / "thumbs", reload_interval=0, **kw)
-        with TestClient(app) as c:
-            assert c.get("/healthz").json()["images_served"] is (kw.get("allow_roots") == ["/"])
-            for image_id in ("etc/passwd", "../../../../etc/passwd.png", "/etc/hostname.png"):
-                assert image_id in app.state.service.gen.id_set  # they are catalogue ids...
+    served = 0
+    for n, hostile in enumerate(
+        ["etc/passwd", "etc/hostname.png", "../../../../etc/passwd.png", "/etc/a.png"]
+    ):
+        crafted = craft_model(model, tmp_path / f"crafted{n}.vsm", image_root="/", ids={0: hostile})
+        for kw in ({}, {"allow_roots": [tmp_path]}, {"allow_roots": ["/"]}):
+            try:
+                app = create_app(crafted, cache_dir=tmp_path / "thumbs", reload_interval=0, **kw)
+            except ModelFileError:  # the loader refuses ids that are not plain relative paths: fine too
+                assert ".." in hostile or hostile.startswith("/")
+                continue
+            served += 1
+            with TestClient(app) as c:
+                assert c.get("/healthz").json()["images_served"] is (kw.get("allow_roots") == ["/"])
+                assert hostile in app.state.service.gen.id_set  # a catalogue id...
                 for prefix in ("/images/", "/thumbnails/"):
-                    r = c.get(prefix + quote(image_id, safe=""))
-                    assert r.status_code == 404, (kw, prefix, image_id)  # ...and never served
+                    r = c.get(prefix + quote(hostile, safe=""))
+                    assert r.status_code == 404, (kw, prefix, hostile)  # ...and never served
                     assert b"root:" not in r.content
-    # the operator's folder is served, the crafted root is not used at all
-    app = create_app(crafted, image_root=root, cache_dir=tmp_path / "thumbs", reload_interval=0)
-    with TestClient(app) as c:
-        assert c.get("/images/etc/passwd").status_code == 404
-        assert (
-            c.get("/images/red_circles/img_00.png").content == (root / "red_circles/img_00.png").read_bytes()
-        )
+            # the operator's folder is served; the crafted root is not used at all
+            app = create_app(crafted, image_root=root, cache_dir=tmp_path / "thumbs", reload_interval=0)
+            with TestClient(app) as c:
+                assert c.get("/images/" + quote(hostile, safe="")).status_code == 404
+                assert (
+                    c.get("/images/red_circles/img_01.jpg").content
+                    == (root / "red_circles/img_01.jpg").read_bytes()
+                )
+    assert served >= 6  # etc/passwd and etc/hostname.png load, under every root setting
 
 
 def test_recorded_root_needs_an_allowed_root(

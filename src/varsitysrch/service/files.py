@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import os
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -64,28 +64,29 @@ def choose_root(
 def resolve_image(root: Path, image_id: str) -> Path | None:
     """The regular file ``image_id`` names inside ``root`` (already real), or ``None``.
 
-    Refused: empty, absolute or backslashed ids, ``.``/``..`` parts, NUL or other control
-    characters, names without an image extension, anything whose real path (symlinks
-    followed) leaves ``root``, and anything that is not a regular file (folders, FIFOs,
-    devices, sockets: never opened, so never a hang).
+    :func:`varsitysrch._paths.resolve_image` keeps the id inside the root (no absolute ids,
+    no ``..``, symlinks followed); on top of it the service refuses non-canonical ids (empty
+    parts, ``.``, backslashes, control characters), names without an image extension, and
+    anything that is not a regular file (folders, FIFOs, devices, sockets: never opened, so
+    never a hang).
     """
     from .._images import IMAGE_EXTENSIONS
+    from .._paths import resolve_image as inside_root
 
     if not image_id or "\\" in image_id or any(ord(ch) < 32 for ch in image_id):
         return None
     if os.path.splitext(image_id)[1].lower() not in IMAGE_EXTENSIONS:
         return None
-    rel = PurePosixPath(image_id)
-    if rel.is_absolute() or any(part in ("", ".", "..") for part in image_id.split("/")):
+    if any(part in ("", ".", "..") for part in image_id.split("/")):
+        return None
+    p = inside_root(root, image_id)
+    if p is None:
         return None
     try:
-        p = Path(os.path.realpath(root / rel, strict=True))
         st = p.stat()
-    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, an odd name
+    except (OSError, ValueError):  # missing, or a name the OS refuses
         return None
-    if not p.is_relative_to(root) or not stat.S_ISREG(st.st_mode):
-        return None
-    return p
+    return p if stat.S_ISREG(st.st_mode) else None
 
 
 def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
