@@ -1026,3 +1026,20 @@ def test_admin_reload_and_a_broken_model_file(
         samples = parse_metrics(c.get("/metrics").text)
     assert metric(samples, "varsitysrch_model_reloads_total", result="error") == 1
     assert metric(samples, "varsitysrch_model_reloads_total", result="ok") == 1
+
+
+def test_thin_uploads_are_cheap(client: TestClient) -> None:
+    """A few-hundred-byte 1 x 20,000 PNG cost ~10 s and ~4 GB before (issue 9): now refused or cheap."""
+    import time
+
+    for size in ((1, 20000), (20000, 1), (60, 11000)):  # the last one is within the aspect limit
+        buf = io.BytesIO()
+        Image.new("RGB", size, (120, 40, 200)).save(buf, "PNG", optimize=True)
+        assert len(buf.getvalue()) < MAX_UPLOAD
+        t0 = time.perf_counter()
+        r = upload(client, buf.getvalue(), "thin.png", top_n=3)
+        took = time.perf_counter() - t0
+        assert r.status_code in (200, 422), r.text
+        assert took < 3.0, (size, took)
+        if r.status_code == 422:
+            assert "thin" in r.json()["detail"]
