@@ -52,8 +52,8 @@ def _imports(tree: ast.AST, here: str, is_pkg: bool, modules: set[str]) -> set[s
                 for a in node.names:  # ``from . import _index`` imports the module _index
                     sub = f"{target}.{a.name}"
                     out.add(sub if sub in modules else target)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+        for sub_node in ast.iter_child_nodes(node):
+            visit(sub_node)
 
     visit(tree)
     return {m for m in out if m in modules and m != here}

@@ -93,7 +93,7 @@ def rewrite(
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         names = zin.namelist() + [m for m in (members or {}) if m not in zin.namelist()]
         for name in names:
-            data = (members or {}).get(name) if name in (members or {}) else zin.read(name)
+            data = members[name] if members and name in members else zin.read(name)
             if name == "model.json" and config is not None:
                 data = json.dumps(config(json.loads(data))).encode()
             kind = zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED

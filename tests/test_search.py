@@ -206,9 +206,12 @@ def test_catalogue_is_stored_projected_and_not_projected_at_load(tmp_path: Path,
     )
     rows: list[int] = []
     real = _search.to_search_space
-    monkeypatch.setattr(
-        _search, "to_search_space", lambda X, *a: rows.append(np.atleast_2d(X).shape[0]) or real(X, *a)
-    )
+
+    def counting(X, *a):
+        rows.append(np.atleast_2d(X).shape[0])
+        return real(X, *a)
+
+    monkeypatch.setattr(_search, "to_search_space", counting)
     s = Searcher(tmp_path / "m.vsm")
     assert rows == []  # nothing projected at load
     s.search_id("g/00007.jpg", 3)
