@@ -40,10 +40,13 @@ def nearest_centroid(
     c2 = (C**2).sum(1)
     for s in range(0, len(X), chunk):
         x = _f32(X[s : s + chunk])
-        d = (x**2).sum(1)[:, None] - 2.0 * x @ C.T + c2[None, :]
+        d = x @ C.T  # ||x||^2 is the same for every centroid: add it after the argmin
+        d *= -2.0
+        d += c2[None, :]
         j = d.argmin(1)
         labels[s : s + chunk] = j
-        dists[s : s + chunk] = np.sqrt(np.maximum(d[np.arange(len(x)), j], 0.0))
+        best = d[np.arange(len(x)), j] + np.einsum("ij,ij->i", x, x)
+        dists[s : s + chunk] = np.sqrt(np.maximum(best, 0.0))
     return labels, dists
 
 
@@ -55,16 +58,20 @@ def centroid_order(Q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def exact_topk(
-    Q: np.ndarray, X: np.ndarray, k: int, *, exclude: np.ndarray | None = None, chunk: int = CHUNK
+    Q: np.ndarray, X: np.ndarray, k: int, *, exclude: np.ndarray | None = None, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``X`` by inner product for each query, streaming ``X`` in chunks.
 
     ``X`` may be a float16 memory map; only one chunk is converted at a time.  ``exclude[i]``
     (a row of ``X``) is never returned for query ``i`` (held-out self-queries).
     Returns ``(rows [q, k] int64, scores [q, k] float32)``, best first (ties by row order).
+    ``chunk`` (rows of ``X`` per step) defaults to about 4M scores per step: small chunks keep
+    the per-chunk partial sort cheap for many queries, large ones the matrix product efficient.
     """
     Q = _f32(Q)
     nq, n = len(Q), len(X)
+    if chunk is None:
+        chunk = int(min(CHUNK, max(1024, (1 << 22) // max(nq, 1))))
     k = min(k, n - (1 if exclude is not None else 0))
     best_s = np.full((nq, k), -np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
@@ -75,8 +82,16 @@ def exact_topk(
         if exclude is not None:
             hit = (exclude >= s) & (exclude < s + len(x))
             S[ar[hit], exclude[hit] - s] = -np.inf
-        cs = np.concatenate([best_s, S], axis=1)
-        ci = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(x)), (nq, len(x)))], axis=1)
+        # the chunk's own top k first (cheap), then merge with the running best
+        if S.shape[1] > k:
+            part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+            cs_new = np.take_along_axis(S, part, 1)
+            ci_new = part + s
+        else:
+            cs_new = S
+            ci_new = np.broadcast_to(np.arange(s, s + len(x)), S.shape)
+        cs = np.concatenate([best_s, cs_new], axis=1)
+        ci = np.concatenate([best_i, ci_new], axis=1)
         top = np.argpartition(-cs, k - 1, axis=1)[:, :k]
         best_s = np.take_along_axis(cs, top, 1)
         best_i = np.take_along_axis(ci, top, 1)
