@@ -10,11 +10,11 @@ No ``n x n`` matrix is ever held: pairs come from a faiss range search,
 
 * ``method="exact"``: blocked flat inner-product search -- one database block and one query
   block of ``chunk`` rows in memory at a time, ``n^2 / 2`` dot products in all;
-* ``method="ivf"``: a faiss IVF index with 8-bit scalar-quantised vectors (``dim`` bytes per
-  image) finds candidate pairs a little below the threshold, and every candidate is then
-  re-scored exactly from the store, so every reported score is exact; the pairs it can miss
-  are those whose images fall in IVF lists that are not probed (measured against exact in
-  ``benchmarks/bench_duplicates.py``);
+* ``method="ivf"``: inverted lists -- a spherical k-means with about ``2 sqrt(n)`` lists, each
+  image in the lists of its :data:`IVF_ASSIGN` nearest centroids -- and each list compared with
+  itself exactly, in BLAS blocks: about ``4 n^2 / nlist`` dot products, every score exact; it
+  misses the pairs whose images share no list (measured against exact in
+  ``benchmarks/bench_duplicates.py``: none at the default threshold);
 * ``method="auto"``: exact up to :data:`EXACT_MAX_IMAGES` images, IVF above.
 
 The defaults were chosen on planted duplicates of clothing-small and grocery-train
@@ -56,6 +56,8 @@ EXACT_MAX_IMAGES = 50_000
 #: Pairs kept at most; a threshold so low that more pairs qualify is refused (raise it).
 MAX_PAIRS = 5_000_000
 CHUNK = 8192
+#: ``method="ivf"``: each image joins the lists of its this many nearest coarse centroids
+IVF_ASSIGN = 2
 METHODS = ("auto", "exact", "ivf")
 
 
@@ -169,7 +171,9 @@ class _Pairs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         i, j, s = (np.concatenate(p) for p in zip(*self.parts, strict=True))
         order = np.lexsort((j, i))
-        return i[order], j[order], s[order]
+        i, j, s = i[order], j[order], s[order]
+        first = np.r_[True, (i[1:] != i[:-1]) | (j[1:] != j[:-1])]  # a pair found in two lists: once
+        return i[first], j[first], s[first]
 
 
 def similar_pairs(
@@ -178,7 +182,7 @@ def similar_pairs(
     *,
     method: str = "auto",
     chunk: int = CHUNK,
-    nprobe: int = 16,
+    assign: int = IVF_ASSIGN,
     show_progress: bool = False,
     max_pairs: int = MAX_PAIRS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,7 +207,7 @@ def similar_pairs(
     if method == "exact":
         _exact_pairs(X, t, chunk, pairs, show_progress)
     else:
-        _ivf_pairs(X, t, chunk, nprobe, pairs, show_progress)
+        _ivf_pairs(X, t, chunk, assign, pairs, show_progress)
     return pairs.result()
 
 
@@ -226,41 +230,39 @@ def _exact_pairs(X: np.ndarray, t: float, chunk: int, out: _Pairs, show: bool) -
             out.add(rows[keep], cols[keep], D[keep])
 
 
-#: IVF candidates are gathered this far below the threshold (8-bit quantisation error), then re-scored.
-IVF_MARGIN = 0.03
-
-
-def _ivf_pairs(X: np.ndarray, t: float, chunk: int, nprobe: int, out: _Pairs, show: bool) -> None:
+def _ivf_pairs(X: np.ndarray, t: float, chunk: int, assign: int, out: _Pairs, show: bool) -> None:
+    """Pairs inside inverted lists: a spherical k-means of ``~2 sqrt(n)`` lists, every image in the
+    lists of its ``assign`` nearest centroids, and each list compared with itself exactly (BLAS
+    blocks of at most ``chunk`` rows).  Work is about ``assign^2 n^2 / nlist`` dot products."""
     import faiss
 
     n, dim = X.shape
-    nlist = int(min(max(16, 4 * np.sqrt(n)), n // 39 if n >= 39 * 16 else 16))
+    nlist = int(max(1, min(round(2 * np.sqrt(n)), n // 64)))
     rng = np.random.default_rng(0)
     train = _f32(X[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))])
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(
-        quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    index.train(train)
-    for s in range(0, n, chunk):
-        index.add(_f32(X[s : s + chunk]))
-    index.nprobe = int(min(nprobe, nlist))
-    lo = max(t - IVF_MARGIN, 1e-6)
-    for ib in _progress(range(0, n, chunk), n, show, "duplicates (ivf)"):
-        Q = _f32(X[ib : ib + chunk])
-        lims, _, I_ = index.range_search(Q, lo)
-        rows = np.repeat(np.arange(ib, ib + len(Q), dtype=np.int64), np.diff(lims.astype(np.int64)))
-        cols = I_.astype(np.int64)
-        keep = rows < cols
-        rows, cols = rows[keep], cols[keep]
-        if not len(rows):
+    km = faiss.Kmeans(dim, nlist, niter=10, spherical=True, seed=0, verbose=False)
+    km.train(train)
+    C = np.asarray(km.centroids, np.float32)
+    a = min(assign, nlist)
+    lists = np.empty((n, a), np.int64)
+    for s in range(0, n, 65536):
+        S = _f32(X[s : s + 65536]) @ C.T
+        lists[s : s + len(S)] = np.argpartition(-S, a - 1, axis=1)[:, :a] if a < nlist else np.arange(a)
+    flat = lists.ravel()
+    rows_all = np.repeat(np.arange(n, dtype=np.int64), a)
+    order = np.argsort(flat, kind="stable")  # rows stay sorted inside a list (memory-map friendly)
+    bounds = np.searchsorted(flat[order], np.arange(nlist + 1))
+    for c in _progress(range(nlist), nlist, show, "duplicates (ivf)"):
+        rows = rows_all[order[bounds[c] : bounds[c + 1]]]
+        if len(rows) < 2:
             continue
-        # exact re-scoring: gather the candidates' vectors in sorted order (memory-map friendly)
-        uc, inv = np.unique(cols, return_inverse=True)
-        C = _f32(X[uc])
-        s_exact = np.einsum("ij,ij->i", Q[rows - ib], C[inv])
-        ok = s_exact >= t
-        out.add(rows[ok], cols[ok], s_exact[ok])
+        B = _f32(X[rows])
+        for qs in range(0, len(rows), chunk):
+            sims = B[qs : qs + chunk] @ B.T
+            qi, cj = np.nonzero(sims >= t)
+            keep = qi + qs < cj
+            qi, cj = qi[keep], cj[keep]
+            out.add(rows[qi + qs], rows[cj], sims[qi, cj])
 
 
 def group_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
