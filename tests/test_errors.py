@@ -50,6 +50,10 @@ NOT_ENTRY_POINTS = {
     "KSelection",  # returned by get_optimal_num_clusters
     "UpdateReport",  # returned by update_catalogue
     "EvalReport",  # returned by evaluate
+    "DuplicateReport",  # returned by find_duplicates
+    "DuplicateGroup",  # part of a DuplicateReport
+    "DuplicatePair",  # part of a DuplicateReport
+    "ReportSummary",  # returned by make_report
 }
 
 
@@ -449,6 +453,43 @@ case("VaSrch", "train-k-1")(
         h["store"], h["out"] / "v.vsm", h["out"] / "v.csv", 1
     )
 )
+
+# find_duplicates / make_report / ScoreCalibrator (catalogue insight)
+case("find_duplicates", "store-missing")(lambda h: V.find_duplicates(h["missing"], show_progress=False))
+case("find_duplicates", "store-is-a-file")(lambda h: V.find_duplicates(h["text"], show_progress=False))
+for _name, _kw in {
+    "threshold-0": {"threshold": 0},
+    "threshold-text": {"threshold": "0.9"},
+    "threshold-nan": {"threshold": float("nan")},
+    "method-unknown": {"method": "fast"},
+}.items():
+    case("find_duplicates", _name)(
+        lambda h, kw=_kw: V.find_duplicates(h["store"], show_progress=False, **kw)  # type: ignore[misc]
+    )
+case("make_report", "store-missing")(
+    lambda h: V.make_report(h["missing"], h["model"], h["csv"], h["out"] / "r1", show_progress=False)
+)
+case("make_report", "model-garbage")(
+    lambda h: V.make_report(h["store"], h["models"]["garbage"], None, h["out"] / "r2", show_progress=False)
+)
+case("make_report", "csv-other")(
+    lambda h: V.make_report(h["store"], h["model"], h["bad_csv"], h["out"] / "r3", show_progress=False)
+)
+case("make_report", "out-is-a-file")(
+    lambda h: V.make_report(h["store"], h["model"], h["csv"], h["text"], show_progress=False)
+)
+case("make_report", "out-not-a-report")(
+    lambda h: V.make_report(h["store"], h["model"], h["csv"], h["dir"], show_progress=False)
+)
+case("make_report", "thumb_size-0")(
+    lambda h: V.make_report(
+        h["store"], h["model"], h["csv"], h["out"] / "r4", thumb_size=0, show_progress=False
+    )
+)
+case("ScoreCalibrator", "n_queries-0")(lambda h: V.ScoreCalibrator(0).fit(np.eye(4, dtype=np.float32)))
+case("ScoreCalibrator", "one-row")(lambda h: V.ScoreCalibrator().fit(np.ones((1, 4), np.float32)))
+case("ScoreCalibrator", "from-garbage")(lambda h: V.ScoreCalibrator.from_dict({"format": "x"}))
+case("ScoreCalibrator", "not-fitted")(lambda h: V.ScoreCalibrator().confidence(0.5))
 
 
 # ---------------------------------------------------------------- the tests

@@ -34,10 +34,13 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._compat import VaSrch
+    from ._confidence import ScoreCalibrator
+    from ._duplicates import DuplicateGroup, DuplicatePair, DuplicateReport, find_duplicates
     from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
     from ._kmeans import KMeansModel
+    from ._report import ReportSummary, make_report
     from ._search import Hit, Searcher, search_similar_images
     from ._selectk import KSelection, get_optimal_num_clusters
     from ._store import FeatureStore, load_features
@@ -46,6 +49,13 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "VaSrch": "._compat",
+    "ScoreCalibrator": "._confidence",
+    "DuplicateGroup": "._duplicates",
+    "DuplicatePair": "._duplicates",
+    "DuplicateReport": "._duplicates",
+    "find_duplicates": "._duplicates",
+    "ReportSummary": "._report",
+    "make_report": "._report",
     "KMeansModel": "._kmeans",
     "train_clusters": "._train",
     "EvalConfig": "._evaluate",
@@ -81,6 +91,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DuplicateGroup",
+    "DuplicatePair",
+    "DuplicateReport",
     "EvalConfig",
     "EvalReport",
     "ExtractionResult",
@@ -98,6 +111,8 @@ __all__ = [
     "MissingDependencyError",
     "ModelFileError",
     "NotFittedError",
+    "ReportSummary",
+    "ScoreCalibrator",
     "Searcher",
     "UpdateReport",
     "VaSrch",
@@ -105,9 +120,11 @@ __all__ = [
     "__version__",
     "evaluate",
     "extract_features",
+    "find_duplicates",
     "get_extractor",
     "get_optimal_num_clusters",
     "load_features",
+    "make_report",
     "search_similar_images",
     "train_clusters",
     "update_catalogue",

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from ._errors import InvalidArgumentError
+from ._progress import bar as progress_bar
+from ._progress import bars_enabled
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +134,10 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 
 def _progress(it: range, total: int, show: bool, desc: str) -> Iterator[int]:
-    if not show:
+    if not bars_enabled(show):  # a bar only when stderr is a terminal (see _progress)
         yield from it
         return
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", show_progress=show, leave=False) as bar:
         prev = 0
         for s in it:
             yield s
