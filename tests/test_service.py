@@ -1043,3 +1043,28 @@ def test_thin_uploads_are_cheap(client: TestClient) -> None:
         assert took < 3.0, (size, took)
         if r.status_code == 422:
             assert "thin" in r.json()["detail"]
+
+
+def test_micro_batcher_waits_only_for_queries_on_their_way() -> None:
+    import time
+
+    import numpy as np
+
+    from varsitysrch.service.batching import MicroBatcher
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        return np.ones((len(batch), 2), np.float32)
+
+    on_the_way = {"n": 0}
+    mb = MicroBatcher(embed, max_batch=8, window_s=0.5, limit=8, upcoming=lambda: on_the_way["n"])
+    im = np.zeros((2, 2, 3), np.uint8)
+    mb.submit(im).result(timeout=5)  # start the worker
+    t0 = time.perf_counter()
+    mb.submit(im).result(timeout=5)
+    alone = time.perf_counter() - t0
+    on_the_way["n"] = 1  # another upload is being decoded: worth waiting for (up to the window)
+    t0 = time.perf_counter()
+    mb.submit(im).result(timeout=5)
+    waited = time.perf_counter() - t0
+    assert alone < 0.25 <= 0.4 <= waited, (alone, waited)
+    mb.close()

@@ -156,12 +156,20 @@ class Settings:
 
 
 @dataclass
+class Upcoming:
+    """Uploads accepted and not yet handed to the embedder (changed on the event loop only)."""
+
+    n: int = 0
+
+
+@dataclass
 class Service:
     """What the endpoints share: settings, the served model, the decode pool, metrics."""
 
     settings: Settings
     holder: ModelHolder
     decode: BoundedPool
+    upcoming: Upcoming
     metrics: Metrics
     static: dict[str, bytes]
     swagger: Path | None
@@ -257,16 +265,24 @@ async def _embed_uploads(svc: Service, gen: Generation, uploads: list[tuple[byte
         svc.decode.reserve(len(uploads))  # all or none: a batch never half-fits
     except Overloaded as exc:
         raise _busy(svc, exc) from exc
-    futs = [svc.decode.run_reserved(decode_upload, data, ex.input_size, ex.resize) for data, _ in uploads]
-    out: list[Any] = []
-    arrays: list[np.ndarray] = []
-    for fut, (_, name) in zip(futs, uploads, strict=True):
-        try:
-            arr = await asyncio.wrap_future(fut)
-            arrays.append(arr)
-            out.append(arr)
-        except (UnsupportedFormat, ImageError) as exc:
-            out.append(_decode_error(exc, name))
+    svc.upcoming.n += len(uploads)  # the embedder waits for these (up to its window)
+    left = len(uploads)
+    try:
+        futs = [svc.decode.run_reserved(decode_upload, d, ex.input_size, ex.resize) for d, _ in uploads]
+        out: list[Any] = []
+        arrays: list[np.ndarray] = []
+        for fut, (_, name) in zip(futs, uploads, strict=True):
+            try:
+                arr = await asyncio.wrap_future(fut)
+                arrays.append(arr)
+                out.append(arr)
+            except (UnsupportedFormat, ImageError) as exc:
+                out.append(_decode_error(exc, name))
+            finally:
+                svc.upcoming.n -= 1
+                left -= 1
+    finally:
+        svc.upcoming.n -= left  # on an error or a cancelled request
     if arrays:
         try:
             vec_futs = iter(gen.batcher.submit_many(arrays))
@@ -681,7 +697,7 @@ def _settings(
     )
 
 
-def _holder(s: Settings, metrics: Metrics) -> ModelHolder:
+def _holder(s: Settings, metrics: Metrics, upcoming: Upcoming) -> ModelHolder:
     from .._extractors import Embedder
     from .._search import Searcher
 
@@ -690,6 +706,7 @@ def _holder(s: Settings, metrics: Metrics) -> ModelHolder:
         return MicroBatcher(
             embedder.embed, max_batch=s.max_batch, window_s=s.batch_window_s, limit=limit,
             observe=metrics.observe_batch,
+            upcoming=lambda: upcoming.n,
         )  # fmt: skip
 
     return ModelHolder(
@@ -755,9 +772,10 @@ def create_app(
     )  # fmt: skip
     metrics = Metrics()
     decode = BoundedPool(s.decode_workers, max(s.queue_limit, s.decode_workers), "decode")
-    holder = _holder(s, metrics)
+    upcoming = Upcoming()
+    holder = _holder(s, metrics, upcoming)
     s.root = _serve_root(s, holder.current, tuple(allow_roots))
-    svc = Service(s, holder, decode, metrics, _static_files(), _swagger_assets())
+    svc = Service(s, holder, decode, upcoming, metrics, _static_files(), _swagger_assets())
     _add_gauges(svc)
 
     @asynccontextmanager
