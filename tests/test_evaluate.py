@@ -175,8 +175,8 @@ def test_seed_baseline_is_first_members_of_the_predicted_cluster_in_csv_order(
     assert len(csvs) == 1
     with open(csvs[0], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    cluster = {r["image"]: int(r["cluster"]) for r in rows}
-    order = [r["image"] for r in rows]
+    cluster = {r["Image_File"]: int(r["Cluster"]) for r in rows}
+    order = [r["Image_File"] for r in rows]
     precisions = []
     for q in order:  # every image is a query; a catalogue image's predicted cluster is its own
         found = [i for i in order if cluster[i] == cluster[q] and i != q][:5]

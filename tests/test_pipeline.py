@@ -235,16 +235,16 @@ def test_train_writes_model_and_csv(synth_store: Path, synth_model, synth_catalo
     _, labels = synth_catalogue
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["image", "cluster", "distance"]
-    assert [r["image"] for r in rows] == sorted(labels)
+    assert list(rows[0]) == ["Image_File", "Cluster", "distance"]  # the original package's names first
+    assert [r["Image_File"] for r in rows] == sorted(labels)
     mf = load_model(model)
     assert mf.k == 4 and mf.config["extractor"]["name"] == "efficientnet-lite0"
     assert 1 <= mf.config["nprobe"] <= 4 and mf.config["training"]["inertia"] > 0
-    assert [int(r["cluster"]) for r in rows] == mf.labels.tolist()
+    assert [int(r["Cluster"]) for r in rows] == mf.labels.tolist()
     # the known classes are recovered
     from sklearn.metrics import adjusted_rand_score
 
-    assert adjusted_rand_score([labels[r["image"]] for r in rows], mf.labels) > 0.9
+    assert adjusted_rand_score([labels[r["Image_File"]] for r in rows], mf.labels) > 0.9
 
 
 def test_model_file_refuses_pickles_without_running_code(tmp_path: Path) -> None:

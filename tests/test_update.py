@@ -27,7 +27,7 @@ def _copy(src: Path, dst: Path, rels: list[str]) -> None:
 
 def _rows(path: Path) -> dict[str, tuple[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
-        return {r["image"]: (r["cluster"], r["distance"]) for r in csv.DictReader(f)}
+        return {r["Image_File"]: (r["Cluster"], r["distance"]) for r in csv.DictReader(f)}
 
 
 @pytest.fixture(scope="module")

@@ -98,4 +98,5 @@ class VaSrch:
         """The ``top_n`` catalogue images most similar to ``image_path``, best first."""
         from . import search_similar_images
 
+        kwargs.setdefault("show_progress", self.show_progress)
         return search_similar_images(image_path, model_filename, csv_file, top_n, **kwargs)

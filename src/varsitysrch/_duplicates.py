@@ -245,8 +245,8 @@ def _ivf_pairs(X: np.ndarray, t: float, chunk: int, assign: int, out: _Pairs, sh
     C = np.asarray(km.centroids, np.float32)
     a = min(assign, nlist)
     lists = np.empty((n, a), np.int64)
-    for s in range(0, n, 65536):
-        S = _f32(X[s : s + 65536]) @ C.T
+    for s in range(0, n, chunk):
+        S = _f32(X[s : s + chunk]) @ C.T
         lists[s : s + len(S)] = np.argpartition(-S, a - 1, axis=1)[:, :a] if a < nlist else np.arange(a)
     flat = lists.ravel()
     rows_all = np.repeat(np.arange(n, dtype=np.int64), a)

@@ -35,6 +35,8 @@ from ._errors import (
 from ._extractors import Embedder, Extractor, get_extractor
 from ._images import load_image, scan_images
 from ._io import atomic_path, read_csv, write_csv, write_json
+from ._progress import bar as progress_bar
+from ._progress import say
 from ._store import (
     ID_COLUMNS,
     SKIPPED,
@@ -272,7 +274,8 @@ def extract_features(
         dtype: ``"float32"`` or ``"float16"`` storage.
         checkpoint_every: images between checkpoints of an unfinished run (default: about
             16 checkpoints per run, at most 2,048 images apart, and at least one a minute).
-        show_progress: show a tqdm progress bar.
+        show_progress: a progress bar (when stderr is a terminal) and the one-line summary
+            (``Feature extraction completed: ...``, on stdout; logged at INFO either way).
         engine: ``"local"`` (decoding threads + ONNX Runtime here) or ``"dask"``: image
             shards are embedded on dask.distributed workers (each loads the model once)
             and the same store is written.  Workers must see ``img_folder`` at the same path.
@@ -383,11 +386,9 @@ def _extract_locked(
 
     new_ids: set[str] = set()  # embedded by this run; their vectors stream into parts/
     if todo:
-        from tqdm.auto import tqdm
-
         every = checkpoint_every or _auto_checkpoint(len(todo), batch_size)
         max_seconds = 60.0 if checkpoint_every is None else float("inf")
-        bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not show_progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(todo), unit="img", desc="extract", show_progress=show_progress)
         buf_ids: list[str] = []
         buf_X: list[np.ndarray] = []
         last = time.monotonic()
@@ -471,7 +472,8 @@ def _extract_locked(
         time.perf_counter() - t0,
         frozenset(new_ids | {r for r in resumed if r in from_parts}),
     )
-    log.info("%s", res.summary())
+    where = f"; skipped files are listed in {out / SKIPPED}" if skipped else ""
+    say(log, f"Feature extraction completed: {res.summary()}{where}.", show_progress)
     return res
 
 

@@ -24,6 +24,7 @@ its caller names (see :mod:`varsitysrch._paths`).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -141,33 +142,80 @@ def save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
                 np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
+#: the assignments CSV's columns: the original vasrch package's ``Image_File`` and ``Cluster``
+#: (its pandas code and tests read them), then each image's ``distance`` to its centroid
+CSV_COLUMNS = ("Image_File", "Cluster", "distance")
+#: the columns varsitysrch wrote before it took the original's names (still read)
+_OLD_COLUMNS = ("image", "cluster")
+
+
 def write_assignments(
     path: str | os.PathLike[str], ids: list[str], labels: np.ndarray, dists: np.ndarray
 ) -> None:
-    """The assignments CSV: ``image, cluster, distance`` (spreadsheet-safe cells, see ``_io``)."""
+    """The assignments CSV: ``Image_File, Cluster, distance`` (spreadsheet-safe cells, see ``_io``).
+
+    ``Image_File`` is the catalogue id (relative path, extension kept), ``Cluster`` an integer.
+    """
     write_csv(
         path,
-        ["image", "cluster", "distance"],
+        list(CSV_COLUMNS),
         ((i, int(c), f"{float(d):.6f}") for i, c, d in zip(ids, labels, dists, strict=True)),
     )
 
 
-def read_assignments(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
-    """``(ids, labels)`` of an assignments CSV written by :func:`write_assignments`."""
+def assignments_kind(header: list[str]) -> str | None:
+    """Who wrote a CSV with this header: ``"varsitysrch"`` (``Image_File,Cluster,distance``, or
+    ``image,cluster,...`` of earlier versions), ``"vasrch"`` (the original package's
+    ``Image_File,Cluster`` without distances, ids without extension), or ``None`` (not one)."""
+    if "image" in header and "cluster" in header:
+        return "varsitysrch"
+    if "Image_File" in header and "Cluster" in header:
+        return "varsitysrch" if "distance" in header else "vasrch"
+    return None
+
+
+def read_assignments_kind(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, str]:
+    """``(ids, labels, kind)`` of an assignments CSV (``kind``: see :func:`assignments_kind`).
+
+    Reads what :func:`write_assignments` writes, the ``image,cluster,distance`` CSVs of earlier
+    varsitysrch versions and the original package's ``Image_File,Cluster`` CSVs.  Anything else
+    is one :class:`ModelFileError`.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"csv_file {str(p)!r} does not exist")
     try:
         header, rows = read_csv(p)
-        if "image" not in header or "cluster" not in header:
-            raise ModelFileError(f"{p}: not a cluster CSV (need columns image, cluster; got {header})")
-        ci, li = header.index("image"), header.index("cluster")
-        ids = [r[ci] for r in rows]
-        labels = np.asarray([int(r[li]) for r in rows], np.int32)
-    except (OSError, ValueError, IndexError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
+    except (OSError, ValueError, csv.Error) as exc:  # NUL bytes, a field over the csv limit, ...
         raise ModelFileError(f"{p}: unreadable cluster CSV ({exc})") from exc
+    if header:
+        header[0] = header[0].removeprefix("\ufeff")  # saved by a spreadsheet as "UTF-8 with BOM"
+    kind = assignments_kind(header)
+    if kind is None:
+        raise ModelFileError(
+            f"{p}: not a cluster CSV (need columns {','.join(CSV_COLUMNS[:2])} as train_clusters "
+            f"writes them, or {','.join(_OLD_COLUMNS)}; got {','.join(header) or 'no header'})"
+        )
+    names = _OLD_COLUMNS if "image" in header and "cluster" in header else CSV_COLUMNS[:2]
+    ci, li = header.index(names[0]), header.index(names[1])
+    ids: list[str] = []
+    labels: list[int] = []
+    for n, r in enumerate(rows, 2):
+        try:
+            ids.append(r[ci])
+            labels.append(int(r[li]))
+        except (IndexError, ValueError):
+            raise ModelFileError(
+                f"{p}: line {n} of the cluster CSV needs an image id and an integer {names[1]}; got {r!r}"
+            ) from None
+    if labels and not 0 <= min(labels) <= max(labels) < 2**31:
+        raise ModelFileError(f"{p}: {names[1]} must be integers >= 0; got {min(labels)}..{max(labels)}")
+    return ids, np.asarray(labels, np.int32), kind
+
+
+def read_assignments(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
+    """``(ids, labels)`` of an assignments CSV (see :func:`read_assignments_kind`)."""
+    ids, labels, _kind = read_assignments_kind(path)
     return ids, labels
 
 

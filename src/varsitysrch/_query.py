@@ -12,7 +12,6 @@ alternatives measured in ``docs/quality.md``.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -127,4 +126,4 @@ def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int) -> list[Any]
             if cur is None or h.score > cur.score:
                 best[h.image] = h
     order = sorted(best.values(), key=lambda h: -h.score)[:top_n]
-    return [dataclasses.replace(h, rank=r) for r, h in enumerate(order, 1)]
+    return [h.with_rank(r) for r, h in enumerate(order, 1)]  # Hit.with_rank

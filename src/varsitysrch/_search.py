@@ -27,7 +27,6 @@ import functools
 import logging
 import os
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +37,87 @@ from ._extractors import Embedder, Extractor
 from ._images import ImageSource, load_image
 from ._index import IVFSearch
 from ._kmeans import KMeansModel
-from ._modelfile import ModelFile, load_model, read_assignments
+from ._modelfile import ModelFile, load_model, read_assignments_kind
 from ._paths import resolve_image
 from ._postprocess import expand_query, to_search_space
+from ._progress import say
 from ._store import FeatureStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
+class Hit(str):
+    """One search result: the image's catalogue id, as a ``str``, carrying its rank, score and cluster.
 
-    image: str  #: catalogue id: path relative to the image folder, extension kept
-    score: float  #: cosine similarity to the query (1.0 = identical features)
-    cluster: int  #: the image's cluster
-    rank: int  #: 1-based rank
-    path: str | None = None  #: the file, when the Searcher was given its image_root (and it stays inside)
+    A hit *is* its id (the image's path relative to the catalogue folder, extension kept), so
+    code written for the original package, whose results were plain path strings, keeps
+    working: ``print(hit)``, ``hit.endswith(".jpg")``, ``os.path.join(folder, hit)``,
+    ``json.dumps(hits)``, ``hit in ids``, sorting and hashing all see the id.  Equality and
+    hash are those of the id (two hits of the same image are equal whatever their scores).
+    Hits are immutable, and pickle and copy as hits.
+
+    Attributes:
+        image: the catalogue id as a plain ``str`` (``str(hit)`` gives the same).
+        score: cosine similarity to the query (1.0 = identical features).
+        cluster: the image's cluster.
+        rank: 1-based rank.
+        path: the file, when the search was given the catalogue's ``image_root`` (and the file
+            stays inside it); otherwise ``None``.
+    """
+
+    score: float
+    cluster: int
+    rank: int
+    path: str | None
+
+    def __new__(cls, image: str, score: float, cluster: int, rank: int, path: str | None = None) -> Hit:
+        self = super().__new__(cls, image)
+        for name, value in (
+            ("score", float(score)),
+            ("cluster", int(cluster)),
+            ("rank", int(rank)),
+            ("path", None if path is None else str(path)),
+        ):
+            object.__setattr__(self, name, value)
+        return self
+
+    @property
+    def image(self) -> str:
+        """The catalogue id as a plain ``str``."""
+        return str.__str__(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Hit is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Hit is immutable: cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        where = "" if self.path is None else f", path={self.path!r}"
+        return f"Hit({self.image!r}, score={self.score:.3f}, rank={self.rank}, cluster={self.cluster}{where})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Hit, (self.image, self.score, self.cluster, self.rank, self.path))
+
+    def __copy__(self) -> Hit:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Hit:
+        return self
+
+    def with_rank(self, rank: int) -> Hit:
+        """The same hit at another rank (results re-ranked after filtering or merging)."""
+        return Hit(self.image, self.score, self.cluster, rank, self.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``{"image", "score", "cluster", "rank", "path"}`` with plain values (for JSON records)."""
+        return {
+            "image": self.image,
+            "score": self.score,
+            "cluster": self.cluster,
+            "rank": self.rank,
+            "path": self.path,
+        }
 
 
 class Searcher:
@@ -146,7 +206,23 @@ class Searcher:
         return space, to_search_space(self.vectors, *space)
 
     def _check_csv(self, path: Path) -> None:
-        ids, labels = read_assignments(path)
+        ids, labels, kind = read_assignments_kind(path)
+        if kind == "vasrch":  # the original package's CSV: its own K-means, ids without extension
+            if ids == self.ids:  # the model was trained on the same per-image .npy folder
+                if not np.array_equal(labels, self.labels):
+                    log.warning(
+                        "csv_file %r is the original vasrch package's CSV: its clusters (another "
+                        "K-means) are not used; this model's clusters are in the CSV train_clusters wrote",
+                        str(path),
+                    )
+                return
+            missing = len(set(self.ids) - set(ids))
+            raise IncompatibleModelError(
+                f"csv_file {str(path)!r} is a CSV of the original vasrch package (columns Image_File,"
+                f"Cluster; ids without extension) and does not list this model's images ({missing} of "
+                f"{len(self.ids)} missing); pass the CSV that train_clusters wrote with "
+                f"{str(self.model_path)!r}, or no csv_file"
+            )
         if len(ids) != len(self.ids) or ids != self.ids or not np.array_equal(labels, self.labels):
             missing = len(set(self.ids) - set(ids))
             extra = len(set(ids) - set(self.ids))
@@ -183,8 +259,17 @@ class Searcher:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             if self.extractor is None:
+                name = self.config.get("extractor", {}).get("name")
+                where = (
+                    " (a per-image .npy folder, the original package's layout)"
+                    if name == "legacy-npy"
+                    else ""
+                )
                 raise IncompatibleModelError(
-                    "this model's features were not made by a known extractor; search by vector instead"
+                    f"model {str(self.model_path)!r} was trained on features without an extractor "
+                    f"identity{where}, so a query image cannot be embedded the same way; re-extract the "
+                    "images with `varsitysrch extract IMG_DIR FEATURES_DIR` (or extract_features) and "
+                    "retrain, or search by vector with Searcher.search_vector"
                 )
             self._embedder = Embedder(self.extractor, threads=self._threads)
         return self._embedder
@@ -225,7 +310,7 @@ class Searcher:
         )
         if not include_self:
             hits = [h for h in hits if h.image != image_id][:top_n]
-            hits = [Hit(h.image, h.score, h.cluster, r, h.path) for r, h in enumerate(hits, 1)]
+            hits = [h.with_rank(r) for r, h in enumerate(hits, 1)]
         return hits
 
     def search_vector(
@@ -274,9 +359,19 @@ class Searcher:
         """Rows scanned for a query: its ``nprobe`` nearest clusters, more until ``top_n``."""
         if exact:
             return np.arange(len(self.ids))
+        return np.concatenate([self.members(int(c)) for c in self.scanned_clusters(v, top_n, nprobe=nprobe)])
+
+    def scanned_clusters(
+        self, v: np.ndarray, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False
+    ) -> np.ndarray:
+        """The K-means clusters a search for vector ``v`` scans, nearest first: its ``nprobe``
+        nearest, more until they hold ``top_n`` images (every cluster with ``exact``).  In IVF
+        mode a search scans IVF lists instead (see :mod:`varsitysrch._index`)."""
+        if exact:
+            return np.arange(self.k)
         p = self.default_nprobe if nprobe is None else nprobe
         self._check_nprobe(p)
-        order = self.model.cluster_order(v[None])[0]
+        order = self.model.cluster_order(np.asarray(v, np.float32).reshape(1, -1))[0]
         need = min(top_n, len(self.ids))
         total = 0
         used = 0
@@ -285,7 +380,21 @@ class Searcher:
             used += 1
             if used >= p and total >= need:
                 break
-        return np.concatenate([self.members(int(c)) for c in order[:used]])
+        return np.asarray(order[:used])
+
+    def scan_note(
+        self, v: np.ndarray, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False
+    ) -> str:
+        """What a search for ``v`` scans, in words: ``"searched 3 of 20 clusters, 412 of 3,781 images"``."""
+        n = len(self.ids)
+        if exact:
+            return f"exact: scanned all {n:,} images"
+        if self._ivf is not None:
+            p = self._ivf.nprobe if nprobe is None else max(1, min(int(nprobe), self._ivf.nlist))
+            return f"IVF index: probed {p} of {self._ivf.nlist} lists over {n:,} images"
+        used = self.scanned_clusters(v, top_n, nprobe=nprobe)
+        rows = int(sum(self._offsets[c + 1] - self._offsets[c] for c in used))
+        return f"searched {len(used)} of {self.k} clusters, {rows:,} of {n:,} images"
 
     def _hit(self, row: int, score: float, rank: int) -> Hit:
         rel = self.ids[row]
@@ -327,8 +436,15 @@ def search_similar_images(
     nprobe: int | None = None,
     exact: bool = False,
     image_root: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
 ) -> list[Hit]:
     """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
+
+    Each result is a :class:`Hit`: the image's id (its path relative to the catalogue folder)
+    as a ``str``, so it prints, joins and serialises as that path, with ``rank``, ``score``,
+    ``cluster`` and ``path`` attributes.  Prints one line, such as ``Found 5 similar images
+    (searched 3 of 20 clusters, 12 of 40 images).`` (``show_progress=False`` silences it; it
+    is logged at INFO either way).
 
     The model (and extractor) are loaded once and cached for later calls with the same
     files (reloaded if the files change).  ``image_path`` may also be bytes or a PIL image.
@@ -338,4 +454,9 @@ def search_similar_images(
     c = str(Path(csv_file).resolve()) if csv_file is not None else None
     r = str(Path(image_root).resolve()) if image_root is not None else None
     searcher = _cached_searcher(m, c, r, _stamp(m, c))
-    return searcher.search(image_path, top_n, nprobe=nprobe, exact=exact)
+    v = searcher.embed(image_path)
+    hits = searcher.search_vector(v, top_n, nprobe=nprobe, exact=exact)
+    note = searcher.scan_note(v, top_n, nprobe=nprobe, exact=exact)
+    plural = "" if len(hits) == 1 else "s"
+    say(log, f"Found {len(hits)} similar image{plural} ({note}).", show_progress)
+    return hits

@@ -85,6 +85,8 @@ from ._errors import InvalidArgumentError
 from ._io import atomic_path, write_csv, write_json
 from ._neighbours import centroid_order, exact_topk, nearest_centroid, probe_recall
 from ._pca import apply_pca, fit_pca
+from ._progress import bar as progress_bar
+from ._progress import progress as progress_bars
 from ._store import load_features, normalize_rows
 
 if TYPE_CHECKING:
@@ -775,9 +777,8 @@ def _analyse(
 
 
 def _progress(items: Sequence[_T], show: bool, desc: str) -> Iterator[_T]:
-    from tqdm.auto import tqdm
-
-    yield from tqdm(items, desc=desc, unit="k", disable=not show or len(items) < 2, leave=False)
+    # a bar only when stderr is a terminal (see _progress.bars_enabled)
+    yield from progress_bars(items, desc=desc, unit="k", show_progress=show and len(items) >= 2, leave=False)
 
 
 def _sweep_fast(
@@ -850,13 +851,11 @@ def _sweep(
     the difference; figures in ``docs/choose_k.md``). Fits run with ``_SWEEP_THREADS`` threads:
     thousands of small fits are faster on one thread than on two (no start-up or spin-waiting).
     """
-    from tqdm.auto import tqdm
-
     best: dict[int, _Fit] = {}
     total = 2 * len(ks) - 1 if _WARM_STARTS else len(ks)
     with (
         _thread_limit(_SWEEP_THREADS),
-        tqdm(total=total, desc=desc, unit="k", disable=not show_progress, leave=False) as bar,
+        progress_bar(total=total, desc=desc, unit="k", show_progress=show_progress, leave=False) as bar,
     ):
         for k in ks:
             if seeds is None:

@@ -21,6 +21,7 @@ from ._errors import InvalidArgumentError
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, save_model, stamp_arrays, write_assignments
 from ._postprocess import default_search_pca, fit_search_pca
+from ._progress import say
 from ._searchindex import TARGET_RECALL, build_search_index
 from ._store import FeatureStore
 from ._version import __version__
@@ -53,8 +54,10 @@ def train_clusters(
 ) -> KMeansModel:
     """Train K-means on a feature store; write the model file and the assignments CSV.
 
-    The CSV has columns ``image`` (id: relative path with extension), ``cluster`` and
-    ``distance`` (to its centroid, in the clustering space), in store (sorted id) order.
+    The CSV has columns ``Image_File`` (id: relative path with extension), ``Cluster`` (the
+    original package's names) and ``distance`` (to its centroid, in the clustering space), in
+    store (sorted id) order.  Prints one line (``Model saved to ... (k=20, 40 images, clusters
+    of 1-4 images).``); ``show_progress=False`` silences it (it is logged at INFO either way).
 
     Clustering: :class:`KMeansModel` with ``num_clusters``, ``n_components`` (a PCA
     clustering space), ``n_init``, ``random_state``, ``backend`` and ``max_samples`` (rows
@@ -129,6 +132,13 @@ def train_clusters(
         model.backend_,
         model.fit_seconds_,
         config["nprobe"],
+    )
+    sizes = config["training"]["cluster_sizes"]
+    say(
+        log,
+        f"Model saved to {model_filename} and cluster assignments saved to {csv_filename} "
+        f"(k={model.num_clusters}, {n} images, clusters of {min(sizes)}-{max(sizes)} images).",
+        show_progress,
     )
     return model
 
