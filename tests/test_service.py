@@ -1068,3 +1068,20 @@ def test_micro_batcher_waits_only_for_queries_on_their_way() -> None:
     waited = time.perf_counter() - t0
     assert alone < 0.25 <= 0.4 <= waited, (alone, waited)
     mb.close()
+
+
+def test_cli_serve_passes_the_service_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import varsitysrch.service as service
+    from varsitysrch.cli import app
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(service, "run_server", lambda *a, **kw: seen.update(args=a, **kw))
+    args = ["serve", "-m", str(tmp_path / "m.vsm"), "--images", str(tmp_path), "--allow-root", "/srv"]
+    args += ["--allow-root", "/data", "--max-batch", "4", "--batch-window-ms", "8", "--queue-limit", "16"]
+    r = CliRunner().invoke(app, [*args, "--reload-interval", "0"])
+    assert r.exit_code == 0, r.output
+    assert seen["image_root"] == tmp_path and seen["allow_roots"] == (Path("/srv"), Path("/data"))
+    options = (seen["max_batch"], seen["batch_window_ms"], seen["queue_limit"], seen["reload_interval"])
+    assert options == (4, 8, 16, 0)

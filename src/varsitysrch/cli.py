@@ -506,10 +506,23 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     image_root: Annotated[
-        Path | None, typer.Option(help="Catalogue image folder (default: from the store).")
+        Path | None,
+        typer.Option("--images", "--image-root", help="Catalogue image folder to serve images from."),
+    ] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="<dir>", help="Without --images: serve the recorded folder if inside this (repeatable)."
+        ),
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 20.0,
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most uploads embedded together (1: no batching).")] = 8,
+    batch_window_ms: Annotated[float, typer.Option(help="Wait for more uploads to batch, ms.")] = 5.0,
+    queue_limit: Annotated[int, typer.Option(help="Uploads held per stage before answering 503.")] = 32,
+    reload_interval: Annotated[
+        float, typer.Option(help="Seconds between checks for a new model file (0: off).")
+    ] = 2.0,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -523,8 +536,13 @@ def serve(
         host=host,
         port=port,
         image_root=image_root,
+        allow_roots=tuple(allow_root or ()),
         max_upload_bytes=int(max_upload_mb * 2**20),
         threads=threads,
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
+        queue_limit=queue_limit,
+        reload_interval=reload_interval,
     )
 
 
