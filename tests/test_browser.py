@@ -347,7 +347,7 @@ def test_docs_work_offline(server: str, page: tuple[Any, dict[str, list[str]]], 
     pg.goto(server + "/docs")
     pg.wait_for_selector(".swagger-ui .info .title")
     assert "varsitysrch" in pg.locator(".swagger-ui .info .title").inner_text()
-    pg.wait_for_selector(".opblock-summary-path[data-path=\"/search/batch\"]")
+    pg.wait_for_selector('.opblock-summary-path[data-path="/search/batch"]')
     pg.screenshot(path=str(tmp_path / "docs.png"))
     assert problems == {"external": [], "console": [], "pageerror": []}  # every asset from this server
 
