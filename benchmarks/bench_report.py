@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from varsitysrch import train_clusters
+from varsitysrch._duplicates import VARIANT_THRESHOLD, similar_pairs
 from varsitysrch._report import make_report
 from varsitysrch._store import FeatureStore, normalize_rows
 
@@ -54,6 +55,10 @@ def synthetic_store(folder: Path, n: int, dim: int = 1280, centres: int = 200, s
     ids = [f"p{k // 1000:03d}/img_{k:07d}.jpg" for k in range(n)]
     FeatureStore.write(folder, ids, X, {"name": "synthetic", "dim": dim})
     return folder
+
+
+def thumb_bytes(out: Path) -> int:
+    return sum(p.stat().st_size for p in (out / "thumbs").rglob("*.jpg"))
 
 
 def report(label: str, s: object) -> None:
@@ -105,9 +110,26 @@ def main() -> None:
         big = make_report(store, smodel, scsv, w / f"report-{n}", show_progress=False)
         report(f"{n} images", big)
         shown = big.thumbnails_missing  # every shown image is 'missing' here: no image files
+        per_thumb = thumb_bytes(out) / max(cold.thumbnails_made, 1)
         print(
             f"{'':>22}  thumbnails it would show: {shown}; at {rate:.0f}/s that adds ~{shown / rate:.0f} s "
-            f"(cold) -> about {big.seconds + shown / rate:.0f} s cold in all; peak RSS {peak()}"
+            f"(cold) -> about {big.seconds + shown / rate:.0f} s cold in all, and ~{mib(shown * per_thumb)} "
+            f"of thumbnails ({per_thumb / 1024:.1f} KiB each on the real photos); peak RSS {peak()}"
+        )
+        # the one stage that grows faster than n: time it on nested subsets and extrapolate to 1M
+        X = FeatureStore.open(store).vectors
+        sizes, secs = [], []
+        for m in (n // 4, n // 2, n):
+            t0 = time.perf_counter()
+            similar_pairs(X[:m], VARIANT_THRESHOLD, method="ivf")
+            sizes.append(m)
+            secs.append(time.perf_counter() - t0)
+        slope = float(np.polyfit(np.log(sizes), np.log(secs), 1)[0])
+        at_1m = secs[-1] * (1_000_000 / n) ** slope
+        timed = ", ".join(f"{m:,}: {t:.1f} s" for m, t in zip(sizes, secs, strict=True))
+        print(
+            f"{'':>22}  duplicate search (ivf) at {timed}"
+            f" -> time ~ n^{slope:.2f}; extrapolated to 1,000,000 vectors: ~{at_1m / 60:.0f} min"
         )
 
 

@@ -32,7 +32,9 @@ TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def report(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("browser-report") / "report"
-    make_report(trained["features"], trained["model"], trained["csv"], out, show_progress=False)
+    make_report(
+        trained["features"], trained["model"], trained["csv"], out, central=3, outliers=3, show_progress=False
+    )
     return out
 
 
@@ -98,7 +100,9 @@ def test_overview_and_cluster_pages(
     assert pg.locator("h1").inner_text() == "Cluster 0"
     assert _all_images_loaded(pg, "#central .sheet img") >= 1
     assert pg.locator("#near li").count() == 3
-    assert pg.locator("#outliers").is_visible()
+    rows = pg.locator("#outliers table.outliers tbody tr")
+    assert rows.count() == 3 and [r.split("\t")[0] for r in rows.all_inner_texts()] == ["1", "2", "3"]
+    _all_images_loaded(pg, "#outliers img")
     pg.screenshot(path=str(screens / "report-cluster.png"), full_page=True)
 
 
