@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from varsitysrch import InvalidArgumentError
+from varsitysrch import Hit, InvalidArgumentError
 from varsitysrch._query import crop_boxes, merge_view_hits, query_views, view_scores
-
-
-@dataclass(frozen=True)
-class H:
-    image: str
-    score: float
-    cluster: int = 0
-    rank: int = 0
-    path: str | None = None
 
 
 def test_crop_boxes_cover_corners_and_centre() -> None:
@@ -60,7 +49,7 @@ def test_merged_view_hits_equal_brute_force_best_view() -> None:
     for v in V:
         s = C @ v
         top = np.argsort(-s)[:n]
-        per_view.append([H(str(i), float(s[i])) for i in top])
+        per_view.append([Hit(str(i), float(s[i]), 0, 0) for i in top])
     merged = merge_view_hits(per_view, n)
     best = view_scores(V, C, "max")
     expect = np.argsort(-best)[:n]

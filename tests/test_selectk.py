@@ -296,6 +296,7 @@ def test_default_call_saves_the_plot_in_the_working_folder_and_says_so_in_one_li
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+    monkeypatch.setenv("VARSITYSRCH_PROGRESS", "1")  # bars as on a terminal (capsys is none)
     r = get_optimal_num_clusters(folder, 6)
     out, err = capsys.readouterr()
     assert r.recommended_k == 3
@@ -490,7 +491,12 @@ def test_show_outside_a_notebook_warns_and_returns(caplog: pytest.LogCaptureFixt
     assert any("notebook" in rec.getMessage() for rec in caplog.records)
 
 
-def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_goes_to_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar (no log full of bars)
+    monkeypatch.setenv("VARSITYSRCH_PROGRESS", "1")  # as on a terminal
     choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
     assert "choose k" in capsys.readouterr().err
     choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=False)
