@@ -70,6 +70,21 @@ def test_original_example_runs_with_only_the_import_changed(tmp_path: Path) -> N
         assert r.endswith(".jpg") and (tmp_path / "test_images" / r).is_file(), r
     assert len(set(results)) == 5
 
+    # one line per step, as the original printed, before the results
+    steps = out[:head]
+    assert [ln for ln in steps if ln.startswith("Feature extraction completed: 40 images")], steps
+    assert [ln for ln in steps if ln.endswith("plot saved to optimal_clusters.png")], steps
+    assert "Model saved to test_model.pkl and cluster assignments saved to metadata.csv (k=20, 40 images" in (
+        proc.stdout
+    )
+    assert [ln for ln in steps if ln.startswith("Found 5 similar images (searched ")], steps
+    # the CSV is the original's: its pandas search code finds each result's cluster mates
+    pd = pytest.importorskip("pandas")
+    df = pd.read_csv(tmp_path / "metadata.csv")
+    assert {"Image_File", "Cluster"} <= set(df.columns) and len(df) == 40
+    cluster = int(df[df["Image_File"] == results[0]]["Cluster"].iloc[0])
+    assert results[0] in df[df["Cluster"] == cluster]["Image_File"].tolist()
+
 
 def _adapted_unittests(tmp_path: Path) -> Path:
     source = (ORIGINAL / "tests.py").read_text()
