@@ -243,7 +243,10 @@ def test_each_step_prints_one_line_and_show_progress_false_silences_it(
     with caplog.at_level(logging.INFO, logger="varsitysrch"):
         extract, choose, train, search = steps(True)
     assert len(extract) == 1 and extract[0].startswith("Feature extraction completed: ")
-    assert f"{n} images in {store}: {n} embedded" in extract[0] and "0 skipped" in extract[0]
+    assert extract[0].startswith(
+        f"Feature extraction completed: {n} images in {store} ({n} embedded, 0 reused"
+    )
+    assert "0 skipped" in extract[0]
     assert len(choose) == 1 and choose[0].startswith("k=")
     assert train == [
         f"Model saved to {model} and cluster assignments saved to {csv_path} (k=4, {n} images, "
@@ -259,7 +262,7 @@ def test_each_step_prints_one_line_and_show_progress_false_silences_it(
     # a second run: the extraction reuses everything and says so; silenced, nothing at all
     assert steps(False) == [[], [], [], []]
     extract_features(root, store)
-    assert f"0 embedded, {n} reused" in capsys.readouterr().out
+    assert f"(0 embedded, {n} reused, 0 removed, 0 skipped; " in capsys.readouterr().out
 
 
 def test_search_line_for_exact_and_one_result(synth_model, synth_catalogue, capsys) -> None:

@@ -473,7 +473,13 @@ def _extract_locked(
         frozenset(new_ids | {r for r in resumed if r in from_parts}),
     )
     where = f"; skipped files are listed in {out / SKIPPED}" if skipped else ""
-    say(log, f"Feature extraction completed: {res.summary()}{where}.", show_progress)
+    say(
+        log,
+        f"Feature extraction completed: {res.n_images} images in {out} ({res.n_embedded} embedded, "
+        f"{res.n_reused} reused, {res.n_removed} removed, {res.n_skipped} skipped; "
+        f"{res.images_per_second:.1f} img/s){where}.",
+        show_progress,
+    )
     return res
 
 
