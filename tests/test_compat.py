@@ -288,3 +288,19 @@ def test_the_cli_prints_its_own_lines_not_the_librarys(synth_store: Path, synth_
     res = runner.invoke(app, ["search", query, "-m", str(model), "-c", str(csv_path), "--json"])
     assert res.exit_code == 0 and "Found" not in res.stdout
     assert [h["rank"] for h in json.loads(res.stdout)] == [1, 2, 3, 4, 5]
+
+
+def test_the_extraction_line_names_the_skipped_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (64, 48), colour).save(root / f"{i}.png")
+    (root / "notes.jpg").write_text("not pixels")
+    extract_features(root, tmp_path / "features")
+    out = _lines(capsys.readouterr().out)
+    assert len(out) == 1 and "3 images in" in out[0] and "1 skipped" in out[0]
+    assert out[0].endswith(f"; skipped files are listed in {tmp_path / 'features' / 'skipped.csv'}.")
