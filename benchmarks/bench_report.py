@@ -14,6 +14,8 @@ Run::
 
     nice -n 5 .venv/bin/python benchmarks/bench_report.py --features /tmp/team/feats/clothing-small
 
+``--duplicates-only 1000000`` times only the duplicate search on a synthetic 1M store (2.4 GiB).
+
 Peak memory is printed from ``resource.getrusage`` (the whole process, training included).
 """
 
@@ -77,9 +79,30 @@ def main() -> None:
     ap.add_argument(
         "--synthetic", type=int, default=100_000, help="images of the synthetic catalogue (0: skip)"
     )
+    ap.add_argument(
+        "--duplicates-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time the duplicate search (it grows faster than n) on a synthetic N-image store",
+    )
     a = ap.parse_args()
     w = a.work
     w.mkdir(parents=True, exist_ok=True)
+    if a.duplicates_only:
+        n = a.duplicates_only
+        t0 = time.perf_counter()
+        store = synthetic_store(w / f"synthetic-{n}", n)
+        print(f"synthetic store of {n:,} x 1280 (float16): {time.perf_counter() - t0:.0f} s")
+        X = FeatureStore.open(store).vectors
+        t0 = time.perf_counter()
+        i, _, _ = similar_pairs(X, VARIANT_THRESHOLD, method="ivf")
+        took = time.perf_counter() - t0
+        print(
+            f"duplicate search (ivf, cosine >= {VARIANT_THRESHOLD}) on {n:,} vectors: {took:.0f} s, "
+            f"{len(i):,} pairs ({n // 100:,} planted); peak RSS {peak()} (store generation included)"
+        )
+        return
     model, csv = w / "clothing.vsm", w / "clothing.csv"
     if not model.exists():
         train_clusters(a.features, model, csv, 20, show_progress=False)
