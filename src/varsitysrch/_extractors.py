@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -109,12 +110,20 @@ class Extractor:
         for k in ("mean", "std"):
             if k in kw:
                 kw[k] = tuple(float(x) for x in kw[k])
-        return cls(**kw)
+        # a record never names a file to load: a user graph resolves only to one the operator
+        # named in this process (Extractor.from_onnx / "onnx:PATH"), matched by its sha256
+        recorded = kw.pop("onnx_path", "")
+        extra: dict[str, Any] = {"recorded_onnx_path": recorded} if recorded else {}
+        if _is_user_graph(kw.get("name", ""), kw.get("pooling", "pooled"), recorded):
+            kw["onnx_path"] = _OPERATOR_GRAPHS.get(str(kw.get("weights_sha256", "")), "")
+        return cls(**kw, extra=extra)
 
     def compatible_with(self, other: dict[str, Any]) -> bool:
         mine = self.identity()
+        # a user graph is known by its sha256 (weights_sha256), not by its file name
+        named = not (self.onnx_path and str(other.get("name", "")).startswith("onnx:"))
         keys = (
-            "name",
+            *(("name",) if named else ()),
             "dim",
             "input_size",
             "resize",
@@ -140,7 +149,9 @@ class Extractor:
             return
         if not self.compatible_with(other):
             diff = {
-                k: (other.get(k), v) for k, v in self.identity().items() if k in other and other.get(k) != v
+                k: (other.get(k), v)
+                for k, v in self.identity().items()
+                if k in other and other.get(k) != v and k != "onnx_path"
             }
             raise error(
                 f"{what} was made with a different extractor: "
@@ -169,11 +180,13 @@ class Extractor:
             raise InvalidArgumentError(f"layout must be float-nchw, float-nhwc or uint8-nhwc; got {layout!r}")
         if not isinstance(input_size, int) or isinstance(input_size, bool) or not 8 <= input_size <= 4096:
             raise InvalidArgumentError(f"input_size must be an int in [8, 4096]; got {input_size!r}")
-        sha = sha256_file(p)
-        sess = _session(p.read_bytes(), threads=1, what=f"onnx model {str(p)!r}")
+        data = p.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        sess = _session(data, threads=1, what=f"onnx model {str(p)!r}")
         probe = np.zeros((1, input_size, input_size, 3), np.uint8)
         out = _run(sess, _prepare(probe, layout, mean, std), output, what=f"onnx model {str(p)!r}")
         dim = int(np.prod(out.shape[1:]) if out.ndim <= 2 else out.shape[1])
+        _OPERATOR_GRAPHS[sha] = str(p.resolve())
         return cls(
             name=name or f"onnx:{p.name}",
             dim=dim,
@@ -187,6 +200,16 @@ class Extractor:
             output=output,
             pooling="model",
         )
+
+
+#: user ONNX graphs the operator named in this process (sha256 -> file): the only ones a
+#: recorded extractor identity (model file, feature store) may resolve to
+_OPERATOR_GRAPHS: dict[str, str] = {}
+BUILTIN_EXTRACTORS = ("efficientnet-lite0", "mobilenet-v2", "vgg16-block5pool")
+
+
+def _is_user_graph(name: str, pooling: str, onnx_path: str = "") -> bool:
+    return bool(onnx_path) or str(name).startswith("onnx:") or pooling == "model"
 
 
 def _is_int(v: Any) -> bool:
@@ -210,9 +233,9 @@ def _identity_problem(key: str, v: Any) -> str:
         and (key == "mean" or all(x > 0 for x in v))
     ):
         return "a list of 3 finite numbers" + (" > 0" if key == "std" else "")
-    if key in ("name", "resize", "pooling", "weights_sha256", "onnx_path", "layout", "output") and not (
-        isinstance(v, str)
-    ):
+    if key == "weights_sha256" and not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}|", v)):
+        return "a sha256 (64 hex digits) or empty"
+    if key in ("name", "resize", "pooling", "onnx_path", "layout", "output") and not isinstance(v, str):
         return "a string"
     return ""
 
@@ -267,6 +290,36 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
         if k == "resize" and v not in ("letterbox", "squash", "center-crop"):
             raise InvalidArgumentError(f"resize must be letterbox, squash or center-crop; got {v!r}")
     return replace(ex, **options) if options else ex
+
+
+def query_extractor(
+    recorded: Any, extractor: str | Extractor | None, model: str | os.PathLike[str]
+) -> Extractor | None:
+    """The extractor that embeds new images for a model (``None``: it records none).
+
+    ``extractor`` (the operator's) is checked against the model's record; without it the
+    recorded one is used, which for a user ONNX graph loads only a file the operator named
+    (see :meth:`Extractor.from_identity`).
+    """
+    rec = recorded if isinstance(recorded, dict) else {}
+    known = rec.get("name") not in (None, "legacy-npy")
+    if extractor is None:
+        return Extractor.from_identity(rec) if known else None
+    if isinstance(extractor, str) and extractor.startswith("onnx:") and known:
+        r = Extractor.from_identity(rec)  # "onnx:PATH": the file, with the recorded preprocessing
+        ex = Extractor.from_onnx(
+            extractor[5:], input_size=r.input_size, mean=r.mean, std=r.std, layout=r.layout,
+            output=r.output, resize=r.resize,
+        )  # fmt: skip
+    else:
+        ex = get_extractor(extractor)
+    if known:
+        ex.check_compatible(rec, f"model {str(model)!r}", IncompatibleModelError)
+    elif _is_int(rec.get("dim")) and rec["dim"] != ex.dim:
+        raise IncompatibleModelError(
+            f"model {str(model)!r} holds {rec['dim']}-d vectors; extractor {ex.name!r} makes {ex.dim}-d"
+        )
+    return ex
 
 
 # ------------------------------------------------------------------ weights
@@ -442,6 +495,13 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
 
     ``rebuild=True`` ignores the cache (used when a cached graph fails to load).
     """
+    if not ex.onnx_path and _is_user_graph(ex.name, ex.pooling):
+        raise ModelFileError(
+            f"the features were made by the user ONNX model {ex.name!r} (sha256 "
+            f"{ex.weights_sha256[:16]}...), and a model or store file never names a file to load: "
+            "pass it explicitly, e.g. Searcher(..., extractor=Extractor.from_onnx(PATH)) or "
+            "--extractor onnx:PATH"
+        )
     if ex.onnx_path:
         p = Path(ex.onnx_path)
         if not p.is_file():
@@ -450,6 +510,8 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
         if hashlib.sha256(data).hexdigest() != ex.weights_sha256:
             raise IncompatibleModelError(f"ONNX model {str(p)!r} changed since the features were extracted")
         return data
+    if ex.name not in BUILTIN_EXTRACTORS:  # checked before its name makes a cache path
+        raise ModelFileError(f"unknown extractor {ex.name!r}")
     if ex.graph_version and ex.graph_version != _graph_version():
         raise IncompatibleError(
             f"{ex.name} vectors here were made by graph version {ex.graph_version}, this varsitysrch "
@@ -464,10 +526,8 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
         wpath = _lite0_weights()
     elif ex.name == "mobilenet-v2":
         wpath = _mbv2_weights()
-    elif ex.name == "vgg16-block5pool":
-        wpath = Path(ex.extra.get("weights") or vgg16_weights())
     else:
-        raise ModelFileError(f"unknown extractor {ex.name!r}")
+        wpath = Path(ex.extra.get("weights") or vgg16_weights())
     got = sha256_file(wpath)
     if got != ex.weights_sha256:
         raise IncompatibleModelError(

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
-from ._extractors import Embedder, Extractor
+from ._extractors import Embedder, Extractor, query_extractor
 from ._images import ImageSource, load_image
 from ._index import IVFSearch
 from ._kmeans import KMeansModel
@@ -133,7 +133,11 @@ class Searcher:
             ``None``: no paths.  A folder recorded in the model or store is never used.
         query_expansion: alpha-QE neighbours (``None``: the model's value; 0: off).
         features_folder: the feature store of a model whose index is not embedded (default:
-            the one recorded in the model, beside it or at its absolute path).
+            the one recorded in the model, only if it lies in the model file's folder).
+        extractor: the extractor queries are embedded with (a name, ``"onnx:PATH"`` or an
+            :class:`Extractor`), checked against the model's record (``None``: the recorded
+            built-in one).  A model made with a user ONNX graph needs it: a model file never
+            names a file to load.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class Searcher:
         image_root: str | os.PathLike[str] | None = None,
         query_expansion: int | None = None,
         features_folder: str | os.PathLike[str] | None = None,
+        extractor: str | Extractor | None = None,
     ) -> None:
         self._features = Path(features_folder) if features_folder is not None else None
         if query_expansion is not None and (
@@ -186,10 +191,7 @@ class Searcher:
             self._check_nprobe(nprobe)
             self.default_nprobe = nprobe
         self.image_root = Path(image_root).resolve() if image_root is not None else None
-        ident = self.config.get("extractor", {})
-        self.extractor = (
-            Extractor.from_identity(ident) if ident.get("name") not in (None, "legacy-npy") else None
-        )
+        self.extractor = query_extractor(self.config.get("extractor", {}), extractor, self.model_path)
         self._threads = threads
         self._embedder: Embedder | None = None
 
@@ -234,11 +236,15 @@ class Searcher:
 
     def _store_vectors(self) -> np.ndarray:
         feats = self.config.get("features", {})
-        rel, absolute = feats.get("relative_path"), feats.get("path")
-        cands = [self.model_path.resolve().parent / rel] if isinstance(rel, str) and rel else []
-        cands += [Path(absolute)] if isinstance(absolute, str) and absolute else []
+        rel = feats.get("relative_path")
+        home = self.model_path.resolve().parent
+        cands = []
         if self._features is not None:
             cands = [self._features]
+        elif isinstance(rel, str) and rel and (home / rel).resolve().is_relative_to(home):
+            # the recorded store is used only inside the model file's folder (a model file
+            # never points the Searcher elsewhere); anywhere else the operator names it
+            cands = [(home / rel).resolve()]
         for c in cands:
             if (c / "store.json").exists():
                 store = FeatureStore.open(c)
@@ -248,7 +254,9 @@ class Searcher:
                     )
                 return np.asarray(store.vectors)
         raise FeatureStoreError(
-            f"the model's index lives in its feature store, which was not found at {[str(c) for c in cands]}"
+            f"the model's index lives in its feature store, which was not found at {[str(c) for c in cands]} "
+            "(a recorded store outside the model file's folder is not used): pass "
+            "features_folder=FOLDER (CLI: --features FOLDER)"
         )
 
     def _check_nprobe(self, nprobe: int) -> None:

@@ -55,7 +55,7 @@ import numpy as np
 
 from ._errors import IncompatibleModelError, InvalidArgumentError
 from ._extract import ExtractionResult, extract_features
-from ._extractors import Extractor
+from ._extractors import Extractor, query_extractor
 from ._index import assign_lists
 from ._io import atomic_path
 from ._modelfile import ModelFile, load_model, model_stamps, save_model, stamp_arrays, write_assignments
@@ -224,7 +224,9 @@ def update_catalogue(
             cluster (see :func:`~varsitysrch.extract_features`).
         recalibrate: recalibrate the default ``nprobe`` (and the IVF's) on 200 held-out
             queries; otherwise keep the trained values.
-        extractor: override the model's extractor (default: the one recorded in the model).
+        extractor: the extractor new images are embedded with, checked against the model's
+            record (default: the recorded built-in one; a user ONNX graph must be passed, as
+            ``Extractor.from_onnx(PATH)`` or ``"onnx:PATH"``: a model file never names a file).
         batch_size, num_workers, threads: as in extract_features.
     """
     t0 = time.perf_counter()
@@ -271,15 +273,14 @@ def update_catalogue(
 
 
 def _extractor(mf: ModelFile, extractor: str | Extractor | None, model_path: Path) -> str | Extractor:
-    if extractor is not None:
-        return extractor
     ident = mf.config.get("extractor", {})
-    if ident.get("name") in (None, "legacy-npy"):
+    ex = query_extractor(ident, extractor, model_path)  # the operator's is checked against the model
+    if ex is None:
         raise IncompatibleModelError(
             f"model {str(model_path)!r} was not made by a known extractor ({ident.get('name')!r}); "
             "pass extractor= to embed new images"
         )
-    return Extractor.from_identity(ident)
+    return ex
 
 
 def _store_state(features: Path) -> tuple[dict[str, Stamp], str]:

@@ -434,6 +434,14 @@ def search(
         Path | None,
         typer.Option("--images", help="The catalogue's image folder: hits then show their file's path."),
     ] = None,
+    extractor: Annotated[
+        str | None,
+        typer.Option(help="Query extractor, checked against the model (needed for an onnx:PATH model)."),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option("--features", help="Feature store of a model without its index (default: beside it)."),
+    ] = None,
     as_json: AsJson = False,
     plain: Plain = False,
     quiet: Quiet = False,
@@ -445,7 +453,7 @@ def search(
     """
     from . import Searcher
 
-    s = _call(Searcher, model, csv, image_root=images)
+    s = _call(Searcher, model, csv, image_root=images, extractor=extractor, features_folder=features)
     hits = _call(s.search, query, n, nprobe=nprobe, exact=exact)
     if as_json:
         _echo_json([_hit_dict(h) for h in hits])
@@ -523,6 +531,14 @@ def serve(
     reload_interval: Annotated[
         float, typer.Option(help="Seconds between checks for a new model file (0: off).")
     ] = 2.0,
+    extractor: Annotated[
+        str | None,
+        typer.Option(help="Query extractor, checked against the model (needed for an onnx:PATH model)."),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option("--features", help="Feature store of a model without its index (default: beside it)."),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -543,6 +559,8 @@ def serve(
         batch_window_ms=batch_window_ms,
         queue_limit=queue_limit,
         reload_interval=reload_interval,
+        extractor=extractor,
+        features_folder=features,
     )
 
 
@@ -557,6 +575,10 @@ def update(
     engine: Annotated[str, typer.Option(help="local, or dask (needs --scheduler).")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    extractor: Annotated[
+        str | None,
+        typer.Option(help="Extractor for new images, checked against the model (needed for onnx:PATH)."),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -571,6 +593,7 @@ def update(
         csv,
         engine=engine,
         scheduler=scheduler,
+        extractor=extractor,
         show_progress=_bars(),
     )
     if as_json:

@@ -77,6 +77,8 @@ _DOCS_CSP = (
 )
 _APP_KEYS = (
     "image_root",
+    "extractor",
+    "features_folder",
     "allow_roots",
     "max_upload_bytes",
     "thumb_size",
@@ -148,6 +150,8 @@ class Settings:
     max_batch: int
     batch_window_s: float
     reload_interval: float
+    extractor: Any = None  # the operator's (name, "onnx:PATH" or Extractor); None: the model's
+    features: Path | None = None  # the operator's feature store of a model without its index
     too_large: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -694,6 +698,8 @@ def _settings(
         max_batch=_positive_int("max_batch", kw["max_batch"], 1, 256),
         batch_window_s=float(window) / 1000,
         reload_interval=float(interval),
+        extractor=kw.get("extractor"),
+        features=Path(kw["features_folder"]) if kw.get("features_folder") is not None else None,
     )
 
 
@@ -712,7 +718,14 @@ def _holder(s: Settings, metrics: Metrics, upcoming: Upcoming) -> ModelHolder:
     return ModelHolder(
         s.model,
         s.csv,
-        make_searcher=lambda: Searcher(s.model, s.csv, nprobe=s.nprobe, threads=s.threads),
+        make_searcher=lambda: Searcher(
+            s.model,
+            s.csv,
+            nprobe=s.nprobe,
+            threads=s.threads,
+            extractor=s.extractor,
+            features_folder=s.features,
+        ),
         make_embedder=lambda ex: Embedder(ex, threads=s.threads),
         make_batcher=make_batcher,
         on_reload=lambda result: metrics.reloads.labels(result).inc(),
@@ -741,6 +754,8 @@ def create_app(
     max_batch: int = 8,
     batch_window_ms: float = 5.0,
     reload_interval: float = 2.0,
+    extractor: Any = None,
+    features_folder: str | os.PathLike[str] | None = None,
 ) -> Any:
     """A FastAPI app serving search over one model; the model and extractor load now.
 
@@ -760,6 +775,10 @@ def create_app(
         max_batch: most query images embedded in one inference call (1: no micro-batching).
         batch_window_ms: how long the embedder waits for more queries after the first.
         reload_interval: seconds between checks of the model/CSV files for a new version (0: off).
+        extractor: the query extractor (``"onnx:PATH"``, a name or an ``Extractor``), checked
+            against the model (``None``: the recorded built-in one; a user ONNX graph must be named).
+        features_folder: the feature store of a model whose index is not embedded (default: the
+            recorded one, only inside the model file's folder).
     """
     _import_fastapi()
     from fastapi import FastAPI
@@ -768,7 +787,8 @@ def create_app(
         model_filename, csv_file, image_root,
         max_upload_bytes=max_upload_bytes, thumb_size=thumb_size, cache_dir=cache_dir, nprobe=nprobe,
         threads=threads, decode_workers=decode_workers, queue_limit=queue_limit, max_batch=max_batch,
-        batch_window_ms=batch_window_ms, reload_interval=reload_interval,
+        batch_window_ms=batch_window_ms, reload_interval=reload_interval, extractor=extractor,
+        features_folder=features_folder,
     )  # fmt: skip
     metrics = Metrics()
     decode = BoundedPool(s.decode_workers, max(s.queue_limit, s.decode_workers), "decode")
