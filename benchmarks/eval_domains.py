@@ -129,6 +129,8 @@ def embed_variant(domain: str, variant: str, out: Path, batch: int = 16) -> None
         "lite0-288": ("efficientnet-lite0", 288, False),
         "mbv2-224": ("mobilenet-v2", 224, False),
         "lite0int8-224": ("efficientnet-lite0", 224, True),
+        "lite0int8-288": ("efficientnet-lite0", 288, True),
+        "lite0-256": ("efficientnet-lite0", 256, False),
     }[variant]
     ids, _, _ = manifest(domain)
     sess, fmap_name = fmap_session(name, quant)
@@ -288,6 +290,14 @@ class Domain:
         variant, key = spec.split(":")
         return _norm(self.feats(variant)[key])
 
+    def Xq(self, spec: str) -> np.ndarray:
+        """Query-side rows (``Q`` only): like :meth:`X`, ``views:key`` parts are already per query."""
+        if "&" in spec:
+            return _norm(sum(self.Xq(s) for s in spec.split("&")))
+        if spec.startswith("views:"):
+            return _norm(self.feats("views")[spec.split(":")[1]])
+        return self.X(spec)[self.p["q"]]
+
     def protocols(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """name -> (catalogue rows, self column of each query in the catalogue or None)."""
         n = len(self.ids)
@@ -337,7 +347,7 @@ def run_variant(
 
     X = D.X(cat_spec)
     q = D.p["q"]
-    Qx = D.X(query_spec)[q] if query_spec else X[q]
+    Qx = D.Xq(query_spec) if query_spec else X[q]
     V = None
     if views:
         extra = [_norm(D.feats("views")[v]) for v in views.split(",")]
@@ -441,13 +451,66 @@ VARIANTS: list[tuple[str, str, dict[str, Any], str]] = [
     ("letterbox avg + PCA 128 + alpha-QE 2", "lite0-224:lb_avg", {"pca": 128, "qe": 2}, "1x"),
     ("letterbox avg + PCA 128 + alpha-DBA 5", "lite0-224:lb_avg", {"pca": 128, "dba": 5}, "1x"),
     ("letterbox avg + colour 0.1", "lite0-224:lb_avg", {"colour": 0.1}, "1x"),
+    (
+        "centre crop avg, query = full + 5 crops, best per image",
+        "lite0-224:cc_avg",
+        {"views": "crops_cc_avg"},
+        "1x (query 6x)",
+    ),
+    (
+        "centre crop avg + PCA 128, query = full + 5 crops, best",
+        "lite0-224:cc_avg",
+        {"views": "crops_cc_avg", "pca": 128},
+        "1x (query 6x)",
+    ),
+    ("centre crop avg + PCA 128 + alpha-QE 2", "lite0-224:cc_avg", {"pca": 128, "qe": 2}, "1x"),
+    ("centre crop avg + PCA 128 + colour 0.05", "lite0-224:cc_avg", {"pca": 128, "colour": 0.05}, "1x"),
+    (
+        "centre crop avg + PCA 128 + 5 crops + colour 0.05",
+        "lite0-224:cc_avg",
+        {"pca": 128, "views": "crops_cc_avg", "colour": 0.05},
+        "1x (query 6x)",
+    ),
     ("MobileNetV2, letterbox, average pool", "mbv2-224:lb_avg", {}, "0.9x"),
     ("MobileNetV2, centre crop, GeM", "mbv2-224:cc_gem", {}, "0.9x"),
     ("ensemble Lite0 + MobileNetV2 (lb avg, concatenated)", "lite0-224:lb_avg+mbv2-224:lb_avg", {}, "1.9x"),
     ("int8 Lite0, letterbox, average pool", "lite0int8-224:lb_avg", {}, "0.65x"),
     ("int8 Lite0, centre crop + GeM", "lite0int8-224:cc_gem", {}, "0.65x"),
+    ("int8 Lite0, centre crop, average pool", "lite0int8-224:cc_avg", {}, "0.65x"),
+    ("int8 Lite0, centre crop avg + PCA 128", "lite0int8-224:cc_avg", {"pca": 128}, "0.65x"),
+    (
+        "int8 Lite0, centre crop avg + PCA 128 + alpha-QE 2",
+        "lite0int8-224:cc_avg",
+        {"pca": 128, "qe": 2},
+        "0.65x",
+    ),
+    (
+        "ensemble, centre crop avg (concatenated) + PCA 128",
+        "lite0-224:cc_avg+mbv2-224:cc_avg",
+        {"pca": 128},
+        "1.9x",
+    ),
+    (
+        "ensemble, centre crop avg + PCA 128 + alpha-QE 2",
+        "lite0-224:cc_avg+mbv2-224:cc_avg",
+        {"pca": 128, "qe": 2},
+        "1.9x",
+    ),
     ("letterbox 288, average pool", "lite0-288:lb_avg", {}, "1.65x"),
     ("centre crop 288, GeM", "lite0-288:cc_gem", {}, "1.65x"),
+    ("centre crop 288, average pool", "lite0-288:cc_avg", {}, "1.65x"),
+    ("centre crop 288 avg + PCA 128", "lite0-288:cc_avg", {"pca": 128}, "1.65x"),
+    ("centre crop 288 avg + PCA 128 + alpha-QE 2", "lite0-288:cc_avg", {"pca": 128, "qe": 2}, "1.65x"),
+    ("letterbox 288 avg + PCA 128 + alpha-QE 2", "lite0-288:lb_avg", {"pca": 128, "qe": 2}, "1.65x"),
+    ("int8 centre crop 288 avg + PCA 128", "lite0int8-288:cc_avg", {"pca": 128}, "1.07x"),
+    (
+        "int8 centre crop 288 avg + PCA 128 + alpha-QE 2",
+        "lite0int8-288:cc_avg",
+        {"pca": 128, "qe": 2},
+        "1.07x",
+    ),
+    ("centre crop 256 avg + PCA 128", "lite0-256:cc_avg", {"pca": 128}, "1.31x"),
+    ("centre crop 256 avg + PCA 128 + alpha-QE 2", "lite0-256:cc_avg", {"pca": 128, "qe": 2}, "1.31x"),
     ("letterbox 224 + 288 average pool, averaged", "lite0-224:lb_avg&lite0-288:lb_avg", {}, "2.65x"),
 ]
 
@@ -490,6 +553,314 @@ def part_table(args: argparse.Namespace) -> None:
         print(f"| {label} | {cost} | " + " | ".join(cells) + " |", flush=True)
 
 
+# ====================================================================== colour (known answers)
+TARGET_HUES = (0, 90, 180, 270)
+N_SOURCES, N_COLOUR_QUERIES = 100, 50
+COLOUR_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+def dominant_hue(image: np.ndarray) -> tuple[float, float]:
+    """(circular mean hue in degrees weighted by saturation, chromatic fraction) of the foreground."""
+    from varsitysrch._colour import CHROMA_MIN, foreground_mask, rgb_to_hsv
+
+    h, sat, v = rgb_to_hsv(image[foreground_mask(image)])
+    chroma = (sat >= CHROMA_MIN) & (v >= CHROMA_MIN)
+    if not chroma.any():
+        return 0.0, 0.0
+    ang = 2 * np.pi * h[chroma]
+    w = sat[chroma]
+    mean = np.degrees(np.arctan2((w * np.sin(ang)).sum(), (w * np.cos(ang)).sum())) % 360
+    return float(mean), float(chroma.mean())
+
+
+def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
+    """Recoloured copies with a known colour: each image's dominant hue rotated to 0 / 90 / 180 / 270 degrees.
+
+    ``N_SOURCES`` chromatic images (at least half of the foreground chromatic) become the
+    catalogue (4 copies each), ``N_COLOUR_QUERIES`` other chromatic images the queries (4
+    copies each).  A result has the query's colour when its copy has the query's target
+    hue -- a known answer across different products.  Also the colour signature of every
+    original image (the library's function at the library's decode size).
+    """
+    from PIL import Image
+
+    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature, hue_shift
+    from varsitysrch._images import _fit, load_image
+    from varsitysrch._query import decode_rgb
+
+    f = cache / f"{domain}-colour2.npz"
+    if f.exists():
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+    ids, _, _ = manifest(domain)
+    t0 = time.perf_counter()
+    sig_all = np.stack(
+        [colour_signature(load_image(DOMAINS[domain] / i, COLOUR_DECODE_SIZE, "letterbox")) for i in ids]
+    )
+    print(
+        f"  {domain}: colour signatures of {len(ids)} images in {time.perf_counter() - t0:.0f}s", flush=True
+    )
+    rng = np.random.default_rng(2)
+    order = rng.permutation(len(ids))
+    sess, fmap_name = fmap_session("efficientnet-lite0")
+    acc: dict[str, list[np.ndarray]] = {}
+    picked = {"cat": 0, "query": 0}
+    want = {"cat": N_SOURCES, "query": N_COLOUR_QUERIES}
+    for r in order:
+        role = "cat" if picked["cat"] < want["cat"] else "query"
+        if picked[role] >= want[role]:
+            break
+        im = decode_rgb(DOMAINS[domain] / ids[r])
+        lb = np.asarray(_fit(im, 224, "letterbox"), np.uint8)
+        hue, chroma = dominant_hue(lb)
+        if chroma < 0.5:
+            continue
+        picked[role] += 1
+        arr = np.asarray(im, np.uint8)
+        for target in TARGET_HUES:
+            shifted = Image.fromarray(hue_shift(arr, target - hue))
+            cc = np.asarray(_fit(shifted, 224, "center-crop"), np.uint8)
+            lbs = np.asarray(_fit(shifted, 224, "letterbox"), np.uint8)
+            F = sess.run([fmap_name], {"images": np.stack([lbs, cc])})[0]
+            P = pool(F)
+            for j, mode in enumerate(("lb", "cc")):
+                for k in ("avg", "gem"):
+                    acc.setdefault(f"{role}_{mode}_{k}", []).append(P[k][j])
+            small = np.asarray(_fit(shifted, COLOUR_DECODE_SIZE, "letterbox"), np.uint8)
+            acc.setdefault(f"{role}_colour", []).append(colour_signature(small))
+            acc.setdefault(f"{role}_row", []).append(np.array(r))
+            acc.setdefault(f"{role}_hue", []).append(np.array(target))
+    out = {k: np.stack(v) for k, v in acc.items()}
+    out["colour_all"] = sig_all
+    np.savez(f, **out)
+    print(f"  {domain}: recoloured copies in {time.perf_counter() - t0:.0f}s", flush=True)
+    return out
+
+
+def part_colour(args: argparse.Namespace) -> None:
+    cache = Path(args.cache)
+    feat = args.colour_features
+    pca = args.colour_pca
+    print(
+        f"Colour weight w: score = (1 - w) cosine + w colour similarity; CNN features {feat}"
+        f"{f' + PCA {pca}' if pca else ''}, exact search.\n\n"
+        f"Known-answer protocol: {N_SOURCES} chromatic catalogue images per domain recoloured so that their "
+        f"dominant hue is {TARGET_HUES} degrees (4 copies each = the catalogue), {N_COLOUR_QUERIES} other "
+        "chromatic images recoloured the same way as queries. same-hue@10 = top-10 results with the "
+        "query's target hue (chance 0.25); type P@10 = same class; type+hue P@10 = both. Real data: the "
+        "leave-one-out and cross-domain protocols with the same weight.\n"
+    )
+    rows: dict[str, list[str]] = {}
+    head = ["w"]
+    for domain in args.domains.split(","):
+        D = Domain(domain, cache)
+        cf = colour_features(domain, cache)
+        X = D.X(f"lite0-224:{feat}")
+        cols_all = _norm(cf["colour_all"])
+        C, Cc = _norm(cf[f"cat_{feat}"]), _norm(cf["cat_colour"])
+        Qv, Qc = _norm(cf[f"query_{feat}"]), _norm(cf["query_colour"])
+        cy, ch = D.y[cf["cat_row"].astype(int)], cf["cat_hue"].astype(int)
+        qy, qh = D.y[cf["query_row"].astype(int)], cf["query_hue"].astype(int)
+        sp = search_space(C, pca) if pca else None
+        Cs, Qs = project(C, sp), project(Qv, sp)
+        q = D.p["q"]
+        spX = search_space(X, pca) if pca else None
+        Xs = project(X, spX)
+        cc = D.p["cross_cat"]
+        head += [
+            f"{domain} same-hue@10",
+            f"{domain} type P@10",
+            f"{domain} type+hue P@10",
+            f"{domain} LOO P@10 / mAP@10",
+            f"{domain} cross R@1",
+        ]
+        for w in COLOUR_WEIGHTS:
+            S = (1 - w) * (Qs @ Cs.T) + w * (Qc @ Cc.T)
+            top = np.argsort(-S, axis=1)[:, :10]
+            hue_ok = ch[top] == qh[:, None]
+            type_ok = cy[top] == qy[:, None]
+            loo = metrics((1 - w) * (Xs[q] @ Xs.T) + w * (cols_all[q] @ cols_all.T), D.y[q], D.y, q)
+            Xc = project(X[cc], None)
+            cross = metrics(
+                (1 - w) * (project(X[q], None) @ Xc.T) + w * (cols_all[q] @ cols_all[cc].T),
+                D.y[q],
+                D.y[cc],
+                None,
+            )
+            rows.setdefault(f"{w:g}", []).extend(
+                [
+                    f"{hue_ok.mean():.3f}",
+                    f"{type_ok.mean():.3f}",
+                    f"{(hue_ok & type_ok).mean():.3f}",
+                    f"{loo['p10']:.3f} / {loo['map10']:.3f}",
+                    f"{cross['r1']:.3f}",
+                ]
+            )
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for w, cells in rows.items():
+        print(f"| {w} | " + " | ".join(cells) + " |", flush=True)
+
+
+# ====================================================================== extraction speed
+OLD_DEFAULT = {"resize": "center-crop", "pooling": "gem"}
+
+
+def _options(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        k, v = part.split("=", 1)
+        out[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() else v)
+    return out
+
+
+def part_speed(args: argparse.Namespace) -> None:
+    """extract_features img/s: the old default and the new default, alternating, same images, one run."""
+    import shutil
+
+    from varsitysrch import extract_features
+
+    work = Path(args.cache) / "speed"
+    imgs = work / "images"
+    if not imgs.exists():
+        for domain, n in (("clothing", 200), ("grocery", 100)):
+            ids, _, _ = manifest(domain)
+            for i in np.random.default_rng(5).choice(len(ids), n, replace=False):
+                dst = imgs / domain / ids[i]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(DOMAINS[domain] / ids[i], dst)
+    n_img = sum(1 for _ in imgs.rglob("*.jpg"))
+    new = _options(args.new_options)
+    runs: dict[str, list[float]] = {
+        "old default": [],
+        "new default": [],
+        "new default + colour signatures": [],
+    }
+    configs = [("old default", OLD_DEFAULT), ("new default", new)]
+    if args.also_options:
+        configs.append((f"also {args.also_options}", _options(args.also_options)))
+        runs[configs[-1][0]] = []
+    for rep in range(args.repeats):
+        for name, opts in configs:
+            out = work / f"feats-{rep}-{name.replace(' ', '-')}"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            extract_features(imgs, out, show_progress=False, **opts)
+            dt = time.perf_counter() - t
+            runs[name].append(n_img / dt)
+            if name == "new default":
+                from varsitysrch._colour import write_colour_store
+
+                t2 = time.perf_counter()
+                write_colour_store(out)
+                runs["new default + colour signatures"].append(n_img / (dt + time.perf_counter() - t2))
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"  run {rep} {name}: {n_img / dt:.1f} img/s", flush=True)
+    print(
+        f"\nextract_features on {n_img} photos (200 clothing-small + 100 grocery-train), runs alternating, "
+        f"{args.repeats} each, median img/s; new default options {new}:\n"
+    )
+    print("| extraction | img/s (median) | runs | vs old default |\n|---|---|---|---|")
+    base = float(np.median(runs["old default"]))
+    for name, v in runs.items():
+        med = float(np.median(v))
+        print(f"| {name} | {med:.1f} | {', '.join(f'{x:.1f}' for x in v)} | {med / base:.2f}x |")
+
+
+# ====================================================================== the same protocols through evaluate()
+API_FEATURES = {
+    "plain": ("lb_avg", {"resize": "letterbox", "pooling": "pooled"}),
+    "old": ("cc_gem", {"resize": "center-crop", "pooling": "gem"}),
+    "new": ("cc_avg", {"resize": "center-crop", "pooling": "pooled"}),
+}
+
+
+def cross_domain_protocol(domain: str, out: Path) -> tuple[Path, Path]:
+    """The cross-domain protocol as files: a catalogue folder (copies) and a CSV of separate query photos."""
+    import shutil
+
+    ids, y, names = manifest(domain)
+    p = protocol(domain)
+    cat = out / "catalogue"
+    if not cat.exists():
+        tmp = out / "catalogue.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for r in p["cross_cat"]:
+            dst = tmp / ids[r]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(DOMAINS[domain] / ids[r], dst)
+        tmp.rename(cat)
+    qcsv = out / "queries.csv"
+    with open(qcsv, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerows((ids[r], names[y[r]]) for r in p["q"])
+    return cat, qcsv
+
+
+def part_api(args: argparse.Namespace) -> None:
+    """LOO / held-out (feature stores made of the cached vectors) and cross-domain (real extraction)."""
+    from varsitysrch import evaluate, get_extractor
+    from varsitysrch._store import FeatureStore
+
+    cache = Path(args.cache)
+    for domain in args.domains.split(","):
+        D = Domain(domain, cache)
+        base = cache / "api" / domain
+        held_ids = [D.ids[r] for r in D.p["q"]]
+        for name, (key, opts) in API_FEATURES.items() if not args.cross_only else ():
+            store = base / f"store-{name}"
+            if not (store / "store.json").exists():
+                ident = get_extractor("efficientnet-lite0", **opts).identity()
+                FeatureStore.write(store, D.ids, D.X(f"lite0-224:{key}"), ident)
+            for split, qs in (("leave-one-out", None), ("held-out", held_ids)):
+                rep = evaluate(
+                    store,
+                    labels=DOMAINS[domain] / "manifest.csv",
+                    configs=["x+pca=0", "x+pca=128"],
+                    k_values=(20,),
+                    nprobes=(None,),
+                    query_split=qs,
+                    n_queries=N_QUERIES,
+                    out_dir=base / f"eval-{name}-{split}",
+                    seed_baseline=False,
+                    n_latency=0,
+                )
+                for r in rep.rows:
+                    print(
+                        f"| {domain} | {split} | {name} ({key}) | {r['config']} | {r['method']} "
+                        f"{r['nprobe_label']} | {r['precision']:.3f} | {r['map']:.3f} | {r['r1']:.3f} |",
+                        flush=True,
+                    )
+        cat, qcsv = cross_domain_protocol(domain, base / "cross")
+        new = "efficientnet-lite0:resize=center-crop,pooling=pooled,quantized=true"
+        cfgs = [
+            "efficientnet-lite0:resize=letterbox,pooling=pooled+pca=0+qe=0",  # plain
+            "efficientnet-lite0:resize=center-crop,pooling=gem+qe=0",  # old default
+            new + "+qe=2",  # new default
+            new + "+qe=2+crops",  # + multi-crop queries (opt-in)
+            new + "+qe=2+colour=0.15",  # + "match colour"
+        ]
+        rep = evaluate(
+            cat,
+            configs=cfgs,
+            k_values=(10,),
+            nprobes=(None,),
+            queries_dir=DOMAINS[domain],
+            queries_csv=qcsv,
+            n_queries=None,
+            out_dir=base / "cross" / "eval",
+            seed_baseline=False,
+            n_latency=20,
+        )
+        for r in rep.rows:
+            print(
+                f"| {domain} | cross-domain | {r['config']} | {r['method']} {r['nprobe_label']} | "
+                f"R@1 {r['r1']:.3f} | R@5 {r['r5']:.3f} | mAP@10 {r['map']:.3f} | "
+                f"embed+search p50 {r['embed_search_ms_p50']} ms |",
+                flush=True,
+            )
+
+
 # ====================================================================== main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -498,8 +869,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--domains", default="grocery,clothing")
     ap.add_argument("--variants", default="lite0-224,views,mbv2-224,lite0int8-224,lite0-288")
     ap.add_argument("--only", default="", help="comma-separated row numbers of the table (plain always)")
+    ap.add_argument("--colour-features", default="cc_avg", help="CNN features of the colour protocol")
+    ap.add_argument("--colour-pca", type=int, default=128, help="search-space PCA of the colour protocol")
+    ap.add_argument(
+        "--new-options", default="resize=center-crop,pooling=pooled", help="new default extractor"
+    )
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--also-options", default="", help="speed: a third extractor configuration")
+    ap.add_argument("--cross-only", action="store_true", help="api: only the cross-domain protocol")
     args = ap.parse_args(argv)
-    {"features": part_features, "table": part_table}[args.part](args)
+    {
+        "features": part_features,
+        "table": part_table,
+        "colour": part_colour,
+        "speed": part_speed,
+        "api": part_api,
+    }[args.part](args)
 
 
 if __name__ == "__main__":

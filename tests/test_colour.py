@@ -91,3 +91,48 @@ def test_combine_scores_and_weight_checked() -> None:
             combine_scores(cos, col, bad)
     with pytest.raises(InvalidArgumentError, match="RGB"):
         colour_signature(np.zeros((4, 4), np.uint8))
+
+
+def test_colour_store_beside_the_vectors_is_kept_for_unchanged_images(
+    synth_catalogue: tuple, tmp_path
+) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from varsitysrch import extract_features
+    from varsitysrch._colour import (
+        COLOUR_DECODE_SIZE,
+        colour_store_folder,
+        load_colour_signatures,
+        write_colour_store,
+    )
+    from varsitysrch._images import load_image
+    from varsitysrch._store import FeatureStore
+
+    src, _ = synth_catalogue
+    root = tmp_path / "imgs"
+    shutil.copytree(src, root)
+    feats = tmp_path / "features"
+    extract_features(root, feats, show_progress=False)
+    write_colour_store(feats)
+    ids = FeatureStore.open(feats).ids
+    sig = load_colour_signatures(feats, ids)
+    assert sig is not None and sig.shape == (len(ids), SIGNATURE_DIM)
+    for j in (0, 7):
+        expect = colour_signature(load_image(root / ids[j], COLOUR_DECODE_SIZE, "letterbox"))
+        np.testing.assert_allclose(sig[j], expect, atol=2e-3)  # stored as float16
+    # the feature store itself is untouched and still opens
+    assert FeatureStore.open(feats).ids == ids
+    # an image that changes colour is recomputed; the others are kept
+    victim = ids[0]
+    Image.fromarray(product(BLUE, WHITE)).save(root / victim)
+    extract_features(root, feats, show_progress=False)
+    write_colour_store(feats)
+    sig2 = load_colour_signatures(feats, ids)
+    assert sig2 is not None
+    assert float(sig2[0] @ sig[0]) < 0.9
+    np.testing.assert_array_equal(sig2[1:], sig[1:])
+    # ids the colour store does not know: no signatures rather than wrong ones
+    assert load_colour_signatures(feats, [*ids, "nope.png"]) is None
+    assert colour_store_folder(feats).is_dir()

@@ -21,6 +21,11 @@ Figures (what ``w`` does to same-colour rate and same-type precision) are in
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from ._errors import InvalidArgumentError
@@ -34,6 +39,7 @@ SIGNATURE_DIM = HUE_BINS * SAT_BINS * VAL_BINS + GREY_BINS
 CHROMA_MIN = 0.2
 #: a pixel is foreground when its largest channel difference to the background exceeds this
 FOREGROUND_DIFF = 40
+log = logging.getLogger(__name__)
 #: below / above these foreground fractions there is no plain background: every pixel counts
 FOREGROUND_MIN, FOREGROUND_MAX = 0.05, 0.95
 #: images are subsampled to about this many pixels on their short side for the signature
@@ -158,3 +164,107 @@ def combine_scores(cosine: np.ndarray, colour_similarity: np.ndarray, weight: fl
     return (
         (1.0 - w) * np.asarray(cosine, np.float32) + w * np.asarray(colour_similarity, np.float32)
     ).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- stored beside the vectors
+#: the colour signatures of a feature store live in this sub-folder, as a store of their own
+#: (same ids, same file stamps; written atomically by FeatureStore.write)
+COLOUR_STORE = "colour"
+#: images are decoded at this size for their signature (JPEG draft decoding makes it cheap)
+COLOUR_DECODE_SIZE = 64
+COLOUR_IDENTITY: dict[str, Any] = {
+    "name": "colour-signature",
+    "dim": SIGNATURE_DIM,
+    "bins": [HUE_BINS, SAT_BINS, VAL_BINS, GREY_BINS],
+    "decode_size": COLOUR_DECODE_SIZE,
+    "version": 1,
+}
+
+
+def colour_store_folder(features_folder: str | os.PathLike[str]) -> Path:
+    return Path(features_folder) / COLOUR_STORE
+
+
+def write_colour_store(
+    features_folder: str | os.PathLike[str],
+    image_root: str | os.PathLike[str] | None = None,
+    *,
+    show_progress: bool = False,
+) -> Path:
+    """Colour signatures of every image of a feature store, stored in ``<features>/colour``.
+
+    Rows of an existing colour store whose image is unchanged (same file stamp) are kept;
+    the others are decoded (at ``COLOUR_DECODE_SIZE`` px) and computed.  An image that can
+    no longer be read gets an all-zero signature (colour similarity 0), logged.
+    """
+    from ._errors import ImageError
+    from ._images import load_image
+    from ._progress import progress
+    from ._store import FeatureStore
+
+    store = FeatureStore.open(features_folder)
+    root = Path(image_root) if image_root is not None else Path(str(store.meta.get("image_root") or ""))
+    if not str(root) or not root.is_dir():
+        raise InvalidArgumentError(
+            f"image_root {str(root)!r} of the feature store {str(features_folder)!r} is not a folder"
+        )
+    stamps = store.stamps()
+    out = colour_store_folder(features_folder)
+    old: dict[str, np.ndarray] = {}
+    if (out / "store.json").exists():
+        try:
+            prev = FeatureStore.open(out)
+            if prev.extractor.get("version") == COLOUR_IDENTITY["version"]:
+                prev_stamps = prev.stamps()
+                V = np.asarray(prev.vectors, np.float32)
+                old = {i: V[j] for j, i in enumerate(prev.ids) if prev_stamps.get(i) == stamps.get(i)}
+        except Exception as exc:  # a damaged sidecar is recomputed, never trusted
+            log.warning("colour store %s unreadable (%s): recomputing", out, exc)
+    sig = np.zeros((len(store.ids), SIGNATURE_DIM), np.float32)
+    todo = [j for j, i in enumerate(store.ids) if i not in old]
+    for j, i in enumerate(store.ids):
+        if i in old:
+            sig[j] = old[i]
+    base = root.resolve()
+    for j in progress(todo, desc="colour", unit="img", show_progress=show_progress):
+        rel = store.ids[j]
+        p = (root / rel).resolve()
+        if not p.is_relative_to(base):
+            log.warning("colour of %s: outside the image root, skipped", rel)
+            continue
+        try:
+            sig[j] = colour_signature(load_image(p, COLOUR_DECODE_SIZE, "letterbox"))
+        except ImageError as exc:
+            log.warning("colour of %s: %s", rel, exc)
+    cols = [stamps.get(i, (-1, -1, -1, -1)) for i in store.ids]
+    FeatureStore.write(
+        out,
+        store.ids,
+        sig.astype(np.float16),
+        dict(COLOUR_IDENTITY),
+        sizes=[c[0] for c in cols],
+        mtimes=[c[1] for c in cols],
+        inodes=[c[2] for c in cols],
+        ctimes=[c[3] for c in cols],
+        extra={"image_root": str(base), "features": str(Path(features_folder).resolve())},
+        allow_empty=True,
+    )
+    log.info("colour signatures: %d computed, %d kept -> %s", len(todo), len(old), out)
+    return out
+
+
+def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
+    """``float32 [len(ids), SIGNATURE_DIM]`` in ``ids`` order, or ``None`` if the store has none for them."""
+    from ._store import FeatureStore
+
+    folder = colour_store_folder(features_folder)
+    if not (folder / "store.json").exists():
+        return None
+    store = FeatureStore.open(folder)
+    if store.extractor.get("name") != COLOUR_IDENTITY["name"] or store.dim != SIGNATURE_DIM:
+        return None
+    row = {i: j for j, i in enumerate(store.ids)}
+    if any(i not in row for i in ids):
+        return None
+    V = np.asarray(store.vectors, np.float32)
+    return V[[row[i] for i in ids]]
