@@ -14,7 +14,7 @@ import pytest
 from imagegen import SYNTHETIC_CLASSES, make_synthetic_catalogue
 from varsitysrch import train_clusters
 from varsitysrch._extract import extract_features
-from varsitysrch._modelfile import load_model, read_assignments
+from varsitysrch._modelfile import load_model, read_assignments, save_model
 from varsitysrch._search import Searcher
 from varsitysrch._update import UpdateReport, gini, retrain_reasons, update_catalogue
 
@@ -213,3 +213,67 @@ def test_update_on_a_model_with_pca_keeps_both_spaces_and_projects_the_new_catal
     s = Searcher(model, csv_path)
     for rel in added:
         assert s.search(cat / rel, top_n=3)[0].image == rel
+
+
+def test_an_image_re_embedded_in_place_is_reassigned(source, tmp_path: Path) -> None:
+    # a model that recorded size + mtime only (no inode/ctime) and an in-place edit that keeps
+    # both: the extraction re-embeds the image (its ctime changed), so the update must reassign it
+    src, labels = source
+    classes = [c for c, _ in SYNTHETIC_CLASSES[:4]]
+    cat, feats, model, csv_path = tmp_path / "cat", tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv"
+    _copy(src, cat, _pick(labels, classes, range(6)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 4, show_progress=False)
+    mf0 = load_model(model)
+    for col in ("inodes", "ctimes"):
+        mf0.arrays.pop(f"store_{col}", None)
+    save_model(model, mf0)
+    # the edited image: another class's picture, padded to the old size, old mtime kept
+    edited = next(r for r in sorted(mf0.ids) if r.startswith(classes[0]))
+    st = (cat / edited).stat()
+    donor = min(
+        (cat / r for r in mf0.ids if r.startswith(classes[3])), key=lambda p: p.stat().st_size
+    ).read_bytes()
+    assert len(donor) <= st.st_size
+    with open(cat / edited, "r+b") as f:  # in place: same inode
+        f.write(donor + b"\0" * (st.st_size - len(donor)))
+    os.utime(cat / edited, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rep = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert rep.n_embedded == 1 and (rep.changed, rep.added, rep.removed) == (1, 0, 0)
+    mf = load_model(model)
+    j = mf.ids.index(edited)
+    assert mf.labels[j] == mf.to_model().predict(np.asarray(mf.vectors, np.float32)[j : j + 1])[0]
+    donor_cluster = mf.labels[
+        mf.ids.index(
+            min((r for r in mf0.ids if r.startswith(classes[3])), key=lambda r: (cat / r).stat().st_size)
+        )
+    ]
+    assert mf.labels[j] == donor_cluster != mf0.labels[mf0.ids.index(edited)]
+
+
+def test_update_allow_empty(source, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from varsitysrch import FeatureStoreError
+    from varsitysrch._store import FeatureStore
+    from varsitysrch.cli import app
+
+    src, labels = source
+    cat, feats, model, csv_path = tmp_path / "cat", tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv"
+    _copy(src, cat, _pick(labels, [c for c, _ in SYNTHETIC_CLASSES[:2]], range(4)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 2, show_progress=False)
+    shutil.rmtree(cat)
+    cat.mkdir()  # an emptied (or unmounted) folder
+    model_bytes = model.read_bytes()
+    cmd = ["update", str(cat), str(feats), "--model", str(model), "--csv", str(csv_path)]
+    res = CliRunner().invoke(app, cmd)
+    assert res.exit_code == 2 and "--allow-empty" in res.output
+    assert len(FeatureStore.open(feats)) == 8
+    with pytest.raises(FeatureStoreError, match="allow_empty"):
+        update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    res = CliRunner().invoke(app, [*cmd, "--allow-empty"])
+    assert res.exit_code == 2 and "a model needs at least one image" in res.output, res.output
+    assert len(FeatureStore.open(feats)) == 0  # the store was emptied, as asked
+    assert model.read_bytes() == model_bytes  # the model is never left unloadable
+    Searcher(model, csv_path)

@@ -2,11 +2,12 @@
 
 :func:`update_catalogue` brings a trained model up to date with its image folder:
 
-1. :func:`~varsitysrch.extract_features` embeds only new and changed images (same size and
-   mtime = unchanged, reused) and drops deleted ones from the feature store;
+1. :func:`~varsitysrch.extract_features` embeds only new and changed images (same size,
+   mtime, inode and ctime = unchanged, reused) and drops deleted ones from the feature store;
 2. images are compared with the model: *added* (not in the model), *changed* (the file's
    stamp -- size, mtime, inode, ctime -- differs from the one recorded in the model at
-   training or at the last update), *removed* (in the model, no longer in the store),
+   training or at the last update, or the extraction re-embedded it), *removed* (in the
+   model, no longer in the store),
    *unchanged*;
 3. added and changed vectors are assigned to their nearest centroid with the model's own
    projection (PCA, if any) and centroids -- nothing is retrained; unchanged images keep
@@ -47,13 +48,14 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._errors import IncompatibleModelError, InvalidArgumentError
+from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extract import ExtractionResult, extract_features
 from ._extractors import Extractor, query_extractor
 from ._index import assign_lists
@@ -203,6 +205,7 @@ def update_catalogue(
     batch_size: int = 8,
     num_workers: int | None = None,
     threads: int | None = None,
+    allow_empty: bool = False,
 ) -> UpdateReport:
     """Bring a trained model up to date with its image folder, without retraining.
 
@@ -228,6 +231,8 @@ def update_catalogue(
             record (default: the recorded built-in one; a user ONNX graph must be passed, as
             ``Extractor.from_onnx(PATH)`` or ``"onnx:PATH"``: a model file never names a file).
         batch_size, num_workers, threads: as in extract_features.
+        allow_empty: let an image folder with no readable image empty the store and the
+            model (otherwise that is an error and both are kept), as in extract_features.
     """
     t0 = time.perf_counter()
     if not 0.0 < far_quantile < 1.0:
@@ -254,11 +259,18 @@ def update_catalogue(
             show_progress=show_progress,
             engine=engine,
             scheduler=scheduler,
+            allow_empty=allow_empty,
         )
         store = FeatureStore.open(features)
+        if len(store) == 0:  # allow_empty emptied the store; a model holds at least one image
+            raise FeatureStoreError(
+                f"no images left under {str(img_folder)!r}: the feature store {str(features)!r} was "
+                f"emptied (allow_empty), the model {str(model_path)!r} and {str(csv_filename)!r} were "
+                "left as they are (a model needs at least one image); train again when there are images"
+            )
         if store.dim != int(mf.config["dim"]):
             raise IncompatibleModelError(f"feature store has dim {store.dim}, the model {mf.config['dim']}")
-        plan = _plan(mf, store, before)
+        plan = _plan(mf, store, before, res.embedded_ids)
         labels, dists = _assign(mf, store, plan, engine, scheduler)
     drift = _drift(mf, plan, labels, dists, far_quantile)
     nprobe_before = int(mf.config.get("nprobe", mf.k))
@@ -302,7 +314,11 @@ class _Plan:
     unchanged: int
 
 
-def _plan(mf: ModelFile, store: FeatureStore, before: dict[str, Stamp]) -> _Plan:
+def _plan(
+    mf: ModelFile, store: FeatureStore, before: dict[str, Stamp], embedded: Collection[str] = ()
+) -> _Plan:
+    """Which store rows keep their assignment; ``embedded`` (ids re-embedded by this run's
+    extraction) always count as changed, whatever their stamps say."""
     old_pos = {rel: j for j, rel in enumerate(mf.ids)}
     ref = model_stamps(mf)
     now_stamps = store.stamps()
@@ -318,7 +334,7 @@ def _plan(mf: ModelFile, store: FeatureStore, before: dict[str, Stamp]) -> _Plan
             continue
         now = now_stamps.get(rel)
         was = ref.get(rel, before.get(rel))
-        if now is not None and was is not None and not same_file(was, now):
+        if rel in embedded or (now is not None and was is not None and not same_file(was, now)):
             changed += 1
             new_rows.append(i)
         else:

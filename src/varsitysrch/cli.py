@@ -579,6 +579,13 @@ def update(
         str | None,
         typer.Option(help="Extractor for new images, checked against the model (needed for onnx:PATH)."),
     ] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="Let a folder with no readable image empty the store (refused otherwise; the model stays).",
+        ),
+    ] = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -594,6 +601,7 @@ def update(
         engine=engine,
         scheduler=scheduler,
         extractor=extractor,
+        allow_empty=allow_empty,
         show_progress=_bars(),
     )
     if as_json:
