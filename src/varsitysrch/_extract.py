@@ -164,10 +164,6 @@ class _Parts:
         self.n = 0
         self._arrays: dict[int, np.ndarray] = {}
 
-    def load(self) -> dict[str, tuple[np.ndarray, Stamp]]:
-        """Vectors (memory-mapped rows) of images done by an interrupted run with the same extractor."""
-        return {rel: (self.array(p)[r], stamp) for rel, (p, r, stamp) in self.index().items()}
-
     def index(self) -> dict[str, tuple[int, int, Stamp]]:
         """``id -> (part number, row, stamp)`` of every checkpointed image (latest wins).
 

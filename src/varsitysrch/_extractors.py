@@ -54,6 +54,7 @@ from ._errors import (
     VarsitysrchError,
     missing,
 )
+from ._images import RESIZE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +288,8 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
     for k, v in options.items():
         if k == "pooling" and v not in ("pooled", "gem"):
             raise InvalidArgumentError(f"pooling must be 'pooled' or 'gem'; got {v!r}")
-        if k == "resize" and v not in ("letterbox", "squash", "center-crop"):
-            raise InvalidArgumentError(f"resize must be letterbox, squash or center-crop; got {v!r}")
+        if k == "resize" and v not in RESIZE_MODES:
+            raise InvalidArgumentError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {v!r}")
     return replace(ex, **options) if options else ex
 
 

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -48,6 +47,7 @@ MAX_PIXELS = 89_478_485
 MAX_ASPECT = 200
 #: Files bigger than this are refused before they are read
 MAX_FILE_BYTES = 1 << 30
+#: How :func:`load_image` fits an image into its square (the extractors' ``resize``)
 RESIZE_MODES = ("letterbox", "squash", "center-crop")
 
 ImageSource = str | os.PathLike[str] | bytes | Image.Image
@@ -287,8 +287,3 @@ def _draft_box(wh: tuple[int, int], size: int) -> tuple[int, int]:
     w, h = wh
     s = size / max(w, h)
     return max(1, round(w * s)), max(1, round(h * s))
-
-
-def image_info(path: str | Path) -> dict[str, Any]:
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "ctime_ns": st.st_ctime_ns}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import re
@@ -23,8 +22,6 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
-
-import numpy as np
 
 
 def _umask() -> int:
@@ -118,14 +115,3 @@ def read_csv(path: str | os.PathLike[str], *, neutralised: bool = True) -> tuple
         it = csv_rows(f, neutralised=neutralised)
         header = next(it, [])
         return header, list(it)
-
-
-def write_npy(path: str | os.PathLike[str], arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()

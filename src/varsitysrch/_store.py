@@ -483,20 +483,6 @@ def read_id_table(path: Path) -> tuple[list[str], tuple[list[int], list[int], li
     return ids, cols
 
 
-def read_ids(path: Path) -> tuple[list[str], list[int], list[int]]:
-    """``(ids, sizes, mtimes)`` of an ids table (a store folder: its live table)."""
-    path = Path(path)
-    if path.is_dir():
-        path = store_paths(path).ids
-    elif path.name == IDS and (path.parent / STORE_JSON).exists():
-        path = store_paths(path.parent).ids
-    try:
-        ids, cols = read_id_table(path)
-    except FileNotFoundError as exc:
-        raise FeatureStoreError(f"{path}: missing ids table") from exc
-    return ids, cols[0], cols[1]
-
-
 def normalize_rows(X: np.ndarray) -> np.ndarray:
     """L2-normalise rows (float32); zero rows stay zero."""
     X = np.asarray(X, dtype=np.float32)
