@@ -267,3 +267,23 @@ def test_search_cache_reloads_when_the_files_change(
     assert a[0].path is None
     d = search_similar_images(root / rel, model, csv_path, 3, image_root=root)
     assert d[0].path == str((root / rel).resolve())
+
+
+def test_the_search_cache_key_sees_an_atomic_replace(tmp_path: Path) -> None:
+    # one stamp for the search cache and the service's reload: a file replaced atomically with
+    # the same size and mtime is a new file
+    import os
+
+    from varsitysrch._search import _stamp
+    from varsitysrch.service.models import file_stamp
+
+    a, b = tmp_path / "m.vsm", tmp_path / "new.vsm"
+    a.write_bytes(b"x" * 100)
+    b.write_bytes(b"y" * 100)
+    st = a.stat()
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _stamp(str(a), None)
+    assert before == file_stamp(a)
+    os.replace(b, a)
+    assert _stamp(str(a), None) != before and file_stamp(a) != before
+    assert _stamp(str(tmp_path / "missing")) == (-1, -1, -1)

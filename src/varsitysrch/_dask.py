@@ -207,40 +207,23 @@ def embed_shards(
         )
         pending: deque[Any] = deque()
         it = iter(shards)
+
+        def submit(shard: list[str]) -> None:
+            fut = client.submit(
+                _embed_shard, root_s, shard, ex, batch_size, ort_threads, decode, pure=False, retries=1
+            )
+            pending.append(fut)
+
         try:
             for shard in it:
-                pending.append(
-                    client.submit(
-                        _embed_shard,
-                        root_s,
-                        shard,
-                        ex,
-                        batch_size,
-                        ort_threads,
-                        decode,
-                        pure=False,
-                        retries=1,
-                    )
-                )
+                submit(shard)
                 if len(pending) >= window:
                     break
             while pending:
                 fut = pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(
-                        client.submit(
-                            _embed_shard,
-                            root_s,
-                            nxt,
-                            ex,
-                            batch_size,
-                            ort_threads,
-                            decode,
-                            pure=False,
-                            retries=1,
-                        )
-                    )
+                    submit(nxt)
                 result = fut.result()
                 fut.release()
                 yield result

@@ -79,6 +79,24 @@ def restore_cell(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
+def stat_stamp(*paths: str | os.PathLike[str] | None) -> tuple[int, ...]:
+    """``(mtime_ns, size, inode)`` of each file (``-1`` each when missing; ``None`` paths skipped).
+
+    A cheap "did these files change" key: an atomic replace changes the inode even when the
+    size and mtime are kept.
+    """
+    out: list[int] = []
+    for p in paths:
+        if p is None:
+            continue
+        try:
+            st = os.stat(p)
+            out += [st.st_mtime_ns, st.st_size, st.st_ino]
+        except OSError:
+            out += [-1, -1, -1]
+    return tuple(out)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     # lone surrogates (undecodable file names) become JSON \udcXX escapes: valid UTF-8, same str back
     with atomic_open(path, "w", encoding="utf-8", errors="backslashreplace") as f:

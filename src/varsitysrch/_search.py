@@ -36,6 +36,7 @@ from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentE
 from ._extractors import Embedder, Extractor, query_extractor
 from ._images import ImageSource, load_image
 from ._index import IVFSearch
+from ._io import stat_stamp
 from ._kmeans import KMeansModel
 from ._modelfile import ModelFile, load_model, read_assignments_kind
 from ._paths import resolve_image
@@ -422,17 +423,7 @@ def _cached_searcher(model: str, csv: str | None, root: str | None, _stamp: tupl
     return Searcher(model, csv, image_root=root)
 
 
-def _stamp(*paths: str | None) -> tuple[int, ...]:
-    out: list[int] = []
-    for p in paths:
-        if p is None:
-            continue
-        try:
-            st = os.stat(p)
-            out += [st.st_mtime_ns, st.st_size]
-        except OSError:
-            out += [-1, -1]
-    return tuple(out)
+_stamp = stat_stamp  # the cache key of _cached_searcher (also used by _feedback)
 
 
 def search_similar_images(
@@ -461,7 +452,7 @@ def search_similar_images(
     m = str(Path(model_filename).resolve())
     c = str(Path(csv_file).resolve()) if csv_file is not None else None
     r = str(Path(image_root).resolve()) if image_root is not None else None
-    searcher = _cached_searcher(m, c, r, _stamp(m, c))
+    searcher = _cached_searcher(m, c, r, stat_stamp(m, c))
     v = searcher.embed(image_path)
     hits = searcher.search_vector(v, top_n, nprobe=nprobe, exact=exact)
     note = searcher.scan_note(v, top_n, nprobe=nprobe, exact=exact)

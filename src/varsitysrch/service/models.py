@@ -15,7 +15,6 @@ extractor is the same, so a reload costs no new ONNX session.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import stat_stamp
 from .batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,8 @@ Stamp = tuple[int, ...]
 
 
 def file_stamp(*paths: Path | None) -> Stamp:
-    out: list[int] = []
-    for p in paths:
-        if p is None:
-            continue
-        try:
-            st = os.stat(p)
-            out += [st.st_mtime_ns, st.st_size, st.st_ino]
-        except OSError:
-            out += [-1, -1, -1]
-    return tuple(out)
+    """What says the model (or CSV) file changed: :func:`varsitysrch._io.stat_stamp`."""
+    return stat_stamp(*paths)
 
 
 @dataclass(frozen=True)
