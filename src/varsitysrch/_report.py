@@ -733,6 +733,20 @@ def _num(v: float, digits: int = 3) -> str:
     return "&ndash;" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _confidence_text(cfg: dict[str, Any]) -> str:
+    """What "close" means for this catalogue's searches (the model's confidence calibration)."""
+    from ._confidence import ScoreCalibrator
+
+    if "confidence" not in cfg:
+        return "not calibrated (a model from before confidence existed: retrain to get it)"
+    cal = ScoreCalibrator.from_dict(cfg["confidence"])
+    return (
+        f"a hit is a close match from cosine {cal.cutoff_score_:.3f} (confidence {cal.cutoff:g}: closer than "
+        f"the {100 * cal.cutoff:g} % least-close catalogue images are to their nearest neighbour); "
+        f"&ldquo;very similar&rdquo; from {cal.score_at(cal.very_similar):.3f}"
+    )
+
+
 def _index_page(tmp: Path, ctx: dict[str, Any], thumbs: _Thumbs, seconds: float) -> None:
     mf, store = ctx["mf"], ctx["store"]
     cfg = mf.config
@@ -754,6 +768,7 @@ def _index_page(tmp: Path, ctx: dict[str, Any], thumbs: _Thumbs, seconds: float)
         ),
         ("Search space", f"PCA {cfg['search_pca']}" if cfg.get("search_pca") else "raw cosine"),
         ("Mean silhouette", f"{_num(ctx['sil_mean'])} (sample of {ctx['sil_n']:,} images)"),
+        ("Search confidence", _confidence_text(cfg)),
         ("Duplicate groups", f"{len(ctx['dup']):,} (cosine &ge; {ctx['dup_t']:.2f})"),
         ("Colour-variant groups", f"{len(ctx['var']):,} (cosine &ge; {ctx['var_t']:.2f})"),
         ("Report built", f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {_fmt_seconds(seconds)}"),
