@@ -100,7 +100,8 @@ def main() -> None:
         took = time.perf_counter() - t0
         print(
             f"duplicate search (ivf, cosine >= {VARIANT_THRESHOLD}) on {n:,} vectors: {took:.0f} s, "
-            f"{len(i):,} pairs ({n // 100:,} planted); peak RSS {peak()} (the memory-mapped store's pages included)"
+            f"{len(i):,} pairs ({n // 100:,} planted); peak RSS {peak()} "
+            "(the memory-mapped store's pages included)"
         )
         return
     model, csv = w / "clothing.vsm", w / "clothing.csv"
