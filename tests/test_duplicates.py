@@ -176,3 +176,22 @@ def test_missing_store_is_a_store_error(tmp_path: Path) -> None:
 
 def test_default_threshold_is_in_range() -> None:
     assert 0.5 < DEFAULT_THRESHOLD < 1.0
+
+
+@pytest.mark.parametrize("method", ["exact", "ivf"])
+def test_memory_stays_far_below_an_n_by_n_matrix(method: str) -> None:
+    """20,000 rows: an n x n float32 matrix would be 1.6 GB; numpy's peak stays under 60 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = normalize_rows(rng.standard_normal((20_000, 16)))
+    X[1::2] = normalize_rows(X[::2] + 0.01 * rng.standard_normal((10_000, 16)))  # 10,000 planted pairs
+    tracemalloc.start()
+    try:
+        i, j, _ = similar_pairs(X, 0.99, method=method, chunk=1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 60 * 2**20, peak
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert len(found & {(a, a + 1) for a in range(0, 20_000, 2)}) >= 9_900

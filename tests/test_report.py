@@ -240,3 +240,36 @@ def test_hostile_ids_are_escaped_neutralised_and_never_read_outside(tmp_path: Pa
     assert HOSTILE[2] in {r[5] for r in rows}  # the round trip restores the id
     js = (out / "map-data.js").read_text(encoding="ascii")
     assert "<" not in js and "&" not in js and "\\u003cimg src=x" in js  # markup characters escaped
+
+
+def test_large_catalogue_path_samples_the_map_and_bounds_the_pages(tmp_path: Path) -> None:
+    """3,000 vectors (no images), IVF duplicates, a 500-point map: sizes bounded by the settings."""
+    from varsitysrch import train_clusters
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 24))
+    X = normalize_rows(centres[rng.integers(0, 6, 3000)] + 0.8 * rng.standard_normal((3000, 24)))
+    X[-30:] = normalize_rows(X[:30] + 0.001 * rng.standard_normal((30, 24)))  # 30 planted copies
+    ids = [f"shop/{k:05d}.jpg" for k in range(3000)]
+    FeatureStore.write(tmp_path / "f", ids, X, {"name": "test", "dim": 24})
+    train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", 6, show_progress=False)
+    out = tmp_path / "r"
+    s = make_report(
+        tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv", out, map_points=500, map_thumbs=50,
+        silhouette_sample=400, duplicate_method="ivf", central=4, outliers=4, show_progress=False,
+    )  # fmt: skip
+    js = (out / "map-data.js").read_text(encoding="ascii")
+    import json
+
+    data = json.loads(js[js.index("{") : js.rindex("}") + 1])
+    assert len(data["x"]) == len(data["c"]) == len(data["ids"]) == 500 and data["n"] == 3000
+    assert "a seeded sample" in (out / "map.html").read_text(encoding="utf-8")
+    assert s.n_duplicate_groups >= 30
+    assert s.thumbnails_missing <= 6 * 8 + 12 * min(s.n_duplicate_groups, 200) + 50  # only what is shown
+    _, rows = read_csv(out / "duplicates.csv")
+    dup_pairs = {}
+    for r in rows:
+        if r[0] == "duplicate":
+            dup_pairs.setdefault(r[1], set()).add(r[5])
+    for k in range(30):
+        assert any({ids[k], ids[2970 + k]} <= g for g in dup_pairs.values()), k
