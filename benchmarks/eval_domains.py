@@ -131,6 +131,7 @@ def embed_variant(domain: str, variant: str, out: Path, batch: int = 16) -> None
         "lite0int8-224": ("efficientnet-lite0", 224, True),
         "lite0int8-288": ("efficientnet-lite0", 288, True),
         "lite0-256": ("efficientnet-lite0", 256, False),
+        "lite0int8-256": ("efficientnet-lite0", 256, True),
     }[variant]
     ids, _, _ = manifest(domain)
     sess, fmap_name = fmap_session(name, quant)
@@ -511,6 +512,16 @@ VARIANTS: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("centre crop 256 avg + PCA 128", "lite0-256:cc_avg", {"pca": 128}, "1.31x"),
     ("centre crop 256 avg + PCA 128 + alpha-QE 2", "lite0-256:cc_avg", {"pca": 128, "qe": 2}, "1.31x"),
+    ("centre crop 256, average pool", "lite0-256:cc_avg", {}, "1.31x"),
+    ("centre crop 256, GeM + PCA 128 + alpha-QE 2", "lite0-256:cc_gem", {"pca": 128, "qe": 2}, "1.31x"),
+    ("letterbox 256 avg + PCA 128 + alpha-QE 2", "lite0-256:lb_avg", {"pca": 128, "qe": 2}, "1.31x"),
+    ("int8 centre crop 256 avg + PCA 128", "lite0int8-256:cc_avg", {"pca": 128}, "0.85x"),
+    (
+        "int8 centre crop 256 avg + PCA 128 + alpha-QE 2",
+        "lite0int8-256:cc_avg",
+        {"pca": 128, "qe": 2},
+        "0.85x",
+    ),
     ("letterbox 224 + 288 average pool, averaged", "lite0-224:lb_avg&lite0-288:lb_avg", {}, "2.65x"),
 ]
 

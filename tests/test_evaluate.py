@@ -220,11 +220,11 @@ def test_images_end_to_end_with_latency(synth_catalogue, tmp_path: Path) -> None
     rep = evaluate(root, k_values=(4,), nprobes=(1,), top_k=3, n_queries=8, n_latency=3, out_dir=tmp_path)
     # the default configurations: plain cosine, the library default, + query expansion; one store
     assert rep.meta["configs"] == [
-        "efficientnet-lite0+pca=0",
+        "efficientnet-lite0+pca=0+qe=0",
         "efficientnet-lite0",
-        "efficientnet-lite0+qe=2",
+        "efficientnet-lite0+qe=0",
     ]
-    assert rep.meta["baseline"] == "efficientnet-lite0+pca=0"
+    assert rep.meta["baseline"] == "efficientnet-lite0+pca=0+qe=0"
     ex = _row(rep, "exact", config="efficientnet-lite0")
     assert ex["embed_search_ms_p50"] is not None and ex["embed_search_ms_p50"] > ex["search_ms_p50"]
     assert (tmp_path / "features" / "efficientnet-lite0").is_dir()

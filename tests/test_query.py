@@ -69,3 +69,13 @@ def test_mean_aggregate_is_cosine_to_the_mean_view() -> None:
     np.testing.assert_allclose(view_scores(V, C, "max"), [1.0, np.sqrt(0.5)], rtol=1e-6)
     with pytest.raises(InvalidArgumentError, match="aggregate"):
         view_scores(V, C, "median")
+
+
+def test_parse_views() -> None:
+    from varsitysrch._query import parse_views
+
+    assert parse_views(None) == (False, False) and parse_views("none") == (False, False)
+    assert parse_views("crops") == (True, False) and parse_views("crops+flip") == (True, True)
+    assert parse_views("flip") == (False, True)
+    with pytest.raises(InvalidArgumentError, match="views"):
+        parse_views("zoom")

@@ -89,6 +89,16 @@ def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return h, s, mx.astype(np.float32)
 
 
+def _fast_hsv(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rgb_to_hsv` of ``uint8 [n, 3]`` pixels through Pillow's C conversion (8-bit channels)."""
+    from PIL import Image
+
+    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(pixels[None], np.uint8), "RGB").convert("HSV"))[0]
+    scale = np.float32(1.0 / 255.0)
+    h = hsv[:, 0].astype(np.float32) * np.float32(1.0 / 256.0)
+    return h, hsv[:, 1].astype(np.float32) * scale, hsv[:, 2].astype(np.float32) * scale
+
+
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inverse of :func:`rgb_to_hsv` -> ``uint8 [..., 3]``."""
     h6 = (np.asarray(h, np.float32) % 1.0) * 6.0
@@ -127,7 +137,7 @@ def colour_signature(image: np.ndarray, mask: np.ndarray | None = None) -> np.nd
         a = a[::step, ::step]
         mask = None if mask is None else mask[::step, ::step]
     m = foreground_mask(a) if mask is None else mask
-    h, s, v = rgb_to_hsv(a[m] if m.any() else a.reshape(-1, 3))
+    h, s, v = _fast_hsv(a[m] if m.any() else a.reshape(-1, 3))
     chroma = (s >= CHROMA_MIN) & (v >= CHROMA_MIN)
     # chromatic pixels: hue soft-assigned between the two nearest bin centres
     hc = h[chroma] * HUE_BINS - 0.5

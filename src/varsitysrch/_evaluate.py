@@ -26,8 +26,11 @@ results nor relevant):
 * index size -- the model file (centroids, ids, float16 vectors).
 
 Queries are ``n_queries`` catalogue images held out one at a time (leave-one-out: the
-query is removed from its own results), or a held-out split (``query_split`` a
-fraction, or a list of ids: those images are removed from the catalogue).
+query is removed from its own results), a held-out split (``query_split`` a fraction,
+or a list of ids: those images are removed from the catalogue), or a separate labelled
+query set (``queries_dir`` / ``queries_csv``: shoppers' photos searched against catalogue
+shots); rows report recall@1 and recall@5 (a relevant result first / in the top 5) beside
+P@k and mAP@k.
 Catalogue-side post-processing is fitted on the catalogue; under leave-one-out the
 database-side augmentation (DBA) is recomputed for every query without it (an image
 never augments its neighbours with itself), so leave-one-out numbers stay honest.
@@ -51,9 +54,11 @@ Configuration strings::
     efficientnet-lite0+pca=0                    plain cosine on the raw vectors
     efficientnet-lite0+pwhiten=0.25             partial whitening (power 0.25)
 
-Without ``+pca`` a configuration gets :func:`~varsitysrch.train_clusters`' default search
-space (a catalogue-centred PCA to 256 dimensions from 1,000 images up), i.e. what a
-user of the library gets.  Query expansion runs inside :class:`~varsitysrch.Searcher`
+Without ``+pca`` / ``+qe`` a configuration gets :func:`~varsitysrch.train_clusters`' default
+search space (a catalogue-centred PCA to 128 dimensions from 1,000 images up) and query
+expansion (alpha-QE 2), i.e. what a user of the library gets.  ``+crops`` embeds each query
+as the whole image and five 70 % crops (best view per catalogue image), ``+flipq`` adds the
+mirror image(s).  Query expansion runs inside :class:`~varsitysrch.Searcher`
 (``expand=``), with the query's own image (and group) excluded from results and
 expansion alike (``exclude=``).
 """
@@ -78,6 +83,7 @@ from typing import Any
 
 import numpy as np
 
+from ._colour import combine_scores
 from ._errors import InvalidArgumentError
 from ._extractors import DEFAULT_EXTRACTOR, Extractor, get_extractor
 from ._io import write_json
@@ -87,7 +93,6 @@ from ._postprocess import (
     Whitening,
     apply_whitening,
     augment_rows,
-    colour_rerank,
     fit_whitening,
     neighbour_lists,
 )
@@ -107,12 +112,12 @@ _POST_DEFAULTS: dict[str, float] = {
     "flipq": 1,  # the query's mirror image as one more view
 }
 _OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
-#: plain cosine (the obvious baseline), the library default, and the default + opt-in query expansion:
-#: one feature store, three search pipelines
+#: plain cosine on the default features (the obvious baseline), the library default (search PCA +
+#: alpha-QE 2), and the default without query expansion: one feature store, three search pipelines
 DEFAULT_CONFIGS: tuple[str, ...] = (
-    f"{DEFAULT_EXTRACTOR}+pca=0",
+    f"{DEFAULT_EXTRACTOR}+pca=0+qe=0",
     DEFAULT_EXTRACTOR,
-    f"{DEFAULT_EXTRACTOR}+qe=2",
+    f"{DEFAULT_EXTRACTOR}+qe=0",
 )
 COLOUR_SIZE = 96  # decoding size for colour descriptors
 COLOUR_POOL = 5  # colour re-ranking reorders the top ``COLOUR_POOL * top_k`` results
@@ -1141,7 +1146,7 @@ def _run_queries(
             found = [row_of[h.image] for h in hits]
             if pipe.colour_w is not None and qcol is not None and ccol is not None and found:
                 sims = np.array([h.score for h in hits], np.float32)
-                mixed = colour_rerank(sims, qcol[qi], ccol[found], float(pipe.colour_w))
+                mixed = combine_scores(sims, ccol[found] @ qcol[qi], float(pipe.colour_w))
                 found = [found[j] for j in np.argsort(-mixed, kind="stable")]
             found = found[:top_k]
         times.append(time.perf_counter() - t0)

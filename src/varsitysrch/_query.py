@@ -127,3 +127,15 @@ def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int) -> list[Any]
                 best[h.image] = h
     order = sorted(best.values(), key=lambda h: -h.score)[:top_n]
     return [h.with_rank(r) for r, h in enumerate(order, 1)]  # Hit.with_rank
+
+
+VIEWS = ("crops", "flip", "crops+flip")
+
+
+def parse_views(views: str | None) -> tuple[bool, bool]:
+    """``None`` / ``"none"``: the whole image only; ``"crops"``, ``"flip"``, ``"crops+flip"``."""
+    if views is None or views == "none":
+        return False, False
+    if views not in VIEWS:
+        raise InvalidArgumentError(f"views must be None, 'none' or one of {', '.join(VIEWS)}; got {views!r}")
+    return "crops" in views, "flip" in views
