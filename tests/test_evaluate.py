@@ -222,7 +222,7 @@ def test_images_end_to_end_with_latency(synth_catalogue, tmp_path: Path) -> None
     assert rep.meta["configs"] == [
         "efficientnet-lite0+pca=0+qe=0",
         "efficientnet-lite0",
-        "efficientnet-lite0+qe=0",
+        "efficientnet-lite0+qe=2",
     ]
     assert rep.meta["baseline"] == "efficientnet-lite0+pca=0+qe=0"
     ex = _row(rep, "exact", config="efficientnet-lite0")
