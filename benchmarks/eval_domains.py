@@ -648,6 +648,36 @@ def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def refresh_signatures(domain: str, cache: Path, cf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Recompute the colour signatures of ``colour_features`` with the current signature code.
+
+    The CNN vectors of the recoloured copies are kept; the copies are recoloured again from the
+    224 px letterboxed photo (same rows, same target hues) and fitted to the signature's size.
+    """
+    from PIL import Image
+
+    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature, hue_shift
+    from varsitysrch._images import _fit, load_image
+    from varsitysrch._query import decode_rgb
+
+    ids, _, _ = manifest(domain)
+    t0 = time.perf_counter()
+    out = dict(cf)
+    out["colour_all"] = np.stack(
+        [colour_signature(load_image(DOMAINS[domain] / i, COLOUR_DECODE_SIZE, "letterbox")) for i in ids]
+    )
+    for role in ("cat", "query"):
+        sigs = []
+        for r, target in zip(cf[f"{role}_row"].astype(int), cf[f"{role}_hue"].astype(int), strict=True):
+            lb = np.asarray(_fit(decode_rgb(DOMAINS[domain] / ids[r]), 224, "letterbox"), np.uint8)
+            hue, _ = dominant_hue(lb)
+            shifted = Image.fromarray(hue_shift(lb, target - hue))
+            sigs.append(colour_signature(np.asarray(_fit(shifted, COLOUR_DECODE_SIZE, "letterbox"))))
+        out[f"{role}_colour"] = np.stack(sigs)
+    print(f"  {domain}: signatures recomputed in {time.perf_counter() - t0:.0f}s", flush=True)
+    return out
+
+
 def part_colour(args: argparse.Namespace) -> None:
     cache = Path(args.cache)
     feat = args.colour_features
@@ -666,6 +696,8 @@ def part_colour(args: argparse.Namespace) -> None:
     for domain in args.domains.split(","):
         D = Domain(domain, cache)
         cf = colour_features(domain, cache)
+        if args.refresh_signatures:
+            cf = refresh_signatures(domain, cache, cf)
         X = D.X(f"lite0-224:{feat}")
         cols_all = _norm(cf["colour_all"])
         C, Cc = _norm(cf[f"cat_{feat}"]), _norm(cf["cat_colour"])
@@ -882,6 +914,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma-separated row numbers of the table (plain always)")
     ap.add_argument("--colour-features", default="cc_avg", help="CNN features of the colour protocol")
     ap.add_argument("--colour-pca", type=int, default=128, help="search-space PCA of the colour protocol")
+    ap.add_argument(
+        "--refresh-signatures",
+        action="store_true",
+        help="colour: recompute the signatures with the current code",
+    )
     ap.add_argument(
         "--new-options", default="resize=center-crop,pooling=pooled", help="new default extractor"
     )
