@@ -82,7 +82,7 @@ def fmap_session(name: str, quantized: bool = False, threads: int = 2) -> Any:
     from varsitysrch import get_extractor
     from varsitysrch._extractors import _session, onnx_model_bytes
 
-    ex = get_extractor(name, quantized=quantized) if quantized else get_extractor(name)
+    ex = get_extractor(name, quantized=quantized)  # explicit: the default extractor is int8 now
     m = onnx.load_from_string(onnx_model_bytes(ex))
     gap = next(n for n in m.graph.node if n.op_type == "GlobalAveragePool")
     m.graph.output.append(onnx.helper.make_tensor_value_info(gap.input[0], onnx.TensorProto.FLOAT, None))
@@ -745,7 +745,7 @@ def part_colour(args: argparse.Namespace) -> None:
 
 
 # ====================================================================== extraction speed
-OLD_DEFAULT = {"resize": "center-crop", "pooling": "gem"}
+OLD_DEFAULT = {"resize": "center-crop", "pooling": "gem", "input_size": 224, "quantized": False}
 
 
 def _options(text: str) -> dict[str, Any]:
@@ -772,7 +772,7 @@ def part_speed(args: argparse.Namespace) -> None:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(DOMAINS[domain] / ids[i], dst)
     n_img = sum(1 for _ in imgs.rglob("*.jpg"))
-    new = _options(args.new_options)
+    new = {} if args.new_options == "default" else _options(args.new_options)  # {}: the library's default
     runs: dict[str, list[float]] = {
         "old default": [],
         "new default": [],
@@ -791,10 +791,11 @@ def part_speed(args: argparse.Namespace) -> None:
             dt = time.perf_counter() - t
             runs[name].append(n_img / dt)
             if name == "new default":
-                from varsitysrch._colour import write_colour_store
+                from varsitysrch._colour import colour_store_folder, write_colour_store
 
                 t2 = time.perf_counter()
-                write_colour_store(out)
+                if not (colour_store_folder(out) / "store.json").exists():  # extract_features writes it
+                    write_colour_store(out)
                 runs["new default + colour signatures"].append(n_img / (dt + time.perf_counter() - t2))
             shutil.rmtree(out, ignore_errors=True)
             print(f"  run {rep} {name}: {n_img / dt:.1f} img/s", flush=True)
@@ -811,9 +812,9 @@ def part_speed(args: argparse.Namespace) -> None:
 
 # ====================================================================== the same protocols through evaluate()
 API_FEATURES = {
-    "plain": ("lb_avg", {"resize": "letterbox", "pooling": "pooled"}),
-    "old": ("cc_gem", {"resize": "center-crop", "pooling": "gem"}),
-    "new": ("cc_avg", {"resize": "center-crop", "pooling": "pooled"}),
+    "plain": ("lb_avg", {"resize": "letterbox", "pooling": "pooled", "input_size": 224, "quantized": False}),
+    "old": ("cc_gem", {"resize": "center-crop", "pooling": "gem", "input_size": 224, "quantized": False}),
+    "new": ("cc_avg", {"resize": "center-crop", "pooling": "pooled", "input_size": 224, "quantized": False}),
 }
 
 
@@ -875,13 +876,14 @@ def part_api(args: argparse.Namespace) -> None:
                         flush=True,
                     )
         cat, qcsv = cross_domain_protocol(domain, base / "cross")
-        new = "efficientnet-lite0:resize=center-crop,pooling=pooled,quantized=true"
+        fp224 = "input_size=224,quantized=false"
         cfgs = [
-            "efficientnet-lite0:resize=letterbox,pooling=pooled+pca=0+qe=0",  # plain
-            "efficientnet-lite0:resize=center-crop,pooling=gem+qe=0",  # old default
-            new + "+qe=2",  # new default
-            new + "+qe=2+crops",  # + multi-crop queries (opt-in)
-            new + "+qe=2+colour=0.15",  # + "match colour"
+            f"efficientnet-lite0:resize=letterbox,pooling=pooled,{fp224}+pca=0+qe=0",  # plain
+            f"efficientnet-lite0:resize=center-crop,pooling=gem,{fp224}+qe=0",  # old default
+            "efficientnet-lite0+qe=0",  # the library's default now
+            "efficientnet-lite0+qe=0+crops",  # + multi-crop queries (opt-in)
+            "efficientnet-lite0+qe=0+colour=0.15",  # + "match colour"
+            "efficientnet-lite0+qe=2",  # + opt-in query expansion
         ]
         rep = evaluate(
             cat,
