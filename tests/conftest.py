@@ -43,6 +43,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_graph_built() -> None:
+    """The default extractor is int8 (docs/quality.md): quantise it once, into the session cache."""
+    from varsitysrch import get_extractor
+    from varsitysrch._extractors import onnx_model_bytes
+
+    with contextlib.suppress(Exception):  # a missing weights package is the tests' business
+        onnx_model_bytes(get_extractor())
+
+
 @pytest.fixture(scope="session")
 def session_cache() -> Path:
     """The session's cache folder (``$VARSITYSRCH_CACHE`` for every test)."""

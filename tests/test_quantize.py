@@ -33,7 +33,7 @@ def test_synthetic_calibration_is_deterministic_and_varied() -> None:
 
 def test_calibration_from_folder_array_or_paths(synth_catalogue) -> None:
     root, _ = synth_catalogue
-    ex = dataclasses.replace(get_extractor(), input_size=32)
+    ex = dataclasses.replace(get_extractor(quantized=False), input_size=32)
     from_folder = _calibration_batch(root, ex, limit=5)
     assert from_folder.shape == (5, 32, 32, 3) and from_folder.dtype == np.uint8
     paths = [root / p for p in list_images(root)[:3]]
@@ -52,8 +52,8 @@ def test_calibration_from_folder_array_or_paths(synth_catalogue) -> None:
 
 @pytest.fixture(scope="module")
 def models() -> tuple[bytes, bytes, object]:
-    ex = dataclasses.replace(get_extractor(), input_size=SIZE)
-    fp32 = onnx_model_bytes(get_extractor())
+    ex = dataclasses.replace(get_extractor(quantized=False), input_size=SIZE)
+    fp32 = onnx_model_bytes(get_extractor(quantized=False))
     int8 = quantize_static_int8(fp32, ex, calibration=synthetic_calibration_images(8, SIZE))
     return fp32, int8, ex
 
@@ -87,6 +87,6 @@ def test_int8_runs_and_stays_close_to_fp32(models, synth_catalogue) -> None:
 
 
 def test_quantized_extractor_is_a_different_identity(tmp_path: Path) -> None:
-    a = get_extractor()
+    a = get_extractor(quantized=False)
     b = get_extractor(quantized=True)
     assert not a.compatible_with(b.identity())

@@ -34,7 +34,7 @@ def _photo(cls: str, i: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def lite0() -> Embedder:
-    return Embedder(get_extractor("efficientnet-lite0"), threads=2)
+    return Embedder(get_extractor("efficientnet-lite0", quantized=False), threads=2)
 
 
 def _top5(emb: Embedder, paths: list[Path]) -> list[set[int]]:
@@ -170,7 +170,7 @@ def test_unknown_extractor_is_a_clear_error() -> None:
 
 
 def test_extractor_identity_mismatch_is_reported() -> None:
-    a = get_extractor("efficientnet-lite0")
+    a = get_extractor("efficientnet-lite0", quantized=False)
     b = get_extractor("efficientnet-lite0", resize="squash")
     with pytest.raises(IncompatibleFeaturesError, match="resize"):
         a.check_compatible(b.identity(), "the store")
@@ -213,7 +213,7 @@ def test_replaced_cached_graph_is_rebuilt_not_trusted(fresh_cache: Path) -> None
     from varsitysrch import _nets
     from varsitysrch._extractors import _lite0_weights, _load_state_dict
 
-    ex = get_extractor("efficientnet-lite0")
+    ex = get_extractor("efficientnet-lite0", quantized=False)
     batch = _two_photos()
     true = Embedder(ex, threads=2).embed(batch)
     (graph,) = _cached_graphs(fresh_cache)
@@ -232,7 +232,7 @@ def test_replaced_cached_graph_is_rebuilt_not_trusted(fresh_cache: Path) -> None
 
 @pytest.mark.parametrize("garbage", [b"", b"not an onnx graph\n" * 50, None])
 def test_garbage_cached_graph_is_rebuilt(fresh_cache: Path, garbage: bytes | None) -> None:
-    ex = get_extractor("efficientnet-lite0")
+    ex = get_extractor("efficientnet-lite0", quantized=False)
     batch = _two_photos()
     true = Embedder(ex, threads=2).embed(batch)
     (graph,) = _cached_graphs(fresh_cache)
@@ -249,7 +249,7 @@ def test_garbage_graph_with_matching_checksum_is_rebuilt(fresh_cache: Path) -> N
     import hashlib
     import json
 
-    ex = get_extractor("efficientnet-lite0")
+    ex = get_extractor("efficientnet-lite0", quantized=False)
     batch = _two_photos()
     true = Embedder(ex, threads=2).embed(batch)
     (graph,) = _cached_graphs(fresh_cache)
@@ -267,7 +267,7 @@ def test_graph_cache_key_follows_graph_version_and_builder_source(
 ) -> None:
     from varsitysrch import _extractors, _nets
 
-    ex = get_extractor("efficientnet-lite0")
+    ex = get_extractor("efficientnet-lite0", quantized=False)
     assert ex.graph_version == _nets.GRAPH_VERSION and ex.identity()["graph_version"] == _nets.GRAPH_VERSION
     p1 = _extractors.graph_cache_path(ex)
     assert p1.parent == fresh_cache / "models"
@@ -283,7 +283,7 @@ def test_vectors_from_another_graph_version_are_refused(fresh_cache: Path) -> No
     # a store (or model) recorded graph version N; this code builds N+1: re-extract, do not mix
     from varsitysrch import IncompatibleError, _nets
 
-    ex = get_extractor("efficientnet-lite0")
+    ex = get_extractor("efficientnet-lite0", quantized=False)
     old = Extractor.from_identity({**ex.identity(), "graph_version": _nets.GRAPH_VERSION + 7})
     with pytest.raises(IncompatibleError, match="graph version"):
         Embedder(old)
@@ -322,6 +322,6 @@ def test_unwritable_cache_still_embeds(tmp_path: Path, monkeypatch: pytest.Monke
     blocker = tmp_path / "cache"
     blocker.write_text("a file, not a folder")
     monkeypatch.setenv("VARSITYSRCH_CACHE", str(blocker))
-    ex = get_extractor("efficientnet-lite0")
+    ex = get_extractor("efficientnet-lite0", quantized=False)
     e = Embedder(ex, threads=2).embed(_two_photos())
     assert e.shape == (2, 1280) and blocker.read_text() == "a file, not a folder"

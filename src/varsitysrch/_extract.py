@@ -458,6 +458,12 @@ def _extract_locked(
         chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
         commit(out, final_ids, new_stamps, chunks, header)
     parts.clear()
+    try:  # the colour signatures beside the vectors (docs/quality.md); unchanged images keep theirs
+        from ._colour import write_colour_store
+
+        write_colour_store(out, root)
+    except Exception as exc:  # never lose an extraction over its colour sidecar
+        log.warning("colour signatures of %s not written: %s", out, exc)
     res = ExtractionResult(
         out,
         len(final_ids),

@@ -107,10 +107,16 @@ def synthetic_calibration_images(
     return out
 
 
+#: the synthetic calibration images of a built-in graph are made at this size whatever the
+#: extractor's input size: the cached int8 graph is keyed without the input size, so it must not
+#: depend on it (the graph measured in docs/quality.md was calibrated at 224 px)
+SYNTHETIC_SIZE = 224
+
+
 def _calibration_batch(calibration: CalibrationSource, ex: Extractor, limit: int) -> np.ndarray:
     size = ex.input_size
     if calibration is None:
-        return synthetic_calibration_images(N_SYNTHETIC, size)
+        return synthetic_calibration_images(N_SYNTHETIC, size if ex.onnx_path else SYNTHETIC_SIZE)
     if isinstance(calibration, np.ndarray):
         arr = calibration
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (size, size, 3):

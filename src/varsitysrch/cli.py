@@ -640,6 +640,14 @@ def eval_(
         "eval"
     ),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    queries_dir: Annotated[
+        Path | None,
+        typer.Option(help="A separate labelled query set (shoppers' photos); labels = sub-folders."),
+    ] = None,
+    queries_csv: Annotated[
+        Path | None,
+        typer.Option(help="CSV image,label of the query set (paths relative to --queries-dir or IMG_DIR)."),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -666,6 +674,8 @@ def eval_(
         out_dir=out,
         random_state=seed,
         show_progress=_bars(),
+        queries_dir=queries_dir,
+        queries_csv=queries_csv,
     )
     typer.echo(rep.to_markdown())
     _say(f"written to {out}/")
