@@ -137,3 +137,87 @@ def test_not_fitted_and_too_small() -> None:
         ScoreCalibrator().confidence(0.5)
     with pytest.raises(InvalidArgumentError, match="at least 2"):
         ScoreCalibrator().fit(_clusters(1, 0))
+
+
+# ---------------------------------------------------------------- in the model file and the Searcher
+def test_trained_model_carries_calibration_and_hits_carry_confidence(synth_model: tuple) -> None:  # type: ignore[type-arg]
+    from varsitysrch import Searcher
+    from varsitysrch._modelfile import load_model
+
+    model, csv = synth_model
+    cal = ScoreCalibrator.from_dict(load_model(model).config["confidence"])
+    s = Searcher(model, csv)
+    assert s.calibration is not None and s.calibration.n_reference_ == cal.n_reference_
+    hits = s.search_id(s.ids[0], 5, include_self=False)
+    for h in hits:
+        assert h.confidence is not None and 0.0 <= h.confidence <= 1.0
+        assert h.match in WORDS and h.close == (h.confidence >= cal.cutoff)
+        d = h.to_dict()
+        assert {"confidence", "match", "close"} <= set(d)
+    conf = [h.confidence for h in hits]
+    # confidence follows the plain cosine of query and hit, which the ranking order need not follow exactly
+    raw = [float(np.asarray(s.vectors[s.ids.index(h.image)], np.float32) @ s.vectors[0]) for h in hits]
+    assert np.all(np.diff(conf)[np.diff(raw) <= 0] <= 1e-9)
+
+
+def test_min_confidence_and_min_score_filter_and_renumber(synth_model: tuple) -> None:  # type: ignore[type-arg]
+    from varsitysrch import Searcher
+
+    model, csv = synth_model
+    s = Searcher(model, csv)
+    v = np.asarray(s.vectors[3], np.float32)
+    every = s.search_vector(v, 10)
+    cut = sorted(h.confidence for h in every)[5]  # type: ignore[type-var]
+    kept = s.search_vector(v, 10, min_confidence=cut)
+    assert [h.image for h in kept] == [h.image for h in every if h.confidence >= cut]  # type: ignore[operator]
+    assert [h.rank for h in kept] == list(range(1, len(kept) + 1))
+    floor = every[4].score
+    by_score = s.search_vector(v, 10, min_score=floor)
+    assert [h.image for h in by_score] == [h.image for h in every if h.score >= floor]
+    far = -v  # the opposite of a catalogue image: nothing is close
+    assert s.search_vector(far, 5, min_confidence=s.calibration.cutoff) == []  # type: ignore[union-attr]
+    for bad in ({"min_confidence": 1.5}, {"min_confidence": "x"}, {"min_score": -2.0}, {"min_score": True}):
+        with pytest.raises(InvalidArgumentError):
+            s.search_vector(v, 5, **bad)  # type: ignore[arg-type]
+
+
+def test_tampered_calibration_in_model_file_is_refused(synth_model: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    import zipfile
+
+    from varsitysrch._modelfile import load_model
+
+    model, _ = synth_model
+    bad = tmp_path / "bad.vsm"
+    with zipfile.ZipFile(model) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "model.json":
+                cfg = json.loads(data)
+                cfg["confidence"]["quantiles"] = cfg["confidence"]["quantiles"][::-1]
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+    with pytest.raises(ModelFileError, match="confidence"):
+        load_model(bad)
+
+
+def test_model_without_calibration_still_searches(synth_model: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    import zipfile
+
+    from varsitysrch import Searcher
+
+    model, _ = synth_model
+    old = tmp_path / "old.vsm"
+    with zipfile.ZipFile(model) as zin, zipfile.ZipFile(old, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "model.json":
+                cfg = json.loads(data)
+                del cfg["confidence"]
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+    s = Searcher(old)
+    hits = s.search_vector(np.asarray(s.vectors[0], np.float32), 3)
+    assert hits and all(h.confidence is None and h.match is None and h.close is None for h in hits)
+    with pytest.raises(InvalidArgumentError, match="min_confidence"):
+        s.search_vector(np.asarray(s.vectors[0], np.float32), 3, min_confidence=0.5)
+    assert len(s.search_vector(np.asarray(s.vectors[0], np.float32), 3, min_score=0.0)) >= 1

@@ -54,7 +54,11 @@ def test_results_are_ranked_scored_and_complete(searcher: Searcher, synth_catalo
         "cluster",
         "rank",
         "path",
+        "confidence",
+        "match",
+        "close",
     }
+    assert 0.0 <= hits[0].confidence <= 1.0 and hits[0].match in {"very similar", "similar", "loosely related"}
 
 
 def test_same_class_first(searcher: Searcher, synth_catalogue) -> None:

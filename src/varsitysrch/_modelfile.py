@@ -292,6 +292,13 @@ def _check_config(p: Path, cfg: Any) -> dict[str, Any]:
         raise _bad(p, f"extractor 'name' must be a string; got {ex['name']!r}")
     if "ivf" in cfg:
         _need_int(p, cfg["ivf"], "nprobe", 1, cfg["n_images"])
+    if "confidence" in cfg:
+        from ._confidence import ScoreCalibrator
+
+        try:
+            ScoreCalibrator.from_dict(cfg["confidence"])
+        except ModelFileError as exc:
+            raise _bad(p, str(exc)) from None
     if cfg.get("image_root") is not None and not isinstance(cfg["image_root"], str):
         raise _bad(p, f"model.json 'image_root' must be a string; got {cfg['image_root']!r}")
     return cfg

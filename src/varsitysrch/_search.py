@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extractors import Embedder, Extractor, query_extractor
 from ._images import ImageSource, load_image
@@ -64,20 +65,41 @@ class Hit(str):
         rank: 1-based rank.
         path: the file, when the search was given the catalogue's ``image_root`` (and the file
             stays inside it); otherwise ``None``.
+        confidence: 0-1, the percentile of the hit's plain cosine to the query among the
+            catalogue's own nearest-neighbour scores (:mod:`varsitysrch._confidence`); ``None``
+            with a model trained before confidence existed.
+        match: ``"very similar"``, ``"similar"`` or ``"loosely related"`` (``None`` likewise).
+        close: whether ``confidence`` reaches the model's cut-off (``None`` likewise).
     """
 
     score: float
     cluster: int
     rank: int
     path: str | None
+    confidence: float | None
+    match: str | None
+    close: bool | None
 
-    def __new__(cls, image: str, score: float, cluster: int, rank: int, path: str | None = None) -> Hit:
+    def __new__(
+        cls,
+        image: str,
+        score: float,
+        cluster: int,
+        rank: int,
+        path: str | None = None,
+        confidence: float | None = None,
+        match: str | None = None,
+        close: bool | None = None,
+    ) -> Hit:
         self = super().__new__(cls, image)
         for name, value in (
             ("score", float(score)),
             ("cluster", int(cluster)),
             ("rank", int(rank)),
             ("path", None if path is None else str(path)),
+            ("confidence", None if confidence is None else float(confidence)),
+            ("match", None if match is None else str(match)),
+            ("close", None if close is None else bool(close)),
         ):
             object.__setattr__(self, name, value)
         return self
@@ -98,7 +120,10 @@ class Hit(str):
         return f"Hit({self.image!r}, score={self.score:.3f}, rank={self.rank}, cluster={self.cluster}{where})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Hit, (self.image, self.score, self.cluster, self.rank, self.path))
+        return (Hit, (self.image, self.score, self.cluster, self.rank, self.path, *self._confidence()))
+
+    def _confidence(self) -> tuple[float | None, str | None, bool | None]:
+        return self.confidence, self.match, self.close
 
     def __copy__(self) -> Hit:
         return self
@@ -108,16 +133,20 @@ class Hit(str):
 
     def with_rank(self, rank: int) -> Hit:
         """The same hit at another rank (results re-ranked after filtering or merging)."""
-        return Hit(self.image, self.score, self.cluster, rank, self.path)
+        return Hit(self.image, self.score, self.cluster, rank, self.path, *self._confidence())
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"image", "score", "cluster", "rank", "path"}`` with plain values (for JSON records)."""
+        """``{"image", "score", "cluster", "rank", "path", "confidence", "match", "close"}`` with plain
+        values (for JSON records)."""
         return {
             "image": self.image,
             "score": self.score,
             "cluster": self.cluster,
             "rank": self.rank,
             "path": self.path,
+            "confidence": self.confidence,
+            "match": self.match,
+            "close": self.close,
         }
 
 
@@ -176,6 +205,9 @@ class Searcher:
         # large catalogues carry a faiss IVF (see _index): search goes through it, vectors stay memory-mapped
         self._ivf = IVFSearch.from_model(mf, vectors)
         self.vectors = vectors if self._ivf is not None else np.ascontiguousarray(vectors, dtype=np.float32)
+        #: hits' confidence: the calibration stored by train_clusters (None: a model from before it)
+        cal = self.config.get("confidence")
+        self.calibration: ScoreCalibrator | None = ScoreCalibrator.from_dict(cal) if cal is not None else None
         if self.vectors.shape != (len(self.ids), int(self.config["dim"])):
             raise IncompatibleModelError(
                 f"index has shape {self.vectors.shape}, model expects ({len(self.ids)}, {self.config['dim']})"
@@ -296,10 +328,25 @@ class Searcher:
         return self._order[self._offsets[cluster] : self._offsets[cluster + 1]]
 
     def search(
-        self, query: ImageSource, top_n: int = 10, *, nprobe: int | None = None, exact: bool = False
+        self,
+        query: ImageSource,
+        top_n: int = 10,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
+        min_confidence: float | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
-        """The ``top_n`` catalogue images most similar to ``query``, best first."""
-        return self.search_vector(self.embed(query), top_n, nprobe=nprobe, exact=exact)
+        """The ``top_n`` catalogue images most similar to ``query``, best first.
+
+        ``min_confidence`` / ``min_score``: only hits at or above them come back (fewer than
+        ``top_n``, possibly none: "no close match"); ``min_confidence=searcher.calibration.cutoff``
+        keeps the ``close`` hits.
+        """
+        return self.search_vector(
+            self.embed(query), top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence,
+            min_score=min_score,
+        )  # fmt: skip
 
     def search_id(
         self,
@@ -309,14 +356,17 @@ class Searcher:
         nprobe: int | None = None,
         exact: bool = False,
         include_self: bool = True,
+        min_confidence: float | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """Search with a catalogue image (by id) as the query."""
         j = self._id_index.get(image_id)
         if j is None:
             raise InvalidArgumentError(f"image_id {image_id!r} is not in the catalogue")
         hits = self.search_vector(
-            self.vectors[j], top_n + (0 if include_self else 1), nprobe=nprobe, exact=exact
-        )
+            self.vectors[j], top_n + (0 if include_self else 1), nprobe=nprobe, exact=exact,
+            min_confidence=min_confidence, min_score=min_score,
+        )  # fmt: skip
         if not include_self:
             hits = [h for h in hits if h.image != image_id][:top_n]
             hits = [h.with_rank(r) for r, h in enumerate(hits, 1)]
@@ -331,14 +381,19 @@ class Searcher:
         exact: bool = False,
         expand: int | None = None,
         exclude: Collection[int] = (),
+        min_confidence: float | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """Search by vector. ``expand``: alpha-QE neighbours (``None``: the Searcher's
-        ``query_expansion``); ``exclude``: catalogue rows never returned nor used to expand."""
+        ``query_expansion``); ``exclude``: catalogue rows never returned nor used to expand;
+        ``min_confidence`` / ``min_score``: see :meth:`search`."""
         if isinstance(top_n, bool) or not isinstance(top_n, int | np.integer) or top_n < 1:
             raise InvalidArgumentError(f"top_n must be a positive integer; got {top_n!r}")
+        self._check_minimums(min_confidence, min_score)
         v = np.asarray(vector, np.float32).reshape(-1)
         if v.shape[0] != self.vectors.shape[1]:
             raise IncompatibleModelError(f"query has dim {v.shape[0]}, the index has {self.vectors.shape[1]}")
+        q0 = v  # the query as given: each hit's confidence is measured on its plain cosine to it
         vs = v if self._space is None else to_search_space(v, *self._space)  # the query in the ranking space
         qe = self.query_expansion if expand is None else expand
         if qe:  # alpha-QE: scores are then cosines to the expanded query
@@ -351,7 +406,8 @@ class Searcher:
         if self._ivf is not None:  # IVF mode: nprobe counts IVF lists; hits report their K-means cluster
             found, sims = self._ivf.search(v, top_n + len(exclude), nprobe=nprobe, exact=exact)
             kept = [(r, s) for r, s in zip(found, sims, strict=True) if int(r) not in exclude][:top_n]
-            return [self._hit(int(r), float(s), i) for i, (r, s) in enumerate(kept, 1)]
+            hits = [self._hit(int(r), float(s), i, q0) for i, (r, s) in enumerate(kept, 1)]
+            return self._keep(hits, min_confidence, min_score)
         rows = self.candidates(v, top_n + len(exclude), nprobe=nprobe, exact=exact)
         if len(exclude):
             rows = rows[~np.isin(rows, np.fromiter(exclude, np.int64))]
@@ -360,7 +416,34 @@ class Searcher:
         n = min(top_n, len(rows))
         top = np.argpartition(-scores, n - 1)[:n] if n < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((rows[top], -scores[top]))]  # by score, ties by catalogue order
-        return [self._hit(int(rows[t]), float(scores[t]), r) for r, t in enumerate(top, 1)]
+        hits = [self._hit(int(rows[t]), float(scores[t]), r, q0) for r, t in enumerate(top, 1)]
+        return self._keep(hits, min_confidence, min_score)
+
+    def _check_minimums(self, min_confidence: float | None, min_score: float | None) -> None:
+        for name, v, lo in (("min_confidence", min_confidence, 0.0), ("min_score", min_score, -1.0)):
+            if v is None:
+                continue
+            number = isinstance(v, int | float | np.floating) and not isinstance(v, bool)
+            if not number or not lo <= float(v) <= 1.0:  # NaN fails too
+                raise InvalidArgumentError(f"{name} must be a number in [{lo:g}, 1]; got {v!r}")
+        if min_confidence is not None and self.calibration is None:
+            raise InvalidArgumentError(
+                "min_confidence needs a model with a confidence calibration (trained by this version); "
+                "retrain with train_clusters, or use min_score"
+            )
+
+    @staticmethod
+    def _keep(hits: list[Hit], min_confidence: float | None, min_score: float | None) -> list[Hit]:
+        """The hits at or above ``min_confidence`` / ``min_score``, ranks renumbered."""
+        if min_confidence is None and min_score is None:
+            return hits
+        kept = [
+            h
+            for h in hits
+            if (min_score is None or h.score >= min_score)
+            and (min_confidence is None or (h.confidence is not None and h.confidence >= min_confidence))
+        ]
+        return [h.with_rank(r) for r, h in enumerate(kept, 1)]
 
     def candidates(
         self, v: np.ndarray, top_n: int, *, nprobe: int | None = None, exact: bool = False
@@ -405,16 +488,27 @@ class Searcher:
         rows = int(sum(self._offsets[c + 1] - self._offsets[c] for c in used))
         return f"searched {len(used)} of {self.k} clusters, {rows:,} of {n:,} images"
 
-    def _hit(self, row: int, score: float, rank: int) -> Hit:
+    def _hit(self, row: int, score: float, rank: int, query: np.ndarray | None = None) -> Hit:
         rel = self.ids[row]
         file = resolve_image(self.image_root, rel)
         path = str(file) if file is not None else None
+        conf: float | None = None
+        match: str | None = None
+        close: bool | None = None
+        if self.calibration is not None and query is not None:
+            # the plain cosine: the ranking space (this catalogue's PCA) makes photos from elsewhere
+            # look close (docs/insight.md)
+            c = float(self.calibration.confidence(float(np.asarray(self.vectors[row], np.float32) @ query)))
+            conf, match, close = round(c, 4), self.calibration.words(c)[0], c >= self.calibration.cutoff
         return Hit(
             rel,
             min(score, 1.0) if score > 1.0 and score < 1.0 + 1e-3 else score,
             int(self.labels[row]),
             rank,
             path,
+            conf,
+            match,
+            close,
         )
 
 
@@ -436,8 +530,12 @@ def search_similar_images(
     exact: bool = False,
     image_root: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
+    min_confidence: float | None = None,
+    min_score: float | None = None,
 ) -> list[Hit]:
     """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
+
+    ``min_confidence`` / ``min_score`` drop hits below them (see :meth:`Searcher.search`).
 
     Each result is a :class:`Hit`: the image's id (its path relative to the catalogue folder)
     as a ``str``, so it prints, joins and serialises as that path, with ``rank``, ``score``,
@@ -454,7 +552,9 @@ def search_similar_images(
     r = str(Path(image_root).resolve()) if image_root is not None else None
     searcher = _cached_searcher(m, c, r, stat_stamp(m, c))
     v = searcher.embed(image_path)
-    hits = searcher.search_vector(v, top_n, nprobe=nprobe, exact=exact)
+    hits = searcher.search_vector(
+        v, top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score
+    )
     note = searcher.scan_note(v, top_n, nprobe=nprobe, exact=exact)
     plural = "" if len(hits) == 1 else "s"
     say(log, f"Found {len(hits)} similar image{plural} ({note}).", show_progress)

@@ -84,11 +84,15 @@ class SearchIndex:
     search_pca: tuple[np.ndarray, np.ndarray] | None  #: (mean, components) of the ranking space
     search_vectors: np.ndarray | None  #: the catalogue in the ranking space, float32
     ivf: IVFParts | None
+    #: the confidence calibration (:class:`~varsitysrch._confidence.ScoreCalibrator` as JSON); None: keep
+    confidence: dict[str, Any] | None = None
 
     def apply(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Write this index into a model's ``config`` and ``arrays`` (stale entries removed)."""
         if self.nprobe is not None:
             config["nprobe"], config["recall_curve"] = int(self.nprobe), self.recall_curve
+        if self.confidence is not None:
+            config["confidence"] = self.confidence
         for name in ("search_mean", "search_components", "search_vectors", "ivf_centroids", "ivf_lists"):
             arrays.pop(name, None)
         config.pop("search_pca", None)
@@ -149,7 +153,13 @@ def build_search_index(
         nprobe,
         f", IVF {parts.nlist} lists" if parts is not None else "",
     )
-    return SearchIndex(nprobe, curve, space, ranking, parts)
+    confidence = None
+    if calibrate:  # hits' confidence: percentiles of the catalogue's own nearest-neighbour scores
+        from ._confidence import ScoreCalibrator
+
+        cal = ScoreCalibrator(2000 if n <= 200_000 else 500, random_state=random_state)
+        confidence = cal.fit(vectors, ranking=ranking).to_dict()
+    return SearchIndex(nprobe, curve, space, ranking, parts, confidence)
 
 
 def _space(
