@@ -58,7 +58,8 @@ def test_results_are_ranked_scored_and_complete(searcher: Searcher, synth_catalo
         "match",
         "close",
     }
-    assert 0.0 <= hits[0].confidence <= 1.0 and hits[0].match in {"very similar", "similar", "loosely related"}
+    assert hits[0].confidence is not None and 0.0 <= hits[0].confidence <= 1.0
+    assert hits[0].match in {"very similar", "similar", "loosely related"}
 
 
 def test_same_class_first(searcher: Searcher, synth_catalogue) -> None:
