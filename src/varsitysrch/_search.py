@@ -32,6 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from ._colour import (
+    COLOUR_DECODE_SIZE,
+    check_colour_weight,
+    colour_signature,
+    combine_scores,
+    load_colour_signatures,
+)
 from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extractors import Embedder, Extractor, query_extractor
@@ -43,9 +50,13 @@ from ._modelfile import ModelFile, load_model, read_assignments_kind
 from ._paths import resolve_image
 from ._postprocess import expand_query, to_search_space
 from ._progress import say
+from ._query import decode_rgb, merge_view_hits, parse_views, query_views
 from ._store import FeatureStore
 
 log = logging.getLogger(__name__)
+
+#: with a colour weight, the colour signature re-scores the top ``COLOUR_POOL * top_n`` by cosine
+COLOUR_POOL = 5
 
 
 class Hit(str):
@@ -162,6 +173,8 @@ class Searcher:
             their file's ``path`` (resolved inside it, see :func:`varsitysrch._paths.resolve_image`).
             ``None``: no paths.  A folder recorded in the model or store is never used.
         query_expansion: alpha-QE neighbours (``None``: the model's value; 0: off).
+        colour_weight: default weight of the product's colour in the score, in ``[0, 1]``
+            (needs the colour signatures ``extract_features`` stores in ``<features>/colour``).
         features_folder: the feature store of a model whose index is not embedded (default:
             the one recorded in the model, only if it lies in the model file's folder).
         extractor: the extractor queries are embedded with (a name, ``"onnx:PATH"`` or an
@@ -181,8 +194,13 @@ class Searcher:
         query_expansion: int | None = None,
         features_folder: str | os.PathLike[str] | None = None,
         extractor: str | Extractor | None = None,
+        colour_weight: float = 0.0,
     ) -> None:
         self._features = Path(features_folder) if features_folder is not None else None
+        #: weight of the product's colour in the score, ``(1 - w) cosine + w colour similarity``
+        #: (0: the CNN cosine only; "match colour" = 0.15, measured in docs/quality.md)
+        self.colour_weight = check_colour_weight(colour_weight)
+        self._colours: np.ndarray | None = None
         if query_expansion is not None and (
             isinstance(query_expansion, bool) or not isinstance(query_expansion, int) or query_expansion < 0
         ):
@@ -267,7 +285,7 @@ class Searcher:
                 "or different clusters); use the CSV written with this model"
             )
 
-    def _store_vectors(self) -> np.ndarray:
+    def _store_candidates(self) -> list[Path]:
         feats = self.config.get("features", {})
         rel = feats.get("relative_path")
         home = self.model_path.resolve().parent
@@ -278,6 +296,10 @@ class Searcher:
             # the recorded store is used only inside the model file's folder (a model file
             # never points the Searcher elsewhere); anywhere else the operator names it
             cands = [(home / rel).resolve()]
+        return cands
+
+    def _store_vectors(self) -> np.ndarray:
+        cands = self._store_candidates()
         for c in cands:
             if (c / "store.json").exists():
                 store = FeatureStore.open(c)
@@ -324,6 +346,78 @@ class Searcher:
         arr = load_image(query, ex.input_size, ex.resize)
         return self.embedder.embed(arr[None])[0]
 
+    def embed_views(self, query: ImageSource, views: str | None = None) -> np.ndarray:
+        """Unit vectors ``[V, dim]`` of the query's views: ``None`` the image itself, ``"crops"`` it
+        and five 70 % crops, ``"flip"`` / ``"crops+flip"`` with mirrors (:mod:`varsitysrch._query`)."""
+        crops, flip = parse_views(views)
+        if not (crops or flip):
+            return self.embed(query)[None]
+        ex = self.embedder.extractor
+        batch = query_views(decode_rgb(query), ex.input_size, ex.resize, crops=crops, flip=flip)
+        return self.embedder.embed(batch)
+
+    def query_colour(self, query: ImageSource) -> np.ndarray:
+        """The colour signature of a query image (decoded as the catalogue's were)."""
+        return colour_signature(load_image(query, COLOUR_DECODE_SIZE, "letterbox"))
+
+    def colour_signatures(self) -> np.ndarray:
+        """The catalogue's colour signatures, rows in ``ids`` order (read once from ``<features>/colour``)."""
+        if self._colours is None:
+            for c in self._store_candidates():
+                sig = load_colour_signatures(c, self.ids)
+                if sig is not None:
+                    self._colours = sig
+                    break
+            else:
+                raise FeatureStoreError(
+                    "colour_weight > 0 needs the catalogue's colour signatures, which extract_features "
+                    "writes to <features>/colour; none were found for this model's images (re-run "
+                    "extract_features on the catalogue, and pass features_folder= / --features if the "
+                    "store is not beside the model)"
+                )
+        return self._colours
+
+    def search_views(
+        self,
+        vectors: np.ndarray,
+        top_n: int = 10,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
+        colour: np.ndarray | None = None,
+        colour_weight: float | None = None,
+        min_confidence: float | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """Search with one or more vectors of a query (``[V, dim]``), optionally matching colour.
+
+        Each catalogue image keeps its best view (:func:`varsitysrch._query.merge_view_hits`);
+        with a colour weight ``w`` the top ``COLOUR_POOL * top_n`` are re-scored by
+        ``(1 - w) cosine + w colour similarity`` (``colour``: the query's signature,
+        :meth:`query_colour`), which becomes the hits' ``score``.
+        """
+        w = self.colour_weight if colour_weight is None else check_colour_weight(colour_weight)
+        V = np.asarray(vectors, np.float32).reshape(-1, self.vectors.shape[1])
+        if w == 0 and len(V) == 1:
+            return self.search_vector(
+                V[0], top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score
+            )
+        if w > 0 and colour is None:
+            raise InvalidArgumentError(
+                "colour_weight > 0 needs the query's colour signature: search by image, or pass "
+                "colour=Searcher.query_colour(image)"
+            )
+        pool = top_n * COLOUR_POOL if w > 0 else top_n
+        hits = merge_view_hits([self.search_vector(v, pool, nprobe=nprobe, exact=exact) for v in V], pool)
+        if w > 0 and hits:
+            rows = np.array([self._id_index[h.image] for h in hits])
+            mixed = combine_scores(
+                np.array([h.score for h in hits], np.float32), self.colour_signatures()[rows] @ colour, w
+            )
+            order = np.argsort(-mixed, kind="stable")
+            hits = [_rescored(hits[j], float(mixed[j]), r) for r, j in enumerate(order, 1)]
+        return self._keep(hits[:top_n], min_confidence, min_score)
+
     def members(self, cluster: int) -> np.ndarray:
         return self._order[self._offsets[cluster] : self._offsets[cluster + 1]]
 
@@ -336,16 +430,24 @@ class Searcher:
         exact: bool = False,
         min_confidence: float | None = None,
         min_score: float | None = None,
+        colour_weight: float | None = None,
+        views: str | None = None,
     ) -> list[Hit]:
         """The ``top_n`` catalogue images most similar to ``query``, best first.
+
+        ``colour_weight``: weight of the product's colour (``None``: the Searcher's); ``views``:
+        ``"crops"`` / ``"flip"`` / ``"crops+flip"`` also searches with crops / mirrors of the query,
+        each catalogue image keeping its best view (cluttered shoppers' photos; docs/quality.md).
 
         ``min_confidence`` / ``min_score``: only hits at or above them come back (fewer than
         ``top_n``, possibly none: "no close match"); ``min_confidence=searcher.calibration.cutoff``
         keeps the ``close`` hits.
         """
-        return self.search_vector(
-            self.embed(query), top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence,
-            min_score=min_score,
+        w = self.colour_weight if colour_weight is None else check_colour_weight(colour_weight)
+        return self.search_views(
+            self.embed_views(query, views), top_n, nprobe=nprobe, exact=exact,
+            colour=self.query_colour(query) if w > 0 else None, colour_weight=w,
+            min_confidence=min_confidence, min_score=min_score,
         )  # fmt: skip
 
     def search_id(
@@ -358,14 +460,17 @@ class Searcher:
         include_self: bool = True,
         min_confidence: float | None = None,
         min_score: float | None = None,
+        colour_weight: float | None = None,
     ) -> list[Hit]:
-        """Search with a catalogue image (by id) as the query."""
+        """Search with a catalogue image (by id) as the query (its stored colour signature, if weighted)."""
         j = self._id_index.get(image_id)
         if j is None:
             raise InvalidArgumentError(f"image_id {image_id!r} is not in the catalogue")
-        hits = self.search_vector(
-            self.vectors[j], top_n + (0 if include_self else 1), nprobe=nprobe, exact=exact,
-            min_confidence=min_confidence, min_score=min_score,
+        w = self.colour_weight if colour_weight is None else check_colour_weight(colour_weight)
+        hits = self.search_views(
+            np.asarray(self.vectors[j], np.float32)[None], top_n + (0 if include_self else 1),
+            nprobe=nprobe, exact=exact, colour=self.colour_signatures()[j] if w > 0 else None,
+            colour_weight=w, min_confidence=min_confidence, min_score=min_score,
         )  # fmt: skip
         if not include_self:
             hits = [h for h in hits if h.image != image_id][:top_n]
@@ -512,6 +617,13 @@ class Searcher:
         )
 
 
+def _rescored(hit: Hit, score: float, rank: int) -> Hit:
+    """``hit`` with another score (colour re-scoring) and rank, everything else kept."""
+    args = list(hit.__reduce__()[1])
+    args[1], args[3] = score, rank
+    return Hit(*args)
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_searcher(model: str, csv: str | None, root: str | None, _stamp: tuple[int, ...]) -> Searcher:
     return Searcher(model, csv, image_root=root)
@@ -532,8 +644,14 @@ def search_similar_images(
     show_progress: bool = True,
     min_confidence: float | None = None,
     min_score: float | None = None,
+    colour_weight: float = 0.0,
+    views: str | None = None,
 ) -> list[Hit]:
     """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
+
+    ``colour_weight``: how much the product's colour counts, ``(1 - w) cosine + w colour
+    similarity`` (0: not at all; 0.15 = "match colour"); ``views="crops"``: the query is also
+    searched as five 70 % crops, each catalogue image keeping its best view (shoppers' photos).
 
     ``min_confidence`` / ``min_score`` drop hits below them (see :meth:`Searcher.search`).
 
@@ -551,11 +669,13 @@ def search_similar_images(
     c = str(Path(csv_file).resolve()) if csv_file is not None else None
     r = str(Path(image_root).resolve()) if image_root is not None else None
     searcher = _cached_searcher(m, c, r, stat_stamp(m, c))
-    v = searcher.embed(image_path)
-    hits = searcher.search_vector(
-        v, top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score
-    )
-    note = searcher.scan_note(v, top_n, nprobe=nprobe, exact=exact)
+    w = check_colour_weight(colour_weight)
+    vecs = searcher.embed_views(image_path, views)
+    hits = searcher.search_views(
+        vecs, top_n, nprobe=nprobe, exact=exact, colour=searcher.query_colour(image_path) if w > 0 else None,
+        colour_weight=w, min_confidence=min_confidence, min_score=min_score,
+    )  # fmt: skip
+    note = searcher.scan_note(vecs[0], top_n, nprobe=nprobe, exact=exact)
     plural = "" if len(hits) == 1 else "s"
     say(log, f"Found {len(hits)} similar image{plural} ({note}).", show_progress)
     return hits
