@@ -16,7 +16,7 @@ from varsitysrch.cli import app, cluster_warnings, k_table, render_hits
 
 runner = CliRunner()
 
-COMMANDS = ("extract", "train", "search", "choose-k", "serve", "update", "eval")
+COMMANDS = ("extract", "train", "search", "choose-k", "serve", "update", "eval", "report", "duplicates")
 
 
 def _tsv(text: str) -> list[dict[str, str]]:

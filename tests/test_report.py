@@ -273,3 +273,26 @@ def test_large_catalogue_path_samples_the_map_and_bounds_the_pages(tmp_path: Pat
             dup_pairs.setdefault(r[1], set()).add(r[5])
     for k in range(30):
         assert any({ids[k], ids[2970 + k]} <= g for g in dup_pairs.values()), k
+
+
+def test_cli_report(trained: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from varsitysrch.cli import app
+
+    out = tmp_path / "r"
+    args = [
+        "report",
+        str(trained["features"]),
+        "--model",
+        str(trained["model"]),
+        "--csv",
+        str(trained["csv"]),
+    ]
+    r = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "index.html").is_file() and "report of 26 images" in r.stdout
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "mine")])
+    assert r.exit_code == 2 and "not a varsitysrch report" in r.output

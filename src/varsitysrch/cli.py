@@ -240,10 +240,15 @@ def render_hits(hits: Sequence[Any], title: str, console: Any = None) -> None:
     t.add_column("image", overflow="fold", ratio=1)
     if with_path:
         t.add_column("path", overflow="fold", ratio=1)
+    with_match = any(r.get("match") for r in rows)
+    if with_match:
+        t.add_column("match", no_wrap=True)
     for r in rows:
         cells = [str(r["rank"]), f"{r['score']:.4f}", str(r["cluster"]), _printable(str(r["image"]))]
         if with_path:
             cells.append(_printable(str(r.get("path") or "")))
+        if with_match:
+            cells.append(str(r.get("match") or ""))
         t.add_row(*cells)
     (console or Console()).print(t)
 
@@ -442,6 +447,15 @@ def search(
         Path | None,
         typer.Option("--features", help="Feature store of a model without its index (default: beside it)."),
     ] = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            help="Only hits at least this confident (0-1, see the match column); none: 'no close match'."
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Only hits with at least this cosine score.")
+    ] = None,
     as_json: AsJson = False,
     plain: Plain = False,
     quiet: Quiet = False,
@@ -449,22 +463,126 @@ def search(
 ) -> None:
     """The catalogue images most similar to QUERY, ranked by cosine similarity.
 
-    Piped, or with --plain: tab-separated rank, score, cluster, image (the full id) and path.
+    Each hit says how close it is ("very similar", "similar", "loosely related": its confidence, 0-1,
+    compared with how close catalogue images are to each other); when none is close the command
+    says "no close match" (on stderr).
+
+    Piped, or with --plain: tab-separated rank, score, cluster, image (the full id), path, confidence
+    and match.
     """
     from . import Searcher
 
     s = _call(Searcher, model, csv, image_root=images, extractor=extractor, features_folder=features)
-    hits = _call(s.search, query, n, nprobe=nprobe, exact=exact)
+    hits = _call(
+        s.search, query, n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score
+    )
     if as_json:
         _echo_json([_hit_dict(h) for h in hits])
     elif plain or not _stdout_is_terminal():
         rows = [_hit_dict(h) for h in hits]
         _echo_tsv(
-            ["rank", "score", "cluster", "image", "path"],
-            [[r["rank"], f"{r['score']:.4f}", r["cluster"], r["image"], r.get("path") or ""] for r in rows],
-        )
+            ["rank", "score", "cluster", "image", "path", "confidence", "match"],
+            [
+                [r["rank"], f"{r['score']:.4f}", r["cluster"], r["image"], r.get("path") or "",
+                 "" if r.get("confidence") is None else f"{r['confidence']:.3f}", r.get("match") or ""]
+                for r in rows
+            ],
+        )  # fmt: skip
     else:
         render_hits(hits, f"{len(hits)} most similar to {query}")
+    none_close = not hits or all(getattr(h, "close", None) is False for h in hits)
+    filtered = min_confidence is not None or min_score is not None
+    if not as_json and none_close and (hits or filtered):
+        why = ": the hits are only loosely related" if hits else ""
+        typer.echo(f"no close match in the catalogue{why}", err=True)
+
+
+@_command()
+def duplicates(
+    features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Cosine similarity from which two images are duplicates (default 0.93, measured on "
+            "planted copies; 0.88 also joins colour variants and similar products)."
+        ),
+    ] = None,
+    method: Annotated[str, typer.Option(help="auto (exact up to 50,000 images), exact or ivf.")] = "auto",
+    as_json: AsJson = False,
+    plain: Plain = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Groups of near-duplicate images: re-uploads, re-encoded, resized, slightly cropped or mirrored copies.
+
+    Piped, or with --plain: tab-separated group, size, max_score, min_score, image (one row per image).
+    """
+    from . import find_duplicates
+
+    kw: dict[str, Any] = {} if threshold is None else {"threshold": threshold}
+    rep = _call(find_duplicates, features_dir, method=method, show_progress=_bars(), **kw)
+    if as_json:
+        _echo_json(rep.to_dict())
+        return
+    rows = [
+        [g_i, g.size, f"{g.max_score:.4f}", f"{g.min_score:.4f}", image]
+        for g_i, g in enumerate(rep.groups, 1)
+        for image in g.ids
+    ]
+    if plain or not _stdout_is_terminal():  # machine-readable: the rows only
+        _echo_tsv(["group", "size", "max_score", "min_score", "image"], rows)
+        return
+    for g_i, g in enumerate(rep.groups, 1):
+        typer.echo(f"group {g_i}: {g.size} images, similarity {g.min_score:.3f}-{g.max_score:.3f}")
+        for image in g.ids:
+            typer.echo(f"  {_printable(image)}")
+    _say(
+        f"{len(rep.pairs)} pairs in {len(rep.groups)} groups ({rep.n_duplicate_images} of {rep.n_images} "
+        f"images) at cosine >= {rep.threshold:.2f}"
+    )
+
+
+@_command()
+def report(
+    features_dir: Annotated[Path, typer.Argument(help="Feature store folder the model was trained on.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file.")] = Path("model.vsm"),
+    csv: Annotated[
+        Path | None, typer.Option("--csv", "-c", help="Assignments CSV (checked against the model).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Report folder (new, empty, or an earlier report).")
+    ] = Path("report"),
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images", help="The catalogue's image folder (default: the one recorded at extraction)."
+        ),
+    ] = None,
+    thumb_size: Annotated[int, typer.Option(help="Thumbnail side in pixels.")] = 160,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """A static HTML report of the catalogue: clusters, outliers, near-duplicates, a map, CSV exports.
+
+    Opens offline in any browser (OUT/index.html); thumbnails are reused when it is rebuilt.
+    """
+    from . import make_report
+
+    s = _call(
+        make_report,
+        features_dir,
+        model,
+        csv,
+        out,
+        image_root=images,
+        thumb_size=thumb_size,
+        show_progress=_bars(),
+    )
+    _say(
+        f"report of {s.n_images} images (k={s.k}, {s.n_duplicate_groups} duplicate groups) written to "
+        f"{out / 'index.html'} in {s.seconds:.1f} s ({s.bytes / 2**20:.1f} MiB, {s.thumbnails_made} "
+        f"thumbnails made, {s.thumbnails_reused} reused)"
+    )
 
 
 @_command("choose-k")
