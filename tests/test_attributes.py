@@ -382,3 +382,216 @@ def test_ivf_masked_search_matches_exact_filtered_search() -> None:
             full, _ = ivf_masked_search(index, X, q, 10, int(index.nlist), flt)
             assert full.tolist() == filtered_top(X, q, np.flatnonzero(keep), 10)
     assert faiss.omp_get_max_threads() >= 1
+
+
+# ------------------------------------------------------------------ through train_clusters and the Searcher
+def shop_catalogue(tmp: Path, n: int = 1500, k_true: int = 12, dim: int = 24, seed: int = 0):
+    from varsitysrch._store import FeatureStore
+
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((k_true, dim)).astype(np.float32)
+    lab = rng.integers(0, k_true, n)
+    X = C[lab] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    ids = [f"p/{i:05d}.jpg" for i in range(n)]
+    FeatureStore.write(tmp / "store", ids, X, {"name": "test", "dim": dim})
+    price = np.round(rng.uniform(1, 200, n), 2)
+    stock = rng.random(n) < 0.7
+    rare = rng.random(n) < 0.004  # ~6 rows: fewer than top_n
+    with open(tmp / "attrs.csv", "w", encoding="utf-8") as f:
+        f.write("image,category,price,in_stock,rare\n")
+        for i in range(n):
+            stock_i, rare_i = "true" if stock[i] else "false", "yes" if rare[i] else "no"
+            f.write(f"{ids[i]},c{lab[i] % 4},{price[i]},{stock_i},{rare_i}\n")
+    return (
+        X,
+        ids,
+        {"category": np.array([f"c{v % 4}" for v in lab]), "price": price, "in_stock": stock, "rare": rare},
+    )
+
+
+@pytest.fixture(scope="module")
+def shop_model(tmp_path_factory: pytest.TempPathFactory):
+    from varsitysrch import Searcher, train_clusters
+
+    tmp = tmp_path_factory.mktemp("shop")
+    X, ids, cols = shop_catalogue(tmp)
+    train_clusters(
+        tmp / "store", tmp / "m.vsm", tmp / "m.csv", 16, attributes=tmp / "attrs.csv", show_progress=False
+    )
+    return Searcher(tmp / "m.vsm"), X, ids, cols, tmp
+
+
+FILTERS = [
+    ({"category": "c1"}, lambda c: c["category"] == "c1"),
+    (
+        {"category": ["c0", "c2"], "price": {"lt": 50}},
+        lambda c: np.isin(c["category"], ["c0", "c2"]) & (c["price"] < 50),
+    ),
+    (["price>=20", "price<=25"], lambda c: (c["price"] >= 20) & (c["price"] <= 25)),
+    (["in_stock=false", "category!=c3"], lambda c: ~c["in_stock"] & (c["category"] != "c3")),
+    ({"rare": True}, lambda c: c["rare"]),
+]
+
+
+@pytest.mark.parametrize(("where", "ref"), FILTERS)
+def test_filtered_search_returns_matching_rows_exactly_top_n_and_exact_at_full_nprobe(
+    shop_model, where, ref
+) -> None:
+    s, X, ids, cols, _ = shop_model
+    match = ref(cols)
+    allowed = {ids[i] for i in np.flatnonzero(match)}
+    rng = np.random.default_rng(7)
+    for q in X[rng.choice(len(X), 15, replace=False)] + 0.05:
+        q = q / np.linalg.norm(q)
+        for top_n in (1, 10, 40):
+            hits = s.search_vector(q, top_n, where=where)
+            assert {h.image for h in hits} <= allowed  # only matching rows
+            assert len(hits) == min(top_n, int(match.sum()))  # exactly top_n whenever that many match
+            assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+        exact = s.search_vector(q, 10, where=where, exact=True)
+        full = s.search_vector(q, 10, where=where, nprobe=s.k)
+        scores = (s._scoring @ s.ranking_vector(q)).astype(np.float64)
+        rows = np.flatnonzero(match)
+        want = rows[np.lexsort((rows, -scores[rows]))][:10]
+        assert [h.image for h in exact] == [ids[i] for i in want]  # exact filtered search
+        assert [h.image for h in full] == [h.image for h in exact]  # full nprobe = exact
+
+
+def test_filtered_search_by_id_and_image_paths_agree(shop_model) -> None:
+    s, _X, ids, cols, _ = shop_model
+    hits = s.search_id(ids[3], 5, where={"category": "c2"}, include_self=False)
+    assert all(cols["category"][ids.index(h.image)] == "c2" for h in hits) and len(hits) == 5
+    assert ids[3] not in {h.image for h in hits}
+
+
+def test_attributes_are_stored_with_the_model(shop_model) -> None:
+    s, _, _ids, cols, _ = shop_model
+    assert s.attributes is not None
+    assert s.attributes.names == ["category", "price", "in_stock", "rare"]
+    assert s.attributes.row(5) == {
+        "category": str(cols["category"][5]),
+        "price": float(cols["price"][5])
+        if not float(cols["price"][5]).is_integer()
+        else int(cols["price"][5]),
+        "in_stock": bool(cols["in_stock"][5]),
+        "rare": bool(cols["rare"][5]),
+    }
+
+
+def test_filter_errors_are_clear(shop_model, tmp_path: Path) -> None:
+    from varsitysrch import Searcher, train_clusters
+
+    s, X, *_ = shop_model
+    with pytest.raises(InvalidArgumentError, match="'colour', which is not an attribute"):
+        s.search_vector(X[0], 5, where={"colour": "red"})
+    assert s.search_vector(X[0], 5, where={"category": "no such category"}) == []
+    shop_catalogue(tmp_path, n=200)
+    train_clusters(tmp_path / "store", tmp_path / "plain.vsm", tmp_path / "plain.csv", 4, show_progress=False)
+    with pytest.raises(InvalidArgumentError, match="this model has no attributes"):
+        Searcher(tmp_path / "plain.vsm").search_vector(X[0][:24], 5, where={"category": "c1"})
+    with pytest.raises(InvalidArgumentError, match="no 'image' column"):
+        (tmp_path / "bad.csv").write_text("id,x\na,1\n")
+        train_clusters(
+            tmp_path / "store", tmp_path / "b.vsm", tmp_path / "b.csv", 4, attributes=tmp_path / "bad.csv"
+        )
+    assert not (tmp_path / "b.vsm").exists()  # refused before anything was written
+
+
+def test_tampered_attribute_arrays_are_refused(shop_model, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from varsitysrch import Searcher
+
+    _, _, _, _, tmp = shop_model
+    src = tmp / "m.vsm"
+    for member, payload in [
+        ("extra/attr0_values.npy", np.arange(3, dtype=np.int32)),  # wrong length
+        ("extra/attr1_values.npy", np.array(["x"] * 1500)),  # text where numbers belong
+    ]:
+        out = tmp_path / "t.vsm"
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                if item.filename == member:
+                    buf = io.BytesIO()
+                    np.save(buf, payload, allow_pickle=False)
+                    data = buf.getvalue()
+                zout.writestr(item, data)
+        with pytest.raises(ModelFileError):
+            Searcher(out)
+
+
+def test_ivf_filtered_search(tmp_path: Path) -> None:
+    from varsitysrch import Searcher, train_clusters
+
+    X, ids, cols = shop_catalogue(tmp_path, n=2000)
+    train_clusters(
+        tmp_path / "store",
+        tmp_path / "i.vsm",
+        tmp_path / "i.csv",
+        8,
+        attributes=tmp_path / "attrs.csv",
+        ivf=True,
+        show_progress=False,
+    )
+    s = Searcher(tmp_path / "i.vsm")
+    assert s._ivf is not None
+    match = (cols["category"] == "c1") & (cols["price"] < 100)
+    rows = np.flatnonzero(match)
+    for q in X[:10]:
+        hits = s.search_vector(q, 10, where={"category": "c1", "price": {"lt": 100}})
+        assert len(hits) == 10 and all(match[ids.index(h.image)] for h in hits)
+        ex = s.search_vector(q, 10, where={"category": "c1", "price": {"lt": 100}}, exact=True)
+        sc = np.asarray(s.vectors[rows], np.float32) @ q  # the index holds float16 vectors
+        assert [h.image for h in ex] == [ids[i] for i in rows[np.lexsort((rows, -sc))][:10]]
+
+
+def test_update_keeps_attributes_of_kept_images_and_takes_a_new_table(
+    synth_catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    import shutil
+
+    from varsitysrch import Searcher, extract_features, train_clusters, update_catalogue
+
+    src, _ = synth_catalogue
+    img = tmp_path / "img"
+    shutil.copytree(src, img)
+    extract_features(img, tmp_path / "f", show_progress=False)
+    from varsitysrch._store import FeatureStore
+
+    ids = FeatureStore.open(tmp_path / "f").ids
+    (tmp_path / "a.csv").write_text(
+        "image,brand\n" + "".join(f"{i},{'x' if j % 2 else 'y'}\n" for j, i in enumerate(ids)),
+        encoding="utf-8",
+    )
+    train_clusters(
+        tmp_path / "f",
+        tmp_path / "m.vsm",
+        tmp_path / "m.csv",
+        3,
+        attributes=tmp_path / "a.csv",
+        show_progress=False,
+    )
+    gone, first = ids[0], ids[1]
+    (img / gone).unlink()
+    shutil.copy(img / first, img / "new.png")
+    update_catalogue(img, tmp_path / "f", tmp_path / "m.vsm", tmp_path / "m.csv", show_progress=False)
+    s = Searcher(tmp_path / "m.vsm")
+    assert s.attributes is not None and s.attributes.ids == s.ids and gone not in s.ids
+    assert s.attributes.row(s.ids.index(first)) == {"brand": "x"}  # kept image, kept value
+    assert s.attributes.row(s.ids.index("new.png")) == {}  # new image: no attributes yet
+    assert all(h.image != "new.png" for h in s.search_id(first, 30, where={"brand": "x"}))
+    (tmp_path / "b.csv").write_text("image,colour\nnew.png,red\n", encoding="utf-8")
+    update_catalogue(
+        img,
+        tmp_path / "f",
+        tmp_path / "m.vsm",
+        tmp_path / "m.csv",
+        attributes=tmp_path / "b.csv",
+        show_progress=False,
+    )
+    s = Searcher(tmp_path / "m.vsm")
+    assert s.attributes is not None and s.attributes.names == ["colour"]
+    assert [h.image for h in s.search_id(first, 5, where={"colour": "red"})] == ["new.png"]

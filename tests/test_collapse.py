@@ -52,3 +52,50 @@ def test_default_threshold_is_the_duplicate_detector_s() -> None:
     for bad in (0, 1.5, "yes", -0.1):
         with pytest.raises(InvalidArgumentError, match="collapse must be"):
             check_collapse(bad)  # type: ignore[arg-type]
+
+
+def test_search_collapses_planted_duplicates_and_still_returns_top_n(tmp_path) -> None:
+    from varsitysrch import Searcher, train_clusters
+    from varsitysrch._store import FeatureStore
+
+    rng = np.random.default_rng(0)
+    dim = 32
+    base = rng.standard_normal((400, dim)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    groups = {}
+    rows = [base]
+    for g in range(20):  # 20 products shot 4 times (the original + 3 near-copies, cosine ~0.99)
+        c = base[g] + 0.15 * rng.standard_normal((3, dim)).astype(np.float32) / np.sqrt(dim)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        groups[g] = list(range(400 + 3 * g, 400 + 3 * g + 3))
+        rows.append(c)
+    X = np.concatenate(rows).astype(np.float32)
+    ids = [f"p/{i:04d}.jpg" for i in range(len(X))]
+    FeatureStore.write(tmp_path / "s", ids, X, {"name": "test", "dim": dim})
+    (tmp_path / "a.csv").write_text("image,half\n" + "".join(f"{i},{j % 2}\n" for j, i in enumerate(ids)))
+    train_clusters(
+        tmp_path / "s",
+        tmp_path / "m.vsm",
+        tmp_path / "m.csv",
+        8,
+        attributes=tmp_path / "a.csv",
+        show_progress=False,
+    )
+    s = Searcher(tmp_path / "m.vsm")
+    for g, copies in groups.items():
+        plain = s.search_vector(X[g], 10)
+        assert {ids[c] for c in copies} <= {h.image for h in plain}  # without collapse: 4 slots for 1 product
+        hits = s.search_vector(X[g], 10, collapse=True)
+        assert len(hits) == 10 and [h.rank for h in hits] == list(range(1, 11))
+        shown = {h.image for h in hits}
+        assert not shown & {ids[c] for c in copies}  # the copies are gone ...
+        assert hits[0].image == ids[g] and set(hits[0].duplicates) == {
+            ids[c] for c in copies
+        }  # ... folded in
+        V = np.asarray(s.vectors[[ids.index(h.image) for h in hits]], np.float32)
+        V /= np.linalg.norm(V, axis=1, keepdims=True)
+        G = V @ V.T - 2 * np.eye(10)
+        assert G.max() < COLLAPSE_THRESHOLD  # no two shown hits are near-duplicates
+        filtered = s.search_vector(X[g], 5, collapse=True, where={"half": g % 2})
+        assert len(filtered) == 5 and all(int(ids.index(h.image)) % 2 == g % 2 for h in filtered)
+    assert len(s.search_vector(X[0], 10, collapse=False)) == 10

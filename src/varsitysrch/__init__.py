@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
+    from ._feedback import search_feedback
     from ._kmeans import KMeansModel
     from ._report import ReportSummary, make_report
     from ._search import Hit, Searcher, search_similar_images
@@ -68,6 +69,7 @@ _LAZY = {
     "Hit": "._search",
     "Searcher": "._search",
     "search_similar_images": "._search",
+    "search_feedback": "._feedback",
     "KSelection": "._selectk",
     "get_optimal_num_clusters": "._selectk",
     "FeatureStore": "._store",
@@ -125,6 +127,7 @@ __all__ = [
     "get_optimal_num_clusters",
     "load_features",
     "make_report",
+    "search_feedback",
     "search_similar_images",
     "train_clusters",
     "update_catalogue",

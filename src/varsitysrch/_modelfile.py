@@ -477,6 +477,15 @@ def _read_extras(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
             a = r.array(f"extra/{name}", shape, kinds)
         if a is not None:
             out[name] = a
+    if "attributes" in cfg:  # the attribute table (see _attributes): plain numeric arrays only
+        from ._attributes import Attributes
+
+        if not isinstance(cfg["attributes"], dict):
+            raise _bad(p, "model.json 'attributes' must be an object")
+        for name, (shape, kinds) in Attributes.array_specs(cfg["attributes"], n).items():
+            a = r.array(f"extra/{name}", shape, kinds)
+            if a is not None:
+                out[name] = a
     for name in ("search_components", "search_mean", "search_vectors", "ivf_centroids"):
         _finite(p, name, out.get(name), unit=name in ("search_vectors", "ivf_centroids"))
     if ("search_components" in out) != ("search_mean" in out):

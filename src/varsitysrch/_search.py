@@ -32,6 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from ._attributes import (
+    Attributes,
+    CompiledFilter,
+    FilterCache,
+    ivf_masked_search,
+    masked_candidates,
+    model_attributes,
+)
+from ._collapse import check_collapse, collapse_rows
 from ._colour import (
     COLOUR_DECODE_SIZE,
     check_colour_weight,
@@ -81,6 +90,8 @@ class Hit(str):
             with a model trained before confidence existed.
         match: ``"very similar"``, ``"similar"`` or ``"loosely related"`` (``None`` likewise).
         close: whether ``confidence`` reaches the model's cut-off (``None`` likewise).
+        duplicates: ids of the near-duplicates folded into this hit (``collapse=True``), best
+            first; ``()`` otherwise.
     """
 
     score: float
@@ -90,6 +101,7 @@ class Hit(str):
     confidence: float | None
     match: str | None
     close: bool | None
+    duplicates: tuple[str, ...]
 
     def __new__(
         cls,
@@ -101,6 +113,7 @@ class Hit(str):
         confidence: float | None = None,
         match: str | None = None,
         close: bool | None = None,
+        duplicates: tuple[str, ...] = (),
     ) -> Hit:
         self = super().__new__(cls, image)
         for name, value in (
@@ -111,6 +124,7 @@ class Hit(str):
             ("confidence", None if confidence is None else float(confidence)),
             ("match", None if match is None else str(match)),
             ("close", None if close is None else bool(close)),
+            ("duplicates", tuple(str(d) for d in duplicates)),
         ):
             object.__setattr__(self, name, value)
         return self
@@ -131,7 +145,18 @@ class Hit(str):
         return f"Hit({self.image!r}, score={self.score:.3f}, rank={self.rank}, cluster={self.cluster}{where})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Hit, (self.image, self.score, self.cluster, self.rank, self.path, *self._confidence()))
+        return (
+            Hit,
+            (
+                self.image,
+                self.score,
+                self.cluster,
+                self.rank,
+                self.path,
+                *self._confidence(),
+                self.duplicates,
+            ),
+        )
 
     def _confidence(self) -> tuple[float | None, str | None, bool | None]:
         return self.confidence, self.match, self.close
@@ -144,7 +169,9 @@ class Hit(str):
 
     def with_rank(self, rank: int) -> Hit:
         """The same hit at another rank (results re-ranked after filtering or merging)."""
-        return Hit(self.image, self.score, self.cluster, rank, self.path, *self._confidence())
+        return Hit(
+            self.image, self.score, self.cluster, rank, self.path, *self._confidence(), self.duplicates
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """``{"image", "score", "cluster", "rank", "path", "confidence", "match", "close"}`` with plain
@@ -158,6 +185,7 @@ class Hit(str):
             "confidence": self.confidence,
             "match": self.match,
             "close": self.close,
+            **({"duplicates": list(self.duplicates)} if self.duplicates else {}),  # collapsed results
         }
 
 
@@ -237,6 +265,9 @@ class Searcher:
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self._order = order.astype(np.int64)
         self._id_index = {i: j for j, i in enumerate(self.ids)}
+        #: the catalogue's attributes (``None``: the model has none), filtered by ``where=``
+        self.attributes: Attributes | None = model_attributes(mf.config, mf.arrays, self.ids)
+        self._filters = FilterCache(self.attributes, self.labels, self.k) if self.attributes else None
         self.default_nprobe = int(self.config.get("nprobe", 1))
         if nprobe is not None:
             self._check_nprobe(nprobe)
@@ -388,6 +419,8 @@ class Searcher:
         colour_weight: float | None = None,
         min_confidence: float | None = None,
         min_score: float | None = None,
+        where: Any = None,
+        collapse: bool | float | None = None,
     ) -> list[Hit]:
         """Search with one or more vectors of a query (``[V, dim]``), optionally matching colour.
 
@@ -400,15 +433,22 @@ class Searcher:
         V = np.asarray(vectors, np.float32).reshape(-1, self.vectors.shape[1])
         if w == 0 and len(V) == 1:
             return self.search_vector(
-                V[0], top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score
-            )
+                V[0], top_n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score,
+                where=where, collapse=collapse,
+            )  # fmt: skip
         if w > 0 and colour is None:
             raise InvalidArgumentError(
                 "colour_weight > 0 needs the query's colour signature: search by image, or pass "
                 "colour=Searcher.query_colour(image)"
             )
         pool = top_n * COLOUR_POOL if w > 0 else top_n
-        hits = merge_view_hits([self.search_vector(v, pool, nprobe=nprobe, exact=exact) for v in V], pool)
+        hits = merge_view_hits(
+            [
+                self.search_vector(v, pool, nprobe=nprobe, exact=exact, where=where, collapse=collapse)
+                for v in V
+            ],
+            pool,
+        )
         if w > 0 and hits:
             rows = np.array([self._id_index[h.image] for h in hits])
             mixed = combine_scores(
@@ -417,6 +457,31 @@ class Searcher:
             order = np.argsort(-mixed, kind="stable")
             hits = [_rescored(hits[j], float(mixed[j]), r) for r, j in enumerate(order, 1)]
         return self._keep(hits[:top_n], min_confidence, min_score)
+
+    def search_feedback(
+        self,
+        query: Any = None,
+        positive: Any = (),
+        negative: Any = (),
+        top_n: int = 10,
+        **options: Any,
+    ) -> list[Hit]:
+        """One search with the Rocchio-refined query: "more like these, less like those".
+
+        ``positive`` / ``negative``: catalogue ids, images or vectors the shopper marked
+        relevant / irrelevant; ``query``: the original query (optional).  Options: ``where``,
+        ``collapse``, ``nprobe``, ``exact``, ``alpha``, ``beta``, ``gamma``,
+        ``exclude_judged`` (default ``True``: judged catalogue items are not shown again).
+        See :func:`varsitysrch.search_feedback` and ``docs/shop.md``.
+        """
+        from ._feedback import feedback_search
+
+        return feedback_search(self, query, positive, negative, top_n, **options)
+
+    def ranking_vector(self, v: np.ndarray) -> np.ndarray:
+        """A raw query vector in the ranking space (the search PCA, if the model has one)."""
+        v = np.asarray(v, np.float32).reshape(-1)
+        return v if self._space is None else to_search_space(v, *self._space)
 
     def members(self, cluster: int) -> np.ndarray:
         return self._order[self._offsets[cluster] : self._offsets[cluster + 1]]
@@ -432,8 +497,13 @@ class Searcher:
         min_score: float | None = None,
         colour_weight: float | None = None,
         views: str | None = None,
+        where: Any = None,
+        collapse: bool | float | None = None,
     ) -> list[Hit]:
         """The ``top_n`` catalogue images most similar to ``query``, best first.
+
+        ``where``: only images whose attributes match; ``collapse``: near-duplicates shown
+        once (see :meth:`search_vector`).
 
         ``colour_weight``: weight of the product's colour (``None``: the Searcher's); ``views``:
         ``"crops"`` / ``"flip"`` / ``"crops+flip"`` also searches with crops / mirrors of the query,
@@ -447,7 +517,7 @@ class Searcher:
         return self.search_views(
             self.embed_views(query, views), top_n, nprobe=nprobe, exact=exact,
             colour=self.query_colour(query) if w > 0 else None, colour_weight=w,
-            min_confidence=min_confidence, min_score=min_score,
+            min_confidence=min_confidence, min_score=min_score, where=where, collapse=collapse,
         )  # fmt: skip
 
     def search_id(
@@ -461,6 +531,8 @@ class Searcher:
         min_confidence: float | None = None,
         min_score: float | None = None,
         colour_weight: float | None = None,
+        where: Any = None,
+        collapse: bool | float | None = None,
     ) -> list[Hit]:
         """Search with a catalogue image (by id) as the query (its stored colour signature, if weighted)."""
         j = self._id_index.get(image_id)
@@ -471,6 +543,7 @@ class Searcher:
             np.asarray(self.vectors[j], np.float32)[None], top_n + (0 if include_self else 1),
             nprobe=nprobe, exact=exact, colour=self.colour_signatures()[j] if w > 0 else None,
             colour_weight=w, min_confidence=min_confidence, min_score=min_score,
+            where=where, collapse=collapse,
         )  # fmt: skip
         if not include_self:
             hits = [h for h in hits if h.image != image_id][:top_n]
@@ -488,32 +561,73 @@ class Searcher:
         exclude: Collection[int] = (),
         min_confidence: float | None = None,
         min_score: float | None = None,
+        where: Any = None,
+        collapse: bool | float | None = None,
+        ranked: np.ndarray | None = None,
     ) -> list[Hit]:
         """Search by vector. ``expand``: alpha-QE neighbours (``None``: the Searcher's
         ``query_expansion``); ``exclude``: catalogue rows never returned nor used to expand;
-        ``min_confidence`` / ``min_score``: see :meth:`search`."""
+        ``min_confidence`` / ``min_score``: see :meth:`search`.
+
+        ``where``: attribute filter, a dict (``{"category": "shoes", "brand": ["a", "b"],
+        "price": {"lt": 50}}``) or strings (``["category=shoes", "price<50"]``), see
+        :mod:`varsitysrch._attributes`.  It is applied while the candidates are gathered:
+        the query's nearest clusters are probed, skipping rows that do not match, until
+        twice as many matching rows are scored as the unfiltered search scores rows (and at
+        least ``top_n``); a filter matching fewer rows than that is searched exactly.  So
+        ``top_n`` hits come back whenever ``top_n`` images match, and ``exact=True`` (or
+        ``nprobe=k``) is exact filtered search.  ``collapse``: ``True`` (threshold
+        :data:`varsitysrch._collapse.COLLAPSE_THRESHOLD`) or a cosine threshold: a hit
+        that near-duplicates a better-ranked one is folded into its ``duplicates``, and
+        more results are fetched so that ``top_n`` distinct hits come back when they exist.
+        ``ranked``: the query already in the ranking space (relevance feedback).
+        """
         if isinstance(top_n, bool) or not isinstance(top_n, int | np.integer) or top_n < 1:
             raise InvalidArgumentError(f"top_n must be a positive integer; got {top_n!r}")
         self._check_minimums(min_confidence, min_score)
         v = np.asarray(vector, np.float32).reshape(-1)
         if v.shape[0] != self.vectors.shape[1]:
             raise IncompatibleModelError(f"query has dim {v.shape[0]}, the index has {self.vectors.shape[1]}")
+        threshold = check_collapse(collapse)
+        if threshold is not None:
+            return self._collapsed(
+                v, int(top_n), threshold, nprobe=nprobe, exact=exact, expand=expand, exclude=exclude,
+                min_confidence=min_confidence, min_score=min_score, where=where, ranked=ranked,
+            )  # fmt: skip
+        flt = self._filter(where, exclude)
+        if flt is not None and flt.count == 0:
+            return []
         q0 = v  # the query as given: each hit's confidence is measured on its plain cosine to it
-        vs = v if self._space is None else to_search_space(v, *self._space)  # the query in the ranking space
+        vs = self.ranking_vector(v) if ranked is None else np.asarray(ranked, np.float32).reshape(-1)
         qe = self.query_expansion if expand is None else expand
         if qe:  # alpha-QE: scores are then cosines to the expanded query
-            first = self.search_vector(v, qe, nprobe=nprobe, exact=exact, expand=0, exclude=exclude)
+            first = self.search_vector(
+                v, qe, nprobe=nprobe, exact=exact, expand=0, exclude=exclude, where=where, ranked=ranked
+            )
             rows_ = [self._id_index[h.image] for h in first]
             sims_ = np.array([h.score for h in first], np.float32)
             v_raw = expand_query(v, np.asarray(self.vectors[rows_], np.float32), sims_)
             vs = v_raw if self._space is None else expand_query(vs, self._scoring[rows_], sims_)
             v = v_raw
+        if self._ivf is not None and flt is not None:
+            p = self._ivf.nlist if exact else self._ivf.nprobe if nprobe is None else nprobe
+            found, sims = ivf_masked_search(
+                self._ivf.index, self._ivf.vectors, v, int(top_n), max(1, min(int(p), self._ivf.nlist)), flt
+            )
+            pairs = enumerate(zip(found, sims, strict=True), 1)
+            return self._keep(
+                [self._hit(int(r), float(s), i, q0) for i, (r, s) in pairs], min_confidence, min_score
+            )
         if self._ivf is not None:  # IVF mode: nprobe counts IVF lists; hits report their K-means cluster
             found, sims = self._ivf.search(v, top_n + len(exclude), nprobe=nprobe, exact=exact)
             kept = [(r, s) for r, s in zip(found, sims, strict=True) if int(r) not in exclude][:top_n]
             hits = [self._hit(int(r), float(s), i, q0) for i, (r, s) in enumerate(kept, 1)]
             return self._keep(hits, min_confidence, min_score)
-        rows = self.candidates(v, top_n + len(exclude), nprobe=nprobe, exact=exact)
+        if flt is not None:  # exclusions are in the filter's mask
+            rows = flt.rows if exact else self._masked_candidates(v, int(top_n), nprobe, flt)
+            exact, exclude = False, ()
+        else:
+            rows = self.candidates(v, top_n + len(exclude), nprobe=nprobe, exact=exact)
         if len(exclude):
             rows = rows[~np.isin(rows, np.fromiter(exclude, np.int64))]
             exact = False
@@ -593,6 +707,48 @@ class Searcher:
         rows = int(sum(self._offsets[c + 1] - self._offsets[c] for c in used))
         return f"searched {len(used)} of {self.k} clusters, {rows:,} of {n:,} images"
 
+    def _filter(self, where: Any, exclude: Collection[int]) -> CompiledFilter | None:
+        """The compiled ``where`` filter, with ``exclude`` taken out (``None``: no filter)."""
+        if where is None or (hasattr(where, "__len__") and len(where) == 0):
+            return None
+        if self._filters is None:
+            raise InvalidArgumentError(
+                "where: this model has no attributes; train (or update) it with attributes=CSV "
+                "(CLI: train --attributes FILE)"
+            )
+        flt = self._filters.get(where)
+        if flt is None or not len(exclude):
+            return flt
+        mask = flt.mask.copy()
+        mask[np.fromiter(exclude, np.int64)] = False
+        rows = np.flatnonzero(mask).astype(np.int64)
+        return CompiledFilter(mask, len(rows), np.bincount(self.labels[rows], minlength=self.k), rows)
+
+    def _masked_candidates(
+        self, v: np.ndarray, top_n: int, nprobe: int | None, flt: CompiledFilter
+    ) -> np.ndarray:
+        p = self.default_nprobe if nprobe is None else nprobe
+        self._check_nprobe(p)
+        order = self.model.cluster_order(v[None])[0]
+        return masked_candidates(order, self._offsets, self._order, flt, p, top_n)
+
+    def _collapsed(self, v: np.ndarray, top_n: int, threshold: float, **search: Any) -> list[Hit]:
+        """``top_n`` hits with near-duplicates folded into the best-ranked copy (see search_vector)."""
+        want = min(len(self.ids), max(2 * top_n, top_n + 10))
+        while True:
+            hits = self.search_vector(v, want, **search)
+            rows = np.array([self._id_index[h.image] for h in hits], np.int64)
+            kept, parent = collapse_rows(np.asarray(self.vectors[rows], np.float32), threshold)
+            if len(kept) >= top_n or len(hits) < want or want >= len(self.ids):
+                break
+            want = min(len(self.ids), want * 2)
+        out = []
+        for rank, k in enumerate(kept[:top_n], 1):
+            h = hits[int(k)]
+            dups = tuple(hits[int(i)].image for i in np.flatnonzero(parent == k) if i != k)
+            out.append(Hit(h.image, h.score, h.cluster, rank, h.path, *h._confidence(), dups))
+        return out
+
     def _hit(self, row: int, score: float, rank: int, query: np.ndarray | None = None) -> Hit:
         rel = self.ids[row]
         file = resolve_image(self.image_root, rel)
@@ -646,8 +802,13 @@ def search_similar_images(
     min_score: float | None = None,
     colour_weight: float = 0.0,
     views: str | None = None,
+    where: Any = None,
+    collapse: bool | float | None = None,
 ) -> list[Hit]:
     """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
+
+    ``where`` (attribute filter) and ``collapse`` (near-duplicates once): see
+    :meth:`Searcher.search_vector` and ``docs/shop.md``.
 
     ``colour_weight``: how much the product's colour counts, ``(1 - w) cosine + w colour
     similarity`` (0: not at all; 0.15 = "match colour"); ``views="crops"``: the query is also
@@ -673,7 +834,7 @@ def search_similar_images(
     vecs = searcher.embed_views(image_path, views)
     hits = searcher.search_views(
         vecs, top_n, nprobe=nprobe, exact=exact, colour=searcher.query_colour(image_path) if w > 0 else None,
-        colour_weight=w, min_confidence=min_confidence, min_score=min_score,
+        colour_weight=w, min_confidence=min_confidence, min_score=min_score, where=where, collapse=collapse,
     )  # fmt: skip
     note = searcher.scan_note(vecs[0], top_n, nprobe=nprobe, exact=exact)
     plural = "" if len(hits) == 1 else "s"

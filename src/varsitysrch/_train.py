@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _index
+from ._attributes import resolve_attributes
 from ._errors import InvalidArgumentError
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, save_model, stamp_arrays, write_assignments
@@ -51,6 +52,8 @@ def train_clusters(
     scheduler: Any = None,
     search_pca: int | None = None,
     query_expansion: int | None = None,
+    attributes: Any = None,
+    attribute_types: dict[str, str] | None = None,
 ) -> KMeansModel:
     """Train K-means on a feature store; write the model file and the assignments CSV.
 
@@ -75,10 +78,17 @@ def train_clusters(
     ``query_expansion``: the Searcher's default alpha-QE neighbours (``None``/``0``: off;
     the measurements behind this opt-in are in ``docs/quality.md``).
 
+    ``attributes``: the catalogue's attributes for ``where=`` filters -- a CSV path
+    (``image,<columns>``), ``{image: {column: value}}`` or an ``Attributes`` -- joined to
+    the store's ids and stored in the model (``attribute_types`` overrides a column's
+    guessed type: ``{"sku": "string"}``); see :mod:`varsitysrch._attributes` and
+    ``docs/shop.md``.
+
     Returns the fitted :class:`KMeansModel`.
     """
     _check_args(target_recall, engine, search_pca, query_expansion)
     store = FeatureStore.open(features_folder)
+    attrs = resolve_attributes(attributes, store.ids, types=attribute_types)  # a bad CSV fails before K-means
     X = store.vectors  # a memory map: float16 or float32, never copied whole
     n, dim = X.shape
     use_ivf = bool(ivf or (ivf is None and n > _index.IVF_THRESHOLD))
@@ -112,6 +122,9 @@ def train_clusters(
     config["index"] = "embedded" if embed_index else "store"
     arrays = stamp_arrays(store.ids, store.stamps())  # update_catalogue compares them to find changes
     index.apply(config, arrays)
+    if attrs is not None:
+        config["attributes"] = attrs.to_config()
+        arrays.update(attrs.to_arrays())
     mf = ModelFile(
         config,
         model.cluster_centers_,

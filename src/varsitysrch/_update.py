@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from ._attributes import apply_to_model as apply_attributes
+from ._attributes import model_attributes
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extract import ExtractionResult, extract_features
 from ._extractors import Extractor, query_extractor
@@ -206,6 +208,8 @@ def update_catalogue(
     num_workers: int | None = None,
     threads: int | None = None,
     allow_empty: bool = False,
+    attributes: Any = None,
+    attribute_types: dict[str, str] | None = None,
 ) -> UpdateReport:
     """Bring a trained model up to date with its image folder, without retraining.
 
@@ -233,6 +237,9 @@ def update_catalogue(
         batch_size, num_workers, threads: as in extract_features.
         allow_empty: let an image folder with no readable image empty the store and the
             model (otherwise that is an error and both are kept), as in extract_features.
+        attributes, attribute_types: a new attributes table (as in train_clusters) joined
+            to the updated catalogue; ``None`` keeps the model's table (kept images keep
+            their values, new images have none).
     """
     t0 = time.perf_counter()
     if not 0.0 < far_quantile < 1.0:
@@ -274,7 +281,9 @@ def update_catalogue(
         labels, dists = _assign(mf, store, plan, engine, scheduler)
     drift = _drift(mf, plan, labels, dists, far_quantile)
     nprobe_before = int(mf.config.get("nprobe", mf.k))
+    old_attributes = model_attributes(mf.config, mf.arrays, mf.ids)
     new_mf = _updated_model(mf, store, plan, labels, dists, drift, recalibrate, model_path)
+    apply_attributes(new_mf, old_attributes, attributes, attribute_types)
     with atomic_path(model_path) as tmp_model, atomic_path(csv_filename) as tmp_csv:
         save_model(tmp_model, new_mf)
         write_assignments(tmp_csv, store.ids, labels, dists)
