@@ -296,3 +296,44 @@ def test_cli_report(trained: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "mine" / "keep.txt").write_text("x")
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "mine")])
     assert r.exit_code == 2 and "not a varsitysrch report" in r.output
+
+
+def test_service_serves_the_report_and_hits_carry_confidence(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from varsitysrch.service import create_app
+
+    out = tmp_path / "r"
+    _build(trained, out)
+    app = create_app(
+        trained["model"], trained["csv"], image_root=trained["root"], report_dir=out,
+        cache_dir=tmp_path / "thumbs", reload_interval=0,
+    )  # fmt: skip
+    with TestClient(app) as c:
+        assert c.get("/healthz").json()["report"] is True
+        page = c.get("/")
+        assert 'id="nav-catalogue"' in page.text and 'href="report/"' in page.text
+        r = c.get("/report/")
+        assert r.status_code == 200 and "Catalogue report" in r.text
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert c.get("/report").url.path == "/report/"  # redirect to the folder
+        thumb = re.search(r'src="\.\./(thumbs/[^"]+)"', (out / "clusters" / "c0000.html").read_text())
+        assert thumb is not None
+        r = c.get("/report/" + thumb.group(1))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert c.get("/report/map-data.js").status_code == 200
+        for bad in ("../model.vsm", "..%2fmodel.vsm", "%2e%2e/%2e%2e/etc/passwd", "nope.html", "thumbs"):
+            assert c.get("/report/" + bad).status_code == 404, bad
+        hits = c.get("/search", params={"image_id": "red_circles/img_00.png", "top_n": 3}).json()["hits"]
+        assert hits[0]["image"] in ("red_circles/img_00.png", "red_circles/img_00_copy.png")
+        for h in hits:
+            assert 0 <= h["confidence"] <= 1 and h["match"] and isinstance(h["close"], bool)
+    plain = create_app(trained["model"], trained["csv"], cache_dir=tmp_path / "thumbs", reload_interval=0)
+    with TestClient(plain) as c:
+        assert c.get("/healthz").json()["report"] is False
+        assert c.get("/report/").status_code == 404
+    with pytest.raises(InvalidArgumentError, match="report_dir"):
+        create_app(trained["model"], trained["csv"], report_dir=tmp_path, reload_interval=0)

@@ -188,7 +188,10 @@ def test_search_by_upload(client: TestClient, catalogue: tuple[Path, dict[str, s
     assert sum(labels[h["image"]] == "green_checker" for h in hits) >= 4
     assert hits[0]["url"] == f"/images/{query}"
     assert hits[0]["thumbnail_url"] == f"/thumbnails/{query}"
-    assert set(hits[0]) == {"image", "score", "cluster", "rank", "url", "thumbnail_url"}
+    assert set(hits[0]) == {
+        "image", "score", "cluster", "rank", "url", "thumbnail_url", "confidence", "match", "close"
+    }  # fmt: skip
+    assert hits[0]["confidence"] == 1.0 and hits[0]["match"] == "very similar" and hits[0]["close"] is True
     assert body["query"]["kind"] == "upload" and body["query"]["filename"] == "query.png"
     assert body["top_n"] == 5 and body["exact"] is False and body["nprobe"] >= 1
 

@@ -657,6 +657,10 @@ def serve(
         Path | None,
         typer.Option("--features", help="Feature store of a model without its index (default: beside it)."),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="A `varsitysrch report` folder, served at /report/ (Catalogue view)."),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -679,6 +683,7 @@ def serve(
         reload_interval=reload_interval,
         extractor=extractor,
         features_folder=features,
+        report_dir=report,
     )
 
 

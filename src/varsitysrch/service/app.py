@@ -90,7 +90,19 @@ _APP_KEYS = (
     "max_batch",
     "batch_window_ms",
     "reload_interval",
+    "report_dir",
 )
+#: files a catalogue report (varsitysrch report) holds, served under /report/
+_REPORT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".jpg": "image/jpeg",
+    ".csv": "text/csv; charset=utf-8",
+    ".json": "application/json",
+}
 
 
 def _import_fastapi() -> Any:
@@ -177,6 +189,7 @@ class Service:
     metrics: Metrics
     static: dict[str, bytes]
     swagger: Path | None
+    report: Path | None = None  #: the catalogue report folder served at /report/ (None: none)
 
     @property
     def gen(self) -> Generation:
@@ -196,6 +209,10 @@ def _hit_dict(request: Any, h: Any) -> dict[str, Any]:
         "score": h.score,
         "cluster": h.cluster,
         "rank": h.rank,
+        # calibrated against the catalogue's own nearest-neighbour scores (None: an older model)
+        "confidence": getattr(h, "confidence", None),
+        "match": getattr(h, "match", None),
+        "close": getattr(h, "close", None),
         **_links(request, h.image),
     }
 
@@ -378,6 +395,29 @@ def _add_page_routes(app: Any, svc: Service) -> None:
         return FileResponse(svc.swagger / name, media_type=_DOCS_ASSETS[name])
 
 
+def _add_report_routes(app: Any, svc: Service) -> None:
+    """``/report/``: the catalogue report folder the operator named (only its own files)."""
+    from fastapi.responses import FileResponse, RedirectResponse, Response
+
+    from .._paths import resolve_image
+
+    @app.get("/report", include_in_schema=False)
+    def report_root() -> Response:
+        if svc.report is None:
+            raise _http(404, "no catalogue report is served (varsitysrch serve --report DIR)")
+        return RedirectResponse("report/")
+
+    @app.get("/report/{name:path}", include_in_schema=False)
+    def report_file(name: str) -> Response:
+        if svc.report is None:
+            raise _http(404, "no catalogue report is served (varsitysrch serve --report DIR)")
+        path = resolve_image(svc.report, name or "index.html")  # inside the folder, symlinks followed
+        if path is None or not path.is_file() or path.suffix.lower() not in _REPORT_TYPES:
+            raise _http(404, "no such file")
+        headers = {"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"}
+        return FileResponse(path, media_type=_REPORT_TYPES[path.suffix.lower()], headers=headers)
+
+
 def _add_service_routes(app: Any, svc: Service) -> None:
     from fastapi.responses import Response
 
@@ -399,6 +439,7 @@ def _add_service_routes(app: Any, svc: Service) -> None:
             "max_top_n": MAX_TOP_N,
             "max_batch_queries": MAX_BATCH_QUERIES,
             "model_generation": gen.number,
+            "report": svc.report is not None,
         }
 
     @app.get("/metrics", tags=["service"], response_class=Response)
@@ -756,6 +797,7 @@ def create_app(
     reload_interval: float = 2.0,
     extractor: Any = None,
     features_folder: str | os.PathLike[str] | None = None,
+    report_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """A FastAPI app serving search over one model; the model and extractor load now.
 
@@ -779,6 +821,8 @@ def create_app(
             against the model (``None``: the recorded built-in one; a user ONNX graph must be named).
         features_folder: the feature store of a model whose index is not embedded (default: the
             recorded one, only inside the model file's folder).
+        report_dir: a catalogue report folder written by :func:`~varsitysrch.make_report`, served at
+            ``/report/`` and linked from the page as "Catalogue" (``None``: no report).
     """
     _import_fastapi()
     from fastapi import FastAPI
@@ -796,6 +840,12 @@ def create_app(
     holder = _holder(s, metrics, upcoming)
     s.root = _serve_root(s, holder.current, tuple(allow_roots))
     svc = Service(s, holder, decode, upcoming, metrics, _static_files(), _swagger_assets())
+    if report_dir is not None:
+        if not (Path(report_dir) / "report.json").is_file():
+            raise InvalidArgumentError(
+                f"report_dir must be a report folder written by `varsitysrch report`; got {str(report_dir)!r}"
+            )
+        svc.report = Path(report_dir).resolve()
     _add_gauges(svc)
 
     @asynccontextmanager
@@ -828,6 +878,7 @@ def create_app(
         _add_batch_route,
         _add_image_routes,
         _add_cluster_routes,
+        _add_report_routes,
     ):
         add(app, svc)
     return app

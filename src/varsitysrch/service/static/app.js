@@ -288,7 +288,11 @@
       $("results").dataset.query = label;
       const scan = data.exact ? "all clusters" : `${data.nprobe} cluster${data.nprobe === 1 ? "" : "s"}`;
       const n = data.hits.length;
-      setStatus(status, `${n} result${n === 1 ? "" : "s"} in ${Math.round(data.took_ms)} ms (scanned ${scan}).`);
+      // calibrated models mark each hit close or not: say so when nothing is close
+      const noClose = n > 0 && data.hits.every((h) => h.close === false);
+      const none = noClose ? " No close match in the catalogue: these are only loosely related." : "";
+      setStatus(status, `${n} result${n === 1 ? "" : "s"} in ${Math.round(data.took_ms)} ms (scanned ${scan}).${none}`);
+      $("results").dataset.close = noClose ? "none" : "some";
     } catch (err) {
       if (err.name === "AbortError") return;
       showError("The search could not reach the server: " + err.message, 0);
@@ -316,6 +320,10 @@
       const meta = el("div", { class: "meta" },
         el("span", { class: "rank" }, "#" + h.rank),
         el("span", { class: "score", title: "cosine similarity" }, h.score.toFixed(3)),
+        ...(h.match ? [el("span", {
+          class: "match " + (h.close ? "close" : "loose"),
+          title: `confidence ${Math.round(100 * h.confidence)} %: compared with how close catalogue items are to each other`,
+        }, h.match)] : []),
         el("a", { class: "cluster", href: "#cluster=" + h.cluster }, "cluster " + h.cluster));
       const fill = el("span");
       fill.style.width = pct.toFixed(1) + "%";  // CSSOM, allowed by the page's CSP (no inline styles)
@@ -454,6 +462,7 @@
       $("stats").textContent = `${info.images} images · ${info.clusters} clusters${by}`;
       $("nprobe").max = String(info.clusters);
       $("nprobe").placeholder = `auto (${info.nprobe})`;
+      $("nav-catalogue").hidden = !info.report;  // the catalogue report, when the service has one
     } catch (err) {
       $("stats").textContent = "service unavailable";
     }
