@@ -6,7 +6,8 @@ at least ``threshold``; a dropped hit is attached to the kept hit it is most sim
 store's L2-normalised vectors -- the space :func:`varsitysrch.find_duplicates` measures
 in -- so the default threshold is its :data:`~varsitysrch._duplicates.DEFAULT_THRESHOLD`
 (chosen on planted re-encoded, resized, cropped and mirrored copies of clothing-small and
-grocery-train).  The cost is one ``m x m`` product over the ``m`` hits considered.
+grocery-train; what collapse does with it is measured in ``docs/shop.md``).  The cost is one
+``m x m`` product over the ``m`` hits considered.
 """
 
 from __future__ import annotations
