@@ -447,6 +447,19 @@ def search(
         Path | None,
         typer.Option("--features", help="Feature store of a model without its index (default: beside it)."),
     ] = None,
+    colour_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--colour-weight", "--color-weight", help="Weight of the product's colour in the score, 0..1."
+        ),
+    ] = None,
+    match_colour: Annotated[
+        bool, typer.Option("--match-colour", "--match-color", help="Match colour too (colour weight 0.15).")
+    ] = False,
+    views: Annotated[
+        str | None,
+        typer.Option(help="Query views: crops (whole + five 70 % crops, best per image), flip, crops+flip."),
+    ] = None,
     min_confidence: Annotated[
         float | None,
         typer.Option(
@@ -473,9 +486,13 @@ def search(
     from . import Searcher
 
     s = _call(Searcher, model, csv, image_root=images, extractor=extractor, features_folder=features)
+    from ._colour import MATCH_COLOUR_WEIGHT
+
+    w = colour_weight if colour_weight is not None else (MATCH_COLOUR_WEIGHT if match_colour else None)
     hits = _call(
-        s.search, query, n, nprobe=nprobe, exact=exact, min_confidence=min_confidence, min_score=min_score
-    )
+        s.search, query, n, nprobe=nprobe, exact=exact, colour_weight=w, views=views,
+        min_confidence=min_confidence, min_score=min_score,
+    )  # fmt: skip
     if as_json:
         _echo_json([_hit_dict(h) for h in hits])
     elif plain or not _stdout_is_terminal():
