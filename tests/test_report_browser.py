@@ -138,3 +138,70 @@ def test_map_draws_points_and_thumbnails_and_hovers(
     pg.screenshot(path=str(screens / "report-map.png"))
     pg.mouse.wheel(0, -300)  # zoom in: still draws
     pg.wait_for_function("Number(document.getElementById('map').dataset.points) > 0")
+
+
+# ---------------------------------------------------------------- served by the HTTP service
+@pytest.fixture(scope="module")
+def served(report: Path, trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
+    """uvicorn on 127.0.0.1 serving the trained catalogue with its report (the Catalogue view)."""
+    import socket
+    import threading
+    import time
+
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    from varsitysrch.service import create_app
+
+    app = create_app(
+        trained["model"], trained["csv"], image_root=trained["root"], report_dir=report,
+        cache_dir=tmp_path_factory.mktemp("served-thumbs"), reload_interval=0,
+    )  # fmt: skip
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def test_catalogue_view_and_confidence_words_in_the_web_page(
+    served: str,
+    trained: dict[str, Path],  # noqa: F811
+    screens: Path,
+) -> None:
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 900})
+            pg.set_default_timeout(TIMEOUT_MS)
+            pg.on("console", lambda m: m.type == "error" and errors.append(m.text))  # CSP violations too
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(served + "/")
+            link = pg.locator("#nav-catalogue")
+            link.wait_for(state="visible")
+            pg.set_input_files("#file", str(trained["root"] / "red_circles" / "img_01.jpg"))
+            pg.wait_for_function("() => document.querySelectorAll('#results .card .match').length > 0")
+            words = pg.locator("#results .card .match").all_inner_texts()
+            assert words[0] == "very similar" and set(words) <= {"very similar", "similar", "loosely related"}
+            pg.screenshot(path=str(screens / "service-results-confidence.png"))
+            link.click()
+            pg.wait_for_url("**/report/")
+            assert pg.locator("h1").inner_text() == "Catalogue report"
+            pg.goto(served + "/report/map.html")  # the map's script and canvas under the page's CSP
+            pg.wait_for_function("() => Number(document.getElementById('map').dataset.thumbs) > 0")
+            pg.screenshot(path=str(screens / "service-report-map.png"))
+        finally:
+            browser.close()
+    assert errors == []

@@ -134,7 +134,7 @@ def _page(title: str, body: str, depth: int = 0, active: str = "") -> str:
     return (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title>"
+        f'<title>{_esc(title)}</title><link rel="icon" href="data:,">'
         f'<link rel=stylesheet href="{up}style.css"></head>\n'
         f"<body><header><nav>{nav}</nav></header>\n<main>\n{body}\n</main></body></html>\n"
     )
