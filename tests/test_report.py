@@ -339,3 +339,14 @@ def test_service_serves_the_report_and_hits_carry_confidence(
         assert c.get("/report/").status_code == 404
     with pytest.raises(InvalidArgumentError, match="report_dir"):
         create_app(trained["model"], trained["csv"], report_dir=tmp_path, reload_interval=0)
+
+
+def test_overview_states_what_a_close_match_is(trained: dict[str, Path], tmp_path: Path) -> None:
+    from varsitysrch._confidence import ScoreCalibrator
+    from varsitysrch._modelfile import load_model
+
+    out = tmp_path / "r"
+    _build(trained, out)
+    cal = ScoreCalibrator.from_dict(load_model(trained["model"]).config["confidence"])
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert f"a hit is a close match from cosine {cal.cutoff_score_:.3f}" in text
