@@ -595,3 +595,70 @@ def test_update_keeps_attributes_of_kept_images_and_takes_a_new_table(
     s = Searcher(tmp_path / "m.vsm")
     assert s.attributes is not None and s.attributes.names == ["colour"]
     assert [h.image for h in s.search_id(first, 5, where={"colour": "red"})] == ["new.png"]
+
+
+def test_cli_train_attributes_and_search_where(
+    synth_catalogue: tuple[Path, dict[str, str]], synth_store: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from varsitysrch._store import FeatureStore
+    from varsitysrch.cli import app
+
+    root, labels = synth_catalogue
+    ids = FeatureStore.open(synth_store).ids
+    (tmp_path / "a.csv").write_text(
+        "image,shape,price\n"
+        + "".join(f"{i},{labels[i]},{j}\n" for j, i in enumerate(ids))
+        + "ghost.png,x,1\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    m, c = tmp_path / "m.vsm", tmp_path / "m.csv"
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_store),
+            "-m",
+            str(m),
+            "-c",
+            str(c),
+            "-k",
+            "3",
+            "--attributes",
+            str(tmp_path / "a.csv"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "1 rows name images not in the catalogue" in r.output and "price (number)" in r.output
+    query = root / ids[0]
+    shape = labels[ids[0]]
+    r = runner.invoke(
+        app,
+        [
+            "search",
+            str(query),
+            "-m",
+            str(m),
+            "-n",
+            "50",
+            "--where",
+            f"shape={shape}",
+            "--where",
+            "price<20",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    want = [i for j, i in enumerate(ids) if labels[i] == shape and j < 20]
+    assert sorted(h["image"] for h in hits) == sorted(want)
+    r = runner.invoke(app, ["search", str(query), "-m", str(m), "--where", "colour=red"])
+    assert r.exit_code == 2 and "which is not an attribute" in r.output
+    r = runner.invoke(app, ["search", str(query), "-m", str(m), "--where", "price<cheap"])
+    assert r.exit_code == 2 and "'cheap' is not a finite number" in r.output
+    r = runner.invoke(app, ["search", str(query), "-m", str(m), "--collapse", "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 5

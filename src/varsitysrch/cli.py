@@ -392,18 +392,34 @@ def train(
     backend: Annotated[str, typer.Option(help="auto, sklearn or faiss.")] = "auto",
     engine: Annotated[str, typer.Option(help="local, or dask: assign clusters on a Dask cluster.")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
+    attributes: Annotated[
+        Path | None,
+        typer.Option(
+            "--attributes", help="CSV image,<columns>: attributes for search --where, kept in the model."
+        ),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV."""
     from . import train_clusters
 
+    attrs = None
+    if attributes is not None:  # joined first: a bad file fails before K-means, the join is reported
+        from ._attributes import Attributes
+        from ._store import FeatureStore
+
+        attrs = _call(Attributes.from_csv, attributes, _call(FeatureStore.open, features_dir).ids)
+        if attrs.report is not None:
+            kinds = ", ".join(f"{n} ({c.kind})" for n, c in attrs.columns.items())
+            _say(f"{attrs.report.summary()}; columns: {kinds}")
     m = _call(
         train_clusters,
         features_dir,
         model,
         csv,
         k,
+        attributes=attrs,
         n_components=n_components,
         n_init=n_init,
         random_state=seed,
@@ -469,6 +485,17 @@ def search(
     min_score: Annotated[
         float | None, typer.Option(help="Only hits with at least this cosine score.")
     ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            "-w",
+            help="Attribute filter, repeatable (all must hold): category=shoes, brand in a,b, price<50.",
+        ),
+    ] = None,
+    collapse: Annotated[
+        bool, typer.Option("--collapse/--no-collapse", help="Show near-duplicates of one product once.")
+    ] = False,
     as_json: AsJson = False,
     plain: Plain = False,
     quiet: Quiet = False,
@@ -491,7 +518,7 @@ def search(
     w = colour_weight if colour_weight is not None else (MATCH_COLOUR_WEIGHT if match_colour else None)
     hits = _call(
         s.search, query, n, nprobe=nprobe, exact=exact, colour_weight=w, views=views,
-        min_confidence=min_confidence, min_score=min_score,
+        min_confidence=min_confidence, min_score=min_score, where=where or None, collapse=collapse,
     )  # fmt: skip
     if as_json:
         _echo_json([_hit_dict(h) for h in hits])
@@ -726,6 +753,12 @@ def update(
             help="Let a folder with no readable image empty the store (refused otherwise; the model stays).",
         ),
     ] = False,
+    attributes: Annotated[
+        Path | None,
+        typer.Option(
+            "--attributes", help="A new attributes CSV (default: keep the model's, new images get none)."
+        ),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -742,6 +775,7 @@ def update(
         scheduler=scheduler,
         extractor=extractor,
         allow_empty=allow_empty,
+        attributes=attributes,
         show_progress=_bars(),
     )
     if as_json:
