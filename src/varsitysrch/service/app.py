@@ -255,12 +255,15 @@ def _search_id(
     nprobe: int | None,
     exact: bool,
     include_self: bool,
+    colour_weight: float = 0.0,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     if image_id not in gen.id_set:
         raise _http(404, f"image_id {image_id!r} is not in the catalogue")
     _check_nprobe(gen, nprobe, exact)
-    hits = gen.searcher.search_id(image_id, top_n, nprobe=nprobe, exact=exact, include_self=include_self)
+    hits = gen.searcher.search_id(
+        image_id, top_n, nprobe=nprobe, exact=exact, include_self=include_self, colour_weight=colour_weight
+    )
     query = {"kind": "image_id", "image_id": image_id, **_links(request, image_id)}
     return _result(request, gen, query, hits, t0, top_n, nprobe, exact)
 
@@ -456,6 +459,7 @@ def _add_service_routes(app: Any, svc: Service) -> None:
 
 _TOP_N_DOC = "number of results (default 10)"
 _NPROBE_DOC = "clusters to scan (default: the model's calibrated value)"
+_COLOUR_DOC = "weight of the product's colour in the score, 0..1 (0: off; 0.15 = match colour)"
 _SELF_DOC = "with image_id: keep the query image in the results"
 
 
@@ -484,12 +488,16 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         nprobe: Annotated[int | None, Form(ge=1, description=_NPROBE_DOC)] = None,
         exact: Annotated[bool | None, Form(description="scan every cluster")] = None,
         include_self: Annotated[bool | None, Form(description=_SELF_DOC)] = None,
+        colour_weight: Annotated[float | None, Form(ge=0, le=1, description=_COLOUR_DOC)] = None,
         q_top_n: Annotated[
             int | None, Query(alias="top_n", ge=1, le=MAX_TOP_N, description=_TOP_N_DOC)
         ] = None,
         q_nprobe: Annotated[int | None, Query(alias="nprobe", ge=1, description=_NPROBE_DOC)] = None,
         q_exact: Annotated[bool | None, Query(alias="exact")] = None,
         q_include_self: Annotated[bool | None, Query(alias="include_self")] = None,
+        q_colour_weight: Annotated[
+            float | None, Query(alias="colour_weight", ge=0, le=1, description=_COLOUR_DOC)
+        ] = None,
     ) -> dict[str, Any]:
         """Search with an uploaded photo (field ``image``) or a catalogue image (field ``image_id``).
 
@@ -498,11 +506,12 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         gen = svc.gen  # one model for the whole request, even if a reload lands meanwhile
         n, p = _pick(top_n, q_top_n, 10), _pick(nprobe, q_nprobe, None)
         ex, inc = bool(_pick(exact, q_exact, False)), bool(_pick(include_self, q_include_self, True))
+        w = float(_pick(colour_weight, q_colour_weight, 0.0))
         has_file = image is not None and (bool(image.filename) or image.size not in (None, 0))
         if has_file and image_id:
             raise _http(422, "send either an image file or an image_id, not both")
         if image_id:
-            return await run_in_threadpool(_search_id, request, gen, image_id, n, p, ex, inc)
+            return await run_in_threadpool(_search_id, request, gen, image_id, n, p, ex, inc, w)
         if image is None or not has_file:
             raise _http(422, "send an image file (multipart field 'image') or an image_id")
         t0 = time.perf_counter()
@@ -511,7 +520,10 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
         if isinstance(v, Exception):
             raise v
-        hits = await run_in_threadpool(gen.searcher.search_vector, v, n, nprobe=p, exact=ex)
+        colour = await run_in_threadpool(gen.searcher.query_colour, data) if w > 0 else None
+        hits = await run_in_threadpool(
+            gen.searcher.search_views, v[None], n, nprobe=p, exact=ex, colour=colour, colour_weight=w
+        )
         query = {"kind": "upload", "filename": image.filename, "bytes": len(data)}
         return _result(request, gen, query, hits, t0, n, p, ex)
 
@@ -523,9 +535,10 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         nprobe: Annotated[int | None, Query(ge=1, description=_NPROBE_DOC)] = None,
         exact: Annotated[bool, Query(description="scan every cluster")] = False,
         include_self: Annotated[bool, Query(description="keep the query image in the results")] = True,
+        colour_weight: Annotated[float, Query(ge=0, le=1, description=_COLOUR_DOC)] = 0.0,
     ) -> dict[str, Any]:
         """Search with a catalogue image."""
-        return _search_id(request, svc.gen, image_id, top_n, nprobe, exact, include_self)
+        return _search_id(request, svc.gen, image_id, top_n, nprobe, exact, include_self, colour_weight)
 
 
 def _add_batch_route(app: Any, svc: Service) -> None:
