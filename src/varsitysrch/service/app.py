@@ -7,6 +7,9 @@ Endpoints (OpenAPI at ``/docs``, self-hosted, and ``/openapi.json``)::
                                  ``exact``, ``include_self`` as form fields or query parameters
     GET  /search?image_id=ID     search with a catalogue image
     POST /search/batch           many queries in one request: files ``images`` and/or fields ``image_ids``
+    POST /search/feedback        "more / less like this": ``positive`` / ``negative`` catalogue ids and
+                                 the original query (``image`` or ``image_id``, optional)
+    GET  /attributes             the catalogue's attribute columns (what filter controls need)
     GET  /images/{id}            a catalogue image (only catalogue ids, only inside the image folder)
     GET  /thumbnails/{id}        a JPEG thumbnail, cached on disk
     GET  /clusters               every cluster: size and a few sample members
@@ -14,6 +17,10 @@ Endpoints (OpenAPI at ``/docs``, self-hosted, and ``/openapi.json``)::
     GET  /healthz                liveness and catalogue facts
     GET  /metrics                Prometheus text format
     POST /admin/reload           load the model again now if its files changed (else a no-op)
+
+Every search route takes ``where`` (repeatable: ``where=category=shoes&where=price<50``, or one
+JSON object ``where={"price": {"lt": 50}}``) and ``collapse`` (near-duplicates shown once); each
+hit carries the image's ``attributes`` and, when collapsed, its ``duplicates`` (``docs/shop.md``).
 
 Errors are JSON ``{"detail": ...}``: 404 unknown image / cluster, 413 upload too large,
 415 not an image in an accepted format, 422 invalid parameters or an image that cannot be
@@ -217,6 +224,30 @@ def _hit_dict(request: Any, h: Any) -> dict[str, Any]:
     }
 
 
+def _shop_fields(request: Any, gen: Generation, h: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """A hit's attributes (when the model has them) and collapsed duplicates (when there are)."""
+    attrs = gen.searcher.attributes
+    if attrs is not None:
+        d["attributes"] = attrs.row(gen.searcher._id_index[h.image])
+    if getattr(h, "duplicates", ()):
+        d["duplicates"] = [{"image": i, **_links(request, i)} for i in h.duplicates]
+    return d
+
+
+def _where(values: list[str] | None) -> Any:
+    """``where`` parameters: strings (all must hold), or one JSON object."""
+    if not values:
+        return None
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        import json
+
+        try:
+            return json.loads(values[0])
+        except ValueError as exc:
+            raise _http(422, f"where is not a valid JSON object: {exc}") from None
+    return values
+
+
 def _http(status: int, detail: str, **headers: str) -> Exception:
     from fastapi import HTTPException
 
@@ -243,7 +274,7 @@ def _result(
         "nprobe": None if exact else (gen.searcher.default_nprobe if nprobe is None else nprobe),
         "exact": exact,
         "took_ms": round((time.perf_counter() - t0) * 1000, 3),
-        "hits": [_hit_dict(request, h) for h in hits],
+        "hits": [_shop_fields(request, gen, h, _hit_dict(request, h)) for h in hits],
     }
 
 
@@ -256,14 +287,17 @@ def _search_id(
     exact: bool,
     include_self: bool,
     colour_weight: float = 0.0,
+    where: Any = None,
+    collapse: bool = False,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     if image_id not in gen.id_set:
         raise _http(404, f"image_id {image_id!r} is not in the catalogue")
     _check_nprobe(gen, nprobe, exact)
     hits = gen.searcher.search_id(
-        image_id, top_n, nprobe=nprobe, exact=exact, include_self=include_self, colour_weight=colour_weight
-    )
+        image_id, top_n, nprobe=nprobe, exact=exact, include_self=include_self, colour_weight=colour_weight,
+        where=where, collapse=collapse,
+    )  # fmt: skip
     query = {"kind": "image_id", "image_id": image_id, **_links(request, image_id)}
     return _result(request, gen, query, hits, t0, top_n, nprobe, exact)
 
@@ -461,6 +495,11 @@ _TOP_N_DOC = "number of results (default 10)"
 _NPROBE_DOC = "clusters to scan (default: the model's calibrated value)"
 _COLOUR_DOC = "weight of the product's colour in the score, 0..1 (0: off; 0.15 = match colour)"
 _SELF_DOC = "with image_id: keep the query image in the results"
+_WHERE_DOC = (
+    "attribute filter, repeatable, all must hold: category=shoes, brand in a,b, price<50, in_stock=true; "
+    'or one JSON object {"price": {"lt": 50}}'
+)
+_COLLAPSE_DOC = "show near-duplicates of one product once (they are listed in the hit's duplicates)"
 
 
 async def _read_upload(svc: Service, image: Any) -> bytes:
@@ -498,6 +537,8 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         q_colour_weight: Annotated[
             float | None, Query(alias="colour_weight", ge=0, le=1, description=_COLOUR_DOC)
         ] = None,
+        where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
+        collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
     ) -> dict[str, Any]:
         """Search with an uploaded photo (field ``image``) or a catalogue image (field ``image_id``).
 
@@ -510,8 +551,9 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         has_file = image is not None and (bool(image.filename) or image.size not in (None, 0))
         if has_file and image_id:
             raise _http(422, "send either an image file or an image_id, not both")
+        wh = _where(where)
         if image_id:
-            return await run_in_threadpool(_search_id, request, gen, image_id, n, p, ex, inc, w)
+            return await run_in_threadpool(_search_id, request, gen, image_id, n, p, ex, inc, w, wh, collapse)
         if image is None or not has_file:
             raise _http(422, "send an image file (multipart field 'image') or an image_id")
         t0 = time.perf_counter()
@@ -522,8 +564,9 @@ def _add_search_routes(app: Any, svc: Service) -> None:
             raise v
         colour = await run_in_threadpool(gen.searcher.query_colour, data) if w > 0 else None
         hits = await run_in_threadpool(
-            gen.searcher.search_views, v[None], n, nprobe=p, exact=ex, colour=colour, colour_weight=w
-        )
+            gen.searcher.search_views, v[None], n, nprobe=p, exact=ex, colour=colour, colour_weight=w,
+            where=wh, collapse=collapse,
+        )  # fmt: skip
         query = {"kind": "upload", "filename": image.filename, "bytes": len(data)}
         return _result(request, gen, query, hits, t0, n, p, ex)
 
@@ -536,9 +579,78 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         exact: Annotated[bool, Query(description="scan every cluster")] = False,
         include_self: Annotated[bool, Query(description="keep the query image in the results")] = True,
         colour_weight: Annotated[float, Query(ge=0, le=1, description=_COLOUR_DOC)] = 0.0,
+        where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
+        collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
     ) -> dict[str, Any]:
         """Search with a catalogue image."""
-        return _search_id(request, svc.gen, image_id, top_n, nprobe, exact, include_self, colour_weight)
+        return _search_id(
+            request,
+            svc.gen,
+            image_id,
+            top_n,
+            nprobe,
+            exact,
+            include_self,
+            colour_weight,
+            _where(where),
+            collapse,
+        )
+
+
+def _add_shop_routes(app: Any, svc: Service) -> None:
+    """``GET /attributes`` and ``POST /search/feedback`` (docs/shop.md)."""
+    from fastapi import File, Form, Query, Request, UploadFile
+    from starlette.concurrency import run_in_threadpool
+
+    @app.get("/attributes", tags=["search"])
+    def attributes() -> dict[str, Any]:
+        """The attribute columns of the catalogue: name, kind (number, bool, string), missing values,
+        the range of a number column and the most common values of a text column."""
+        attrs = svc.gen.searcher.attributes
+        return {"columns": attrs.describe() if attrs is not None else []}
+
+    @app.post("/search/feedback", tags=["search"])
+    async def search_feedback(
+        request: Request,
+        image: Annotated[UploadFile | None, File(description="the original query photo (optional)")] = None,
+        image_id: Annotated[str | None, Form(description="or: the original query, a catalogue id")] = None,
+        positive: Annotated[list[str] | None, Form(description="catalogue ids: more like these")] = None,
+        negative: Annotated[list[str] | None, Form(description="catalogue ids: less like these")] = None,
+        top_n: Annotated[int, Query(ge=1, le=MAX_TOP_N, description=_TOP_N_DOC)] = 10,
+        nprobe: Annotated[int | None, Query(ge=1, description=_NPROBE_DOC)] = None,
+        exact: Annotated[bool, Query(description="scan every cluster")] = False,
+        where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
+        collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
+    ) -> dict[str, Any]:
+        """Search with relevance feedback (Rocchio, ``docs/shop.md``): the query moved toward the
+        ``positive`` items and away from the ``negative`` ones; judged items (and a catalogue
+        query) are not returned."""
+        gen = svc.gen
+        pos, neg = list(positive or []), list(negative or [])
+        for i in [*pos, *neg, *([image_id] if image_id else [])]:
+            if i not in gen.id_set:
+                raise _http(404, f"image_id {i!r} is not in the catalogue")
+        has_file = image is not None and (bool(image.filename) or image.size not in (None, 0))
+        if has_file and image_id:
+            raise _http(422, "send either an image file or an image_id as the query, not both")
+        _check_nprobe(gen, nprobe, exact)
+        t0 = time.perf_counter()
+        query: Any = image_id or None
+        info: dict[str, Any] = {"kind": "feedback", "image_id": image_id}
+        if has_file and image is not None:
+            data = await _read_upload(svc, image)
+            (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
+            if isinstance(v, Exception):
+                raise v
+            query = np.asarray(v, np.float32)
+            info = {"kind": "feedback", "filename": image.filename, "bytes": len(data)}
+        w = _where(where)
+        hits = await run_in_threadpool(
+            gen.searcher.search_feedback, query, pos, neg, top_n,
+            where=w, collapse=collapse, nprobe=nprobe, exact=exact,
+        )  # fmt: skip
+        info.update(positive=pos, negative=neg)
+        return _result(request, gen, info, hits, t0, top_n, nprobe, exact)
 
 
 def _add_batch_route(app: Any, svc: Service) -> None:
@@ -554,6 +666,8 @@ def _add_batch_route(app: Any, svc: Service) -> None:
         nprobe: Annotated[int | None, Query(ge=1, description=_NPROBE_DOC)] = None,
         exact: Annotated[bool, Query(description="scan every cluster")] = False,
         include_self: Annotated[bool, Query(description=_SELF_DOC)] = True,
+        where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
+        collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
     ) -> dict[str, Any]:
         """Many queries in one request: uploads first (in order), then ids; embedded as one batch.
 
@@ -572,6 +686,9 @@ def _add_batch_route(app: Any, svc: Service) -> None:
         if len(files) > svc.decode.limit:
             raise _http(422, f"a batch holds at most {svc.decode.limit} uploads; got {len(files)}")
         _check_nprobe(gen, nprobe, exact)
+        w = _where(where)
+        if w is not None:  # a bad filter fails the whole batch (422), not each query
+            gen.searcher._filter(w, ())
         t0 = time.perf_counter()
         datas = [await _read_upload(svc, f) for f in files]
         vecs = (
@@ -587,11 +704,15 @@ def _add_batch_route(app: Any, svc: Service) -> None:
                 if isinstance(v, Exception):
                     out.append({"query": query, "error": {"status": v.status_code, "detail": v.detail}})  # type: ignore[attr-defined]
                     continue
-                hits = gen.searcher.search_vector(v, top_n, nprobe=nprobe, exact=exact)
+                hits = gen.searcher.search_vector(
+                    v, top_n, nprobe=nprobe, exact=exact, where=w, collapse=collapse
+                )
                 out.append(_result(request, gen, query, hits, t0, top_n, nprobe, exact))
             for i in id_list:
                 try:
-                    out.append(_search_id(request, gen, i, top_n, nprobe, exact, include_self))
+                    out.append(
+                        _search_id(request, gen, i, top_n, nprobe, exact, include_self, 0.0, w, collapse)
+                    )
                 except Exception as exc:
                     status, detail = (
                         getattr(exc, "status_code", 500),
@@ -889,6 +1010,7 @@ def create_app(
         _add_service_routes,
         _add_search_routes,
         _add_batch_route,
+        _add_shop_routes,
         _add_image_routes,
         _add_cluster_routes,
         _add_report_routes,

@@ -16,6 +16,7 @@
   let inflight = null;      // AbortController of the running search
   let previewUrl = null;    // object URL of the uploaded query
   let current = null;       // the search on screen: {kind: "upload", file} or {kind: "id", id}
+  let marks = { pos: [], neg: [] };  // "more like this" / "less like this" on the search on screen
   let clusterView = 0;      // bumped by each clusters view: a late answer for an older one is dropped
 
   // ------------------------------------------------------------------ helpers
@@ -65,7 +66,8 @@
   function labelOf(param) {
     const c = controls().find((x) => x.dataset.param === param);
     if (c) return c.dataset.label;
-    return { image: "The photo", image_id: "The catalogue image", offset: "Page", limit: "Page size" }[param] || null;
+    return { image: "The photo", image_id: "The catalogue image", offset: "Page", limit: "Page size",
+      where: "A filter" }[param] || null;
   }
 
   function rangeText(label, lo, hi) {
@@ -170,7 +172,56 @@
       }
       p.set(c.dataset.param, v);
     }
+    for (const cond of filterConditions()) p.append("where", cond);
     return p;
+  }
+
+  // ------------------------------------------------------------------ filters (from GET /attributes)
+  function csvCell(v) {  // a where value: a CSV cell, quoted when it holds a comma, quote or edge space
+    return /[",]|^\s|\s$/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
+  }
+
+  function filterConditions() {
+    const out = [];
+    for (const c of $("filters").querySelectorAll("[data-where]")) {
+      const v = String(c.value).trim();
+      if (!v) continue;
+      const col = c.dataset.where;
+      if (c.dataset.bound) {
+        if (!Number.isFinite(Number(v))) throw new Error(`${col}: "${v}" is not a number.`);
+        out.push(`${col}${c.dataset.bound === "min" ? ">=" : "<="}${v}`);
+      } else {
+        out.push(`${col}=${csvCell(v)}`);
+      }
+    }
+    return out;
+  }
+
+  function buildFilters(columns) {
+    const box = $("filters");
+    const controls = columns.map((col) => {
+      const label = el("label", { class: "control" }, col.name);
+      if (col.kind === "number") {
+        const lo = el("input", { type: "text", inputmode: "decimal", placeholder: col.min === null ? "min" : `≥ ${col.min}`,
+          dataset: { where: col.name, bound: "min" }, "aria-label": col.name + " from" });
+        const hi = el("input", { type: "text", inputmode: "decimal", placeholder: col.max === null ? "max" : `≤ ${col.max}`,
+          dataset: { where: col.name, bound: "max" }, "aria-label": col.name + " to" });
+        label.append(el("span", { class: "range" }, lo, hi));
+      } else if (col.kind === "bool") {
+        label.append(el("select", { dataset: { where: col.name } },
+          el("option", { value: "" }, "any"), el("option", { value: "true" }, "yes"), el("option", { value: "false" }, "no")));
+      } else if ((col.values || []).length <= 50 && (col.distinct || 0) <= 50) {
+        label.append(el("select", { dataset: { where: col.name } }, el("option", { value: "" }, "any"),
+          ...(col.values || []).map(([v, n]) => el("option", { value: v }, `${v} (${n})`))));
+      } else {
+        const listId = "values-" + col.name;
+        label.append(el("input", { type: "text", list: listId, placeholder: "any", dataset: { where: col.name } }),
+          el("datalist", { id: listId }, ...(col.values || []).map(([v]) => el("option", { value: v }))));
+      }
+      return label;
+    });
+    box.replaceChildren(el("legend", {}, "Filters"), ...controls);
+    box.hidden = controls.length === 0;
   }
 
   // Re-run the search on screen when an option changed since it ran (a "change" that follows
@@ -184,8 +235,39 @@
       now = null;  // let the search show the message
     }
     if (now !== null && now === current.applied) return;
-    if (current.kind === "upload") searchFile(current.file);
+    if (marks.pos.length || marks.neg.length) searchFeedback();
+    else if (current.kind === "upload") searchFile(current.file);
     else searchById(current.id);
+  }
+
+  // ------------------------------------------------------------------ feedback
+  function resetMarks() {
+    marks = { pos: [], neg: [] };
+    $("feedback").hidden = true;
+  }
+
+  function mark(id, kind) {
+    const other = kind === "pos" ? "neg" : "pos";
+    marks[other] = marks[other].filter((x) => x !== id);
+    marks[kind] = marks[kind].includes(id) ? marks[kind].filter((x) => x !== id) : [...marks[kind], id];
+    if (marks.pos.length || marks.neg.length) searchFeedback();
+    else if (current && current.kind === "upload") searchFile(current.file);
+    else if (current) searchById(current.id);
+  }
+
+  async function searchFeedback() {
+    if (!current) return;
+    const form = new FormData();
+    if (current.kind === "upload") form.append("image", current.file, current.file.name || "upload");
+    else form.append("image_id", current.id);
+    for (const id of marks.pos) form.append("positive", id);
+    for (const id of marks.neg) form.append("negative", id);
+    const n = (k) => `${marks[k].length}`;
+    $("feedback-text").textContent = `Refined: ${n("pos")} more like, ${n("neg")} less like (judged items are not shown again).`;
+    $("feedback").hidden = false;
+    const label = (current.kind === "upload" ? "upload:" + (current.file.name || "") : "id:" + current.id)
+      + `+feedback:${marks.pos.length}/${marks.neg.length}`;
+    await runSearch("search/feedback?", { method: "POST", body: form }, label, current.kind === "upload");
   }
 
   // ------------------------------------------------------------------ search
@@ -245,6 +327,7 @@
       $("query").hidden = true;
       return showError("This catalogue cannot search with new photos; click a catalogue image instead.", 501);
     }
+    if (!current || current.file !== file) resetMarks();
     current = { kind: "upload", file };
     if (location.hash && location.hash !== "#search") history.pushState(null, "", "#search");
     if (previewUrl) URL.revokeObjectURL(previewUrl);
@@ -257,6 +340,7 @@
 
   async function searchById(id) {
     if (!id) return;
+    if (!current || current.id !== id) resetMarks();
     current = { kind: "id", id };
     showQuery("thumbnails/" + id.split("/").map(encodeURIComponent).join("/"), id);
     await runSearch("search?", { method: "GET" }, "id:" + id, false, { image_id: id, include_self: "false" });
@@ -308,7 +392,7 @@
       onclick: () => goSearchId(item.image),
     }, img);
     const name = el("div", { class: "name", title: item.image }, item.image);
-    const more = el("button", { type: "button", class: "more", onclick: () => goSearchId(item.image) }, "More like this");
+    const more = el("button", { type: "button", class: "more", onclick: () => goSearchId(item.image) }, "Search with this");
     const open = el("a", { class: "open", href: item.url, target: "_blank", rel: "noopener" }, "full size ↗");
     return el("li", { class: "card", dataset: { id: item.image, ...(extra.dataset || {}) } },
       button, ...(extra.children || []), name, el("div", { class: "actions" }, more, open));
@@ -328,9 +412,26 @@
       const fill = el("span");
       fill.style.width = pct.toFixed(1) + "%";  // CSSOM, allowed by the page's CSP (no inline styles)
       const bar = el("div", { class: "bar" }, fill);
+      const judge = el("div", { class: "judge" },
+        el("button", { type: "button", class: "like", "aria-pressed": String(marks.pos.includes(h.image)),
+          onclick: () => mark(h.image, "pos") }, "More like this"),
+        el("button", { type: "button", class: "less", "aria-pressed": String(marks.neg.includes(h.image)),
+          onclick: () => mark(h.image, "neg") }, "Less like this"));
+      const extra = [meta, bar, judge];
+      const attrs = Object.entries(h.attributes || {});
+      if (attrs.length) {
+        extra.push(el("div", { class: "attrs", title: attrs.map(([k, v]) => `${k}: ${v}`).join("\n") },
+          attrs.slice(0, 4).map(([, v]) => String(v)).join(" · ")));
+      }
+      if (h.duplicates && h.duplicates.length) {
+        const n = h.duplicates.length;
+        extra.push(el("div", { class: "dups", title: h.duplicates.map((d) => d.image).join("\n") },
+          `+${n} near-identical photo${n === 1 ? "" : "s"}`));
+      }
       return card(h, {
-        dataset: { rank: String(h.rank), score: String(h.score), cluster: String(h.cluster) },
-        children: [meta, bar],
+        dataset: { rank: String(h.rank), score: String(h.score), cluster: String(h.cluster),
+          dups: String((h.duplicates || []).length) },
+        children: extra,
       });
     });
     $("results").replaceChildren(...cards);
@@ -451,6 +552,16 @@
       typing = setTimeout(rerun, 600);
     });
     opts.addEventListener("submit", (e) => { e.preventDefault(); rerun(); });
+    opts.addEventListener("input", (e) => {  // filter text boxes: once the typing pauses
+      if (!e.target.dataset || !e.target.dataset.where || e.target.tagName !== "INPUT") return;
+      clearTimeout(typing);
+      typing = setTimeout(rerun, 600);
+    });
+    $("feedback-clear").addEventListener("click", () => {
+      resetMarks();
+      if (current && current.kind === "upload") searchFile(current.file);
+      else if (current) searchById(current.id);
+    });
     window.addEventListener("hashchange", route);
   }
 
@@ -465,6 +576,11 @@
       $("nav-catalogue").hidden = !info.report;  // the catalogue report, when the service has one
     } catch (err) {
       $("stats").textContent = "service unavailable";
+    }
+    try {
+      buildFilters((await getJSON("attributes")).columns || []);
+    } catch (_) {
+      buildFilters([]);  // an older server without /attributes: no filters
     }
     route();
   }
