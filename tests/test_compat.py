@@ -61,7 +61,10 @@ def test_hit_repr_attributes_and_to_dict() -> None:
     assert repr(h) == "Hit('a/b.jpg', score=0.500, rank=4, cluster=2, path='/cat/a/b.jpg')"
     assert repr(Hit("a/b.jpg", 0.9123, 3, 1)) == "Hit('a/b.jpg', score=0.912, rank=1, cluster=3)"
     d = h.to_dict()
-    assert d == {"image": "a/b.jpg", "score": 0.5, "cluster": 2, "rank": 4, "path": "/cat/a/b.jpg"}
+    assert d == {
+        "image": "a/b.jpg", "score": 0.5, "cluster": 2, "rank": 4, "path": "/cat/a/b.jpg",
+        "confidence": None, "match": None, "close": None,  # no calibration given to this Hit
+    }  # fmt: skip
     assert [type(d[k]) for k in ("image", "score", "cluster", "rank")] == [str, float, int, int]
     assert json.loads(json.dumps(d)) == d
     r = h.with_rank(1)

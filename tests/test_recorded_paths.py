@@ -115,7 +115,7 @@ def test_cli_search_needs_and_takes_the_onnx_extractor(onnx_model: dict[str, Pat
     assert "Traceback" not in res.output
     res = runner.invoke(app, [*base, "--extractor", f"onnx:{onnx_model['graph']}"])
     assert res.exit_code == 0, res.output  # the file, with the model's preprocessing (64 px)
-    _rank, score, _, image, _ = res.output.splitlines()[1].split("\t")
+    _rank, score, _, image, *_ = res.output.splitlines()[1].split("\t")
     assert image == onnx_model["query"].relative_to(onnx_model["cat"]).as_posix()
     assert float(score) == pytest.approx(1.0, abs=1e-3)
 
