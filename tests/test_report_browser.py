@@ -188,6 +188,7 @@ def test_catalogue_view_and_confidence_words_in_the_web_page(
             pg.set_default_timeout(TIMEOUT_MS)
             pg.on("console", lambda m: m.type == "error" and errors.append(m.text))  # CSP violations too
             pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.on("response", lambda r: r.status >= 400 and errors.append(f"HTTP {r.status} {r.url}"))
             pg.goto(served + "/")
             link = pg.locator("#nav-catalogue")
             link.wait_for(state="visible")
