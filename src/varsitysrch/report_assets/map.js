@@ -10,7 +10,9 @@
     if (D.y[i] < minY) minY = D.y[i]; if (D.y[i] > maxY) maxY = D.y[i];
   }
   var pad = 40, sx = (W - 2 * pad) / ((maxX - minX) || 1), sy = (H - 2 * pad) / ((maxY - minY) || 1);
-  var base = Math.min(sx, sy), zoom = 1, ox = 0, oy = 0, TH = 44;
+  var base = Math.min(sx, sy), zoom = 1, TH = 44;
+  // centre the map in the canvas (one scale for both axes keeps distances true)
+  var ox = (W - 2 * pad - (maxX - minX) * base) / 2, oy = -(H - 2 * pad - (maxY - minY) * base) / 2;
   function px(j) { return pad + ((D.x[j] - minX) * base) * zoom + ox; }
   function py(j) { return H - pad - ((D.y[j] - minY) * base) * zoom + oy; }
   function colour(c) { return "hsl(" + ((c * 137.508) % 360).toFixed(1) + ",65%,48%)"; }
