@@ -514,7 +514,13 @@ def store_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            holder = ""
+            for _ in range(50):  # the holder writes its pid just after taking the lock: wait for it
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "unknown process"
             raise FeatureStoreError(
                 f"the feature store {str(folder)!r} is being written by another process ({holder}); "
                 "wait for it to finish or stop it, then retry"
