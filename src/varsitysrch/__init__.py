@@ -39,10 +39,9 @@ if TYPE_CHECKING:
     from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
-    from ._feedback import search_feedback
     from ._kmeans import KMeansModel
     from ._report import ReportSummary, make_report
-    from ._search import Hit, Searcher, search_similar_images
+    from ._search import Hit, Searcher, search_feedback, search_similar_images
     from ._selectk import KSelection, get_optimal_num_clusters
     from ._store import FeatureStore, load_features
     from ._train import train_clusters
@@ -69,7 +68,7 @@ _LAZY = {
     "Hit": "._search",
     "Searcher": "._search",
     "search_similar_images": "._search",
-    "search_feedback": "._feedback",
+    "search_feedback": "._search",
     "KSelection": "._selectk",
     "get_optimal_num_clusters": "._selectk",
     "FeatureStore": "._store",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,10 @@ from ._colour import (
 from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extractors import Embedder, Extractor, query_extractor
+from ._feedback import ALPHA as FEEDBACK_ALPHA
+from ._feedback import BETA as FEEDBACK_BETA
+from ._feedback import GAMMA as FEEDBACK_GAMMA
+from ._feedback import feedback_search
 from ._images import ImageSource, load_image
 from ._index import IVFSearch
 from ._io import stat_stamp
@@ -474,8 +478,6 @@ class Searcher:
         ``exclude_judged`` (default ``True``: judged catalogue items are not shown again).
         See :func:`varsitysrch.search_feedback` and ``docs/shop.md``.
         """
-        from ._feedback import feedback_search
-
         return feedback_search(self, query, positive, negative, top_n, **options)
 
     def ranking_vector(self, v: np.ndarray) -> np.ndarray:
@@ -785,7 +787,7 @@ def _cached_searcher(model: str, csv: str | None, root: str | None, _stamp: tupl
     return Searcher(model, csv, image_root=root)
 
 
-_stamp = stat_stamp  # the cache key of _cached_searcher (also used by _feedback)
+_stamp = stat_stamp  # the cache key of _cached_searcher
 
 
 def search_similar_images(
@@ -840,3 +842,55 @@ def search_similar_images(
     plural = "" if len(hits) == 1 else "s"
     say(log, f"Found {len(hits)} similar image{plural} ({note}).", show_progress)
     return hits
+
+
+def search_feedback(
+    model_filename: str | os.PathLike[str],
+    positive: Sequence[Any] = (),
+    negative: Sequence[Any] = (),
+    *,
+    query: Any = None,
+    csv_file: str | os.PathLike[str] | None = None,
+    top_n: int = 5,
+    where: Any = None,
+    collapse: bool | float | None = None,
+    nprobe: int | None = None,
+    exact: bool = False,
+    image_root: str | os.PathLike[str] | None = None,
+    alpha: float = FEEDBACK_ALPHA,
+    beta: float = FEEDBACK_BETA,
+    gamma: float = FEEDBACK_GAMMA,
+    exclude_judged: bool = True,
+) -> list[Any]:
+    """Search with relevance feedback (Rocchio): "more like these, less like those".
+
+    ``positive`` / ``negative``: catalogue ids or images (paths, bytes, PIL images) the
+    shopper marked relevant / irrelevant, e.g. among the results of a first search;
+    ``query``: the original query (an image or id; optional).  The refined query
+    ``alpha*q + beta*mean(positive) - gamma*mean(negative)`` is searched once, with the
+    same ``where`` filter, ``collapse`` and ``nprobe`` as any search; the judged catalogue
+    items (and a catalogue query) are left out of the results (``exclude_judged=False``
+    keeps the positives and the query).
+    How much one round of feedback helps is measured in ``docs/shop.md``
+    (``benchmarks/bench_feedback.py``).  The model is loaded once and cached, as in
+    :func:`~varsitysrch.search_similar_images`.
+    """
+    m = str(Path(model_filename).resolve())
+    c = str(Path(csv_file).resolve()) if csv_file is not None else None
+    r = str(Path(image_root).resolve()) if image_root is not None else None
+    searcher = _cached_searcher(m, c, r, _stamp(m, c))
+    return feedback_search(
+        searcher,
+        query,
+        positive,
+        negative,
+        top_n,
+        where=where,
+        collapse=collapse,
+        nprobe=nprobe,
+        exact=exact,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        exclude_judged=exclude_judged,
+    )
