@@ -454,6 +454,16 @@ case("VaSrch", "train-k-1")(
     )
 )
 
+# search_feedback (more like these, less like those)
+case("search_feedback", "model-missing")(lambda h: V.search_feedback(h["missing"], [h["query"]]))
+case("search_feedback", "model-garbage")(lambda h: V.search_feedback(h["models"]["garbage"], [h["query"]]))
+case("search_feedback", "nothing-judged")(lambda h: V.search_feedback(h["model"], [], [], csv_file=h["csv"]))
+case("search_feedback", "unknown-id")(
+    lambda h: V.search_feedback(h["model"], ["no/such/image.jpg"], csv_file=h["csv"])
+)
+case("search_feedback", "top_n-0")(lambda h: V.search_feedback(h["model"], [h["query"]], top_n=0))
+case("search_feedback", "beta-nan")(lambda h: V.search_feedback(h["model"], [h["query"]], beta=float("nan")))
+
 # find_duplicates / make_report / ScoreCalibrator (catalogue insight)
 case("find_duplicates", "store-missing")(lambda h: V.find_duplicates(h["missing"], show_progress=False))
 case("find_duplicates", "store-is-a-file")(lambda h: V.find_duplicates(h["text"], show_progress=False))
