@@ -783,6 +783,33 @@ def _query_vectors(
     return out, bad
 
 
+@dataclass
+class _Setup:
+    """What every configuration of one evaluation shares: catalogue, queries, exclusions, colours."""
+
+    source: Path
+    features_mode: bool
+    work: Path
+    threads: int | None
+    top_k: int
+    n_latency: int
+    ids: list[str]
+    groups: dict[str, str]
+    queries: _Queries
+    query_label: list[str]
+    cat_ids: list[str]
+    cat_index: dict[str, int]
+    cat_label: np.ndarray
+    excluded: list[set[int]]
+    n_relevant: np.ndarray
+    split_key: str
+    cat_rows_all: np.ndarray
+    q_root: Path
+    q_rows_all: np.ndarray | None
+    colours: np.ndarray | None
+    q_colours: np.ndarray | None
+
+
 def _evaluate(
     source: Path,
     features_mode: bool,
@@ -802,17 +829,61 @@ def _evaluate(
     queries_dir: Any = None,
     queries_csv: Any = None,
 ) -> EvalReport:
-    from ._search import Searcher
-    from ._train import train_clusters
-
     t_start = time.perf_counter()
     stores = {
         c.feature_key: _feature_store(source, features_mode, work, c, threads, show_progress) for c in cfgs
     }
+    ids, common = _common_ids(stores)
+    labels, groups = _catalogue_labels(labels_csv, ids, common)
+    rng = np.random.default_rng(random_state)
+    queries = _pick_queries(
+        source,
+        features_mode,
+        ids,
+        labels,
+        groups,
+        common,
+        query_split,
+        n_queries,
+        rng,
+        queries_dir,
+        queries_csv,
+    )
+    st = _setup(source, features_mode, work, threads, top_k, n_latency, cfgs, ids, labels, groups, queries)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    seed_cfgs: dict[str, EvalConfig] = {}
+    for c in cfgs:
+        if all(kind in ("pca", "qe") for kind, _ in c.post):
+            seed_cfgs.setdefault(c.feature_key, c)
+    embed_times: dict[str, list[float]] = {}
+    for cfg in cfgs:
+        seed = seed_baseline and cfg is seed_cfgs.get(cfg.feature_key)
+        emb = _run_config(
+            st, cfg, stores[cfg.feature_key], k_values, nprobes, random_state, seed, rows, notes
+        )
+        if emb is not None:
+            embed_times[cfg.name] = emb
+    if not queries.held_out and any(
+        c.post_param(w) is not None for c in cfgs for w in ("whiten", "pwhiten", "pca")
+    ):
+        notes.append("leave-one-out: whitening/PCA is fitted on the whole catalogue, queries included")
+    meta = _meta(st, labels_csv, cfgs, k_values, nprobes, random_state, rows, notes, embed_times, t_start)
+    return EvalReport(rows, meta)
+
+
+def _common_ids(stores: dict[str, FeatureStore]) -> tuple[list[str], set[str]]:
+    """Image ids present in every feature store, in the first store's order."""
     ids_sets = [set(s.ids) for s in stores.values()]
     common = set.intersection(*ids_sets)
     first = next(iter(stores.values()))
-    ids = [i for i in first.ids if i in common]
+    return [i for i in first.ids if i in common], common
+
+
+def _catalogue_labels(
+    labels_csv: Any, ids: list[str], common: set[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Labels (restricted to ``common``) and groups, from the CSV or the sub-folder names."""
     if labels_csv is not None:
         labels, groups = read_labels(labels_csv)
     else:
@@ -823,36 +894,56 @@ def _evaluate(
             "no catalogue image has a label: pass labels=CSV (image,label[,group]) "
             "or put the images in class sub-folders"
         )
-    rng = np.random.default_rng(random_state)
-    if queries_dir is not None or queries_csv is not None:
-        qroot, qlabels, same = _query_set(source, features_mode, queries_dir, queries_csv)
-        if same:  # catalogue images as queries: held out of the catalogue, labels from the query CSV
-            labels.update({i: v for i, v in qlabels.items() if i in common})
-            query_split = sorted(i for i in qlabels if i in common)
-            queries = _choose_queries(ids, labels, groups, query_split, n_queries, rng)
-            queries.split = f"query set {queries_csv}"
-        else:
-            known = set(labels.values())
-            qids = sorted(i for i, v in qlabels.items() if v in known)
-            if not qids:
-                raise InvalidArgumentError(
-                    "no query's label occurs in the catalogue: query and catalogue labels must match"
-                )
-            if n_queries is not None and len(qids) > n_queries:
-                qids = [qids[j] for j in sorted(rng.choice(len(qids), size=n_queries, replace=False))]
-            queries = _Queries(qids, f"query set {qroot}", True, (qroot, qlabels))
-    else:
+    return labels, groups
+
+
+def _pick_queries(
+    source: Path,
+    features_mode: bool,
+    ids: list[str],
+    labels: dict[str, str],
+    groups: dict[str, str],
+    common: set[str],
+    query_split: Any,
+    n_queries: int | None,
+    rng: np.random.Generator,
+    queries_dir: Any,
+    queries_csv: Any,
+) -> _Queries:
+    """The queries: held out / leave-one-out catalogue images, or a query set (may add to ``labels``)."""
+    if queries_dir is None and queries_csv is None:
+        return _choose_queries(ids, labels, groups, query_split, n_queries, rng)
+    qroot, qlabels, same = _query_set(source, features_mode, queries_dir, queries_csv)
+    if same:  # catalogue images as queries: held out of the catalogue, labels from the query CSV
+        labels.update({i: v for i, v in qlabels.items() if i in common})
+        query_split = sorted(i for i in qlabels if i in common)
         queries = _choose_queries(ids, labels, groups, query_split, n_queries, rng)
-    qset = set(queries.ids)
-    query_label = [queries.external[1][q] if queries.external else labels[q] for q in queries.ids]
-    cat_ids = [i for i in ids if not (queries.held_out and queries.external is None and i in qset)]
-    cat_index = {i: j for j, i in enumerate(cat_ids)}
-    cat_label = np.array([labels.get(i, "\0unlabelled") for i in cat_ids], dtype=object)
+        queries.split = f"query set {queries_csv}"
+        return queries
+    known = set(labels.values())
+    qids = sorted(i for i, v in qlabels.items() if v in known)
+    if not qids:
+        raise InvalidArgumentError(
+            "no query's label occurs in the catalogue: query and catalogue labels must match"
+        )
+    if n_queries is not None and len(qids) > n_queries:
+        qids = [qids[j] for j in sorted(rng.choice(len(qids), size=n_queries, replace=False))]
+    return _Queries(qids, f"query set {qroot}", True, (qroot, qlabels))
+
+
+def _exclusions(
+    queries: _Queries,
+    cat_ids: list[str],
+    cat_index: dict[str, int],
+    cat_label: np.ndarray,
+    groups: dict[str, str],
+    query_label: list[str],
+) -> tuple[list[set[int]], np.ndarray]:
+    """Per query: catalogue rows excluded from its results (itself, its group) and its relevant count."""
     cat_group = np.array([groups.get(i, f"\0{j}") for j, i in enumerate(cat_ids)], dtype=object)
     label_count: dict[str, int] = {}
     for lab in cat_label:
         label_count[lab] = label_count.get(lab, 0) + 1
-    # exclusions and relevant counts per query
     excluded: list[set[int]] = []
     n_relevant = np.empty(len(queries.ids), np.int64)
     group_members: dict[str, list[int]] = {}
@@ -869,181 +960,293 @@ def _evaluate(
         n_relevant[qi] = label_count.get(query_label[qi], 0) - sum(
             1 for j in ex if cat_label[j] == query_label[qi]
         )
+    return excluded, n_relevant
+
+
+def _setup(
+    source: Path,
+    features_mode: bool,
+    work: Path,
+    threads: int | None,
+    top_k: int,
+    n_latency: int,
+    cfgs: list[EvalConfig],
+    ids: list[str],
+    labels: dict[str, str],
+    groups: dict[str, str],
+    queries: _Queries,
+) -> _Setup:
+    """Catalogue rows, query labels, exclusions and colour signatures shared by all configurations."""
+    qset = set(queries.ids)
+    query_label = [queries.external[1][q] if queries.external else labels[q] for q in queries.ids]
+    cat_ids = [i for i in ids if not (queries.held_out and queries.external is None and i in qset)]
+    cat_index = {i: j for j, i in enumerate(cat_ids)}
+    cat_label = np.array([labels.get(i, "\0unlabelled") for i in cat_ids], dtype=object)
+    excluded, n_relevant = _exclusions(queries, cat_ids, cat_index, cat_label, groups, query_label)
     split_key = hashlib.sha256(("\n".join(queries.ids) + f"|{queries.held_out}").encode()).hexdigest()[:10]
-    colours = None
-    if any(c.post_param("colour") is not None for c in cfgs):
-        if features_mode:
-            raise InvalidArgumentError(
-                "colour re-ranking needs the images: pass an image folder, not a feature store"
-            )
-        colours = _colours(source, ids, work)
     id_row = {i: j for j, i in enumerate(ids)}
-    cat_rows_all = np.array([id_row[i] for i in cat_ids])
     q_root = queries.external[0] if queries.external else source
     q_rows_all = None if queries.external else np.array([id_row[i] for i in queries.ids])
-    q_colours = None
-    if colours is not None:
-        assert colours is not None
-        q_colours = (
-            _colours(q_root, queries.ids, work, "queries") if queries.external else colours[q_rows_all]
-        )
+    colours, q_colours = _colour_signatures(
+        source, features_mode, work, cfgs, ids, queries, q_root, q_rows_all
+    )
+    return _Setup(
+        source,
+        features_mode,
+        work,
+        threads,
+        top_k,
+        n_latency,
+        ids,
+        groups,
+        queries,
+        query_label,
+        cat_ids,
+        cat_index,
+        cat_label,
+        excluded,
+        n_relevant,
+        split_key,
+        np.array([id_row[i] for i in cat_ids]),
+        q_root,
+        q_rows_all,
+        colours,
+        q_colours,
+    )
 
-    rows: list[dict[str, Any]] = []
-    notes: list[str] = []
-    seed_cfgs: dict[str, EvalConfig] = {}
-    for c in cfgs:
-        if all(kind in ("pca", "qe") for kind, _ in c.post):
-            seed_cfgs.setdefault(c.feature_key, c)
-    embed_times: dict[str, list[float]] = {}
-    for cfg in cfgs:
-        store = stores[cfg.feature_key]
-        srow = {i: j for j, i in enumerate(store.ids)}
-        X = np.asarray(store.vectors, np.float32)
-        Xr = X[[srow[i] for i in ids]]  # rows in ``ids`` order
-        pipe = _Pipeline(cfg, Xr, cat_rows_all, queries.held_out)
+
+def _colour_signatures(
+    source: Path,
+    features_mode: bool,
+    work: Path,
+    cfgs: list[EvalConfig],
+    ids: list[str],
+    queries: _Queries,
+    q_root: Path,
+    q_rows_all: np.ndarray | None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Colour signatures of the images (``ids`` order) and the queries, when a config re-ranks by colour."""
+    if not any(c.post_param("colour") is not None for c in cfgs):
+        return None, None
+    if features_mode:
+        raise InvalidArgumentError(
+            "colour re-ranking needs the images: pass an image folder, not a feature store"
+        )
+    colours = _colours(source, ids, work)
+    q_colours = _colours(q_root, queries.ids, work, "queries") if queries.external else colours[q_rows_all]
+    return colours, q_colours
+
+
+def _query_matrix(
+    st: _Setup, cfg: EvalConfig, store: FeatureStore, pipe: _Pipeline, Xr: np.ndarray, notes: list[str]
+) -> np.ndarray:
+    """The transformed query vectors ``[n, views, dim]`` of one configuration."""
+    crops, flipq = bool(cfg.post_param("crops")), bool(cfg.post_param("flipq"))
+    if st.queries.external is None and not (crops or flipq):
+        assert st.q_rows_all is not None
+        return np.stack([pipe.query_vector(Xr[r]) for r in st.q_rows_all])[:, None]
+    if st.features_mode and st.queries.external is None:
+        raise InvalidArgumentError(
+            "multi-view queries (+crops / +flipq) need the images: pass an image folder"
+        )
+    ex_q = Extractor.from_identity(dict(store.extractor))
+    raw, bad = _query_vectors(st.q_root, st.queries.ids, ex_q, crops, flipq, st.work, st.threads)
+    if bad:
+        notes.append(f"{len(bad)} query images unreadable (counted as misses): {bad[:3]}")
+    return np.stack([[pipe.query_vector(v) for v in views] for views in raw])
+
+
+def _run_config(
+    st: _Setup,
+    cfg: EvalConfig,
+    store: FeatureStore,
+    k_values: list[int],
+    nprobes: list[int | None],
+    random_state: int,
+    seed: bool,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+) -> list[float] | None:
+    """Measure one configuration at every ``k`` (rows appended); its embed latencies, if measured."""
+    srow = {i: j for j, i in enumerate(store.ids)}
+    X = np.asarray(store.vectors, np.float32)
+    Xr = X[[srow[i] for i in st.ids]]  # rows in ``ids`` order
+    pipe = _Pipeline(cfg, Xr, st.cat_rows_all, st.queries.held_out)
+    Q = _query_matrix(st, cfg, store, pipe, Xr, notes)
+    idx_dir = _write_index(st, cfg, store, pipe)
+    emb = None
+    if not (st.features_mode and st.queries.external is None):
         crops, flipq = bool(cfg.post_param("crops")), bool(cfg.post_param("flipq"))
-        if queries.external is None and not (crops or flipq):
-            assert q_rows_all is not None
-            Q = np.stack([pipe.query_vector(Xr[r]) for r in q_rows_all])[:, None]
-        else:
-            if features_mode and queries.external is None:
-                raise InvalidArgumentError(
-                    "multi-view queries (+crops / +flipq) need the images: pass an image folder"
-                )
-            ex_q = Extractor.from_identity(dict(store.extractor))
-            raw, bad = _query_vectors(q_root, queries.ids, ex_q, crops, flipq, work, threads)
-            if bad:
-                notes.append(f"{len(bad)} query images unreadable (counted as misses): {bad[:3]}")
-            Q = np.stack([[pipe.query_vector(v) for v in views] for views in raw])
-        qcol = q_colours
-        ccol = colours[cat_rows_all] if colours is not None else None
-        # the searchable catalogue of this configuration, as a feature store -> train_clusters -> Searcher
-        idx_dir = work / "index" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.name) / split_key
-        ident = dict(store.extractor)
-        FeatureStore.write(
-            idx_dir / "features",
-            cat_ids,
-            pipe.catalogue,
-            ident,
-            extra={
-                "image_root": str(source.resolve()) if not features_mode else None,
-                "postprocess": cfg.name,
-            },
-        )
-        emb = (
-            None
-            if features_mode and queries.external is None
-            else _embed_latency(q_root, cfg, pipe, queries.ids[:n_latency], threads, crops, flipq, store)
-        )
-        if emb is not None:
-            embed_times[cfg.name] = emb
-        exact_lists: list[list[int]] | None = None
-        for ki, k in enumerate(k_values):
-            model_path = idx_dir / f"model-k{k}.vsm"
-            train_clusters(
-                idx_dir / "features",
-                model_path,
-                idx_dir / f"clusters-k{k}.csv",
-                int(k),
-                random_state=random_state,
-                show_progress=False,
-                search_pca=pipe.search_pca,
+        qids = st.queries.ids[: st.n_latency]
+        emb = _embed_latency(st.q_root, cfg, pipe, qids, st.threads, crops, flipq, store)
+    ccol = st.colours[st.cat_rows_all] if st.colours is not None else None
+    exact_lists: list[list[int]] | None = None
+    for ki, k in enumerate(k_values):
+        searcher = _train_searcher(st, idx_dir, k, random_state, pipe)
+        index_bytes = (idx_dir / f"model-k{k}.vsm").stat().st_size
+        methods: list[tuple[str, int | None, bool]] = [("exact", None, True)] if ki == 0 else []
+        # the seed method depends only on the extractor and k: once per extractor configuration
+        if seed:
+            methods.append(("seed", None, False))
+        methods += [("ranked", p, False) for p in nprobes if p is None or 1 <= p <= searcher.k]
+        for method, p, exact in methods:
+            lists, times, scanned = _run_queries(
+                searcher,
+                pipe,
+                Q,
+                st.queries.ids,
+                st.cat_index,
+                st.excluded,
+                st.top_k,
+                method,
+                p,
+                exact,
+                st.q_colours,
+                ccol,
             )
-            searcher = Searcher(model_path)
-            if searcher.ids != cat_ids:
-                raise AssertionError("the searcher's rows must be the catalogue's")
-            index_bytes = model_path.stat().st_size
-            methods: list[tuple[str, int | None, bool]] = []
-            if ki == 0:
-                methods.append(("exact", None, True))
-            # the seed method depends only on the extractor and k: once per extractor configuration
-            if seed_baseline and cfg is seed_cfgs.get(cfg.feature_key):
-                methods.append(("seed", None, False))
-            for p in nprobes:
-                if p is None or 1 <= p <= searcher.k:
-                    methods.append(("ranked", p, False))
-            for method, p, exact in methods:
-                lists, times, scanned = _run_queries(
-                    searcher, pipe, Q, queries.ids, cat_index, excluded, top_k, method, p, exact, qcol, ccol
-                )
-                if method == "exact":
-                    exact_lists = lists
-                assert exact_lists is not None
-                rel = np.zeros((len(lists), top_k), bool)
-                for qi, lst in enumerate(lists):
-                    lab = query_label[qi]
-                    for r, j in enumerate(lst[:top_k]):
-                        rel[qi, r] = cat_label[j] == lab
-                prec = precision_at_k(rel, top_k)
-                ap = average_precision_at_k(rel, n_relevant, top_k)
-                rec = recall_against(lists, exact_lists, top_k)
-                s50, s95 = _percentiles(times)
-                e50 = e95 = None
-                if emb is not None:
-                    both = [a + b for a, b in zip(emb, times, strict=False)]
-                    e50, e95 = _percentiles(both)
-                if method == "ranked":
-                    label = f"default={searcher.default_nprobe}" if p is None else str(p)
-                else:
-                    label = "all" if method == "exact" else "1 (top_n of cluster)"
-                rows.append(
-                    {
-                        "config": cfg.name,
-                        "extractor": cfg.extractor,
-                        "options": dict(cfg.options),
-                        "post": [list(x) for x in cfg.post],
-                        "method": method,
-                        "k": None if method == "exact" else int(k),
-                        "nprobe": None
-                        if method != "ranked"
-                        else (searcher.default_nprobe if p is None else p),
-                        "nprobe_label": label,
-                        "n_queries": len(lists),
-                        "precision": round(float(prec.mean()), 4),
-                        "map": round(float(ap.mean()), 4),
-                        "recall": round(float(rec.mean()), 4),
-                        "hit_rate": round(float((rel.any(1)).mean()), 4),
-                        "r1": round(float(rel[:, 0].mean()), 4),
-                        "r5": round(float(rel[:, : min(5, top_k)].any(1).mean()), 4),
-                        "scanned": round(float(np.mean(scanned)), 4),
-                        "search_ms_p50": s50,
-                        "search_ms_p95": s95,
-                        "embed_search_ms_p50": e50,
-                        "embed_search_ms_p95": e95,
-                        "index_bytes": int(index_bytes),
-                        "dim": int(searcher._scoring.shape[1]),
-                    }
-                )
-                log.info(
-                    "%s k=%s %s nprobe=%s: P@%d %.3f mAP %.3f recall %.3f",
-                    cfg.name,
-                    k,
-                    method,
-                    p,
-                    top_k,
-                    prec.mean(),
-                    ap.mean(),
-                    rec.mean(),
-                )
+            if method == "exact":
+                exact_lists = lists
+            assert exact_lists is not None
+            measured = _Measured(lists, exact_lists, times, scanned, emb, index_bytes)
+            rows.append(_row(st, cfg, searcher, k, method, p, measured))
+    return emb
+
+
+def _write_index(st: _Setup, cfg: EvalConfig, store: FeatureStore, pipe: _Pipeline) -> Path:
+    """The searchable catalogue of this configuration, as a feature store (-> train_clusters -> Searcher)."""
+    idx_dir = st.work / "index" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.name) / st.split_key
+    FeatureStore.write(
+        idx_dir / "features",
+        st.cat_ids,
+        pipe.catalogue,
+        dict(store.extractor),
+        extra={
+            "image_root": str(st.source.resolve()) if not st.features_mode else None,
+            "postprocess": cfg.name,
+        },
+    )
+    return idx_dir
+
+
+def _train_searcher(st: _Setup, idx_dir: Path, k: int, random_state: int, pipe: _Pipeline) -> Any:
+    """Train ``k`` clusters on the configuration's catalogue store and open its Searcher."""
+    from ._search import Searcher
+    from ._train import train_clusters
+
+    model_path = idx_dir / f"model-k{k}.vsm"
+    train_clusters(
+        idx_dir / "features",
+        model_path,
+        idx_dir / f"clusters-k{k}.csv",
+        int(k),
+        random_state=random_state,
+        show_progress=False,
+        search_pca=pipe.search_pca,
+    )
+    searcher = Searcher(model_path)
+    if searcher.ids != st.cat_ids:
+        raise AssertionError("the searcher's rows must be the catalogue's")
+    return searcher
+
+
+@dataclass
+class _Measured:
+    """One method's raw measurements: result rows per query, the exact ones, timings, scan fractions."""
+
+    lists: list[list[int]]
+    exact_lists: list[list[int]]
+    times: list[float]
+    scanned: list[float]
+    emb: list[float] | None
+    index_bytes: int
+
+
+def _row(
+    st: _Setup, cfg: EvalConfig, searcher: Any, k: int, method: str, p: int | None, m: _Measured
+) -> dict[str, Any]:
+    """One report row: metrics of ``method`` (at ``nprobe=p``) in ``cfg`` with ``k`` clusters."""
+    top_k = st.top_k
+    rel = np.zeros((len(m.lists), top_k), bool)
+    for qi, lst in enumerate(m.lists):
+        lab = st.query_label[qi]
+        for r, j in enumerate(lst[:top_k]):
+            rel[qi, r] = st.cat_label[j] == lab
+    prec = precision_at_k(rel, top_k)
+    ap = average_precision_at_k(rel, st.n_relevant, top_k)
+    rec = recall_against(m.lists, m.exact_lists, top_k)
+    s50, s95 = _percentiles(m.times)
+    e50 = e95 = None
+    if m.emb is not None:
+        e50, e95 = _percentiles([a + b for a, b in zip(m.emb, m.times, strict=False)])
+    if method == "ranked":
+        label = f"default={searcher.default_nprobe}" if p is None else str(p)
+    else:
+        label = "all" if method == "exact" else "1 (top_n of cluster)"
+    log.info(
+        "%s k=%s %s nprobe=%s: P@%d %.3f mAP %.3f recall %.3f",
+        cfg.name,
+        k,
+        method,
+        p,
+        top_k,
+        prec.mean(),
+        ap.mean(),
+        rec.mean(),
+    )
+    return {
+        "config": cfg.name,
+        "extractor": cfg.extractor,
+        "options": dict(cfg.options),
+        "post": [list(x) for x in cfg.post],
+        "method": method,
+        "k": None if method == "exact" else int(k),
+        "nprobe": None if method != "ranked" else (searcher.default_nprobe if p is None else p),
+        "nprobe_label": label,
+        "n_queries": len(m.lists),
+        "precision": round(float(prec.mean()), 4),
+        "map": round(float(ap.mean()), 4),
+        "recall": round(float(rec.mean()), 4),
+        "hit_rate": round(float((rel.any(1)).mean()), 4),
+        "r1": round(float(rel[:, 0].mean()), 4),
+        "r5": round(float(rel[:, : min(5, top_k)].any(1).mean()), 4),
+        "scanned": round(float(np.mean(m.scanned)), 4),
+        "search_ms_p50": s50,
+        "search_ms_p95": s95,
+        "embed_search_ms_p50": e50,
+        "embed_search_ms_p95": e95,
+        "index_bytes": int(m.index_bytes),
+        "dim": int(searcher._scoring.shape[1]),
+    }
+
+
+def _meta(
+    st: _Setup,
+    labels_csv: Any,
+    cfgs: list[EvalConfig],
+    k_values: list[int],
+    nprobes: list[int | None],
+    random_state: int,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+    embed_times: dict[str, list[float]],
+    t_start: float,
+) -> dict[str, Any]:
+    """The report's run metadata."""
     base_row = next((r for r in rows if r["method"] == "exact"), None)
-    if not queries.held_out and any(
-        c.post_param(w) is not None for c in cfgs for w in ("whiten", "pwhiten", "pca")
-    ):
-        notes.append("leave-one-out: whitening/PCA is fitted on the whole catalogue, queries included")
-    meta = {
-        "source": str(source),
+    return {
+        "source": str(st.source),
         "labels": str(labels_csv) if labels_csv is not None else "sub-folder names",
-        "groups": bool(groups),
-        "n_images": len(ids),
-        "n_catalogue": len(cat_ids),
-        "n_queries": len(queries.ids),
-        "query_split": queries.split,
-        "top_k": top_k,
+        "groups": bool(st.groups),
+        "n_images": len(st.ids),
+        "n_catalogue": len(st.cat_ids),
+        "n_queries": len(st.queries.ids),
+        "query_split": st.queries.split,
+        "top_k": st.top_k,
         "k_values": [int(k) for k in k_values],
         "nprobes": [p for p in nprobes],
         "configs": [c.name for c in cfgs],
         "random_state": random_state,
-        "n_latency": n_latency if embed_times else 0,
+        "n_latency": st.n_latency if embed_times else 0,
         "baseline": base_row["config"] if base_row else None,
         "baseline_map": base_row["map"] if base_row else None,
         "seconds": round(time.perf_counter() - t_start, 1),
@@ -1054,7 +1257,6 @@ def _evaluate(
         },
         "notes": notes,
     }
-    return EvalReport(rows, meta)
 
 
 def _embed_latency(
