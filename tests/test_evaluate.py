@@ -347,3 +347,20 @@ def test_query_set_errors(
     bad.write_text("image,label\n../../etc/passwd,x\n", encoding="utf-8")
     with pytest.raises(InvalidArgumentError, match="no labelled query image"):
         evaluate(root, queries_dir=shopper_photos, queries_csv=bad, k_values=(2,))
+
+
+def test_whitening_to_fewer_dims_trains_and_searches(synth_store: Path) -> None:
+    # regression: the index store recorded the extractor's 1280 dims for whitened 8-dim vectors,
+    # so its model file was refused as corrupt ("the extractor makes dim 1280 vectors ...")
+    rep = evaluate(
+        synth_store,
+        k_values=(3,),
+        nprobes=(None,),
+        configs=["efficientnet-lite0+whiten=8"],
+        top_k=3,
+        n_queries=None,
+        seed_baseline=False,
+    )
+    ranked = [r for r in rep.rows if r["method"] == "ranked"]
+    assert ranked and all(0.0 <= r["map"] <= 1.0 for r in ranked)
+    assert _row(rep, "exact")["recall"] == 1.0

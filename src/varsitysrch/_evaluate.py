@@ -1119,7 +1119,8 @@ def _write_index(st: _Setup, cfg: EvalConfig, store: FeatureStore, pipe: _Pipeli
         idx_dir / "features",
         st.cat_ids,
         pipe.catalogue,
-        dict(store.extractor),
+        # post-processing (whitening, PCA) may change the dim: the index store records it
+        {**store.extractor, "dim": int(pipe.catalogue.shape[1])},
         extra={
             "image_root": str(st.source.resolve()) if not st.features_mode else None,
             "postprocess": cfg.name,
