@@ -502,6 +502,28 @@ case("ScoreCalibrator", "from-garbage")(lambda h: V.ScoreCalibrator.from_dict({"
 case("ScoreCalibrator", "not-fitted")(lambda h: V.ScoreCalibrator().confidence(0.5))
 
 
+# relevance feedback (docs/shop.md)
+def _feedback(h: dict[str, Any], fb: dict[str, Any]) -> Any:
+    pos = fb.get("positive", [])
+    pos = pos if isinstance(pos, str) else [h["query"] if x is None else x for x in pos]
+    model = h["models"][fb["model"]] if "model" in fb else h["model"]
+    options = {k: v for k, v in fb.items() if k not in ("positive", "negative", "model")}
+    return V.search_feedback(model, pos, fb.get("negative", []), **options)
+
+
+for _name, _fb in {
+    "no-positive-no-query": {"negative": ["x"]},
+    "positive-missing-file": {"positive": ["no/such/image.jpg"]},
+    "positive-a-single-str": {"positive": "a.jpg"},
+    "beta-negative": {"positive": [None], "beta": -1.0},
+    "gamma-nan": {"positive": [None], "gamma": float("nan")},
+    "model-garbage": {"positive": [None], "model": "garbage"},
+    "where-without-attributes": {"positive": [None], "where": {"category": "shoes"}},
+    "collapse-2": {"positive": [None], "collapse": 2.0},
+}.items():
+    case("search_feedback", _name)(lambda h, fb=_fb: _feedback(h, fb))
+
+
 # ---------------------------------------------------------------- the tests
 def _check_message(exc: BaseException) -> None:
     msg = str(exc)
