@@ -144,11 +144,8 @@ def test_map_draws_points_and_thumbnails_and_hovers(
 @pytest.fixture(scope="module")
 def served(report: Path, trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
     """uvicorn on 127.0.0.1 serving the trained catalogue with its report (the Catalogue view)."""
-    import socket
-    import threading
-    import time
 
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
     from varsitysrch.service import create_app
 
@@ -156,23 +153,10 @@ def served(report: Path, trained: dict[str, Path], tmp_path_factory: pytest.Temp
         trained["model"], trained["csv"], image_root=trained["root"], report_dir=report,
         cache_dir=tmp_path_factory.mktemp("served-thumbs"), reload_interval=0,
     )  # fmt: skip
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    from liveserver import serve
+
+    with serve(app) as url:
+        yield url
 
 
 def test_catalogue_view_and_confidence_words_in_the_web_page(

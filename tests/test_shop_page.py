@@ -4,9 +4,6 @@ attribute columns, "more like this" / "less like this" on each card, collapse on
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,25 +45,10 @@ def shop_server(
     app = create_app(
         tmp / "m.vsm", image_root=root, cache_dir=tmp / "thumbs", thumb_size=96, reload_interval=0
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", ids, labels
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    from liveserver import serve
+
+    with serve(app) as url:
+        yield url, ids, labels
 
 
 @pytest.fixture
