@@ -449,13 +449,19 @@ def test_filtered_search_returns_matching_rows_exactly_top_n_and_exact_at_full_n
             assert {h.image for h in hits} <= allowed  # only matching rows
             assert len(hits) == min(top_n, int(match.sum()))  # exactly top_n whenever that many match
             assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
-        exact = s.search_vector(q, 10, where=where, exact=True)
-        full = s.search_vector(q, 10, where=where, nprobe=s.k)
+        exact = s.search_vector(q, 10, where=where, exact=True, expand=0)
+        full = s.search_vector(q, 10, where=where, nprobe=s.k, expand=0)
         scores = (s._scoring @ s.ranking_vector(q)).astype(np.float64)
         rows = np.flatnonzero(match)
         want = rows[np.lexsort((rows, -scores[rows]))][:10]
         assert [h.image for h in exact] == [ids[i] for i in want]  # exact filtered search
         assert [h.image for h in full] == [h.image for h in exact]  # full nprobe = exact
+        # with the default query expansion: expanded by matching rows only, and full nprobe = exact
+        qe_exact = s.search_vector(q, 10, where=where, exact=True)
+        assert {h.image for h in qe_exact} <= allowed
+        assert [h.image for h in s.search_vector(q, 10, where=where, nprobe=s.k)] == [
+            h.image for h in qe_exact
+        ]
 
 
 def test_filtered_search_by_id_and_image_paths_agree(shop_model) -> None:
@@ -543,7 +549,7 @@ def test_ivf_filtered_search(tmp_path: Path) -> None:
     for q in X[:10]:
         hits = s.search_vector(q, 10, where={"category": "c1", "price": {"lt": 100}})
         assert len(hits) == 10 and all(match[ids.index(h.image)] for h in hits)
-        ex = s.search_vector(q, 10, where={"category": "c1", "price": {"lt": 100}}, exact=True)
+        ex = s.search_vector(q, 10, where={"category": "c1", "price": {"lt": 100}}, exact=True, expand=0)
         sc = np.asarray(s.vectors[rows], np.float32) @ q  # the index holds float16 vectors
         assert [h.image for h in ex] == [ids[i] for i in rows[np.lexsort((rows, -sc))][:10]]
 

@@ -317,3 +317,30 @@ def test_update_reports_its_summary_or_json(synth_catalogue, tmp_path: Path) -> 
     assert (report["removed"], report["added"], report["changed"]) == (0, 0, 0)
     res = runner.invoke(app, ["-q", "update", *args])
     assert res.exit_code == 0 and res.stdout == ""
+
+
+def test_query_expansion_options(synth_catalogue, synth_store: Path, tmp_path: Path) -> None:
+    from varsitysrch import Searcher
+
+    root, labels = synth_catalogue
+    rel = sorted(labels)[0]
+    base = ["train", str(synth_store), "--csv", str(tmp_path / "c.csv"), "-k", "4"]
+    assert runner.invoke(app, [*base, "--model", str(tmp_path / "d.vsm")]).exit_code == 0
+    assert Searcher(tmp_path / "d.vsm").query_expansion == 2  # the default
+    res = runner.invoke(app, [*base, "--model", str(tmp_path / "p.vsm"), "--query-expansion", "0"])
+    assert res.exit_code == 0, res.output
+    assert Searcher(tmp_path / "p.vsm").query_expansion == 0
+    res = runner.invoke(app, [*base, "--model", str(tmp_path / "x.vsm"), "--query-expansion", "-1"])
+    assert res.exit_code == 2 and "query_expansion" in res.stderr and not (tmp_path / "x.vsm").exists()
+
+    def scores(model: str, *extra: str) -> list[float]:
+        res = runner.invoke(
+            app, ["search", str(root / rel), "-m", str(tmp_path / model), "-n", "4", "--json", *extra]
+        )
+        assert res.exit_code == 0, res.output
+        return [h["score"] for h in json.loads(res.stdout)]
+
+    # plain cosine ranking either way when asked for; the expanded ranking differs from it
+    assert scores("d.vsm", "--query-expansion", "0") == pytest.approx(scores("p.vsm"))
+    assert scores("p.vsm", "--query-expansion", "2") == pytest.approx(scores("d.vsm"))
+    assert scores("d.vsm")[1:] != pytest.approx(scores("p.vsm")[1:])

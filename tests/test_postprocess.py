@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from varsitysrch import InvalidArgumentError, Searcher, train_clusters
 from varsitysrch._postprocess import (
+    QE_NEIGHBOURS,
     SEARCH_PCA_DIM,
     colour_descriptor,
     database_augment,
@@ -108,17 +110,24 @@ def test_search_space_pca_is_stored_and_used(pca_model) -> None:
     Z = to_search_space(X, mean, comps)
     q = X[7]
     want = np.argsort(-(Z @ to_search_space(q, mean, comps)), kind="stable")[:5]
-    assert s.query_expansion == 0 and s.config["query_expansion"] == 0  # opt-in: scores stay cosines
+    # query expansion is on by default (2 neighbours); expand=0 is plain cosine in the space
+    assert s.query_expansion == QE_NEIGHBOURS == s.config["query_expansion"] == 2
     hits = s.search_vector(q, 5, exact=True, expand=0)
     assert [s._id_index[h.image] for h in hits] == want.tolist()
     assert hits[0].image == s.ids[7] and hits[0].score == pytest.approx(1.0, abs=1e-4)
     raw = Searcher(d / "raw.vsm")
     assert raw._space is None and "search_pca" not in raw.config and raw._scoring is raw.vectors
-    assert raw.query_expansion == 0
-    assert s.search_vector(q, 5, exact=True)[0].score == pytest.approx(1.0, abs=1e-4)
-    qe = Searcher(d / "m.vsm", query_expansion=2)
-    with_qe = qe.search_vector(q, 5, exact=True)
-    assert with_qe[0].image == s.ids[7] and 0.9 < with_qe[0].score < 1.0
+    assert raw.query_expansion == 2
+    # the query's own image still comes first at its plain cosine; the rest rank by the expanded query
+    with_qe = s.search_vector(q, 5, exact=True)
+    assert with_qe[0].image == s.ids[7] and with_qe[0].score == pytest.approx(1.0, abs=1e-4)
+    loo = s.search_vector(q, 4, exact=True, exclude={7})
+    assert [h.image for h in with_qe[1:]] == [h.image for h in loo]
+    assert all(a.score >= b.score for a, b in itertools.pairwise(with_qe[1:]))
+    off = Searcher(d / "m.vsm", query_expansion=0)
+    assert off.query_expansion == 0 and off.search_vector(q, 5, exact=True)[0].score == pytest.approx(
+        1.0, abs=1e-4
+    )
 
 
 def test_exclude_and_query_expansion(pca_model) -> None:
@@ -142,5 +151,11 @@ def test_exclude_and_query_expansion(pca_model) -> None:
     assert [s._id_index[h.image] for h in got] == want.tolist()
     qe = Searcher(d / "raw.vsm", query_expansion=2)
     assert [h.image for h in qe.search_vector(q, 5, exact=True, exclude={3})] == [h.image for h in got]
+    # searching with a catalogue image: its own row (cosine 1) does not expand the query, so the
+    # ranking after it is the leave-one-out expansion's (the bug: self took one of the 2 slots)
+    with_self = qe.search_vector(q, 6, exact=True)
+    assert with_self[0].image == s.ids[3]
+    assert [h.image for h in with_self[1:]] == [h.image for h in got]
+    assert [h.score for h in with_self[1:]] == pytest.approx([h.score for h in got], abs=1e-5)
     with pytest.raises(InvalidArgumentError, match="query_expansion"):
         Searcher(d / "raw.vsm", query_expansion=-1)

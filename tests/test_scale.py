@@ -63,13 +63,20 @@ def test_ivf_search_reaches_recall_and_reports_kmeans_clusters(
     truth = np.argsort(-(Q @ V.T), axis=1)[:, :10]
     recall = []
     for q, t in zip(Q, truth, strict=True):
-        hits = s.search_vector(q, 10)
+        hits = s.search_vector(q, 10, expand=0)  # the index against exact plain cosine
         assert len(hits) == 10 and [h.rank for h in hits] == list(range(1, 11))
         assert all(h.cluster == int(km.labels_[s._id_index[h.image]]) for h in hits)
         assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
         recall.append(len({s._id_index[h.image] for h in hits} & set(t.tolist())) / 10)
     assert np.mean(recall) >= 0.95
-    exact = s.search_vector(Q[0], 10, exact=True)
+    # the default query expansion through the IVF: close to the exactly expanded search
+    qe_recall = [
+        len({h.image for h in s.search_vector(q, 10)} & {h.image for h in s.search_vector(q, 10, exact=True)})
+        / 10
+        for q in Q[:50]
+    ]
+    assert np.mean(qe_recall) >= 0.9
+    exact = s.search_vector(Q[0], 10, exact=True, expand=0)
     assert [s._id_index[h.image] for h in exact] == truth[0].tolist()
     assert s.search_id(s.ids[5], 1)[0].image == s.ids[5]
     assert len(s.search_vector(Q[0], 50, nprobe=1)) == 50  # more lists are probed to fill top_n

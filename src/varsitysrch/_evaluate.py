@@ -55,8 +55,9 @@ Configuration strings::
     efficientnet-lite0+pwhiten=0.25             partial whitening (power 0.25)
 
 Without ``+pca`` / ``+qe`` a configuration gets :func:`~varsitysrch.train_clusters`' default
-search space (a catalogue-centred PCA to 128 dimensions from 1,000 images up) and no query
-expansion, i.e. what a user of the library gets.  ``+crops`` embeds each query
+search space (a catalogue-centred PCA to 128 dimensions from 1,000 images up) and its default
+query expansion (alpha-QE, 2 neighbours), i.e. what a user of the library gets; ``+qe=0``
+turns the expansion off.  ``+crops`` embeds each query
 as the whole image and five 70 % crops (best view per catalogue image), ``+flipq`` adds the
 mirror image(s).  Query expansion runs inside :class:`~varsitysrch.Searcher`
 (``expand=``), with the query's own image (and group) excluded from results and
@@ -112,12 +113,12 @@ _POST_DEFAULTS: dict[str, float] = {
     "flipq": 1,  # the query's mirror image as one more view
 }
 _OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
-#: plain cosine on the default features (the obvious baseline), the library default (search PCA),
-#: and the default + opt-in query expansion: one feature store, three search pipelines
+#: plain cosine on the default features (the obvious baseline), the library default (search PCA
+#: + query expansion), and the default without query expansion: one feature store, three pipelines
 DEFAULT_CONFIGS: tuple[str, ...] = (
     f"{DEFAULT_EXTRACTOR}+pca=0+qe=0",
     DEFAULT_EXTRACTOR,
-    f"{DEFAULT_EXTRACTOR}+qe=2",
+    f"{DEFAULT_EXTRACTOR}+qe=0",
 )
 COLOUR_SIZE = 96  # decoding size for colour descriptors
 COLOUR_POOL = 5  # colour re-ranking reorders the top ``COLOUR_POOL * top_k`` results

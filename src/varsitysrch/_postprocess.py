@@ -40,8 +40,14 @@ from ._store import normalize_rows
 
 #: alpha-DBA / alpha-QE defaults (chosen by measurement: docs/quality.md).
 DBA_NEIGHBOURS = 10
+#: alpha-QE neighbours; also :func:`~varsitysrch.train_clusters`' default (on both dev domains)
 QE_NEIGHBOURS = 2
 ALPHA = 3.0
+#: a result at least this similar to the query is the query itself (or a copy of it): it
+#: does not expand the query, since it adds nothing (searching with a catalogue image)
+QE_SELF_COSINE = 0.99
+#: extra first-pass results fetched so that such copies can be skipped
+QE_SELF_MARGIN = 3
 #: Adopted: search in a catalogue-centred PCA space of this many dimensions (no whitening) ...
 SEARCH_PCA_DIM = 128
 #: ... when the catalogue has at least this many images (fewer: plain cosine on raw vectors).

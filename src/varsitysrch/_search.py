@@ -11,10 +11,14 @@ held-out catalogue queries); ``exact=True`` scans everything.
 Ranking space: the one stored in the model by
 :func:`~varsitysrch._searchindex.build_search_index` (by default a catalogue-centred PCA
 for catalogues of 1,000 images and more; the catalogue is stored already projected, so
-loading projects nothing), else plain cosine on the raw vectors.  Opt-in query expansion
-(``query_expansion=n``: the query is expanded once with its top ``n`` results, alpha-QE)
-makes scores cosines to the expanded query, so a catalogue image no longer scores 1.0
-against itself; the measurements behind these defaults are in ``docs/quality.md``.
+loading projects nothing), else plain cosine on the raw vectors.  Query expansion (on by
+default for models :func:`train_clusters` writes: ``query_expansion=2``; ``0`` turns it off)
+searches twice: the query is expanded once with its top ``n`` results (alpha-QE, results at
+least :data:`~varsitysrch._postprocess.QE_SELF_COSINE` similar to the query -- the query
+image itself -- skipped), and the catalogue is ranked by cosine to the expanded query, so a
+catalogue image scores a little under 1.0 against itself; each hit's ``confidence`` is still
+measured on its plain cosine to the query.  The measurements behind these defaults are in
+``docs/quality.md``.
 
 Files: a :class:`Hit` carries a ``path`` only when the caller names the catalogue's image
 folder (``image_root``); ids are resolved under it by :func:`varsitysrch._paths.resolve_image`
@@ -61,7 +65,7 @@ from ._io import stat_stamp
 from ._kmeans import KMeansModel
 from ._modelfile import ModelFile, load_model, read_assignments_kind
 from ._paths import resolve_image
-from ._postprocess import expand_query, to_search_space
+from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query, to_search_space
 from ._progress import say
 from ._query import decode_rgb, merge_view_hits, parse_views, query_views
 from ._store import FeatureStore
@@ -602,29 +606,52 @@ class Searcher:
         q0 = v  # the query as given: each hit's confidence is measured on its plain cosine to it
         vs = self.ranking_vector(v) if ranked is None else np.asarray(ranked, np.float32).reshape(-1)
         qe = self.query_expansion if expand is None else expand
+        copies: list[Hit] = []
         if qe:  # alpha-QE: scores are then cosines to the expanded query
             first = self.search_vector(
-                v, qe, nprobe=nprobe, exact=exact, expand=0, exclude=exclude, where=where, ranked=ranked
-            )
+                v, qe + QE_SELF_MARGIN, nprobe=nprobe, exact=exact, expand=0, exclude=exclude, where=where,
+                ranked=vs,
+            )  # fmt: skip
+            # the query's own image (or an identical copy) adds nothing to the expansion; it still
+            # ranks first, at its plain cosine
+            copies = [h for h in first if h.score >= QE_SELF_COSINE]
+            first = [h for h in first if h.score < QE_SELF_COSINE][:qe]
             rows_ = [self._id_index[h.image] for h in first]
             sims_ = np.array([h.score for h in first], np.float32)
             v_raw = expand_query(v, np.asarray(self.vectors[rows_], np.float32), sims_)
             vs = v_raw if self._space is None else expand_query(vs, self._scoring[rows_], sims_)
             v = v_raw
+        hits = self._ranked(v, vs, q0, int(top_n) + len(copies), nprobe, exact, exclude, flt)
+        if copies:
+            seen = {h.image for h in copies}
+            hits = copies + [h for h in hits if h.image not in seen]
+            hits = [h.with_rank(r) for r, h in enumerate(hits[: int(top_n)], 1)]
+        return self._keep(hits, min_confidence, min_score)
+
+    def _ranked(
+        self,
+        v: np.ndarray,
+        vs: np.ndarray,
+        q0: np.ndarray,
+        top_n: int,
+        nprobe: int | None,
+        exact: bool,
+        exclude: Collection[int],
+        flt: Any,
+    ) -> list[Hit]:
+        """The ``top_n`` rows by cosine to ``vs`` (ranking space; ``v``: the raw query for the
+        probe), after ``exclude`` and the filter ``flt``; confidences on the plain query ``q0``."""
         if self._ivf is not None and flt is not None:
             p = self._ivf.nlist if exact else self._ivf.nprobe if nprobe is None else nprobe
             found, sims = ivf_masked_search(
                 self._ivf.index, self._ivf.vectors, v, int(top_n), max(1, min(int(p), self._ivf.nlist)), flt
             )
             pairs = enumerate(zip(found, sims, strict=True), 1)
-            return self._keep(
-                [self._hit(int(r), float(s), i, q0) for i, (r, s) in pairs], min_confidence, min_score
-            )
+            return [self._hit(int(r), float(s), i, q0) for i, (r, s) in pairs]
         if self._ivf is not None:  # IVF mode: nprobe counts IVF lists; hits report their K-means cluster
             found, sims = self._ivf.search(v, top_n + len(exclude), nprobe=nprobe, exact=exact)
             kept = [(r, s) for r, s in zip(found, sims, strict=True) if int(r) not in exclude][:top_n]
-            hits = [self._hit(int(r), float(s), i, q0) for i, (r, s) in enumerate(kept, 1)]
-            return self._keep(hits, min_confidence, min_score)
+            return [self._hit(int(r), float(s), i, q0) for i, (r, s) in enumerate(kept, 1)]
         if flt is not None:  # exclusions are in the filter's mask
             rows = flt.rows if exact else self._masked_candidates(v, int(top_n), nprobe, flt)
             exact, exclude = False, ()
@@ -637,8 +664,7 @@ class Searcher:
         n = min(top_n, len(rows))
         top = np.argpartition(-scores, n - 1)[:n] if n < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((rows[top], -scores[top]))]  # by score, ties by catalogue order
-        hits = [self._hit(int(rows[t]), float(scores[t]), r, q0) for r, t in enumerate(top, 1)]
-        return self._keep(hits, min_confidence, min_score)
+        return [self._hit(int(rows[t]), float(scores[t]), r, q0) for r, t in enumerate(top, 1)]
 
     def _check_minimums(self, min_confidence: float | None, min_score: float | None) -> None:
         for name, v, lo in (("min_confidence", min_confidence, 0.0), ("min_score", min_score, -1.0)):

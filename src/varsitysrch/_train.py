@@ -21,7 +21,7 @@ from ._attributes import resolve_attributes
 from ._errors import InvalidArgumentError
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, save_model, stamp_arrays, write_assignments
-from ._postprocess import default_search_pca, fit_search_pca
+from ._postprocess import QE_NEIGHBOURS, default_search_pca, fit_search_pca
 from ._progress import say
 from ._searchindex import TARGET_RECALL, build_search_index
 from ._store import FeatureStore
@@ -75,8 +75,9 @@ def train_clusters(
     :data:`varsitysrch._index.IVF_THRESHOLD` images (or ``ivf=True``) get a faiss IVF
     instead.  ``embed_index``: keep the raw vectors in the model file (``None``: up to
     50M floats); otherwise the Searcher reads them from the feature store.
-    ``query_expansion``: the Searcher's default alpha-QE neighbours (``None``/``0``: off;
-    the measurements behind this opt-in are in ``docs/quality.md``).
+    ``query_expansion``: the Searcher's default alpha-QE neighbours (``None``:
+    :data:`~varsitysrch._postprocess.QE_NEIGHBOURS` = 2; ``0``: off, scores are then plain
+    cosines to the query); the measurements behind this default are in ``docs/quality.md``.
 
     ``attributes``: the catalogue's attributes for ``where=`` filters -- a CSV path
     (``image,<columns>``), ``{image: {column: value}}`` or an ``Attributes`` -- joined to
@@ -116,7 +117,7 @@ def train_clusters(
         random_state=random_state,
     )
     config = _config(store, model, Path(features_folder), Path(model_filename), target_recall)
-    config["query_expansion"] = int(query_expansion or 0)  # opt-in: scores stay cosines to the query
+    config["query_expansion"] = QE_NEIGHBOURS if query_expansion is None else int(query_expansion)
     if embed_index is None:
         embed_index = n * dim <= EMBED_MAX_FLOATS
     config["index"] = "embedded" if embed_index else "store"

@@ -398,6 +398,10 @@ def train(
             "--attributes", help="CSV image,<columns>: attributes for search --where, kept in the model."
         ),
     ] = None,
+    query_expansion: Annotated[
+        int | None,
+        typer.Option(help="Searches' default query expansion: neighbours (default 2; 0: plain cosine)."),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -426,6 +430,7 @@ def train(
         backend=backend,
         engine=engine,
         scheduler=scheduler,
+        query_expansion=query_expansion,
         show_progress=_bars(),
     )
     import numpy as np
@@ -496,12 +501,17 @@ def search(
     collapse: Annotated[
         bool, typer.Option("--collapse/--no-collapse", help="Show near-duplicates of one product once.")
     ] = False,
+    query_expansion: Annotated[
+        int | None,
+        typer.Option(help="Query expansion neighbours (default: the model's, 2; 0: plain cosine ranking)."),
+    ] = None,
     as_json: AsJson = False,
     plain: Plain = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """The catalogue images most similar to QUERY, ranked by cosine similarity.
+    """The catalogue images most similar to QUERY, ranked by similarity (by default to the query
+    expanded with its two best matches; --query-expansion 0: plain cosine).
 
     Each hit says how close it is ("very similar", "similar", "loosely related": its confidence, 0-1,
     compared with how close catalogue images are to each other); when none is close the command
@@ -512,7 +522,10 @@ def search(
     """
     from . import Searcher
 
-    s = _call(Searcher, model, csv, image_root=images, extractor=extractor, features_folder=features)
+    s = _call(
+        Searcher, model, csv, image_root=images, extractor=extractor, features_folder=features,
+        query_expansion=query_expansion,
+    )  # fmt: skip
     from ._colour import MATCH_COLOUR_WEIGHT
 
     w = colour_weight if colour_weight is not None else (MATCH_COLOUR_WEIGHT if match_colour else None)
