@@ -14,6 +14,11 @@
   search ranks by when the user asks to match colour (``colour_weight=w``).
 * :func:`hue_shift` -- an image with every hue rotated (greys stay grey): the known-answer
   protocol of ``benchmarks/eval_domains.py --part colour``.
+* :func:`plain_background` -- whether a photo is a product shot on a plain backdrop (studio
+  / catalogue style: nearly all of its border is one colour) rather than a photo taken in a
+  shop or at home.  Stored per image beside the colour signatures; the Searcher uses it to
+  tell a shopper's photo searched against a studio catalogue (``views="auto"``,
+  :mod:`varsitysrch._query`).
 
 Figures (what ``w`` does to same-colour rate and same-type precision) are in
 ``docs/quality.md``.
@@ -61,6 +66,33 @@ def background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
         [a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3), a[:, :b].reshape(-1, 3), a[:, -b:].reshape(-1, 3)]
     )
     return np.median(frame, axis=0)
+
+
+#: a photo has a plain background when at least this share of its border pixels is within
+#: ``FOREGROUND_DIFF / 2`` of the border's median colour (in-store photos: 0 of 300 sampled
+#: grocery-train photos, home photos: 7 of 300 clothing-small ones; docs/quality.md)
+PLAIN_BORDER_SHARE = 0.9
+#: the border frame of a ``PLAIN_DECODE_SIZE`` px image that :func:`plain_background` inspects
+PLAIN_BORDER = 3
+#: images are decoded squashed (no padding) to this size for :func:`plain_background`
+PLAIN_DECODE_SIZE = 64
+
+
+def border_share(image: np.ndarray, border: int = PLAIN_BORDER) -> float:
+    """Share of the ``border``-pixel frame within ``FOREGROUND_DIFF / 2`` of its median colour."""
+    a = _rgb_uint8(image)
+    b = max(1, min(border, a.shape[0] // 4, a.shape[1] // 4))
+    frame = np.concatenate(
+        [a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3), a[:, :b].reshape(-1, 3), a[:, -b:].reshape(-1, 3)]
+    ).astype(np.int16)
+    bg = np.median(frame, axis=0)
+    return float((np.abs(frame - bg).max(axis=1) <= FOREGROUND_DIFF / 2).mean())
+
+
+def plain_background(image: np.ndarray) -> bool:
+    """Whether ``image`` (RGB, not letterboxed: padding would count as backdrop) is a product
+    shot on a plain backdrop: :func:`border_share` at least :data:`PLAIN_BORDER_SHARE`."""
+    return border_share(image) >= PLAIN_BORDER_SHARE
 
 
 def foreground_mask(image: np.ndarray) -> np.ndarray:
@@ -200,7 +232,7 @@ COLOUR_IDENTITY: dict[str, Any] = {
     "dim": SIGNATURE_DIM,
     "bins": [HUE_BINS, SAT_BINS, VAL_BINS, GREY_BINS],
     "decode_size": COLOUR_DECODE_SIZE,
-    "version": 1,
+    "version": 2,  # 2: + each image's plain_background flag (store.json "plain", packed bits)
 }
 
 
@@ -234,20 +266,24 @@ def write_colour_store(
     stamps = store.stamps()
     out = colour_store_folder(features_folder)
     old: dict[str, np.ndarray] = {}
+    old_plain: dict[str, bool] = {}
     if (out / "store.json").exists():
         try:
             prev = FeatureStore.open(out)
             if prev.extractor.get("version") == COLOUR_IDENTITY["version"]:
                 prev_stamps = prev.stamps()
                 V = np.asarray(prev.vectors, np.float32)
+                flags = unpack_flags(prev.meta.get("plain"), len(prev.ids))
                 old = {i: V[j] for j, i in enumerate(prev.ids) if prev_stamps.get(i) == stamps.get(i)}
+                old_plain = {i: bool(flags[j]) for j, i in enumerate(prev.ids) if i in old}
         except Exception as exc:  # a damaged sidecar is recomputed, never trusted
             log.warning("colour store %s unreadable (%s): recomputing", out, exc)
     sig = np.zeros((len(store.ids), SIGNATURE_DIM), np.float32)
+    plain = np.zeros(len(store.ids), bool)
     todo = [j for j, i in enumerate(store.ids) if i not in old]
     for j, i in enumerate(store.ids):
         if i in old:
-            sig[j] = old[i]
+            sig[j], plain[j] = old[i], old_plain[i]
     base = root.resolve()
     for j in progress(todo, desc="colour", unit="img", show_progress=show_progress):
         rel = store.ids[j]
@@ -257,6 +293,7 @@ def write_colour_store(
             continue
         try:
             sig[j] = colour_signature(load_image(p, COLOUR_DECODE_SIZE, "letterbox"))
+            plain[j] = plain_background(load_image(p, PLAIN_DECODE_SIZE, "squash"))
         except ImageError as exc:
             log.warning("colour of %s: %s", rel, exc)
     cols = [stamps.get(i, (-1, -1, -1, -1)) for i in store.ids]
@@ -269,11 +306,62 @@ def write_colour_store(
         mtimes=[c[1] for c in cols],
         inodes=[c[2] for c in cols],
         ctimes=[c[3] for c in cols],
-        extra={"image_root": str(base), "features": str(Path(features_folder).resolve())},
+        extra={
+            "image_root": str(base),
+            "features": str(Path(features_folder).resolve()),
+            "plain": pack_flags(plain),
+        },
         allow_empty=True,
     )
-    log.info("colour signatures: %d computed, %d kept -> %s", len(todo), len(old), out)
+    log.info(
+        "colour signatures: %d computed, %d kept, %d of %d on a plain background -> %s",
+        len(todo), len(old), int(plain.sum()), len(plain), out,
+    )  # fmt: skip
     return out
+
+
+def pack_flags(flags: np.ndarray) -> str:
+    """Booleans as base64 of their packed bits (one bit per image, in id order)."""
+    import base64
+
+    return base64.b64encode(np.packbits(np.asarray(flags, bool)).tobytes()).decode("ascii")
+
+
+def unpack_flags(text: Any, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_flags`; anything malformed -> ``n`` ``False`` (logged)."""
+    import base64
+    import binascii
+
+    if text is None:
+        return np.zeros(n, bool)
+    try:
+        raw = base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != (n + 7) // 8:
+        log.warning(
+            "colour store: plain-background flags malformed (%d bytes for %d images): ignored", len(raw), n
+        )
+        return np.zeros(n, bool)
+    return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
+
+
+def load_plain_flags(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
+    """Each image's :func:`plain_background` flag in ``ids`` order, or ``None`` if the colour store
+    (of this version) does not cover them."""
+    from ._store import FeatureStore
+
+    folder = colour_store_folder(features_folder)
+    if not (folder / "store.json").exists():
+        return None
+    store = FeatureStore.open(folder)
+    if store.extractor.get("version") != COLOUR_IDENTITY["version"] or "plain" not in store.meta:
+        return None
+    row = {i: j for j, i in enumerate(store.ids)}
+    if any(i not in row for i in ids):
+        return None
+    flags = unpack_flags(store.meta.get("plain"), len(store.ids))
+    return flags[[row[i] for i in ids]]
 
 
 def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:

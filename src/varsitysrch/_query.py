@@ -8,6 +8,16 @@ sits.  Only the query pays (``len(views)`` forward passes instead of one); catal
 vectors, the feature store and the model file are unchanged.  ``aggregate="mean"`` (the
 normalised mean of the views' vectors, one search) and horizontal-flip views are the
 alternatives measured in ``docs/quality.md``.
+
+``views="auto"`` (the default of :meth:`varsitysrch.Searcher.search`,
+:func:`varsitysrch.search_similar_images`, the CLI and the service) uses the crops only for a
+shopper's photo searched against a studio catalogue: when at least
+:data:`STUDIO_CATALOGUE_SHARE` of the catalogue images are product shots on a plain backdrop
+and the query is not (:func:`varsitysrch._colour.plain_background`).  There a crop view's
+score counts :data:`AUTO_CROP_DISCOUNT` less than the whole photo's, so a crop wins only when
+it matches clearly better.  Any other pair (a catalogue photo as the query, in-store photos
+against in-store photos) is searched as the whole image: the crops cost same-domain relevance
+(``docs/quality.md``).
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ from ._images import ImageSource, _fit, _to_rgb, open_image
 
 CROP_FRACTION = 0.7
 AGGREGATES = ("max", "mean")
+#: ``views="auto"``: the catalogue counts as studio shots when this share of it has a plain backdrop
+STUDIO_CATALOGUE_SHARE = 0.5
+#: ``views="auto"``: a crop view's score is lowered by this before it competes with the whole photo
+AUTO_CROP_DISCOUNT = 0.07
 
 
 def crop_boxes(width: int, height: int, fraction: float = CROP_FRACTION) -> list[tuple[int, int, int, int]]:
@@ -110,18 +124,21 @@ def mean_view(views: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     return m / n if n > 0 else m
 
 
-def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int) -> list[Any]:
+def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int, discount: float = 0.0) -> list[Any]:
     """Best view per catalogue image: the union of per-view hit lists, each image at its highest score.
 
     Exact for ``aggregate="max"``: an image in the top ``top_n`` by best-view score is in the
     top ``top_n`` of the view that gives it that score, so merging per-view top-``top_n``
-    lists loses nothing.  Hits are re-ranked (``rank`` 1..n), ties by first appearance.
+    lists loses nothing.  ``discount``: subtracted from the scores of every list but the first
+    (the whole photo's).  Hits are re-ranked (``rank`` 1..n), ties by first appearance.
     """
     if len(hit_lists) == 1:
         return list(hit_lists[0])[:top_n]
     best: dict[str, Any] = {}
-    for hits in hit_lists:
+    for k, hits in enumerate(hit_lists):
         for h in hits:
+            if k and discount:
+                h = h.with_score(h.score - discount)
             cur = best.get(h.image)
             if cur is None or h.score > cur.score:
                 best[h.image] = h
@@ -129,13 +146,22 @@ def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int) -> list[Any]
     return [h.with_rank(r) for r, h in enumerate(order, 1)]  # Hit.with_rank
 
 
-VIEWS = ("crops", "flip", "crops+flip")
+VIEWS = ("crops", "flip", "crops+flip", "auto")
+
+
+def check_views(views: str | None) -> str | None:
+    """``views`` if valid (``None`` / ``"none"``: the whole image; ``"auto"``; crops / flip)."""
+    if views is None or views == "none":
+        return None
+    if views not in VIEWS:
+        raise InvalidArgumentError(f"views must be None, 'none' or one of {', '.join(VIEWS)}; got {views!r}")
+    return views
 
 
 def parse_views(views: str | None) -> tuple[bool, bool]:
-    """``None`` / ``"none"``: the whole image only; ``"crops"``, ``"flip"``, ``"crops+flip"``."""
-    if views is None or views == "none":
+    """``None`` / ``"none"``: the whole image only; ``"crops"``, ``"flip"``, ``"crops+flip"``
+    (``"auto"`` is decided by the Searcher: see the module docstring)."""
+    v = check_views(views)
+    if v is None or v == "auto":
         return False, False
-    if views not in VIEWS:
-        raise InvalidArgumentError(f"views must be None, 'none' or one of {', '.join(VIEWS)}; got {views!r}")
-    return "crops" in views, "flip" in views
+    return "crops" in v, "flip" in v

@@ -47,10 +47,13 @@ from ._attributes import (
 from ._collapse import check_collapse, collapse_rows
 from ._colour import (
     COLOUR_DECODE_SIZE,
+    PLAIN_DECODE_SIZE,
     check_colour_weight,
     colour_signature,
     combine_scores,
     load_colour_signatures,
+    load_plain_flags,
+    plain_background,
 )
 from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
@@ -67,7 +70,15 @@ from ._modelfile import ModelFile, load_model, read_assignments_kind
 from ._paths import resolve_image
 from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query, to_search_space
 from ._progress import say
-from ._query import decode_rgb, merge_view_hits, parse_views, query_views
+from ._query import (
+    AUTO_CROP_DISCOUNT,
+    STUDIO_CATALOGUE_SHARE,
+    check_views,
+    decode_rgb,
+    merge_view_hits,
+    parse_views,
+    query_views,
+)
 from ._store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -175,6 +186,12 @@ class Hit(str):
     def __deepcopy__(self, memo: dict[int, Any]) -> Hit:
         return self
 
+    def with_score(self, score: float) -> Hit:
+        """The same hit with another score (a discounted crop view, a colour-mixed score)."""
+        return Hit(
+            self.image, score, self.cluster, self.rank, self.path, *self._confidence(), self.duplicates
+        )
+
     def with_rank(self, rank: int) -> Hit:
         """The same hit at another rank (results re-ranked after filtering or merging)."""
         return Hit(
@@ -237,6 +254,7 @@ class Searcher:
         #: (0: the CNN cosine only; "match colour" = 0.15, measured in docs/quality.md)
         self.colour_weight = check_colour_weight(colour_weight)
         self._colours: np.ndarray | None = None
+        self._studio: bool | None = None  # studio_catalogue, read once
         if query_expansion is not None and (
             isinstance(query_expansion, bool) or not isinstance(query_expansion, int) or query_expansion < 0
         ):
@@ -385,9 +403,44 @@ class Searcher:
         arr = load_image(query, ex.input_size, ex.resize)
         return self.embedder.embed(arr[None])[0]
 
+    @property
+    def studio_catalogue(self) -> bool:
+        """Whether most catalogue images are product shots on a plain backdrop (the per-image flags
+        ``extract_features`` stores with the colour signatures; ``False`` without them)."""
+        if self._studio is None:
+            share = None
+            for c in self._store_candidates():
+                flags = load_plain_flags(c, self.ids)
+                if flags is not None:
+                    share = float(flags.mean()) if len(flags) else 0.0
+                    break
+            self._studio = share is not None and share >= STUDIO_CATALOGUE_SHARE
+            log.info("catalogue: %s plain-background share %s", self.model_path, share)
+        return self._studio
+
+    def auto_crops(self, query: ImageSource) -> bool:
+        """``views="auto"``: search with crops -- a photo that is not a studio shot, against a studio
+        catalogue (:mod:`varsitysrch._query`)."""
+        if not self.studio_catalogue:
+            return False
+        return not plain_background(load_image(query, PLAIN_DECODE_SIZE, "squash"))
+
+    def query_vectors(self, query: ImageSource, views: str | None = "auto") -> tuple[np.ndarray, float]:
+        """The query's view vectors (:meth:`embed_views`) and the discount of its crop views:
+        ``views="auto"`` resolves to crops with :data:`~varsitysrch._query.AUTO_CROP_DISCOUNT`
+        or to the whole image (:meth:`auto_crops`)."""
+        if check_views(views) == "auto":
+            if self.auto_crops(query):
+                return self.embed_views(query, "crops"), AUTO_CROP_DISCOUNT
+            return self.embed(query)[None], 0.0
+        return self.embed_views(query, views), 0.0
+
     def embed_views(self, query: ImageSource, views: str | None = None) -> np.ndarray:
         """Unit vectors ``[V, dim]`` of the query's views: ``None`` the image itself, ``"crops"`` it
-        and five 70 % crops, ``"flip"`` / ``"crops+flip"`` with mirrors (:mod:`varsitysrch._query`)."""
+        and five 70 % crops, ``"flip"`` / ``"crops+flip"`` with mirrors (:mod:`varsitysrch._query`);
+        ``"auto"``: see :meth:`query_vectors`."""
+        if check_views(views) == "auto":
+            return self.query_vectors(query, views)[0]
         crops, flip = parse_views(views)
         if not (crops or flip):
             return self.embed(query)[None]
@@ -429,10 +482,12 @@ class Searcher:
         min_score: float | None = None,
         where: Any = None,
         collapse: bool | float | None = None,
+        view_discount: float = 0.0,
     ) -> list[Hit]:
         """Search with one or more vectors of a query (``[V, dim]``), optionally matching colour.
 
-        Each catalogue image keeps its best view (:func:`varsitysrch._query.merge_view_hits`);
+        Each catalogue image keeps its best view (:func:`varsitysrch._query.merge_view_hits`;
+        ``view_discount`` is taken off the scores of every view but the first);
         with a colour weight ``w`` the top ``COLOUR_POOL * top_n`` are re-scored by
         ``(1 - w) cosine + w colour similarity`` (``colour``: the query's signature,
         :meth:`query_colour`), which becomes the hits' ``score``.
@@ -456,6 +511,7 @@ class Searcher:
                 for v in V
             ],
             pool,
+            view_discount,
         )
         if w > 0 and hits:
             rows = np.array([self._id_index[h.image] for h in hits])
@@ -463,7 +519,7 @@ class Searcher:
                 np.array([h.score for h in hits], np.float32), self.colour_signatures()[rows] @ colour, w
             )
             order = np.argsort(-mixed, kind="stable")
-            hits = [_rescored(hits[j], float(mixed[j]), r) for r, j in enumerate(order, 1)]
+            hits = [hits[j].with_score(float(mixed[j])).with_rank(r) for r, j in enumerate(order, 1)]
         return self._keep(hits[:top_n], min_confidence, min_score)
 
     def search_feedback(
@@ -502,7 +558,7 @@ class Searcher:
         min_confidence: float | None = None,
         min_score: float | None = None,
         colour_weight: float | None = None,
-        views: str | None = None,
+        views: str | None = "auto",
         where: Any = None,
         collapse: bool | float | None = None,
     ) -> list[Hit]:
@@ -513,17 +569,21 @@ class Searcher:
 
         ``colour_weight``: weight of the product's colour (``None``: the Searcher's); ``views``:
         ``"crops"`` / ``"flip"`` / ``"crops+flip"`` also searches with crops / mirrors of the query,
-        each catalogue image keeping its best view (cluttered shoppers' photos; docs/quality.md).
+        each catalogue image keeping its best view (cluttered shoppers' photos; docs/quality.md);
+        ``"auto"`` (default) uses the crops only for a photo that is not a studio shot against a
+        studio catalogue (:meth:`query_vectors`); ``None``: the whole image only.
 
         ``min_confidence`` / ``min_score``: only hits at or above them come back (fewer than
         ``top_n``, possibly none: "no close match"); ``min_confidence=searcher.calibration.cutoff``
         keeps the ``close`` hits.
         """
         w = self.colour_weight if colour_weight is None else check_colour_weight(colour_weight)
+        vecs, discount = self.query_vectors(query, views)
         return self.search_views(
-            self.embed_views(query, views), top_n, nprobe=nprobe, exact=exact,
+            vecs, top_n, nprobe=nprobe, exact=exact,
             colour=self.query_colour(query) if w > 0 else None, colour_weight=w,
             min_confidence=min_confidence, min_score=min_score, where=where, collapse=collapse,
+            view_discount=discount,
         )  # fmt: skip
 
     def search_id(
@@ -801,13 +861,6 @@ class Searcher:
         )
 
 
-def _rescored(hit: Hit, score: float, rank: int) -> Hit:
-    """``hit`` with another score (colour re-scoring) and rank, everything else kept."""
-    args = list(hit.__reduce__()[1])
-    args[1], args[3] = score, rank
-    return Hit(*args)
-
-
 @functools.lru_cache(maxsize=4)
 def _cached_searcher(model: str, csv: str | None, root: str | None, _stamp: tuple[int, ...]) -> Searcher:
     return Searcher(model, csv, image_root=root)
@@ -829,18 +882,23 @@ def search_similar_images(
     min_confidence: float | None = None,
     min_score: float | None = None,
     colour_weight: float = 0.0,
-    views: str | None = None,
+    views: str | None = "auto",
     where: Any = None,
     collapse: bool | float | None = None,
 ) -> list[Hit]:
-    """The ``top_n`` catalogue images most similar to ``image_path``, ranked by cosine similarity.
+    """The ``top_n`` catalogue images most similar to ``image_path``, best first.
+
+    Ranked by cosine similarity to the query expanded with its two best matches (the model's
+    ``query_expansion``; the query image itself, if it is in the catalogue, comes first).
 
     ``where`` (attribute filter) and ``collapse`` (near-duplicates once): see
     :meth:`Searcher.search_vector` and ``docs/shop.md``.
 
     ``colour_weight``: how much the product's colour counts, ``(1 - w) cosine + w colour
     similarity`` (0: not at all; 0.15 = "match colour"); ``views="crops"``: the query is also
-    searched as five 70 % crops, each catalogue image keeping its best view (shoppers' photos).
+    searched as five 70 % crops, each catalogue image keeping its best view (shoppers' photos);
+    ``"auto"`` (default): crops only for a photo that is not a studio shot searched against a
+    studio catalogue (see :meth:`Searcher.query_vectors`); ``None``: the whole image.
 
     ``min_confidence`` / ``min_score`` drop hits below them (see :meth:`Searcher.search`).
 
@@ -859,10 +917,11 @@ def search_similar_images(
     r = str(Path(image_root).resolve()) if image_root is not None else None
     searcher = _cached_searcher(m, c, r, stat_stamp(m, c))
     w = check_colour_weight(colour_weight)
-    vecs = searcher.embed_views(image_path, views)
+    vecs, discount = searcher.query_vectors(image_path, views)
     hits = searcher.search_views(
         vecs, top_n, nprobe=nprobe, exact=exact, colour=searcher.query_colour(image_path) if w > 0 else None,
         colour_weight=w, min_confidence=min_confidence, min_score=min_score, where=where, collapse=collapse,
+        view_discount=discount,
     )  # fmt: skip
     note = searcher.scan_note(vecs[0], top_n, nprobe=nprobe, exact=exact)
     plural = "" if len(hits) == 1 else "s"

@@ -478,9 +478,12 @@ def search(
         bool, typer.Option("--match-colour", "--match-color", help="Match colour too (colour weight 0.15).")
     ] = False,
     views: Annotated[
-        str | None,
-        typer.Option(help="Query views: crops (whole + five 70 % crops, best per image), flip, crops+flip."),
-    ] = None,
+        str,
+        typer.Option(
+            help="Query views: auto (crops for a shop photo against a studio catalogue), none (the whole "
+            "image), crops (whole + five 70 % crops, best per image), flip, crops+flip."
+        ),
+    ] = "auto",
     min_confidence: Annotated[
         float | None,
         typer.Option(

@@ -50,9 +50,17 @@ from urllib.parse import quote
 import numpy as np
 
 from .._errors import ImageError, InvalidArgumentError, VarsitysrchError, missing
+from .._query import check_views
 from .._version import __version__
 from .batching import BoundedPool, MicroBatcher, Overloaded
-from .files import UPLOAD_FORMATS_TEXT, UnsupportedFormat, choose_root, decode_upload, make_thumbnail
+from .files import (
+    UPLOAD_FORMATS_TEXT,
+    UnsupportedFormat,
+    choose_root,
+    decode_upload,
+    decode_upload_rgb,
+    make_thumbnail,
+)
 from .files import resolve_image as _resolve_image
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import BodyLimit, Observe
@@ -500,6 +508,10 @@ _WHERE_DOC = (
     'or one JSON object {"price": {"lt": 50}}'
 )
 _COLLAPSE_DOC = "show near-duplicates of one product once (they are listed in the hit's duplicates)"
+_VIEWS_DOC = (
+    "query views: auto (five 70 % crops too for a shop photo against a studio catalogue), none, crops, "
+    "flip or crops+flip"
+)
 
 
 async def _read_upload(svc: Service, image: Any) -> bytes:
@@ -539,6 +551,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         ] = None,
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
+        views: Annotated[str, Query(description=_VIEWS_DOC)] = "auto",
     ) -> dict[str, Any]:
         """Search with an uploaded photo (field ``image``) or a catalogue image (field ``image_id``).
 
@@ -558,14 +571,24 @@ def _add_search_routes(app: Any, svc: Service) -> None:
             raise _http(422, "send an image file (multipart field 'image') or an image_id")
         t0 = time.perf_counter()
         _check_nprobe(gen, p, ex)
+        vw = check_views(views)
         data = await _read_upload(svc, image)
-        (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
-        if isinstance(v, Exception):
-            raise v
+        vecs, discount = None, 0.0
+        if vw is not None and (vw != "auto" or gen.searcher.studio_catalogue):
+            try:  # several views of one photo: embedded together, outside the micro-batcher
+                rgb = await run_in_threadpool(decode_upload_rgb, data)
+                vecs, discount = await run_in_threadpool(gen.searcher.query_vectors, rgb, vw)
+            except (UnsupportedFormat, ImageError) as exc:
+                raise _decode_error(exc, image.filename) from exc
+        if vecs is None or len(vecs) == 1:
+            (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
+            if isinstance(v, Exception):
+                raise v
+            vecs = v[None]
         colour = await run_in_threadpool(gen.searcher.query_colour, data) if w > 0 else None
         hits = await run_in_threadpool(
-            gen.searcher.search_views, v[None], n, nprobe=p, exact=ex, colour=colour, colour_weight=w,
-            where=wh, collapse=collapse,
+            gen.searcher.search_views, vecs, n, nprobe=p, exact=ex, colour=colour, colour_weight=w,
+            where=wh, collapse=collapse, view_discount=discount,
         )  # fmt: skip
         query = {"kind": "upload", "filename": image.filename, "bytes": len(data)}
         return _result(request, gen, query, hits, t0, n, p, ex)

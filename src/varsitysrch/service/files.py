@@ -19,6 +19,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,21 @@ def resolve_image(root: Path, image_id: str) -> Path | None:
 
 
 def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
-    """Decode an upload for the extractor, allow-listed formats only.
+    """Decode an upload for the extractor, allow-listed formats only (:func:`open_upload`)."""
+    from .._images import load_image, open_image
+
+    return load_image(open_image(open_upload(data)), size, resize)
+
+
+def decode_upload_rgb(data: bytes) -> Any:
+    """The whole upload decoded to an RGB PIL image (for several views of it), allow-listed formats only."""
+    from .._query import decode_rgb
+
+    return decode_rgb(open_upload(data))
+
+
+def open_upload(data: bytes) -> Any:
+    """Open an upload lazily, allow-listed formats only.
 
     Only the allow-listed plugins even look at the bytes (``Image.open(..., formats=...)``):
     some others decode while opening (ICO decodes its PNG frames), so checking
@@ -99,8 +114,6 @@ def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
     cannot be used: broken, a decompression bomb, ...).
     """
     from PIL import Image, UnidentifiedImageError
-
-    from .._images import load_image, open_image
 
     try:
         im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
@@ -113,7 +126,7 @@ def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
     if im.format not in UPLOAD_FORMATS:  # a plugin that reports another name: refuse it too
         im.close()
         raise UnsupportedFormat(str(im.format))
-    return load_image(open_image(im), size, resize)
+    return im
 
 
 def make_thumbnail(src: Path, size: int) -> bytes:

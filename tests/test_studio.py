@@ -1,0 +1,285 @@
+"""A shopper's photo against a studio catalogue: plain-background flags and ``views="auto"``.
+
+Generated data with known answers: each product is a painted pattern; its studio shots show
+it alone on a plain backdrop, its shop photos show it smaller, somewhere in a cluttered
+frame (random noise and blobs).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from varsitysrch import Searcher, extract_features, search_similar_images, train_clusters
+from varsitysrch._colour import (
+    PLAIN_BORDER_SHARE,
+    border_share,
+    colour_store_folder,
+    load_plain_flags,
+    pack_flags,
+    plain_background,
+    unpack_flags,
+)
+from varsitysrch._images import load_image
+from varsitysrch._query import AUTO_CROP_DISCOUNT, STUDIO_CATALOGUE_SHARE, check_views
+
+N_PRODUCTS = 6
+
+
+def _product(k: int, rng: np.random.Generator, size: int) -> Image.Image:
+    """Product ``k``: a distinct colour and pattern on a transparent tile."""
+    hue = [(200, 30, 40), (30, 90, 200), (40, 160, 60), (230, 190, 20), (150, 40, 170), (240, 120, 20)][k]
+    tile = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(tile)
+    shade = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in hue)
+    if k % 3 == 0:
+        d.ellipse([2, 2, size - 3, size - 3], fill=shade)
+    elif k % 3 == 1:
+        d.rectangle([size // 6, 2, size - size // 6, size - 3], fill=shade)
+    else:
+        d.polygon([(size // 2, 2), (size - 3, size - 3), (2, size - 3)], fill=shade)
+    for j in range(k + 2):  # stripes: how many tells products of one shape apart
+        y = int((j + 1) * size / (k + 3))
+        d.line([(size // 4, y), (3 * size // 4, y)], fill=(255, 255, 255, 255), width=2)
+    return tile
+
+
+def studio_shot(
+    k: int, i: int, size: int = 128, backdrop: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
+    rng = np.random.default_rng([k, i, 1])
+    im = Image.new("RGB", (size, size), backdrop)
+    s = int(size * rng.uniform(0.6, 0.75))
+    off = rng.integers(size // 10, size - s - size // 10 + 1, size=2)
+    im.paste(_product(k, rng, s), (int(off[0]), int(off[1])), _product(k, rng, s))
+    return im
+
+
+def shop_photo(k: int, i: int, size: int = 128) -> Image.Image:
+    """The product at 50-60 % of the frame, in a corner, among clutter."""
+    rng = np.random.default_rng([k, i, 2])
+    im = Image.fromarray(rng.integers(60, 200, (size, size, 3), dtype=np.uint8))
+    d = ImageDraw.Draw(im)
+    for _ in range(12):
+        x, y = rng.integers(0, size, size=2)
+        r = int(rng.integers(6, 20))
+        d.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    s = int(size * rng.uniform(0.5, 0.6))
+    corner = rng.integers(0, 2, size=2)
+    off = [int(c * (size - s - 4) + 2) for c in corner]
+    tile = _product(k, rng, s)
+    im.paste(tile, (off[0], off[1]), tile)
+    return im
+
+
+def _save(im: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, "PNG")
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A studio catalogue (3 shots per product), its model, and a shop-photo catalogue."""
+    d = tmp_path_factory.mktemp("studio")
+    for k, i in itertools.product(range(N_PRODUCTS), range(3)):
+        _save(studio_shot(k, i), d / "cat" / f"p{k}" / f"s{i}.png")
+        _save(shop_photo(k, i + 10), d / "shop" / f"p{k}" / f"q{i}.png")
+    for name in ("cat", "shop"):
+        extract_features(d / name, d / f"{name}-f", show_progress=False)
+        train_clusters(d / f"{name}-f", d / f"{name}.vsm", d / f"{name}.csv", 3, show_progress=False)
+    return {"root": d, "cat": d / "cat.vsm", "shop": d / "shop.vsm"}
+
+
+# ------------------------------------------------------------------ detection
+def test_plain_background_known_answers() -> None:
+    for k in range(N_PRODUCTS):
+        for backdrop in ((255, 255, 255), (200, 200, 205), (30, 30, 30)):
+            a = np.asarray(studio_shot(k, 0, backdrop=backdrop).resize((64, 64)))
+            assert border_share(a) == 1.0 and plain_background(a)
+        shop = np.asarray(shop_photo(k, 0).resize((64, 64)))
+        assert border_share(shop) < PLAIN_BORDER_SHARE and not plain_background(shop)
+    # a product touching two edges of a white frame: most of the border is still backdrop
+    a = np.full((64, 64, 3), 255, np.uint8)
+    a[:, :3] = 20
+    assert 0.7 < border_share(a) < PLAIN_BORDER_SHARE + 0.01
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])
+def test_flags_round_trip_and_malformed_flags_read_as_none_plain(n: int) -> None:
+    flags = np.random.default_rng(n).random(n) < 0.5
+    assert np.array_equal(unpack_flags(pack_flags(flags), n), flags)
+    for bad in (None, "not base64!", pack_flags(np.ones(n + 9, bool)), 12):
+        got = unpack_flags(bad, n)
+        assert got.shape == (n,) and not got.any()
+
+
+def test_colour_store_records_flags_and_an_update_recomputes_only_changed_images(
+    studio: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from varsitysrch import _colour
+
+    root = tmp_path / "mixed"
+    _save(studio_shot(0, 0), root / "a.png")
+    _save(shop_photo(1, 0), root / "b.png")
+    _save(studio_shot(2, 0, backdrop=(190, 190, 190)), root / "c.png")
+    extract_features(root, tmp_path / "f", show_progress=False)
+    ids = ["a.png", "b.png", "c.png"]
+    flags = load_plain_flags(tmp_path / "f", ids)
+    assert flags is not None and flags.tolist() == [True, False, True]
+    want = [plain_background(load_image(root / i, 64, "squash")) for i in ids]
+    assert flags.tolist() == want
+    assert load_plain_flags(tmp_path / "f", [*ids, "zzz.png"]) is None  # not covered: unknown
+    calls: list[int] = []
+    real = _colour.plain_background
+    monkeypatch.setattr(_colour, "plain_background", lambda a: calls.append(1) or real(a))
+    _save(shop_photo(2, 5), root / "c.png")  # c is now a shop photo
+    extract_features(root, tmp_path / "f", show_progress=False)
+    assert len(calls) == 1  # only the changed image was decoded again
+    assert load_plain_flags(tmp_path / "f", ids).tolist() == [True, False, False]
+
+
+def test_a_colour_store_without_flags_is_unknown(studio: dict[str, Path], tmp_path: Path) -> None:
+    store = colour_store_folder(studio["root"] / "cat-f") / "store.json"
+    meta = json.loads(store.read_text())
+    assert meta["extractor"]["version"] == 2 and "plain" in meta
+    s = Searcher(studio["cat"])
+    assert s.studio_catalogue
+    ids = list(s.ids)
+    meta.pop("plain")
+    copy = tmp_path / "colour"
+    copy.mkdir()
+    import shutil
+
+    for p in store.parent.iterdir():
+        if p.is_dir():
+            shutil.copytree(p, copy / p.name)
+    (copy / "store.json").write_text(json.dumps(meta))
+    assert load_plain_flags(tmp_path, ids) is None
+
+
+# ------------------------------------------------------------------ views="auto"
+def _by_hand(s: Searcher, q: Image.Image, views: str | None, discount: float) -> dict[str, float]:
+    """Every catalogue image's score: best of the whole photo and its crops (minus the discount)."""
+    V = s.embed_views(q, views)
+    best: dict[str, float] = {}
+    for k, v in enumerate(V):
+        for h in s.search_vector(v, len(s), exact=True):
+            sc = h.score - (discount if k else 0.0)
+            best[h.image] = max(best.get(h.image, -9.0), sc)
+    return best
+
+
+def test_auto_uses_discounted_crops_for_a_shop_photo_against_a_studio_catalogue(
+    studio: dict[str, Path],
+) -> None:
+    s = Searcher(studio["cat"])
+    assert s.studio_catalogue
+    shop, shot = shop_photo(3, 0), studio_shot(3, 7)
+    assert s.auto_crops(shop) and not s.auto_crops(shot)
+    vecs, discount = s.query_vectors(shop)
+    assert len(vecs) == 6 and discount == AUTO_CROP_DISCOUNT
+    assert len(s.query_vectors(shot)[0]) == 1 and s.query_vectors(shop, None)[1] == 0.0
+    hits = s.search(shop, 8, exact=True)
+    want = _by_hand(s, shop, "crops", AUTO_CROP_DISCOUNT)
+    assert [h.score for h in hits] == pytest.approx(sorted(want.values(), reverse=True)[:8], abs=1e-5)
+    assert all(h.score == pytest.approx(want[h.image], abs=1e-5) for h in hits)
+    assert [h.rank for h in hits] == list(range(1, 9))
+    # the whole image only, when asked for
+    plain = s.search(shop, 8, exact=True, views=None)
+    assert [h.score for h in plain] == pytest.approx(
+        sorted(_by_hand(s, shop, None, 0).values(), reverse=True)[:8]
+    )
+
+
+def test_auto_finds_the_product_of_shop_photos_at_least_as_often(studio: dict[str, Path]) -> None:
+    s = Searcher(studio["cat"])
+    found = {"auto": 0, None: 0}
+    n = N_PRODUCTS * 8
+    for k, i in itertools.product(range(N_PRODUCTS), range(8)):
+        q = shop_photo(k, 20 + i)
+        for views in found:
+            top = s.search(q, 1, exact=True, views=views)[0]
+            found[views] += top.image.startswith(f"p{k}/")
+    # the whole photo is dominated by clutter; a crop holds mostly the product (40 vs 29 of 48 here)
+    assert found["auto"] >= found[None] + n // 8 and found["auto"] >= 0.7 * n
+
+
+def test_auto_is_the_whole_image_against_an_in_store_catalogue(studio: dict[str, Path]) -> None:
+    s = Searcher(studio["shop"])
+    assert not s.studio_catalogue
+    q = shop_photo(2, 30)
+    assert not s.auto_crops(q) and len(s.query_vectors(q)[0]) == 1
+    assert [(h.image, h.score) for h in s.search(q, 5)] == [
+        (h.image, h.score) for h in s.search(q, 5, views=None)
+    ]
+    # a studio catalogue share below the rule is not a studio catalogue either
+    assert STUDIO_CATALOGUE_SHARE == 0.5
+
+
+def test_search_similar_images_and_cli_default_to_auto(studio: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from varsitysrch.cli import app
+
+    q = tmp_path / "q.png"
+    shop_photo(4, 40).save(q)
+    s = Searcher(studio["cat"])
+    want = [(h.image, round(h.score, 4)) for h in s.search(q, 4)]
+    got = search_similar_images(q, studio["cat"], top_n=4, show_progress=False)
+    assert [(h.image, round(h.score, 4)) for h in got] == want
+    res = CliRunner().invoke(app, ["search", str(q), "-m", str(studio["cat"]), "-n", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [(h["image"], round(h["score"], 4)) for h in json.loads(res.stdout)] == want
+    res = CliRunner().invoke(
+        app, ["search", str(q), "-m", str(studio["cat"]), "-n", "4", "--json", "--views", "none"]
+    )
+    whole = [(h.image, round(h.score, 4)) for h in s.search(q, 4, views=None)]
+    assert [(h["image"], round(h["score"], 4)) for h in json.loads(res.stdout)] == whole
+    res = CliRunner().invoke(app, ["search", str(q), "-m", str(studio["cat"]), "--views", "sideways"])
+    assert res.exit_code == 2 and "views must be" in res.stderr
+
+
+def test_service_upload_uses_auto_views(studio: dict[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from varsitysrch.service import create_app
+
+    s = Searcher(studio["cat"])
+    buf = io.BytesIO()
+    shop_photo(5, 50).save(buf, "PNG")
+    data = buf.getvalue()
+    with TestClient(create_app(studio["cat"], image_root=studio["root"] / "cat")) as c:
+
+        def post(**params: Any) -> Any:
+            return c.post(
+                "/search", files={"image": ("q.png", data, "image/png")}, params={"top_n": 4, **params}
+            )
+
+        r = post()
+        assert r.status_code == 200, r.text
+        want = [(h.image, round(h.score, 4)) for h in s.search(data, 4)]
+        assert [(h["image"], round(h["score"], 4)) for h in r.json()["hits"]] == want
+        r = post(views="none")
+        whole = [(h.image, round(h.score, 4)) for h in s.search(data, 4, views=None)]
+        assert [(h["image"], round(h["score"], 4)) for h in r.json()["hits"]] == whole
+        assert post(views="sideways").status_code in (400, 422)
+        # the allow-list still holds on the multi-view path: an ICO upload is refused before decoding
+        ico = io.BytesIO()
+        shop_photo(5, 50).save(ico, "ICO")
+        r = c.post("/search", files={"image": ("q.ico", ico.getvalue(), "image/x-icon")})
+        assert r.status_code == 415, r.text
+
+
+def test_check_views_names_the_rule() -> None:
+    assert check_views("none") is None and check_views(None) is None and check_views("auto") == "auto"
+    with pytest.raises(
+        ValueError, match="views must be None, 'none' or one of crops, flip, crops\\+flip, auto"
+    ):
+        check_views("all")
