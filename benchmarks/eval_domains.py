@@ -5,6 +5,7 @@
     python benchmarks/eval_domains.py --part colour     # hue-shifted copies: colour weight trade-off
     python benchmarks/eval_domains.py --part speed      # extraction img/s, old vs new default, one run
     python benchmarks/eval_domains.py --part api        # the same protocols through varsitysrch.evaluate
+    python benchmarks/eval_domains.py --part studio     # query crops vs studio proxies; QE and the query
 
 Domains: ``../shared/data/clothing-small`` (3,781 photos, 10 classes) and
 ``../shared/data/grocery-train`` (2,640 in-store photos, 81 products), each with its
@@ -937,11 +938,130 @@ def part_real(args: argparse.Namespace) -> None:
                 )
 
 
+# ====================================================================== studio proxy + QE self-handling
+def embed_default_views(domain: str, out: Path, rows: np.ndarray, studio: bool | None = None) -> np.ndarray:
+    """Average-pooled vectors of the default extractor (int8, centre crop 256): the five 70 % crops of
+    each row (``studio=None``), or one synthetic studio shot per row -- a random 60 % crop (seeded by
+    the row), on a white canvas with a 15 % margin when ``studio`` (the bare crop otherwise)."""
+    if out.exists():
+        return np.load(out)
+    from PIL import Image
+
+    from varsitysrch._images import _fit
+    from varsitysrch._query import crop_boxes, decode_rgb
+
+    sess, fm = fmap_session("efficientnet-lite0", True)
+    ids, _, _ = manifest(domain)
+    acc = []
+    for r in rows:
+        im = decode_rgb(DOMAINS[domain] / ids[r])
+        if studio is None:
+            parts = [im.crop(b) for b in crop_boxes(*im.size)[1:]]
+        else:
+            w, h = im.size
+            cw, ch = round(w * 0.6), round(h * 0.6)
+            rng = np.random.default_rng(int(r))
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            part = im.crop((x0, y0, x0 + cw, y0 + ch))
+            if studio:
+                m = round(0.15 * max(cw, ch))
+                canvas = Image.new("RGB", (cw + 2 * m, ch + 2 * m), (255, 255, 255))
+                canvas.paste(part, (m, m))
+                part = canvas
+            parts = [part]
+        views = np.stack([np.asarray(_fit(p, 256, "center-crop"), np.uint8) for p in parts])
+        acc.append(sess.run([fm], {"images": views})[0].mean((2, 3)))
+    arr = np.stack(acc)
+    np.save(out, arr)
+    return arr
+
+
+def _qe_scores(
+    S: np.ndarray, Qs: np.ndarray, Cs: np.ndarray, sc: np.ndarray, include_self: bool, skip: float | None
+) -> np.ndarray:
+    """Scores after alpha-QE with 2 neighbours picked from ``S`` (the query's own column ``sc``
+    left out unless ``include_self``; results at or above ``skip`` never expand)."""
+    from varsitysrch._postprocess import expand_query
+
+    sims = S.copy()
+    if not include_self:
+        sims[np.arange(len(sims)), sc] = -np.inf
+    if skip is not None:
+        sims[sims >= skip] = -np.inf
+    nn = np.argsort(-sims, axis=1)[:, :2]
+    Qe = np.stack([expand_query(Qs[i], Cs[nn[i]], sims[i, nn[i]]) for i in range(len(Qs))])
+    return Qe @ Cs.T
+
+
+def part_studio(args: argparse.Namespace) -> None:
+    """Query crops with a discount, on the three protocols and two studio proxies; QE and the query itself."""
+    cache = Path(args.cache)
+    discounts = (0.0, 0.03, 0.05, 0.07, 0.1)
+    print(
+        "Default features (int8, centre crop 256, average pool, search PCA 128 from 1,000 images), exact "
+        "search, 600 queries. Query = the whole photo + five 70 % crops, each catalogue image scored by "
+        "max(whole, best crop - d). Studio proxies: one photo per product (grocery) / five per class "
+        "(clothing) from outside the queries, shown as a random 60 % crop, bare or on a white canvas.\n"
+    )
+    head = " | ".join(f"crops, d={d}" for d in discounts)
+    print(f"| domain | protocol | whole photo R@1 / mAP@10 | {head} |")
+    print("|---" * (3 + len(discounts)) + "|")
+    qe_rows = []
+    for dname in args.domains.split(","):
+        D = Domain(dname, cache)
+        q = D.p["q"]
+        y = D.y
+        V5 = _norm(embed_default_views(dname, cache / f"{dname}-views256.npy", q))
+        cc = D.p["cross_cat"]
+        per = 1 if dname == "grocery" else 5
+        one = np.sort(np.concatenate([cc[y[cc] == lab][:per] for lab in range(int(y.max()) + 1)]))
+        X = _norm(D.feats("lite0int8-256")["cc_avg"])
+        cats: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        for name in ("loo", "held", "cross"):
+            cat, self_col = D.protocols()[name]
+            cats[name] = (cat, X[cat], self_col)
+        for name, white in (("studio proxy, bare crop", False), ("studio proxy, on white", True)):
+            f = cache / f"{dname}-zoomr60{'w' if white else ''}.npy"
+            cats[name] = (one, _norm(embed_default_views(dname, f, one, white)[:, 0]), None)
+        for name, (cat, C, self_col) in cats.items():
+            sp = search_space(C, 128)
+            Cs, Qs, Vs = project(C, sp), project(X[q], sp), project(V5, sp)
+            S = Qs @ Cs.T
+            Sc = np.einsum("qvd,nd->qvn", Vs, Cs).max(1)
+            sc = None
+            if self_col is not None:
+                pos = {int(c): j for j, c in enumerate(cat)}
+                sc = np.array([pos[int(r)] for r in q])
+            cells = []
+            for d in (None, *discounts):
+                m = metrics(S if d is None else np.maximum(S, Sc - d), y[q], y[cat], sc)
+                cells.append(f"{m['r1']:.3f} / {m['map10']:.3f}")
+            print(f"| {dname} | {name} | " + " | ".join(cells) + " |", flush=True)
+            if sc is None or name != "loo":
+                continue
+
+            cells = [f"{metrics(S, y[q], y[cat], sc)['map10']:.3f}"]
+            for include_self, skip in ((False, None), (True, None), (True, 0.99)):
+                Se = _qe_scores(S, Qs, Cs, sc, include_self, skip)
+                cells.append(f"{metrics(Se, y[q], y[cat], sc)['map10']:.3f}")
+            qe_rows.append(f"| {dname} | " + " | ".join(cells) + " |")
+    print(
+        "\nalpha-QE (2 neighbours) under leave-one-out, mAP@10: the query's own image kept out of the "
+        "expansion, searched with it in the catalogue as search_similar_images does (it takes one of the "
+        "two slots), and with results at cosine >= 0.99 to the query skipped (the library's rule):\n"
+    )
+    print("| domain | no QE | QE, self excluded | QE, self in the catalogue | QE, copies >= 0.99 skipped |")
+    print("|---|---|---|---|---|")
+    print("\n".join(qe_rows))
+
+
 # ====================================================================== main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--part", choices=["features", "table", "colour", "speed", "api", "real"], default="table"
+        "--part",
+        choices=["features", "table", "colour", "speed", "api", "real", "studio"],
+        default="table",
     )
     ap.add_argument("--cache", default="/tmp/team/quality")
     ap.add_argument("--domains", default="grocery,clothing")
@@ -968,6 +1088,7 @@ def main(argv: list[str] | None = None) -> None:
         "speed": part_speed,
         "api": part_api,
         "real": part_real,
+        "studio": part_studio,
     }[args.part](args)
 
 
