@@ -881,10 +881,10 @@ def part_api(args: argparse.Namespace) -> None:
         cfgs = [
             f"efficientnet-lite0:resize=letterbox,pooling=pooled,{fp224}+pca=0+qe=0",  # plain
             f"efficientnet-lite0:resize=center-crop,pooling=gem,{fp224}+qe=0",  # old default
-            "efficientnet-lite0+qe=0",  # the library's default now
+            "efficientnet-lite0+qe=0",  # the default without its query expansion
             "efficientnet-lite0+qe=0+crops",  # + multi-crop queries (opt-in)
             "efficientnet-lite0+qe=0+colour=0.15",  # + "match colour"
-            "efficientnet-lite0+qe=2",  # + opt-in query expansion
+            "efficientnet-lite0",  # the default: + query expansion (2)
         ]
         rep = evaluate(
             cat,
@@ -909,7 +909,8 @@ def part_api(args: argparse.Namespace) -> None:
 
 # ====================================================================== the library's default, end to end
 def part_real(args: argparse.Namespace) -> None:
-    """LOO and held-out through evaluate() with real extraction: plain, old default, the default (+ QE)."""
+    """LOO and held-out through evaluate() with real extraction: plain, old default, the default
+    without its query expansion, the default."""
     from varsitysrch import evaluate
 
     plain = "efficientnet-lite0:resize=letterbox,pooling=pooled,input_size=224,quantized=false+pca=0+qe=0"
@@ -920,7 +921,7 @@ def part_real(args: argparse.Namespace) -> None:
             rep = evaluate(
                 DOMAINS[domain],
                 labels=DOMAINS[domain] / "manifest.csv",
-                configs=[plain, old, "efficientnet-lite0", "efficientnet-lite0+qe=2"],
+                configs=[plain, old, "efficientnet-lite0+qe=0", "efficientnet-lite0"],
                 k_values=(20,),
                 nprobes=(None,),
                 query_split=split,

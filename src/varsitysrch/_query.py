@@ -37,7 +37,7 @@ AGGREGATES = ("max", "mean")
 #: ``views="auto"``: the catalogue counts as studio shots when this share of it has a plain backdrop
 STUDIO_CATALOGUE_SHARE = 0.5
 #: ``views="auto"``: a crop view's score is lowered by this before it competes with the whole photo
-AUTO_CROP_DISCOUNT = 0.07
+AUTO_CROP_DISCOUNT = 0.08
 
 
 def crop_boxes(width: int, height: int, fraction: float = CROP_FRACTION) -> list[tuple[int, int, int, int]]:
