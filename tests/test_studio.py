@@ -283,3 +283,25 @@ def test_check_views_names_the_rule() -> None:
         ValueError, match="views must be None, 'none' or one of crops, flip, crops\\+flip, auto"
     ):
         check_views("all")
+
+
+def test_service_batch_matches_single_searches(studio: dict[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from varsitysrch.service import create_app
+
+    photos = []
+    for k in (0, 3):
+        for im in (shop_photo(k, 60), studio_shot(k, 61)):
+            buf = io.BytesIO()
+            im.save(buf, "PNG")
+            photos.append(buf.getvalue())
+    with TestClient(create_app(studio["cat"], image_root=studio["root"] / "cat")) as c:
+        files = [("images", (f"q{i}.png", d, "image/png")) for i, d in enumerate(photos)]
+        r = c.post("/search/batch", files=files, params={"top_n": 4})
+        assert r.status_code == 200, r.text
+        for d, res in zip(photos, r.json()["results"], strict=True):
+            one = c.post("/search", files={"image": ("q.png", d, "image/png")}, params={"top_n": 4}).json()
+            assert [(h["image"], round(h["score"], 4)) for h in res["hits"]] == [
+                (h["image"], round(h["score"], 4)) for h in one["hits"]
+            ]

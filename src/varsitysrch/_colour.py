@@ -75,6 +75,7 @@ PLAIN_BORDER_SHARE = 0.9
 #: the border frame of a ``PLAIN_DECODE_SIZE`` px image that :func:`plain_background` inspects
 PLAIN_BORDER = 3
 #: images are decoded squashed (no padding) to this size for :func:`plain_background`
+#: (the colour signature's size: one decode gives both)
 PLAIN_DECODE_SIZE = 64
 
 
@@ -253,7 +254,7 @@ def write_colour_store(
     no longer be read gets an all-zero signature (colour similarity 0), logged.
     """
     from ._errors import ImageError
-    from ._images import load_image
+    from ._images import load_image_fits
     from ._progress import progress
     from ._store import FeatureStore
 
@@ -292,8 +293,8 @@ def write_colour_store(
             log.warning("colour of %s: outside the image root, skipped", rel)
             continue
         try:
-            sig[j] = colour_signature(load_image(p, COLOUR_DECODE_SIZE, "letterbox"))
-            plain[j] = plain_background(load_image(p, PLAIN_DECODE_SIZE, "squash"))
+            lb, sq = load_image_fits(p, COLOUR_DECODE_SIZE, ("letterbox", "squash"))  # one decode
+            sig[j], plain[j] = colour_signature(lb), plain_background(sq)
         except ImageError as exc:
             log.warning("colour of %s: %s", rel, exc)
     cols = [stamps.get(i, (-1, -1, -1, -1)) for i in store.ids]

@@ -259,6 +259,11 @@ def open_image(source: ImageSource) -> Image.Image:
 
 def load_image(source: ImageSource, size: int = 224, resize: str = "letterbox") -> np.ndarray:
     """Decode ``source`` to an RGB ``uint8`` array of shape ``(size, size, 3)``."""
+    return load_image_fits(source, size, (resize,))[0]
+
+
+def load_image_fits(source: ImageSource, size: int, resizes: tuple[str, ...]) -> list[np.ndarray]:
+    """One decode of ``source``, fitted to ``size`` once per mode in ``resizes`` (RGB ``uint8``)."""
     im = open_image(source)
     try:
         with warnings.catch_warnings():
@@ -267,19 +272,20 @@ def load_image(source: ImageSource, size: int = 224, resize: str = "letterbox") 
                 im.seek(0)
             if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
                 # decode at a reduced scale (DCT scaling) that is still >= the target size
-                im.draft("RGB", (size, size) if resize != "letterbox" else _draft_box(im.size, size))
+                box = _draft_box(im.size, size) if resizes == ("letterbox",) else (size, size)
+                im.draft("RGB", box)
             im.load()
             im = ImageOps.exif_transpose(im) or im
             im = _to_rgb(im)
-            im = _fit(im, size, resize)
-            arr = np.asarray(im, dtype=np.uint8)
+            arrs = [np.asarray(_fit(im, size, r), dtype=np.uint8) for r in resizes]
     except ImageError:
         raise
     except Exception as exc:
         raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
-    if arr.shape != (size, size, 3):
-        raise ImageError(f"unexpected decoded shape {arr.shape}")
-    return arr
+    for arr in arrs:
+        if arr.shape != (size, size, 3):
+            raise ImageError(f"unexpected decoded shape {arr.shape}")
+    return arrs
 
 
 def _draft_box(wh: tuple[int, int], size: int) -> tuple[int, int]:

@@ -50,7 +50,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .._errors import ImageError, InvalidArgumentError, VarsitysrchError, missing
-from .._query import check_views
+from .._query import AUTO_CROP_DISCOUNT, check_views
 from .._version import __version__
 from .batching import BoundedPool, MicroBatcher, Overloaded
 from .files import (
@@ -694,6 +694,9 @@ def _add_batch_route(app: Any, svc: Service) -> None:
     ) -> dict[str, Any]:
         """Many queries in one request: uploads first (in order), then ids; embedded as one batch.
 
+        Uploads are searched as ``POST /search`` searches them by default (``views="auto"``: a
+        photo that is not a studio shot, against a studio catalogue, also as five crops).
+
         Each entry of ``results`` is a search result, or ``{"query": ..., "error": {"status", "detail"}}``
         for a query that failed on its own (an unknown id, a file that is not an image); the request
         itself fails only for what concerns all of them (parameters, size, 503 when busy).
@@ -727,9 +730,22 @@ def _add_batch_route(app: Any, svc: Service) -> None:
                 if isinstance(v, Exception):
                     out.append({"query": query, "error": {"status": v.status_code, "detail": v.detail}})  # type: ignore[attr-defined]
                     continue
-                hits = gen.searcher.search_vector(
-                    v, top_n, nprobe=nprobe, exact=exact, where=w, collapse=collapse
-                )
+                rgb = decode_upload_rgb(d) if gen.searcher.studio_catalogue else None
+                if rgb is not None and gen.searcher.auto_crops(rgb):  # views="auto", as POST /search
+                    vs, discount = gen.searcher.embed_views(rgb, "crops"), AUTO_CROP_DISCOUNT
+                    hits = gen.searcher.search_views(
+                        vs,
+                        top_n,
+                        nprobe=nprobe,
+                        exact=exact,
+                        where=w,
+                        collapse=collapse,
+                        view_discount=discount,
+                    )
+                else:
+                    hits = gen.searcher.search_vector(
+                        v, top_n, nprobe=nprobe, exact=exact, where=w, collapse=collapse
+                    )
                 out.append(_result(request, gen, query, hits, t0, top_n, nprobe, exact))
             for i in id_list:
                 try:
