@@ -2,6 +2,7 @@
 
     python benchmarks/eval_contract.py                  # both domains, every configuration
     python benchmarks/eval_contract.py --domains grocery --queries 100
+    python benchmarks/eval_contract.py --configs "**the default**" --queries 10 --crop-discount 0.05
 
 What a user of the library gets: ``extract_features`` -> ``train_clusters(k=20)`` ->
 ``search_similar_images`` (with each configuration's options, otherwise the defaults), on
@@ -149,7 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="/tmp/team/contract")
     ap.add_argument("--queries", type=int, default=300, help="catalogue queries per domain")
     ap.add_argument("--configs", default="", help="comma-separated configuration names (default: all)")
+    ap.add_argument(
+        "--crop-discount", type=float, default=None, help="views=auto crop discount (default: the library's)"
+    )
     args = ap.parse_args(argv)
+    if args.crop_discount is not None:  # the sweep behind the default (docs/quality.md)
+        import varsitysrch._search
+
+        varsitysrch._search.AUTO_CROP_DISCOUNT = args.crop_discount
+        print(f"views=auto crop discount: {args.crop_discount}")
     names = set(args.configs.split(",")) if args.configs else None
     rows = []
     for d in args.domains.split(","):
