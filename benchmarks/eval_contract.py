@@ -44,8 +44,8 @@ OLD_X = {"resize": "center-crop", "pooling": "gem", "input_size": 224, "quantize
 CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
     ("plain", PLAIN_X, {"search_pca": 0, "query_expansion": 0}, {"views": None}),
     ("old default", OLD_X, {"query_expansion": 0}, {"views": None}),
-    ("default, query expansion off", {}, {"query_expansion": 0}, {}),
-    ("default, whole-image queries", {}, {}, {"views": None}),
+    ("default without query expansion", {}, {"query_expansion": 0}, {}),
+    ("default with whole-image queries", {}, {}, {"views": None}),
     ("**the default**", {}, {}, {}),
 ]
 STUDIO_CROP, STUDIO_MARGIN = 0.6, 0.15

@@ -1046,6 +1046,14 @@ def part_studio(args: argparse.Namespace) -> None:
                 Se = _qe_scores(S, Qs, Cs, sc, include_self, skip)
                 cells.append(f"{metrics(Se, y[q], y[cat], sc)['map10']:.3f}")
             qe_rows.append(f"| {dname} | " + " | ".join(cells) + " |")
+    from varsitysrch._colour import PLAIN_DECODE_SIZE, plain_background
+    from varsitysrch._images import load_image
+
+    print("\nPhotos with a plain background (the library's flag, every photo of the domain):")
+    for dname in args.domains.split(","):
+        ids, _, _ = manifest(dname)
+        n = sum(plain_background(load_image(DOMAINS[dname] / i, PLAIN_DECODE_SIZE, "squash")) for i in ids)
+        print(f"  {dname}: {n} of {len(ids)}")
     print(
         "\nalpha-QE (2 neighbours) under leave-one-out, mAP@10: the query's own image kept out of the "
         "expansion, searched with it in the catalogue as search_similar_images does (it takes one of the "

@@ -28,7 +28,7 @@ from varsitysrch._colour import (
     unpack_flags,
 )
 from varsitysrch._images import load_image
-from varsitysrch._query import AUTO_CROP_DISCOUNT, STUDIO_CATALOGUE_SHARE, check_views
+from varsitysrch._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, STUDIO_CATALOGUE_SHARE, check_views
 
 N_PRODUCTS = 6
 
@@ -183,6 +183,13 @@ def test_auto_uses_discounted_crops_for_a_shop_photo_against_a_studio_catalogue(
     assert s.studio_catalogue
     shop, shot = shop_photo(3, 0), studio_shot(3, 7)
     assert s.auto_crops(shop) and not s.auto_crops(shot)
+    # a studio shot whose product touches two edges (border share 0.7-0.9): not plain for the
+    # catalogue's test, but never cropped as a query either
+    tall = np.asarray(studio_shot(3, 7)).copy()
+    tall[:, 40:88] = np.asarray(studio_shot(3, 7))[64, 64]
+    tall_im = Image.fromarray(tall)
+    share = border_share(np.asarray(tall_im.resize((64, 64))))
+    assert CLUTTERED_BORDER_SHARE <= share < PLAIN_BORDER_SHARE and not s.auto_crops(tall_im)
     vecs, discount = s.query_vectors(shop)
     assert len(vecs) == 6 and discount == AUTO_CROP_DISCOUNT
     assert len(s.query_vectors(shot)[0]) == 1 and s.query_vectors(shop, None)[1] == 0.0

@@ -69,8 +69,8 @@ def background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
 
 
 #: a photo has a plain background when at least this share of its border pixels is within
-#: ``FOREGROUND_DIFF / 2`` of the border's median colour (in-store photos: 0 of 300 sampled
-#: grocery-train photos, home photos: 7 of 300 clothing-small ones; docs/quality.md)
+#: ``FOREGROUND_DIFF / 2`` of the border's median colour (how often dev photos have one:
+#: docs/quality.md)
 PLAIN_BORDER_SHARE = 0.9
 #: the border frame of a ``PLAIN_DECODE_SIZE`` px image that :func:`plain_background` inspects
 PLAIN_BORDER = 3
@@ -382,6 +382,6 @@ def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[st
     return V[[row[i] for i in ids]]
 
 
-#: the colour weight of "match colour" (the page's control, ``--match-colour``): docs/quality.md's
-#: trade-off curve -- same-colour results 0.32 -> 0.62 of the top 10 on clothing for -0.009 mAP@10
+#: the colour weight of "match colour" (the page's control, ``--match-colour``), chosen on
+#: docs/quality.md's trade-off curve
 MATCH_COLOUR_WEIGHT = 0.15

@@ -13,7 +13,8 @@ alternatives measured in ``docs/quality.md``.
 :func:`varsitysrch.search_similar_images`, the CLI and the service) uses the crops only for a
 shopper's photo searched against a studio catalogue: when at least
 :data:`STUDIO_CATALOGUE_SHARE` of the catalogue images are product shots on a plain backdrop
-and the query is not (:func:`varsitysrch._colour.plain_background`).  There a crop view's
+(:func:`varsitysrch._colour.plain_background`) and the query clearly is not (less than
+:data:`CLUTTERED_BORDER_SHARE` of its border is one colour).  There a crop view's
 score counts :data:`AUTO_CROP_DISCOUNT` less than the whole photo's, so a crop wins only when
 it matches clearly better.  Any other pair (a catalogue photo as the query, in-store photos
 against in-store photos) is searched as the whole image: the crops cost same-domain relevance
@@ -37,7 +38,11 @@ AGGREGATES = ("max", "mean")
 #: ``views="auto"``: the catalogue counts as studio shots when this share of it has a plain backdrop
 STUDIO_CATALOGUE_SHARE = 0.5
 #: ``views="auto"``: a crop view's score is lowered by this before it competes with the whole photo
-AUTO_CROP_DISCOUNT = 0.08
+AUTO_CROP_DISCOUNT = 0.07
+#: ``views="auto"``: a query is a shop photo (not a studio shot) when less than this share of its
+#: border is one colour -- stricter than the catalogue's plain-background test, so that a studio
+#: shot whose product touches the frame is never cropped
+CLUTTERED_BORDER_SHARE = 0.5
 
 
 def crop_boxes(width: int, height: int, fraction: float = CROP_FRACTION) -> list[tuple[int, int, int, int]]:

@@ -48,12 +48,12 @@ from ._collapse import check_collapse, collapse_rows
 from ._colour import (
     COLOUR_DECODE_SIZE,
     PLAIN_DECODE_SIZE,
+    border_share,
     check_colour_weight,
     colour_signature,
     combine_scores,
     load_colour_signatures,
     load_plain_flags,
-    plain_background,
 )
 from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
@@ -72,6 +72,7 @@ from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query, to_searc
 from ._progress import say
 from ._query import (
     AUTO_CROP_DISCOUNT,
+    CLUTTERED_BORDER_SHARE,
     STUDIO_CATALOGUE_SHARE,
     check_views,
     decode_rgb,
@@ -419,11 +420,11 @@ class Searcher:
         return self._studio
 
     def auto_crops(self, query: ImageSource) -> bool:
-        """``views="auto"``: search with crops -- a photo that is not a studio shot, against a studio
-        catalogue (:mod:`varsitysrch._query`)."""
+        """``views="auto"``: search with crops -- a cluttered photo against a studio catalogue
+        (:mod:`varsitysrch._query`)."""
         if not self.studio_catalogue:
             return False
-        return not plain_background(load_image(query, PLAIN_DECODE_SIZE, "squash"))
+        return border_share(load_image(query, PLAIN_DECODE_SIZE, "squash")) < CLUTTERED_BORDER_SHARE
 
     def query_vectors(self, query: ImageSource, views: str | None = "auto") -> tuple[np.ndarray, float]:
         """The query's view vectors (:meth:`embed_views`) and the discount of its crop views:
