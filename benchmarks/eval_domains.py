@@ -1046,14 +1046,24 @@ def part_studio(args: argparse.Namespace) -> None:
                 Se = _qe_scores(S, Qs, Cs, sc, include_self, skip)
                 cells.append(f"{metrics(Se, y[q], y[cat], sc)['map10']:.3f}")
             qe_rows.append(f"| {dname} | " + " | ".join(cells) + " |")
-    from varsitysrch._colour import PLAIN_DECODE_SIZE, plain_background
+    from varsitysrch._colour import PLAIN_BORDER_SHARE, PLAIN_DECODE_SIZE, border_share
     from varsitysrch._images import load_image
+    from varsitysrch._query import CLUTTERED_BORDER_SHARE
 
-    print("\nPhotos with a plain background (the library's flag, every photo of the domain):")
+    print(
+        "\nEvery photo of the domain: with a plain background (the library's flag, border share >= "
+        f"{PLAIN_BORDER_SHARE}) / clearly cluttered (views=auto crops it as a query against a studio "
+        f"catalogue, border share < {CLUTTERED_BORDER_SHARE}):"
+    )
     for dname in args.domains.split(","):
         ids, _, _ = manifest(dname)
-        n = sum(plain_background(load_image(DOMAINS[dname] / i, PLAIN_DECODE_SIZE, "squash")) for i in ids)
-        print(f"  {dname}: {n} of {len(ids)}")
+        sh = np.array(
+            [border_share(load_image(DOMAINS[dname] / i, PLAIN_DECODE_SIZE, "squash")) for i in ids]
+        )
+        print(
+            f"  {dname}: plain {int((sh >= PLAIN_BORDER_SHARE).sum())} of {len(ids)}, cluttered "
+            f"{int((sh < CLUTTERED_BORDER_SHARE).sum())} of {len(ids)}"
+        )
     print(
         "\nalpha-QE (2 neighbours) under leave-one-out, mAP@10: the query's own image kept out of the "
         "expansion, searched with it in the catalogue as search_similar_images does (it takes one of the "

@@ -590,7 +590,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
             gen.searcher.search_views, vecs, n, nprobe=p, exact=ex, colour=colour, colour_weight=w,
             where=wh, collapse=collapse, view_discount=discount,
         )  # fmt: skip
-        query = {"kind": "upload", "filename": image.filename, "bytes": len(data)}
+        query = {"kind": "upload", "filename": image.filename, "bytes": len(data), "views": len(vecs)}
         return _result(request, gen, query, hits, t0, n, p, ex)
 
     @app.get("/search", tags=["search"])
