@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,7 @@ def test_auto_is_the_whole_image_against_an_in_store_catalogue(studio: dict[str,
 
 
 def test_search_similar_images_and_cli_default_to_auto(
-    studio: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    studio: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from typer.testing import CliRunner
 
@@ -244,8 +245,9 @@ def test_search_similar_images_and_cli_default_to_auto(
     want = [(h.image, round(h.score, 4)) for h in s.search(q, 4)]
     got = search_similar_images(q, studio["cat"], top_n=4, show_progress=False)
     assert [(h.image, round(h.score, 4)) for h in got] == want
-    search_similar_images(q, studio["cat"], top_n=4)
-    assert "the query as 6 views (a shop photo against studio shots)" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="varsitysrch._search"):
+        search_similar_images(q, studio["cat"], top_n=4, show_progress=False)
+    assert "query searched as 6 views (a shop photo against studio shots)" in caplog.text
     res = CliRunner().invoke(app, ["search", str(q), "-m", str(studio["cat"]), "-n", "4", "--json"])
     assert res.exit_code == 0, res.output
     assert [(h["image"], round(h["score"], 4)) for h in json.loads(res.stdout)] == want

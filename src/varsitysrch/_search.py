@@ -925,9 +925,9 @@ def search_similar_images(
         view_discount=discount,
     )  # fmt: skip
     note = searcher.scan_note(vecs[0], top_n, nprobe=nprobe, exact=exact)
-    if len(vecs) > 1:
-        note += f"; the query as {len(vecs)} views" + (
-            " (a shop photo against studio shots)" if discount else ""
+    if len(vecs) > 1:  # the step line keeps its format; the views are logged
+        log.info(
+            "query searched as %d views%s", len(vecs), " (a shop photo against studio shots)" * bool(discount)
         )
     plural = "" if len(hits) == 1 else "s"
     say(log, f"Found {len(hits)} similar image{plural} ({note}).", show_progress)
