@@ -750,6 +750,7 @@ OLD_DEFAULT = {"resize": "center-crop", "pooling": "gem", "input_size": 224, "qu
 
 
 def _options(text: str) -> dict[str, Any]:
+    """``k=v,k=v`` -> extract_features keyword arguments (``extractor=NAME`` names the network)."""
     out: dict[str, Any] = {}
     for part in filter(None, text.split(",")):
         k, v = part.split("=", 1)
@@ -780,8 +781,8 @@ def part_speed(args: argparse.Namespace) -> None:
         "new default + colour signatures": [],
     }
     configs = [("old default", OLD_DEFAULT), ("new default", new)]
-    if args.also_options:
-        configs.append((f"also {args.also_options}", _options(args.also_options)))
+    for also in args.also_options or ():
+        configs.append((f"also {also}", _options(also)))
         runs[configs[-1][0]] = []
     for rep in range(args.repeats):
         for name, opts in configs:
@@ -1097,7 +1098,9 @@ def main(argv: list[str] | None = None) -> None:
         "--new-options", default="resize=center-crop,pooling=pooled", help="new default extractor"
     )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--also-options", default="", help="speed: a third extractor configuration")
+    ap.add_argument(
+        "--also-options", action="append", help="speed: another extractor configuration (repeatable)"
+    )
     ap.add_argument("--cross-only", action="store_true", help="api: only the cross-domain protocol")
     args = ap.parse_args(argv)
     {
