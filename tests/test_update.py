@@ -78,6 +78,7 @@ def test_add_change_delete_updates_only_what_changed(source, tmp_path: Path) -> 
     mf = load_model(model)
     ids, lab = read_assignments(csv_path)
     assert ids == mf.ids and np.array_equal(lab, mf.labels)
+    assert mf.config["query_expansion"] == mf0.config["query_expansion"] == 2  # search defaults kept
     np.testing.assert_array_equal(mf.centroids, mf0.centroids)  # no retraining
     assert mf.config["n_images"] == 25 and mf.config["updates"][-1]["added"] == 2
     assert mf.vectors is not None and len(mf.vectors) == 25
