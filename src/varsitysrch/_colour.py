@@ -58,14 +58,18 @@ def _rgb_uint8(image: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.uint8 else np.clip(a, 0, 255).astype(np.uint8)
 
 
-def background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
-    """Median RGB of the ``border``-pixel frame of the image."""
+def _frame(image: np.ndarray, border: int) -> np.ndarray:
+    """The pixels ``[n, 3]`` of the ``border``-pixel frame of the image (corners counted twice)."""
     a = _rgb_uint8(image)
     b = max(1, min(border, a.shape[0] // 4, a.shape[1] // 4))
-    frame = np.concatenate(
+    return np.concatenate(
         [a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3), a[:, :b].reshape(-1, 3), a[:, -b:].reshape(-1, 3)]
     )
-    return np.median(frame, axis=0)
+
+
+def background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
+    """Median RGB of the ``border``-pixel frame of the image."""
+    return np.median(_frame(image, border), axis=0)
 
 
 #: a photo has a plain background when at least this share of its border pixels is within
@@ -74,18 +78,14 @@ def background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
 PLAIN_BORDER_SHARE = 0.9
 #: the border frame of a ``PLAIN_DECODE_SIZE`` px image that :func:`plain_background` inspects
 PLAIN_BORDER = 3
-#: images are decoded squashed (no padding) to this size for :func:`plain_background`
-#: (the colour signature's size: one decode gives both)
-PLAIN_DECODE_SIZE = 64
+#: images are decoded at this size for their colour signature (letterboxed; JPEG draft decoding
+#: makes it cheap) and for :func:`plain_background` (squashed: no padding) -- one decode gives both
+COLOUR_DECODE_SIZE = PLAIN_DECODE_SIZE = 64
 
 
 def border_share(image: np.ndarray, border: int = PLAIN_BORDER) -> float:
     """Share of the ``border``-pixel frame within ``FOREGROUND_DIFF / 2`` of its median colour."""
-    a = _rgb_uint8(image)
-    b = max(1, min(border, a.shape[0] // 4, a.shape[1] // 4))
-    frame = np.concatenate(
-        [a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3), a[:, :b].reshape(-1, 3), a[:, -b:].reshape(-1, 3)]
-    ).astype(np.int16)
+    frame = _frame(image, border).astype(np.int16)
     bg = np.median(frame, axis=0)
     return float((np.abs(frame - bg).max(axis=1) <= FOREGROUND_DIFF / 2).mean())
 
@@ -226,8 +226,6 @@ def combine_scores(cosine: np.ndarray, colour_similarity: np.ndarray, weight: fl
 #: the colour signatures of a feature store live in this sub-folder, as a store of their own
 #: (same ids, same file stamps; written atomically by FeatureStore.write)
 COLOUR_STORE = "colour"
-#: images are decoded at this size for their signature (JPEG draft decoding makes it cheap)
-COLOUR_DECODE_SIZE = 64
 COLOUR_IDENTITY: dict[str, Any] = {
     "name": "colour-signature",
     "dim": SIGNATURE_DIM,
@@ -347,26 +345,9 @@ def unpack_flags(text: Any, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
 
 
-def load_plain_flags(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
-    """Each image's :func:`plain_background` flag in ``ids`` order, or ``None`` if the colour store
-    (of this version) does not cover them."""
-    from ._store import FeatureStore
-
-    folder = colour_store_folder(features_folder)
-    if not (folder / "store.json").exists():
-        return None
-    store = FeatureStore.open(folder)
-    if store.extractor.get("version") != COLOUR_IDENTITY["version"] or "plain" not in store.meta:
-        return None
-    row = {i: j for j, i in enumerate(store.ids)}
-    if any(i not in row for i in ids):
-        return None
-    flags = unpack_flags(store.meta.get("plain"), len(store.ids))
-    return flags[[row[i] for i in ids]]
-
-
-def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
-    """``float32 [len(ids), SIGNATURE_DIM]`` in ``ids`` order, or ``None`` if the store has none for them."""
+def _colour_rows(features_folder: str | os.PathLike[str], ids: list[str]) -> tuple[Any, list[int]] | None:
+    """The colour store of a feature store and the row of each of ``ids`` in it, or ``None`` if
+    there is none (of this kind) or it does not cover them."""
     from ._store import FeatureStore
 
     folder = colour_store_folder(features_folder)
@@ -378,8 +359,28 @@ def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[st
     row = {i: j for j, i in enumerate(store.ids)}
     if any(i not in row for i in ids):
         return None
-    V = np.asarray(store.vectors, np.float32)
-    return V[[row[i] for i in ids]]
+    return store, [row[i] for i in ids]
+
+
+def load_plain_flags(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
+    """Each image's :func:`plain_background` flag in ``ids`` order, or ``None`` if the colour store
+    (of this version) does not cover them."""
+    found = _colour_rows(features_folder, ids)
+    if found is None:
+        return None
+    store, rows = found
+    if store.extractor.get("version") != COLOUR_IDENTITY["version"] or "plain" not in store.meta:
+        return None
+    return unpack_flags(store.meta.get("plain"), len(store.ids))[rows]
+
+
+def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
+    """``float32 [len(ids), SIGNATURE_DIM]`` in ``ids`` order, or ``None`` if the store has none for them."""
+    found = _colour_rows(features_folder, ids)
+    if found is None:
+        return None
+    store, rows = found
+    return np.asarray(store.vectors[rows], np.float32)
 
 
 #: the colour weight of "match colour" (the page's control, ``--match-colour``), chosen on

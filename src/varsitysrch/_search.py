@@ -426,15 +426,20 @@ class Searcher:
             return False
         return border_share(load_image(query, PLAIN_DECODE_SIZE, "squash")) < CLUTTERED_BORDER_SHARE
 
+    def resolve_views(self, query: ImageSource, views: str | None = "auto") -> tuple[str | None, float]:
+        """``views`` with ``"auto"`` decided (:meth:`auto_crops`): ``("crops",``
+        :data:`~varsitysrch._query.AUTO_CROP_DISCOUNT` ``)`` or ``(None, 0.0)``; any other value
+        as given (``"none"`` -> ``None``), with no discount."""
+        v = check_views(views)
+        if v != "auto":
+            return v, 0.0
+        return ("crops", AUTO_CROP_DISCOUNT) if self.auto_crops(query) else (None, 0.0)
+
     def query_vectors(self, query: ImageSource, views: str | None = "auto") -> tuple[np.ndarray, float]:
-        """The query's view vectors (:meth:`embed_views`) and the discount of its crop views:
-        ``views="auto"`` resolves to crops with :data:`~varsitysrch._query.AUTO_CROP_DISCOUNT`
-        or to the whole image (:meth:`auto_crops`)."""
-        if check_views(views) == "auto":
-            if self.auto_crops(query):
-                return self.embed_views(query, "crops"), AUTO_CROP_DISCOUNT
-            return self.embed(query)[None], 0.0
-        return self.embed_views(query, views), 0.0
+        """The query's view vectors (:meth:`embed_views`) and the discount of its crop views
+        (:meth:`resolve_views`)."""
+        resolved, discount = self.resolve_views(query, views)
+        return self.embed_views(query, resolved), discount
 
     def embed_views(self, query: ImageSource, views: str | None = None) -> np.ndarray:
         """Unit vectors ``[V, dim]`` of the query's views: ``None`` the image itself, ``"crops"`` it

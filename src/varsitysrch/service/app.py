@@ -50,7 +50,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .._errors import ImageError, InvalidArgumentError, VarsitysrchError, missing
-from .._query import AUTO_CROP_DISCOUNT, check_views
+from .._query import check_views
 from .._version import __version__
 from .batching import BoundedPool, MicroBatcher, Overloaded
 from .files import (
@@ -60,6 +60,7 @@ from .files import (
     decode_upload,
     decode_upload_rgb,
     make_thumbnail,
+    open_upload,
 )
 from .files import resolve_image as _resolve_image
 from .metrics import CONTENT_TYPE, Metrics
@@ -514,6 +515,14 @@ _VIEWS_DOC = (
 )
 
 
+def _resolve_upload_views(gen: Generation, data: bytes, views: str | None) -> tuple[str | None, float]:
+    """:meth:`Searcher.resolve_views` of an upload, opened through the format allow-list; ``None``:
+    the whole photo, embedded by the micro-batcher.  Only a studio catalogue looks at the photo."""
+    if views == "auto" and not gen.searcher.studio_catalogue:
+        return None, 0.0
+    return gen.searcher.resolve_views(open_upload(data) if views == "auto" else data, views)
+
+
 async def _read_upload(svc: Service, image: Any) -> bytes:
     limit = svc.settings.max_upload_bytes
     data = await image.read(limit + 1)
@@ -573,14 +582,15 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         _check_nprobe(gen, p, ex)
         vw = check_views(views)
         data = await _read_upload(svc, image)
-        vecs, discount = None, 0.0
-        if vw is not None and (vw != "auto" or gen.searcher.studio_catalogue):
-            try:  # several views of one photo: embedded together, outside the micro-batcher
+        vecs = None
+        try:
+            resolved, discount = await run_in_threadpool(_resolve_upload_views, gen, data, vw)
+            if resolved is not None:  # several views of one photo: embedded together, outside the batcher
                 rgb = await run_in_threadpool(decode_upload_rgb, data)
-                vecs, discount = await run_in_threadpool(gen.searcher.query_vectors, rgb, vw)
-            except (UnsupportedFormat, ImageError) as exc:
-                raise _decode_error(exc, image.filename) from exc
-        if vecs is None or len(vecs) == 1:
+                vecs = await run_in_threadpool(gen.searcher.embed_views, rgb, resolved)
+        except (UnsupportedFormat, ImageError) as exc:
+            raise _decode_error(exc, image.filename) from exc
+        if vecs is None:
             (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
             if isinstance(v, Exception):
                 raise v
@@ -730,22 +740,12 @@ def _add_batch_route(app: Any, svc: Service) -> None:
                 if isinstance(v, Exception):
                     out.append({"query": query, "error": {"status": v.status_code, "detail": v.detail}})  # type: ignore[attr-defined]
                     continue
-                rgb = decode_upload_rgb(d) if gen.searcher.studio_catalogue else None
-                if rgb is not None and gen.searcher.auto_crops(rgb):  # views="auto", as POST /search
-                    vs, discount = gen.searcher.embed_views(rgb, "crops"), AUTO_CROP_DISCOUNT
-                    hits = gen.searcher.search_views(
-                        vs,
-                        top_n,
-                        nprobe=nprobe,
-                        exact=exact,
-                        where=w,
-                        collapse=collapse,
-                        view_discount=discount,
-                    )
-                else:
-                    hits = gen.searcher.search_vector(
-                        v, top_n, nprobe=nprobe, exact=exact, where=w, collapse=collapse
-                    )
+                resolved, discount = _resolve_upload_views(gen, d, "auto")  # as POST /search
+                vs = v[None] if resolved is None else gen.searcher.embed_views(decode_upload_rgb(d), resolved)
+                hits = gen.searcher.search_views(
+                    vs, top_n, nprobe=nprobe, exact=exact, colour_weight=0.0, where=w, collapse=collapse,
+                    view_discount=discount,
+                )  # fmt: skip
                 out.append(_result(request, gen, query, hits, t0, top_n, nprobe, exact))
             for i in id_list:
                 try:
