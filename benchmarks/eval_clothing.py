@@ -39,10 +39,10 @@ CONFIGS = [
     "efficientnet-lite0:resize=letterbox,pooling=gem" + PLAIN,
     "efficientnet-lite0:resize=center-crop,pooling=pooled" + PLAIN,
     "efficientnet-lite0" + PLAIN,  # adopted extractor (centre crop + GeM), plain cosine
-    "efficientnet-lite0",  # the default: + search-space PCA 128 (train_clusters' default)
+    "efficientnet-lite0+qe=0",  # + search-space PCA 128 (train_clusters' default), no expansion
     "efficientnet-lite0+pca=256",
     "efficientnet-lite0+pca=0+qe=2",  # query expansion alone
-    "efficientnet-lite0+qe=2",  # the default + opt-in query expansion (Searcher(query_expansion=2))
+    "efficientnet-lite0+qe=2",  # + query expansion (train_clusters' default since the two-domain round)
     "efficientnet-lite0+dba=5+qe=0",
     "efficientnet-lite0+pca=128+dba=5+qe=2",
     "efficientnet-lite0+whiten=256",
