@@ -62,7 +62,12 @@ def part_eval(args: argparse.Namespace) -> None:
     stem = "eval" if args.split is None else f"eval-split{args.split:g}"
     configs = CONFIGS
     if args.quick or args.split:
-        configs = [OLD + PLAIN, "efficientnet-lite0" + PLAIN, "efficientnet-lite0", "efficientnet-lite0+qe=2"]
+        configs = [
+            OLD + PLAIN,
+            "efficientnet-lite0" + PLAIN,
+            "efficientnet-lite0+qe=0",
+            "efficientnet-lite0+qe=2",
+        ]
     t = time.perf_counter()
     report = evaluate(
         args.img_dir,
