@@ -6,6 +6,7 @@
     python benchmarks/eval_domains.py --part speed      # extraction img/s, old vs new default, one run
     python benchmarks/eval_domains.py --part api        # the same protocols through varsitysrch.evaluate
     python benchmarks/eval_domains.py --part studio     # query crops vs studio proxies; QE and the query
+    python benchmarks/eval_domains.py --part int8       # what int8 costs the default, unrounded
 
 Domains: ``../shared/data/clothing-small`` (3,781 photos, 10 classes) and
 ``../shared/data/grocery-train`` (2,640 in-store photos, 81 products), each with its
@@ -1075,12 +1076,28 @@ def part_studio(args: argparse.Namespace) -> None:
     print("\n".join(qe_rows))
 
 
+# ====================================================================== int8 against fp32, unrounded
+def part_int8(args: argparse.Namespace) -> None:
+    """What int8 costs the default (centre crop 256, average pool, PCA 128), with and without QE."""
+    cache = Path(args.cache)
+    print("| domain | query expansion | LOO mAP@10 fp32 - int8 | held-out | cross mAP@10 | cross R@1 |")
+    print("|---|---|---|---|---|---|")
+    for dname in args.domains.split(","):
+        D = Domain(dname, cache)
+        for qe in (0, 2):
+            a = run_variant(D, "lite0-256:cc_avg", pca=128, qe=qe)
+            b = run_variant(D, "lite0int8-256:cc_avg", pca=128, qe=qe)
+            cells = [f"{a[p]['map10'] - b[p]['map10']:+.4f}" for p in ("loo", "held", "cross")]
+            cells.append(f"{a['cross']['r1'] - b['cross']['r1']:+.4f}")
+            print(f"| {dname} | {qe} | " + " | ".join(cells) + " |", flush=True)
+
+
 # ====================================================================== main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--part",
-        choices=["features", "table", "colour", "speed", "api", "real", "studio"],
+        choices=["features", "table", "colour", "speed", "api", "real", "studio", "int8"],
         default="table",
     )
     ap.add_argument("--cache", default="/tmp/team/quality")
@@ -1111,6 +1128,7 @@ def main(argv: list[str] | None = None) -> None:
         "api": part_api,
         "real": part_real,
         "studio": part_studio,
+        "int8": part_int8,
     }[args.part](args)
 
 
