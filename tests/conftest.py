@@ -45,7 +45,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _default_graph_built() -> None:
-    """The default extractor is int8 (docs/quality.md): quantise it once, into the session cache."""
+    """Build the default (fp32) graph once, into the session cache (about a second)."""
     from varsitysrch import get_extractor
     from varsitysrch._extractors import onnx_model_bytes
 

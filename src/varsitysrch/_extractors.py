@@ -59,6 +59,11 @@ from ._images import RESIZE_MODES
 log = logging.getLogger(__name__)
 
 DEFAULT_EXTRACTOR = "efficientnet-lite0"
+#: The int8 scheme of a quantised built-in graph (``Extractor.int8_scheme``): u8 activations, s8
+#: weights limited to 7 bits, so every CPU computes the same integers (``_quantize``'s doc).  A
+#: store recorded with another (or no) scheme was embedded by the earlier full-range graph, whose
+#: answers depended on the CPU: it is refused with advice to re-extract.
+INT8_SCHEME = "u8s8-reduce-range"
 
 _LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 _MBV2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -83,6 +88,7 @@ class Extractor:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output: str = ""  # output name, user models
     quantized: bool = False
+    int8_scheme: str = ""  # quantized graphs: INT8_SCHEME (recorded; "" = fp32 or a pre-scheme record)
     graph_version: int = 0  # built-in graphs: _nets.GRAPH_VERSION they were made with (0: unknown/user)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -137,6 +143,8 @@ class Extractor:
             "quantized",
             "graph_version",
         )
+        if mine.get("quantized") and other.get("int8_scheme", "") != mine.get("int8_scheme"):
+            return False  # a record without the scheme was made by the CPU-dependent int8 graph
         return all(mine.get(k) == other.get(k) for k in keys if k in other)
 
     def check_compatible(
@@ -236,7 +244,15 @@ def _identity_problem(key: str, v: Any) -> str:
         return "a list of 3 finite numbers" + (" > 0" if key == "std" else "")
     if key == "weights_sha256" and not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}|", v)):
         return "a sha256 (64 hex digits) or empty"
-    if key in ("name", "resize", "pooling", "onnx_path", "layout", "output") and not isinstance(v, str):
+    if key in (
+        "name",
+        "resize",
+        "pooling",
+        "onnx_path",
+        "layout",
+        "output",
+        "int8_scheme",
+    ) and not isinstance(v, str):
         return "a string"
     return ""
 
@@ -244,23 +260,23 @@ def _identity_problem(key: str, v: Any) -> str:
 def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extractor:
     """Resolve a name (or an :class:`Extractor`) to an extractor value."""
     if isinstance(spec, Extractor):
-        return replace(spec, **options) if options else spec
+        return _with_int8_scheme(replace(spec, **options)) if options else spec
     name = spec or DEFAULT_EXTRACTOR
     weights = options.pop("weights", None)
     if name.startswith("onnx:"):
         return Extractor.from_onnx(name[5:], **options)
     if name == "efficientnet-lite0":
-        # centre crop at 256 px + average pooling, int8: measured on both dev domains (clothing-small,
-        # grocery-train; docs/quality.md): GeM lost 0.022-0.039 mAP@10 on in-store photos, 256 px
-        # gains on both, int8 costs < 0.005 there and makes the larger input faster than the old
-        # 224 px fp32 default; resize="letterbox" keeps the whole product, quantized=False is fp32
+        # centre crop at 256 px + average pooling, fp32: measured on the dev domains (docs/quality.md):
+        # GeM lost 0.022-0.039 mAP@10 on in-store photos, 256 px gains; fp32 because it embeds the
+        # same on every CPU (int8 is opt-in, quantized=True: 1.1-1.4x faster on AVX2, about 2x on
+        # VNNI, and it costs quality: docs/portability.md); resize="letterbox" keeps the whole product
         ex = Extractor(
             name=name,
             dim=1280,
             input_size=256,
             resize="center-crop",
             pooling="pooled",
-            quantized=True,
+            quantized=False,
             weights_sha256=_verified(_lite0_weights(), _LITE0_SHA256),
             graph_version=_graph_version(),
         )
@@ -294,7 +310,17 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
             raise InvalidArgumentError(f"pooling must be 'pooled' or 'gem'; got {v!r}")
         if k == "resize" and v not in RESIZE_MODES:
             raise InvalidArgumentError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {v!r}")
-    return replace(ex, **options) if options else ex
+    ex = replace(ex, **options) if options else ex
+    return _with_int8_scheme(ex)
+
+
+def _with_int8_scheme(ex: Extractor) -> Extractor:
+    """A quantised built-in extractor made here records this version's int8 scheme."""
+    if ex.quantized and not ex.onnx_path and ex.int8_scheme != INT8_SCHEME:
+        return replace(ex, int8_scheme=INT8_SCHEME)
+    if not ex.quantized and ex.int8_scheme:
+        return replace(ex, int8_scheme="")
+    return ex
 
 
 def query_extractor(
@@ -521,6 +547,12 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
         raise IncompatibleError(
             f"{ex.name} vectors here were made by graph version {ex.graph_version}, this varsitysrch "
             f"builds version {_graph_version()}: re-extract the features with this version"
+        )
+    if ex.quantized and ex.int8_scheme != INT8_SCHEME:
+        raise IncompatibleError(
+            f"these {ex.name} vectors were made by an earlier int8 graph whose answers depend on the CPU "
+            f"(recorded int8 scheme {ex.int8_scheme or 'none'!r}, this version makes {INT8_SCHEME!r}): "
+            "re-extract the features (the default is now fp32; quantized=True makes the portable int8 graph)"
         )
     cached = graph_cache_path(ex)
     if not rebuild:

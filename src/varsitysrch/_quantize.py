@@ -18,6 +18,14 @@ Calibration images, by preference:
 
 Measured on clothing-small (see ``docs/quality.md``): the synthetic set and real photos
 from the catalogue give P@10 within noise of each other, so the default is synthetic.
+
+Weights are quantised to 7 bits (``reduce_range``; recorded as
+``Extractor.int8_scheme``).  With full 8-bit
+weights onnxruntime's u8s8 convolution kernels differ by instruction set: on AVX2 (no VNNI) the
+``vpmaddubsw`` pairwise products saturate at int16, so the same graph embeds a photo differently
+on an AVX2 and on an AVX-512 VNNI CPU (cosine 0.98-0.99 to ``onnx.reference`` on AVX2).  With 7-bit
+weights no pair can saturate and every kernel computes the same integers (cosine >= 0.9996 to the
+reference, ``tests/test_portable.py``; ``scripts/portability.py`` prints the figures).
 """
 
 from __future__ import annotations
@@ -226,6 +234,7 @@ def quantize_static_int8(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                reduce_range=True,  # 7-bit weights: the same integers on every CPU (module doc)
                 nodes_to_exclude=exclude,
                 calibrate_method=CalibrationMethod.MinMax,
             )
