@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import io
 import json
 import logging
 import os
-import shutil
+import re
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,28 +36,35 @@ from ._errors import (
 )
 from ._extractors import Embedder, Extractor, get_extractor
 from ._images import load_image, scan_images
-from ._io import atomic_path, read_csv, write_csv, write_json
+from ._io import ENCODING, ERRORS, atomic_path, csv_rows, open_regular, read_regular, write_csv, write_json
 from ._progress import bar as progress_bar
 from ._progress import say
 from ._store import (
     ID_COLUMNS,
+    PARTS,
     SKIPPED,
     STORE_JSON,
+    TOKEN,
     FeatureStore,
     Stamp,
     _refuse_empty,
     commit,
+    log_skip,
     new_token,
     os_error,
     recover,
     same_file,
     store_header,
     store_lock,
+    write_header,
 )
 
 log = logging.getLogger(__name__)
 
-PARTS = "parts"
+#: the files of ``parts/`` (and the temporary files of their atomic writes): nothing else is removed
+PARTS_JSON = "parts.json"
+_PART = re.compile(rf"part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)")
+_PART_TMP = re.compile(rf"\.(?:part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)|parts\.json)\.[a-z0-9_]{{8}}\.tmp")
 
 
 @dataclass(frozen=True)
@@ -172,21 +181,25 @@ class _Parts:
         """
         out: dict[str, tuple[int, int, Stamp]] = {}
         self._arrays = {}
-        head = self.dir / "parts.json"
+        head = self.dir / PARTS_JSON
         if not head.exists():
             return out
         try:
-            meta = json.loads(head.read_text(encoding="utf-8"))
+            meta = json.loads(read_regular(head, PARTS_JSON, 2**20).decode("utf-8"))
             if not isinstance(meta, dict) or not self.extractor.compatible_with(meta.get("extractor", {})):
                 log.info("discarding checkpoints made with another extractor")
                 self.clear()
                 return out
-            for num, npy in enumerate(sorted(self.dir.glob("part-*.npy"))):
+            names = sorted(n for n in os.listdir(self.dir) if _PART.fullmatch(n) and n.endswith(".npy"))
+            for num, name in enumerate(names):
+                npy = self.dir / name
                 table = npy.with_suffix(".csv")
                 if not table.exists():
                     continue  # killed between the two files: the .npy alone means nothing
+                os.close(open_regular(npy, name))  # a regular file: no symlink, no FIFO
                 X = np.load(npy, mmap_mode="r", allow_pickle=False)
-                header, rows = read_csv(table)
+                text = read_regular(table, table.name).decode(ENCODING, ERRORS)
+                header, *rows = list(csv_rows(io.StringIO(text, newline=""))) or [[]]
                 if (
                     X.ndim != 2
                     or len(rows) != len(X)
@@ -199,7 +212,7 @@ class _Parts:
                 for r, row in enumerate(rows):
                     st = tuple(int(v) for v in row[1:width]) + (-1,) * (5 - width)
                     out[row[0]] = (num, r, st)  # type: ignore[assignment]
-        except (OSError, ValueError, IndexError) as exc:
+        except Exception as exc:  # anything unreadable (numpy's header parser raises TokenError too)
             log.warning("ignoring unreadable checkpoints in %s (%s)", self.dir, exc)
             self.clear()
             return {}
@@ -213,8 +226,11 @@ class _Parts:
         if not ids:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "parts.json").exists():
-            write_json(self.dir / "parts.json", {"extractor": self.extractor.identity()})
+        mode = os.lstat(self.dir).st_mode  # never write checkpoints through a symlink
+        if not stat.S_ISDIR(mode):
+            raise FeatureStoreError(f"{self.dir} is not a folder varsitysrch made (a symlink?); remove it")
+        if not (self.dir / PARTS_JSON).exists():
+            write_json(self.dir / PARTS_JSON, {"extractor": self.extractor.identity()})
         stem = self.dir / f"part-{self.run}-{self.n:05d}"
         with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, X, allow_pickle=False)
@@ -224,9 +240,23 @@ class _Parts:
         self.n += 1
 
     def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove our checkpoint files (exact names only) and ``parts/`` if nothing else is in it."""
         self.n = 0
         self._arrays = {}
+        try:
+            if not stat.S_ISDIR(os.lstat(self.dir).st_mode):
+                return
+            names = os.listdir(self.dir)
+        except OSError:
+            return
+        for name in names:
+            if name == PARTS_JSON or _PART.fullmatch(name) or _PART_TMP.fullmatch(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.dir / name)  # a symlink is removed, never followed
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            log.info("left %s: it holds files varsitysrch did not write", self.dir)
 
 
 def _auto_checkpoint(n_todo: int, batch_size: int) -> int:
@@ -304,8 +334,7 @@ def extract_features(
         raise InvalidArgumentError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
     if dtype not in ("float32", "float16"):
         raise InvalidArgumentError(f"dtype must be 'float32' or 'float16'; got {dtype!r}")
-    if out.resolve() == root.resolve():
-        raise InvalidArgumentError("save_to must not be the image folder itself")
+    check_folders(root, out)
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
     ex = get_extractor(extractor, **extractor_options)
@@ -330,6 +359,18 @@ def extract_features(
             if isinstance(exc, VarsitysrchError):
                 raise
             raise os_error(exc, f"extracting into {str(out)!r}") from exc
+
+
+def check_folders(root: Path, out: Path) -> None:
+    """The image folder must not be the store folder or inside it (the store folder is ours: its
+    cleanup would remove the images).  A store inside the image folder is fine (left out of the scan)."""
+    r, o = root.resolve(), out.resolve()
+    if r == o or r.is_relative_to(o):
+        where = "is" if r == o else "is inside"
+        raise InvalidArgumentError(
+            f"img_folder {str(root)!r} {where} the feature store folder save_to {str(out)!r}: the store "
+            "folder belongs to varsitysrch; put the images or the store elsewhere"
+        )
 
 
 def _extract_locked(
@@ -401,7 +442,7 @@ def _extract_locked(
             ):
                 skipped.extend(bad)
                 for rel, reason in bad:
-                    log.warning("skipped %s: %s", rel, reason)
+                    log_skip(rel, reason)
                 if len(ok_ids):
                     buf_ids.extend(ok_ids)
                     buf_X.append(X.astype(dtype))
@@ -453,7 +494,7 @@ def _extract_locked(
         and new_stamps == [old.stamps()[r] for r in final_ids]
     ):
         # nothing changed: keep the generation (no rewrite of the vectors), refresh the header only
-        write_json(out / STORE_JSON, {**header, "generation": old.meta["generation"]})
+        write_header(out, header, old.meta["generation"], old.meta.get("files"))
     else:
         chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
         commit(out, final_ids, new_stamps, chunks, header)

@@ -9,15 +9,23 @@ spreadsheet would evaluate -- it starts with ``= + - @``, a tab or a carriage re
 that starts with ``'`` gets one leading ``'``.  :func:`read_csv` strips one leading ``'``,
 so the round trip is exact.  Numbers (``int``/``float`` cells, and text that is a plain
 decimal number such as ``-0.5``) are never touched.
+
+An output path that exists as anything but a regular file -- a folder, a FIFO, a device, a
+socket, or a symlink to one of these -- is never replaced (:func:`atomic_path` refuses it
+with one line): ``--csv /dev/null`` run as root must not turn the device into a file.
+:func:`open_regular` opens a file for reading without following a final symlink and without
+blocking on a FIFO, and refuses anything but a regular file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,14 +38,57 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    if path.is_dir():
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words ("regular file", "folder", "FIFO", ...)."""
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse (InvalidArgumentError) an output path that exists as anything but a regular file.
+
+    Symlinks are followed for the test: a link to a regular file may be replaced (the link, not
+    its target), a link to a device, FIFO or folder may not; a dangling link may be replaced.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a symlink loop, a path through a file, no permission
         from ._errors import InvalidArgumentError
 
-        raise InvalidArgumentError(f"{str(path)!r} is a folder; a file name is needed here")
+        raise InvalidArgumentError(f"output file {str(path)!r} cannot be checked ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        from ._errors import InvalidArgumentError
+
+        kind = file_kind(st.st_mode)
+        link = " (through a symbolic link)" if os.path.islink(path) else ""
+        hint = "a file name is needed here" if stat.S_ISDIR(st.st_mode) else "it is left as it is"
+        raise InvalidArgumentError(
+            f"output file {str(path)!r} exists and is a {kind}{link}, not a regular file: "
+            f"varsitysrch replaces regular files only; {hint}"
+        )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    ``path`` must not exist as anything but a regular file (see :func:`check_replaceable`);
+    this is checked before and again just before the rename.
+    """
+    path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -47,6 +98,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        check_replaceable(path)  # it may have appeared while the file was written
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -58,6 +110,62 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
+
+
+def open_regular(path: str | os.PathLike[str], what: str = "file") -> int:
+    """A read-only descriptor of the regular file ``path``: a final symlink is not followed,
+    a FIFO does not block (``O_NONBLOCK``), and anything but a regular file is refused.
+
+    Raises ``FileNotFoundError`` when ``path`` does not exist and :class:`OSError` with a
+    one-line message otherwise (callers turn it into their own error).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise OSError(exc.errno, f"{what} is a symbolic link; only a regular file is read here") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{what} is a {file_kind(st.st_mode)}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike[str], what: str = "file", limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`); at most ``limit`` bytes
+    are accepted (``OSError`` EINVAL beyond)."""
+    fd = open_regular(path, what)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise OSError(errno.EINVAL, f"{what} is larger than {limit} bytes")
+        data = f.read() if limit is None else f.read(size + 1 if size < limit else limit + 1)
+    if limit is not None and len(data) > limit:
+        raise OSError(errno.EINVAL, f"{what} is larger than {limit} bytes")
+    return data
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: numpy's message for a short write (``ndarray.tofile`` on a full disk), without an errno
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full: ENOSPC/EDQUOT/EFBIG, or numpy's
+    "N requested and M written" short write, which carries no errno."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in _DISK_FULL:
+        return True
+    return exc.errno is None and bool(_SHORT_WRITE.search(str(exc)))
 
 
 #: text files: UTF-8, with undecodable file-name bytes kept as lone surrogates (and back)
@@ -121,9 +229,11 @@ def write_csv(
             w.writerows(rows)
 
 
-def csv_rows(f: IO[str], *, neutralised: bool = True) -> Iterator[list[str]]:
-    """Rows of an open CSV text file (header included), neutralisation undone."""
-    for row in csv.reader(f):
+def csv_rows(f: IO[str], *, neutralised: bool = True, strict: bool = False) -> Iterator[list[str]]:
+    """Rows of an open CSV text file (header included), neutralisation undone.
+
+    ``strict``: a malformed quote is a ``csv.Error`` instead of being read leniently."""
+    for row in csv.reader(f, strict=strict):
         yield [restore_cell(c) for c in row] if neutralised else row
 
 

@@ -25,17 +25,20 @@ its caller names (see :mod:`varsitysrch._paths`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeGuard
 
 import numpy as np
 
-from ._errors import ModelFileError
+from ._errors import IncompatibleModelError, ModelFileError
 from ._io import atomic_path, read_csv, write_csv
 from ._kmeans import KMeansModel
 from ._version import __version__
@@ -117,6 +120,89 @@ def model_stamps(mf: ModelFile) -> dict[str, tuple[int, int, int, int]]:
         return {}
     cols = [a.get(f"store_{c}", np.full(n, -1, np.int64)).tolist() for c in STAMP_COLUMNS]
     return {rel: (s, m, i, c) for rel, s, m, i, c in zip(mf.ids, *cols, strict=True)}
+
+
+# ==================================================================== the store and the CSV it goes with
+def record_store(config: dict[str, Any], store: Any) -> None:
+    """Record in ``config["features"]`` the store generation and checksum the model is made from
+    (a :class:`~varsitysrch._store.FeatureStore`; a store written before checksums records none)."""
+    feats = config.setdefault("features", {})
+    for key, value in (("generation", store.generation), ("checksum", store.checksum)):
+        if value is None:
+            feats.pop(key, None)
+        else:
+            feats[key] = value
+
+
+def check_store_for_model(mf: ModelFile, store: Any, model_path: str | os.PathLike[str]) -> None:
+    """Refuse (one line, :class:`IncompatibleModelError`) a feature store that is not the one the
+    model was made from: another catalogue with the same ids, a changed or tampered store.
+
+    The model's recorded store checksum must match the store's when both are known; otherwise
+    the ids and every image's file stamp (size, mtime, inode, ctime) recorded in the model must
+    match the store's."""
+    where = f"feature store {str(store.folder)!r}"
+    hint = "it is not the store this model was made from; retrain, run update, or pass the right store"
+    feats = mf.config.get("features", {})
+    want = feats.get("checksum") if isinstance(feats, dict) else None
+    if want is not None and store.checksum is not None:
+        if want != store.checksum:
+            raise IncompatibleModelError(
+                f"{where} (generation {store.generation}) does not match model {str(model_path)!r} "
+                f"(made from generation {feats.get('generation')}, a store of other content): {hint}"
+            )
+        return
+    if want is not None:
+        raise IncompatibleModelError(
+            f"{where} has no checksums, model {str(model_path)!r} was made from a store that had: {hint}"
+        )
+    if store.ids != mf.ids:
+        raise IncompatibleModelError(f"{where} changed since the model was trained; retrain or update")
+    ref, now = model_stamps(mf), store.stamps()
+    if ref and now:
+        differ = sum(1 for rel in mf.ids if rel in now and rel in ref and tuple(ref[rel]) != tuple(now[rel]))
+        if differ:
+            raise IncompatibleModelError(
+                f"{where}: {differ} of {len(mf.ids)} images have other file stamps than model "
+                f"{str(model_path)!r} records: {hint}"
+            )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def save_model_and_csv(
+    model_path: str | os.PathLike[str], csv_path: str | os.PathLike[str], mf: ModelFile
+) -> None:
+    """Write the model and its assignments CSV as one unit: the model records the CSV's SHA-256
+    (``config["assignments"]``), so a CSV from another run -- or the old CSV left by a kill between
+    the two renames (the model is renamed first) -- is recognised (:func:`csv_matches_model`)."""
+    with atomic_path(csv_path) as tmp_csv:
+        write_assignments(tmp_csv, mf.ids, mf.labels, mf.distances)
+        mf.config["assignments"] = {"sha256": file_sha256(tmp_csv), "rows": len(mf.ids)}
+        save_model(model_path, mf)
+
+
+def csv_matches_model(mf: ModelFile, csv_path: str | os.PathLike[str]) -> bool | None:
+    """Whether ``csv_path`` is the CSV written with the model (None: the model records no hash)."""
+    rec = mf.config.get("assignments")
+    if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str):
+        return None
+    try:
+        return file_sha256(csv_path) == rec["sha256"]
+    except OSError:
+        return False
+
+
+def csv_mismatch_message(model_path: str | os.PathLike[str], csv_path: str | os.PathLike[str]) -> str:
+    """The one line for a CSV that :func:`csv_matches_model` says is not the model's."""
+    return (
+        f"csv_file {str(csv_path)!r} was not written with model {str(model_path)!r} (its SHA-256 is not "
+        "the one the model records): it comes from another run, or the last train/update was "
+        "interrupted between writing the model and the CSV; run it again, or search without csv_file"
+    )
 
 
 # ==================================================================== writing
@@ -301,6 +387,13 @@ def _check_config(p: Path, cfg: Any) -> dict[str, Any]:
             raise _bad(p, str(exc)) from None
     if cfg.get("image_root") is not None and not isinstance(cfg["image_root"], str):
         raise _bad(p, f"model.json 'image_root' must be a string; got {cfg['image_root']!r}")
+    feats = cfg.get("features", {})
+    for key in ("generation", "checksum", "path", "relative_path"):
+        if feats.get(key) is not None and not isinstance(feats[key], str):
+            raise _bad(p, f"model.json features {key!r} must be a string; got {feats[key]!r}")
+    rec = cfg.get("assignments")
+    if rec is not None and (not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str)):
+        raise _bad(p, f"model.json 'assignments' must be an object with a 'sha256' string; got {rec!r}")
     return cfg
 
 
@@ -311,6 +404,11 @@ class _Reader:
         self.p, self.zf = p, zf
         self.names = set(zf.namelist())
         self.budget = MAX_EXPANSION * p.stat().st_size + 2**24
+        for info in zf.infolist():  # model files store members; deflate is read, nothing else
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _bad(p, f"member {info.filename!r} uses compression method {info.compress_type}")
+            if info.flag_bits & 0x1:
+                raise _bad(p, f"member {info.filename!r} is encrypted")
 
     def info(self, name: str, limit: int) -> zipfile.ZipInfo:
         info = self.zf.getinfo(name)
@@ -321,10 +419,13 @@ class _Reader:
 
     def read_text(self, name: str, limit: int) -> Any:
         self.info(name, limit)
+        data = self.zf.read(name)
         try:
-            return json.loads(self.zf.read(name))
+            return json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(self.p, f"{name} is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise _bad(self.p, f"{name} is nested too deeply") from None
 
     def array(self, name: str, shape: tuple[int | None, ...], kinds: str) -> np.ndarray | None:
         """``name.npy`` if present; its header must give ``shape`` (None: any) and a dtype of ``kinds``."""
@@ -364,8 +465,9 @@ def _npy_header(p: Path, member: str, f: IO[bytes]) -> tuple[tuple[int, ...], np
             shape, fortran, dtype = fmt.read_array_header_2_0(f)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, OSError, EOFError) as exc:
-        raise _bad(p, f"{member} has no valid .npy header: {exc}") from exc
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _bad(p, f"{member} has no valid .npy header: {why}") from None
     if fortran:
         raise _bad(p, f"{member} is Fortran-ordered")
     return tuple(int(s) for s in shape), np.dtype(dtype), int(f.tell())  # magic + header length
@@ -506,8 +608,12 @@ def load_model(path: str | os.PathLike[str]) -> ModelFile:
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"model_filename {str(p)!r} does not exist")
-    with open(p, "rb") as f:
-        head = f.read(4)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"model_filename {str(p)!r} is unreadable ({exc.strerror or exc})") from None
     if head[:1] == b"\x80" or head[:1] in (b"(", b"c", b"]", b"}"):
         raise ModelFileError(
             f"{p} looks like a Python pickle: refused (varsitysrch model files are JSON + arrays and "
@@ -520,5 +626,18 @@ def load_model(path: str | os.PathLike[str]) -> ModelFile:
             return _read(p, zf)
     except ModelFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, KeyError, OSError, EOFError) as exc:
-        raise _bad(p, f"{type(exc).__name__}: {exc}") from exc
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ValueError,
+        KeyError,
+        OSError,
+        EOFError,
+        NotImplementedError,  # an unknown compression method
+        RuntimeError,  # an encrypted member; RecursionError
+        zlib.error,
+        struct.error,
+        OverflowError,
+    ) as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise _bad(p, f"{type(exc).__name__}: {msg}") from exc

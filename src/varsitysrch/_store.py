@@ -11,7 +11,25 @@ Layout of ``save_to`` (format version 2)::
     ids.csv           folder directly (refreshed after each commit; readers here use store.json)
     skipped.csv       path,reason -- files and folders left out by the last run
     parts/            checkpoints of an unfinished run (``part-<run>-NNNNN``), removed on success
+    colour/           the colour signatures (a store of the same layout)
     .lock             held (fcntl) by the one process writing the store
+
+The store folder is ours alone.  Every name the store creates or removes matches its exact
+pattern (a generation folder ``g-<time>-<random>`` that carries the marker file
+``.varsitysrch-generation``, the temporary files ``.<name>.<8 chars>.tmp`` of our own
+writes, the checkpoints ``part-<run>-NNNNN.npy|csv``); anything else in the folder is never
+touched or removed.  No writer follows a symlink or opens a special file there: the lock is
+opened with ``O_NOFOLLOW``, every file is read through
+:func:`~varsitysrch._io.open_regular` (no final symlink, no blocking on a FIFO, regular files
+only), and a store whose own names (``store.json``, ``parts/``, ``colour/``, ...) exist as
+something else -- a symlink, a FIFO, a device -- is refused with one line before anything is
+written.
+
+Integrity: ``store.json`` records the size and SHA-256 of each file of its generation
+(``files``, so ``sha256sum g-*/vectors.npy`` checks them by hand) and the SHA-256 of its
+own content (``header_sha256``).  Opening a store checks the header's digest, the sizes and
+the ids table's digest; ``validate=True`` (the default) also hashes the vectors.  A model
+records the generation and :attr:`FeatureStore.checksum` it was trained on.
 
 A commit writes a new generation folder, fsyncs it, then replaces ``store.json``: a kill at
 any point leaves either the old catalogue or the new one, never a mix.  Stray generations
@@ -38,13 +56,16 @@ import contextlib
 import csv
 import errno
 import fcntl
+import hashlib
+import io
 import json
 import logging
 import os
 import re
 import secrets
-import shutil
 import socket
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +75,17 @@ from typing import Any
 import numpy as np
 
 from ._errors import FeatureStoreError, VarsitysrchError
-from ._io import ENCODING, ERRORS, csv_rows, write_csv, write_json
+from ._io import (
+    ENCODING,
+    ERRORS,
+    csv_rows,
+    disk_full,
+    file_kind,
+    open_regular,
+    read_regular,
+    write_csv,
+    write_json,
+)
 from ._version import __version__
 
 log = logging.getLogger(__name__)
@@ -70,8 +101,24 @@ ID_COLUMNS = ("id", "size", "mtime_ns", "inode", "ctime_ns")
 DTYPES = ("float32", "float16")
 #: rows whose L2 norm is farther than this from 1 make the store invalid (float16 rounds to ~1e-3)
 NORM_TOLERANCE = 0.02
-_GENERATION = re.compile(r"g-[0-9a-f]{8,32}-[0-9a-f]{4,32}")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+PARTS = "parts"
+COLOUR = "colour"
+#: the marker file inside each generation folder this library wrote
+MARKER = ".varsitysrch-generation"
+MARKER_TEXT = b"varsitysrch feature store generation\n"
+#: the run token of generations and checkpoints: ``<time_ns hex>-<random hex>`` (:func:`new_token`)
+TOKEN = r"[0-9a-f]{8,32}-[0-9a-f]{4,32}"
+_GENERATION = re.compile(rf"g-{TOKEN}")
+#: temporary files of :func:`~varsitysrch._io.atomic_path` (``mkstemp``: 8 characters) and links
+_TMP = re.compile(r"\.(?:store\.json|skipped\.csv|vectors\.npy|ids\.csv)\.[a-z0-9_]{8}\.tmp")
+_GEN_TMP = re.compile(r"\.(?:vectors\.npy|ids\.csv)\.[a-z0-9_]{8}\.tmp")
+#: the names of a store folder and what each must be when it exists
+_ENTRIES = {STORE_JSON: "file", SKIPPED: "file", VECTORS: "file", IDS: "file", PARTS: "dir", COLOUR: "dir"}
+#: the header's digest of its own content, and the files of its generation
+HEADER_SUM = "header_sha256"
+FILES = "files"
+#: ids tables larger than this per id are refused before they are read (a path is at most 4 KiB)
+_ID_ROW_BYTES = 3 * 4096 + 128
 
 #: (size, mtime_ns, inode, ctime_ns) of a file; -1 where unknown (stores of format version 1)
 Stamp = tuple[int, int, int, int]
@@ -120,6 +167,18 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def generation(self) -> str | None:
+        """The generation folder ``store.json`` names (None: a format-1 or legacy store)."""
+        gen = self.meta.get("generation")
+        return gen if isinstance(gen, str) else None
+
+    @property
+    def checksum(self) -> str | None:
+        """``sha256:<hex>`` of the generation's recorded file digests (None: a store written
+        before checksums); a model records it to recognise the store it was trained on."""
+        return files_checksum(self.meta.get(FILES))
+
     def stamps(self) -> dict[str, Stamp]:
         """``id -> (size, mtime_ns, inode, ctime_ns)`` recorded at extraction (empty for legacy stores)."""
         if not self.sizes:
@@ -165,11 +224,13 @@ class FeatureStore:
 
     @classmethod
     def _open_once(cls, folder: Path, *, mmap: bool, validate: bool) -> FeatureStore:
-        meta = read_header(folder / STORE_JSON)
+        meta, header_ok = _read_header(folder / STORE_JSON)
         paths = _paths(folder, meta)
         try:
-            ids, cols = read_id_table(paths.ids)
-            vectors = _load_vectors(paths.vectors, meta, mmap=mmap)
+            _check_generation_folder(paths)
+            raw_ids = _read_ids_bytes(paths.ids, int(meta["count"]))
+            ids, cols = parse_id_table(raw_ids, paths.ids)
+            vectors, digest = _load_vectors(paths.vectors, meta, mmap=mmap, digest=validate)
         except FileNotFoundError as exc:
             if paths.generation is not None and read_header(folder / STORE_JSON).get("generation") != (
                 paths.generation
@@ -183,11 +244,26 @@ class FeatureStore:
             )
         if validate:
             check_rows(vectors, str(paths.vectors))
+        # integrity last: the checks above say *what* is wrong when they can
+        if header_ok is False:
+            raise FeatureStoreError(
+                f"{paths.header}: the header does not match its recorded checksum ({HEADER_SUM}): "
+                "it was changed after it was written; extract the catalogue again"
+            )
+        files = meta.get(FILES)
+        if files is not None:
+            _verify_file(paths.ids, files, IDS, len(raw_ids), _sha256(raw_ids))
+            vbytes = _vectors_bytes(meta)
+            _verify_file(paths.vectors, files, VECTORS, vbytes, digest)
         return cls(folder, ids, vectors, dict(meta["extractor"]), cols[0], cols[1], meta, cols[2], cols[3])
 
     @classmethod
     def _open_legacy(cls, folder: Path) -> FeatureStore:
-        if (folder / LOCK).exists() or (folder / "parts").is_dir() or any(folder.glob("g-*")):
+        if (
+            os.path.lexists(folder / LOCK)
+            or (folder / PARTS).is_dir()
+            or any(_GENERATION.fullmatch(n) for n in os.listdir(folder))
+        ):
             raise FeatureStoreError(
                 f"features_folder {str(folder)!r} holds an unfinished feature store (nothing committed "
                 "yet); rerun extract_features to finish it"
@@ -312,14 +388,58 @@ def _int(meta: dict[str, Any], key: str, path: Path, lo: int) -> int:
     return v
 
 
+#: store.json larger than this is refused before it is read
+MAX_HEADER_BYTES = 64 * 2**20
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def header_digest(meta: dict[str, Any]) -> str:
+    """The SHA-256 of a header's content without its own digest (canonical JSON)."""
+    return _sha256(_canonical({k: v for k, v in meta.items() if k != HEADER_SUM}))
+
+
+def files_checksum(files: Any) -> str | None:
+    """``sha256:<hex>`` over a generation's file records (None when there are none)."""
+    if not isinstance(files, dict) or not files:
+        return None
+    return "sha256:" + _sha256(_canonical(files))
+
+
 def read_header(path: Path) -> dict[str, Any]:
     """``store.json`` checked for types (one-line FeatureStoreError otherwise)."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], bool | None]:
+    """``(header, whether it matches its recorded digest)`` (None: no digest recorded).
+
+    The file is read without following a symlink or blocking on a FIFO; its types are checked
+    here, its digest by the caller once the more specific checks have had their say."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FeatureStoreError(f"{path}: unreadable store header ({exc})") from exc
+        raw = read_regular(path, STORE_JSON, MAX_HEADER_BYTES)
+        meta = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError as exc:
+        raise FeatureStoreError(f"{path}: unreadable store header (no such file)") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        why = (
+            "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "strerror", None) or exc
+        )
+        raise FeatureStoreError(f"{path}: unreadable store header ({why})") from None
     if not isinstance(meta, dict):
         raise FeatureStoreError(f"{path}: store header must be a JSON object; got {type(meta).__name__}")
+    ok: bool | None = None
+    if HEADER_SUM in meta:
+        try:
+            ok = meta[HEADER_SUM] == header_digest(meta)
+        except (TypeError, ValueError, RecursionError):
+            ok = False
     if meta.get("format") != STORE_FORMAT:
         raise FeatureStoreError(f"{path}: not a varsitysrch feature store")
     version = _int(meta, "version", path, 1)
@@ -347,7 +467,71 @@ def read_header(path: Path) -> dict[str, Any]:
         gen = meta.get("generation")
         if not isinstance(gen, str) or not _GENERATION.fullmatch(gen):
             raise FeatureStoreError(f"{path}: bad generation {gen!r}")
-    return meta
+    for key in ("image_root", "features"):  # records of folders: text or nothing
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise FeatureStoreError(f"{path}: {key!r} must be a string (a folder); got {meta[key]!r}")
+    if version < 2:  # checksums belong to a generation: a format-1 store has none
+        ok = None
+        meta.pop(FILES, None)
+    files = meta.get(FILES)
+    if files is not None and not _good_files(files):
+        raise FeatureStoreError(
+            f"{path}: {FILES!r} must map {VECTORS} and {IDS} to their size and sha256; got {files!r}"[:300]
+        )
+    return meta, ok
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _good_files(files: Any) -> bool:
+    if not isinstance(files, dict) or set(files) != {VECTORS, IDS}:
+        return False
+    for rec in files.values():
+        if not isinstance(rec, dict) or set(rec) != {"bytes", "sha256"}:
+            return False
+        n, h = rec["bytes"], rec["sha256"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0 or not isinstance(h, str):
+            return False
+        if not _HEX64.fullmatch(h):
+            return False
+    return True
+
+
+def _vectors_bytes(meta: dict[str, Any]) -> int:
+    """Size of a generation's vectors.npy as written by :func:`write_vectors_file` (header + rows)."""
+    shape = (int(meta["count"]), int(meta["dim"]))
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(meta["dtype"])), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(buf, {**header, "shape": shape})
+    return buf.tell() + shape[0] * shape[1] * np.dtype(meta["dtype"]).itemsize
+
+
+def _verify_file(path: Path, files: dict[str, Any], name: str, size: int, digest: str | None) -> None:
+    rec = files[name]
+    if size != rec["bytes"]:
+        raise FeatureStoreError(
+            f"{path}: {size} bytes, {STORE_JSON} records {rec['bytes']}: the store was changed after "
+            "it was written; extract the catalogue again"
+        )
+    if digest is not None and digest != rec["sha256"]:
+        raise FeatureStoreError(
+            f"{path}: content does not match the sha256 recorded in {STORE_JSON} (the file was changed "
+            "or damaged after it was written); extract the catalogue again"
+        )
+
+
+def _check_generation_folder(paths: StorePaths) -> None:
+    """The generation ``store.json`` names must be a real folder (not a symlink to one)."""
+    if paths.generation is None:
+        return
+    gdir = paths.folder / paths.generation
+    st = os.lstat(gdir)  # FileNotFoundError: a concurrent commit (the caller re-reads)
+    if not stat.S_ISDIR(st.st_mode):
+        raise FeatureStoreError(
+            f"{gdir}: the store's generation is a {file_kind(st.st_mode)}, not the folder varsitysrch "
+            "wrote; extract the catalogue again"
+        )
 
 
 def _paths(folder: Path, meta: dict[str, Any]) -> StorePaths:
@@ -362,17 +546,21 @@ def store_paths(folder: str | os.PathLike[str]) -> StorePaths:
     return _paths(folder, read_header(folder / STORE_JSON))
 
 
-def _load_vectors(path: Path, meta: dict[str, Any], *, mmap: bool) -> np.ndarray:
-    """The vectors, with shape and dtype checked against the header and the file size first.
+def _load_vectors(
+    path: Path, meta: dict[str, Any], *, mmap: bool, digest: bool = False
+) -> tuple[np.ndarray, str | None]:
+    """``(vectors, sha256 of the file or None)``, with shape and dtype checked against the header
+    and the file size first (``digest``: hash the whole file too).
 
-    The file is opened once (a concurrent commit may unlink it; the open file stays valid).
+    The file is opened once (a concurrent commit may unlink it; the open file stays valid),
+    without following a symlink or blocking on a FIFO.
     """
     try:
-        f = open(path, "rb")  # noqa: SIM115  (closed below, after the checks)
+        f = os.fdopen(open_regular(path, VECTORS), "rb")
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+        raise FeatureStoreError(f"{path}: unreadable vectors ({exc.strerror or exc})") from exc
     with f:
         try:
             version = np.lib.format.read_magic(f)
@@ -384,9 +572,10 @@ def _load_vectors(path: Path, meta: dict[str, Any], *, mmap: bool) -> np.ndarray
                 raise ValueError(f"unsupported .npy version {version}")
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
-        except (OSError, ValueError) as exc:
-            raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
-        if dt.name not in DTYPES or dt.byteorder == ">" or fortran:
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise FeatureStoreError(f"{path}: unreadable vectors ({why})") from None
+        if not isinstance(dt, np.dtype) or dt.name not in DTYPES or dt.byteorder == ">" or fortran:
             raise FeatureStoreError(f"{path}: vectors must be little-endian float32/float16 rows; got {dt}")
         if dt.name != meta["dtype"]:
             raise FeatureStoreError(f"{path}: vectors are {dt.name}, header says {meta['dtype']}")
@@ -400,13 +589,18 @@ def _load_vectors(path: Path, meta: dict[str, Any], *, mmap: bool) -> np.ndarray
         want = offset + shape[0] * shape[1] * dt.itemsize
         if size != want:
             raise FeatureStoreError(f"{path}: vectors file is {size} bytes, its header needs {want}")
-        if shape[0] == 0:
-            return np.zeros(shape, dt)
         try:
+            sha = None
+            if digest:
+                f.seek(0)
+                sha = hashlib.file_digest(f, "sha256").hexdigest()
+                f.seek(offset)
+            if shape[0] == 0:
+                return np.zeros(shape, dt), sha
             if mmap:
-                return np.memmap(f, dtype=dt, mode="r", offset=offset, shape=tuple(shape))
+                return np.memmap(f, dtype=dt, mode="r", offset=offset, shape=tuple(shape)), sha
             X = np.fromfile(f, dtype=dt, count=shape[0] * shape[1])
-            return X.reshape(shape)
+            return X.reshape(shape), sha
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
 
@@ -442,42 +636,65 @@ def _check_id(rel: str, where: str) -> None:
         raise FeatureStoreError(f"{where}: bad id {rel!r} (ids are relative paths inside the image folder)")
 
 
+def _read_ids_bytes(path: Path, count: int) -> bytes:
+    """The raw ids table of a store of ``count`` images (no symlink, no FIFO, bounded size)."""
+    try:
+        return read_regular(path, IDS, 4096 + (count + 1) * _ID_ROW_BYTES)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise FeatureStoreError(f"{path}: unreadable ids table ({exc.strerror or exc})") from None
+
+
+#: a stamp cell: a plain ASCII decimal integer (int() would also take " 1", "1_0", "+1", "١")
+_INT = re.compile(r"-?[0-9]{1,20}")
+
+
 def read_id_table(path: Path) -> tuple[list[str], tuple[list[int], list[int], list[int], list[int]]]:
     """``(ids, (sizes, mtimes, inodes, ctimes))`` of an ids table; every row checked."""
+    try:
+        raw = read_regular(path, IDS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise FeatureStoreError(f"{path}: unreadable ids table ({exc.strerror or exc})") from None
+    return parse_id_table(raw, path)
+
+
+def parse_id_table(
+    raw: bytes, path: Path
+) -> tuple[list[str], tuple[list[int], list[int], list[int], list[int]]]:
+    """The ids table in ``raw`` (the bytes of ``path``): every row and cell checked."""
     ids: list[str] = []
     cols: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
     seen: set[str] = set()
     try:
-        with open(path, encoding=ENCODING, errors=ERRORS, newline="") as f:
-            rows = csv_rows(f)
-            header = next(rows, None)
-            if not header or header[0] != "id" or tuple(header) != ID_COLUMNS[: len(header)]:
-                raise FeatureStoreError(f"{path}: not an ids table (header {header})")
-            width = len(header)
-            for n, row in enumerate(rows, start=2):
-                where = f"{path}, line {n}"
-                if len(row) != width:
-                    raise FeatureStoreError(f"{where}: {len(row)} fields, the header has {width}")
-                rel = row[0]
-                _check_id(rel, where)
-                if rel in seen:
-                    raise FeatureStoreError(f"{where}: duplicate id {rel!r}")
-                seen.add(rel)
-                ids.append(rel)
-                for k in range(4):
-                    if k + 1 < width:
-                        try:
-                            cols[k].append(int(row[k + 1]))
-                        except ValueError:
-                            raise FeatureStoreError(
-                                f"{where}: {ID_COLUMNS[k + 1]} must be an integer; got {row[k + 1]!r}"
-                            ) from None
-                    else:
-                        cols[k].append(-1)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise FeatureStoreError(f"{path}: unreadable ids table ({exc})") from exc
+        text = raw.decode(ENCODING, ERRORS)
+        rows = csv_rows(io.StringIO(text, newline=""), strict=True)
+        header = next(rows, None)
+        if not header or header[0] != "id" or tuple(header) != ID_COLUMNS[: len(header)]:
+            raise FeatureStoreError(f"{path}: not an ids table (header {header})")
+        width = len(header)
+        for n, row in enumerate(rows, start=2):
+            where = f"{path}, line {n}"
+            if len(row) != width:
+                raise FeatureStoreError(f"{where}: {len(row)} fields, the header has {width}")
+            rel = row[0]
+            _check_id(rel, where)
+            if rel in seen:
+                raise FeatureStoreError(f"{where}: duplicate id {rel!r}")
+            seen.add(rel)
+            ids.append(rel)
+            for k in range(4):
+                if k + 1 < width:
+                    cell = row[k + 1]
+                    if not _INT.fullmatch(cell) or (k in (0, 2) and int(cell) < -1):
+                        raise FeatureStoreError(
+                            f"{where}: {ID_COLUMNS[k + 1]} must be an integer; got {cell!r}"[:300]
+                        )
+                    cols[k].append(int(cell))
+                else:
+                    cols[k].append(-1)
     except (UnicodeError, ValueError, csv.Error) as exc:
         raise FeatureStoreError(f"{path}: unreadable ids table ({exc})") from exc
     return ids, cols
@@ -498,19 +715,49 @@ def load_features(features_folder: str | Path) -> tuple[list[str], np.ndarray, d
 
 
 # ---------------------------------------------------------------------- the lock
-_HELD: set[str] = set()
+_HELD = threading.local()  # .folders: the stores this thread holds the lock of (re-entrant)
+
+
+def _held() -> set[str]:
+    folders: set[str] | None = getattr(_HELD, "folders", None)
+    if folders is None:
+        folders = _HELD.folders = set()
+    return folders
 
 
 @contextlib.contextmanager
 def store_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the store's writer lock (``.lock``, fcntl ``flock``); a second writer gets a clear error."""
+    """Hold the store's writer lock (``.lock``, fcntl ``flock``); a second writer gets a clear error.
+
+    Re-entrant within one thread (``update_catalogue`` holds it across its extraction, model and
+    CSV).  ``.lock`` is opened without following a symlink and must be a regular file.
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise os_error(exc, f"cannot lock the feature store {str(folder)!r}") from exc
+    key = str(folder.resolve())
+    if key in _held():  # this thread holds it already
+        yield
+        return
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
+        fd = os.open(folder / LOCK, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(folder / LOCK):
+            raise FeatureStoreError(
+                f"cannot lock the feature store {str(folder)!r}: {folder / LOCK} is a symbolic link "
+                "(varsitysrch never writes through one); remove it and retry"
+            ) from None
+        raise os_error(exc, f"cannot lock the feature store {str(folder)!r}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FeatureStoreError(
+                f"cannot lock the feature store {str(folder)!r}: {folder / LOCK} is a {file_kind(mode)}, "
+                "not the regular file varsitysrch writes; remove it and retry"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -532,12 +779,11 @@ def store_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
-        key = str(folder.resolve())
-        _HELD.add(key)
+        _held().add(key)
         try:
             yield
         finally:
-            _HELD.discard(key)
+            _held().discard(key)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
     finally:
@@ -548,13 +794,25 @@ def os_error(exc: OSError, what: str) -> FeatureStoreError:
     """A one-line FeatureStoreError for an OSError (disk full said plainly)."""
     if isinstance(exc, VarsitysrchError):
         return exc  # type: ignore[return-value]
-    if exc.errno in _DISK_FULL:
+    if disk_full(exc):
+        why = exc.strerror or f"short write: {exc}"
         return FeatureStoreError(
-            f"{what}: disk full ({exc.strerror}); nothing was changed -- the previous store is intact; "
+            f"{what}: disk full ({why}); nothing was changed -- the previous store is intact; "
             "free some space and rerun"
         )
     name = f" {exc.filename}" if exc.filename else ""
     return FeatureStoreError(f"{what}:{name} {exc.strerror or exc}")
+
+
+def log_skip(rel: str, reason: str) -> None:
+    """The one place a file left out of a catalogue is reported (logger ``varsitysrch.skipped``,
+    WARNING): a front end may silence that logger and print the count instead (each run's
+    result and ``skipped.csv`` keep every file and reason)."""
+    SKIP_LOG.warning("skipped %s: %s", rel, reason)
+
+
+#: the logger of per-file skip warnings (:func:`log_skip`)
+SKIP_LOG = logging.getLogger("varsitysrch.skipped")
 
 
 # ---------------------------------------------------------------------- commit and recovery
@@ -571,25 +829,82 @@ def new_token() -> str:
     return f"{time.time_ns():016x}-{secrets.token_hex(4)}"
 
 
+def check_entries(folder: Path) -> None:
+    """Refuse a store folder whose own names exist as something else than what we write there:
+    a symlink, FIFO, device or socket in place of ``store.json``, ``parts/``, ``colour/``, ...
+    (a writer must never follow one or replace it)."""
+    for name, kind in _ENTRIES.items():
+        try:
+            mode = os.lstat(folder / name).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise os_error(exc, f"cannot check the feature store {str(folder)!r}") from exc
+        if not (stat.S_ISREG(mode) if kind == "file" else stat.S_ISDIR(mode)):
+            want = "regular file" if kind == "file" else "folder"
+            raise FeatureStoreError(
+                f"{folder / name} is a {file_kind(mode)}, not the {want} varsitysrch writes there: "
+                "the feature store folder holds only its own files (remove or rename it, then retry)"
+            )
+
+
 def recover(folder: Path) -> None:
-    """Under the lock: drop generations store.json does not name and temp files of killed writers."""
+    """Under the lock: drop generations store.json does not name and temp files of killed writers.
+
+    Only names of our exact patterns are removed, and a generation folder only when it carries
+    our marker (or is empty) and holds nothing but our files: whatever else is in the folder
+    stays.  A store whose own names are not what we write there is refused (:func:`check_entries`).
+    """
+    if not folder.is_dir():
+        return
+    check_entries(folder)
     live: str | None = None
-    if (folder / STORE_JSON).exists():
+    if os.path.lexists(folder / STORE_JSON):
         try:
             meta = read_header(folder / STORE_JSON)
             live = meta.get("generation") if meta["version"] >= 2 else None
         except FeatureStoreError:
             return  # a damaged store: touch nothing
-    for p in folder.iterdir() if folder.is_dir() else ():
-        name = p.name
-        if name.startswith("g-") and name != live and p.is_dir() and not p.is_symlink():
-            log.info("removing unfinished or superseded generation %s", p)
-            shutil.rmtree(p, ignore_errors=True)
-        elif name.startswith(".") and name.endswith(".tmp") and p.is_file():
+    for entry in os.scandir(folder):
+        name = entry.name
+        if _GENERATION.fullmatch(name) and name != live:
+            remove_generation(folder / name, require_marker=True)
+        elif _TMP.fullmatch(name) and entry.is_file(follow_symlinks=False):
             with contextlib.suppress(OSError):
-                p.unlink()
+                os.unlink(entry.path)
     if live:
         _link_compat(folder, folder / live)
+
+
+def remove_generation(gdir: Path, *, require_marker: bool) -> bool:
+    """Remove a generation folder we wrote; anything that is not one is left (returns False).
+
+    Ours: a real folder (not a symlink) holding only ``vectors.npy``, ``ids.csv``, our marker and
+    temp files of our writes -- with the marker when ``require_marker`` (a generation that
+    ``store.json`` named is known to be ours without it: stores written before the marker).
+    """
+    try:
+        if not stat.S_ISDIR(os.lstat(gdir).st_mode):
+            return False
+        names = os.listdir(gdir)
+    except OSError:
+        return False
+    if require_marker and names and MARKER not in names:
+        log.info("leaving %s: not a generation folder varsitysrch wrote (no %s)", gdir, MARKER)
+        return False
+    strangers = [n for n in names if n not in (VECTORS, IDS, MARKER) and not _GEN_TMP.fullmatch(n)]
+    if strangers:
+        log.warning("leaving %s: it holds files varsitysrch did not write (%s)", gdir, strangers[0])
+        return False
+    log.info("removing unfinished or superseded generation %s", gdir)
+    try:
+        for n in names:
+            os.unlink(gdir / n)  # a symlink is removed, never followed
+        os.rmdir(gdir)
+    except OSError as exc:
+        log.warning("could not remove %s (%s)", gdir, exc)
+        return False
+    return True
 
 
 def _link_compat(folder: Path, gdir: Path) -> None:
@@ -608,18 +923,27 @@ def _link_compat(folder: Path, gdir: Path) -> None:
                 tmp.unlink()
 
 
-def write_vectors_file(path: Path, n: int, dim: int, dtype: str, chunks: Iterable[np.ndarray]) -> None:
-    """A ``.npy`` of ``n`` rows from ``chunks``: space reserved first, plain writes (no mmap), fsync."""
+def write_vectors_file(
+    path: Path, n: int, dim: int, dtype: str, chunks: Iterable[np.ndarray]
+) -> tuple[int, str]:
+    """A ``.npy`` of ``n`` rows from ``chunks``: space reserved first, plain writes (no mmap), fsync.
+
+    Returns ``(bytes written, sha256 of the file)``.  ``path`` must not exist (``O_EXCL``)."""
     dt = np.dtype(dtype)
     header = {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": (n, dim)}
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
+    h = hashlib.sha256()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    with open(path, "wb", opener=lambda p, _f: os.open(p, flags, 0o666)) as f:
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, header)
+        f.write(head.getvalue())
+        h.update(head.getvalue())
         f.flush()
         total = f.tell() + n * dim * dt.itemsize
         try:
             os.posix_fallocate(f.fileno(), 0, total)
         except OSError as exc:
-            if exc.errno in _DISK_FULL:
+            if disk_full(exc):
                 raise
             # the filesystem cannot preallocate: plain writes still fail with ENOSPC, never SIGBUS
         rows = 0
@@ -627,12 +951,36 @@ def write_vectors_file(path: Path, n: int, dim: int, dtype: str, chunks: Iterabl
             block = np.ascontiguousarray(block, dtype=dt)
             if block.ndim != 2 or block.shape[1] != dim:
                 raise FeatureStoreError(f"vectors of shape {block.shape} in a store of dim {dim}")
-            f.write(block.tobytes())
+            data = block.tobytes()
+            f.write(data)
+            h.update(data)
             rows += len(block)
         if rows != n:
             raise FeatureStoreError(f"{rows} vectors written, {n} expected")
         f.flush()
         os.fsync(f.fileno())
+        return f.tell(), h.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"bytes", "sha256"}`` of a regular file (read without following a symlink)."""
+    with os.fdopen(open_regular(path, path.name), "rb") as f:
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def write_header(
+    folder: Path, header: dict[str, Any], generation: str, files: dict[str, Any] | None = None
+) -> None:
+    """Commit ``store.json`` naming ``generation``, with its files' records and its own digest.
+
+    ``files``: the generation's records (computed from its files when None or malformed)."""
+    if files is None or not _good_files(files):
+        gdir = folder / generation
+        files = {VECTORS: file_record(gdir / VECTORS), IDS: file_record(gdir / IDS)}
+    meta = {**header, "generation": generation, FILES: files}
+    meta.pop(HEADER_SUM, None)
+    meta[HEADER_SUM] = header_digest(meta)
+    write_json(folder / STORE_JSON, meta)
 
 
 #: test hook: called with a step name before each step of a commit ("vectors", "ids", "header", "cleanup")
@@ -656,26 +1004,40 @@ def commit(
     Returns the generation name.  On any failure the generation is removed and the
     previous store is untouched; an OSError becomes a one-line FeatureStoreError.
     """
+    check_entries(folder)
+    previous: str | None = None
+    with contextlib.suppress(FeatureStoreError):
+        if os.path.lexists(folder / STORE_JSON):
+            previous = read_header(folder / STORE_JSON).get("generation")
     gen = f"g-{new_token()}"
     gdir = folder / gen
     n, dim, dtype = int(header["count"]), int(header["dim"]), str(header["dtype"])
     try:
-        gdir.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        gdir.mkdir()
+        fd = os.open(gdir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, MARKER_TEXT)
+        finally:
+            os.close(fd)
         _step("vectors")
-        write_vectors_file(gdir / VECTORS, n, dim, dtype, chunks)
+        vbytes, vsha = write_vectors_file(gdir / VECTORS, n, dim, dtype, chunks)
         _step("ids")
         write_csv(gdir / IDS, list(ID_COLUMNS), ((rel, *st) for rel, st in zip(ids, stamps, strict=True)))
+        files = {VECTORS: {"bytes": vbytes, "sha256": vsha}, IDS: file_record(gdir / IDS)}
         _fsync_dir(gdir)
         _step("header")
-        write_json(folder / STORE_JSON, {**header, "generation": gen})  # the commit
+        write_header(folder, header, gen, files)  # the commit
         _fsync_dir(folder)
     except BaseException as exc:
-        shutil.rmtree(gdir, ignore_errors=True)
+        remove_generation(gdir, require_marker=False)
         if isinstance(exc, OSError) and not isinstance(exc, VarsitysrchError):
             raise os_error(exc, f"cannot write the feature store {str(folder)!r}") from exc
         raise
     try:
         _step("cleanup")
+        if previous and previous != gen and _GENERATION.fullmatch(previous):
+            remove_generation(folder / previous, require_marker=False)  # store.json named it: ours
         recover(folder)
     except Exception as exc:  # the commit stands; leftovers go at the next write
         log.warning("feature store %s committed; cleanup failed (%s)", folder, exc)

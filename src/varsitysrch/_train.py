@@ -19,8 +19,9 @@ import numpy as np
 from . import _index
 from ._attributes import resolve_attributes
 from ._errors import InvalidArgumentError
+from ._io import check_replaceable
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
-from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, save_model, stamp_arrays, write_assignments
+from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, record_store, save_model_and_csv, stamp_arrays
 from ._postprocess import QE_NEIGHBOURS, default_search_pca, fit_search_pca
 from ._progress import say
 from ._searchindex import TARGET_RECALL, build_search_index
@@ -88,6 +89,8 @@ def train_clusters(
     Returns the fitted :class:`KMeansModel`.
     """
     _check_args(target_recall, engine, search_pca, query_expansion)
+    check_replaceable(model_filename)  # a device, FIFO or folder is refused before any work
+    check_replaceable(csv_filename)
     store = FeatureStore.open(features_folder)
     attrs = resolve_attributes(attributes, store.ids, types=attribute_types)  # a bad CSV fails before K-means
     X = store.vectors  # a memory map: float16 or float32, never copied whole
@@ -117,6 +120,7 @@ def train_clusters(
         random_state=random_state,
     )
     config = _config(store, model, Path(features_folder), Path(model_filename), target_recall)
+    record_store(config, store)  # the generation and checksum a store-based index is checked against
     config["query_expansion"] = QE_NEIGHBOURS if query_expansion is None else int(query_expansion)
     if embed_index is None:
         embed_index = n * dim <= EMBED_MAX_FLOATS
@@ -137,8 +141,7 @@ def train_clusters(
         np.asarray(X, np.float16) if embed_index else None,
         arrays,
     )
-    save_model(model_filename, mf)
-    write_assignments(csv_filename, store.ids, model.labels_, model.distances_)
+    save_model_and_csv(model_filename, csv_filename, mf)  # the model records the CSV's SHA-256
     log.info(
         "trained k=%d on %d images (%s, %.1fs); default nprobe %s",
         model.num_clusters,

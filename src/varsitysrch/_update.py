@@ -58,13 +58,13 @@ import numpy as np
 from ._attributes import apply_to_model as apply_attributes
 from ._attributes import model_attributes
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
-from ._extract import ExtractionResult, extract_features
+from ._extract import ExtractionResult, check_folders, extract_features
 from ._extractors import Extractor, query_extractor
 from ._index import assign_lists
-from ._io import atomic_path
-from ._modelfile import ModelFile, load_model, model_stamps, save_model, stamp_arrays, write_assignments
+from ._io import check_replaceable
+from ._modelfile import ModelFile, load_model, model_stamps, record_store, save_model_and_csv, stamp_arrays
 from ._searchindex import build_search_index
-from ._store import STORE_JSON, FeatureStore, Stamp, same_file
+from ._store import STORE_JSON, FeatureStore, Stamp, same_file, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,9 @@ def update_catalogue(
     assigns new vectors to their nearest centroid, keeps every unchanged image's cluster
     and distance, rebuilds the search index with the trained ranking space
     (:func:`~varsitysrch._searchindex.build_search_index`), and rewrites
-    ``model_filename`` and ``csv_filename`` atomically.  The returned
+    ``model_filename`` and ``csv_filename`` atomically (the model records the CSV's SHA-256).
+    The store's lock is held from the first read to the last write, so a second update (or
+    extract) of the same store is refused until this one is done.  The returned
     :class:`UpdateReport` holds the counts and the drift report; its
     ``retrain_recommended`` follows the rule in this module's docstring.
 
@@ -247,6 +249,52 @@ def update_catalogue(
     if engine not in ("local", "dask"):
         raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
     model_path, features = Path(model_filename), Path(features_folder)
+    check_folders(Path(img_folder), features)
+    check_replaceable(model_path)
+    check_replaceable(csv_filename)
+    # one lock from the first read to the last write (store, model and CSV): two updates never interleave
+    with store_lock(features):
+        return _update_locked(
+            img_folder,
+            features,
+            model_path,
+            Path(csv_filename),
+            t0=t0,
+            show_progress=show_progress,
+            far_quantile=far_quantile,
+            engine=engine,
+            scheduler=scheduler,
+            recalibrate=recalibrate,
+            extractor=extractor,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            threads=threads,
+            allow_empty=allow_empty,
+            attributes=attributes,
+            attribute_types=attribute_types,
+        )
+
+
+def _update_locked(
+    img_folder: str | os.PathLike[str],
+    features: Path,
+    model_path: Path,
+    csv_filename: Path,
+    *,
+    t0: float,
+    show_progress: bool,
+    far_quantile: float,
+    engine: str,
+    scheduler: Any,
+    recalibrate: bool,
+    extractor: str | Extractor | None,
+    batch_size: int,
+    num_workers: int | None,
+    threads: int | None,
+    allow_empty: bool,
+    attributes: Any,
+    attribute_types: dict[str, str] | None,
+) -> UpdateReport:
     mf = load_model(model_path)
     ex = _extractor(mf, extractor, model_path)
     before, dtype = _store_state(features)
@@ -284,9 +332,7 @@ def update_catalogue(
     old_attributes = model_attributes(mf.config, mf.arrays, mf.ids)
     new_mf = _updated_model(mf, store, plan, labels, dists, drift, recalibrate, model_path)
     apply_attributes(new_mf, old_attributes, attributes, attribute_types)
-    with atomic_path(model_path) as tmp_model, atomic_path(csv_filename) as tmp_csv:
-        save_model(tmp_model, new_mf)
-        write_assignments(tmp_csv, store.ids, labels, dists)
+    save_model_and_csv(model_path, csv_filename, new_mf)
     seconds = time.perf_counter() - t0
     report = drift.report(plan, res, seconds, int(new_mf.config["nprobe"]), nprobe_before)
     log.info("%s", report.summary())
@@ -524,6 +570,7 @@ def _updated_model(
         relative_path=os.path.relpath(store.folder.resolve(), model_path.resolve().parent),
         count=n,
     )
+    record_store(config, store)
     config["churn_since_training"] = drift.churned
     entry = {
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
