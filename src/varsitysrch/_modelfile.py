@@ -220,6 +220,8 @@ def save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
         arrays["vectors"] = mf.vectors
     for name, extra in mf.arrays.items():
         arrays[f"extra/{name}"] = extra
+    # the members, so that a damaged directory entry (an optional member renamed) is noticed
+    config["members"] = sorted(["ids.json", *(f"{name}.npy" for name in arrays)])
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("model.json", json.dumps(config, indent=2, sort_keys=True))
         zf.writestr("ids.json", json.dumps(list(mf.ids), ensure_ascii=True))
@@ -548,6 +550,7 @@ def _read(p: Path, zf: zipfile.ZipFile) -> ModelFile:
     vectors = r.array("vectors", (n, dim), "f")
     _finite(p, "vectors", vectors, unit=True)
     arrays = _read_extras(r, cfg)
+    _check_members(r, cfg)
     return ModelFile(
         cfg,
         centroids.astype(np.float32),
@@ -559,6 +562,20 @@ def _read(p: Path, zf: zipfile.ZipFile) -> ModelFile:
         vectors,
         arrays,
     )
+
+
+def _check_members(r: _Reader, cfg: dict[str, Any]) -> None:
+    """The archive holds exactly the members model.json lists (recorded since issue 19; checked
+    last, so that the checks of each member say what is wrong when they can)."""
+    p = r.p
+    members = cfg.get("members")
+    if members is not None:  # recorded since issue 19: the archive must hold exactly these
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise _bad(p, "model.json 'members' must be a list of member names")
+        held = r.names - {"model.json"}
+        if set(members) != held or len(r.zf.infolist()) != len(members) + 1:
+            odd = sorted(held.symmetric_difference(members))[:3] or ["a duplicate member"]
+            raise _bad(p, f"the archive's members are not the ones model.json lists ({', '.join(odd)})")
 
 
 def _read_extras(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
