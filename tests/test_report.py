@@ -43,6 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _build(t: dict[str, Path], out: Path, **kw: object):  # type: ignore[no-untyped-def]
+    kw.setdefault("image_root", t["root"])  # the recorded folder is never read unless named
     return make_report(t["features"], t["model"], t["csv"], out, show_progress=False, **kw)  # type: ignore[arg-type]
 
 

@@ -1016,15 +1016,25 @@ def test_admin_reload_and_a_broken_model_file(
 ) -> None:
     model = tmp_path / "model.vsm"
     shutil.copyfile(synth_model[0], model)
-    app = create_app(model, cache_dir=tmp_path / "t", reload_interval=0)  # no watcher: explicit reloads
+    token = "t0ken-of-the-operator"
+    app = create_app(model, cache_dir=tmp_path / "t", reload_interval=0, admin_token=token)  # no watcher
+    auth = {"Authorization": f"Bearer {token}"}
     with TestClient(app) as c:
-        assert c.post("/admin/reload").json() == {"reloaded": False, "generation": 1, "error": None}
+        assert c.post("/admin/reload", headers=auth).json() == {
+            "reloaded": False,
+            "generation": 1,
+            "error": None,
+        }
         model.write_bytes(b"this is not a model file")
-        r = c.post("/admin/reload").json()
+        r = c.post("/admin/reload", headers=auth).json()
         assert r["reloaded"] is False and r["generation"] == 1 and r["error"]
         assert c.get("/search", params={"image_id": "red_circles/img_01.jpg"}).status_code == 200  # old one
         replace_atomically(second_model[0], model)
-        assert c.post("/admin/reload").json() == {"reloaded": True, "generation": 2, "error": None}
+        assert c.post("/admin/reload", headers=auth).json() == {
+            "reloaded": True,
+            "generation": 2,
+            "error": None,
+        }
         assert c.get("/healthz").json()["clusters"] == 3
         samples = parse_metrics(c.get("/metrics").text)
     assert metric(samples, "varsitysrch_model_reloads_total", result="error") == 1
@@ -1081,6 +1091,7 @@ def test_cli_serve_passes_the_service_options(tmp_path: Path, monkeypatch: pytes
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(service, "run_server", lambda *a, **kw: seen.update(args=a, **kw))
+    (tmp_path / "m.vsm").write_bytes(b"")  # the CLI checks that the files it names exist
     args = ["serve", "-m", str(tmp_path / "m.vsm"), "--images", str(tmp_path), "--allow-root", "/srv"]
     args += ["--allow-root", "/data", "--max-batch", "4", "--batch-window-ms", "8", "--queue-limit", "16"]
     r = CliRunner().invoke(app, [*args, "--reload-interval", "0"])

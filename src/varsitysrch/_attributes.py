@@ -122,18 +122,17 @@ class Column:
     # ----------------------------------------------------------------- conditions
     def _coerce(self, value: Any, op: str) -> Any:
         """A where value as this column's type (error naming the value and the rule)."""
+        shown = _show(value)
         if self.kind == "number":
             if isinstance(value, bool):
-                raise InvalidArgumentError(
-                    f"where {self.name} {op} {value!r}: column {self.name!r} is numeric"
-                )
+                raise InvalidArgumentError(f"where {self.name} {op} {shown}: column {self.name!r} is numeric")
             if isinstance(value, int | float | np.integer | np.floating):
-                x = float(value)
+                x = _as_float(value)
             else:
-                x = _parse_number(str(value)) if isinstance(value, str) else None  # type: ignore[assignment]
+                x = _parse_number(str(value)) if isinstance(value, str) else None
             if x is None or not math.isfinite(x):
                 raise InvalidArgumentError(
-                    f"where {self.name} {op} {value!r}: {value!r} is not a finite number "
+                    f"where {self.name} {op} {shown}: {shown} is not a finite number "
                     f"(column {self.name!r} is numeric)"
                 )
             return x
@@ -147,15 +146,20 @@ class Column:
             )
             if b is None:
                 raise InvalidArgumentError(
-                    f"where {self.name} {op} {value!r}: column {self.name!r} is true/false; got {value!r}"
+                    f"where {self.name} {op} {shown}: column {self.name!r} is true/false; got {shown}"
                 )
             return b
         if isinstance(value, bool | int | float) and not isinstance(value, bool):
-            value = _format_number(float(value))
+            x = _as_float(value)
+            if x is None:
+                raise InvalidArgumentError(
+                    f"where {self.name} {op} {shown}: {shown} is not a finite number (and column "
+                    f"{self.name!r} holds text)"
+                )
+            value = _format_number(x)
         if not isinstance(value, str):
             raise InvalidArgumentError(
-                f"where {self.name} {op} {value!r}: column {self.name!r} holds text; "
-                f"got {type(value).__name__}"
+                f"where {self.name} {op} {shown}: column {self.name!r} holds text; got {type(value).__name__}"
             )
         return value
 
@@ -179,7 +183,7 @@ class Column:
             return hit if op == "in" else self.present & ~hit
         if op in _RANGE and self.kind != "number":
             raise InvalidArgumentError(
-                f"where {self.name} {op} {value!r}: ranges need a numeric column; {self.name!r} holds "
+                f"where {self.name} {op} {_show(value)}: ranges need a numeric column; {self.name!r} holds "
                 f"{'true/false' if self.kind == 'bool' else 'text'} (use =, != or in)"
             )
         v = self._coerce(value, op)
@@ -227,6 +231,49 @@ class Column:
 
 def _format_number(x: float) -> str:
     return str(int(x)) if x.is_integer() and abs(x) < 2**53 else repr(x)
+
+
+def _as_float(v: Any) -> float | None:
+    """``float(v)``, or ``None`` for a number no float holds (an integer of 400 digits)."""
+    try:
+        x = float(v)
+    except (OverflowError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _show(v: Any) -> str:
+    """A value for an error message: short (reprlib), whatever its size or nesting."""
+    import reprlib
+
+    try:
+        return reprlib.repr(v)
+    except (ValueError, RecursionError):  # an int past Python's digit limit, or deeper than repr goes
+        return f"<{type(v).__name__}>"
+
+
+#: Most containers nested in a where value: ``{column: {op: [values]}}`` is 3
+MAX_WHERE_DEPTH = 3
+
+
+def _check_depth(where: Any) -> None:
+    """Refuse a where value nested deeper than :data:`MAX_WHERE_DEPTH` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(where, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str | bytes):
+            continue
+        if isinstance(v, Mapping):
+            children: Iterable[Any] = [*v.keys(), *v.values()]
+        elif isinstance(v, list | tuple | set | frozenset):
+            children = v
+        else:
+            continue
+        if depth > MAX_WHERE_DEPTH:
+            raise InvalidArgumentError(
+                f"where is nested too deeply: at most {MAX_WHERE_DEPTH} levels ({{column: {{op: [values]}}}})"
+            )
+        stack.extend((c, depth + 1) for c in children)
 
 
 def _build_column(name: str, cells: Sequence[str | None], kind: str | None) -> Column:
@@ -646,7 +693,10 @@ def _cell(v: Any, name: str) -> str | None:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float | np.integer | np.floating):
-        return _format_number(float(v)) if math.isfinite(float(v)) else None
+        x = _as_float(v)
+        if x is None and not (isinstance(v, float | np.floating) and not math.isfinite(v)):
+            raise InvalidArgumentError(f"attribute {name!r}: {_show(v)} is too large for a number")
+        return _format_number(x) if x is not None else None
     if isinstance(v, str):
         if len(v) > MAX_CELL:
             raise InvalidArgumentError(f"attribute {name!r}: a value is longer than {MAX_CELL} characters")
@@ -718,6 +768,7 @@ def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> li
     """Any accepted where form as a list of ``(column, op, value)`` conditions (all must hold)."""
     if where is None:
         return []
+    _check_depth(where)
     if isinstance(where, str) or (
         isinstance(where, Sequence)
         and not isinstance(where, Mapping)

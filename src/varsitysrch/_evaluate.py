@@ -372,8 +372,13 @@ def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str,
         raise InvalidArgumentError(f"labels CSV {str(p)!r} does not exist")
     labels: dict[str, str] = {}
     groups: dict[str, str] = {}
-    with open(p, encoding="utf-8-sig", newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"labels CSV {str(p)!r} is not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:  # a NUL byte, an unterminated quote at the end, ...
+        raise InvalidArgumentError(f"labels CSV {str(p)!r} is not a readable CSV ({exc})") from None
     if not rows:
         raise InvalidArgumentError(f"labels CSV {str(p)!r} is empty")
     head = [c.strip().lower() for c in rows[0]]
@@ -486,9 +491,13 @@ def _choose_queries(
         pick = sorted(rng.choice(len(eligible), size=n, replace=False))
         return _Queries([eligible[j] for j in pick], f"held-out {f:g}", True)
     if isinstance(query_split, str | os.PathLike) and Path(query_split).is_file():
-        wanted = [
-            ln.strip() for ln in Path(query_split).read_text(encoding="utf-8").splitlines() if ln.strip()
-        ]
+        try:
+            text = Path(query_split).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidArgumentError(
+                f"query_split file {str(query_split)!r} is not UTF-8 text ({exc.reason})"
+            ) from None
+        wanted = [ln.strip() for ln in text.splitlines() if ln.strip()]
     elif isinstance(query_split, Sequence) and not isinstance(query_split, str):
         wanted = [str(x) for x in query_split]
     else:
@@ -643,6 +652,11 @@ def evaluate(
         raise InvalidArgumentError(f"n_queries must be >= 1 or None; got {n_queries}")
     if not k_values:
         raise InvalidArgumentError("k_values must name at least one k")
+    for p in nprobes:
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise InvalidArgumentError(
+                f"nprobes must be integers >= 1 (or None: the calibrated value); got {p!r}"
+            )
     if (queries_dir is not None or queries_csv is not None) and query_split is not None:
         raise InvalidArgumentError(
             "give either query_split or a query set (queries_dir / queries_csv), not both"
@@ -1089,7 +1103,12 @@ def _run_config(
         # the seed method depends only on the extractor and k: once per extractor configuration
         if seed:
             methods.append(("seed", None, False))
-        methods += [("ranked", p, False) for p in nprobes if p is None or 1 <= p <= searcher.k]
+        methods += [("ranked", p, False) for p in nprobes if p is None or p <= searcher.k]
+        for p in nprobes:
+            if p is not None and p > searcher.k:
+                log.warning(
+                    "nprobe %d > k = %d: no ranked row for it (the exact rows cover it)", p, searcher.k
+                )
         for method, p, exact in methods:
             lists, times, scanned = _run_queries(
                 searcher,

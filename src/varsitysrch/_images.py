@@ -5,12 +5,16 @@
   extension, in sorted order, their stat stamps, and every file or folder it left out
   with the reason: FIFOs, sockets and devices (never opened, so never a hang), dangling
   symlinks, files that vanish, unreadable or symlinked folders, formats this Pillow
-  cannot decode (AVIF without libavif, HEIC/HEIF without pillow-heif).  Hidden files and
-  folders (``.name``) are ignored on purpose.  :func:`list_images` returns just the ids.
+  cannot decode (AVIF without libavif, HEIC/HEIF without pillow-heif), folders nested deeper
+  than ``MAX_DEPTH`` (walked with an explicit stack: no depth can raise ``RecursionError``).
+  Hidden files and folders (``.name``) are ignored on purpose.  :func:`list_images` returns just the ids.
 * :func:`load_image` decodes a path, bytes or PIL image into a ``uint8 [size, size, 3]``
   RGB array: EXIF orientation applied, alpha composited on white, CMYK / 16-bit /
   palette / grey converted, first frame of animations, JPEG draft decoding, and
-  decompression bombs and images thinner than 1:``MAX_ASPECT`` refused.  A path is opened
+  decompression bombs and images thinner than 1:``MAX_ASPECT`` refused.  One decode gate:
+  only the Pillow plugins of :data:`DECODE_FORMATS` (the HTTP uploads' list, plus AVIF/HEIF where
+  their codec is installed) ever read the bytes, whatever the file's name, so PostScript/EPS,
+  PDF or any format with an external helper is refused, never decoded.  A path is opened
   non-blocking and checked to be a regular file (``fstat``) before a byte is read; the
   resize never allocates more than the output (centre crop crops in source coordinates).
   Every failure raises :class:`~varsitysrch.ImageError` with a short reason, which the
@@ -24,12 +28,12 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._errors import ImageError
 
@@ -47,6 +51,18 @@ MAX_PIXELS = 89_478_485
 MAX_ASPECT = 200
 #: Files bigger than this are refused before they are read
 MAX_FILE_BYTES = 1 << 30
+#: Folders nested deeper than this below the image folder are left out (reported in ``skipped``)
+MAX_DEPTH = 256
+#: The one decode gate: the Pillow formats an image is ever opened as, wherever it comes from
+#: (catalogue files, library and CLI queries as paths or bytes, HTTP uploads).  Only these plugins
+#: even look at the bytes, so a PostScript file named ``.jpg`` never reaches Ghostscript.  MPO (the
+#: multi-picture JPEG of phone cameras) opens through the JPEG plugin.
+DECODE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+#: What error messages call :data:`DECODE_FORMATS`
+DECODE_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+#: Formats opened only where their optional codec is installed, and never for HTTP uploads:
+#: codec check -> Pillow format name (the catalogue's ``.avif`` / ``.heic`` files)
+OPTIONAL_DECODE_FORMATS = {"avif": "AVIF", "heif": "HEIF"}
 #: How :func:`load_image` fits an image into its square (the extractors' ``resize``)
 RESIZE_MODES = ("letterbox", "squash", "center-crop")
 
@@ -68,6 +84,34 @@ def _codec(name: str) -> bool:
         except Exception:
             return False
     return False
+
+
+class UnacceptedFormat(ImageError):
+    """An image whose Pillow plugin reports a format outside the decode gate (``.format``: its name)."""
+
+    def __init__(self, fmt: str | None) -> None:
+        super().__init__(f"{fmt} images are not accepted (only {DECODE_FORMATS_TEXT})")
+        self.format = fmt
+
+
+def decode_formats() -> frozenset[str]:
+    """Pillow formats files and library queries are opened as: :data:`DECODE_FORMATS` plus the
+    optional codecs installed here."""
+    return DECODE_FORMATS | {f for codec, f in OPTIONAL_DECODE_FORMATS.items() if _codec(codec)}
+
+
+def open_allowed(data: bytes, formats: frozenset[str]) -> Image.Image:
+    """Open ``data`` lazily with only the Pillow plugins of ``formats`` (the decode gate).
+
+    Raises :class:`PIL.UnidentifiedImageError` when no allowed plugin recognises the bytes,
+    and :class:`UnacceptedFormat` when a plugin reports a format outside ``formats``.
+    """
+    im = Image.open(io.BytesIO(data), formats=sorted(formats - {"MPO"}))
+    if im.format not in formats:  # a plugin that reports another name: refuse it too
+        fmt = im.format
+        im.close()
+        raise UnacceptedFormat(fmt)
+    return im
 
 
 def image_extensions() -> frozenset[str]:
@@ -102,6 +146,37 @@ def _rel(root: str, path: str) -> str:
     return "." if r == "." else Path(r).as_posix()
 
 
+def _walk(
+    top: str, onerror: Callable[[OSError], None] | None = None
+) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top, onerror=onerror)`` (top-down; prune by editing ``dirnames``; symlinked folders
+    listed, not entered) with an explicit stack: ``os.walk`` recurses on Python < 3.12, and a tree
+    1,000 folders deep raised ``RecursionError``."""
+    stack = [top]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError as exc:
+            if onerror is not None:
+                onerror(exc)
+            continue
+        dirnames: list[str] = []
+        filenames: list[str] = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks, as os.walk does
+            except OSError:
+                is_dir = False
+            (dirnames if is_dir else filenames).append(entry.name)
+        yield dirpath, dirnames, filenames
+        for d in reversed(dirnames):
+            path = os.path.join(dirpath, d)
+            if not os.path.islink(path):
+                stack.append(path)
+
+
 def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
     """Every image under ``folder`` (see the module docstring); ``exclude``: relative folders to leave out."""
     root = os.fspath(folder)
@@ -113,8 +188,9 @@ def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
         where = _rel(root, exc.filename) if exc.filename else "."
         out.skipped.append((where + "/", f"unreadable folder ({exc.strerror or exc}): left out"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+    for dirpath, dirnames, filenames in _walk(root, onerror=onerror):
         rel_dir = _rel(root, dirpath)
+        depth = 0 if rel_dir == "." else rel_dir.count("/") + 1
         keep = []
         for d in sorted(dirnames):
             rel = d if rel_dir == "." else f"{rel_dir}/{d}"
@@ -122,6 +198,9 @@ def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
                 continue
             if os.path.islink(os.path.join(dirpath, d)):
                 out.skipped.append((rel + "/", "symlinked folder: not followed"))
+                continue
+            if depth >= MAX_DEPTH:
+                out.skipped.append((rel + "/", f"folder nested deeper than {MAX_DEPTH} levels: left out"))
                 continue
             keep.append(d)
         dirnames[:] = keep
@@ -236,11 +315,13 @@ def open_image(source: ImageSource) -> Image.Image:
             if isinstance(source, bytes | bytearray | memoryview):
                 if len(source) == 0:
                     raise ImageError("empty file")
-                im = Image.open(io.BytesIO(bytes(source)))
+                im = open_allowed(bytes(source), decode_formats())
             else:
-                im = Image.open(io.BytesIO(read_image_file(source)))
+                im = open_allowed(read_image_file(source), decode_formats())
         except ImageError:
             raise
+        except UnidentifiedImageError as exc:  # PostScript, SVG, PDF, ...: never handed to a decoder
+            raise ImageError(f"not an image in an accepted format ({DECODE_FORMATS_TEXT})") from exc
         except FileNotFoundError as exc:
             raise ImageError(f"no such file: {exc.filename}") from exc
         except Image.DecompressionBombError as exc:

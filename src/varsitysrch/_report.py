@@ -26,21 +26,34 @@ are made only for what is shown (``central + outliers`` per cluster, the shown d
 groups, the map).  Build time and size at 4k and 100k images are printed by
 ``benchmarks/bench_report.py`` (figures in ``docs/insight.md``).
 
-The folder is written as a whole: it is built beside ``out`` and swapped in at the end, so an
-interrupted build leaves the previous report untouched.  ``out`` must be new, empty, or an
-earlier report.  Image files are read only through :func:`varsitysrch._paths.resolve_image`
-under the image root (the one recorded by extraction, or ``image_root``), so no id in a model
-file can make the report read a file outside the catalogue; every id is HTML-escaped.
+The folder is written as a whole: it is built in a hidden folder beside ``out`` and swapped in
+at the end with one atomic rename-exchange (Linux ``renameat2``), so a build killed at any
+moment leaves the previous report (or, after the swap, the new one) in place; elsewhere the old
+report is renamed aside first and put back by the next build if a kill lands between the two
+renames.  Leftovers of killed builds (``.<out>.*.tmp``, ``.<out>.old-*``) are removed by the
+next build (a running build holds a lock on its folder, so a concurrent one is left alone).
+``out`` must be new, empty, or an earlier report.
+
+Nothing recorded in a file is trusted: thumbnails are made only from the image folder the
+operator names (``image_root`` / ``--images``; the folder recorded in ``store.json`` is never
+read), image files are read only through :func:`varsitysrch._paths.resolve_image` under it, and
+the one decode gate of :mod:`varsitysrch._images`; every value taken from the model file, the
+feature store or a file name (ids, ``training.*``, ``extractor.*``, ...) is HTML-escaped, and the
+map's data is JSON with ``<``, ``>`` and ``&`` escaped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import html
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -57,7 +70,7 @@ from ._duplicates import (
     build_groups,
     similar_pairs,
 )
-from ._errors import IncompatibleModelError, InvalidArgumentError, missing
+from ._errors import IncompatibleModelError, InvalidArgumentError, VarsitysrchError, missing
 from ._io import write_csv, write_json
 from ._progress import progress, say
 
@@ -69,6 +82,7 @@ ASSETS = Path(__file__).parent / "report_assets"
 #: names of a choose-k plot looked for beside the model file and in the features folder
 CHOOSE_K_NAMES = ("choose-k.png", "choose_k.png", "optimal_clusters.png", "k.png", "choose-k.svg")
 THUMB_VERSION = "v1"
+_FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -364,7 +378,8 @@ def make_report(
         features_folder: the feature store the model was trained on.
         model, csv: the model file and its assignments CSV (``csv=None``: not checked).
         out: the report folder (new, empty, or an earlier report, which is replaced).
-        image_root: folder of the catalogue images (default: recorded by extraction).
+        image_root: folder of the catalogue images, for the thumbnails (``None``: no thumbnails;
+            the folder recorded at extraction is never read unless it is named here).
         thumb_size: thumbnail side in pixels.
         central, outliers: members shown per cluster (most central; most distant, ranked).
         near_clusters: nearest other clusters listed per cluster.
@@ -395,7 +410,13 @@ def make_report(
             f"variant_threshold must be <= duplicate_threshold ({duplicate_threshold}); "
             f"got {variant_threshold}"
         )
+    if choose_k_plot is not None and Path(choose_k_plot).suffix.lower() not in _FIGURE_SUFFIXES:
+        raise InvalidArgumentError(
+            f"choose_k_plot must be a .png, .svg or .jpg file; got {str(choose_k_plot)!r}"
+        )
     out = Path(out)
+    if image_root is not None and not Path(image_root).is_dir():
+        raise InvalidArgumentError(f"image_root must be a folder; got {str(image_root)!r}")
     if out.exists() and not out.is_dir():
         raise InvalidArgumentError(f"out {str(out)!r} exists and is not a folder")
     previous: Path | None = None
@@ -435,8 +456,10 @@ def make_report(
     labels = np.asarray(mf.labels, np.int64)
     dists = np.asarray(mf.distances, np.float64)
     km = mf.to_model()
-    root = Path(image_root) if image_root is not None else store.meta.get("image_root")
-    root = Path(root) if root else None
+    # only the folder the operator names: the one recorded in store.json is information only
+    root = Path(image_root) if image_root is not None else None
+    if root is None:
+        log.info("no image folder named: the report has no thumbnails (pass image_root / --images)")
     rng = np.random.default_rng(random_state)
     t = lap("load", t)
 
@@ -497,7 +520,11 @@ def make_report(
 
     # -------------------------------------------------------------- build the folder
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
+    if previous is None and out.is_dir() and (out / "report.json").is_file():
+        previous = out  # put back by _remove_leftovers
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    lock = _lock_dir(tmp)  # a concurrent build's _remove_leftovers leaves this folder alone
     try:
         thumbs = _Thumbs(root, tmp, previous, thumb_size)
         for rows in (*central_rows, *outlier_rows):
@@ -520,7 +547,7 @@ def make_report(
             if choose_k_plot is not None
             else _find_choose_k(Path(model), Path(features_folder))
         )
-        if ck is not None and ck.is_file():
+        if ck is not None and ck.is_file() and ck.suffix.lower() in _FIGURE_SUFFIXES:
             dst = tmp / "figures" / f"choose-k{ck.suffix.lower()}"
             shutil.copyfile(ck, dst)
             figs["choose_k"] = f"figures/{dst.name}"
@@ -607,6 +634,8 @@ def make_report(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _unlock(lock)
     say(
         log,
         f"report of {n} images, k={k}: {len(dup_groups)} duplicate groups, {thumbs.made} thumbnails made "
@@ -616,20 +645,113 @@ def make_report(
     return summary
 
 
+#: Names of the hidden folders a build of ``out`` makes beside it: ``.<out>.XXXXXXXX.tmp`` (the folder
+#: being built; after a swap, the previous report being removed) and ``.<out>.old-<pid>-<ns>`` (the
+#: previous report, renamed aside where no rename-exchange exists)
+_LEFTOVER = r"\.{name}\.(?:[a-z0-9_]{{8}}\.tmp|old-\d+-\d+)"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # kernel or file system
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def _swap(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` (both in one folder): the old report is removed only after."""
+    """Put the finished folder ``tmp`` in place of ``out`` (both in one folder); at no moment is
+    there no report at ``out`` (where the kernel can exchange two names atomically)."""
     os.chmod(tmp, 0o777 & ~_umask())
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    if not out.exists() and not out.is_symlink():
         os.replace(tmp, out)
+        return
+    if _exchange(tmp, out):
+        # ``tmp`` now names the previous report: remove it (a kill here leaves a leftover that the
+        # next build removes, and the new report in place)
+        if tmp.is_symlink():
+            tmp.unlink()
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # no exchange: rename the previous report aside first (the next build puts it back if a
+    # kill lands before the new one is in place)
+    old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive, non-blocking ``flock`` on the folder ``path``: its fd, or ``None`` if another
+    process holds it (or it cannot be opened); always a fd where ``flock`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks, leftovers are still matched by their exact names
+        return -1
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove what killed builds of ``out`` left beside it (only names of the exact patterns above, only
+    real folders, never one a running build holds); a previous report renamed aside by a build
+    killed before it put the new one in place is put back first."""
+    pattern = re.compile(_LEFTOVER.format(name=re.escape(out.name)))
+    try:
+        entries = sorted(os.scandir(out.parent), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        fd = _lock_dir(path)
+        if fd is None:  # a running build's folder
+            continue
+        try:
+            if ".old-" in entry.name and not out.exists() and (path / "report.json").is_file():
+                os.replace(path, out)
+                log.warning("report %s: put back the previous report, left aside by a killed build", out)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("report %s: removed %s, left by a killed build", out, entry.name)
+        except OSError as exc:
+            log.warning("report %s: cannot remove %s (%s)", out, entry.name, exc)
+        finally:
+            _unlock(fd)
 
 
 def _umask() -> int:
@@ -739,11 +861,16 @@ def _confidence_text(cfg: dict[str, Any]) -> str:
 
     if "confidence" not in cfg:
         return "not calibrated (a model from before confidence existed: retrain to get it)"
-    cal = ScoreCalibrator.from_dict(cfg["confidence"])
+    try:  # numbers only (a model file's values, formatted as numbers or not shown)
+        cal = ScoreCalibrator.from_dict(cfg["confidence"])
+        score, cutoff = float(cal.cutoff_score_), float(cal.cutoff)
+        very = float(cal.score_at(cal.very_similar))
+    except (VarsitysrchError, TypeError, ValueError, KeyError, AttributeError):
+        return "unreadable in this model file"
     return (
-        f"a hit is a close match from cosine {cal.cutoff_score_:.3f} (confidence {cal.cutoff:g}: closer than "
-        f"the {100 * cal.cutoff:g} % least-close catalogue images are to their nearest neighbour); "
-        f"&ldquo;very similar&rdquo; from {cal.score_at(cal.very_similar):.3f}"
+        f"a hit is a close match from cosine {score:.3f} (confidence {cutoff:g}: closer than "
+        f"the {100 * cutoff:g} % least-close catalogue images are to their nearest neighbour); "
+        f"&ldquo;very similar&rdquo; from {very:.3f}"
     )
 
 
@@ -752,21 +879,32 @@ def _index_page(tmp: Path, ctx: dict[str, Any], thumbs: _Thumbs, seconds: float)
     cfg = mf.config
     ex = cfg.get("extractor") or store.extractor or {}
     tr = cfg.get("training") or {}
+    if not isinstance(ex, dict):
+        ex = {}
+    if not isinstance(tr, dict):
+        tr = {}
+    # every value below comes from a file (model.json, store.json): escaped, whatever its type
     ex_text = ", ".join(
-        f"{key} {ex[key]}"
+        f"{key} {_esc(ex[key])}"
         for key in ("name", "dim", "pooling", "resize", "input_size", "quantized")
         if key in ex
     )
+    trained = (
+        f"{_esc(tr.get('trained_at', 'unknown'))} ({_esc(tr.get('backend', '?'))}, "
+        f"{_esc(tr.get('seconds', '?'))} s)"
+    )
+    root = ctx["root"]
     rows = [
         ("Catalogue images", f"{ctx['n']:,}"),
         ("Clusters (k)", f"{ctx['k']:,}"),
-        ("Feature dimension", str(ctx["dim"])),
+        ("Feature dimension", _esc(ctx["dim"])),
         ("Extractor", ex_text or "unknown"),
+        ("Model trained", trained),
+        ("Search space", f"PCA {_esc(cfg['search_pca'])}" if cfg.get("search_pca") else "raw cosine"),
         (
-            "Model trained",
-            f"{tr.get('trained_at', 'unknown')} ({tr.get('backend', '?')}, {tr.get('seconds', '?')} s)",
+            "Image folder",
+            _esc(root) if root is not None else "none named: no thumbnails (name one with --images)",
         ),
-        ("Search space", f"PCA {cfg['search_pca']}" if cfg.get("search_pca") else "raw cosine"),
         ("Mean silhouette", f"{_num(ctx['sil_mean'])} (sample of {ctx['sil_n']:,} images)"),
         ("Search confidence", _confidence_text(cfg)),
         ("Duplicate groups", f"{len(ctx['dup']):,} (cosine &ge; {ctx['dup_t']:.2f})"),

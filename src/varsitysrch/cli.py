@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -102,12 +103,50 @@ def _main(
     _state.quiet = quiet
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines whose message (file names in it) cannot write control characters to the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _printable(super().formatMessage(record))
+
+
+class _HoldWarnings(logging.Filter):
+    """``--quiet``: the library's warnings are held back and counted by kind (logger and message
+    template, e.g. one per skipped file); at the end each kind is shown once, with how many more of
+    it there were.  Errors pass at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[tuple[str, str], list[Any]] = {}  # kind -> [first record, count]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        kind = self.kinds.setdefault((record.name, str(record.msg)), [record, 0])
+        kind[1] += 1
+        return False
+
+    def flush_to(self, handler: logging.Handler) -> None:
+        for first, count in self.kinds.values():
+            handler.emit(first)  # past the filter
+            if count > 1:
+                more = f"{count - 1:,} more warnings like the one above not shown (--quiet; -v shows them)"
+                typer.echo(f"warning: {more}", err=True)
+        self.kinds.clear()
+
+
 @contextlib.contextmanager
-def _logging(verbose: int) -> Iterator[None]:
-    """The library's log on stderr (warnings always; -v info; -vv debug), restored afterwards."""
+def _logging(verbose: int, quiet: bool = False) -> Iterator[None]:
+    """The library's log on stderr (warnings always; -v info; -vv debug), restored afterwards.
+
+    With ``--quiet`` (and no ``-v``) each kind of warning is shown once, with a count of the rest.
+    """
     logger = logging.getLogger("varsitysrch")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    hold = _HoldWarnings() if quiet and verbose <= 0 else None
+    if hold is not None:
+        handler.addFilter(hold)
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     old_level = logger.level
     logger.addHandler(handler)
@@ -117,6 +156,8 @@ def _logging(verbose: int) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        if hold is not None:
+            hold.flush_to(handler)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -135,7 +176,7 @@ def _command(name: str | None = None) -> Callable[[F], F]:
             saved = (_state.verbose, _state.quiet)
             _state.verbose, _state.quiet = verbose, quiet
             try:
-                with _logging(verbose):
+                with _logging(verbose, quiet):
                     return fn(**kw)
             except KeyboardInterrupt:
                 typer.echo("interrupted", err=True)
@@ -158,21 +199,36 @@ def _command(name: str | None = None) -> Callable[[F], F]:
 def _say(message: str) -> None:
     """A step line (stdout), silenced by --quiet."""
     if not _state.quiet:
-        typer.echo(_printable(message))
+        typer.echo(_printable(message, keep_newlines=True))
 
 
 def _warn(message: str) -> None:
     """A warning (stderr), shown even with --quiet."""
-    typer.echo(f"warning: {_printable(message)}", err=True)
+    typer.echo(f"warning: {_printable(message, keep_newlines=True)}", err=True)
 
 
-def _printable(text: str) -> str:
-    # ids that are not valid UTF-8 are kept as lone surrogates: show their bytes as \\xNN
+#: Control characters (C0, DEL, C1) as escapes: a file name never moves the cursor, rings the
+#: bell, sets a window title or starts a new line on the user's terminal
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_control(m: re.Match[str]) -> str:
+    ch = m.group()
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x80 else f"\\u{ord(ch):04x}"
+
+
+def _printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` safe for a terminal: bytes that are not UTF-8 (lone surrogates) as ``\\xNN``, control
+    characters as ``\\x1b`` (C0, DEL) or ``\\u009b`` (C1); ``keep_newlines``: a message's own lines."""
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON \\ud800 escape)
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        shown = raw.decode("utf-8", "backslashreplace")
+    if keep_newlines:
+        return "\n".join(_CONTROL.sub(_escape_control, line) for line in shown.split("\n"))
+    return _CONTROL.sub(_escape_control, shown)
 
 
 def _wrap(text: str, width: int = 100) -> str:
@@ -230,10 +286,12 @@ def render_hits(hits: Sequence[Any], title: str, console: Any = None) -> None:
     """The results as a rich table whose id and path columns wrap instead of being cut."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     rows = [_hit_dict(h) for h in hits]
     with_path = any(r.get("path") for r in rows)
-    t = Table(title=_printable(title), title_justify="left")
+    # Text, not str: rich reads "[...]" in a str as markup (an id "[/]" would raise, "[blink]" style)
+    t = Table(title=Text(_printable(title)), title_justify="left")
     t.add_column("rank", justify="right", no_wrap=True)
     t.add_column("score", justify="right", no_wrap=True)
     t.add_column("cluster", justify="right", no_wrap=True)
@@ -249,7 +307,7 @@ def render_hits(hits: Sequence[Any], title: str, console: Any = None) -> None:
             cells.append(_printable(str(r.get("path") or "")))
         if with_match:
             cells.append(str(r.get("match") or ""))
-        t.add_row(*cells)
+        t.add_row(*(Text(c) for c in cells))
     (console or Console()).print(t)
 
 
@@ -615,7 +673,9 @@ def report(
     images: Annotated[
         Path | None,
         typer.Option(
-            "--images", help="The catalogue's image folder (default: the one recorded at extraction)."
+            "--images",
+            help="The catalogue's image folder, for thumbnails (the folder recorded at extraction is "
+            "never read unless named here).",
         ),
     ] = None,
     thumb_size: Annotated[int, typer.Option(help="Thumbnail side in pixels.")] = 160,
@@ -643,6 +703,8 @@ def report(
         f"{out / 'index.html'} in {s.seconds:.1f} s ({s.bytes / 2**20:.1f} MiB, {s.thumbnails_made} "
         f"thumbnails made, {s.thumbnails_reused} reused)"
     )
+    if images is None:
+        _warn("no --images: the report has no thumbnails (the folder recorded at extraction is not read)")
 
 
 @_command("choose-k")
@@ -721,10 +783,37 @@ def serve(
         Path | None,
         typer.Option("--report", help="A `varsitysrch report` folder, served at /report/ (Catalogue view)."),
     ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="VARSITYSRCH_ADMIN_TOKEN",
+            show_envvar=True,
+            help="Enable POST /admin/reload for requests with 'Authorization: Bearer <this>' (16+ "
+            "characters; prefer the environment variable: a command line is visible to other users).",
+        ),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Serve search over HTTP (JSON API, web page at /, OpenAPI at /docs)."""
+    from ._errors import InvalidArgumentError
+
+    if not 1 <= port <= 65535:  # before the model loads: one line, never an OverflowError from bind
+        raise InvalidArgumentError(f"port must be an integer in [1, 65535]; got {port}")
+    named = {
+        "--model": model,
+        "--csv": csv,
+        "--images": image_root,
+        "--features": features,
+        "--report": report,
+    }
+    for name, path in named.items():
+        want_file = name in ("--model", "--csv")
+        if path is not None and not (path.is_file() if want_file else path.is_dir()):
+            raise InvalidArgumentError(
+                f"{name} must be an existing {'file' if want_file else 'folder'}; got {str(path)!r}"
+            )
     from .service import run_server
 
     # uvicorn prints where it listens once the model is loaded
@@ -744,6 +833,7 @@ def serve(
         extractor=extractor,
         features_folder=features,
         report_dir=report,
+        admin_token=admin_token,
     )
 
 
@@ -867,7 +957,7 @@ def eval_(
         queries_dir=queries_dir,
         queries_csv=queries_csv,
     )
-    typer.echo(rep.to_markdown())
+    typer.echo(_printable(rep.to_markdown(), keep_newlines=True))  # labels are folder names
     _say(f"written to {out}/")
 
 

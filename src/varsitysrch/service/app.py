@@ -16,7 +16,8 @@ Endpoints (OpenAPI at ``/docs``, self-hosted, and ``/openapi.json``)::
     GET  /clusters/{id}          a cluster's members, paged (``offset``, ``limit``)
     GET  /healthz                liveness and catalogue facts
     GET  /metrics                Prometheus text format
-    POST /admin/reload           load the model again now if its files changed (else a no-op)
+    POST /admin/reload           load the model again now if its files changed (else a no-op); off
+                                 unless the operator sets an admin token (``Authorization: Bearer``)
 
 Every search route takes ``where`` (repeatable: ``where=category=shoes&where=price<50``, or one
 JSON object ``where={"price": {"lt": 50}}``) and ``collapse`` (near-duplicates shown once); each
@@ -24,8 +25,12 @@ hit carries the image's ``attributes`` and, when collapsed, its ``duplicates`` (
 
 Errors are JSON ``{"detail": ...}``: 404 unknown image / cluster, 413 upload too large,
 415 not an image in an accepted format, 422 invalid parameters or an image that cannot be
-used (decompression bombs included), 503 (with ``Retry-After``) when the decode or embed
-queue is full.
+used (decompression bombs included; ``where`` filters with numbers no float holds or nested
+deeper than ``{column: {op: [values]}}``), 503 (with ``Retry-After``) when the decode or embed
+queue is full.  Nothing the service accepted makes it answer 500: ids and attribute values of
+any bytes (a file name that is not UTF-8 is a str with lone surrogates) are percent-encoded from
+their bytes in URLs (``/images/%FF.jpg`` finds that file again) and JSON-escaped (``\udcff``)
+in bodies.
 
 Concurrency: uploads are decoded on a bounded pool of their own and embedded together by a
 micro-batcher (``batching``); both refuse work beyond their limit at once, and neither uses
@@ -36,6 +41,8 @@ under any upload load.  The model is reloaded without a restart when its files c
 
 import asyncio
 import hashlib
+import hmac
+import json
 import logging
 import mimetypes
 import os
@@ -45,7 +52,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import numpy as np
 
@@ -107,7 +114,12 @@ _APP_KEYS = (
     "batch_window_ms",
     "reload_interval",
     "report_dir",
+    "admin_token",
 )
+#: Environment variable the CLI reads the admin token from (``serve --admin-token``)
+ADMIN_TOKEN_ENV = "VARSITYSRCH_ADMIN_TOKEN"
+#: Shortest admin token accepted
+MIN_ADMIN_TOKEN = 16
 #: files a catalogue report (varsitysrch report) holds, served under /report/
 _REPORT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -206,6 +218,7 @@ class Service:
     static: dict[str, bytes]
     swagger: Path | None
     report: Path | None = None  #: the catalogue report folder served at /report/ (None: none)
+    admin_token: str | None = None  #: the token of POST /admin/reload (None: the admin API is off)
 
     @property
     def gen(self) -> Generation:
@@ -213,8 +226,16 @@ class Service:
 
 
 # ---------------------------------------------------------------------------- building blocks
+def _id_bytes(image_id: str) -> bytes:
+    """An id's bytes: a file name that was not UTF-8 comes back as it was on disk."""
+    try:
+        return image_id.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (a JSON "\ud800" in ids.json)
+        return image_id.encode("utf-8", "surrogatepass")
+
+
 def _links(request: Any, image_id: str) -> dict[str, str]:
-    q = quote(image_id, safe="/")
+    q = quote(_id_bytes(image_id), safe="/")
     b = str(request.scope.get("root_path", "")).rstrip("/")
     return {"url": f"{b}/images/{q}", "thumbnail_url": f"{b}/thumbnails/{q}"}
 
@@ -248,12 +269,12 @@ def _where(values: list[str] | None) -> Any:
     if not values:
         return None
     if len(values) == 1 and values[0].lstrip().startswith("{"):
-        import json
-
         try:
             return json.loads(values[0])
-        except ValueError as exc:
+        except ValueError as exc:  # huge integers too (Python's digit limit)
             raise _http(422, f"where is not a valid JSON object: {exc}") from None
+        except RecursionError:
+            raise _http(422, "where is nested too deeply (at most {column: {op: [values]}})") from None
     return values
 
 
@@ -365,30 +386,64 @@ def _pick(form_value: Any, query_value: Any, default: Any) -> Any:
     return default if query_value is None else query_value
 
 
+def _dumps(content: Any) -> bytes:
+    """JSON as UTF-8; a str that is not valid Unicode (an id with lone surrogates) is written with
+    ASCII escapes (``\udcff``), so the body is always valid and a Python client gets the same str."""
+    try:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, indent=None, separators=(",", ":")
+        ).encode("ascii")
+
+
+def _json_response_class() -> Any:
+    from fastapi.responses import JSONResponse
+
+    class SafeJSONResponse(JSONResponse):
+        def render(self, content: Any) -> bytes:
+            return _dumps(content)
+
+    return SafeJSONResponse
+
+
 # ---------------------------------------------------------------------------- routes
 def _add_error_handlers(app: Any) -> None:
     from fastapi import Request
-    from fastapi.responses import JSONResponse
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    JSONResponse = _json_response_class()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Any:
+        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.exception_handler(InvalidArgumentError)
-    async def _invalid(request: Request, exc: InvalidArgumentError) -> JSONResponse:
+    async def _invalid(request: Request, exc: InvalidArgumentError) -> Any:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(ImageError)
-    async def _bad_image(request: Request, exc: ImageError) -> JSONResponse:
+    async def _bad_image(request: Request, exc: ImageError) -> Any:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+    async def _overloaded(request: Request, exc: Overloaded) -> Any:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(VarsitysrchError)
-    async def _library_error(request: Request, exc: VarsitysrchError) -> JSONResponse:
+    async def _library_error(request: Request, exc: VarsitysrchError) -> Any:
         log.exception("request failed: %s", exc)
         return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Any:
         log.exception("unexpected error")
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
@@ -464,7 +519,39 @@ def _add_report_routes(app: Any, svc: Service) -> None:
         return FileResponse(path, media_type=_REPORT_TYPES[path.suffix.lower()], headers=headers)
 
 
+def _check_admin(svc: Service, request: Any) -> None:
+    """The admin token, from this site only (see ``POST /admin/reload``)."""
+    token = svc.admin_token
+    if token is None:
+        raise _http(
+            403, f"the admin API is off: start the service with --admin-token (or ${ADMIN_TOKEN_ENV})"
+        )
+    headers = request.headers
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site == "cross-site" or (origin is not None and not _same_origin(origin, headers.get("host"))):
+        raise _http(403, "the admin API refuses requests from other sites")
+    scheme, _, given = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise _http(
+            401,
+            "the admin API needs the header 'Authorization: Bearer <token>'",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(host) and netloc.lower() == str(host).lower()
+
+
 def _add_service_routes(app: Any, svc: Service) -> None:
+    from fastapi import Request
     from fastapi.responses import Response
 
     @app.get("/healthz", tags=["service"])
@@ -494,8 +581,14 @@ def _add_service_routes(app: Any, svc: Service) -> None:
         return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/admin/reload", tags=["service"])
-    def reload() -> dict[str, Any]:
-        """Load the model again now if its model file or CSV changed (a no-op otherwise)."""
+    def reload(request: Request) -> dict[str, Any]:
+        """Load the model again now if its model file or CSV changed (a no-op otherwise).
+
+        Off (403) unless the service was started with an admin token; then it needs the header
+        ``Authorization: Bearer <token>`` (401 without it), and a request from another site
+        (``Origin`` not this host, or ``Sec-Fetch-Site: cross-site``) is refused (403).
+        """
+        _check_admin(svc, request)
         changed = svc.holder.reload_if_changed()
         return {"reloaded": changed, "generation": svc.gen.number, "error": svc.holder.last_error}
 
@@ -773,14 +866,32 @@ def _add_batch_route(app: Any, svc: Service) -> None:
         }
 
 
+def _raw_id(request: Any, prefix: str) -> str | None:
+    """The id in the request's raw path after ``prefix``, from its percent-encoded bytes (a file name
+    that is not UTF-8: the decoded path holds U+FFFD where its bytes were)."""
+    raw = request.scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return None
+    raw = raw.split(b"?", 1)[0]
+    root = str(request.scope.get("root_path", "")).rstrip("/").encode("latin-1", "replace")
+    if root and raw.startswith(root):
+        raw = raw[len(root) :]
+    if not raw.startswith(prefix.encode()):
+        return None
+    return unquote_to_bytes(raw[len(prefix) :]).decode("utf-8", "surrogateescape")
+
+
 def _add_image_routes(app: Any, svc: Service) -> None:
+    from fastapi import Request
     from fastapi.responses import FileResponse, Response
 
     from .._io import atomic_path
 
     size = svc.settings.thumb_size
 
-    def source(image_id: str) -> Path:
+    def source(request: Any, image_id: str, prefix: str) -> Path:
+        if image_id not in svc.gen.id_set:
+            image_id = _raw_id(request, prefix) or image_id  # an id whose bytes are not UTF-8
         if image_id not in svc.gen.id_set:
             raise _http(404, f"image_id {image_id!r} is not in the catalogue")
         root = svc.settings.root
@@ -794,20 +905,22 @@ def _add_image_routes(app: Any, svc: Service) -> None:
         return p
 
     @app.get("/images/{image_id:path}", tags=["images"], response_class=FileResponse)
-    def get_image(image_id: str) -> FileResponse:
+    def get_image(request: Request, image_id: str) -> FileResponse:
         """A catalogue image, as stored."""
-        p = source(image_id)
+        p = source(request, image_id, "/images/")
         media = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         if not media.startswith("image/"):
             media = "application/octet-stream"
         return FileResponse(p, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 
     @app.get("/thumbnails/{image_id:path}", tags=["images"], response_class=Response)
-    def get_thumbnail(image_id: str) -> Response:
+    def get_thumbnail(request: Request, image_id: str) -> Response:
         """A square JPEG thumbnail (side ``thumb_size``, letterboxed), cached on disk by id and mtime."""
-        src = source(image_id)
+        src = source(request, image_id, "/thumbnails/")
         st = src.stat()
-        key = hashlib.sha256(f"v2\0{src}\0{st.st_mtime_ns}\0{st.st_size}\0{size}".encode()).hexdigest()
+        key = hashlib.sha256(
+            b"v2\0" + os.fsencode(src) + f"\0{st.st_mtime_ns}\0{st.st_size}\0{size}".encode()
+        ).hexdigest()
         cached = svc.settings.thumbs_dir / key[:2] / f"{key}.jpg"
         headers = {"Cache-Control": "public, max-age=3600", "ETag": f'"{key[:32]}"'}
         if cached.is_file():
@@ -971,6 +1084,7 @@ def create_app(
     extractor: Any = None,
     features_folder: str | os.PathLike[str] | None = None,
     report_dir: str | os.PathLike[str] | None = None,
+    admin_token: str | None = None,
 ) -> Any:
     """A FastAPI app serving search over one model; the model and extractor load now.
 
@@ -996,8 +1110,21 @@ def create_app(
             recorded one, only inside the model file's folder).
         report_dir: a catalogue report folder written by :func:`~varsitysrch.make_report`, served at
             ``/report/`` and linked from the page as "Catalogue" (``None``: no report).
+        admin_token: the secret ``POST /admin/reload`` needs (``Authorization: Bearer <token>``, at
+            least 16 printable characters); ``None``: the admin API is off (403).  Automatic reloads
+            (``reload_interval``) do not need it.
     """
     _import_fastapi()
+    if admin_token is not None and (
+        not isinstance(admin_token, str)
+        or len(admin_token) < MIN_ADMIN_TOKEN
+        or not all(33 <= ord(ch) <= 126 for ch in admin_token)
+    ):
+        got = f"{len(admin_token)} characters" if isinstance(admin_token, str) else type(admin_token).__name__
+        raise InvalidArgumentError(
+            f"admin_token must be at least {MIN_ADMIN_TOKEN} printable ASCII characters without spaces; "
+            f"got {got}"
+        )
     from fastapi import FastAPI
 
     s = _settings(
@@ -1013,6 +1140,7 @@ def create_app(
     holder = _holder(s, metrics, upcoming)
     s.root = _serve_root(s, holder.current, tuple(allow_roots))
     svc = Service(s, holder, decode, upcoming, metrics, _static_files(), _swagger_assets())
+    svc.admin_token = admin_token
     if report_dir is not None:
         if not (Path(report_dir) / "report.json").is_file():
             raise InvalidArgumentError(
@@ -1036,6 +1164,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        default_response_class=_json_response_class(),
     )
     app.state.service = svc
     app.state.metrics = metrics
@@ -1069,6 +1198,13 @@ def _add_gauges(svc: Service) -> None:
     m.queue_from("embed", lambda: svc.gen.batcher.depth if svc.gen.batcher is not None else 0)
 
 
+def check_port(port: Any) -> int:
+    """A TCP port to listen on: an integer in [1, 65535]."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be an integer in [1, 65535]; got {port!r}")
+    return int(port)
+
+
 def run_server(
     model_filename: str | os.PathLike[str],
     csv_file: str | os.PathLike[str] | None = None,
@@ -1083,6 +1219,7 @@ def run_server(
     (``log_level``, ``access_log``, ``limit_concurrency``, ...).  One process: the model is
     loaded once and shared by the request threads (``workers`` cannot apply to an app object).
     """
+    check_port(port)
     _import_fastapi()
     try:
         import uvicorn

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from .._errors import ImageError
+from .._images import DECODE_FORMATS, DECODE_FORMATS_TEXT, UnacceptedFormat, open_allowed
 
-#: Pillow format names accepted for uploads (MPO: the multi-picture JPEG of phone cameras).
-UPLOAD_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+#: Pillow format names accepted for uploads: the package's one decode gate
+#: (:data:`varsitysrch._images.DECODE_FORMATS`, which catalogue files and library queries use too).
+UPLOAD_FORMATS = DECODE_FORMATS
 #: How the 415 message names them: the same list.
-UPLOAD_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-_PIL_FORMATS = tuple(sorted(UPLOAD_FORMATS - {"MPO"}))  # MPO files open through the JPEG plugin
+UPLOAD_FORMATS_TEXT = DECODE_FORMATS_TEXT
 
 
 class UnsupportedFormat(Exception):
@@ -116,17 +117,15 @@ def open_upload(data: bytes) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+        return open_allowed(data, UPLOAD_FORMATS)
     except UnidentifiedImageError as exc:
         raise UnsupportedFormat() from exc
+    except UnacceptedFormat as exc:  # a plugin that reports a format outside the list
+        raise UnsupportedFormat(str(exc.format)) from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb refused ({exc})") from exc
     except Exception as exc:  # PIL raises many kinds on garbage input
         raise ImageError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
-    if im.format not in UPLOAD_FORMATS:  # a plugin that reports another name: refuse it too
-        im.close()
-        raise UnsupportedFormat(str(im.format))
-    return im
 
 
 def make_thumbnail(src: Path, size: int) -> bytes:
