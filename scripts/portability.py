@@ -31,13 +31,17 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def cpu_flags() -> str:
+    """The instruction sets the CPU reports through CPUID (numpy's detection: under qemu-user, the
+    emulated CPU's, where /proc/cpuinfo would show the host's)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    keep = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return " ".join(f for f in keep if f in flags) or "none of " + ", ".join(keep)
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as feats
+    keep = ("SSE42", "AVX", "AVX2", "FMA3", "AVX512F", "AVX512_SKX", "AVX512_CLX", "AVX512_SPR")
+    have = [f for f in keep if feats.get(f)]
+    return (
+        " ".join(have) + " (AVX512_CLX: VNNI; AVX512_SPR: AMX era)" if have else "none of " + ", ".join(keep)
+    )
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
