@@ -494,7 +494,7 @@ def _extract_locked(
         and new_stamps == [old.stamps()[r] for r in final_ids]
     ):
         # nothing changed: keep the generation (no rewrite of the vectors), refresh the header only
-        write_header(out, header, old.meta["generation"], old.meta.get("files"))
+        write_header(out, header, old.meta["generation"], old.files)
     else:
         chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
         commit(out, final_ids, new_stamps, chunks, header)

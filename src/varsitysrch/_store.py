@@ -159,6 +159,9 @@ class FeatureStore:
     meta: dict[str, Any] = field(default_factory=dict)
     inodes: list[int] = field(default_factory=list)
     ctimes: list[int] = field(default_factory=list)
+    #: size and sha256 of the generation's files as ``store.json`` records them (verified at open;
+    #: None: a store written before checksums).  Not in ``meta``, which describes the catalogue.
+    files: dict[str, Any] | None = None
 
     @property
     def dim(self) -> int:
@@ -177,7 +180,7 @@ class FeatureStore:
     def checksum(self) -> str | None:
         """``sha256:<hex>`` of the generation's recorded file digests (None: a store written
         before checksums); a model records it to recognise the store it was trained on."""
-        return files_checksum(self.meta.get(FILES))
+        return files_checksum(self.files)
 
     def stamps(self) -> dict[str, Stamp]:
         """``id -> (size, mtime_ns, inode, ctime_ns)`` recorded at extraction (empty for legacy stores)."""
@@ -250,12 +253,14 @@ class FeatureStore:
                 f"{paths.header}: the header does not match its recorded checksum ({HEADER_SUM}): "
                 "it was changed after it was written; extract the catalogue again"
             )
-        files = meta.get(FILES)
+        files = meta.pop(FILES, None)
+        meta.pop(HEADER_SUM, None)
         if files is not None:
             _verify_file(paths.ids, files, IDS, len(raw_ids), _sha256(raw_ids))
             vbytes = _vectors_bytes(meta)
             _verify_file(paths.vectors, files, VECTORS, vbytes, digest)
-        return cls(folder, ids, vectors, dict(meta["extractor"]), cols[0], cols[1], meta, cols[2], cols[3])
+        ex = dict(meta["extractor"])
+        return cls(folder, ids, vectors, ex, cols[0], cols[1], meta, cols[2], cols[3], files)
 
     @classmethod
     def _open_legacy(cls, folder: Path) -> FeatureStore:

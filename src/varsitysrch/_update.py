@@ -316,7 +316,7 @@ def _update_locked(
             scheduler=scheduler,
             allow_empty=allow_empty,
         )
-        store = FeatureStore.open(features)
+        store = FeatureStore.open(features, validate=False)  # just verified and written, under our lock
         if len(store) == 0:  # allow_empty emptied the store; a model holds at least one image
             raise FeatureStoreError(
                 f"no images left under {str(img_folder)!r}: the feature store {str(features)!r} was "
