@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -551,3 +552,44 @@ def test_printable_escapes_c0_c1_and_del_but_keeps_text() -> None:
     assert _printable(NON_UTF8) == "caf\\xe9.png"
     assert _printable("one\ntwo\x07", keep_newlines=True) == "one\ntwo\\x07"
     assert _tsv_cell("a\tb\x1b") == "a\\tb\\x1b"
+
+
+def _random_where(rng: Any, depth: int = 0) -> Any:
+    """A random JSON value of the shapes a where filter takes, and of the shapes that break it."""
+    leaves = [
+        lambda: int(rng.integers(-5, 50)),
+        lambda: 10 ** int(rng.integers(300, 4000)) * int(rng.choice([-1, 1])),
+        lambda: float(rng.standard_normal() * 10.0 ** int(rng.integers(-5, 308))),
+        lambda: str(rng.choice(["b0", "b1", "caf\u00e9", "", "\x00", "\ud800", "x" * 20000])),
+        lambda: bool(rng.integers(0, 2)),
+        lambda: None,
+    ]
+    kind = int(rng.integers(0, 4 if depth < 6 else 1))
+    if kind == 0:
+        return leaves[int(rng.integers(0, len(leaves)))]()
+    if kind == 1:
+        return [_random_where(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+    keys = ["price", "brand", "lt", "gte", "in", "not_in", "eq", "ne", "nope", ""]
+    return {str(rng.choice(keys)): _random_where(rng, depth + 1) for _ in range(int(rng.integers(1, 3)))}
+
+
+def test_random_where_filters_are_answered_or_refused_never_500(client: Any) -> None:
+    """What to build 7 (service half): 300 seeded random where filters (nested, huge numbers, odd
+    strings, deep lists) each get 200 or a 422 with a reason, within a time bound."""
+    rng = np.random.default_rng(19)
+    statuses: dict[int, int] = {}
+    for trial in range(300):
+        where = {"price": _random_where(rng)} if trial % 3 == 0 else _random_where(rng)
+        if trial % 10 == 0:  # far deeper than the parser goes
+            where = {"brand": {"in": json.loads("[" * 100 + "]" * 100)}}
+        text = json.dumps(where) if trial % 5 else "{" + json.dumps(where)[1:]
+        if not text.startswith("{"):
+            text = json.dumps({"brand": where})
+        t0 = time.perf_counter()
+        r = client.get("/search", params={"image_id": "red_circles/img_01.jpg", "where": text})
+        assert time.perf_counter() - t0 < 5.0, text[:200]
+        assert r.status_code in (200, 422), (text[:200], r.status_code, r.text[:200])
+        if r.status_code == 422:
+            assert r.json()["detail"]
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+    assert statuses.get(422, 0) > 100 and statuses.get(200, 0) > 0, statuses
