@@ -478,6 +478,10 @@ def test_cli_escapes_control_characters_in_every_id_output(
     r = runner.invoke(cli_app, ["duplicates", str(shop["features"]), "--plain"])
     assert r.exit_code == 0, r.output
     outputs.append(r.stdout)
+    r = runner.invoke(cli_app, ["search", query, *base, "--json"])
+    assert r.exit_code == 0, r.output
+    assert ESC_COPY in {h["image"] for h in json.loads(r.stdout)}  # the same ids back
+    outputs.append(r.stdout)
     monkeypatch.setattr(cli, "_stdout_is_terminal", lambda: True)
     r = runner.invoke(cli_app, ["search", query, *base])
     assert r.exit_code == 0, r.output
@@ -488,7 +492,7 @@ def test_cli_escapes_control_characters_in_every_id_output(
     for text in outputs:
         for ch in ("\x1b", "\x07", "\x9b", "\x7f"):
             assert ch not in text, (ch, text[:300])
-    plain, dups, table, _ = outputs
+    plain, dups, _, table, _ = outputs
     assert "\\x1b]0;pwned\\x07\\x1b[31mred.png" in plain and "\\x1b]0;pwned" in dups
     assert "\\u009b2J\\x7fcopy" in dups
     assert MARKUP_NAME in plain and MARKUP_NAME in table.replace("\n", "")

@@ -210,6 +210,7 @@ def _warn(message: str) -> None:
 #: Control characters (C0, DEL, C1) as escapes: a file name never moves the cursor, rings the
 #: bell, sets a window title or starts a new line on the user's terminal
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_DEL_C1 = re.compile("[\x7f-\x9f]")
 
 
 def _escape_control(m: re.Match[str]) -> str:
@@ -260,7 +261,9 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def _echo_json(obj: Any) -> None:
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    # a lone surrogate (non-UTF-8 file name) becomes the JSON escape \udcXX: same str back
+    # a lone surrogate (non-UTF-8 file name) becomes the JSON escape \udcXX: same str back; DEL and
+    # C1 controls (json.dumps escapes only C0) become \u007f..\u009f (they occur only inside strings)
+    text = _DEL_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     typer.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
