@@ -16,6 +16,12 @@ The contract every command keeps:
   ``-v``/``-q`` work before the command (``varsitysrch -v search ...``) and after it.
 * tables never cut ids: when standard output is not a terminal, or with ``--plain``, the
   output is tab-separated with full ids; ``--json`` prints JSON.
+* nothing from a file name reaches the terminal raw: control characters (C0, DEL, C1) are
+  written as ``\\x1b`` / ``\\u009b`` escapes and bytes that are not UTF-8 as ``\\xNN`` in every
+  table, TSV, JSON, step, warning and error line (rich markup in an id is shown, not applied).
+* the library's warnings go to standard error; with ``--quiet`` each kind (e.g. "skipped
+  <file>: <reason>") is shown once at the end, with the count of the others.
+* ``serve`` checks its port (1-65535) and the files and folders it names before the model loads.
 """
 
 from __future__ import annotations
@@ -59,7 +65,12 @@ Verbose = Annotated[
     ),
 ]
 Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bars, no step lines (results and errors stay).")
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars, no step lines; each kind of warning once, with a count (results stay).",
+    ),
 ]
 Plain = Annotated[
     bool, typer.Option("--plain", help="Tab-separated output with full ids (the default when piped).")

@@ -6,8 +6,10 @@
   (no absolute ids, no ``..``, no NUL, no symlink out of it, regular files only).
 * Uploads: only the formats in :data:`UPLOAD_FORMATS` are opened at all: only their Pillow
   plugins read the header, and ``Image.format`` is checked again before any pixel is
-  decoded, so a QOI, PCX, TGA, SGI, DDS, ICNS, ICO, JPEG 2000, PPM, IM, SPIDER or AVIF upload
-  never reaches its decoder, whatever its name or Content-Type.
+  decoded, so a QOI, PCX, TGA, SGI, DDS, ICNS, ICO, JPEG 2000, PPM, IM, SPIDER, EPS or AVIF
+  upload never reaches its decoder, whatever its name or Content-Type.  The list is the
+  package's one decode gate (:data:`varsitysrch._images.DECODE_FORMATS`): catalogue files and
+  library and CLI queries go through the same one (plus AVIF/HEIF where the codec is installed).
 * Thumbnails are decoded by :func:`varsitysrch._images.load_image`, the one decoder of the
   package (bombs refused, EXIF orientation, draft decoding, bounded resize), letterboxed to a
   ``size`` x ``size`` JPEG.
