@@ -1,8 +1,18 @@
 """Result collapse on planted duplicates and on plain result lists, both dev domains.
 
-    nice -n 5 .venv/bin/python benchmarks/bench_collapse.py \\
-        --store clothing-small=/tmp/team/feats/clothing-small \\
-        --store grocery-train=/tmp/team/feats/grocery-train --work /tmp/collapse-work
+    nice -n 5 .venv/bin/python benchmarks/bench_collapse.py --data DIR   # or $VARSITYSRCH_DATA
+    nice -n 5 .venv/bin/python benchmarks/bench_collapse.py --data DIR \\
+        --store clothing-small=STORE --store grocery-train=STORE --work /tmp/collapse-work
+
+Data: ``clothing-small/`` and ``grocery-train/`` under ``--data`` / ``$VARSITYSRCH_DATA`` (photos
+and ``manifest.csv``).  Each domain's store is extracted with the default extractor into
+``--work`` on the first run (cached), or given as ``--store DOMAIN=STORE``; the planted copies
+and their stores go to ``--work``.
+
+**A numpy prototype, not what users get**: ranking (search-space PCA, exact search) and
+collapse are applied by hand (``varsitysrch._postprocess``, ``_neighbours``, ``_collapse``), per
+whole-image query.  What users get is ``Searcher`` with collapse on, after views are merged
+(issue 20); there is no public-pipeline replacement for these figures yet.
 
 For each domain (split as in ``bench_feedback.py``: catalogue part, held-out queries):
 
@@ -32,15 +42,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_duplicates import DATA, TRANSFORMS, plant
+import benchdata
+from bench_duplicates import TRANSFORMS, plant
 from bench_feedback import split_rows
 
-from varsitysrch import extract_features
-from varsitysrch._collapse import COLLAPSE_THRESHOLD, collapse_rows
-from varsitysrch._extractors import Extractor
-from varsitysrch._neighbours import exact_topk
-from varsitysrch._postprocess import fit_search_pca, to_search_space
-from varsitysrch._store import FeatureStore, normalize_rows
+PROG = "bench_collapse.py"
+DOMAINS = ("clothing-small", "grocery-train")
 
 TOP, POOL = 10, 60
 
@@ -49,6 +56,8 @@ def shown(rows: np.ndarray, raw: np.ndarray, threshold: float | None) -> tuple[n
     """``(the 10 rows shown, rows dropped before the 10th shown)``."""
     if threshold is None:
         return rows[:TOP], rows[:0]
+    from varsitysrch._collapse import collapse_rows
+
     kept, _ = collapse_rows(raw[rows], threshold)
     cut = kept[:TOP]
     last = int(cut[-1]) if len(cut) else 0
@@ -56,26 +65,34 @@ def shown(rows: np.ndarray, raw: np.ndarray, threshold: float | None) -> tuple[n
     return rows[cut], rows[dropped]
 
 
-def run(domain: str, store_path: Path, work: Path, originals: int, thresholds: list[float]) -> None:
+def run(
+    data: Path, domain: str, store_path: Path, work: Path, originals: int, thresholds: list[float]
+) -> None:
+    from varsitysrch import Extractor, FeatureStore, extract_features
+    from varsitysrch._neighbours import exact_topk
+    from varsitysrch._postprocess import fit_search_pca, to_search_space
+
+    normalize_rows = benchdata.normalize_rows
     store = FeatureStore.open(store_path)
-    labels, parts, _ = split_rows(list(store.ids), DATA / domain / "manifest.csv")
+    labels, parts, _ = split_rows(list(store.ids), data / domain / "manifest.csv")
     X = normalize_rows(np.asarray(store.vectors, np.float32))
     cat = parts["catalogue"]
     rng = np.random.default_rng(0)
     picks = np.sort(rng.choice(cat, originals, replace=False))
-    root = work / domain / "planted"
+    planted = work / "collapse" / f"{domain}-{originals}-originals"  # never another run's copies
+    root = planted / "images"
     origin: dict[str, int] = {}
     kind: dict[str, str] = {}
     for r in picks:
-        for t, rel in plant(DATA / domain / store.ids[int(r)], root, f"{int(r):05d}", rng).items():
+        for t, rel in plant(data / domain / store.ids[int(r)], root, f"{int(r):05d}", rng).items():
             origin[rel], kind[rel] = int(r), t
     extract_features(
         root,
-        work / domain / "features",
+        planted / "features",
         extractor=Extractor.from_identity(store.extractor),
         show_progress=False,
     )
-    ps = FeatureStore.open(work / domain / "features")
+    ps = FeatureStore.open(planted / "features")
     P = normalize_rows(np.asarray(ps.vectors, np.float32))
     # catalogue = catalogue part + copies; row ids: catalogue rows first
     raw = np.concatenate([X[cat], P])
@@ -137,16 +154,35 @@ def run(domain: str, store_path: Path, work: Path, originals: int, thresholds: l
             )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", action="append", required=True, help="DOMAIN=FEATURE_STORE (repeatable)")
-    ap.add_argument("--work", type=Path, required=True, help="folder for the planted copies and their store")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchdata.add_data_argument(ap, DOMAINS)
+    ap.add_argument(
+        "--store", action="append", default=[], help="DOMAIN=FEATURE_STORE (repeatable; default: extracted)"
+    )
+    benchdata.add_work_argument(ap, PROG, "the extracted stores, the planted copies and their stores")
     ap.add_argument("--originals", type=int, default=40)
-    ap.add_argument("--thresholds", type=float, nargs="+", default=[COLLAPSE_THRESHOLD, 0.93, 0.95])
-    args = ap.parse_args()
-    for spec in args.store:
-        name, _, path = spec.partition("=")
-        run(name, Path(path), args.work, args.originals, args.thresholds)
+    ap.add_argument(
+        "--thresholds", type=float, nargs="+", default=None, help="default: the library's, 0.93, 0.95"
+    )
+    args = ap.parse_args(argv)
+    specs = [s.partition("=") for s in args.store]
+    bad = [s for s, (name, eq, path) in zip(args.store, specs, strict=True) if not (name and eq and path)]
+    if bad:
+        benchdata.fail(PROG, f"--store must be DOMAIN=FEATURE_STORE; got {bad[0]!r}")
+    names = [name for name, _, _ in specs] or list(DOMAINS)
+    data = benchdata.data_root(PROG, args.data, names)
+    stores = {name: Path(path) for name, _, path in specs} or {
+        name: benchdata.feature_store(data, name, args.work, benchdata.log_stderr) for name in names
+    }
+    if args.thresholds is None:
+        from varsitysrch._collapse import COLLAPSE_THRESHOLD
+
+        args.thresholds = [COLLAPSE_THRESHOLD, 0.93, 0.95]
+    for name, store in stores.items():
+        run(data, name, store, args.work, args.originals, args.thresholds)
 
 
 if __name__ == "__main__":

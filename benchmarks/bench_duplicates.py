@@ -19,28 +19,34 @@ then a true pair).  A row ``ivf`` compares the IVF method with exact search at t
 
 Run::
 
-    nice -n 5 .venv/bin/python benchmarks/bench_duplicates.py \\
-        --features /tmp/team/feats --work /tmp/h7-dups
+    nice -n 5 .venv/bin/python benchmarks/bench_duplicates.py --data DIR   # or $VARSITYSRCH_DATA
 
-(the catalogue stores must exist, e.g. ``varsitysrch extract DATA/clothing-small FEATS/clothing-small``).
+Data: ``clothing-small/`` and ``grocery-train/`` under ``--data`` / ``$VARSITYSRCH_DATA`` (photos,
+``manifest.csv``, ``duplicates.csv``); the catalogue stores are extracted with the default
+extractor into ``--work`` on the first run (cached), or taken from ``--features DIR``
+(``DIR/<domain>``).  The planted copies and their stores go to ``--work``.
+
+**Measures the kernel, not the whole public call**: pairs come from
+``varsitysrch._duplicates.similar_pairs`` on the catalogue and planted vectors in memory; users
+call ``varsitysrch.find_duplicates`` on a store, which runs the same kernel (plus grouping) with
+the same thresholds.  There is no public-pipeline replacement yet.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from varsitysrch import extract_features
-from varsitysrch._duplicates import DEFAULT_THRESHOLD, VARIANT_THRESHOLD, similar_pairs
-from varsitysrch._extractors import Extractor
-from varsitysrch._store import FeatureStore
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
 
-DATA = Path("/work/shared/data")
+PROG = "bench_duplicates.py"
 DUP_TRANSFORMS = ("reencode", "resize", "crop", "mirror")
 TRANSFORMS = (*DUP_TRANSFORMS, "colour")
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96)
@@ -80,43 +86,49 @@ def plant(src: Path, dst_root: Path, stem: str, rng: np.random.Generator) -> dic
     return out
 
 
-def labels_of(domain: str) -> dict[str, str]:
-    with open(DATA / domain / "manifest.csv", newline="") as f:
+def labels_of(data: Path, domain: str) -> dict[str, str]:
+    with open(data / domain / "manifest.csv", newline="") as f:
         return {r["path"]: r["label"] for r in csv.DictReader(f)}
 
 
-def known_pairs(domain: str) -> set[tuple[str, str]]:
-    p = DATA / domain / "duplicates.csv"
+def known_pairs(data: Path, domain: str) -> set[tuple[str, str]]:
+    p = data / domain / "duplicates.csv"
     if not p.exists():
         return set()
     with open(p, newline="") as f:
         return {tuple(sorted((r["path_a"], r["path_b"]))) for r in csv.DictReader(f)}  # type: ignore[misc]
 
 
-def evaluate_domain(domain: str, feats: Path, work: Path, per_domain: int, seed: int) -> dict[str, object]:
-    store = FeatureStore.open(feats / domain)
-    labels = labels_of(domain)
+def evaluate_domain(
+    data: Path, domain: str, feats: Path, work: Path, per_domain: int, seed: int
+) -> dict[str, object]:
+    from varsitysrch import Extractor, FeatureStore, extract_features
+    from varsitysrch._duplicates import DEFAULT_THRESHOLD, VARIANT_THRESHOLD, similar_pairs
+
+    store = FeatureStore.open(feats)
+    labels = labels_of(data, domain)
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(store), per_domain, replace=False))
-    planted_root = work / domain / "planted"
+    planted = work / "duplicates" / f"{domain}-{per_domain}-originals-seed{seed}"  # never another run's
+    planted_root = planted / "images"
     origin: dict[str, int] = {}  # planted id -> catalogue row of its original
     kind: dict[str, str] = {}
     for r in picks:
         cid = store.ids[int(r)]
         stem = f"{int(r):05d}"
-        for t, rel in plant(DATA / domain / cid, planted_root, stem, rng).items():
+        for t, rel in plant(data / domain / cid, planted_root, stem, rng).items():
             origin[rel], kind[rel] = int(r), t
     t0 = time.perf_counter()
     res = extract_features(
         planted_root,
-        work / domain / "features",
+        planted / "features",
         extractor=Extractor.from_identity(store.extractor),
         show_progress=False,
     )
     t_extract = time.perf_counter() - t0
-    pstore = FeatureStore.open(work / domain / "features")
+    pstore = FeatureStore.open(planted / "features")
     n = len(store)
-    known = known_pairs(domain)
+    known = known_pairs(data, domain)
 
     def run(include: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         keep = [k for k, pid in enumerate(pstore.ids) if kind[pid] in include]
@@ -182,15 +194,26 @@ def evaluate_domain(domain: str, feats: Path, work: Path, per_domain: int, seed:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", type=Path, default=Path("/tmp/team/feats"))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/varsitysrch-bench-duplicates"))
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchdata.add_data_argument(ap, ["clothing-small", "grocery-train"])
+    ap.add_argument("--features", type=Path, default=None, help="folder of existing stores, one per domain")
+    benchdata.add_work_argument(ap, PROG, "the extracted stores and the planted copies")
     ap.add_argument("--per-domain", type=int, default=60, help="originals copied per domain")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--domains", nargs="+", default=["clothing-small", "grocery-train"])
-    a = ap.parse_args()
-    results = {d: evaluate_domain(d, a.features, a.work, a.per_domain, a.seed) for d in a.domains}
+    a = ap.parse_args(argv)
+    data = benchdata.data_root(PROG, a.data, a.domains)
+    if a.features is not None:
+        missing = [d for d in a.domains if not (a.features / d).is_dir()]
+        if missing:
+            benchdata.fail(PROG, f"--features {str(a.features)!r} has no store {missing[0]}/")
+        feats = {d: a.features / d for d in a.domains}
+    else:
+        feats = {d: benchdata.feature_store(data, d, a.work, benchdata.log_stderr) for d in a.domains}
+    results = {d: evaluate_domain(data, d, feats[d], a.work, a.per_domain, a.seed) for d in a.domains}
     cols = ["threshold", "precision", "strict", "false", "same_label", "recall"]
     for d, r in results.items():
         n_planted, _, t_ex = r["extract"]  # type: ignore[misc]
@@ -215,6 +238,8 @@ def main() -> None:
                 f"catalogue alone at {t}: exact {n_ex} pairs in {t_e:.2f}s; ivf recall vs exact "
                 f"{rec:.4f} (+{extra} not in exact) in {t_i:.2f}s"
             )
+    from varsitysrch._duplicates import DEFAULT_THRESHOLD, VARIANT_THRESHOLD
+
     print(f"\ndefaults: DEFAULT_THRESHOLD={DEFAULT_THRESHOLD} VARIANT_THRESHOLD={VARIANT_THRESHOLD}")
 
 

@@ -1,12 +1,18 @@
 """Extraction throughput: the varsitysrch pipeline vs naive decode-then-infer loops, one run.
 
-    python benchmarks/bench_extract.py [IMG_DIR] [--limit 600] [--upscale 4]
+    python benchmarks/bench_extract.py --data DIR [--limit 600] [--upscale 4]   # DIR/clothing-small
+    python benchmarks/bench_extract.py IMG_DIR [--limit 600]                     # any image folder
 
-IMG_DIR defaults to ../shared/data/clothing-small (falls back to examples/catalog).
+Data: ``IMG_DIR``, or ``clothing-small/`` under ``--data`` / ``$VARSITYSRCH_DATA`` (the README's
+figures); ``examples/catalog`` (shipped) works as ``IMG_DIR`` for a smoke run.
 All variants use the same ONNX Runtime graph (EfficientNet-Lite0) and the same images,
 so the ratios isolate the pipeline: JPEG draft decoding, batching, and decoding
 overlapped with inference in threads.  Naive loops: full-resolution decode + resize,
 no overlap, batch 1 (the original scripts' per-image predict) and batch 32.
+
+Internals: the naive baselines feed decoded arrays to the library's graph through
+``varsitysrch._extractors.Embedder`` (no public function embeds an array); the pipeline
+figure is the public ``extract_features``, what users get.
 """
 
 from __future__ import annotations
@@ -14,21 +20,22 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
 
-from varsitysrch import extract_features, get_extractor
-from varsitysrch._extractors import Embedder
-from varsitysrch._images import list_images
-
-REPO = Path(__file__).resolve().parents[1]
+PROG = "bench_extract.py"
 
 
-def naive(root: Path, ids: list[str], emb: Embedder, batch: int) -> float:
+def naive(root: Path, ids: list[str], emb: Any, batch: int) -> float:
+    import numpy as np
+    from PIL import Image
+
     t0 = time.perf_counter()
     buf: list[np.ndarray] = []
     for rel in ids:
@@ -42,12 +49,14 @@ def naive(root: Path, ids: list[str], emb: Embedder, batch: int) -> float:
     return len(ids) / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    default = REPO.parent / "shared" / "data" / "clothing-small"
-    ap.add_argument(
-        "img_dir", nargs="?", default=str(default if default.exists() else REPO / "examples" / "catalog")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "img_dir", nargs="?", default=None, metavar="IMG_DIR", help="default: DATA/clothing-small"
+    )
+    benchdata.add_data_argument(ap, ["clothing-small"])
     ap.add_argument("--limit", type=int, default=600)
     ap.add_argument(
         "--upscale",
@@ -55,9 +64,19 @@ def main() -> None:
         default=1.0,
         help="re-encode each photo this many times larger (JPEG q90), e.g. 4 for ~1600x2100 shop photos",
     )
-    args = ap.parse_args()
-    src = Path(args.img_dir)
-    ids = list_images(src)[:: max(1, len(list_images(src)) // args.limit)][: args.limit]
+    args = ap.parse_args(argv)
+    src = benchdata.image_folder(PROG, args.img_dir, args.data)
+    all_ids = benchdata.image_ids(src)
+    if not all_ids:
+        benchdata.fail(PROG, f"no images under {str(src)!r}")
+    ids = all_ids[:: max(1, len(all_ids) // args.limit)][: args.limit]
+
+    import numpy as np
+    from PIL import Image
+
+    from varsitysrch import extract_features, get_extractor
+    from varsitysrch._extractors import Embedder  # internal on purpose: the naive baselines
+
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
         root = work / "imgs"

@@ -1,11 +1,17 @@
 """One round of relevance feedback on the top 10: P@10 before and after, per domain.
 
-    python benchmarks/bench_feedback.py --store clothing-small=/tmp/feats/clothing-small \\
-        --store grocery-train=/tmp/feats/grocery-train [--data /work/shared/data]
+    python benchmarks/bench_feedback.py --data DIR   # or $VARSITYSRCH_DATA
+    python benchmarks/bench_feedback.py --data DIR --store clothing-small=STORE --store grocery-train=STORE
 
-Each ``--store`` is a feature store extracted with the default extractor from
-``<data>/<domain>/`` (``varsitysrch extract``); relevance is "same ``label`` in
-``<data>/<domain>/manifest.csv``".
+Data: ``clothing-small/`` and ``grocery-train/`` under ``--data`` / ``$VARSITYSRCH_DATA``;
+relevance is "same ``label``" in ``<data>/<domain>/manifest.csv``.  Each domain's feature store
+is extracted with the default extractor into ``--work`` on the first run (cached), or given as
+``--store DOMAIN=STORE`` (repeatable; then only those domains are measured).
+
+**A numpy prototype, not what users get**: ranking space, feedback and search are
+re-implemented here on the stores' vectors (``varsitysrch._postprocess``, ``_neighbours``);
+only ``--check-api N`` runs queries through the public ``Searcher.search_feedback``.  The
+public-pipeline replacement for the P@10 figures is ``--check-api``; the weight grid has none.
 
 Protocol (statistics fitted on the catalogue part only):
 
@@ -38,11 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
 
-from varsitysrch._neighbours import exact_topk
-from varsitysrch._postprocess import fit_search_pca, to_search_space
-from varsitysrch._store import FeatureStore, normalize_rows
+PROG = "bench_feedback.py"
+DOMAINS = ("clothing-small", "grocery-train")
 
 TOP = 10
 BETAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -83,9 +89,13 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 class Domain:
     def __init__(self, name: str, store: Path, data: Path) -> None:
+        from varsitysrch import FeatureStore
+        from varsitysrch._neighbours import exact_topk
+        from varsitysrch._postprocess import fit_search_pca, to_search_space
+
         st = FeatureStore.open(store)
         self.name = name
-        X = normalize_rows(np.asarray(st.vectors, np.float32))
+        X = benchdata.normalize_rows(np.asarray(st.vectors, np.float32))
         labels, parts, self.how = split_rows(list(st.ids), data / name / "manifest.csv")
         cat = parts["catalogue"]
         self.cat_ids = [st.ids[int(j)] for j in cat]
@@ -114,6 +124,8 @@ class Domain:
         gamma_alone: float | None = None,
         first: int | None = None,
     ) -> dict[str, float]:
+        from varsitysrch._postprocess import to_search_space
+
         Qr, Qs, top, rel, qlab = (a[:first] for a in self.queries[part])
         judged = top[:, :TOP]
         jrel = rel[:, :TOP].astype(np.float32)
@@ -163,7 +175,7 @@ def _check_api(self: Domain, n: int) -> tuple[float, float, float]:
     """P@10 of the 10 new items: this script's numpy vs the library on the same queries."""
     import tempfile
 
-    from varsitysrch import Searcher, train_clusters
+    from varsitysrch import FeatureStore, Searcher, train_clusters
     from varsitysrch._feedback import BETA, GAMMA, GAMMA_NEGATIVES_ONLY
 
     Qr, _, top, rel, qlab = self.queries["heldout"]
@@ -189,10 +201,15 @@ def _check_api(self: Domain, n: int) -> tuple[float, float, float]:
 Domain.check_api = _check_api  # type: ignore[attr-defined]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", action="append", required=True, help="DOMAIN=FEATURE_STORE (repeatable)")
-    ap.add_argument("--data", default="/work/shared/data", help="folder holding <domain>/manifest.csv")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchdata.add_data_argument(ap, DOMAINS)
+    ap.add_argument(
+        "--store", action="append", default=[], help="DOMAIN=FEATURE_STORE (repeatable; default: extracted)"
+    )
+    benchdata.add_work_argument(ap, PROG, "the extracted stores")
     ap.add_argument(
         "--check-api",
         type=int,
@@ -201,11 +218,19 @@ def main() -> None:
         help="also run N held-out queries per domain through Searcher.search_feedback (a model "
         "trained on the catalogue part, k=20): exact and at the calibrated nprobe",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    specs = [s.partition("=") for s in args.store]
+    bad = [s for s, (name, eq, path) in zip(args.store, specs, strict=True) if not (name and eq and path)]
+    if bad:
+        benchdata.fail(PROG, f"--store must be DOMAIN=FEATURE_STORE; got {bad[0]!r}")
+    names = [name for name, _, _ in specs] or list(DOMAINS)
+    data = benchdata.data_root(PROG, args.data, names)
+    stores = {name: Path(path) for name, _, path in specs} or {
+        name: benchdata.feature_store(data, name, args.work, benchdata.log_stderr) for name in names
+    }
     doms = []
-    for spec in args.store:
-        name, _, path = spec.partition("=")
-        d = Domain(name, Path(path), Path(args.data))
+    for name, store in stores.items():
+        d = Domain(name, store, data)
         doms.append(d)
         print(
             f"{name}: {d.how}; catalogue {d.sizes['catalogue']}, fit {d.sizes['fit']}, "

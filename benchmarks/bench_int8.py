@@ -1,7 +1,15 @@
 """int8 vs float32 extractor: inference throughput, cosine to fp32, P@10 -- one run, side by side.
 
-    python benchmarks/bench_int8.py [IMG_DIR] [--extractor efficientnet-lite0] [--threads 2]
-                                    [--calibration DIR] [--full]
+    python benchmarks/bench_int8.py --data DIR [--extractor efficientnet-lite0] [--threads 2]
+                                    [--calibration DIR] [--full]         # DIR/clothing-small
+    python benchmarks/bench_int8.py IMG_DIR [--full]                     # any folder, class = sub-folder
+
+**Measures internals, not what users get**: the ONNX graphs and sessions are driven directly
+(``varsitysrch._extractors``, ``_extract.iter_decoded``, ``_quantize``), with exact numpy
+search.  What int8 costs a user, through the public pipeline with error bars, is
+``python benchmarks/dev_domains.py --data DIR --variant "int8:quantized=true"``.
+
+Data: ``IMG_DIR``, or ``clothing-small/`` under ``--data`` / ``$VARSITYSRCH_DATA``.
 
 Throughput: the same decoded batches (32 images) through the fp32 graph and the static
 int8 graph (QDQ, per-channel, stem and heads in float), alternating, best of
@@ -14,22 +22,23 @@ set (the default) and on real photos (``--calibration DIR``, default ``examples/
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from varsitysrch import get_extractor
-from varsitysrch._extract import iter_decoded
-from varsitysrch._extractors import _session, onnx_model_bytes
-from varsitysrch._images import list_images
-from varsitysrch._quantize import quantize_static_int8
-from varsitysrch._store import normalize_rows
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
 
 REPO = Path(__file__).resolve().parents[1]
+PROG = "bench_int8.py"
 
 
-def embed_all(sess: object, root: Path, ids: list[str], ex: object, output: str) -> np.ndarray:
+def embed_all(sess: object, root: Path, ids: list[str], ex: object, output: str) -> Any:
+    import numpy as np
+
+    from varsitysrch._extract import iter_decoded
+
     out = []
     for _, batch, bad in iter_decoded(
         root,
@@ -42,10 +51,12 @@ def embed_all(sess: object, root: Path, ids: list[str], ex: object, output: str)
     ):
         assert not bad, bad
         out.append(sess.run([output], {"images": batch})[0])  # type: ignore[attr-defined]
-    return normalize_rows(np.concatenate(out))
+    return benchdata.normalize_rows(np.concatenate(out))
 
 
-def loo_precision(X: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float, float]:
+def loo_precision(X: Any, labels: Any, k: int = 10) -> tuple[float, float]:
+    import numpy as np
+
     S = X @ X.T
     np.fill_diagonal(S, -np.inf)
     top = np.argsort(-S, axis=1)[:, :k]
@@ -56,21 +67,33 @@ def loo_precision(X: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float
     return float(rel.mean()), float(ap.mean())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    default = REPO.parent / "shared" / "data" / "clothing-small"
-    ap.add_argument(
-        "img_dir", nargs="?", default=str(default if default.exists() else REPO / "examples" / "catalog")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "img_dir", nargs="?", default=None, metavar="IMG_DIR", help="default: DATA/clothing-small"
+    )
+    benchdata.add_data_argument(ap, ["clothing-small"])
     ap.add_argument("--extractor", default="efficientnet-lite0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=256, help="images timed")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--calibration", default=str(REPO / "examples" / "catalog"))
     ap.add_argument("--full", action="store_true", help="also P@10 over every image (a few minutes)")
-    args = ap.parse_args()
-    root = Path(args.img_dir)
-    ids = list_images(root)
+    args = ap.parse_args(argv)
+    root = benchdata.image_folder(PROG, args.img_dir, args.data)
+    ids = benchdata.image_ids(root)
+    if not ids:
+        benchdata.fail(PROG, f"no images under {str(root)!r}")
+
+    import numpy as np
+
+    from varsitysrch import get_extractor
+    from varsitysrch._extract import iter_decoded
+    from varsitysrch._extractors import _session, onnx_model_bytes
+    from varsitysrch._quantize import quantize_static_int8
+
     ex = get_extractor(args.extractor)
     exq = get_extractor(args.extractor, quantized=True)
     output = ex.pooling
@@ -100,7 +123,7 @@ def main() -> None:
             best[name] = min(best[name], time.perf_counter() - t)
     n = sum(len(b) for b in batches)
     vec = {
-        k: normalize_rows(np.concatenate([s.run([output], {"images": b})[0] for b in batches]))
+        k: benchdata.normalize_rows(np.concatenate([s.run([output], {"images": b})[0] for b in batches]))
         for k, s in sess.items()
     }
     cos = (vec["fp32"] * vec["int8"]).sum(1)
@@ -121,7 +144,7 @@ def main() -> None:
     cal = Path(args.calibration)
     if cal.is_dir():
         q_real = quantize_static_int8(fp_bytes, ex, calibration=cal)
-        res[f"int8 (calibrated on {len(list_images(cal))} photos of {cal.name})"] = loo_precision(
+        res[f"int8 (calibrated on {len(benchdata.image_ids(cal))} photos of {cal.name})"] = loo_precision(
             embed_all(_session(q_real, args.threads), root, ids, ex, output), labels
         )
     print(f"exact leave-one-out over {len(ids)} images ({time.perf_counter() - t:.0f}s):")

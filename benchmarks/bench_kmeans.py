@@ -15,6 +15,10 @@ extracted with the default extractor).
 * varsitysrch: :class:`~varsitysrch.KMeansModel` with ``backend="auto"`` (what
   ``train_clusters`` uses), ``n_init=1``;
 * MiniBatchKMeans (``batch_size=4096``, ``n_init=1``), for reference.
+
+Data: generated (no path needed); ``--features STORE`` adds a feature store of your own, e.g.
+clothing-small extracted with ``varsitysrch extract "$VARSITYSRCH_DATA/clothing-small" STORE``.
+Public API only (``KMeansModel``, ``load_features``).
 """
 
 from __future__ import annotations
@@ -82,18 +86,22 @@ def fit_all(name: str, X: np.ndarray, k: int, threads: int, seed: int = 0) -> No
         )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, nargs="+", default=[50, 200])
     ap.add_argument("--features", default=None, help="a feature store folder to cluster too")
     ap.add_argument("--features-k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from bench_search import make_data
 
+    if args.features and not Path(args.features).is_dir():
+        ap.error(f"--features {args.features!r} is not a feature store folder")
     if args.features:
         from varsitysrch import load_features
 

@@ -1,7 +1,8 @@
 """Report build time and size: clothing-small (3,781 real photos) and a synthetic 100k catalogue.
 
-* 4k: the clothing-small store (extracted with the default extractor), a model with k=20
-  trained once into ``--work``; the report is built twice -- cold (every thumbnail made) and
+* 4k: the clothing-small store (extracted with the default extractor into ``--work`` on the
+  first run, or ``--features STORE``), a model with k=20 trained once into ``--work``, thumbnails
+  from the photos under ``--data``; the report is built twice -- cold (every thumbnail made) and
   warm (thumbnails reused from the previous report) -- and the time of each stage is printed.
 * 100k: ``--synthetic`` unit vectors of dim 1280 (the default extractor's), drawn around 200
   centres with 1 % near-duplicate copies, written as a float16 store (no image files: the
@@ -12,9 +13,13 @@
 
 Run::
 
-    nice -n 5 .venv/bin/python benchmarks/bench_report.py --features /tmp/team/feats/clothing-small
+    nice -n 5 .venv/bin/python benchmarks/bench_report.py --data DIR   # or $VARSITYSRCH_DATA
+    nice -n 10 .venv/bin/python benchmarks/bench_report.py --duplicates-only 1000000   # generated only
 
-``--duplicates-only 1000000`` times only the duplicate search on a synthetic 1M store (2.4 GiB).
+Data: ``clothing-small/`` under ``--data`` / ``$VARSITYSRCH_DATA`` (the 4k part); the synthetic
+parts are generated into ``--work``.  ``--duplicates-only 1000000`` times only the duplicate
+search (``find_duplicates``, the colour-variant threshold) on a synthetic 1M store (2.4 GiB) and
+needs no data.  Public API only; the thresholds are ``make_report``'s defaults.
 
 Peak memory is printed from ``resource.getrusage`` (the whole process, training included).
 """
@@ -22,16 +27,41 @@ Peak memory is printed from ``resource.getrusage`` (the whole process, training 
 from __future__ import annotations
 
 import argparse
+import inspect
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from varsitysrch import train_clusters
-from varsitysrch._duplicates import VARIANT_THRESHOLD, similar_pairs
-from varsitysrch._report import make_report
-from varsitysrch._store import FeatureStore, normalize_rows
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
+from benchdata import normalize_rows
+
+PROG = "bench_report.py"
+
+
+def variant_threshold() -> float:
+    """``make_report``'s default colour-variant threshold (its public signature, not a private constant)."""
+    from varsitysrch import make_report
+
+    return float(inspect.signature(make_report).parameters["variant_threshold"].default)
+
+
+def duplicate_seconds(store: Path, work: Path, m: int | None = None) -> tuple[float, int]:
+    """Seconds and pairs of ``find_duplicates(ivf)`` on ``store`` (its first ``m`` rows: a new store)."""
+    from varsitysrch import FeatureStore, find_duplicates
+
+    if m is not None:
+        src = FeatureStore.open(store)
+        sub = work / f"{store.name}-first-{m}"
+        if not (sub / "store.json").exists() or len(FeatureStore.open(sub)) != m:
+            FeatureStore.write(sub, list(src.ids[:m]), np.asarray(src.vectors[:m]), src.extractor)
+        store = sub
+    t0 = time.perf_counter()
+    rep = find_duplicates(store, variant_threshold(), method="ivf", show_progress=False)
+    return time.perf_counter() - t0, len(rep.pairs)
 
 
 def mib(b: float) -> str:
@@ -43,6 +73,8 @@ def peak() -> str:
 
 
 def synthetic_store(folder: Path, n: int, dim: int = 1280, centres: int = 200, seed: int = 0) -> Path:
+    from varsitysrch import FeatureStore
+
     if (folder / "store.json").exists() and len(FeatureStore.open(folder)) == n:
         return folder
     rng = np.random.default_rng(seed)
@@ -72,10 +104,13 @@ def report(label: str, s: object) -> None:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", type=Path, default=Path("/tmp/team/feats/clothing-small"))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/varsitysrch-bench-report"))
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchdata.add_data_argument(ap, ["clothing-small"])
+    ap.add_argument("--features", type=Path, default=None, help="an existing clothing-small store")
+    benchdata.add_work_argument(ap, PROG, "stores, models and reports")
     ap.add_argument(
         "--synthetic", type=int, default=100_000, help="images of the synthetic catalogue (0: skip)"
     )
@@ -86,35 +121,39 @@ def main() -> None:
         metavar="N",
         help="only time the duplicate search (it grows faster than n) on a synthetic N-image store",
     )
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     w = a.work
-    w.mkdir(parents=True, exist_ok=True)
     if a.duplicates_only:
+        w.mkdir(parents=True, exist_ok=True)
         n = a.duplicates_only
         t0 = time.perf_counter()
         store = synthetic_store(w / f"synthetic-{n}", n)
         print(f"synthetic store of {n:,} x 1280 (float16): {time.perf_counter() - t0:.0f} s")
-        X = FeatureStore.open(store).vectors
-        t0 = time.perf_counter()
-        i, _, _ = similar_pairs(X, VARIANT_THRESHOLD, method="ivf")
-        took = time.perf_counter() - t0
+        took, n_pairs = duplicate_seconds(store, w)
         print(
-            f"duplicate search (ivf, cosine >= {VARIANT_THRESHOLD}) on {n:,} vectors: {took:.0f} s, "
-            f"{len(i):,} pairs ({n // 100:,} planted); peak RSS {peak()} "
+            f"duplicate search (find_duplicates, ivf, cosine >= {variant_threshold()}) on {n:,} vectors: "
+            f"{took:.0f} s, {n_pairs:,} pairs ({n // 100:,} planted); peak RSS {peak()} "
             "(the memory-mapped store's pages included)"
         )
         return
+    data = benchdata.data_root(PROG, a.data, ["clothing-small"], manifest=False)
+    w.mkdir(parents=True, exist_ok=True)
+
+    from varsitysrch import make_report, train_clusters
+
+    images = data / "clothing-small"
+    features = a.features or benchdata.feature_store(data, "clothing-small", w, benchdata.log_stderr)
     model, csv = w / "clothing.vsm", w / "clothing.csv"
     if not model.exists():
-        train_clusters(a.features, model, csv, 20, show_progress=False)
+        train_clusters(features, model, csv, 20, show_progress=False)
     out = w / "report-4k"
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
-    cold = make_report(a.features, model, csv, out, show_progress=False)
+    cold = make_report(features, model, csv, out, image_root=images, show_progress=False)
     report(f"{cold.n_images} images cold", cold)
-    warm = make_report(a.features, model, csv, out, show_progress=False)
+    warm = make_report(features, model, csv, out, image_root=images, show_progress=False)
     report(f"{warm.n_images} images warm", warm)
     rate = cold.thumbnails_made / max(cold.timings["thumbnails"], 1e-9)
     print(f"{'':>22}  thumbnail rate on real photos: {rate:.0f} per second; peak RSS so far {peak()}")
@@ -141,13 +180,10 @@ def main() -> None:
             f"of thumbnails ({per_thumb / 1024:.1f} KiB each on the real photos); peak RSS {peak()}"
         )
         # the one stage that grows faster than n: time it on nested subsets and extrapolate to 1M
-        X = FeatureStore.open(store).vectors
         sizes, secs = [], []
         for m in (n // 4, n // 2, n):
-            t0 = time.perf_counter()
-            similar_pairs(X[:m], VARIANT_THRESHOLD, method="ivf")
             sizes.append(m)
-            secs.append(time.perf_counter() - t0)
+            secs.append(duplicate_seconds(store, w, m if m < n else None)[0])
         slope = float(np.polyfit(np.log(sizes), np.log(secs), 1)[0])
         at_1m = secs[-1] * (1_000_000 / n) ** slope
         timed = ", ".join(f"{m:,}: {t:.1f} s" for m, t in zip(sizes, secs, strict=True))

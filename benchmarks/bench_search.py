@@ -10,6 +10,9 @@ single query (one thread, p50 / p95 over ``--queries`` queries); recall@10 is ag
 numpy's exact float32 top-10.  IVF: ``nlist = 4 * sqrt(N)`` lists trained with faiss
 K-means on at most ``64 * nlist`` vectors, inner product; float16 = faiss's
 ``QT_fp16`` scalar quantizer (half the memory).
+
+Data: generated (no path needed).  Measures numpy and faiss directly (no varsitysrch code):
+the evidence behind the index design, not the library's own search (``bench_scale.py`` times that).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gc
 import math
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -153,13 +157,15 @@ def bench(n: int, dim: int, nq: int, nprobes: list[int]) -> None:
     print(f"\n(IVF trained in {train_s:.1f}s on {len(sample):,} vectors, 2 threads)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--nprobes", type=int, nargs="+", default=[1, 4, 16])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")

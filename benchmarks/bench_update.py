@@ -1,8 +1,10 @@
 """Adding 1 % of a catalogue: update_catalogue vs a full rebuild (extract + train), one run.
 
-    python benchmarks/bench_update.py [IMG_DIR] [--limit 1000] [--share 0.01] [-k 20]
+    python benchmarks/bench_update.py --data DIR [--limit 1000] [--share 0.01] [-k 20]  # DIR/clothing-small
+    python benchmarks/bench_update.py IMG_DIR [--limit 1000]                           # any image folder
 
-IMG_DIR defaults to ../shared/data/clothing-small (falls back to examples/catalog).
+Data: ``IMG_DIR``, or ``clothing-small/`` under ``--data`` / ``$VARSITYSRCH_DATA`` (the README's
+figures); ``examples/catalog`` (shipped) works as ``IMG_DIR`` for a smoke run.  Public API only.
 ``--limit`` images are taken (evenly spaced), ``--share`` of them held back; the rest is
 extracted and trained once.  Then the held-back images are added and the catalogue is
 brought up to date twice: by ``update_catalogue`` (embeds only the new images, assigns
@@ -15,32 +17,39 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
 
-from varsitysrch import extract_features, train_clusters
-from varsitysrch._images import list_images
-from varsitysrch._update import update_catalogue
-
-REPO = Path(__file__).resolve().parents[1]
+PROG = "bench_update.py"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = REPO.parent / "shared" / "data" / "clothing-small"
-    ap.add_argument(
-        "img_dir", nargs="?", default=str(default if default.exists() else REPO / "examples" / "catalog")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "img_dir", nargs="?", default=None, metavar="IMG_DIR", help="default: DATA/clothing-small"
+    )
+    benchdata.add_data_argument(ap, ["clothing-small"])
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--share", type=float, default=0.01)
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    src = Path(args.img_dir)
-    all_ids = list_images(src)
+    args = ap.parse_args(argv)
+    src = benchdata.image_folder(PROG, args.img_dir, args.data)
+    all_ids = benchdata.image_ids(src)
+    if not all_ids:
+        benchdata.fail(PROG, f"no images under {str(src)!r}")
+
+    import numpy as np
+
+    from varsitysrch import extract_features, train_clusters, update_catalogue
+
     ids = all_ids[:: max(1, len(all_ids) // args.limit)][: args.limit]
     rng = np.random.default_rng(0)
     n_new = max(1, round(args.share * len(ids)))

@@ -1,8 +1,12 @@
 """Search quality on clothing-small: every configuration and baseline in one run.
 
-    python benchmarks/eval_clothing.py [IMG_DIR] [--out /tmp/cs-feats/eval] [--queries 2000]
-    python benchmarks/eval_clothing.py --split 0.25 # held-out queries: catalogue statistics never see them
-    python benchmarks/eval_clothing.py --ablation   # flip / multi-scale / whitening / colour sweeps
+    python benchmarks/eval_clothing.py --data DIR [--out OUT] [--queries 2000]   # DIR/clothing-small
+    python benchmarks/eval_clothing.py --data DIR --split 0.25  # held-out: catalogue stats never see them
+    python benchmarks/eval_clothing.py --data DIR --ablation    # flip / multi-scale / whitening / colour
+
+Data: ``IMG_DIR``, or ``clothing-small/`` under ``--data`` / ``$VARSITYSRCH_DATA`` (labels from its
+``manifest.csv``, else the sub-folder).  Feature stores and reports go to ``--out`` (default
+``<system temp>/varsitysrch-eval-clothing``).
 
 Part 1 (default) calls :func:`varsitysrch.evaluate` -- the code path of ``varsitysrch
 eval`` -- with 2,000 leave-one-out queries, relevance = same class, k = 20, nprobe
@@ -17,6 +21,10 @@ Part 2 (``--ablation``) measures what ``evaluate`` configurations cannot express
 test-time flip averaging and multi-scale averaging -- by embedding every image
 directly, plus parameter sweeps (DBA / QE neighbours, whitening dims, colour weight) on
 the same queries, with exact search.
+
+Part 1 is the public ``varsitysrch.evaluate``.  **Part 2 measures internals and prototypes, not
+what users get** (direct ONNX sessions, ``varsitysrch._postprocess`` helpers, some of which issue
+20 removes); the public-pipeline replacement for such decisions is ``benchmarks/dev_domains.py``.
 """
 
 from __future__ import annotations
@@ -24,13 +32,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "clothing-small"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
+
+PROG = "eval_clothing.py"
 
 OLD = "efficientnet-lite0:resize=letterbox,pooling=pooled"
 PLAIN = "+pca=0+qe=0"  # plain cosine on the raw vectors
@@ -57,7 +69,7 @@ CONFIGS = [
 
 
 def part_eval(args: argparse.Namespace) -> None:
-    from varsitysrch._evaluate import evaluate
+    from varsitysrch import evaluate
 
     stem = "eval" if args.split is None else f"eval-split{args.split:g}"
     configs = CONFIGS
@@ -116,18 +128,11 @@ def _embed(
 
 def part_ablation(args: argparse.Namespace) -> None:
     from varsitysrch._evaluate import average_precision_at_k, precision_at_k
-    from varsitysrch._images import list_images
-    from varsitysrch._postprocess import (
-        augment_rows,
-        colour_descriptor,
-        expand_query,
-        fit_whitening,
-        neighbour_lists,
-    )
+    from varsitysrch._postprocess import augment_rows, expand_query, fit_whitening, neighbour_lists
     from varsitysrch._store import normalize_rows as norm
 
     root = Path(args.img_dir)
-    ids = list_images(root)
+    ids = benchdata.image_ids(root)
     labels_map = {i: i.split("/", 1)[0] for i in ids}
     man = root / "manifest.csv"
     if man.exists():
@@ -239,6 +244,7 @@ def part_ablation(args: argparse.Namespace) -> None:
         line(f"alpha-DBA {n} + alpha-QE 2", qe_dba(2, n), base)
 
     from varsitysrch._images import load_image
+    from varsitysrch._postprocess import colour_descriptor  # a prototype issue 20 may remove
 
     t = time.perf_counter()
     C = np.stack([colour_descriptor(load_image(root / i, 96, "letterbox")) for i in ids])
@@ -251,10 +257,21 @@ def part_ablation(args: argparse.Namespace) -> None:
         line(f"(1 - {w}) cosine + {w} colour", score((1 - w) * S0 + w * Sc), base)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("img_dir", nargs="?", default=str(DEFAULT_DATA))
-    ap.add_argument("--out", default="/tmp/cs-feats/eval")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "img_dir", nargs="?", default=None, metavar="IMG_DIR", help="default: DATA/clothing-small"
+    )
+    benchdata.add_data_argument(ap, ["clothing-small"])
+    ap.add_argument(
+        "--out",
+        "--work",
+        dest="out",
+        default=str(Path(tempfile.gettempdir()) / "varsitysrch-eval-clothing"),
+        help="stores and reports (default %(default)s)",
+    )
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--latency", type=int, default=50, help="queries embedded one by one for latency")
     ap.add_argument("--threads", type=int, default=None)
@@ -266,7 +283,8 @@ def main() -> None:
         default=None,
         help="held-out fraction of queries (removed from the catalogue) instead of leave-one-out",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.img_dir = str(benchdata.image_folder(PROG, args.img_dir, args.data))
     if args.ablation:
         part_ablation(args)
     else:

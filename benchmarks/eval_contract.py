@@ -1,8 +1,13 @@
 """The issue's protocol through the four public functions, on both dev domains.
 
-    python benchmarks/eval_contract.py                  # both domains, every configuration
-    python benchmarks/eval_contract.py --domains grocery --queries 100
-    python benchmarks/eval_contract.py --configs "**the default**" --queries 10 --crop-discount 0.05
+    python benchmarks/eval_contract.py --data DIR       # both domains, every configuration
+    python benchmarks/eval_contract.py --data DIR --domains grocery --queries 100
+    python benchmarks/eval_contract.py --data DIR --configs "**the default**" --queries 10 \\
+        --crop-discount 0.05
+
+Data: ``clothing-small/`` and ``grocery-train/`` under ``--data`` / ``$VARSITYSRCH_DATA``; stores,
+models and the synthetic studio shots are cached in ``--work`` (default
+``<system temp>/varsitysrch-eval-contract``).  The seeded protocols come from ``eval_domains.py``.
 
 What a user of the library gets: ``extract_features`` -> ``train_clusters(k=20)`` ->
 ``search_similar_images`` (with each configuration's options, otherwise the defaults), on
@@ -22,6 +27,10 @@ Configurations: ``plain`` (letterbox 224, average pool, fp32, plain cosine, no q
 expansion, whole-image queries), ``old default`` (the defaults before docs/quality.md's
 two-domain round: centre crop 224 + GeM + search PCA), and the library's defaults, with and
 without each search-side default (query expansion, ``views="auto"``).
+
+Public names only, except ``--crop-discount``: a prototype sweep that patches the private
+constant ``varsitysrch._search.AUTO_CROP_DISCOUNT`` (no public option sets it), so its rows are
+**not what users get**; issue 20 re-decides ``views`` through ``benchmarks/dev_domains.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
 import eval_domains as E  # the domains, their manifests and seeded protocols
+
+PROG = "eval_contract.py"
 
 PLAIN_X = {"resize": "letterbox", "pooling": "pooled", "input_size": 224, "quantized": False}
 OLD_X = {"resize": "center-crop", "pooling": "gem", "input_size": 224, "quantized": False}
@@ -55,9 +67,7 @@ K = 20
 
 def studio_catalogue(domain: str, out: Path) -> list[int]:
     """Write the synthetic studio shots (see the module docstring); their manifest rows."""
-    from PIL import Image
-
-    from varsitysrch._query import decode_rgb
+    from PIL import Image, ImageOps
 
     ids, y, _ = E.manifest(domain)
     p = E.protocol(domain)
@@ -69,7 +79,8 @@ def studio_catalogue(domain: str, out: Path) -> list[int]:
         return rows
     shutil.rmtree(out, ignore_errors=True)
     for r in rows:
-        im = decode_rgb(E.DOMAINS[domain] / ids[r])
+        with Image.open(E.DOMAINS[domain] / ids[r]) as src:  # the whole photo, EXIF-oriented, RGB
+            im = ImageOps.exif_transpose(src).convert("RGB")
         w, h = im.size
         cw, ch = round(w * STUDIO_CROP), round(h * STUDIO_CROP)
         rng = np.random.default_rng(r)
@@ -145,23 +156,31 @@ def run(domain: str, work: Path, n_queries: int, names: set[str] | None) -> list
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchdata.add_data_argument(ap, list(E.DEV_SET.values()))
     ap.add_argument("--domains", default="grocery,clothing")
-    ap.add_argument("--work", default="/tmp/team/contract")
+    benchdata.add_work_argument(ap, PROG, "stores, models and the studio shots")
     ap.add_argument("--queries", type=int, default=300, help="catalogue queries per domain")
     ap.add_argument("--configs", default="", help="comma-separated configuration names (default: all)")
     ap.add_argument(
-        "--crop-discount", type=float, default=None, help="views=auto crop discount (default: the library's)"
+        "--crop-discount",
+        type=float,
+        default=None,
+        help="patch the private views=auto crop discount (prototype sweep; default: unpatched)",
     )
     args = ap.parse_args(argv)
-    if args.crop_discount is not None:  # the sweep behind the default (docs/quality.md)
+    domains = [d for d in args.domains.split(",") if d]
+    E.use_data(PROG, args.data, domains)
+    if args.crop_discount is not None:  # the sweep behind the default (docs/quality.md): not public
         import varsitysrch._search
 
         varsitysrch._search.AUTO_CROP_DISCOUNT = args.crop_discount
         print(f"views=auto crop discount: {args.crop_discount}")
     names = set(args.configs.split(",")) if args.configs else None
     rows = []
-    for d in args.domains.split(","):
+    for d in domains:
         rows += run(d, Path(args.work), args.queries, names)
     print(
         f"\nThe four functions, k={K} (k = half the catalogue for the small studio catalogues); catalogue "

@@ -1,5 +1,15 @@
 """Search quality on both dev domains, one column per domain: every variant, its protocol and its cost.
 
+**Measures internals and prototypes, not what users get.**  Most parts re-implement the search
+in numpy on cached vectors (no query expansion in the cross-domain protocol, colour and views
+by hand, private helpers of ``varsitysrch._postprocess``, ``_colour``, ``_query``, ``_images``);
+issue 20 says this copy of the search must go.  The replacement, measured through the public
+pipeline with bootstrap intervals on the three dev sets, is ``benchmarks/dev_domains.py``.
+Kept (not rewritten) because README.md and docs/quality.md quote its figures.
+
+Data: ``clothing-small/`` and ``grocery-train/`` under ``--data`` / ``$VARSITYSRCH_DATA``;
+caches in ``--cache`` (default ``<system temp>/varsitysrch-eval-domains``).
+
     python benchmarks/eval_domains.py --part features   # embed every variant once (cached)
     python benchmarks/eval_domains.py --part table      # leave-one-out / held-out / cross-domain table
     python benchmarks/eval_domains.py --part colour     # hue-shifted copies: colour weight trade-off
@@ -8,8 +18,8 @@
     python benchmarks/eval_domains.py --part studio     # query crops vs studio proxies; QE and the query
     python benchmarks/eval_domains.py --part int8       # what int8 costs the default, unrounded
 
-Domains: ``../shared/data/clothing-small`` (3,781 photos, 10 classes) and
-``../shared/data/grocery-train`` (2,640 in-store photos, 81 products), each with its
+Domains: ``DATA/clothing-small`` (3,781 photos, 10 classes) and
+``DATA/grocery-train`` (2,640 in-store photos, 81 products), each with its
 ``manifest.csv`` (relevance = same ``label``).  Fixed, seeded protocol per domain:
 
 * ``Q``: 600 query images (seed 0), the same for all three protocols;
@@ -23,8 +33,7 @@ Domains: ``../shared/data/clothing-small`` (3,781 photos, 10 classes) and
 ``--part features`` embeds every image once per backbone / input variant with the same
 ONNX graphs the library builds, plus the last feature map so that average, GeM and
 foreground-weighted pooling come from one pass, plus query-only views (five 70 % crops,
-mirror) of ``Q``.  Everything is cached under ``--cache`` (default
-``/tmp/team/quality``); a rerun only computes what is missing.
+mirror) of ``Q``.  Everything is cached under ``--cache``; a rerun only computes what is missing.
 """
 
 from __future__ import annotations
@@ -33,15 +42,34 @@ import argparse
 import csv
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-DOMAINS = {"clothing": DATA / "clothing-small", "grocery": DATA / "grocery-train"}
+PROG = "eval_domains.py"
+#: domain name -> its dev set (folder under --data)
+DEV_SET = {"clothing": "clothing-small", "grocery": "grocery-train"}
+#: domain name -> its folder; filled by :func:`use_data` from --data / $VARSITYSRCH_DATA
+DOMAINS: dict[str, Path] = {}
+
+
+def use_data(prog: str, data: str | None, domains: list[str]) -> Path:
+    """Check ``--data`` / ``$VARSITYSRCH_DATA`` for the domains' dev sets and point DOMAINS at them."""
+    unknown = [d for d in domains if d not in DEV_SET]
+    if unknown:
+        benchdata.fail(prog, f"--domains must be a subset of {','.join(DEV_SET)}; got {unknown[0]!r}")
+    root = benchdata.data_root(prog, data, [DEV_SET[d] for d in domains])
+    DOMAINS.update({d: root / s for d, s in DEV_SET.items()})
+    return root
+
+
 CROSS_PER_LABEL = {"clothing": 20, "grocery": 3}
 N_QUERIES = 600
 HELD_OUT = 0.25
@@ -1094,13 +1122,22 @@ def part_int8(args: argparse.Namespace) -> None:
 
 # ====================================================================== main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchdata.add_data_argument(ap, list(DEV_SET.values()))
     ap.add_argument(
         "--part",
         choices=["features", "table", "colour", "speed", "api", "real", "studio", "int8"],
         default="table",
     )
-    ap.add_argument("--cache", default="/tmp/team/quality")
+    ap.add_argument(
+        "--cache",
+        "--work",
+        dest="cache",
+        default=str(Path(tempfile.gettempdir()) / "varsitysrch-eval-domains"),
+        help="cache folder (vectors, stores, models); default %(default)s",
+    )
     ap.add_argument("--domains", default="grocery,clothing")
     ap.add_argument("--variants", default="lite0-224,views,mbv2-224,lite0int8-224,lite0-288")
     ap.add_argument("--only", default="", help="comma-separated row numbers of the table (plain always)")
@@ -1120,6 +1157,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--cross-only", action="store_true", help="api: only the cross-domain protocol")
     args = ap.parse_args(argv)
+    use_data(PROG, args.data, [d for d in args.domains.split(",") if d])
     {
         "features": part_features,
         "table": part_table,

@@ -13,7 +13,9 @@ p50/p95 latency per configuration and level, the speed-up over one client, the s
 micro-batching over per-request inference, and the mean batch size the server saw.  Exits
 with status 1 if any request failed or the ``--max-seconds`` bound cut the run short.
 
-With no ``--model``, a small model is built from ``examples/catalog``.
+Data: the shipped ``examples/catalog`` (no path needed): with no ``--model``, a small model is
+built from it in a temp folder, and its photos are the uploads (``--images``).  Public names only
+(``extract_features``, ``train_clusters``, ``varsitysrch.service.run_server``, HTTP).
 """
 
 from __future__ import annotations
@@ -191,7 +193,9 @@ def run_level(
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="load_service.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", type=Path, help="model file (default: build one from examples/catalog)")
     ap.add_argument("--csv", type=Path, help="its assignments CSV")
     ap.add_argument("--images", type=Path, default=REPO / "examples" / "catalog", help="photos to upload")
