@@ -221,3 +221,17 @@ def test_model_without_calibration_still_searches(synth_model: tuple, tmp_path) 
     with pytest.raises(InvalidArgumentError, match="min_confidence"):
         s.search_vector(np.asarray(s.vectors[0], np.float32), 3, min_confidence=0.5)
     assert len(s.search_vector(np.asarray(s.vectors[0], np.float32), 3, min_score=0.0)) >= 1
+
+
+def test_monotone_in_rank_is_the_least_squares_non_increasing_fit() -> None:
+    from varsitysrch._confidence import monotone_in_rank
+
+    assert monotone_in_rank([0.9, 0.5, 0.2]).tolist() == [0.9, 0.5, 0.2]  # already monotone: unchanged
+    np.testing.assert_allclose(monotone_in_rank([0.2, 0.6, 0.1]), [0.4, 0.4, 0.1])  # a violation pooled
+    np.testing.assert_allclose(monotone_in_rank([0.5, 0.1, 0.3, 0.8]), [0.5, 0.4, 0.4, 0.4])
+    assert monotone_in_rank([]).shape == (0,)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c = rng.random(15)
+        m = monotone_in_rank(c)
+        assert (np.diff(m) <= 1e-12).all() and m.sum() == pytest.approx(c.sum())  # mean kept

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from varsitysrch import Hit, InvalidArgumentError
-from varsitysrch._query import crop_boxes, merge_view_hits, query_views, view_scores
+from varsitysrch import InvalidArgumentError
+from varsitysrch._pipeline import _Decoded, _merge_views, _views
+from varsitysrch._query import crop_boxes
 
 
 def test_crop_boxes_cover_corners_and_centre() -> None:
@@ -26,19 +27,23 @@ def test_query_views_shape_and_content() -> None:
     a = np.zeros((120, 160, 3), np.uint8)
     a[:, :80] = (255, 0, 0)  # left half red, right half black
     im = Image.fromarray(a)
-    v = query_views(im, 32, "letterbox", crops=True, flip=True)
-    assert v.shape == (12, 32, 32, 3) and v.dtype == np.uint8
-    # view 0 is the whole image, view 1 its mirror; the top-left crop (view 2) is mostly red
-    assert np.array_equal(v[1], v[0][:, ::-1])
+    whole = np.asarray(im.resize((32, 32)), np.uint8)
+    v, discount, crops = _views(_Decoded(whole, im), "crops+flip", False, 32, "letterbox")
+    assert v.shape == (12, 32, 32, 3) and v.dtype == np.uint8 and crops and discount == 0.0
+    # view 0 is the whole image (as decoded for the extractor), view 1 its mirror; the
+    # top-left crop (view 2) is mostly red
+    assert np.array_equal(v[0], whole) and np.array_equal(v[1], v[0][:, ::-1])
 
     def red(x: np.ndarray) -> float:
         return float(((x[..., 0] > 200) & (x[..., 1] < 50)).mean())
 
     assert red(v[2]) > red(v[0]) > red(v[4])  # top-left crop: more red than the whole, top-right less
-    assert query_views(im, 32, "center-crop", crops=False).shape == (1, 32, 32, 3)
+    assert _views(_Decoded(whole, im), None, False, 32, "center-crop")[0].shape == (1, 32, 32, 3)
+    # "auto" against a catalogue that is not studio shots: the whole image only
+    assert _views(_Decoded(whole, im), "auto", False, 32, "letterbox")[0].shape == (1, 32, 32, 3)
 
 
-def test_merged_view_hits_equal_brute_force_best_view() -> None:
+def test_merged_views_equal_brute_force_best_view() -> None:
     rng = np.random.default_rng(0)
     C = rng.normal(size=(200, 16)).astype(np.float32)
     C /= np.linalg.norm(C, axis=1, keepdims=True)
@@ -49,26 +54,16 @@ def test_merged_view_hits_equal_brute_force_best_view() -> None:
     for v in V:
         s = C @ v
         top = np.argsort(-s)[:n]
-        per_view.append([Hit(str(i), float(s[i]), 0, 0) for i in top])
-    merged = merge_view_hits(per_view, n)
-    best = view_scores(V, C, "max")
+        per_view.append((top.astype(np.int64), s[top]))
+    rows, scores = _merge_views(per_view)
+    best = (C @ V.T).max(axis=1)
     expect = np.argsort(-best)[:n]
-    assert [h.image for h in merged] == [str(i) for i in expect]
-    np.testing.assert_allclose([h.score for h in merged], best[expect], rtol=1e-6)
-    assert [h.rank for h in merged] == list(range(1, n + 1))
+    assert rows[:n].tolist() == expect.tolist()
+    np.testing.assert_allclose(scores[:n], best[expect], rtol=1e-6)
     # the best view never scores below the whole-image view alone
     assert (best >= C @ V[0] - 1e-7).all()
     # one view: unchanged
-    assert merge_view_hits(per_view[:1], 3) == per_view[0][:3]
-
-
-def test_mean_aggregate_is_cosine_to_the_mean_view() -> None:
-    V = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    C = np.array([[1.0, 0.0], [np.sqrt(0.5), np.sqrt(0.5)]], np.float32)
-    np.testing.assert_allclose(view_scores(V, C, "mean"), [np.sqrt(0.5), 1.0], rtol=1e-6)
-    np.testing.assert_allclose(view_scores(V, C, "max"), [1.0, np.sqrt(0.5)], rtol=1e-6)
-    with pytest.raises(InvalidArgumentError, match="aggregate"):
-        view_scores(V, C, "median")
+    assert _merge_views(per_view[:1])[0].tolist() == per_view[0][0].tolist()
 
 
 def test_parse_views() -> None:

@@ -44,9 +44,12 @@ def test_results_are_ranked_scored_and_complete(searcher: Searcher, synth_catalo
         hits = searcher.search(root / rel, n, nprobe=1)
         assert len(hits) == n  # always top_n when the catalogue has that many
         assert [h.rank for h in hits] == list(range(1, n + 1))
-        scores = [h.score for h in hits]
-        assert scores == sorted(scores, reverse=True)
+        confidences = [h.confidence for h in hits]  # monotone in rank, whatever ranked them
+        assert confidences == sorted(confidences, reverse=True)
         assert len({h.image for h in hits}) == n
+        # ranked by plain cosine (no expansion, raw space here): the scores decrease
+        scores = [h.score for h in searcher.search(root / rel, n, nprobe=1, expansion=0)]
+        assert scores == sorted(scores, reverse=True)
     assert len(searcher.search(root / rel, 10_000)) == len(labels)
     assert isinstance(hits[0], Hit) and set(hits[0].to_dict()) == {
         "image",
@@ -79,7 +82,7 @@ def test_cluster_restricted_search_equals_brute_force_within_scanned_clusters(se
             rows = searcher.candidates(v, 3, nprobe=nprobe)
             scanned = set(searcher.labels[rows].tolist())
             brute = [j for j in np.argsort(-(X @ v), kind="stable") if searcher.labels[j] in scanned][:3]
-            got = searcher.search_vector(v, 3, nprobe=nprobe)
+            got = searcher.search_vector(v, 3, nprobe=nprobe, expansion=0)
             assert [h.image for h in got] == [searcher.ids[j] for j in brute]
             assert len(scanned) >= nprobe
 
@@ -88,10 +91,10 @@ def test_exact_equals_full_brute_force(searcher: Searcher) -> None:
     X = searcher.vectors
     v = X[3] + 0.1 * X[10]
     v = v / np.linalg.norm(v)
-    got = [h.image for h in searcher.search_vector(v, 7, exact=True)]
+    got = [h.image for h in searcher.search_vector(v, 7, exact=True, expansion=0)]
     want = [searcher.ids[j] for j in np.argsort(-(X @ v), kind="stable")[:7]]
     assert got == want
-    assert [h.image for h in searcher.search_vector(v, 7, nprobe=searcher.k)] == want
+    assert [h.image for h in searcher.search_vector(v, 7, nprobe=searcher.k, expansion=0)] == want
 
 
 def test_query_as_bytes_pil_and_function_form(synth_model, synth_catalogue) -> None:
@@ -119,7 +122,7 @@ def test_bad_arguments(searcher: Searcher, synth_catalogue) -> None:
     q = root / next(iter(labels))
     with pytest.raises(InvalidArgumentError, match="top_n"):
         searcher.search(q, 0)
-    with pytest.raises(InvalidArgumentError, match=r"nprobe must be in \[1, k\]"):
+    with pytest.raises(InvalidArgumentError, match=r"nprobe must be in \[1, 4\] \(the clusters"):
         searcher.search(q, 3, nprobe=99)
     with pytest.raises(IncompatibleModelError, match="dim"):
         searcher.search_vector(np.ones(7, np.float32))

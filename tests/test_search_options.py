@@ -89,7 +89,7 @@ def test_colour_weight_errors(colour_catalogue: tuple[Path, Path, Path], tmp_pat
         Searcher(model, features_folder=feats, colour_weight=1.5)
     s = Searcher(model, features_folder=feats)
     with pytest.raises(InvalidArgumentError, match="colour signature"):
-        s.search_views(s.embed(query)[None], 3, colour_weight=0.2)  # a vector has no colour
+        s.search_vector(np.asarray(s.vectors[0]), 3, colour_weight=0.2)  # a vector has no colour
     # a store without its colour signatures: a clear error, not a silent colour-blind search
     bare = tmp_path / "bare"
     shutil.copytree(feats, bare)
@@ -108,7 +108,6 @@ def test_multi_view_query_keeps_each_images_best_view(colour_catalogue: tuple[Pa
     assert [h.rank for h in many] == list(range(1, 19))
     # a catalogue image's best view scores at least as high as the whole image alone
     assert all(h.score >= one[h.image] - 1e-5 for h in many)
-    assert s.embed_views(query, "crops").shape == (6, s.vectors.shape[1])
     with pytest.raises(InvalidArgumentError, match="views"):
         s.search(query, 3, views="zoom")
 

@@ -29,6 +29,8 @@ from varsitysrch._colour import (
     unpack_flags,
 )
 from varsitysrch._images import load_image
+from varsitysrch._options import SearchOptions
+from varsitysrch._pipeline import Query, Stages, _image_vectors, run_search
 from varsitysrch._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, STUDIO_CATALOGUE_SHARE, check_views
 
 N_PRODUCTS = 6
@@ -167,15 +169,23 @@ def test_a_colour_store_without_flags_is_unknown(studio: dict[str, Path], tmp_pa
 
 
 # ------------------------------------------------------------------ views="auto"
+def _views(s: Searcher, q: Any, views: str | None = "auto") -> Any:
+    """What the pipeline searched for ``q``: its :class:`~varsitysrch._pipeline.SearchResult`."""
+    return run_search(s, Query(image=q), SearchOptions(top_n=1, views=views))
+
+
 def _by_hand(s: Searcher, q: Image.Image, views: str | None, discount: float) -> dict[str, float]:
-    """Every catalogue image's score: best of the whole photo and its crops (minus the discount)."""
-    V = s.embed_views(q, views)
-    best: dict[str, float] = {}
-    for k, v in enumerate(V):
-        for h in s.search_vector(v, len(s), exact=True):
-            sc = h.score - (discount if k else 0.0)
-            best[h.image] = max(best.get(h.image, -9.0), sc)
-    return best
+    """Every catalogue image's ranking score: best of the whole photo and its crops (minus the
+    discount), by brute force over the raw vectors (the catalogue is small: no PCA space)."""
+    V = _image_vectors(s, q, views, False, Stages())[0]
+    S = np.asarray(s.vectors, np.float32) @ V.T
+    S[:, 1:] -= discount
+    return {i: float(S[j].max()) for j, i in enumerate(s.ids)}
+
+
+def _plain(s: Searcher, q: Image.Image, views: str | None) -> dict[str, float]:
+    """Every catalogue image's plain cosine to the query's best view (what ``Hit.score`` is)."""
+    return _by_hand(s, q, views, 0.0)
 
 
 def test_auto_uses_discounted_crops_for_a_shop_photo_against_a_studio_catalogue(
@@ -184,27 +194,26 @@ def test_auto_uses_discounted_crops_for_a_shop_photo_against_a_studio_catalogue(
     s = Searcher(studio["cat"])
     assert s.studio_catalogue
     shop, shot = shop_photo(3, 0), studio_shot(3, 7)
-    assert s.auto_crops(shop) and not s.auto_crops(shot)
+    assert _views(s, shop).crops and not _views(s, shot).crops
     # a studio shot whose product touches two edges (border share 0.7-0.9): not plain for the
     # catalogue's test, but never cropped as a query either
     tall = np.asarray(studio_shot(3, 7)).copy()
     tall[:, 40:88] = np.asarray(studio_shot(3, 7))[64, 64]
     tall_im = Image.fromarray(tall)
     share = border_share(np.asarray(tall_im.resize((64, 64))))
-    assert CLUTTERED_BORDER_SHARE <= share < PLAIN_BORDER_SHARE and not s.auto_crops(tall_im)
-    vecs, discount = s.query_vectors(shop)
-    assert len(vecs) == 6 and discount == AUTO_CROP_DISCOUNT
-    assert len(s.query_vectors(shot)[0]) == 1 and s.query_vectors(shop, None)[1] == 0.0
-    hits = s.search(shop, 8, exact=True)
-    want = _by_hand(s, shop, "crops", AUTO_CROP_DISCOUNT)
-    assert [h.score for h in hits] == pytest.approx(sorted(want.values(), reverse=True)[:8], abs=1e-5)
-    assert all(h.score == pytest.approx(want[h.image], abs=1e-5) for h in hits)
+    assert CLUTTERED_BORDER_SHARE <= share < PLAIN_BORDER_SHARE and not _views(s, tall_im).crops
+    res = _views(s, shop)
+    assert res.views == 6 and res.discount == AUTO_CROP_DISCOUNT
+    assert _views(s, shot).views == 1 and _views(s, shop, None).discount == 0.0
+    hits = s.search(shop, 8, exact=True, expansion=0)
+    want = _by_hand(s, shop, "crops", AUTO_CROP_DISCOUNT)  # the ranking: discounted best view
+    assert [h.image for h in hits] == sorted(want, key=lambda i: (-want[i], s.ids.index(i)))[:8]
+    plain = _plain(s, shop, "crops")  # the score: the plain cosine of the best view
+    assert all(h.score == pytest.approx(plain[h.image], abs=1e-5) for h in hits)
     assert [h.rank for h in hits] == list(range(1, 9))
     # the whole image only, when asked for
-    plain = s.search(shop, 8, exact=True, views=None)
-    assert [h.score for h in plain] == pytest.approx(
-        sorted(_by_hand(s, shop, None, 0).values(), reverse=True)[:8]
-    )
+    whole = s.search(shop, 8, exact=True, views=None, expansion=0)
+    assert [h.score for h in whole] == pytest.approx(sorted(_plain(s, shop, None).values(), reverse=True)[:8])
 
 
 #: a query's outcome counts only when the right product's best score and the best wrong one differ
@@ -247,7 +256,7 @@ def test_auto_is_the_whole_image_against_an_in_store_catalogue(studio: dict[str,
     s = Searcher(studio["shop"])
     assert not s.studio_catalogue
     q = shop_photo(2, 30)
-    assert not s.auto_crops(q) and len(s.query_vectors(q)[0]) == 1
+    assert not _views(s, q).crops and _views(s, q).views == 1
     assert [(h.image, h.score) for h in s.search(q, 5)] == [
         (h.image, h.score) for h in s.search(q, 5, views=None)
     ]

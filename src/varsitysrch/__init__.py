@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._extract import ExtractionResult, extract_features
     from ._extractors import Extractor, get_extractor
     from ._kmeans import KMeansModel
+    from ._options import SearchOptions
     from ._report import ReportSummary, make_report
     from ._search import Hit, Searcher, search_feedback, search_similar_images
     from ._selectk import KSelection, get_optimal_num_clusters
@@ -57,6 +58,7 @@ _LAZY = {
     "ReportSummary": "._report",
     "make_report": "._report",
     "KMeansModel": "._kmeans",
+    "SearchOptions": "._options",
     "train_clusters": "._train",
     "EvalConfig": "._evaluate",
     "EvalReport": "._evaluate",
@@ -114,6 +116,7 @@ __all__ = [
     "NotFittedError",
     "ReportSummary",
     "ScoreCalibrator",
+    "SearchOptions",
     "Searcher",
     "UpdateReport",
     "VaSrch",

@@ -12,8 +12,6 @@
   of two signatures is in ``[0, 1]``.
 * :func:`combine_scores` -- ``(1 - w) * cosine + w * colour similarity``, the score the
   search ranks by when the user asks to match colour (``colour_weight=w``).
-* :func:`hue_shift` -- an image with every hue rotated (greys stay grey): the known-answer
-  protocol of ``benchmarks/eval_domains.py --part colour``.
 * :func:`plain_background` -- whether a photo is a product shot on a plain backdrop (studio
   / catalogue style: nearly all of its border is one colour) rather than a photo taken in a
   shop or at home.  Stored per image beside the colour signatures; the Searcher uses it to
@@ -130,28 +128,6 @@ def _fast_hsv(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale = np.float32(1.0 / 255.0)
     h = hsv[:, 0].astype(np.float32) * np.float32(1.0 / 256.0)
     return h, hsv[:, 1].astype(np.float32) * scale, hsv[:, 2].astype(np.float32) * scale
-
-
-def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hsv` -> ``uint8 [..., 3]``."""
-    h6 = (np.asarray(h, np.float32) % 1.0) * 6.0
-    i = np.floor(h6).astype(np.int32) % 6
-    f = h6 - np.floor(h6)
-    s = np.asarray(s, np.float32)
-    v = np.asarray(v, np.float32)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = np.zeros((*h6.shape, 3), np.float32)
-    for k, (r, g, b) in enumerate(choices):
-        m = i == k
-        out[m, 0], out[m, 1], out[m, 2] = r[m], g[m], b[m]
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-
-
-def hue_shift(image: np.ndarray, degrees: float) -> np.ndarray:
-    """The image with every hue rotated by ``degrees`` (saturation, value and greys unchanged)."""
-    h, s, v = rgb_to_hsv(_rgb_uint8(image))
-    return hsv_to_rgb(h + float(degrees) / 360.0, s, v)
 
 
 def colour_signature(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

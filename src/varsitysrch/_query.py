@@ -3,11 +3,11 @@
 A shopper's photo shows the product somewhere in a cluttered frame; the catalogue shot
 shows it alone.  Embedding the query as several views -- the whole photo and five crops
 of ``CROP_FRACTION`` of its width and height (four corners and the centre) -- and scoring
-each catalogue image by its *best* view (``aggregate="max"``) finds the product wherever it
+each catalogue image by its *best* view finds the product wherever it
 sits.  Only the query pays (``len(views)`` forward passes instead of one); catalogue
-vectors, the feature store and the model file are unchanged.  ``aggregate="mean"`` (the
-normalised mean of the views' vectors, one search) and horizontal-flip views are the
-alternatives measured in ``docs/quality.md``.
+vectors, the feature store and the model file are unchanged.  Horizontal-flip views are the
+alternative measured in ``docs/quality.md``.  The views are made, embedded and merged by the
+query pipeline (:mod:`varsitysrch._pipeline`); this module holds their geometry and settings.
 
 ``views="auto"`` (the default of :meth:`varsitysrch.Searcher.search`,
 :func:`varsitysrch.search_similar_images`, the CLI and the service) uses the crops only for a
@@ -34,7 +34,6 @@ from ._errors import ImageError, InvalidArgumentError
 from ._images import ImageSource, _fit, _to_rgb, open_image
 
 CROP_FRACTION = 0.7
-AGGREGATES = ("max", "mean")
 #: ``views="auto"``: the catalogue counts as studio shots when this share of it has a plain backdrop
 STUDIO_CATALOGUE_SHARE = 0.5
 #: ``views="auto"``: a crop view's score is lowered by this before it competes with the whole photo
@@ -87,7 +86,8 @@ def query_views(
     flip: bool = False,
     fraction: float = CROP_FRACTION,
 ) -> np.ndarray:
-    """``uint8 [V, size, size, 3]``: the whole image (+ its crops) (+ the mirror of each), each fitted."""
+    """``uint8 [V, size, size, 3]``: the whole image (+ its crops) (+ the mirror of each), each fitted
+    (what :func:`varsitysrch.evaluate` embeds; a search makes its views in :mod:`varsitysrch._pipeline`)."""
     boxes = crop_boxes(*image.size, fraction) if crops else [(0, 0, *image.size)]
     views = []
     for box in boxes:
@@ -97,36 +97,6 @@ def query_views(
         if flip:
             views.append(np.ascontiguousarray(arr[:, ::-1]))
     return np.stack(views)
-
-
-def check_aggregate(aggregate: str) -> str:
-    if aggregate not in AGGREGATES:
-        raise InvalidArgumentError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
-    return aggregate
-
-
-def view_scores(views: np.ndarray, catalogue: np.ndarray, aggregate: str = "max") -> np.ndarray:
-    """Score of every catalogue row for a query given as unit view vectors ``[V, d]``.
-
-    ``max``: the best view per catalogue row; ``mean``: cosine to the normalised mean view.
-    """
-    check_aggregate(aggregate)
-    V = np.asarray(views, np.float32)
-    if V.ndim == 1:
-        V = V[None]
-    C = np.asarray(catalogue, np.float32)
-    if aggregate == "mean":
-        m = V.mean(0)
-        n = float(np.linalg.norm(m))
-        return C @ (m / n if n > 0 else m)
-    return (C @ V.T).max(axis=1)
-
-
-def mean_view(views: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """The normalised mean of unit view vectors (one vector to search with)."""
-    m = np.asarray(views, np.float32).mean(0)
-    n = float(np.linalg.norm(m))
-    return m / n if n > 0 else m
 
 
 def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int, discount: float = 0.0) -> list[Any]:
