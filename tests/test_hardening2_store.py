@@ -376,11 +376,6 @@ def test_d12_another_catalogues_store_with_the_same_ids_is_refused(tmp_path: Pat
     check_store_for_model(mf, FeatureStore.open(store), model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Searcher._store_vectors (_search.py, not this change's file) to call "
-    "_modelfile.check_store_for_model; remove this marker with that change",
-)
 def test_d12_searcher_refuses_another_catalogues_store(tmp_path: Path, store_model) -> None:
     from varsitysrch import Searcher
 

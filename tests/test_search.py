@@ -132,7 +132,7 @@ def test_csv_must_match_model(synth_model, synth_store: Path, tmp_path: Path) ->
     model, _csv = synth_model
     other_model, other_csv = tmp_path / "m.vsm", tmp_path / "c.csv"
     train_clusters(synth_store, other_model, other_csv, 2, show_progress=False)
-    with pytest.raises(IncompatibleModelError, match="does not match"):
+    with pytest.raises(IncompatibleModelError, match="was not written with model"):
         Searcher(model, other_csv)
     with pytest.raises(ModelFileError, match="does not exist"):
         Searcher(model, tmp_path / "missing.csv")

@@ -54,7 +54,14 @@ from ._images import ImageSource, load_image
 from ._index import IVFSearch
 from ._io import stat_stamp
 from ._kmeans import KMeansModel
-from ._modelfile import ModelFile, load_model, read_assignments_kind
+from ._modelfile import (
+    ModelFile,
+    check_store_for_model,
+    csv_matches_model,
+    csv_mismatch_message,
+    load_model,
+    read_assignments_kind,
+)
 from ._options import SearchOptions
 from ._pipeline import Query, SearchResult, Stages, run_search
 from ._postprocess import to_search_space
@@ -372,6 +379,9 @@ class Searcher:
         return space, to_search_space(self.vectors, *space)
 
     def _check_csv(self, path: Path) -> None:
+        matches = csv_matches_model(self.model_file, path)
+        if matches:
+            return
         ids, labels, kind = read_assignments_kind(path)
         if kind == "vasrch":  # the original package's CSV: its own K-means, ids without extension
             if ids == self.ids:  # the model was trained on the same per-image .npy folder
@@ -389,6 +399,8 @@ class Searcher:
                 f"{len(self.ids)} missing); pass the CSV that train_clusters wrote with "
                 f"{str(self.model_path)!r}, or no csv_file"
             )
+        if matches is False:
+            raise IncompatibleModelError(csv_mismatch_message(self.model_path, path))
         if len(ids) != len(self.ids) or ids != self.ids or not np.array_equal(labels, self.labels):
             missing = len(set(self.ids) - set(ids))
             extra = len(set(ids) - set(self.ids))
@@ -416,10 +428,7 @@ class Searcher:
         for c in cands:
             if (c / "store.json").exists():
                 store = FeatureStore.open(c)
-                if store.ids != self.ids:
-                    raise IncompatibleModelError(
-                        f"feature store {str(c)!r} changed since the model was trained; retrain or update"
-                    )
+                check_store_for_model(self.model_file, store, self.model_path)
                 return np.asarray(store.vectors)
         raise FeatureStoreError(
             f"the model's index lives in its feature store, which was not found at {[str(c) for c in cands]} "
