@@ -232,7 +232,7 @@ def test_files_vanishing_at_any_point_are_skipped_not_fatal(tmp_path: Path, monk
     root = tmp_path / "cat"
     for i in range(6):
         solid(root / f"{i}.png", (40 * i, 100, 200 - 30 * i), seed=i)
-    real_walk = os.walk
+    real_walk = im_mod._walk
 
     def walk_then_delete(top, *a, **k):  # gone between listing and stat
         for dirpath, dirnames, filenames in real_walk(top, *a, **k):
@@ -247,7 +247,7 @@ def test_files_vanishing_at_any_point_are_skipped_not_fatal(tmp_path: Path, monk
         os.unlink(root / "1.png")
         return listing
 
-    monkeypatch.setattr(im_mod.os, "walk", walk_then_delete)
+    monkeypatch.setattr(im_mod, "_walk", walk_then_delete)
     monkeypatch.setattr(ex_mod, "scan_images", scan_then_delete)
     res = extract_features(root, tmp_path / "f", show_progress=False)
     reasons = dict(res.skipped)

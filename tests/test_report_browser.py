@@ -33,8 +33,9 @@ TIMEOUT_MS = 30_000
 def report(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("browser-report") / "report"
     make_report(
-        trained["features"], trained["model"], trained["csv"], out, central=3, outliers=3, show_progress=False
-    )
+        trained["features"], trained["model"], trained["csv"], out, image_root=trained["root"], central=3,
+        outliers=3, show_progress=False,
+    )  # fmt: skip
     return out
 
 
