@@ -1,23 +1,36 @@
-"""Benchmark choosing k: the fast path against the exhaustive sweep on synthetic clustered features.
+"""Benchmark choosing k: against the bare K-means fits it replaces, and against the exhaustive sweep.
 
-Data: ``--true-k`` Gaussian blobs (Dirichlet-distributed sizes) in a random ``--subspace``-dim
-subspace of R^dim, plus isotropic noise in all dims, rows L2-normalised -- CNN-feature-like in shape
-(unit vectors, clusters of unequal size, most variance in a few directions).
+Three measurements on the same data, in one run:
 
-Runs ``choose_k(method="fast")`` on all ``--n`` rows (timed: the issue's target is k = 2..50 on
-50,000 x 1,280 in under 60 s on 2 cores), then ``method="exhaustive"`` (scikit-learn KMeans on all
-rows for every k + full silhouette) and ``method="fast"`` on the same first ``--exhaustive-n`` rows, and
-prints times and the recommended ks. ``--exhaustive-n`` defaults to the largest size whose exhaustive
-sweep is estimated (from a short calibration) to take at most ``--exhaustive-budget`` seconds.
+1. **bare fits**: what a user would otherwise run (the original package's loop without its
+   silhouette): ``KMeans(n_clusters=k, random_state=seed).fit(X)`` for every k in 2..max_clusters, on
+   all rows, scikit-learn defaults otherwise.
+2. **choose k**: ``choose_k(X, max_clusters)`` with its defaults (``method="fast"``: a sampled sweep,
+   the silhouette on a fixed 5,000-row sample, confirmation of the candidates on all rows, retrieval
+   scores).
+3. **exhaustive**: ``choose_k(X, max_clusters, method="exhaustive")``: the sweep on all rows with
+   scikit-learn's KMeans and the silhouette on all rows. Its recommendation is the reference.
 
-    python benchmarks/bench_choose_k.py                      # 50,000 x 1,280, k = 2..50
-    python benchmarks/bench_choose_k.py --n 20000 --dim 512 --exhaustive-n 20000
-    python benchmarks/bench_choose_k.py --n-components 10    # analysis in PCA-10 space
-    python benchmarks/bench_choose_k.py --no-warm-start      # ablation: why the sweep keeps them
+1 and 2 alternate ``--repeats`` times (other processes share the cores: alternating spreads their
+load over both); the ratio printed is choose-k / bare fits, wall and CPU seconds, per round and the
+median. Both run with ``--threads`` BLAS/OpenMP threads (default 1: what ``choose_k`` uses on machines
+with at most 2 cores). The run fails (exit status 1) when the recommendation differs from the
+exhaustive sweep's.
 
-Figures from runs of this script: ``docs/choose_k.md``.
+Data: by default generated with known structure: ``--true-k`` Gaussian blobs (Dirichlet-distributed
+sizes) in a random 64-dim subspace of R^dim, plus isotropic noise in all dims, rows L2-normalised
+(CNN-feature-like: unit vectors, clusters of unequal size, most variance in a few directions).
+``--store FOLDER`` (or the environment variable ``VARSITYSRCH_CHOOSE_K_STORE``) uses a feature store
+written by ``varsitysrch extract`` instead; a path that does not exist is an error, never a silent
+fallback.
 
-Not a test: it prints figures. Progress bars go to stderr (``--quiet`` hides them).
+    python benchmarks/bench_choose_k.py                        # 20,000 x 256, k = 2..30, 23 blobs
+    python benchmarks/bench_choose_k.py --n 50000 --dim 1280 --max-clusters 50 --exhaustive-n 0
+    python benchmarks/bench_choose_k.py --store features/ --max-clusters 30
+    python benchmarks/bench_choose_k.py --no-warm-start        # ablation: why the sweep keeps them
+
+Figures from runs of this script: ``docs/choose_k.md``. Not a test: it prints figures. Progress bars
+go to stderr (``--quiet`` hides them).
 """
 
 from __future__ import annotations
@@ -25,10 +38,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+STORE_ENV = "VARSITYSRCH_CHOOSE_K_STORE"
 
 
 def make_data(
@@ -58,40 +76,53 @@ def make_data(
     return X, labels
 
 
-def estimate_exhaustive(X: np.ndarray, max_clusters: int, n_init: int, seed: int) -> tuple[float, float]:
-    """Seconds per row of the k sweep and per row^2 of the silhouette pass, from a short calibration."""
+def load_store(arg: str | None) -> tuple[np.ndarray, str] | None:
+    """The store named by ``--store`` or ``$VARSITYSRCH_CHOOSE_K_STORE`` (``None``: neither is set)."""
+    where = arg if arg is not None else os.environ.get(STORE_ENV)
+    if not where:
+        return None
+    folder = Path(where)
+    source = "--store" if arg is not None else f"${STORE_ENV}"
+    if not folder.is_dir():
+        raise SystemExit(
+            f"bench_choose_k: {source} {where!r} is not a folder; give a feature store written by "
+            "`varsitysrch extract IMAGES FOLDER`, or leave it out for generated data"
+        )
+    from varsitysrch import load_features
+
+    _ids, X, _extractor = load_features(folder)
+    return np.asarray(X, dtype=np.float32), f"feature store {folder} ({source})"
+
+
+def bare_fits(X: np.ndarray, ks: range, seed: int) -> None:
     from sklearn.cluster import KMeans
 
-    m = min(len(X), 4000)
-    sub = X[:m].astype(np.float64)
-    ks = range(2, max_clusters + 1)
-    k_mid = max(2, (2 + max_clusters) // 2)
-    KMeans(n_clusters=2, n_init=1, random_state=seed).fit(sub[:200])  # imports, thread pools
-    t = time.perf_counter()
-    KMeans(n_clusters=k_mid, n_init=n_init, random_state=seed).fit(sub)
-    fit_per_row = (time.perf_counter() - t) * len(ks) * 1.7 / m  # + the two warm-start fits per k
-    A = X[:m]
-    t = time.perf_counter()
-    _ = A @ A.T
-    gemm = time.perf_counter() - t  # m * m * dim multiply-adds
-    total_k = sum(ks)
-    sil_per_row2 = gemm / (m * m) * (1 + total_k / X.shape[1]) * 1.5
-    return fit_per_row, sil_per_row2
+    for k in ks:
+        KMeans(n_clusters=k, random_state=seed).fit(X)
+
+
+def timed(fn: Any) -> tuple[Any, float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=50_000)
-    ap.add_argument("--dim", type=int, default=1280)
-    ap.add_argument("--true-k", type=int, default=23)
-    ap.add_argument("--max-clusters", type=int, default=50)
+    ap.add_argument(
+        "--store", default=None, help=f"feature store folder (default: ${STORE_ENV}, else generated)"
+    )
+    ap.add_argument("--n", type=int, default=20_000, help="generated rows")
+    ap.add_argument("--dim", type=int, default=256, help="generated dims")
+    ap.add_argument("--true-k", type=int, default=23, help="generated blobs")
+    ap.add_argument("--noise", type=float, default=4.0, help="expected norm of the generated isotropic noise")
+    ap.add_argument("--max-clusters", type=int, default=30)
     ap.add_argument("--n-components", type=int, default=None)
-    ap.add_argument("--n-init", type=int, default=3)
     ap.add_argument("--sample-size", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--noise", type=float, default=4.0, help="expected norm of the isotropic noise")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads for both (default 1)")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating rounds of bare fits and choose-k")
     ap.add_argument("--exhaustive-n", type=int, default=None, help="rows for the exhaustive sweep (0: skip)")
-    ap.add_argument("--exhaustive-budget", type=float, default=360.0, help="seconds, for the default size")
     ap.add_argument("--no-retrieval", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument(
@@ -101,93 +132,107 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
+    from threadpoolctl import threadpool_limits
+
     from varsitysrch import _selectk
     from varsitysrch._selectk import choose_k
 
     if args.no_warm_start:
         _selectk._WARM_STARTS = False  # the documented ablation switch of the sweep
 
-    progress = not args.quiet
     print(
         f"# choose-k benchmark  python {platform.python_version()}  {platform.machine()}  "
-        f"cores={os.cpu_count()}  load average {os.getloadavg()[0]:.1f} (other processes share the cores)"
+        f"cores={os.cpu_count()}  threads={args.threads}  load average {os.getloadavg()[0]:.1f} "
+        "(other processes share the cores)"
     )
-    t = time.perf_counter()
-    X, _truth = make_data(args.n, args.dim, args.true_k, noise=args.noise, seed=args.seed)
-    print(
-        f"data: {args.n:,} x {args.dim}, {args.true_k} blobs in a 64-dim subspace + noise "
-        f"(norm {args.noise}), unit rows; generated in {time.perf_counter() - t:.1f} s"
-        + ("; sweep WITHOUT warm starts" if args.no_warm_start else "")
-    )
-    common = dict(
+    stored = load_store(args.store)
+    true_k: int | None = None
+    if stored is None:
+        t = time.perf_counter()
+        X, _truth = make_data(args.n, args.dim, args.true_k, noise=args.noise, seed=args.seed)
+        true_k = args.true_k
+        print(
+            f"data: generated {args.n:,} x {args.dim}, {args.true_k} blobs in a 64-dim subspace + noise "
+            f"(norm {args.noise}), unit rows, in {time.perf_counter() - t:.1f} s"
+        )
+    else:
+        X, what = stored
+        print(f"data: {what}: {X.shape[0]:,} x {X.shape[1]}")
+    ks = range(2, args.max_clusters + 1)
+    common: dict[str, Any] = dict(
         max_clusters=args.max_clusters,
         n_components=args.n_components,
-        n_init=args.n_init,
         random_state=args.seed,
         retrieval=not args.no_retrieval,
-        show_progress=progress,
+        show_progress=not args.quiet,
+        n_threads=args.threads,
+    )
+    print(
+        f"k = 2..{args.max_clusters}; " + ("sweep WITHOUT warm starts" if args.no_warm_start else "defaults")
     )
 
-    def report(tag: str, r) -> None:  # type: ignore[no-untyped-def]
-        i = r.ks.index(r.recommended_k)
-        print(
-            f"{tag}: {r.seconds:7.1f} s  recommended k={r.recommended_k}  "
-            f"best-silhouette k={r.best_silhouette_k}  "
-            f"knee k={r.knee_k} ({r.knee_method})  silhouette@rec={r.silhouette[i]:.4f} "
-            f"(on {r.silhouette_sample:,} rows)  inertia@rec={r.inertia[i]:.1f}"
-            + (f"  confirmed ks={list(r.confirmed_ks)}" if r.confirmed_ks else "")
-        )
-        if r.retrieval is not None:
-            rec = r.retrieval
-            parts = [
-                f"np{p}: R@10 {rec.recall_at_10[p][i]:.3f} scan {rec.scanned_fraction[p][i]:.3f}"
-                for p in rec.nprobe
-            ]
-            print(f"{'':>{len(tag)}}  search at k={r.recommended_k}: " + "; ".join(parts))
-        print(f"{'':>{len(tag)}}  rule: {r.rule}")
+    # imports and thread pools before anything is timed
+    with threadpool_limits(args.threads):
+        bare_fits(X[:500], range(2, 4), args.seed)
+    choose_k(X[:500], 5, retrieval=False, show_progress=False)
 
-    def top_sil(r, m: int = 5) -> str:  # type: ignore[no-untyped-def]
-        order = np.argsort(-np.asarray(r.silhouette))[:m]
-        return ", ".join(f"k={r.ks[j]}:{r.silhouette[j]:.4f}" for j in order)
+    walls: list[float] = []
+    cpus: list[float] = []
+    fast = None
+    for i in range(args.repeats):
+        with threadpool_limits(args.threads):
+            _, bw, bc = timed(lambda: bare_fits(X, ks, args.seed))
+        fast, fw, fc = timed(lambda: choose_k(X, method="fast", sample_size=args.sample_size, **common))
+        walls.append(fw / bw)
+        cpus.append(fc / bc)
+        print(
+            f"round {i + 1}: bare fits {bw:6.1f} s wall {bc:6.1f} s CPU | choose k {fw:6.1f} s wall "
+            f"{fc:6.1f} s CPU | ratio {fw / bw:.2f} wall, {fc / bc:.2f} CPU  (load {os.getloadavg()[0]:.1f})"
+        )
+    print(
+        f"choose-k / bare fits (median of {args.repeats}): {statistics.median(walls):.2f} wall, "
+        f"{statistics.median(cpus):.2f} CPU"
+    )
+    assert fast is not None
+    report("choose k (fast)", fast)
 
-    fast = choose_k(X, method="fast", sample_size=args.sample_size, **common)  # type: ignore[arg-type]
-    report(f"fast        n={args.n:>6}", fast)
-    print(f"  top silhouettes (fast, full n): {top_sil(fast)}")
+    n_ex = X.shape[0] if args.exhaustive_n is None else min(args.exhaustive_n, X.shape[0])
+    if not n_ex:
+        return 0
+    ex, ew, ec = timed(lambda: choose_k(X[:n_ex], method="exhaustive", **common))
+    print(f"exhaustive on {n_ex:,} rows: {ew:.1f} s wall, {ec:.1f} s CPU")
+    report("exhaustive", ex)
+    if n_ex < X.shape[0]:
+        fast = choose_k(X[:n_ex], method="fast", sample_size=args.sample_size, **common)
+        report(f"fast on the same {n_ex:,} rows", fast)
+    same = fast.recommended_k == ex.recommended_k
+    print(
+        f"recommendation: choose k k={fast.recommended_k}, exhaustive k={ex.recommended_k} -> "
+        f"{'SAME' if same else 'DIFFERENT'}" + ("" if true_k is None else f"; true k = {true_k}")
+    )
+    return 0 if same else 1
 
-    n_ex = args.exhaustive_n
-    if n_ex is None:
-        per_row, per_row2 = estimate_exhaustive(X, args.max_clusters, args.n_init, args.seed)
-        est_full = per_row * args.n + per_row2 * args.n**2
-        n_ex = args.n
-        while n_ex > 2000 and per_row * n_ex + per_row2 * n_ex**2 > args.exhaustive_budget:
-            n_ex = int(n_ex * 0.8)
-        n_ex = min(args.n, n_ex // 1000 * 1000 or n_ex)
-        print(
-            f"exhaustive at n={args.n:,} estimated {est_full / 60:.1f} min"
-            + (
-                f" > budget {args.exhaustive_budget / 60:.0f} min: comparing on the first {n_ex:,} rows"
-                if n_ex < args.n
-                else ""
-            )
-        )
-    if n_ex:
-        Xs = X[:n_ex]
-        ex = choose_k(Xs, method="exhaustive", **common)  # type: ignore[arg-type]
-        report(f"exhaustive  n={n_ex:>6}", ex)
-        fs = choose_k(Xs, method="fast", sample_size=args.sample_size, **common)  # type: ignore[arg-type]
-        report(f"fast        n={n_ex:>6}", fs)
-        print(f"  top silhouettes (exhaustive): {top_sil(ex)}")
-        print(f"  top silhouettes (fast):       {top_sil(fs)}")
-        same = ex.recommended_k == fs.recommended_k
-        print(
-            f"agreement on n={n_ex:,}: fast k={fs.recommended_k} vs exhaustive k={ex.recommended_k} -> "
-            f"{'SAME' if same else 'DIFFERENT'}; speed-up {ex.seconds / max(fs.seconds, 1e-9):.1f}x"
-        )
-        print(
-            f"agreement with the full-size fast run: k={fast.recommended_k} "
-            f"({'same' if fast.recommended_k == ex.recommended_k else 'different'}); true k = {args.true_k}"
-        )
-    return 0
+
+def report(tag: str, r: Any) -> None:
+    i = r.ks.index(r.recommended_k)
+    order = np.argsort(-np.asarray(r.silhouette))[:5]
+    top = ", ".join(f"k={r.ks[j]}:{r.silhouette[j]:.4f}" for j in order)
+    print(
+        f"  {tag}: k={r.recommended_k} (best silhouette k={r.best_silhouette_k}, knee k={r.knee_k} "
+        f"{r.knee_method}); silhouette on {r.silhouette_sample:,} rows"
+        + ("" if r.score_dims is None else f" in {r.score_dims} PCA dims")
+        + f"; inertia@k {r.inertia[i]:.1f}"
+        + (f"; confirmed ks {list(r.confirmed_ks)}" if r.confirmed_ks else "")
+    )
+    print(f"    top silhouettes: {top}")
+    if r.retrieval is not None:
+        rec = r.retrieval
+        parts = [
+            f"np{p}: R@10 {rec.recall_at_10[p][i]:.3f} scan {rec.scanned_fraction[p][i]:.3f}"
+            for p in rec.nprobe
+        ]
+        print(f"    search at k={r.recommended_k}: " + "; ".join(parts))
+    print(f"    {r.explanation}")
 
 
 if __name__ == "__main__":

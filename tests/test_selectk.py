@@ -19,13 +19,13 @@ from varsitysrch._errors import InvalidArgumentError
 from varsitysrch._pca import apply_pca, fit_pca
 from varsitysrch._selectk import (
     DEFAULT_PLOT,
+    SIL_DIMS,
     SIL_TIE,
     SIL_WEAK,
     KSelection,
     _chord_knee,
     _recommend,
-    _sample_distances,
-    _sample_scores,
+    _scores,
     choose_k,
     get_optimal_num_clusters,
 )
@@ -103,9 +103,9 @@ def test_fast_matches_exhaustive() -> None:
     assert fast.silhouette[i] == pytest.approx(ex.silhouette[i], abs=0.03)
 
 
-def test_silhouette_and_davies_bouldin_are_sklearns() -> None:
-    """The precomputed-distance path gives sklearn's plain Euclidean silhouette and Davies-Bouldin."""
-    from sklearn.metrics import davies_bouldin_score, silhouette_score
+def test_silhouette_and_davies_bouldin_are_sklearns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-pass scores equal sklearn's silhouette and Davies-Bouldin, whatever the block size."""
+    from sklearn.metrics import davies_bouldin_score, silhouette_samples, silhouette_score
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 12)).astype(np.float32)
@@ -113,43 +113,102 @@ def test_silhouette_and_davies_bouldin_are_sklearns() -> None:
     labels[1][labels[1] == 4] = 3
     labels[1][0] = 4  # a cluster of one, whose silhouette is 0
     labels[2][labels[2] == 3] = 8  # an empty cluster id
-    sil, dbi = _sample_scores(X, _sample_distances(X), labels, False)
-    np.testing.assert_allclose(_sample_scores(X, None, labels, False)[0], sil, atol=1e-6)  # streamed
-    for lab, s, d in zip(labels, sil, dbi, strict=True):
-        assert s == pytest.approx(silhouette_score(X, lab, metric="euclidean"), abs=1e-6)
-        assert d == pytest.approx(davies_bouldin_score(X, lab), rel=1e-9)
-    sil1, dbi1 = _sample_scores(X, None, [np.zeros(len(X), dtype=np.int64)], False)
-    assert np.isnan(sil1[0]) and np.isnan(dbi1[0])  # one cluster: undefined, not an error
+    labels.append(np.arange(len(X)) % 299)  # 299 clusters of 300 rows: the most the silhouette allows
+    sil, se, dbi = _scores(X, labels)
+    monkeypatch.setattr(_selectk, "_DIST_BLOCK_ELEMS", 7 * len(X))  # blocks of 7 rows, a short last one
+    np.testing.assert_allclose(_scores(X, labels)[0], sil, rtol=0, atol=2e-5)
+    # float32 sums of 300 distances: relative error <= 300 * 6e-8 (2e-5) at worst, typically far less
+    for lab, s, e, d in zip(labels, sil, se, dbi, strict=True):
+        assert s == pytest.approx(silhouette_score(X, lab, metric="euclidean"), abs=2e-5)
+        assert e == pytest.approx(np.std(silhouette_samples(X, lab)) / np.sqrt(len(X)), abs=2e-5)
+        assert d == pytest.approx(davies_bouldin_score(X, lab), rel=1e-6)  # float32 data
+    one = _scores(X, [np.zeros(len(X), dtype=np.int64), np.arange(len(X))])  # 1 and m clusters
+    assert np.isnan(np.concatenate(one)).all()  # undefined, not an error
 
 
 def test_exhaustive_scores_equal_sklearn_on_the_true_clustering() -> None:
-    """On clean blobs the clustering at the true k is unique: every score must be sklearn's."""
+    """On clean blobs the clustering at the true k is unique: every score must be sklearn's, in the
+    score space (the top SIL_DIMS principal directions, rows re-normalised)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import davies_bouldin_score, silhouette_score
 
     X = blobs(0, 32, 6, 2.0, 6, sizes=[60, 120, 150, 200, 250, 400])
     r = choose_k(X, 8, method="exhaustive", retrieval=False, show_progress=False)
+    assert r.score_dims == SIL_DIMS == 16
     i = r.ks.index(6)
     km = KMeans(6, n_init=5, random_state=1).fit(X)
-    assert r.silhouette[i] == pytest.approx(silhouette_score(X, km.labels_), abs=1e-6)
-    assert r.davies_bouldin[i] == pytest.approx(davies_bouldin_score(X, km.labels_), rel=1e-5)
-    assert r.inertia[i] == pytest.approx(km.inertia_, rel=1e-4)
+    Zs = apply_pca(X, *fit_pca(X, SIL_DIMS, random_state=0))
+    assert r.silhouette[i] == pytest.approx(silhouette_score(Zs, km.labels_), abs=2e-5)
+    assert r.davies_bouldin[i] == pytest.approx(davies_bouldin_score(Zs, km.labels_), rel=1e-5)
+    assert r.inertia[i] == pytest.approx(km.inertia_, rel=1e-4)  # the inertia stays in the analysis space
 
 
 def test_the_recommendation_rule() -> None:
     ks = list(range(2, 9))
     # a clear best silhouette wins, wherever the knee is
-    assert _recommend(ks, np.array([0.2, 0.3, 0.5, 0.35, 0.3, 0.25, 0.2]), knee=6)[:2] == (4, 4)
+    c = _recommend(ks, np.array([0.2, 0.3, 0.5, 0.35, 0.3, 0.25, 0.2]), knee=6)
+    assert (c.best_k, c.recommended_k, c.tied_ks, c.tie_band) == (4, 4, (4,), SIL_TIE)
     # practically tied (within 0.002): the one nearest the knee
-    best, rec, rule = _recommend(ks, np.array([0.2, 0.3, 0.5, 0.4995, 0.3, 0.25, 0.2]), knee=6)
-    assert (best, rec) == (4, 5) and "[4, 5]" in rule and "knee" in rule
+    c = _recommend(ks, np.array([0.2, 0.3, 0.5, 0.4995, 0.3, 0.25, 0.2]), knee=6)
+    assert (c.best_k, c.recommended_k) == (4, 5) and "[4, 5]" in c.rule and "knee" in c.rule
     # flat silhouette (range < 0.02): the knee
-    best, rec, rule = _recommend(ks, np.array([0.05, 0.06, 0.055, 0.058, 0.052, 0.05, 0.051]), knee=5)
-    assert (best, rec) == (3, 5) and "flat" in rule
+    c = _recommend(ks, np.array([0.05, 0.06, 0.055, 0.058, 0.052, 0.05, 0.051]), knee=5)
+    assert (c.best_k, c.recommended_k) == (3, 5) and "flat" in c.rule
     # no silhouette at all (NaN): the knee
-    assert _recommend(ks, np.full(7, np.nan), knee=4)[1] == 4
+    assert _recommend(ks, np.full(7, np.nan), knee=4).recommended_k == 4
     # the chord knee of an elbow curve
     assert _chord_knee(ks, np.array([100.0, 60, 20, 18, 16, 14, 12])) == 4
+
+
+def test_the_tie_band_is_the_standard_error_of_the_best_silhouette() -> None:
+    """Differences below the best silhouette's standard error (few images) do not decide; the knee does."""
+    ks = list(range(2, 9))
+    sil = np.array([0.15, 0.16, 0.18, 0.172, 0.171, 0.16, 0.15])
+    se = np.full(7, 0.0104)
+    c = _recommend(ks, sil, knee=7, se=se)
+    assert c.tie_band == 0.010 and c.tied_ks == (4, 5, 6) and c.recommended_k == 6
+    assert "within 0.010 of it (its standard error): [4, 5, 6]" in c.rule
+    # a small standard error (many images) never narrows the band below SIL_TIE
+    c = _recommend(ks, sil, knee=7, se=np.full(7, 0.0004))
+    assert c.tie_band == SIL_TIE and c.tied_ks == (4,) and c.recommended_k == 4
+
+
+def test_decisions_and_messages_use_the_same_rounded_numbers() -> None:
+    """A message never says "0.250 is below 0.25" or "0.020 < 0.02": decisions use the printed values."""
+    ks = list(range(2, 9))
+    # unrounded 0.5004 - 0.4983 = 0.0021 > 0.002, but printed 0.500 and 0.498 are 0.002 apart: tied
+    c = _recommend(ks, np.array([0.2, 0.3, 0.5004, 0.4983, 0.3, 0.25, 0.2]), knee=6)
+    assert c.tied_ks == (4, 5) and c.recommended_k == 5
+    # unrounded range 0.0198 < 0.02, printed 0.070 - 0.050 = 0.020: not flat, and not said to be
+    c = _recommend(ks, np.array([0.0502, 0.0699, 0.055, 0.058, 0.052, 0.06, 0.051]), knee=5)
+    assert "flat" not in c.rule and c.recommended_k == 3
+    r = choose_k(blobs(300, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
+    for best in np.arange(0.2440, 0.2560, 0.0001):
+        sil = np.array([best - 0.05, best, best - 0.03, best - 0.04, best - 0.06, best - 0.07, best - 0.08])
+        shown = f"{best:.3f}"
+        weak = float(shown) < SIL_WEAK
+        for n_images in (None, 1000):  # without and with the catalogue-size floor
+            c = _recommend(ks, sil, knee=3, n_images=n_images)
+            assert ("weak cluster structure" in c.rule) == weak, (shown, c.rule)
+            if weak:
+                assert f"the best silhouette {shown}" in c.rule and f"is below {SIL_WEAK}" in c.rule
+            else:
+                assert f"{shown} is below" not in c.rule
+            w = _selectk.dataclasses.replace(r, silhouette=tuple(sil), rule=c.rule)
+            assert w.weak_structure == weak  # the plot's warning follows the same number
+            assert ("weak cluster structure" in w.explanation) == weak
+
+
+def test_one_explanation_everywhere(results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
+    """str(), summary(), the plot's caption and the JSON all carry ``explanation``, weak note included."""
+    X = np.random.default_rng(1).standard_normal((400, 16)).astype(np.float32)
+    for r in (results["3 blobs, 8 dims"][0], choose_k(X, 8, **FAST)):  # type: ignore[arg-type]
+        line = r.explanation
+        assert "\n" not in line and line.startswith(f"k={r.recommended_k}: {r.rule}")
+        assert ("weak cluster structure" in line) == r.weak_structure
+        assert str(r) == line and r.summary().splitlines()[-1] == f"recommended {line}"
+        assert line in _texts(r.plot()).replace("\n", " ")
+        assert r.to_dict()["explanation"] == line
 
 
 def _texts(fig) -> str:  # type: ignore[no-untyped-def]
@@ -198,7 +257,7 @@ def test_plot_explains_the_recommendation(
     for ax in fig.axes:
         assert ax.get_ylim()[0] <= 0.0 and ax.get_xlim()[0] == 0.0
     text = _texts(fig)
-    assert f"recommended k = {r.recommended_k}" in text and r.rule in text.replace("\n", " ")
+    assert f"recommended k = {r.recommended_k}" in text and r.explanation in text.replace("\n", " ")
     assert "weak structure" not in text  # silhouette 0.6+: no warning
     with Image.open(png) as im:
         im.verify()
@@ -221,7 +280,7 @@ def test_weak_structure_is_said_in_the_message_and_the_plot() -> None:
     X = np.random.default_rng(1).standard_normal((400, 16)).astype(np.float32)  # no clusters at all
     r = choose_k(X, 8, **FAST)  # type: ignore[arg-type]
     assert r.weak_structure and max(r.silhouette) < SIL_WEAK
-    assert "weak cluster structure" in str(r) and "note:" in r.summary()
+    assert "weak cluster structure" in str(r) and "weak cluster structure" in r.summary()
     fig = r.plot()
     assert "weak structure" in _texts(fig)
     sil_ax = fig.axes[0]
@@ -245,7 +304,7 @@ def test_scores_csv_and_json(tmp_path: Path, results: dict[str, tuple[KSelection
     assert doc["recommended_k"] == 6 and doc["ks"] == list(r.ks) and doc["rule"] == r.rule
     assert doc["retrieval"]["nprobe"] == [1, 2, 4]
     assert json.loads(json.dumps(r.to_dict())) == doc
-    assert "recommended k = 6" in r.summary()
+    assert "recommended k=6: " in r.summary()
 
 
 def test_retrieval_scores_are_consistent(results: dict[str, tuple[KSelection, np.ndarray]]) -> None:

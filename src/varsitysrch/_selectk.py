@@ -74,7 +74,7 @@ import os
 import textwrap
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -112,9 +112,10 @@ PlotPath = str | os.PathLike[str] | Literal[False] | None
 DEFAULT_PLOT = "optimal_clusters.png"
 NPROBES: tuple[int, ...] = (1, 2, 4)
 RECALL_AT = 10
-SIL_TIE = 0.002  # silhouettes within this of the best are tied (~ sampling error at 5,000 images)
+SIL_TIE = 0.002  # the tie band is at least this (~ the sampling error of a silhouette on 5,000 images)
 SIL_FLAT = 0.02  # a silhouette range below this is "flat": the knee decides
 SIL_WEAK = 0.25  # a best silhouette below this means weak cluster structure
+SIL_CLEAR = 0.5  # below this best silhouette (not "reasonable structure"), k >= min_k_for(n_images)
 N_TOP = 3  # best-silhouette ks confirmed by the fast path
 _MIN_TRAIN = 4096  # fast path: training sample of max(_MIN_TRAIN, _PER_CENTROID * max_clusters) images
 _PER_CENTROID = 128
@@ -122,10 +123,12 @@ _SWEEP_MIN_DIMS = 64  # the fast sweep runs in max(_SWEEP_MIN_DIMS, _SWEEP_DIMS_
 _SWEEP_DIMS_PER_K = 4
 _MAX_CONFIRM_ROUNDS = 3
 _WARM_STARTS = True  # the sweep's warm starts (benchmarks/bench_choose_k.py --no-warm-start turns them off)
+_LLOYD_ITERS = 20  # Lloyd iterations of each fast-sweep fit (faiss)
 _SWEEP_THREADS: int | None = 1  # BLAS/OpenMP threads in the sweep (None: as set outside)
 _SMALL = 4_000_000  # n_images * dim at or below which n_threads=None means 1 thread
 _TOPK_CHUNK = 4096  # catalogue rows per exact_topk chunk in the retrieval scores
-_PRECOMPUTED_MAX_BYTES = 2 << 30  # silhouette from one distance matrix up to this size, else streamed
+SIL_DIMS = 16  # the silhouette and Davies-Bouldin are scored in this many principal directions (at most)
+_DIST_BLOCK_ELEMS = 1 << 22  # distances per block of the one-pass silhouette (32 MiB of float64)
 
 
 # --------------------------------------------------------------------------- results
@@ -188,14 +191,22 @@ class KSelection:
     confirmed_ks: tuple[int, ...] = ()
     random_state: int = 0
     plot_path: Path | None = None
+    tie_band: float = SIL_TIE
+    tied_ks: tuple[int, ...] = ()
+    score_dims: int | None = None
+    min_k: int = 2
 
     def __str__(self) -> str:
-        parts = [f"k={self.recommended_k}: {self.rule}"]
-        if self.weak_structure:
-            parts.append(self.weak_note)
-        if self.plot_path is not None:
-            parts.append(f"plot saved to {self.plot_path}")
-        return "; ".join(parts)
+        """:attr:`explanation` and where the plot went: the line get_optimal_num_clusters prints."""
+        if self.plot_path is None:
+            return self.explanation
+        return f"{self.explanation}; plot saved to {self.plot_path}"
+
+    @property
+    def explanation(self) -> str:
+        """The one-line explanation of the recommendation, ``k=<k>: <rule>``, the weak-structure warning
+        included where it applies. ``str()``, :meth:`summary`, the plot's caption and the CLI print it."""
+        return f"k={self.recommended_k}: {self.rule}"
 
     @property
     def best_silhouette(self) -> float:
@@ -204,15 +215,13 @@ class KSelection:
 
     @property
     def weak_structure(self) -> bool:
-        """True when even the best silhouette is below ``SIL_WEAK`` (0.25): clusters overlap."""
-        return math.isfinite(self.best_silhouette) and self.best_silhouette < SIL_WEAK
+        """True when even the best silhouette, as printed (3 decimals), is below ``SIL_WEAK`` (0.25)."""
+        return math.isfinite(self.best_silhouette) and _r3(self.best_silhouette) < SIL_WEAK
 
     @property
     def weak_note(self) -> str:
-        return (
-            f"the best silhouette {self.best_silhouette:.2f} is below {SIL_WEAK}: weak cluster structure "
-            "(clusters overlap), so treat k as a speed/recall trade-off (the retrieval scores)"
-        )
+        """The weak-structure warning (part of :attr:`rule` when :attr:`weak_structure`)."""
+        return _weak_text(_r3(self.best_silhouette))
 
     # ------------------------------------------------------------------ tables
     def to_rows(self) -> list[dict[str, Any]]:
@@ -252,6 +261,11 @@ class KSelection:
             "n_images": self.n_images,
             "dim": self.dim,
             "silhouette_sample": self.silhouette_sample,
+            "score_dims": self.score_dims,
+            "tie_band": self.tie_band,
+            "tied_ks": list(self.tied_ks),
+            "min_k": self.min_k,
+            "explanation": self.explanation,
             "confirmed_ks": list(self.confirmed_ks),
             "random_state": self.random_state,
             "seconds": round(self.seconds, 3),
@@ -279,9 +293,7 @@ class KSelection:
                 cells.append(f"{'nan':>11}" if v is None else f"{v:>11.4g}")
             mark = "  <- recommended" if row["k"] == self.recommended_k else ""
             lines.append("  ".join(cells) + mark)
-        lines.append(f"recommended k = {self.recommended_k}: {self.rule}")
-        if self.weak_structure:
-            lines.append(f"note: {self.weak_note}")
+        lines.append(f"recommended {self.explanation}")
         return "\n".join(lines)
 
     def write_scores(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -325,9 +337,7 @@ class KSelection:
             f"Choosing k: {self.n_images:,} images, {self.space}; recommended k = {self.recommended_k}",
             fontsize="medium",
         )
-        caption = f"Recommended k={self.recommended_k}: {self.rule}."
-        if self.weak_structure:
-            caption += f" Note: {self.weak_note}."
+        caption = f"Recommended {self.explanation}."
         fig.supxlabel(textwrap.fill(caption, width=60 * ncols), fontsize="small", ha="center")
         if path is not None:
             _save_figure(fig, Path(path))
@@ -340,12 +350,24 @@ class KSelection:
         ax.plot(ks, sil, "o-", color="tab:green", markersize=3.5, label="mean silhouette")
         best = self.best_silhouette
         if math.isfinite(best):
-            tied = ks[np.isfinite(sil) & (sil >= best - SIL_TIE)]
+            tied = np.asarray(self.tied_ks or [self.best_silhouette_k])
             ax.axhspan(
-                best - SIL_TIE, best, color="tab:orange", alpha=0.35, label=f"tie band (within {SIL_TIE})"
+                best - self.tie_band,
+                best,
+                color="tab:orange",
+                alpha=0.35,
+                label=f"tie band (within {self.tie_band:.3f})",
             )
             ax.plot(tied, sil[np.isin(ks, tied)], "s", color="tab:orange", markersize=6, label="tied ks")
             ax.axhline(SIL_WEAK, color="tab:gray", linestyle=":", linewidth=1, label=f"weak below {SIL_WEAK}")
+        if self.min_k > self.ks[0]:
+            ax.axvspan(
+                0,
+                self.min_k - 0.5,
+                color="tab:gray",
+                alpha=0.15,
+                label=f"k < {self.min_k}: too few for {self.n_images:,} images",
+            )
         i_rec = self.ks.index(rec)
         ax.axvline(rec, color="tab:red", linewidth=1.5, alpha=0.6)
         ax.plot([rec], [sil[i_rec]], "*", color="tab:red", markersize=15, label=f"recommended k={rec}")
@@ -357,14 +379,15 @@ class KSelection:
         sample = (
             "all images" if self.silhouette_sample >= self.n_images else f"{self.silhouette_sample:,} images"
         )
-        ax.set_title(f"Silhouette ({sample}; higher is better)")
+        dims = "" if self.score_dims is None else f", {self.score_dims} PCA dims"
+        ax.set_title(f"Silhouette ({sample}{dims}; higher is better)")
         ax.set_xlabel("k (number of clusters)")
         ax.set_ylabel("mean silhouette (axis from 0)")
         if self.weak_structure:
             ax.text(
                 0.03,
                 0.04,
-                f"weak structure: best silhouette {best:.2f} < {SIL_WEAK}",
+                f"weak structure: best silhouette {_r3(best):.3f} < {SIL_WEAK}",
                 transform=ax.transAxes,
                 fontsize="small",
                 color="tab:red",
@@ -728,30 +751,29 @@ def _analyse(
         best = _sweep(T, ks, n_init, random_state, rng, show_progress, "choose k (exhaustive)")
         fits = {k: _assign(Z, best[k].centroids) for k in ks}
 
-    Zs = np.ascontiguousarray(Z[sil_idx])
-    D = _sample_distances(Zs)
-    sil, dbi = _sample_scores(Zs, D, [fits[k].labels[sil_idx] for k in ks], show_progress)
+    proj = _score_space(Z, random_state)  # fitted on all rows: the same space for both methods
+    Zs = np.ascontiguousarray(Z[sil_idx] if proj is None else apply_pca(Z[sil_idx], *proj))
+    sil, se, dbi = _scores(Zs, [fits[k].labels[sil_idx] for k in ks], show_progress)
     inertia = np.array([fits[k].inertia for k in ks])
     knee, knee_method = _knee(ks, inertia)
-    best_k, rec, rule = _recommend(ks, sil, knee)
+    choice = _recommend(ks, sil, knee, se, n)
 
     confirmed: list[int] = []
     if method == "fast":
         # confirm the candidates: Lloyd on all images from the sweep's centroids, until the
         # candidate set (which the new scores may change) has been confirmed entirely
         for _round in range(_MAX_CONFIRM_ROUNDS):
-            todo = [k for k in _candidates(ks, sil, knee, rec) if k not in confirmed]
+            todo = [k for k in _candidates(ks, sil, knee, choice.recommended_k) if k not in confirmed]
             if not todo:
                 break
             for k in _progress(todo, show_progress, "confirm k"):
                 confirmed.append(k)
                 fits[k] = _assign(Z, _kmeans(Z, k, fits[k].centroids, 1, random_state).centroids)
-                i = ks.index(k)
-                inertia[i] = fits[k].inertia
-                s, d = _sample_scores(Zs, D, [fits[k].labels[sil_idx]], False)
-                sil[i], dbi[i] = s[0], d[0]
+                inertia[ks.index(k)] = fits[k].inertia
+            idx = [ks.index(k) for k in todo]
+            sil[idx], se[idx], dbi[idx] = _scores(Zs, [fits[k].labels[sil_idx] for k in todo])
             knee, knee_method = _knee(ks, inertia)
-            best_k, rec, rule = _recommend(ks, sil, knee)
+            choice = _recommend(ks, sil, knee, se, n)
 
     ret = None if q_idx is None else _retrieval_scores(X, Z, ks, fits, q_idx)
     return KSelection(
@@ -760,9 +782,9 @@ def _analyse(
         silhouette=tuple(float(v) for v in sil),
         davies_bouldin=tuple(float(v) for v in dbi),
         knee_k=int(knee),
-        best_silhouette_k=int(best_k),
-        recommended_k=int(rec),
-        rule=rule,
+        best_silhouette_k=choice.best_k,
+        recommended_k=choice.recommended_k,
+        rule=choice.rule,
         n_components=n_components,
         n_images=int(n),
         dim=int(dim),
@@ -773,6 +795,10 @@ def _analyse(
         knee_method=knee_method,
         confirmed_ks=tuple(sorted(confirmed)),
         random_state=random_state,
+        tie_band=choice.tie_band,
+        tied_ks=choice.tied_ks,
+        min_k=choice.min_k,
+        score_dims=None if proj is None else len(proj[1]),
     )
 
 
@@ -814,7 +840,7 @@ def _sweep_fast(
     # instead of one per restart and k)
     with _thread_limit(_SWEEP_THREADS):
         seeds = [kmeans_plusplus(Tr, kmax, random_state=random_state + i)[0] for i in range(n_init)]
-    best = _sweep(Tr, ks, n_init, random_state, rng, show_progress, "choose k", seeds)
+    best = _sweep(Tr, ks, n_init, random_state, rng, show_progress, "choose k", seeds, _faiss_lloyd)
     fits: dict[int, _Fit] = {}
     for k in ks:
         C = best[k].centroids
@@ -837,11 +863,13 @@ def _sweep(
     show_progress: bool,
     desc: str,
     seeds: Sequence[np.ndarray] | None = None,
+    lloyd: Callable[[np.ndarray, np.ndarray], _Fit] | None = None,
 ) -> dict[int, _Fit]:
     """K-means for every k: restarts, and warm starts from the k - 1 and k + 1 solutions.
 
     The restarts are ``KMeans(n_init)`` (k-means++ each), or, with ``seeds``, Lloyd from the
-    first k centres of each seed sequence.
+    first k centres of each seed sequence. ``lloyd(T, init)`` runs Lloyd from ``init``: scikit-learn
+    ``KMeans(init=...)`` by default (the exhaustive reference), :func:`_faiss_lloyd` in the fast path.
 
     Forward over k, the k - 1 solution plus one k-means++ centre; backward, the k + 1 solution
     minus its least useful centre; the lowest inertia wins. Why the warm starts stay: independent
@@ -851,6 +879,11 @@ def _sweep(
     the difference; figures in ``docs/choose_k.md``). Fits run with ``_SWEEP_THREADS`` threads:
     thousands of small fits are faster on one thread than on two (no start-up or spin-waiting).
     """
+    if lloyd is None:
+
+        def lloyd(T: np.ndarray, init: np.ndarray) -> _Fit:
+            return _kmeans(T, len(init), init, 1, random_state)
+
     best: dict[int, _Fit] = {}
     total = 2 * len(ks) - 1 if _WARM_STARTS else len(ks)
     with (
@@ -861,15 +894,15 @@ def _sweep(
             if seeds is None:
                 fit = _kmeans(T, k, None, n_init, random_state)
             else:
-                fit = min((_kmeans(T, k, seq[:k], 1, random_state) for seq in seeds), key=lambda f: f.inertia)
+                fit = min((lloyd(T, seq[:k]) for seq in seeds), key=lambda f: f.inertia)
             if _WARM_STARTS and k - 1 in best:
-                warm = _kmeans(T, k, _add_centre(T, best[k - 1].centroids, rng), 1, random_state)
+                warm = lloyd(T, _add_centre(T, best[k - 1].centroids, rng))
                 fit = min(fit, warm, key=lambda f: f.inertia)
             best[k] = fit
             bar.update()
         if _WARM_STARTS:
             for k in reversed(ks[:-1]):
-                cand = _kmeans(T, k, _drop_centre(T, best[k + 1].centroids), 1, random_state)
+                cand = lloyd(T, _drop_centre(T, best[k + 1].centroids))
                 if cand.inertia < best[k].inertia:
                     best[k] = cand
                 bar.update()
@@ -889,6 +922,36 @@ def _kmeans(T: np.ndarray, k: int, init: np.ndarray | None, n_init: int, random_
         km.fit(T)
     return _Fit(
         np.asarray(km.cluster_centers_, dtype=np.float32), km.labels_.astype(np.int32), float(km.inertia_)
+    )
+
+
+def _faiss_lloyd(T: np.ndarray, init: np.ndarray) -> _Fit:
+    """``_LLOYD_ITERS`` Lloyd iterations from ``init`` by faiss (``faiss.Kmeans``, all rows, no sampling).
+
+    The fast sweep's K-means: about half the CPU of scikit-learn's ``KMeans(init=...)`` on the sweep's
+    4,096 x 120 sample, whose per-fit input checks and variance cost as much as its Lloyd iterations
+    (docs/choose_k.md). 20 iterations from these starts reach scikit-learn's converged inertia to 1e-5.
+    Labels and inertia are those of the returned centroids.
+    """
+    import faiss
+
+    T32 = np.ascontiguousarray(T, dtype=np.float32)
+    k, d = init.shape
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=_LLOYD_ITERS,
+        seed=1,
+        verbose=False,
+        max_points_per_centroid=len(T32),
+        min_points_per_centroid=1,
+    )
+    km.train(T32, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+    dist, idx = km.index.search(T32, 1)
+    return _Fit(
+        np.asarray(km.centroids, dtype=np.float32),
+        idx[:, 0].astype(np.int32),
+        float(dist.sum(dtype=np.float64)),
     )
 
 
@@ -937,40 +1000,107 @@ def _cluster_sums(labels: np.ndarray, k: int, T: np.ndarray) -> tuple[np.ndarray
     return np.asarray(onehot @ T), counts
 
 
-def _sample_distances(Zs: np.ndarray) -> np.ndarray | None:
-    """The Euclidean distance matrix of the scored sample (``None`` above ``_PRECOMPUTED_MAX_BYTES``)."""
-    from sklearn.metrics import pairwise_distances
+def _scores(
+    Zs: np.ndarray, label_sets: Sequence[np.ndarray], show_progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean silhouette, its standard error and Davies-Bouldin of each labelling of ``Zs``.
 
-    if 4 * len(Zs) ** 2 > _PRECOMPUTED_MAX_BYTES:
-        return None
-    D = pairwise_distances(Zs)
-    np.fill_diagonal(D, 0.0)
-    return D
-
-
-def _sample_scores(
-    Zs: np.ndarray, D: np.ndarray | None, label_sets: Sequence[np.ndarray], show_progress: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's silhouette and Davies-Bouldin of each labelling of ``Zs`` (NaN where undefined).
-
-    ``D`` (:func:`_sample_distances`) is computed once per run and passed as ``metric="precomputed"``
-    to every ``silhouette_score`` call: the same values as ``metric="euclidean"`` without
-    recomputing the distances for each k. Without ``D``, scikit-learn streams them per k.
+    Returns three float64 arrays aligned with ``label_sets`` (NaN where a score is undefined: fewer
+    than 2 or more than ``m - 1`` clusters among the rows). The silhouette is scikit-learn's
+    ``silhouette_score(Zs, labels, metric="euclidean")`` (a test checks it), computed for every
+    labelling in one pass: for each block of rows, its Euclidean distances to all rows times the
+    stacked one-hot memberships of all labellings give each row's distance sum to every cluster of
+    every k (one matrix product instead of one scikit-learn call per k, which reduces its distance
+    chunks per k: 2-3x the CPU of the whole analysis, docs/choose_k.md). Memory: one block of
+    distances and ``m x sum(k)`` sums, never the ``m x m`` matrix. The standard error is the
+    standard deviation of the per-row silhouettes over sqrt(m) (the tie band uses it).
+    Davies-Bouldin is :func:`_davies_bouldin` (scikit-learn's formula, vectorised).
     """
-    from sklearn.metrics import davies_bouldin_score, silhouette_score
-
     m = len(Zs)
-    sil = np.full(len(label_sets), np.nan)
-    dbi = np.full(len(label_sets), np.nan)
-    for j, lab in enumerate(_progress(label_sets, show_progress, "silhouette")):
-        if not 2 <= len(np.unique(lab)) <= m - 1:
-            continue
-        if D is not None:
-            sil[j] = silhouette_score(D, lab, metric="precomputed")
-        else:
-            sil[j] = silhouette_score(Zs, lab, metric="euclidean")
-        dbi[j] = davies_bouldin_score(Zs, lab)
-    return sil, dbi
+    L = len(label_sets)
+    sil = np.full(L, np.nan)
+    se = np.full(L, np.nan)
+    dbi = np.full(L, np.nan)
+    labs = [np.unique(np.asarray(lab), return_inverse=True)[1].astype(np.int64) for lab in label_sets]
+    sizes = [int(lab.max()) + 1 if len(lab) else 0 for lab in labs]
+    ok = [2 <= c <= m - 1 for c in sizes]
+    offs = np.concatenate([[0], np.cumsum([c if good else 0 for c, good in zip(sizes, ok, strict=True)])])
+    if offs[-1] > 0:
+        M = np.zeros((m, int(offs[-1])), dtype=np.float32)
+        rows = np.arange(m)
+        for j, lab in enumerate(labs):
+            if ok[j]:
+                M[rows, offs[j] + lab] = 1.0
+        sums = _distance_sums(Zs, M)
+        counts = M.sum(axis=0, dtype=np.float64)
+        for j, lab in enumerate(labs):
+            if not ok[j]:
+                continue
+            S = sums[:, offs[j] : offs[j + 1]]
+            n_c = counts[offs[j] : offs[j + 1]]
+            own = S[rows, lab]
+            n_own = n_c[lab]
+            a = own / np.maximum(n_own - 1, 1)
+            mean_d = S / n_c[None, :]
+            mean_d[rows, lab] = np.inf
+            b = mean_d.min(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                s_i = (b - a) / np.maximum(a, b)
+            s_i = np.where(n_own > 1, np.nan_to_num(s_i), 0.0)  # a cluster of one: 0 (as scikit-learn)
+            sil[j] = float(s_i.mean())
+            se[j] = float(s_i.std() / math.sqrt(m))
+    for j, lab in enumerate(_progress(labs, show_progress, "scores")):
+        if ok[j]:
+            dbi[j] = _davies_bouldin(Zs, lab, sizes[j])
+    return sil, se, dbi
+
+
+def _distance_sums(Zs: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """``D @ M`` for the Euclidean distance matrix ``D`` of the rows of ``Zs``, a block of rows at a time.
+
+    Distances in float64 (no cancellation for near rows), the product in float32 (sums of at most
+    ``m`` distances: relative error about ``m * 6e-8`` at worst, far below the silhouette's 3 decimals).
+    """
+    m = len(Zs)
+    Z64 = np.asarray(Zs, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", Z64, Z64)
+    out = np.empty((m, M.shape[1]), dtype=np.float32)
+    block = max(1, min(m, _DIST_BLOCK_ELEMS // max(m, 1)))
+    for s in range(0, m, block):
+        e = min(m, s + block)
+        D = Z64[s:e] @ Z64.T
+        D *= -2.0
+        D += sq[s:e, None]
+        D += sq[None, :]
+        np.maximum(D, 0.0, out=D)
+        np.sqrt(D, out=D)
+        D[np.arange(e - s), np.arange(s, e)] = 0.0
+        out[s:e] = D.astype(np.float32) @ M
+    return out
+
+
+def _davies_bouldin(Zs: np.ndarray, lab: np.ndarray, k: int) -> float:
+    """scikit-learn's ``davies_bouldin_score(Zs, lab)`` for labels ``0..k-1``, each present."""
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    sums, _counts = _cluster_sums(lab.astype(np.int64), k, np.asarray(Zs, dtype=np.float64))
+    C = sums / counts[:, None]
+    intra = np.bincount(lab, weights=np.linalg.norm(Zs - C[lab], axis=1), minlength=k) / counts
+    cd = np.sqrt(np.maximum(((C[:, None, :] - C[None, :, :]) ** 2).sum(-1), 0.0))
+    if np.allclose(intra, 0) or np.allclose(cd, 0):
+        return 0.0
+    cd[cd == 0] = np.inf
+    return float(np.mean(np.max((intra[:, None] + intra[None, :]) / cd, axis=1)))
+
+
+def _score_space(Z: np.ndarray, random_state: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The PCA ``(mean, components)`` the scores are computed in; ``None``: ``Z`` has <= ``SIL_DIMS`` dims.
+
+    The silhouette and Davies-Bouldin are computed on the rows projected on the top ``SIL_DIMS``
+    (16) principal directions of the analysis space, rows re-normalised (:func:`apply_pca`).
+    """
+    if Z.shape[1] <= SIL_DIMS or len(Z) <= SIL_DIMS:
+        return None
+    return fit_pca(Z, SIL_DIMS, random_state)
 
 
 def _knee(ks: Sequence[int], inertia: np.ndarray) -> tuple[int, str]:
@@ -1022,35 +1152,100 @@ def _chord_knee(ks: Sequence[int], inertia: np.ndarray) -> int:
     return int(ks[int(np.argmax(chord - yn))])
 
 
-def _recommend(ks: Sequence[int], sil: np.ndarray, knee: int) -> tuple[int, int, str]:
-    """(best_silhouette_k, recommended_k, rule text); see the module docstring."""
+@dataclass(frozen=True)
+class _Choice:
+    best_k: int
+    recommended_k: int
+    rule: str
+    tie_band: float
+    tied_ks: tuple[int, ...]
+    min_k: int
+
+
+def _r3(v: float) -> float:
+    """A silhouette as printed (3 decimals): the rule decides on these, so no message contradicts itself."""
+    return round(float(v), 3)
+
+
+def min_k_for(n_images: int) -> int:
+    """The fewest clusters that keep a nearest-cluster search of ``n_images`` within twice its least cost.
+
+    With one probed cluster a query costs about ``k + n/k`` distance computations (the k centroids,
+    then the ~n/k members of its cluster): least, ``2 sqrt(n)``, at ``k = sqrt(n)``, and at most twice
+    that for ``k >= (2 - sqrt(3)) sqrt(n)``, about ``0.27 sqrt(n)``: 5 for 300 images, 14 for 2,640,
+    38 for 20,000.
+    """
+    return max(2, math.ceil((2.0 - math.sqrt(3.0)) * math.sqrt(n_images)))
+
+
+def _recommend(
+    ks: Sequence[int],
+    sil: np.ndarray,
+    knee: int,
+    se: np.ndarray | None = None,
+    n_images: int | None = None,
+) -> _Choice:
+    """The recommendation rule (see the module docstring); decisions on silhouettes rounded to 3 decimals.
+
+    With ``n_images``, a best silhouette under ``SIL_CLEAR`` limits the choice to
+    ``k >= min_k_for(n_images)``.
+    """
     s = np.asarray(sil, dtype=np.float64)
     finite = np.isfinite(s)
     if not finite.any():
-        return (
-            int(ks[0]),
-            int(knee),
-            f"no silhouette could be computed: the knee of the inertia curve (k={knee})",
-        )
-    best_i = int(np.nanargmax(s))
-    best_k, best_s = int(ks[best_i]), float(s[best_i])
-    spread = float(np.nanmax(s) - np.nanmin(s))
-    if len(ks) >= 3 and spread < SIL_FLAT:
-        return (
-            best_k,
-            int(knee),
-            f"flat silhouette (max - min {spread:.3f} < {SIL_FLAT}): the knee (k={knee})",
-        )
-    near = [int(k) for k, v, ok in zip(ks, s, finite, strict=True) if ok and v >= best_s - SIL_TIE]
-    rec = min(near, key=lambda k: (abs(k - knee), k))
-    if len(near) == 1:
-        rule = f"highest silhouette ({best_s:.3f}), alone in the tie band {SIL_TIE}; knee at k={knee}"
+        rule = f"no silhouette could be computed: the knee of the inertia curve (k={knee})"
+        return _Choice(int(ks[0]), int(knee), rule, SIL_TIE, (), int(ks[0]))
+    best_k = int(ks[int(np.nanargmax(s))])
+    best_all = _r3(np.nanmax(s))
+    weak = best_all < SIL_WEAK
+    floor, lead = int(ks[0]), ""
+    if n_images is not None and best_all < SIL_CLEAR:
+        f = min(min_k_for(n_images), int(ks[-1]))
+        if f > ks[0] and (finite & (np.asarray(ks) >= f)).any():
+            floor = f
+            why_floor = (
+                _weak_text(best_all, best_k)
+                if weak
+                else f"the best silhouette {best_all:.3f} (k={best_k}) is under {SIL_CLEAR}"
+            )
+            lead = (
+                f"{why_floor}, so at least k={f} (with fewer clusters a search of {n_images:,} images "
+                f"costs over twice its least); from k={f}: "
+            )
+    ok = finite & (np.asarray(ks) >= floor)
+    i = int(np.argmax(np.where(ok, s, -np.inf)))
+    top_k, best = int(ks[i]), _r3(s[i])
+    spread = _r3(best - _r3(np.min(s[ok])))
+    se_best = float(se[i]) if se is not None and math.isfinite(float(se[i])) else 0.0
+    tie = max(SIL_TIE, _r3(se_best))
+    near = tuple(int(k) for k, v, good in zip(ks, s, ok, strict=True) if good and _r3(best - _r3(v)) <= tie)
+    aim = max(int(knee), floor)
+    knee_text = f"k={knee}" if aim == knee else f"k={knee}, raised to {aim}"
+    why = "its standard error" if tie > SIL_TIE else "sampling error"
+    if int(ok.sum()) >= 3 and spread < SIL_FLAT:
+        rec = aim
+        rule = f"flat silhouette (max - min {spread:.3f} < {SIL_FLAT}): the knee of the inertia ({knee_text})"
+    elif len(near) == 1:
+        rec = near[0]
+        rule = f"highest silhouette ({best:.3f}), no other k within {tie:.3f} ({why}); knee at {knee_text}"
     else:
+        rec = min(near, key=lambda k: (abs(k - aim), k))
         rule = (
-            f"highest silhouette {best_s:.3f} at k={best_k}; tie band {SIL_TIE}: {near}; "
-            f"the nearest to the knee (k={knee})"
+            f"highest silhouette {best:.3f} at k={top_k}; within {tie:.3f} of it ({why}): "
+            f"{list(near)}; of these the nearest to the knee ({knee_text})"
         )
-    return best_k, int(rec), rule
+    if weak and not lead:
+        rule += f"; {_weak_text(best_all)}"
+    return _Choice(best_k, int(rec), lead + rule, tie, near, floor)
+
+
+def _weak_text(best: float, k: int | None = None) -> str:
+    """The weak-structure warning for a best silhouette already rounded to 3 decimals (at ``k``)."""
+    at = "" if k is None else f" (k={k})"
+    return (
+        f"weak cluster structure: the best silhouette {best:.3f}{at} is below {SIL_WEAK} "
+        "(clusters overlap, so k is a speed/recall trade-off)"
+    )
 
 
 def _candidates(ks: Sequence[int], sil: np.ndarray, knee: int, rec: int) -> list[int]:
