@@ -76,6 +76,12 @@ def test_dask_extraction_writes_the_same_store(stores, cluster) -> None:
     assert dist.ids == local.ids and len(local) == 20
     assert (dist.sizes, dist.mtimes) == (local.sizes, local.mtimes)
     np.testing.assert_allclose(np.asarray(dist.vectors), np.asarray(local.vectors), atol=1e-5)
+    # the colour rows come from the workers' decode, in the same generation, equal to the local ones
+    assert dist.colour is not None and dist.plain is not None and local.colour is not None
+    np.testing.assert_array_equal(np.asarray(dist.colour), np.asarray(local.colour))
+    np.testing.assert_array_equal(np.asarray(dist.plain), np.asarray(local.plain))
+    assert dist.colour_record() is not None
+    assert dist.colour_record()["checksum"] == local.colour_record()["checksum"]  # type: ignore[index]
     assert (stores[1] / "skipped.csv").read_text() == (stores[0] / "skipped.csv").read_text()
     assert "broken/truncated.jpg" in (stores[1] / "skipped.csv").read_text()
     per_store = {"generation"}  # each store's own commit token (see _store)
@@ -137,6 +143,9 @@ def test_dask_update_matches_local(catalogue: Path, cluster, tmp_path: Path) -> 
         assert (rep.added, rep.n_embedded) == (4, 4)
         results[engine] = load_model(model)
     assert results["dask"].ids == results["local"].ids
+    # both models record the colour rows of the updated store (the same rows: same checksum)
+    col = {engine: mf.config["colour"] for engine, mf in results.items()}
+    assert col["dask"] is not None and col["dask"] == col["local"] and col["dask"]["count"] == 24
     np.testing.assert_array_equal(results["dask"].labels, results["local"].labels)
     np.testing.assert_allclose(results["dask"].distances, results["local"].distances, atol=1e-4)
 

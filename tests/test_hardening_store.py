@@ -524,8 +524,8 @@ def test_checkpoints_are_named_per_run(tmp_path: Path, two_catalogues, monkeypat
 
         monkeypatch.setattr(_extractors.Embedder, "embed", flaky)
         before = {p.name for p in (out / "parts").glob("part-*")} if (out / "parts").exists() else set()
-        with pytest.raises(KeyboardInterrupt):
-            extract_features(a, out, batch_size=2, checkpoint_every=2, show_progress=False)
+        with pytest.raises(KeyboardInterrupt):  # one lane: the second batch is the second embed call
+            extract_features(a, out, batch_size=2, checkpoint_every=2, num_workers=0, show_progress=False)
         names.append({p.name for p in (out / "parts").glob("part-*")} - before)
     runs = [{n.split("-")[1] for n in s} for s in names]
     assert all(len(r) == 1 for r in runs) and runs[0] != runs[1]

@@ -8,15 +8,26 @@
 * :func:`colour_signature` -- a Hellinger-normalised HSV histogram of the foreground:
   12 hues x 3 saturations x 3 values (each soft-assigned to its two nearest bins) for
   chromatic pixels, plus 4 grey levels for achromatic ones (whose hue is noise):
-  ``SIGNATURE_DIM`` = 112 numbers, stored as float16 beside the CNN vectors.  The cosine
-  of two signatures is in ``[0, 1]``.
+  ``SIGNATURE_DIM`` = 112 numbers, stored as float16 in the feature store's generation
+  beside the CNN vectors.  The cosine of two signatures is in ``[0, 1]``.
 * :func:`combine_scores` -- ``(1 - w) * cosine + w * colour similarity``, the score the
   search ranks by when the user asks to match colour (``colour_weight=w``).
 * :func:`plain_background` -- whether a photo is a product shot on a plain backdrop (studio
   / catalogue style: nearly all of its border is one colour) rather than a photo taken in a
-  shop or at home.  Stored per image beside the colour signatures; the Searcher uses it to
-  tell a shopper's photo searched against a studio catalogue (``views="auto"``,
-  :mod:`varsitysrch._query`).
+  shop or at home.  Stored per image beside the colour signatures; the catalogue's share of
+  such images (its *studio share*) tells a shopper's photo searched against a studio
+  catalogue (``views="auto"``, :mod:`varsitysrch._query`).
+
+Where they live: :func:`~varsitysrch.extract_features` computes each image's signature and flag
+from the same decode as its vector and commits them in the same store generation
+(``colour.npy``, ``plain.npy``: :mod:`varsitysrch._store`), so they are never of another
+generation than the vectors; the model records their checksum and the studio share at
+training (``model.json`` ``colour``: :func:`varsitysrch._store.FeatureStore.colour_record`).
+A store without colour rows (bare vectors, or written by a version before them) has none: the
+loaders below return ``None`` for it, a model trained on it records ``colour: null`` (no
+studio share: ``views="auto"`` searches the whole photo; colour ranking is refused with advice
+to re-extract), and the next :func:`~varsitysrch.extract_features` over it computes them for
+every image.  The ``colour/`` sidecar folder of earlier versions is never read.
 
 Figures (what ``w`` does to same-colour rate and same-type precision) are in
 ``docs/quality.md``.
@@ -198,21 +209,24 @@ def combine_scores(cosine: np.ndarray, colour_similarity: np.ndarray, weight: fl
     ).astype(np.float32)
 
 
-# ---------------------------------------------------------------------- stored beside the vectors
-#: the colour signatures of a feature store live in this sub-folder, as a store of their own
-#: (same ids, same file stamps; written atomically by FeatureStore.write)
-COLOUR_STORE = "colour"
+# ---------------------------------------------------------------------- stored with the vectors
+#: how the colour rows of a store are made (``store.json`` ``colour``); a store whose rows were made
+#: otherwise is recoloured by the next extraction
 COLOUR_IDENTITY: dict[str, Any] = {
     "name": "colour-signature",
     "dim": SIGNATURE_DIM,
     "bins": [HUE_BINS, SAT_BINS, VAL_BINS, GREY_BINS],
     "decode_size": COLOUR_DECODE_SIZE,
-    "version": 2,  # 2: + each image's plain_background flag (store.json "plain", packed bits)
+    # 2: + each image's plain_background flag; 3: in the store's generation, from the decode
+    # that gives the image's vector (one decode per image)
+    "version": 3,
 }
 
 
 def colour_store_folder(features_folder: str | os.PathLike[str]) -> Path:
-    return Path(features_folder) / COLOUR_STORE
+    """The folder whose ``store.json`` commits the colour rows: the feature store itself (the rows
+    are part of its generation; the ``colour/`` sub-folder of earlier versions is never read)."""
+    return Path(features_folder)
 
 
 def write_colour_store(
@@ -221,78 +235,24 @@ def write_colour_store(
     *,
     show_progress: bool = False,
 ) -> Path:
-    """Colour signatures of every image of a feature store, stored in ``<features>/colour``.
+    """The folder holding the colour rows of a feature store (:func:`colour_store_folder`).
 
-    Rows of an existing colour store whose image is unchanged (same file stamp) are kept;
-    the others are decoded (at ``COLOUR_DECODE_SIZE`` px) and computed.  An image that can
-    no longer be read gets an all-zero signature (colour similarity 0), logged.
+    The rows are written by :func:`~varsitysrch.extract_features` with the vectors, in the same
+    generation; a store without them is refused with the advice to run it (it computes them for
+    every image and keeps the vectors of unchanged ones).  ``image_root`` and ``show_progress``
+    are accepted for compatibility.
     """
-    from ._errors import ImageError
-    from ._images import load_image_fits
-    from ._progress import progress
+    from ._errors import FeatureStoreError
     from ._store import FeatureStore
 
-    store = FeatureStore.open(features_folder)
-    root = Path(image_root) if image_root is not None else Path(str(store.meta.get("image_root") or ""))
-    if not str(root) or not root.is_dir():
-        raise InvalidArgumentError(
-            f"image_root {str(root)!r} of the feature store {str(features_folder)!r} is not a folder"
+    store = FeatureStore.open(features_folder, validate=False)
+    if not _has_colour(store):
+        raise FeatureStoreError(
+            f"the feature store {str(features_folder)!r} has no colour rows (written by an earlier version "
+            "or from bare vectors): run extract_features on its image folder again (vectors of unchanged "
+            "images are kept; every image's colour is computed)"
         )
-    stamps = store.stamps()
-    out = colour_store_folder(features_folder)
-    old: dict[str, np.ndarray] = {}
-    old_plain: dict[str, bool] = {}
-    if (out / "store.json").exists():
-        try:
-            prev = FeatureStore.open(out)
-            if prev.extractor.get("version") == COLOUR_IDENTITY["version"]:
-                prev_stamps = prev.stamps()
-                V = np.asarray(prev.vectors, np.float32)
-                flags = unpack_flags(prev.meta.get("plain"), len(prev.ids))
-                old = {i: V[j] for j, i in enumerate(prev.ids) if prev_stamps.get(i) == stamps.get(i)}
-                old_plain = {i: bool(flags[j]) for j, i in enumerate(prev.ids) if i in old}
-        except Exception as exc:  # a damaged sidecar is recomputed, never trusted
-            log.warning("colour store %s unreadable (%s): recomputing", out, exc)
-    sig = np.zeros((len(store.ids), SIGNATURE_DIM), np.float32)
-    plain = np.zeros(len(store.ids), bool)
-    todo = [j for j, i in enumerate(store.ids) if i not in old]
-    for j, i in enumerate(store.ids):
-        if i in old:
-            sig[j], plain[j] = old[i], old_plain[i]
-    base = root.resolve()
-    for j in progress(todo, desc="colour", unit="img", show_progress=show_progress):
-        rel = store.ids[j]
-        p = (root / rel).resolve()
-        if not p.is_relative_to(base):
-            log.warning("colour of %s: outside the image root, skipped", rel)
-            continue
-        try:
-            lb, sq = load_image_fits(p, COLOUR_DECODE_SIZE, ("letterbox", "squash"))  # one decode
-            sig[j], plain[j] = colour_signature(lb), plain_background(sq)
-        except ImageError as exc:
-            log.warning("colour of %s: %s", rel, exc)
-    cols = [stamps.get(i, (-1, -1, -1, -1)) for i in store.ids]
-    FeatureStore.write(
-        out,
-        store.ids,
-        sig.astype(np.float16),
-        dict(COLOUR_IDENTITY),
-        sizes=[c[0] for c in cols],
-        mtimes=[c[1] for c in cols],
-        inodes=[c[2] for c in cols],
-        ctimes=[c[3] for c in cols],
-        extra={
-            "image_root": str(base),
-            "features": str(Path(features_folder).resolve()),
-            "plain": pack_flags(plain),
-        },
-        allow_empty=True,
-    )
-    log.info(
-        "colour signatures: %d computed, %d kept, %d of %d on a plain background -> %s",
-        len(todo), len(old), int(plain.sum()), len(plain), out,
-    )  # fmt: skip
-    return out
+    return colour_store_folder(features_folder)
 
 
 def pack_flags(flags: np.ndarray) -> str:
@@ -321,42 +281,80 @@ def unpack_flags(text: Any, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
 
 
-def _colour_rows(features_folder: str | os.PathLike[str], ids: list[str]) -> tuple[Any, list[int]] | None:
-    """The colour store of a feature store and the row of each of ``ids`` in it, or ``None`` if
-    there is none (of this kind) or it does not cover them."""
+def _has_colour(store: Any) -> bool:
+    """Whether a store carries colour rows of this kind (:data:`COLOUR_IDENTITY`)."""
+    return (
+        store.colour is not None and store.plain is not None and store.meta.get("colour") == COLOUR_IDENTITY
+    )
+
+
+def _colour_rows(
+    features_folder: str | os.PathLike[str], ids: list[str], checksum: str | None
+) -> tuple[Any, np.ndarray] | None:
+    """The feature store and the row of each of ``ids`` in it, or ``None`` when the store has no
+    colour rows of this kind or does not cover ``ids``.  ``checksum``: the colour checksum a model
+    recorded (:meth:`~varsitysrch._store.FeatureStore.colour_record`); a store whose colour rows
+    are other ones is refused (:class:`~varsitysrch.IncompatibleModelError`)."""
+    from ._errors import IncompatibleModelError
     from ._store import FeatureStore
 
-    folder = colour_store_folder(features_folder)
-    if not (folder / "store.json").exists():
+    store = FeatureStore.open(features_folder, validate=False)  # the colour rows are always hashed
+    if not _has_colour(store):
         return None
-    store = FeatureStore.open(folder)
-    if store.extractor.get("name") != COLOUR_IDENTITY["name"] or store.dim != SIGNATURE_DIM:
-        return None
+    if checksum is not None:
+        rec = store.colour_record()
+        if rec is None or rec["checksum"] != checksum:
+            raise IncompatibleModelError(
+                f"the colour rows of the feature store {str(features_folder)!r} are not the ones the model "
+                "was trained with (another generation of the store): retrain, run update, or pass the "
+                "right store"
+            )
     row = {i: j for j, i in enumerate(store.ids)}
     if any(i not in row for i in ids):
         return None
-    return store, [row[i] for i in ids]
+    return store, np.fromiter((row[i] for i in ids), np.int64, len(ids))
 
 
-def load_plain_flags(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
-    """Each image's :func:`plain_background` flag in ``ids`` order, or ``None`` if the colour store
-    (of this version) does not cover them."""
-    found = _colour_rows(features_folder, ids)
+def load_plain_flags(
+    features_folder: str | os.PathLike[str], ids: list[str], *, checksum: str | None = None
+) -> np.ndarray | None:
+    """Each image's :func:`plain_background` flag in ``ids`` order (from the store's generation),
+    or ``None`` if the store has no colour rows or does not cover ``ids``."""
+    found = _colour_rows(features_folder, ids, checksum)
     if found is None:
         return None
     store, rows = found
-    if store.extractor.get("version") != COLOUR_IDENTITY["version"] or "plain" not in store.meta:
-        return None
-    return unpack_flags(store.meta.get("plain"), len(store.ids))[rows]
+    return np.asarray(store.plain[rows, 0], np.uint8).astype(bool)
 
 
-def load_colour_signatures(features_folder: str | os.PathLike[str], ids: list[str]) -> np.ndarray | None:
-    """``float32 [len(ids), SIGNATURE_DIM]`` in ``ids`` order, or ``None`` if the store has none for them."""
-    found = _colour_rows(features_folder, ids)
+def load_colour_signatures(
+    features_folder: str | os.PathLike[str], ids: list[str], *, checksum: str | None = None
+) -> np.ndarray | None:
+    """``float32 [len(ids), SIGNATURE_DIM]`` in ``ids`` order (from the store's generation), or
+    ``None`` if the store has no colour rows or does not cover ``ids``."""
+    found = _colour_rows(features_folder, ids, checksum)
     if found is None:
         return None
     store, rows = found
-    return np.asarray(store.vectors[rows], np.float32)
+    return np.asarray(store.colour[rows], np.float32)
+
+
+def model_studio_share(config: dict[str, Any]) -> float | None:
+    """The catalogue's studio share recorded in a model (``model.json`` ``colour``), or ``None``
+    for a model without colour rows (trained on a store without them, or before they were
+    recorded): then ``views="auto"`` treats the catalogue as not studio shots."""
+    rec = config.get("colour")
+    if not isinstance(rec, dict):
+        return None
+    share = rec.get("studio_share")
+    return float(share) if isinstance(share, int | float) and not isinstance(share, bool) else None
+
+
+def model_colour_checksum(config: dict[str, Any]) -> str | None:
+    """The checksum of the colour rows a model was trained with (None: the model records none)."""
+    rec = config.get("colour")
+    value = rec.get("checksum") if isinstance(rec, dict) else None
+    return value if isinstance(value, str) else None
 
 
 #: the colour weight of "match colour" (the page's control, ``--match-colour``), chosen on

@@ -7,7 +7,8 @@ workers: each worker process builds the ONNX Runtime session of an extractor onc
 shard.  Shards come back to the client in submission order, at most two per worker
 thread in flight, and go through the same checkpointing and store assembly as the local
 engine, so the store written is the same (same ids and order, same ``skipped.csv``,
-vectors equal to float rounding).
+vectors equal to float rounding, the same colour rows: each worker decodes an image once, for
+its vector and its colour signature and plain-background flag, as the local lanes do).
 
 :func:`dask_assign` assigns the rows of a matrix, or of a feature store's memory-mapped
 ``vectors.npy`` read by the workers themselves, to the nearest K-means centroids in
@@ -46,10 +47,10 @@ from ._pca import apply_pca
 
 log = logging.getLogger(__name__)
 
-#: ``decode(root, ids, *, batch_size, size, resize, workers, prefetch)`` yields ``(ok ids, uint8
-#: batch, skipped)``: the caller's image decoder (``_extract.iter_decoded``), passed in so that this
+#: ``decode(root, ids, size, resize)`` -> ``(ok ids, uint8 pixels, float32 colour rows, skipped)`` of
+#: one batch: the caller's image decoder (``_extract.decode_store_batch``), passed in so that this
 #: engine never imports the pipeline stages that call it
-Decoder = Callable[..., Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]]
+Decoder = Callable[..., tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]]
 
 #: Images per shard (``None``: a multiple of batch_size, ~4 shards per worker thread, at most 32 batches).
 SHARD_SIZE: int | None = None
@@ -81,21 +82,24 @@ def embedder_builds() -> int:
 
 def _embed_shard(
     root: str, ids: list[str], ex: Extractor, batch_size: int, threads: int, decode: Decoder
-) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    """On a worker: decode and embed one shard -> ``(ids embedded, float32 vectors, skipped)``."""
+) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """On a worker: decode and embed one shard -> ``(ids embedded, float32 vectors, float32 colour
+    rows, skipped)``."""
     emb = _worker_embedder(ex, threads)
     ok_all: list[str] = []
     Xs: list[np.ndarray] = []
+    Cs: list[np.ndarray] = []
     bad_all: list[tuple[str, str]] = []
-    for ok_ids, batch, bad in decode(
-        Path(root), ids, batch_size=batch_size, size=ex.input_size, resize=ex.resize, workers=1, prefetch=2
-    ):
+    for s in range(0, len(ids), batch_size):
+        ok_ids, batch, colour, bad = decode(Path(root), ids[s : s + batch_size], ex.input_size, ex.resize)
         bad_all.extend(bad)
         if ok_ids:
             ok_all.extend(ok_ids)
             Xs.append(emb.embed(batch))
+            Cs.append(colour)
     X = np.concatenate(Xs) if Xs else np.zeros((0, ex.dim), np.float32)
-    return ok_all, X, bad_all
+    C = np.concatenate(Cs) if Cs else np.zeros((0, 0), np.float32)
+    return ok_all, X, C, bad_all
 
 
 def _assign_rows(
@@ -185,8 +189,9 @@ def embed_shards(
     scheduler: Any = None,
     batch_size: int = 32,
     threads: int | None = None,
-) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
-    """Embed ``todo`` on the cluster; yield ``(ids embedded, float32 vectors, skipped)`` per shard, in order.
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]]:
+    """Embed ``todo`` on the cluster; yield ``(ids embedded, float32 vectors, float32 colour rows,
+    skipped)`` per shard, in order.
 
     ``decode`` is the image decoder run on the workers (see :data:`Decoder`).
 

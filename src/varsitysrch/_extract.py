@@ -1,8 +1,13 @@
 """Step 1: embed every image of a folder into a feature store.
 
-Decoding (PIL, which releases the GIL while it decodes and resizes) runs in a pool of
-threads, ``prefetch`` batches ahead of ONNX Runtime inference, so the two overlap.
-Progress is checkpointed to ``save_to/parts/`` every ``checkpoint_every`` images: an
+The pipeline runs in ``num_workers`` lanes (threads): a lane decodes a batch -- each image
+once, with JPEG draft (DCT-scaled) decoding -- and embeds it with its own ONNX Runtime session
+of ``threads`` intra-op threads (default: the CPUs shared out between the lanes, so nothing is
+oversubscribed and no lane waits on another's straggling thread).  PIL and ONNX Runtime release
+the GIL, so the lanes run in parallel.  From the same decode each image's colour signature and
+plain-background flag are computed (:mod:`varsitysrch._colour`); they are checkpointed with the
+vectors and committed in the same store generation (``colour.npy``, ``plain.npy``), so they
+can never be stale.  Progress is checkpointed to ``save_to/parts/`` every ``checkpoint_every`` images: an
 interrupted run resumes from there, and a rerun on an unchanged folder only checks file
 stamps -- size, mtime, inode and ctime -- (new or changed images are embedded, deleted
 ones dropped, the rest reused).  The store is written as one commit under a lock
@@ -17,16 +22,20 @@ import io
 import json
 import logging
 import os
+import queue
 import re
 import stat
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import ImageOps
 
+from . import _colour
 from ._errors import (
     FeatureStoreError,
     ImageError,
@@ -35,13 +44,16 @@ from ._errors import (
     VarsitysrchError,
 )
 from ._extractors import Embedder, Extractor, get_extractor
-from ._images import load_image, scan_images
+from ._images import _draft_box, _fit, _to_rgb, load_image, open_image, scan_images
 from ._io import ENCODING, ERRORS, atomic_path, csv_rows, open_regular, read_regular, write_csv, write_json
 from ._progress import bar as progress_bar
 from ._progress import say
 from ._store import (
+    COLOUR,
+    COLOUR_NPY,
     ID_COLUMNS,
     PARTS,
+    PLAIN_NPY,
     SKIPPED,
     STORE_JSON,
     TOKEN,
@@ -53,9 +65,11 @@ from ._store import (
     new_token,
     os_error,
     recover,
+    remove_generation,
     same_file,
     store_header,
     store_lock,
+    store_paths,
     write_header,
 )
 
@@ -65,6 +79,12 @@ log = logging.getLogger(__name__)
 PARTS_JSON = "parts.json"
 _PART = re.compile(rf"part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)")
 _PART_TMP = re.compile(rf"\.(?:part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)|parts\.json)\.[a-z0-9_]{{8}}\.tmp")
+#: the colour columns of a checkpoint part's rows, after the vector: the colour signature, then the
+#: plain-background flag (0/1)
+COLOUR_COLS = _colour.SIGNATURE_DIM + 1
+#: lanes (threads, each with its own ONNX Runtime session and a batch in flight) when
+#: ``num_workers`` is not given: one per CPU, at most this many
+MAX_LANES = 8
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,8 @@ class ExtractionResult:
     seconds: float = 0.0
     #: ids whose vector this run (or the interrupted run it resumed) embedded
     embedded_ids: frozenset[str] = frozenset()
+    #: images whose vector was reused but whose colour row was computed (a store without colour rows)
+    n_coloured: int = 0
 
     @property
     def n_skipped(self) -> int:
@@ -158,12 +180,150 @@ def iter_decoded(
             yield ok_ids, np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8), bad_all
 
 
+def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarray]:
+    """One decode of a catalogue image -> ``(uint8 [size, size, 3] model input, float32 [COLOUR_COLS]
+    colour row)``.
+
+    The model input is exactly :func:`~varsitysrch._images.load_image`'s (JPEG draft decoding
+    to the model's size, EXIF orientation, RGB): a query of the same file embeds the same.  The
+    colour row comes from the same decoded photo: the colour signature of the photo letterboxed
+    to ``COLOUR_DECODE_SIZE`` px, then its plain-background flag (squashed to
+    ``PLAIN_DECODE_SIZE`` px) -- as the query side computes them (:mod:`varsitysrch._pipeline`).
+    """
+    im = open_image(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF / palette warnings; errors still raise
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
+                im.draft("RGB", _draft_box(im.size, size) if resize == "letterbox" else (size, size))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            im = _to_rgb(im)
+            whole = np.asarray(_fit(im, size, resize), dtype=np.uint8)
+            small = np.asarray(_fit(im, _colour.COLOUR_DECODE_SIZE, "letterbox"), dtype=np.uint8)
+            square = np.asarray(_fit(im, _colour.PLAIN_DECODE_SIZE, "squash"), dtype=np.uint8)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+    if whole.shape != (size, size, 3):
+        raise ImageError(f"unexpected decoded shape {whole.shape}")
+    row = np.empty(COLOUR_COLS, np.float32)
+    row[:-1] = _colour.colour_signature(small)
+    row[-1] = float(_colour.plain_background(square))  # looked up at call time (tests count calls)
+    return whole, row
+
+
+def decode_store_batch(
+    root: Path, ids: Sequence[str], size: int, resize: str
+) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """:func:`decode_for_store` of each image -> ``(ids decoded, uint8 pixels, float32 colour rows,
+    skipped)``; a file that fails is skipped with its reason, never stops the batch."""
+    ok: list[str] = []
+    pixels: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    bad: list[tuple[str, str]] = []
+    for rel in ids:
+        try:
+            px, row = decode_for_store(root / rel, size, resize)
+        except ImageError as exc:
+            bad.append((rel, str(exc)))
+            continue
+        except Exception as exc:  # never let one file stop the run
+            bad.append((rel, f"{type(exc).__name__}: {exc}"))
+            continue
+        ok.append(rel)
+        pixels.append(px)
+        rows.append(row)
+    P = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    C = np.stack(rows) if rows else np.zeros((0, COLOUR_COLS), np.float32)
+    return ok, P, C, bad
+
+
+@dataclass
+class _Done:
+    """One batch through the pipeline."""
+
+    ids: list[str]  #: decoded (and embedded) images, in the batch's order
+    vectors: np.ndarray | None  #: float32 ``[n, dim]``; None for a colour-only batch
+    colour: np.ndarray  #: float32 ``[n, COLOUR_COLS]``
+    skipped: list[tuple[str, str]]
+
+
+def default_lanes(num_workers: int | None) -> int:
+    """Pipeline lanes: ``num_workers``, or one per CPU (at most :data:`MAX_LANES`)."""
+    return min(MAX_LANES, os.cpu_count() or 1) if num_workers is None else num_workers
+
+
+def _lane_batches(
+    root: Path,
+    jobs: Sequence[tuple[Sequence[str], bool]],
+    ex: Extractor,
+    *,
+    workers: int,
+    threads: int | None,
+) -> Iterator[_Done]:
+    """Run ``(ids, embed?)`` jobs through the lanes, results in job order.
+
+    Each of ``workers`` threads decodes a whole batch and embeds it with a session of its own
+    (built on first use; ``threads`` intra-op threads each, default the CPUs shared out between
+    the lanes), so decoding and inference overlap across lanes without oversubscribing the
+    CPUs.  At most ``2 * workers`` batches are in flight.  ``workers == 0``: everything in the
+    calling thread.
+    """
+    size, resize = ex.input_size, ex.resize
+    cpus = os.cpu_count() or 1
+    per = threads or max(1, cpus // max(1, workers))
+    sessions: queue.SimpleQueue[Embedder] = queue.SimpleQueue()
+
+    def run(chunk: Sequence[str], embed: bool) -> _Done:
+        ok, pixels, colour, bad = decode_store_batch(root, chunk, size, resize)
+        if not embed:
+            return _Done(ok, None, colour, bad)
+        if not ok:
+            return _Done(ok, np.zeros((0, ex.dim), np.float32), colour, bad)
+        try:
+            emb = sessions.get_nowait()
+        except queue.Empty:  # at most one session per lane, built in the lane that first needs it
+            emb = Embedder(ex, threads=per)
+        try:
+            return _Done(ok, emb.embed(pixels), colour, bad)
+        finally:
+            sessions.put(emb)
+
+    if workers <= 0:
+        for chunk, embed in jobs:
+            yield run(chunk, embed)
+        return
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="varsitysrch-extract") as pool:
+        pending: list[cf.Future[_Done]] = []
+        it = iter(jobs)
+        try:
+            for chunk, embed in it:
+                pending.append(pool.submit(run, chunk, embed))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                fut = pending.pop(0)
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(run, *nxt))
+                yield fut.result()
+        finally:
+            for fut in pending:  # interrupted: start nothing more
+                fut.cancel()
+
+
 class _Parts:
     """Checkpoints of unfinished runs: ``parts/part-<run>-NNNNN.npy`` + ``.csv``, and ``parts.json``.
 
     Each run names its parts with its own token, so parts of two runs can never be taken
     for one another; a part counts only when its ``.csv`` (written after its ``.npy``)
-    and ``.npy`` agree.  Only the process holding the store lock touches ``parts/``.
+    and ``.npy`` agree.  A part's rows are the vector followed by the image's
+    :data:`COLOUR_COLS` colour columns (parts of older versions, without them, are re-embedded).
+    Only the process holding the store lock touches ``parts/``.
     """
 
     def __init__(self, folder: Path, extractor: Extractor, run: str | None = None) -> None:
@@ -203,7 +363,7 @@ class _Parts:
                 if (
                     X.ndim != 2
                     or len(rows) != len(X)
-                    or X.shape[1] != self.extractor.dim
+                    or X.shape[1] != self.extractor.dim + COLOUR_COLS
                     or X.dtype.name not in ("float32", "float16")
                 ):
                     continue
@@ -413,26 +573,37 @@ def _extract_locked(
         for j, rel in enumerate(old.ids):
             if rel in stats and rel in old_stamps and same_file(stats[rel], old_stamps[rel]):
                 reuse[rel] = j
+    # the colour rows of reused images come with them, unless the old store has none (or of another
+    # kind): then they are computed now, from one decode of each image (no embedding)
+    old_colour = old is not None and old.colour is not None and old.meta.get("colour") == colour_identity()
     parts = _Parts(out, ex)
     resumed = {
         k for k, v in parts.index().items() if k in stats and same_file(stats[k], v[2]) and k not in reuse
     }
     todo = [rel for rel in ids if rel not in reuse and rel not in resumed]
+    colour_todo = [] if old_colour else [rel for rel in ids if rel in reuse]
     n_removed = 0 if old is None else sum(1 for rel in old.ids if rel not in stats)
-    log.info("%d images: %d reused, %d resumed, %d to embed", len(ids), len(reuse), len(resumed), len(todo))
+    log.info(
+        "%d images: %d reused, %d resumed, %d to embed, %d reused without colour rows (computed now)",
+        len(ids), len(reuse), len(resumed), len(todo), len(colour_todo),
+    )  # fmt: skip
 
     new_ids: set[str] = set()  # embedded by this run; their vectors stream into parts/
-    if todo:
+    coloured: dict[str, np.ndarray] = {}  # colour rows of reused images computed by this run
+    if todo or colour_todo:
         every = checkpoint_every or _auto_checkpoint(len(todo), batch_size)
         max_seconds = 60.0 if checkpoint_every is None else float("inf")
-        bar = progress_bar(total=len(todo), unit="img", desc="extract", show_progress=show_progress)
+        bar = progress_bar(
+            total=len(todo) + len(colour_todo), unit="img", desc="extract", show_progress=show_progress
+        )
         buf_ids: list[str] = []
         buf_X: list[np.ndarray] = []
         last = time.monotonic()
         try:
-            for ok_ids, X, bad in _embedded_batches(
+            for done in _embedded_batches(
                 root,
                 todo,
+                colour_todo,
                 ex,
                 engine=engine,
                 scheduler=scheduler,
@@ -440,14 +611,19 @@ def _extract_locked(
                 num_workers=num_workers,
                 threads=threads,
             ):
-                skipped.extend(bad)
-                for rel, reason in bad:
+                bar.update(len(done.ids) + len(done.skipped))
+                if done.vectors is None:  # colour rows of reused vectors
+                    coloured.update(zip(done.ids, done.colour, strict=True))
+                    for rel, reason in done.skipped:  # its vector stays; its colour row is empty
+                        log.warning("colour of %s not computed (%s): an empty colour row", rel, reason)
+                    continue
+                skipped.extend(done.skipped)
+                for rel, reason in done.skipped:
                     log_skip(rel, reason)
-                if len(ok_ids):
-                    buf_ids.extend(ok_ids)
-                    buf_X.append(X.astype(dtype))
-                    new_ids.update(ok_ids)
-                bar.update(len(ok_ids) + len(bad))
+                if len(done.ids):
+                    buf_ids.extend(done.ids)
+                    buf_X.append(np.concatenate([done.vectors, done.colour], axis=1).astype(dtype))
+                    new_ids.update(done.ids)
                 if len(buf_ids) >= every or (buf_ids and time.monotonic() - last > max_seconds):
                     parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
                     buf_ids, buf_X = [], []
@@ -462,10 +638,10 @@ def _extract_locked(
                     parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
 
     # ---- assemble the final store in id order from the old store and the parts, via memory maps
-    done = parts.index() if (new_ids or resumed) else {}
+    done_parts = parts.index() if (new_ids or resumed) else {}
     from_parts = {
         rel: (p, r)
-        for rel, (p, r, stamp) in done.items()
+        for rel, (p, r, stamp) in done_parts.items()
         if rel not in reuse and rel in stats and same_file(stats[rel], stamp)
     }
     final_ids = [rel for rel in ids if rel in reuse or rel in from_parts]
@@ -478,15 +654,16 @@ def _extract_locked(
         )
     dim = ex.dim
     if from_parts:
-        dim = parts.array(next(iter(from_parts.values()))[0]).shape[1]
+        dim = parts.array(next(iter(from_parts.values()))[0]).shape[1] - COLOUR_COLS
     elif final_ids and old is not None:
         dim = old.dim
-    extra = {"image_root": str(root.resolve()), "skipped": len(skipped)}
+    extra = {"image_root": str(root.resolve()), "skipped": len(skipped), "colour": colour_identity()}
     header = store_header(ex.identity(), dim, len(final_ids), dtype, extra)
     new_stamps = [stats[r] for r in final_ids]
     if (
         old is not None
         and old.meta.get("generation")
+        and old_colour
         and not from_parts
         and final_ids == old.ids
         and old.meta.get("dtype") == dtype
@@ -496,15 +673,11 @@ def _extract_locked(
         # nothing changed: keep the generation (no rewrite of the vectors), refresh the header only
         write_header(out, header, old.meta["generation"], old.files)
     else:
+        side = _colour_rows(final_ids, dim, old if old_colour else None, reuse, parts, from_parts, coloured)
         chunks = _vector_chunks(final_ids, dim, dtype, old, reuse, parts, from_parts)
-        commit(out, final_ids, new_stamps, chunks, header)
+        commit(out, final_ids, new_stamps, chunks, header, side)
     parts.clear()
-    try:  # the colour signatures beside the vectors (docs/quality.md); unchanged images keep theirs
-        from ._colour import write_colour_store
-
-        write_colour_store(out, root)
-    except Exception as exc:  # never lose an extraction over its colour sidecar
-        log.warning("colour signatures of %s not written: %s", out, exc)
+    _remove_colour_sidecar(out)
     res = ExtractionResult(
         out,
         len(final_ids),
@@ -514,6 +687,7 @@ def _extract_locked(
         skipped,
         time.perf_counter() - t0,
         frozenset(new_ids | {r for r in resumed if r in from_parts}),
+        len(coloured),
     )
     where = f"; skipped files are listed in {out / SKIPPED}" if skipped else ""
     say(
@@ -526,9 +700,15 @@ def _extract_locked(
     return res
 
 
+def colour_identity() -> dict[str, Any]:
+    """How the colour rows are made (``store.json``'s ``colour``): a store with another is recoloured."""
+    return dict(_colour.COLOUR_IDENTITY)
+
+
 def _embedded_batches(
     root: Path,
     todo: list[str],
+    colour_todo: list[str],
     ex: Extractor,
     *,
     engine: str,
@@ -536,22 +716,29 @@ def _embedded_batches(
     batch_size: int,
     num_workers: int | None,
     threads: int | None,
-) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
-    """``(ids embedded, float32 vectors, skipped)`` per batch (local) or shard (dask), in ``todo`` order."""
+) -> Iterator[_Done]:
+    """The batches of ``todo`` (embedded, with their colour rows), in order, then those of
+    ``colour_todo`` (colour rows only).  ``engine="dask"`` embeds ``todo`` on the cluster (the
+    colour-only batches, a one-off for stores written before colour rows, run here)."""
+    colour_jobs = [(colour_todo[i : i + batch_size], False) for i in range(0, len(colour_todo), batch_size)]
+    workers = default_lanes(num_workers)
     if engine == "dask":
         from ._dask import embed_shards
 
-        yield from embed_shards(
-            root, todo, ex, decode=iter_decoded, scheduler=scheduler, batch_size=batch_size, threads=threads
-        )
+        for ok, X, C, bad in embed_shards(
+            root,
+            todo,
+            ex,
+            decode=decode_store_batch,
+            scheduler=scheduler,
+            batch_size=batch_size,
+            threads=threads,
+        ):
+            yield _Done(ok, X, C, bad)
+        yield from _lane_batches(root, colour_jobs, ex, workers=workers, threads=threads)
         return
-    embedder = Embedder(ex, threads=threads)
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    for ok_ids, batch, bad in iter_decoded(
-        root, todo, batch_size=batch_size, size=ex.input_size, resize=ex.resize, workers=workers, prefetch=2
-    ):
-        X = embedder.embed(batch) if len(ok_ids) else np.zeros((0, ex.dim), np.float32)
-        yield ok_ids, X, bad
+    jobs = [(todo[i : i + batch_size], True) for i in range(0, len(todo), batch_size)]
+    yield from _lane_batches(root, jobs + colour_jobs, ex, workers=workers, threads=threads)
 
 
 def _vector_chunks(
@@ -582,5 +769,75 @@ def _vector_chunks(
                 by_part.setdefault(p, []).append((i, r))
         for p, pairs in sorted(by_part.items()):
             d, r = np.asarray(pairs, np.int64).T
-            block[d] = parts.array(p)[r]
+            block[d] = parts.array(p)[r, :dim]
         yield block
+
+
+def _colour_rows(
+    final_ids: list[str],
+    dim: int,
+    old: FeatureStore | None,
+    reuse: dict[str, int],
+    parts: _Parts,
+    from_parts: dict[str, tuple[int, int]],
+    coloured: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The generation's colour rows in ``final_ids`` order: from the old store (``old``: one with
+    colour rows of this kind), the parts, or computed by this run (``coloured``); an image whose
+    colour could not be computed gets an all-zero signature (colour similarity 0) and no plain flag."""
+    n, d = len(final_ids), _colour.SIGNATURE_DIM
+    colour = np.zeros((n, d), np.float16)
+    plain = np.zeros((n, 1), np.uint8)
+    if old is not None and old.colour is not None and old.plain is not None:
+        dst = [i for i, rel in enumerate(final_ids) if rel in reuse]
+        if dst:
+            src = np.fromiter((reuse[final_ids[i]] for i in dst), np.int64, len(dst))
+            colour[dst] = old.colour[src]
+            plain[dst] = old.plain[src]
+    by_part: dict[int, list[tuple[int, int]]] = {}
+    for i, rel in enumerate(final_ids):
+        if rel in from_parts:
+            p, r = from_parts[rel]
+            by_part.setdefault(p, []).append((i, r))
+        elif rel in coloured:
+            colour[i] = coloured[rel][:d]
+            plain[i, 0] = coloured[rel][d] > 0.5
+    for p, pairs in sorted(by_part.items()):
+        dst_a, r = np.asarray(pairs, np.int64).T
+        rows = np.asarray(parts.array(p)[r, dim:], np.float32)
+        colour[dst_a] = rows[:, :d]
+        plain[dst_a, 0] = rows[:, d] > 0.5
+    return {COLOUR_NPY: colour, PLAIN_NPY: plain}
+
+
+#: the files of the colour sidecar ``<store>/colour/`` that stores of earlier versions kept
+_SIDECAR_FILES = ("store.json", "vectors.npy", "ids.csv", "skipped.csv", ".lock")
+
+
+def _remove_colour_sidecar(out: Path) -> None:
+    """Remove ``<store>/colour/``, the colour sidecar of earlier versions (never read since the
+    colour rows joined the generation): only its own files, and only when it holds nothing else."""
+    side = out / COLOUR
+    try:
+        if not stat.S_ISDIR(os.lstat(side).st_mode):
+            return
+    except OSError:
+        return
+    try:
+        recover(side)  # its stray generations and temp files
+        paths = store_paths(side) if (side / STORE_JSON).exists() else None
+        if (
+            paths is not None
+            and paths.generation
+            and not remove_generation(side / paths.generation, require_marker=False)
+        ):
+            return
+        for name in _SIDECAR_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(side / name)
+        os.rmdir(side)
+        log.info(
+            "removed the colour sidecar %s of an earlier version (colour rows are in the store now)", side
+        )
+    except (OSError, VarsitysrchError) as exc:
+        log.info("left %s (%s)", side, exc)

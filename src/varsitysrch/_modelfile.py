@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
 import struct
@@ -42,6 +43,8 @@ from ._errors import IncompatibleModelError, ModelFileError
 from ._io import atomic_path, read_csv, write_csv
 from ._kmeans import KMeansModel
 from ._version import __version__
+
+log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "varsitysrch-model"
 MODEL_VERSION = 2
@@ -125,13 +128,26 @@ def model_stamps(mf: ModelFile) -> dict[str, tuple[int, int, int, int]]:
 # ==================================================================== the store and the CSV it goes with
 def record_store(config: dict[str, Any], store: Any) -> None:
     """Record in ``config["features"]`` the store generation and checksum the model is made from
-    (a :class:`~varsitysrch._store.FeatureStore`; a store written before checksums records none)."""
+    (a :class:`~varsitysrch._store.FeatureStore`; a store written before checksums records none),
+    and in ``config["colour"]`` its colour rows: their checksum and the catalogue's studio share
+    (:meth:`~varsitysrch._store.FeatureStore.colour_record`), or ``None`` for a store without
+    colour rows -- search then has no studio share (``views="auto"`` searches the whole photo)
+    and no colour signatures (colour ranking is refused with advice to re-extract)."""
     feats = config.setdefault("features", {})
     for key, value in (("generation", store.generation), ("checksum", store.checksum)):
         if value is None:
             feats.pop(key, None)
         else:
             feats[key] = value
+    colour = store.colour_record() if hasattr(store, "colour_record") else None
+    config["colour"] = colour
+    if colour is None:
+        (log.warning if store.meta.get("image_root") else log.info)(
+            "the feature store %s has no colour rows (written from bare vectors or by an earlier "
+            "version): the model records no studio share and no colour; run extract_features on the "
+            "images again to add them",
+            store.folder,
+        )
 
 
 def check_store_for_model(mf: ModelFile, store: Any, model_path: str | os.PathLike[str]) -> None:
@@ -308,6 +324,22 @@ def read_assignments(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarra
 
 
 # ==================================================================== reading
+def _check_colour(p: Path, rec: Any) -> None:
+    """``model.json`` ``colour``: absent, null, or the record of the store's colour rows."""
+    if rec is None:
+        return
+    if not isinstance(rec, dict):
+        raise _bad(p, f"model.json 'colour' must be an object or null; got {type(rec).__name__}")
+    if not isinstance(rec.get("checksum"), str):
+        raise _bad(p, f"model.json colour 'checksum' must be a string; got {rec.get('checksum')!r}")
+    share: Any = rec.get("studio_share")
+    if not _is_num(share) or not 0.0 <= float(share) <= 1.0:
+        raise _bad(p, f"model.json colour 'studio_share' must be a number in [0, 1]; got {share!r}")
+    for key in ("count", "plain_images"):
+        if not _is_int(rec.get(key)) or rec[key] < 0:
+            raise _bad(p, f"model.json colour {key!r} must be an integer >= 0; got {rec.get(key)!r}")
+
+
 def _bad(p: Path, what: str) -> ModelFileError:
     return ModelFileError(f"{p}: corrupt model file ({what})")
 
@@ -389,6 +421,7 @@ def _check_config(p: Path, cfg: Any) -> dict[str, Any]:
             raise _bad(p, str(exc)) from None
     if cfg.get("image_root") is not None and not isinstance(cfg["image_root"], str):
         raise _bad(p, f"model.json 'image_root' must be a string; got {cfg['image_root']!r}")
+    _check_colour(p, cfg.get("colour"))
     feats = cfg.get("features", {})
     for key in ("generation", "checksum", "path", "relative_path"):
         if feats.get(key) is not None and not isinstance(feats[key], str):

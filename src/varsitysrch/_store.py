@@ -7,11 +7,14 @@ Layout of ``save_to`` (format version 2)::
     g-<token>/        the generation store.json names (never modified once committed):
         vectors.npy   float32 (or float16) [count, dim], L2-normalised rows, memory-mappable
         ids.csv       id,size,mtime_ns,inode,ctime_ns -- id = POSIX path relative to the image folder
+        colour.npy    float16 [count, 112]: each image's colour signature (:mod:`varsitysrch._colour`)
+        plain.npy     uint8 [count, 1]: each image's plain-background flag (0/1)
     vectors.npy       hard links to the current generation's files, for tools that read the
     ids.csv           folder directly (refreshed after each commit; readers here use store.json)
     skipped.csv       path,reason -- files and folders left out by the last run
     parts/            checkpoints of an unfinished run (``part-<run>-NNNNN``), removed on success
-    colour/           the colour signatures (a store of the same layout)
+    colour/           the colour sidecar of stores written before the colour rows joined the
+                      generation: never read, removed by the next extraction
     .lock             held (fcntl) by the one process writing the store
 
 The store folder is ours alone.  Every name the store creates or removes matches its exact
@@ -24,6 +27,14 @@ opened with ``O_NOFOLLOW``, every file is read through
 only), and a store whose own names (``store.json``, ``parts/``, ``colour/``, ...) exist as
 something else -- a symlink, a FIFO, a device -- is refused with one line before anything is
 written.
+
+Colour rows: ``colour.npy`` and ``plain.npy`` are computed by :func:`extract_features` from the
+same decode as the vectors and committed in the same generation, so they can never be of
+another generation than the vectors; ``store.json``'s ``colour`` names how they were made
+(:data:`varsitysrch._colour.COLOUR_IDENTITY`).  A store without them (written by
+:meth:`FeatureStore.write` from bare vectors, by an older version, or a legacy folder) has
+``colour = plain = None``; the next :func:`extract_features` over it computes them for every
+image (vectors of unchanged images are kept).
 
 Integrity: ``store.json`` records the size and SHA-256 of each file of its generation
 (``files``, so ``sha256sum g-*/vectors.npy`` checks them by hand) and the SHA-256 of its
@@ -95,6 +106,11 @@ STORE_VERSION = 2
 STORE_JSON = "store.json"
 VECTORS = "vectors.npy"
 IDS = "ids.csv"
+#: the colour rows of a generation (optional, both or neither): signatures and plain-background flags
+COLOUR_NPY = "colour.npy"
+PLAIN_NPY = "plain.npy"
+SIDE_FILES = (COLOUR_NPY, PLAIN_NPY)
+SIDE_DTYPES = {COLOUR_NPY: "float16", PLAIN_NPY: "uint8"}
 SKIPPED = "skipped.csv"
 LOCK = ".lock"
 ID_COLUMNS = ("id", "size", "mtime_ns", "inode", "ctime_ns")
@@ -111,7 +127,7 @@ TOKEN = r"[0-9a-f]{8,32}-[0-9a-f]{4,32}"
 _GENERATION = re.compile(rf"g-{TOKEN}")
 #: temporary files of :func:`~varsitysrch._io.atomic_path` (``mkstemp``: 8 characters) and links
 _TMP = re.compile(r"\.(?:store\.json|skipped\.csv|vectors\.npy|ids\.csv)\.[a-z0-9_]{8}\.tmp")
-_GEN_TMP = re.compile(r"\.(?:vectors\.npy|ids\.csv)\.[a-z0-9_]{8}\.tmp")
+_GEN_TMP = re.compile(r"\.(?:vectors\.npy|ids\.csv|colour\.npy|plain\.npy)\.[a-z0-9_]{8}\.tmp")
 #: the names of a store folder and what each must be when it exists
 _ENTRIES = {STORE_JSON: "file", SKIPPED: "file", VECTORS: "file", IDS: "file", PARTS: "dir", COLOUR: "dir"}
 #: the header's digest of its own content, and the files of its generation
@@ -162,6 +178,10 @@ class FeatureStore:
     #: size and sha256 of the generation's files as ``store.json`` records them (verified at open;
     #: None: a store written before checksums).  Not in ``meta``, which describes the catalogue.
     files: dict[str, Any] | None = None
+    #: the generation's colour signatures ``float16 [n, SIGNATURE_DIM]`` and plain-background
+    #: flags ``uint8 [n, 1]`` (memory-mapped; None: a store without colour rows)
+    colour: np.ndarray | None = None
+    plain: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -181,6 +201,23 @@ class FeatureStore:
         """``sha256:<hex>`` of the generation's recorded file digests (None: a store written
         before checksums); a model records it to recognise the store it was trained on."""
         return files_checksum(self.files)
+
+    def colour_record(self) -> dict[str, Any] | None:
+        """What a model records of the store's colour rows (None: the store has none):
+        ``checksum`` (``sha256:`` over the records of ``colour.npy`` and ``plain.npy``), how
+        they were made (``kind``), ``count``, ``plain_images`` and ``studio_share`` (the share
+        of images on a plain backdrop)."""
+        if self.colour is None or self.plain is None or not self.files or COLOUR_NPY not in self.files:
+            return None
+        n = len(self.ids)
+        plain = int(np.count_nonzero(np.asarray(self.plain))) if n else 0
+        return {
+            "checksum": files_checksum({name: self.files[name] for name in SIDE_FILES}),
+            "kind": self.meta.get("colour"),
+            "count": n,
+            "plain_images": plain,
+            "studio_share": round(plain / n, 6) if n else 0.0,
+        }
 
     def stamps(self) -> dict[str, Stamp]:
         """``id -> (size, mtime_ns, inode, ctime_ns)`` recorded at extraction (empty for legacy stores)."""
@@ -259,8 +296,11 @@ class FeatureStore:
             _verify_file(paths.ids, files, IDS, len(raw_ids), _sha256(raw_ids))
             vbytes = _vectors_bytes(meta)
             _verify_file(paths.vectors, files, VECTORS, vbytes, digest)
+        side = _load_side(paths, meta, files, mmap=mmap)
         ex = dict(meta["extractor"])
-        return cls(folder, ids, vectors, ex, cols[0], cols[1], meta, cols[2], cols[3], files)
+        return cls(
+            folder, ids, vectors, ex, cols[0], cols[1], meta, cols[2], cols[3], files, side[0], side[1]
+        )
 
     @classmethod
     def _open_legacy(cls, folder: Path) -> FeatureStore:
@@ -481,16 +521,31 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bool | None]:
     files = meta.get(FILES)
     if files is not None and not _good_files(files):
         raise FeatureStoreError(
-            f"{path}: {FILES!r} must map {VECTORS} and {IDS} to their size and sha256; got {files!r}"[:300]
+            f"{path}: {FILES!r} must map {VECTORS} and {IDS} (and optionally {COLOUR_NPY} with "
+            f"{PLAIN_NPY}) to their size and sha256; got {files!r}"[:300]
         )
+    if files is not None and COLOUR_NPY in files:
+        col = meta.get("colour")
+        if not isinstance(col, dict) or not _is_count(col.get("dim")) or col.get("dim") == 0:
+            raise FeatureStoreError(
+                f"{path}: 'colour' must describe the colour rows (an object with their 'dim'); got {col!r}"[
+                    :300
+                ]
+            )
     return meta, ok
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _good_files(files: Any) -> bool:
-    if not isinstance(files, dict) or set(files) != {VECTORS, IDS}:
+    if not isinstance(files, dict) or not {VECTORS, IDS} <= set(files) <= {VECTORS, IDS, *SIDE_FILES}:
+        return False
+    if (COLOUR_NPY in files) != (PLAIN_NPY in files):
         return False
     for rec in files.values():
         if not isinstance(rec, dict) or set(rec) != {"bytes", "sha256"}:
@@ -560,12 +615,21 @@ def _load_vectors(
     The file is opened once (a concurrent commit may unlink it; the open file stays valid),
     without following a symlink or blocking on a FIFO.
     """
+    return _load_matrix(path, VECTORS, (int(meta["count"]), int(meta["dim"])), meta["dtype"], mmap, digest)
+
+
+def _load_matrix(
+    path: Path, name: str, want_shape: tuple[int, int], want_dtype: str, mmap: bool, digest: bool
+) -> tuple[np.ndarray, str | None]:
+    """A ``[rows, cols]`` .npy of a generation (``name``), checked against the shape and dtype its
+    header must have, and (``digest``) hashed."""
     try:
-        f = os.fdopen(open_regular(path, VECTORS), "rb")
+        f = os.fdopen(open_regular(path, name), "rb")
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise FeatureStoreError(f"{path}: unreadable vectors ({exc.strerror or exc})") from exc
+        raise FeatureStoreError(f"{path}: unreadable {name} ({exc.strerror or exc})") from exc
+    what = "vectors" if name == VECTORS else name
     with f:
         try:
             version = np.lib.format.read_magic(f)
@@ -579,35 +643,83 @@ def _load_vectors(
             size = os.fstat(f.fileno()).st_size
         except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise FeatureStoreError(f"{path}: unreadable vectors ({why})") from None
-        if not isinstance(dt, np.dtype) or dt.name not in DTYPES or dt.byteorder == ">" or fortran:
-            raise FeatureStoreError(f"{path}: vectors must be little-endian float32/float16 rows; got {dt}")
-        if dt.name != meta["dtype"]:
-            raise FeatureStoreError(f"{path}: vectors are {dt.name}, header says {meta['dtype']}")
+            raise FeatureStoreError(f"{path}: unreadable {what} ({why})") from None
+        allowed = DTYPES if name == VECTORS else (want_dtype,)
+        if not isinstance(dt, np.dtype) or dt.name not in allowed or dt.byteorder == ">" or fortran:
+            kinds = "float32/float16" if name == VECTORS else want_dtype
+            raise FeatureStoreError(f"{path}: {what} must be little-endian {kinds} rows; got {dt}")
+        if dt.name != want_dtype:
+            raise FeatureStoreError(f"{path}: {what} are {dt.name}, header says {want_dtype}")
         if len(shape) != 2:
-            raise FeatureStoreError(f"{path}: vectors must be a [count, dim] matrix; got shape {shape}")
-        if shape[1] != meta["dim"] or shape[0] != meta["count"]:
+            raise FeatureStoreError(f"{path}: {what} must be a [count, dim] matrix; got shape {shape}")
+        if tuple(shape) != tuple(want_shape):
             raise FeatureStoreError(
-                f"{path}: store is inconsistent: vectors are {shape[0]} x {shape[1]}, "
-                f"{STORE_JSON} says count {meta['count']}, dim {meta['dim']}"
+                f"{path}: store is inconsistent: {what} are {shape[0]} x {shape[1]}, "
+                f"{STORE_JSON} says count {want_shape[0]}, dim {want_shape[1]}"
             )
         want = offset + shape[0] * shape[1] * dt.itemsize
         if size != want:
-            raise FeatureStoreError(f"{path}: vectors file is {size} bytes, its header needs {want}")
+            raise FeatureStoreError(f"{path}: {what} file is {size} bytes, its header needs {want}")
         try:
             sha = None
             if digest:
                 f.seek(0)
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
                 f.seek(offset)
-            if shape[0] == 0:
+            if shape[0] == 0 or shape[1] == 0:
                 return np.zeros(shape, dt), sha
             if mmap:
                 return np.memmap(f, dtype=dt, mode="r", offset=offset, shape=tuple(shape)), sha
             X = np.fromfile(f, dtype=dt, count=shape[0] * shape[1])
             return X.reshape(shape), sha
         except (OSError, ValueError) as exc:
-            raise FeatureStoreError(f"{path}: unreadable vectors ({exc})") from exc
+            raise FeatureStoreError(f"{path}: unreadable {what} ({exc})") from exc
+
+
+def _side_bytes(rows: int, cols: int, dtype: str) -> int:
+    return _vectors_bytes({"count": rows, "dim": cols, "dtype": dtype})
+
+
+def _load_side(
+    paths: StorePaths, meta: dict[str, Any], files: dict[str, Any] | None, *, mmap: bool
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The generation's colour rows ``(colour, plain)``, checked against their records (sizes always,
+    sha256 always: they are small), or ``(None, None)`` for a store without them."""
+    if files is None or COLOUR_NPY not in files or paths.generation is None:
+        return None, None
+    n, d = int(meta["count"]), int(meta["colour"]["dim"])
+    gdir = paths.folder / paths.generation
+    out: list[np.ndarray] = []
+    for name, cols in ((COLOUR_NPY, d), (PLAIN_NPY, 1)):
+        try:
+            arr, sha = _load_matrix(gdir / name, name, (n, cols), SIDE_DTYPES[name], mmap, True)
+        except FileNotFoundError as exc:
+            if read_header(paths.header).get("generation") != paths.generation:
+                raise _Moved from exc
+            raise FeatureStoreError(f"{exc.filename}: missing from the feature store") from exc
+        _verify_file(gdir / name, files, name, _side_bytes(n, cols, SIDE_DTYPES[name]), sha)
+        out.append(arr)
+    colour, plain = out
+    if len(plain) and int(np.max(plain)) > 1:
+        raise FeatureStoreError(f"{gdir / PLAIN_NPY}: plain-background flags must be 0 or 1")
+    return colour, plain
+
+
+def _check_side(side: dict[str, np.ndarray] | None, n: int) -> dict[str, np.ndarray]:
+    """The colour rows handed to :func:`commit`: both files or none, ``n`` rows each, finite."""
+    if not side:
+        return {}
+    if set(side) != set(SIDE_FILES):
+        raise FeatureStoreError(f"colour rows must be given as {SIDE_FILES}; got {sorted(side)}")
+    out = {name: np.ascontiguousarray(side[name], SIDE_DTYPES[name]) for name in SIDE_FILES}
+    for name, arr in out.items():
+        if arr.ndim != 2 or len(arr) != n:
+            raise FeatureStoreError(f"{name}: shape {arr.shape} for a store of {n} images")
+    if out[PLAIN_NPY].shape[1] != 1 or (n and int(out[PLAIN_NPY].max()) > 1):
+        raise FeatureStoreError(f"{PLAIN_NPY}: one 0/1 flag per image")
+    if not np.isfinite(out[COLOUR_NPY]).all():
+        raise FeatureStoreError(f"{COLOUR_NPY}: NaN or infinite colour values")
+    return out
 
 
 def check_rows(X: np.ndarray, what: str, chunk: int = 8192) -> None:
@@ -884,7 +996,8 @@ def recover(folder: Path) -> None:
 def remove_generation(gdir: Path, *, require_marker: bool) -> bool:
     """Remove a generation folder we wrote; anything that is not one is left (returns False).
 
-    Ours: a real folder (not a symlink) holding only ``vectors.npy``, ``ids.csv``, our marker and
+    Ours: a real folder (not a symlink) holding only ``vectors.npy``, ``ids.csv``, the colour rows
+    (``colour.npy``, ``plain.npy``), our marker and
     temp files of our writes -- with the marker when ``require_marker`` (a generation that
     ``store.json`` named is known to be ours without it: stores written before the marker).
     """
@@ -897,7 +1010,9 @@ def remove_generation(gdir: Path, *, require_marker: bool) -> bool:
     if require_marker and names and MARKER not in names:
         log.info("leaving %s: not a generation folder varsitysrch wrote (no %s)", gdir, MARKER)
         return False
-    strangers = [n for n in names if n not in (VECTORS, IDS, MARKER) and not _GEN_TMP.fullmatch(n)]
+    strangers = [
+        n for n in names if n not in (VECTORS, IDS, MARKER, *SIDE_FILES) and not _GEN_TMP.fullmatch(n)
+    ]
     if strangers:
         log.warning("leaving %s: it holds files varsitysrch did not write (%s)", gdir, strangers[0])
         return False
@@ -982,6 +1097,8 @@ def write_header(
     if files is None or not _good_files(files):
         gdir = folder / generation
         files = {VECTORS: file_record(gdir / VECTORS), IDS: file_record(gdir / IDS)}
+        if all((gdir / name).exists() for name in SIDE_FILES):
+            files.update({name: file_record(gdir / name) for name in SIDE_FILES})
     meta = {**header, "generation": generation, FILES: files}
     meta.pop(HEADER_SUM, None)
     meta[HEADER_SUM] = header_digest(meta)
@@ -1003,8 +1120,13 @@ def commit(
     stamps: Sequence[Sequence[int]],
     chunks: Iterable[np.ndarray],
     header: dict[str, Any],
+    side: dict[str, np.ndarray] | None = None,
 ) -> str:
     """Write a new generation and make it the store (the caller holds :func:`store_lock`).
+
+    ``side``: the colour rows of the generation (``{COLOUR_NPY: float16 [n, d], PLAIN_NPY: uint8
+    [n, 1]}``, both or neither; ``header["colour"]`` says how they were made), written and
+    fsynced with the vectors before the header commits them.
 
     Returns the generation name.  On any failure the generation is removed and the
     previous store is untouched; an OSError becomes a one-line FeatureStoreError.
@@ -1030,6 +1152,10 @@ def commit(
         _step("ids")
         write_csv(gdir / IDS, list(ID_COLUMNS), ((rel, *st) for rel, st in zip(ids, stamps, strict=True)))
         files = {VECTORS: {"bytes": vbytes, "sha256": vsha}, IDS: file_record(gdir / IDS)}
+        for name, arr in _check_side(side, n).items():
+            _step(name)
+            sbytes, ssha = write_vectors_file(gdir / name, n, arr.shape[1], SIDE_DTYPES[name], [arr])
+            files[name] = {"bytes": sbytes, "sha256": ssha}
         _fsync_dir(gdir)
         _step("header")
         write_header(folder, header, gen, files)  # the commit
