@@ -20,13 +20,20 @@ exhaustive sweep's.
 Data: by default generated with known structure: ``--true-k`` Gaussian blobs (Dirichlet-distributed
 sizes) in a random 64-dim subspace of R^dim, plus isotropic noise in all dims, rows L2-normalised
 (CNN-feature-like: unit vectors, clusters of unequal size, most variance in a few directions).
-``--store FOLDER`` (or the environment variable ``VARSITYSRCH_CHOOSE_K_STORE``) uses a feature store
-written by ``varsitysrch extract`` instead; a path that does not exist is an error, never a silent
-fallback.
+Real features instead, never from a default folder:
+
+* ``--store FOLDER`` (or ``$VARSITYSRCH_CHOOSE_K_STORE``): a feature store written by
+  ``varsitysrch extract``;
+* ``--dev-set clothing-small`` (or ``grocery-train``, ``fashion-dev``) with ``--data DIR`` (or
+  ``$VARSITYSRCH_DATA``, docs/benchmarks.md): the dev set extracted once into ``--work`` (cached);
+  ``--per-class N`` keeps N photos of each label of its manifest (seeded by ``--seed``).
+
+A folder that is missing is one line on stderr (exit status 2), never a silent fallback.
 
     python benchmarks/bench_choose_k.py                        # 20,000 x 256, k = 2..30, 23 blobs
     python benchmarks/bench_choose_k.py --n 50000 --dim 1280 --max-clusters 50 --exhaustive-n 0
-    python benchmarks/bench_choose_k.py --store features/ --max-clusters 30
+    python benchmarks/bench_choose_k.py --data ../shared/data --dev-set clothing-small --per-class 30
+    python benchmarks/bench_choose_k.py --store features/
     python benchmarks/bench_choose_k.py --no-warm-start        # ablation: why the sweep keeps them
 
 Figures from runs of this script: ``docs/choose_k.md``. Not a test: it prints figures. Progress bars
@@ -36,8 +43,11 @@ go to stderr (``--quiet`` hides them).
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -46,6 +56,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdata
+
+PROG = "bench_choose_k.py"
 STORE_ENV = "VARSITYSRCH_CHOOSE_K_STORE"
 
 
@@ -76,22 +90,50 @@ def make_data(
     return X, labels
 
 
-def load_store(arg: str | None) -> tuple[np.ndarray, str] | None:
-    """The store named by ``--store`` or ``$VARSITYSRCH_CHOOSE_K_STORE`` (``None``: neither is set)."""
-    where = arg if arg is not None else os.environ.get(STORE_ENV)
-    if not where:
+def load_store(args: argparse.Namespace) -> tuple[np.ndarray, str] | None:
+    """Real features from ``--store`` / ``$VARSITYSRCH_CHOOSE_K_STORE`` or ``--dev-set`` (``None``: none)."""
+    where = args.store if args.store is not None else os.environ.get(STORE_ENV)
+    if where and args.dev_set:
+        benchdata.fail(PROG, f"give --store (or {STORE_ENV}) or --dev-set, not both")
+    if where:
+        folder = Path(where).expanduser()
+        source = "--store" if args.store is not None else STORE_ENV
+        if not (folder / "store.json").is_file() and not any(folder.glob("*.npy")):
+            benchdata.fail(
+                PROG,
+                f"{source} {where!r} is not a feature store (no store.json or .npy files): write one "
+                f"with `varsitysrch extract IMAGES FOLDER`, or leave --store and {STORE_ENV} out for "
+                "generated data",
+            )
+        from varsitysrch import load_features
+
+        _ids, X, _extractor = load_features(folder)
+        return np.asarray(X, dtype=np.float32), f"feature store {folder} ({source})"
+    if not args.dev_set:
         return None
-    folder = Path(where)
-    source = "--store" if arg is not None else f"${STORE_ENV}"
-    if not folder.is_dir():
-        raise SystemExit(
-            f"bench_choose_k: {source} {where!r} is not a folder; give a feature store written by "
-            "`varsitysrch extract IMAGES FOLDER`, or leave it out for generated data"
-        )
+    root = benchdata.data_root(PROG, args.data, [args.dev_set])
+    store = benchdata.feature_store(root, args.dev_set, args.work, benchdata.log_stderr)
     from varsitysrch import load_features
 
-    _ids, X, _extractor = load_features(folder)
-    return np.asarray(X, dtype=np.float32), f"feature store {folder} ({source})"
+    ids, X, _extractor = load_features(store)
+    X = np.asarray(X, dtype=np.float32)
+    what = f"{args.dev_set} (default extractor)"
+    if args.per_class:
+        with open(root / args.dev_set / "manifest.csv", newline="", encoding="utf-8") as f:
+            label = {r["path"]: r["label"] for r in csv.DictReader(f)}
+        by_label: dict[str, list[int]] = {}
+        for i, image_id in enumerate(ids):
+            if image_id in label:
+                by_label.setdefault(label[image_id], []).append(i)
+        rnd = random.Random(args.seed)
+        rows = sorted(
+            i
+            for lab in sorted(by_label)
+            for i in rnd.sample(by_label[lab], min(args.per_class, len(by_label[lab])))
+        )
+        X = X[rows]
+        what += f", {args.per_class} photos of each of its {len(by_label)} labels (seed {args.seed})"
+    return X, what
 
 
 def bare_fits(X: np.ndarray, ks: range, seed: int) -> None:
@@ -110,8 +152,12 @@ def timed(fn: Any) -> tuple[Any, float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--store", default=None, help=f"feature store folder (default: ${STORE_ENV}, else generated)"
+        "--store", default=None, help=f"feature store folder (default ${STORE_ENV}; else generated)"
     )
+    ap.add_argument("--dev-set", choices=benchdata.DEV_SETS, default=None, help="a dev set under --data")
+    benchdata.add_data_argument(ap)
+    benchdata.add_work_argument(ap, PROG, "the dev set's feature store")
+    ap.add_argument("--per-class", type=int, default=0, help="with --dev-set: N photos of each label")
     ap.add_argument("--n", type=int, default=20_000, help="generated rows")
     ap.add_argument("--dim", type=int, default=256, help="generated dims")
     ap.add_argument("--true-k", type=int, default=23, help="generated blobs")
@@ -140,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_warm_start:
         _selectk._WARM_STARTS = False  # the documented ablation switch of the sweep
 
+    stored = load_store(args)
     print(
         f"# choose-k benchmark  python {platform.python_version()}  {platform.machine()}  "
         f"cores={os.cpu_count()}  threads={args.threads}  load average {os.getloadavg()[0]:.1f} "
         "(other processes share the cores)"
     )
-    stored = load_store(args.store)
     true_k: int | None = None
     if stored is None:
         t = time.perf_counter()
@@ -171,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         f"k = 2..{args.max_clusters}; " + ("sweep WITHOUT warm starts" if args.no_warm_start else "defaults")
     )
 
-    # imports and thread pools before anything is timed
+    # imports and thread pools before anything is timed (its log lines are not the benchmark's)
     with threadpool_limits(args.threads):
         bare_fits(X[:500], range(2, 4), args.seed)
+    logging.disable(logging.WARNING)
     choose_k(X[:500], 5, retrieval=False, show_progress=False)
+    logging.disable(logging.NOTSET)
 
     walls: list[float] = []
     cpus: list[float] = []
