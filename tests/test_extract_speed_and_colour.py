@@ -64,8 +64,9 @@ def clutter(seed: int, size: int = 96) -> Image.Image:
 
 
 def _by_hand(path: Path) -> tuple[np.ndarray, bool]:
-    """The colour row of an image computed the documented way: one decode (as for the model), the
-    signature of its 64 px letterbox, the plain test of its 64 px squash."""
+    """The colour row of an image computed the documented way: one decode (as for the model), reduced
+    by a whole factor to >= 128 px, the signature of its 64 px letterbox, the plain test of its 64
+    px squash."""
     from PIL import ImageOps
 
     from varsitysrch import get_extractor
@@ -79,8 +80,10 @@ def _by_hand(path: Path) -> tuple[np.ndarray, bool]:
         )
     im.load()
     im = _to_rgb(ImageOps.exif_transpose(im) or im)
-    sig = colour_signature(np.asarray(_fit(im, COLOUR_DECODE_SIZE, "letterbox"), np.uint8))
-    return sig, plain_background(np.asarray(_fit(im, PLAIN_DECODE_SIZE, "squash"), np.uint8))
+    factor = min(im.size) // (2 * max(COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE))  # a box reduction first
+    base = im.reduce(factor) if factor > 1 else im
+    sig = colour_signature(np.asarray(_fit(base, COLOUR_DECODE_SIZE, "letterbox"), np.uint8))
+    return sig, plain_background(np.asarray(_fit(base, PLAIN_DECODE_SIZE, "squash"), np.uint8))
 
 
 # ------------------------------------------------------------------ one decode, both rows

@@ -189,6 +189,22 @@ def _soft_bins(pos: np.ndarray, n: int, wrap: bool = False) -> tuple[list[np.nda
     return [np.clip(lo, 0, n - 1), np.clip(hi, 0, n - 1)], [1.0 - frac, frac]
 
 
+def colour_inputs(photo: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The two small images the colour row of a decoded photo (an RGB PIL image) is computed from:
+    ``(letterboxed to COLOUR_DECODE_SIZE px, squashed to PLAIN_DECODE_SIZE px)`` (uint8), via one
+    box reduction to about twice that size (two bilinear fits from a full decode cost more than the
+    decode itself)."""
+    from ._images import _fit
+
+    side = 2 * max(COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE)
+    factor = min(photo.size) // side
+    base = photo.reduce(factor) if factor > 1 else photo
+    return (
+        np.asarray(_fit(base, COLOUR_DECODE_SIZE, "letterbox"), np.uint8),
+        np.asarray(_fit(base, PLAIN_DECODE_SIZE, "squash"), np.uint8),
+    )
+
+
 def colour_signatures(images: np.ndarray) -> np.ndarray:
     """:func:`colour_signature` of each image of a ``uint8 [N, H, W, 3]`` batch -> ``float32 [N, D]``."""
     return np.stack([colour_signature(im) for im in images]) if len(images) else np.zeros((0, SIGNATURE_DIM))

@@ -186,9 +186,9 @@ def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np
 
     The model input is exactly :func:`~varsitysrch._images.load_image`'s (JPEG draft decoding
     to the model's size, EXIF orientation, RGB): a query of the same file embeds the same.  The
-    colour row comes from the same decoded photo: the colour signature of the photo letterboxed
-    to ``COLOUR_DECODE_SIZE`` px, then its plain-background flag (squashed to
-    ``PLAIN_DECODE_SIZE`` px) -- as the query side computes them (:mod:`varsitysrch._pipeline`).
+    colour row comes from the same decoded photo (:func:`varsitysrch._colour.colour_inputs`): the
+    colour signature of the photo letterboxed to ``COLOUR_DECODE_SIZE`` px, then its
+    plain-background flag (squashed to ``PLAIN_DECODE_SIZE`` px).
     """
     im = open_image(path)
     try:
@@ -202,8 +202,7 @@ def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np
             im = ImageOps.exif_transpose(im) or im
             im = _to_rgb(im)
             whole = np.asarray(_fit(im, size, resize), dtype=np.uint8)
-            small = np.asarray(_fit(im, _colour.COLOUR_DECODE_SIZE, "letterbox"), dtype=np.uint8)
-            square = np.asarray(_fit(im, _colour.PLAIN_DECODE_SIZE, "squash"), dtype=np.uint8)
+            small, square = _colour.colour_inputs(im)
     except ImageError:
         raise
     except Exception as exc:
