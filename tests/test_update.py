@@ -252,6 +252,49 @@ def test_an_image_re_embedded_in_place_is_reassigned(source, tmp_path: Path) -> 
     assert mf.labels[j] == donor_cluster != mf0.labels[mf0.ids.index(edited)]
 
 
+def test_update_commits_colour_rows_with_the_vectors_and_records_them_in_the_model(
+    source, tmp_path: Path
+) -> None:
+    """The colour rows of changed and added images are computed by the update's extraction and
+    committed in the same generation; the updated model records that generation's colour."""
+    from varsitysrch._extract import decode_for_store
+    from varsitysrch._extractors import get_extractor
+    from varsitysrch._store import FeatureStore
+
+    src, labels = source
+    classes = [c for c, _ in SYNTHETIC_CLASSES[:4]]
+    cat, feats, model, csv_path = tmp_path / "cat", tmp_path / "f", tmp_path / "m.vsm", tmp_path / "c.csv"
+    _copy(src, cat, _pick(labels, classes, range(4)))
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv_path, 4, show_progress=False)
+    before = FeatureStore.open(feats)
+    assert load_model(model).config["colour"] == json.loads(json.dumps(before.colour_record()))
+    ids0 = list(before.ids)
+    changed = next(r for r in ids0 if r.startswith(classes[0]) and r.endswith(".png"))
+    donor = next(r for r in ids0 if r.startswith(classes[2]) and r.endswith(".png"))
+    shutil.copyfile(cat / donor, cat / changed)  # recoloured in place
+    added = _pick(labels, classes, range(4, 5))
+    _copy(src, cat, added)
+    rep = update_catalogue(cat, feats, model, csv_path, show_progress=False)
+    assert (rep.changed, rep.added) == (1, len(added))
+    store = FeatureStore.open(feats)
+    assert store.colour is not None and store.generation != before.generation
+    ex = get_extractor(store.extractor["name"])
+    for rel in [changed, *added]:
+        want = decode_for_store(cat / rel, ex.input_size, ex.resize)[1]
+        j = store.ids.index(rel)
+        np.testing.assert_allclose(np.asarray(store.colour[j], np.float32), want[:-1], atol=2e-3)
+        assert store.plain[j, 0] == want[-1]
+    kept = [r for r in ids0 if r != changed]
+    np.testing.assert_array_equal(
+        np.asarray(store.colour)[[store.ids.index(r) for r in kept]],
+        np.asarray(before.colour)[[ids0.index(r) for r in kept]],
+    )
+    mf = load_model(model)
+    assert mf.config["colour"] == json.loads(json.dumps(store.colour_record()))
+    assert mf.config["features"]["checksum"] == store.checksum
+
+
 def test_update_allow_empty(source, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
