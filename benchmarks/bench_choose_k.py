@@ -112,28 +112,38 @@ def load_store(args: argparse.Namespace) -> tuple[np.ndarray, str] | None:
     if not args.dev_set:
         return None
     root = benchdata.data_root(PROG, args.data, [args.dev_set])
-    store = benchdata.feature_store(root, args.dev_set, args.work, benchdata.log_stderr)
-    from varsitysrch import load_features
+    from varsitysrch import extract_features, load_features
 
-    ids, X, _extractor = load_features(store)
-    X = np.asarray(X, dtype=np.float32)
-    what = f"{args.dev_set} (default extractor)"
-    if args.per_class:
-        with open(root / args.dev_set / "manifest.csv", newline="", encoding="utf-8") as f:
-            label = {r["path"]: r["label"] for r in csv.DictReader(f)}
-        by_label: dict[str, list[int]] = {}
-        for i, image_id in enumerate(ids):
-            if image_id in label:
-                by_label.setdefault(label[image_id], []).append(i)
-        rnd = random.Random(args.seed)
-        rows = sorted(
-            i
-            for lab in sorted(by_label)
-            for i in rnd.sample(by_label[lab], min(args.per_class, len(by_label[lab])))
-        )
-        X = X[rows]
-        what += f", {args.per_class} photos of each of its {len(by_label)} labels (seed {args.seed})"
-    return X, what
+    if not args.per_class:
+        store = benchdata.feature_store(root, args.dev_set, args.work, benchdata.log_stderr)
+        _ids, X, _extractor = load_features(store)
+        return np.asarray(X, dtype=np.float32), f"{args.dev_set} (default extractor)"
+    # N photos of each label: links to just those photos, extracted on their own (cached in --work)
+    with open(root / args.dev_set / "manifest.csv", newline="", encoding="utf-8") as f:
+        by_label: dict[str, list[str]] = {}
+        for r in csv.DictReader(f):
+            by_label.setdefault(r["label"], []).append(r["path"])
+    rnd = random.Random(args.seed)
+    picked = [
+        p
+        for lab in sorted(by_label)
+        for p in rnd.sample(by_label[lab], min(args.per_class, len(by_label[lab])))
+    ]
+    name = f"{args.dev_set}-{args.per_class}-per-class-seed{args.seed}"
+    imgs = args.work / "samples" / name
+    for rel in picked:
+        link = imgs / rel
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((root / args.dev_set / rel).resolve())
+    store = args.work / "features" / name
+    benchdata.log_stderr(f"extracting {len(picked)} photos of {args.dev_set} into {store} (cached)")
+    extract_features(imgs, store, show_progress=False)
+    _ids, X, _extractor = load_features(store)
+    what = (
+        f"{args.dev_set} (default extractor), {args.per_class} photos of each of its {len(by_label)} labels"
+    )
+    return np.asarray(X, dtype=np.float32), f"{what} (seed {args.seed})"
 
 
 def bare_fits(X: np.ndarray, ks: range, seed: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CLOTHING
 from varsitysrch import _selectk
 from varsitysrch._errors import InvalidArgumentError
 from varsitysrch._pca import apply_pca, fit_pca
@@ -596,3 +597,89 @@ def test_headless_png_without_display_or_backend(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "3"
     assert (tmp_path / "k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- useful on real catalogues
+def classes(
+    n_per: int, k: int, dim: int, groups: int, sep_group: float, sep_class: float, seed: int
+) -> np.ndarray:
+    """``k`` classes of ``n_per`` unit rows, their centres spread over ``groups`` super-groups (shoes vs
+    clothes), in ``dim`` dims of isotropic noise (norm 2): the shape of CNN features of a catalogue."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((groups, dim))
+    g *= sep_group / np.linalg.norm(g, axis=1, keepdims=True)
+    c = rng.standard_normal((k, dim))
+    c *= sep_class / np.linalg.norm(c, axis=1, keepdims=True)
+    c += g[np.arange(k) % groups]
+    X = c[np.repeat(np.arange(k), n_per)] + rng.standard_normal((n_per * k, dim)) * 2.0 / np.sqrt(dim)
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ten_classes_in_two_groups_in_many_dims_give_ten(seed: int) -> None:
+    """Issue 22: in 512 noisy dims the raw-space silhouette was highest at k=2 (the two groups) and the
+    default recommended 2; scored in the top principal directions the ten classes stand out."""
+    X = classes(30, 10, 512, 2, 3.0, 1.5, seed)
+    r = choose_k(X, 30, retrieval=False, **FAST)  # type: ignore[arg-type]
+    assert r.score_dims == SIL_DIMS and r.min_k == 2  # a clear structure: no catalogue-size floor
+    assert r.recommended_k == r.best_silhouette_k == 10, r.explanation
+    assert r.best_silhouette >= _selectk.SIL_CLEAR
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loose_groups_of_many_classes_are_not_two_clusters(seed: int) -> None:
+    """Two loose groups of 24 classes (grocery: packages vs produce): the best silhouette, under 0.5, is
+    the split in two, useless for 1,200 images; from min_k_for(1,200) = 10 on, the 24 classes win."""
+    X = classes(50, 24, 256, 2, 1.0, 0.8, seed)
+    r = choose_k(X, 30, retrieval=False, **FAST)  # type: ignore[arg-type]
+    assert r.best_silhouette_k == 2 and r.best_silhouette < _selectk.SIL_CLEAR
+    assert r.min_k == _selectk.min_k_for(1200) == 10
+    assert r.recommended_k == 24, r.explanation
+    assert r.explanation.startswith(f"k=24: the best silhouette {r.best_silhouette:.3f} (k=2) is under 0.5")
+
+
+def test_min_k_for_keeps_the_search_within_twice_its_least_cost() -> None:
+    """k + n/k distance computations per query: the floor is the first k within twice the least, 2 sqrt(n)."""
+    for n in (3, 50, 300, 2640, 3781, 20_000, 1_000_000):
+        k = _selectk.min_k_for(n)
+        least = 2 * np.sqrt(n)
+        assert k + n / k <= 2 * least or k == 2
+        if k > 2:
+            assert (k - 1) + n / (k - 1) > 2 * least
+    assert [_selectk.min_k_for(n) for n in (300, 2640, 20_000)] == [5, 14, 38]
+    # a clear structure (best silhouette >= 0.5) is recommended whatever the catalogue size
+    ks = list(range(2, 31))
+    sil = np.array([0.7] + [0.3] * 28)
+    assert _recommend(ks, sil, knee=5, n_images=100_000).recommended_k == 2
+    # below 0.5 the floor applies; above max_clusters it is max_clusters
+    sil = np.array([0.45] + [0.3] * 28)
+    c = _recommend(ks, sil, knee=5, n_images=100_000)
+    assert c.min_k == c.recommended_k == 30 and "at least k=30" in c.rule
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CLOTHING / "manifest.csv").exists(), reason=f"{CLOTHING} is absent")
+def test_300_clothing_photos_of_10_classes(tmp_path: Path) -> None:
+    """Issue 22: the default analysis of 300 photos of 10 clothing classes recommended k=2."""
+    import random
+    import shutil
+
+    from varsitysrch import extract_features
+
+    with open(CLOTHING / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_label: dict[str, list[str]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row["path"])
+    assert len(by_label) == 10
+    rnd = random.Random(0)
+    for label in sorted(by_label):
+        for path in rnd.sample(by_label[label], 30):
+            (tmp_path / "imgs" / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(CLOTHING / path, tmp_path / "imgs" / path)
+    extract_features(tmp_path / "imgs", tmp_path / "feat", show_progress=False)
+    for n_components in (None, 10):  # the default, and the original package's own call
+        r = get_optimal_num_clusters(tmp_path / "feat", 30, n_components, plot_path=None, verbose=False)
+        assert r.n_images == 300
+        assert 6 <= r.recommended_k <= 30, r.explanation
+        assert ("weak cluster structure" in r.explanation) == r.weak_structure

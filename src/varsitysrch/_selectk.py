@@ -5,60 +5,79 @@ per-image ``.npy`` files) and :func:`choose_k` (a matrix) fit K-means for every 
 ``2..max_clusters`` and score each k:
 
 * **inertia** -- sum of squared distances of *all* images to their nearest centroid (the elbow);
-* **silhouette** -- ``sklearn.metrics.silhouette_score`` (Euclidean) on a fixed random sample of
-  ``sample_size`` images (``method="fast"``) or on all images (``method="exhaustive"``);
-* **Davies-Bouldin** -- ``sklearn.metrics.davies_bouldin_score`` on the same images (lower is better);
+* **silhouette** -- scikit-learn's mean silhouette (Euclidean), in the *score space* (below), on a
+  fixed random sample of ``sample_size`` images (``method="fast"``) or on all images
+  (``method="exhaustive"``); with its standard error;
+* **Davies-Bouldin** -- scikit-learn's formula on the same rows (lower is better);
 * **retrieval** (``retrieval=True``) -- recall@10 of cluster-restricted search against exact search
   when the query's ``nprobe`` = 1, 2, 4 nearest clusters are searched, and the share of the
   catalogue that scans (see :class:`RetrievalScores`).
 
-The space
----------
-Rows are L2-normalised first (feature stores already are). With ``n_components=None`` the analysis
-runs in that raw feature space. With ``n_components=c`` it runs in the PCA space of
+The spaces
+----------
+Rows are L2-normalised first (feature stores already are). With ``n_components=None`` the
+clustering runs in that raw feature space. With ``n_components=c`` it runs in the PCA space of
 :func:`varsitysrch._pca.fit_pca` / :func:`~varsitysrch._pca.apply_pca` -- the one
 ``train_clusters(..., n_components=c)`` fits the same way, so the k chosen here is the k trained
-there. Exact neighbours for the retrieval scores are found in the raw feature space; cluster
-membership and the query's nearest clusters use the analysis space.
+there. The silhouette and Davies-Bouldin are computed in the *score space*: the top ``SIL_DIMS``
+(16) principal directions of that analysis space, rows re-normalised (the analysis space itself
+when it has at most 16 dims). In the 1,280 dims of raw CNN features the distances between photos
+are dominated by directions in which every class varies alike, the silhouette is flat and highest
+at k=2 (300 clothing photos of 10 classes: 0.10 at k=2, 0.04-0.07 elsewhere); in the top
+directions the classes separate (0.18 at k=8; figures in ``docs/choose_k.md``). Exact neighbours
+for the retrieval scores are found in the raw feature space; cluster membership and the query's
+nearest clusters use the analysis space.
 
 The recommendation rule
 -----------------------
+Silhouettes are compared as printed, rounded to 3 decimals, so that no message contradicts itself.
+
 1. ``knee_k``: the knee of the inertia curve, by ``kneed.KneeLocator(curve="convex",
    direction="decreasing", S=1)``; where it finds none, the k whose inertia lies farthest below
    the straight line from the first to the last point of the curve, both axes scaled to [0, 1]
    (Kneedle's difference-curve maximum without its threshold).
 2. ``best_silhouette_k``: the k with the highest silhouette (the smallest such k on an exact tie).
-3. ``recommended_k``: if the silhouette is flat (max - min < ``SIL_FLAT`` over the ks), the knee.
-   Otherwise, of the ks whose silhouette lies in the tie band (within ``SIL_TIE`` of the best), the
-   one nearest the knee (the smaller on a tie). ``SIL_TIE`` is about the sampling error of a
-   silhouette estimated on 5,000 images (see ``docs/choose_k.md``).
+3. The smallest k considered, ``min_k``: 2 while some k reaches a silhouette of ``SIL_CLEAR`` (0.5,
+   Kaufman and Rousseeuw's "reasonable structure"): clear groups are recommended however few.
+   Below it the groups may be artificial and k is chosen for search as much as for groups:
+   ``min_k = min_k_for(n_images)``, the fewest clusters that keep a nearest-cluster search within
+   twice its least cost (about 0.27 sqrt(n): 5 for 300 images, 14 for 2,640), at most max_clusters.
+4. ``recommended_k``, among the ks >= ``min_k``: if the silhouette is flat there (max - min <
+   ``SIL_FLAT``), the knee (raised to ``min_k``). Otherwise, of the ks whose silhouette lies in the
+   tie band -- within the standard error of the best silhouette (at least ``SIL_TIE``, about the
+   sampling error on 5,000 images) of it -- the one nearest the knee (the smaller on a tie).
+5. A best silhouette under ``SIL_WEAK`` (0.25, "no substantial structure") is said in the rule: the
+   clusters overlap, so k is a speed/recall trade-off (the retrieval scores show it).
 
-``KSelection.rule`` restates the rule with the numbers of the run; ``str(selection)`` is the
-one-line message :func:`get_optimal_num_clusters` prints.
+``KSelection.rule`` restates the rule with the numbers of the run; ``KSelection.explanation``
+(``k=<k>: <rule>``) is the one line that ``str(selection)``, :meth:`KSelection.summary`, the plot's
+caption, the JSON and the CLI print.
 
 The fast path (``method="fast"``, default)
 ------------------------------------------
 1. A training sample of ``max(4096, 128 * max_clusters)`` images (all, if fewer), projected on its
    top ``max(64, 4 * max_clusters)`` principal directions (``fit_pca``) when the space has more.
-2. The sweep (:func:`_sweep`): for each k, Lloyd (scikit-learn ``KMeans``) from ``n_init``
-   k-means++ seedings (``sklearn.cluster.kmeans_plusplus``: one sequence of ``max_clusters``
-   centres per restart, whose first k seed k) and from a *warm start* --
-   the k - 1 solution plus one k-means++ centre (``sklearn.cluster.kmeans_plusplus`` weighted by
-   the squared distances); then, going down, the k + 1 solution minus its least useful centre.
-   The lowest inertia wins. The warm starts are kept because the benchmark needs them: without
-   them independent restarts stay in local minima (one centre on two blobs, two on one) at some
-   ks, the silhouette curve gets dents and the recommendation moves (``docs/choose_k.md``).
+2. The sweep (:func:`_sweep`): for each k, 20 Lloyd iterations (faiss, :func:`_faiss_lloyd`) from
+   ``n_init`` k-means++ seedings (``sklearn.cluster.kmeans_plusplus``: one sequence of
+   ``max_clusters`` centres per restart, whose first k seed k) and from a *warm start* -- the k - 1
+   solution plus one k-means++ centre (``sklearn.cluster.kmeans_plusplus`` weighted by the squared
+   distances); then, going down, the k + 1 solution minus its least useful centre. The lowest
+   inertia wins. The warm starts are kept because the benchmark needs them: without them
+   independent restarts stay in local minima (one centre on two blobs, two on one) at some ks, the
+   silhouette curve gets dents and the recommendation moves (``docs/choose_k.md``).
 3. Each solution is lifted to the analysis space (centroids = means of the full vectors of its
    clusters) and *every* image is assigned there (:func:`~varsitysrch._neighbours.nearest_centroid`):
    inertia and labels are exact for those centroids.
-4. Silhouette and Davies-Bouldin on the fixed sample.
+4. Silhouette and Davies-Bouldin of every k on the fixed sample in one pass (:func:`_scores`).
 5. Confirmation: the candidates -- the 3 best silhouettes, the knee and the recommended k -- are
-   re-fitted by Lloyd (``KMeans(init=...)``) on *all* images from their sweep centroids, rescored,
-   and the rule re-applied until no new candidate appears (``KSelection.confirmed_ks``).
+   re-fitted by Lloyd (scikit-learn ``KMeans(init=...)``) on *all* images from their sweep
+   centroids, rescored, and the rule re-applied until no new candidate appears
+   (``KSelection.confirmed_ks``).
 
-``method="exhaustive"`` is the reference: the same sweep on all images in the analysis space, the
-silhouette on all images (O(n^2) time and, up to ``_PRECOMPUTED_MAX_BYTES``, memory for the
-distance matrix). ``benchmarks/bench_choose_k.py`` compares the two.
+``method="exhaustive"`` is the reference: the same sweep with scikit-learn ``KMeans`` on all images
+in the analysis space, the silhouette on all images (O(n^2) time, O(n) memory per row block).
+``benchmarks/bench_choose_k.py`` compares the fast path with it and with the bare scikit-learn
+fits a user would otherwise run (20,000 x 256, k = 2..30: about a third of their time, the same k).
 
 Threads: ``n_threads`` limits BLAS/OpenMP threads (threadpoolctl) while running; by default one
 thread on machines with at most 2 cores and for small inputs, and for the sweep's many small fits.
