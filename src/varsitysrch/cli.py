@@ -43,6 +43,8 @@ import typer
 from ._errors import VarsitysrchError
 from ._version import __version__
 
+log = logging.getLogger(__name__)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
@@ -518,6 +520,27 @@ def train(
         _warn(w)
 
 
+def _colour_weight(value: str | None, match: bool) -> float | None:
+    """``--colour``: ``match`` (the page's "match colour" weight), ``off`` or a weight; ``None``:
+    the Searcher's default.  ``--match-colour`` is the earlier flag for ``--colour match``."""
+    from ._colour import MATCH_COLOUR_WEIGHT
+    from ._errors import InvalidArgumentError
+
+    if value is None:
+        return MATCH_COLOUR_WEIGHT if match else None
+    word = value.strip().lower()
+    if word in ("match", "on"):
+        return MATCH_COLOUR_WEIGHT
+    if word in ("off", "none", "no"):
+        return 0.0
+    try:
+        return float(word)  # checked by SearchOptions (colour_weight in [0, 1])
+    except ValueError:
+        raise InvalidArgumentError(
+            f"--colour must be 'match', 'off' or a colour_weight in [0, 1]; got {value!r}"
+        ) from None
+
+
 @_command()
 def search(
     query: Annotated[Path, typer.Argument(help="Query image.")],
@@ -526,7 +549,10 @@ def search(
         Path | None, typer.Option("--csv", "-c", help="Assignments CSV (checked against the model).")
     ] = None,
     n: Annotated[int, typer.Option("--top-n", "-n", help="Number of results.")] = 5,
-    nprobe: Annotated[int | None, typer.Option(help="Clusters to scan (default: calibrated).")] = None,
+    nprobe: Annotated[
+        int | None,
+        typer.Option(help="Clusters to scan, or IVF lists for a large catalogue (default: calibrated)."),
+    ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Scan the whole catalogue.")] = False,
     images: Annotated[
         Path | None,
@@ -540,15 +566,18 @@ def search(
         Path | None,
         typer.Option("--features", help="Feature store of a model without its index (default: beside it)."),
     ] = None,
-    colour_weight: Annotated[
-        float | None,
+    colour: Annotated[
+        str | None,
         typer.Option(
-            "--colour-weight", "--color-weight", help="Weight of the product's colour in the score, 0..1."
+            "--colour",
+            "--color",
+            "--colour-weight",  # the earlier spelling (a weight)
+            "--color-weight",
+            metavar="match|off|WEIGHT",
+            help="Match the product's colour too: 'match' (weight 0.15), a weight in 0..1, or 'off'.",
         ),
     ] = None,
-    match_colour: Annotated[
-        bool, typer.Option("--match-colour", "--match-color", help="Match colour too (colour weight 0.15).")
-    ] = False,
+    match_colour: Annotated[bool, typer.Option("--match-colour", "--match-color", hidden=True)] = False,
     views: Annotated[
         str,
         typer.Option(
@@ -595,19 +624,20 @@ def search(
     Piped, or with --plain: tab-separated rank, score, cluster, image (the full id), path, confidence
     and match.
     """
-    from . import Searcher
+    from . import Searcher, SearchOptions
+    from ._pipeline import Query, run_search
 
     s = _call(
         Searcher, model, csv, image_root=images, extractor=extractor, features_folder=features,
         query_expansion=query_expansion,
     )  # fmt: skip
-    from ._colour import MATCH_COLOUR_WEIGHT
-
-    w = colour_weight if colour_weight is not None else (MATCH_COLOUR_WEIGHT if match_colour else None)
-    hits = _call(
-        s.search, query, n, nprobe=nprobe, exact=exact, colour_weight=w, views=views,
-        min_confidence=min_confidence, min_score=min_score, where=where or None, collapse=collapse,
+    options = SearchOptions(
+        top_n=n, nprobe=nprobe, exact=exact, views=views, colour_weight=_colour_weight(colour, match_colour),
+        where=where or None, collapse=collapse, min_score=min_score, min_confidence=min_confidence,
     )  # fmt: skip
+    result = _call(run_search, s, Query(image=query), options)  # the one pipeline, as every entry point
+    log.info("%s; query searched as %d view(s)", result.scan, result.views)
+    hits = result.hits
     if as_json:
         _echo_json([_hit_dict(h) for h in hits])
     elif plain or not _stdout_is_terminal():
