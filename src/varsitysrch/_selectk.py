@@ -118,6 +118,7 @@ __all__ = [
     "RetrievalScores",
     "choose_k",
     "get_optimal_num_clusters",
+    "min_k_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -570,7 +571,9 @@ def choose_k(
         n_components: ``None``: analyse the raw feature space. An integer in
             ``[2, min(dim, n_images)]``: analyse in that many PCA dimensions (``fit_pca`` on all
             rows with ``random_state``, rows re-normalised) -- the space
-            ``train_clusters(..., n_components=...)`` trains in.
+            ``train_clusters(..., n_components=...)`` trains in. Either way the silhouette and
+            Davies-Bouldin are scored in the top 16 principal directions of that space (module
+            docstring, "The spaces").
         plot_path: write the figure there (:meth:`KSelection.plot`); ``None``/``False``: no file.
         scores_path: write the scores as ``<stem>.csv`` and ``<stem>.json``.
         show: display the figure inline: ``True`` where IPython is there (a warning otherwise),
@@ -761,7 +764,9 @@ def _analyse(
     else:
         sil_idx = np.arange(n)
     perm = rng.permutation(n)
-    q_idx = np.sort(rng.choice(n, min(n_queries, n), replace=False)) if retrieval else None
+    # drawn either way, so that the sweep's random stream (and so the clusters) do not depend on `retrieval`
+    queries = np.sort(rng.choice(n, min(n_queries, n), replace=False))
+    q_idx = queries if retrieval else None
 
     if method == "fast":
         fits = _sweep_fast(Z, ks, perm, n_init, random_state, rng, show_progress)
