@@ -53,7 +53,9 @@ be measured on a catalogue users with real files never have.
 
 Caching (``--work``, default ``<system temp>/varsitysrch-dev-domains``): the catalogue
 folders, and per (domain, split, extractor options, ``--limit``) the feature store and
-the model; a rerun only searches.  The held-out store starts as a copy of the full store
+the model; a rerun only searches.  Each store records the library that built it (version,
+commit, ``+dirty``), printed in the extraction table: after a change to the store format or
+the extraction, ``--fresh`` makes them again.  The held-out store starts as a copy of the full store
 and is brought to the 75 % folder by ``extract_features`` itself (its images are the same
 files, so they are reused and the removed ones dropped: nothing is embedded twice).  Extraction images/s per
 variant come from the run that embedded the stores (marked ``cached`` when an earlier run
@@ -300,10 +302,43 @@ class Built:
     n_embedded: int
     seconds: float
     cached: bool
+    library: str
 
 
-def build(dom: Domain, split: str, variant: Variant, work: Path, links: str, log: Any) -> Built:
-    """Feature store + model of (domain, split, extractor options), cached in ``work``."""
+def library_state() -> str:
+    """The library the stores are built by: its version, and the commit of the checkout it is
+    imported from (``+dirty`` when its ``src/`` has uncommitted changes)."""
+    import subprocess
+
+    import varsitysrch
+
+    here = Path(varsitysrch.__file__).resolve().parent
+    state = varsitysrch.__version__
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return state
+    if head.returncode == 0:
+        state += f" @ {head.stdout.strip()}" + ("+dirty" if dirty.stdout.strip() else "")
+    return state
+
+
+def build(
+    dom: Domain, split: str, variant: Variant, work: Path, links: str, log: Any, fresh: bool = False
+) -> Built:
+    """Feature store + model of (domain, split, extractor options), cached in ``work``
+    (``fresh``: made again from nothing)."""
     from varsitysrch import extract_features, train_clusters
 
     folder = make_catalogues(dom, work, links)[split]
@@ -314,23 +349,41 @@ def build(dom: Domain, split: str, variant: Variant, work: Path, links: str, log
     k = number_of_clusters(n_cat)
     model, assignments = base / f"{split}-k{k}.vsm", base / f"{split}-k{k}.csv"
     record = base / f"{split}.json"
-    if record.is_file() and model.is_file():
+    if record.is_file() and model.is_file() and not fresh:
         info = json.loads(record.read_text())
-        return Built(model, assignments, store, k, int(info["n_embedded"]), float(info["seconds"]), True)
+        return Built(
+            model,
+            assignments,
+            store,
+            k,
+            int(info["n_embedded"]),
+            float(info["seconds"]),
+            True,
+            info["library"],
+        )
+    for old in (record, model, assignments):
+        old.unlink(missing_ok=True)
+    if store.exists():
+        shutil.rmtree(store)
     if split == "heldout":
         full = build(dom, "full", variant, work, links, log)  # the 75 % reuses the full store's vectors
-        if store.exists():
-            shutil.rmtree(store)
         shutil.copytree(full.store, store, symlinks=True)
     log(f"  extracting {dom.tag}/{split} ({n_cat:,} images) with {variant.extractor_key}")
     res = extract_features(folder, store, show_progress=False, **variant.extractor)
     if res.n_images != n_cat:
         raise RuntimeError(f"{dom.tag}/{split}: {res.n_images} images in the store, {n_cat} in the catalogue")
     train_clusters(store, model, assignments, k, show_progress=False)
-    info = {"n_embedded": res.n_embedded, "n_reused": res.n_reused, "seconds": res.seconds, "k": k}
+    lib = library_state()
+    info = {
+        "n_embedded": res.n_embedded,
+        "n_reused": res.n_reused,
+        "seconds": res.seconds,
+        "k": k,
+        "library": lib,
+    }
     record.write_text(json.dumps(info))
     log(f"    {res.summary()}")
-    return Built(model, assignments, store, k, res.n_embedded, res.seconds, False)
+    return Built(model, assignments, store, k, res.n_embedded, res.seconds, False, lib)
 
 
 def speed_side_by_side(
@@ -481,6 +534,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="copy",
         help="catalogue folders of copies (default) or of symlinks to the data (the colour pass skips those)",
     )
+    p.add_argument("--fresh", action="store_true", help="make the stores and models again (not the cache)")
     p.add_argument("--json", default=None, help="also write every figure (and per-query values) here")
     a = p.parse_args(argv)
     if not a.data:
@@ -521,7 +575,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"dev_domains.py: error: {exc}", file=sys.stderr)
         return 2
-    import varsitysrch
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -540,13 +593,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- stores and models (cached), extraction images/s from the run that made them
     built: dict[tuple[str, str, str], Built] = {}
     warm_up(doms[0], a.variants, work, log)
-    for dom in doms:
-        for v in a.variants:
-            for proto in a.protocol_list:
-                split = "full" if proto == "loo" else "heldout"
-                key = (dom.tag, split, v.extractor_key)
-                if key not in built:
-                    built[key] = build(dom, split, v, work, a.links, log)
+    splits = [s for p, s in (("loo", "full"), ("heldout", "heldout")) if p in a.protocol_list]
+    for v in a.variants:  # the baseline's stores first, for every domain
+        for dom in doms:
+            if (dom.tag, splits[0], v.extractor_key) in built:
+                continue
+            if a.fresh:  # the full store first: the held-out store is made from it
+                full = build(dom, "full", v, work, a.links, log, fresh=True)
+                if "full" in splits:
+                    built[(dom.tag, "full", v.extractor_key)] = full
+            for split in splits:
+                if (dom.tag, split, v.extractor_key) not in built:
+                    built[(dom.tag, split, v.extractor_key)] = build(
+                        dom, split, v, work, a.links, log, fresh=a.fresh
+                    )
     speed = speed_side_by_side(doms, a.variants, work, a.speed, log) if a.speed else []
 
     # ---- searches
@@ -561,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- tables
     cmd = "python benchmarks/dev_domains.py " + " ".join(_quote(s) for s in (argv or sys.argv[1:]))
     out: list[str] = [
-        f"`{cmd}`  (varsitysrch {varsitysrch.__version__}; {K_RULE}; top {TOP}; "
+        f"`{cmd}`  (varsitysrch {library_state()}; {K_RULE}; top {TOP}; "
         f"{a.resamples:,} paired bootstrap resamples, seed {a.seed})",
         "",
         "| domain | protocol | catalogue | queries | k |",
@@ -625,15 +685,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- extraction images/s per extractor variant
     out += [
         "",
-        "| domain | split | extractor options (variants) | images embedded | images/s | run |",
-        "|---|---|---|---|---|---|",
+        "| domain | split | extractor options (variants) | images embedded | images/s | run | built by |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (tag, split, ex_key), b in built.items():
         names = ", ".join(v.name for v in a.variants if v.extractor_key == ex_key)
         rate = f"{b.n_embedded / b.seconds:.1f}" if b.seconds > 0 and b.n_embedded else "- (reused)"
         out.append(
             f"| {tag} | {split} | {ex_key} ({names}) | {b.n_embedded:,} | {rate} "
-            f"| {'cached' if b.cached else 'this run'} |"
+            f"| {'cached' if b.cached else 'this run'} | {b.library} |"
         )
     if speed:
         out += [
