@@ -546,7 +546,9 @@ def test_internal_errors_do_not_crash_the_server(
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.state.service.gen.searcher, "search_id", boom)
+    import varsitysrch.service.app as service_app_module
+
+    monkeypatch.setattr(service_app_module, "run_search", boom)  # the pipeline fails unexpectedly
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/search", params={"image_id": "red_circles/img_00.png"})
         assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
@@ -761,15 +763,15 @@ def test_saturated_uploads_answer_503_fast_and_health_stays_fast(
     """Slow uploads fill the decode pool; /healthz, /metrics and search by id never wait for them."""
     import time
 
-    import varsitysrch.service.app as service_app_module
+    import varsitysrch._pipeline as pipeline_module
 
-    real = service_app_module.decode_upload
+    real = pipeline_module._decode
 
     def slow(*a: Any) -> Any:  # a decode that takes 1.5 s (as a hostile thin image did)
         time.sleep(1.5)
         return real(*a)
 
-    monkeypatch.setattr(service_app_module, "decode_upload", slow)
+    monkeypatch.setattr(pipeline_module, "_decode", slow)  # the pipeline's decode stage
     root, labels = catalogue
     app = create_app(
         *synth_model, image_root=root, cache_dir=tmp_path, decode_workers=1, queue_limit=2, reload_interval=0
@@ -911,7 +913,8 @@ def test_search_batch(client: TestClient, catalogue: tuple[Path, dict[str, str]]
     single_a = upload(client, (root / a).read_bytes(), "a.jpg", top_n=4).json()["hits"]
     single_b = client.get("/search", params={"image_id": b, "top_n": 4}).json()["hits"]
     assert [h["image"] for h in res[0]["hits"]] == [h["image"] for h in single_a]
-    assert res[0]["query"] == {"kind": "upload", "filename": "a.jpg", "bytes": len((root / a).read_bytes())}
+    size = len((root / a).read_bytes())
+    assert res[0]["query"] == {"kind": "upload", "filename": "a.jpg", "bytes": size, "views": 1}
     assert res[1]["error"]["status"] == 415 and "notes.txt" in res[1]["error"]["detail"]
     assert res[2]["hits"] == single_b
     assert res[3]["error"]["status"] == 404 and res[3]["query"]["image_id"] == "no/such.png"

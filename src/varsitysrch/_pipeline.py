@@ -61,7 +61,7 @@ from ._images import ImageSource, _draft_box, _fit, _to_rgb, load_image_fits, op
 from ._options import SearchOptions
 from ._paths import resolve_image
 from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query
-from ._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, crop_boxes, parse_views
+from ._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, check_views, crop_boxes, parse_views
 
 if TYPE_CHECKING:
     from ._search import Searcher
@@ -250,17 +250,37 @@ def _image_vectors(
     s: Searcher, source: Any, views: str | None, colour: bool, stages: Stages
 ) -> tuple[np.ndarray, float, bool, np.ndarray | None]:
     """Stages 1-3 for an image: ``(vectors [V, dim], discount, crops, colour signature)``."""
-    ex = s.embedder.extractor  # a model without an extractor identity fails here, before decoding
+    ex = s.extractor  # the query side's identity: the Searcher's own ONNX session only if it embeds
+    if ex is None:
+        ex = s.embedder.extractor  # raises: a model without an extractor identity, before decoding
     crops, flip = parse_views(views)
     keep = crops or flip or colour or (views == "auto" and s._studio_catalogue())
-    try:
-        opened = stages.open(source)
-    except ImageError:
-        raise
+    opened = open_image(stages.open(source))  # the gate's pixel and aspect bounds, whoever opened it
     decoded: _Decoded = stages.decode(lambda: _decode(opened, ex.input_size, ex.resize, keep))
     batch, discount, fired = _views(decoded, views, s._studio_catalogue(), ex.input_size, ex.resize)
     sig = _query_colour(decoded) if colour else None
     return _embed(s, batch, stages), discount, fired, sig
+
+
+@dataclass(frozen=True)
+class EmbeddedQuery:
+    """Stages 1-3 of an image query, kept to be searched again (:func:`embed_query`)."""
+
+    vectors: np.ndarray  #: [V, dim] raw unit vectors, the whole photo first
+    discount: float  #: what the crop views count less (``views="auto"``'s discount)
+    crops: bool  #: whether crop views were made
+    colour: np.ndarray | None  #: the query's colour signature (when asked for)
+
+
+def embed_query(
+    s: Searcher, image: ImageSource, views: str | None, colour: bool = False, stages: Stages | None = None
+) -> EmbeddedQuery:
+    """Decode, view and embed an image query exactly as :func:`run_search` does (``views="auto"``
+    decided against this Searcher's catalogue), for a caller that searches it several times:
+    ``Query(vector=q.vectors, discount=q.discount, colour=q.colour)`` then gives the same hits
+    as ``Query(image=image)`` (:func:`varsitysrch.evaluate` measures this way)."""
+    V, discount, crops, sig = _image_vectors(s, image, check_views(views), colour, stages or Stages())
+    return EmbeddedQuery(V, discount, crops, sig)
 
 
 def _item(s: Searcher, item: Any, what: str, stages: Stages) -> tuple[np.ndarray, int | None]:
@@ -299,7 +319,8 @@ def _query_vectors(s: Searcher, q: Query, o: SearchOptions, w: float, stages: St
             raise IncompatibleModelError(f"query has dim {V.shape[1]}, the index has {s.dim}")
         discount = float(q.discount)
     elif q.image is not None:
-        V, discount, crops, sig = _image_vectors(s, q.image, o.views, w > 0 and sig is None, stages)
+        views = None if q.is_feedback else o.views  # feedback refines the whole photo's vector
+        V, discount, crops, sig = _image_vectors(s, q.image, views, w > 0 and sig is None, stages)
         sig = q.colour if q.colour is not None else sig
     else:
         V = np.zeros((0, s.dim), np.float32)

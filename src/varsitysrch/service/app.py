@@ -46,6 +46,7 @@ import json
 import logging
 import mimetypes
 import os
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -57,15 +58,15 @@ from urllib.parse import quote, unquote_to_bytes
 import numpy as np
 
 from .._errors import ImageError, InvalidArgumentError, VarsitysrchError, missing
-from .._query import check_views
+from .._options import SearchOptions
+from .._pipeline import Query as SearchQuery
+from .._pipeline import SearchResult, Stages, run_search
 from .._version import __version__
 from .batching import BoundedPool, MicroBatcher, Overloaded
 from .files import (
     UPLOAD_FORMATS_TEXT,
     UnsupportedFormat,
     choose_root,
-    decode_upload,
-    decode_upload_rgb,
     make_thumbnail,
     open_upload,
 )
@@ -201,9 +202,14 @@ class Settings:
 
 @dataclass
 class Upcoming:
-    """Uploads accepted and not yet handed to the embedder (changed on the event loop only)."""
+    """Uploads accepted and not yet handed to the embedder (the micro-batcher waits for them)."""
 
     n: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, k: int) -> None:
+        with self._lock:
+            self.n += k
 
 
 @dataclass
@@ -290,46 +296,50 @@ def _busy(svc: Service, exc: Overloaded) -> Exception:
 
 
 def _check_nprobe(gen: Generation, nprobe: int | None, exact: bool) -> None:
-    if nprobe is not None and not exact and not 1 <= nprobe <= gen.k:
-        raise _http(422, f"nprobe must be in [1, k] = [1, {gen.k}]; got {nprobe}")
+    """``nprobe`` against the served model's search index (K-means clusters, or IVF lists), before
+    any upload is read (the pipeline checks it again, against the same index)."""
+    top, unit = gen.searcher.max_nprobe, gen.searcher.probe_unit
+    if nprobe is not None and not exact and not 1 <= nprobe <= top:
+        raise _http(
+            422, f"nprobe must be in [1, {top}] (the {unit} of this model's search index); got {nprobe}"
+        )
+
+
+def _options(
+    gen: Generation, top_n: int, nprobe: int | None, exact: bool, *, views: str | None = "auto",
+    colour_weight: float = 0.0, where: Any = None, collapse: bool = False, include_self: bool = True,
+) -> SearchOptions:  # fmt: skip
+    """A route's parameters as the pipeline's :class:`~varsitysrch.SearchOptions` (422 when invalid)."""
+    _check_nprobe(gen, nprobe, exact)
+    return SearchOptions(
+        top_n=top_n, nprobe=None if exact else nprobe, exact=exact, views=views,
+        colour_weight=colour_weight, where=where, collapse=collapse, include_self=include_self,
+    )  # fmt: skip
 
 
 def _result(
-    request: Any, gen: Generation, query: dict[str, Any], hits: list[Any], t0: float,
-    top_n: int, nprobe: int | None, exact: bool,
-) -> dict[str, Any]:  # fmt: skip
+    request: Any, gen: Generation, query: dict[str, Any], res: SearchResult, t0: float, options: SearchOptions
+) -> dict[str, Any]:
+    """A search's response: the query, the settings, what the index scanned and the hits."""
     return {
         "query": query,
-        "top_n": top_n,
-        "nprobe": None if exact else (gen.searcher.default_nprobe if nprobe is None else nprobe),
-        "exact": exact,
+        "top_n": options.top_n,
+        "nprobe": None if options.exact else (options.nprobe or gen.searcher.default_nprobe),
+        "exact": options.exact,
+        "scan": res.scan.to_dict(),
         "took_ms": round((time.perf_counter() - t0) * 1000, 3),
-        "hits": [_shop_fields(request, gen, h, _hit_dict(request, h)) for h in hits],
+        "hits": [_shop_fields(request, gen, h, _hit_dict(request, h)) for h in res.hits],
     }
 
 
-def _search_id(
-    request: Any,
-    gen: Generation,
-    image_id: str,
-    top_n: int,
-    nprobe: int | None,
-    exact: bool,
-    include_self: bool,
-    colour_weight: float = 0.0,
-    where: Any = None,
-    collapse: bool = False,
-) -> dict[str, Any]:
+def _search_id(request: Any, gen: Generation, image_id: str, options: SearchOptions) -> dict[str, Any]:
+    """A search by catalogue id (404 for an id the catalogue does not hold), in the calling thread."""
     t0 = time.perf_counter()
     if image_id not in gen.id_set:
         raise _http(404, f"image_id {image_id!r} is not in the catalogue")
-    _check_nprobe(gen, nprobe, exact)
-    hits = gen.searcher.search_id(
-        image_id, top_n, nprobe=nprobe, exact=exact, include_self=include_self, colour_weight=colour_weight,
-        where=where, collapse=collapse,
-    )  # fmt: skip
+    res = run_search(gen.searcher, SearchQuery(image_id=image_id), options)
     query = {"kind": "image_id", "image_id": image_id, **_links(request, image_id)}
-    return _result(request, gen, query, hits, t0, top_n, nprobe, exact)
+    return _result(request, gen, query, res, t0, options)
 
 
 def _decode_error(exc: BaseException, filename: str | None) -> Exception:
@@ -342,42 +352,100 @@ def _decode_error(exc: BaseException, filename: str | None) -> Exception:
     return _http(422, f"cannot use the uploaded image{name}: {exc}")
 
 
-async def _embed_uploads(svc: Service, gen: Generation, uploads: list[tuple[bytes, str | None]]) -> list[Any]:
-    """Decode (bounded pool) and embed (micro-batched) uploads: a vector or an HTTP error each."""
+class _Reservation:
+    """Decode slots a request takes on the event loop, before any thread works for it (all or
+    none: :class:`Overloaded`, answered 503 at once).  The pipeline's decode stage runs each
+    decode in the bounded pool on one of them; :meth:`close` gives back those not used."""
+
+    def __init__(self, svc: Service, n: int) -> None:
+        svc.decode.reserve(n)
+        svc.upcoming.add(n)  # the micro-batcher waits for these (up to its window)
+        self.svc, self.left = svc, n
+        self._lock = threading.Lock()
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+    def decode(self, job: Any) -> Any:
+        """Run one decode job in the bounded pool and wait for it (the pipeline's decode stage)."""
+        if not self._take():  # a decode beyond the reservation: a slot now, or 503
+            self.svc.decode.reserve(1)
+            self.svc.upcoming.add(1)
+        try:
+            return self.svc.decode.run_reserved(job).result()
+        finally:
+            self.svc.upcoming.add(-1)
+
+    def close(self) -> None:
+        with self._lock:
+            n, self.left = self.left, 0
+        if n:
+            self.svc.decode.release(n)
+            self.svc.upcoming.add(-n)
+
+
+def _stages(gen: Generation, reservation: _Reservation) -> Stages:
+    """The pipeline's costly stages as the service runs them: the upload opened through its format
+    allow-list, decoded in the bounded decode pool, and every view of it embedded through the
+    micro-batcher (the one ONNX session, whatever the views)."""
+    batcher = gen.batcher
+    assert batcher is not None
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        futs = batcher.submit_many(list(batch))
+        return np.stack([f.result() for f in futs])
+
+    return Stages(open=open_upload, decode=reservation.decode, embed=embed)
+
+
+async def _search_uploads(
+    svc: Service, gen: Generation, queries: list[SearchQuery], names: list[str | None], options: SearchOptions
+) -> list[SearchResult | Exception]:
+    """Run queries of uploads through the pipeline: a result each, or the HTTP error of an upload
+    that cannot be used.  Their decode slots are reserved first (503 at once when the pool is
+    full); errors that concern every query (busy, invalid parameters) fail the request."""
+    from starlette.concurrency import run_in_threadpool
+
     if gen.batcher is None or gen.embedder is None:
         raise _http(
             501, "this model's features were not made by a known extractor: search by image_id instead"
         )
-    ex = gen.embedder.extractor
     try:
-        svc.decode.reserve(len(uploads))  # all or none: a batch never half-fits
+        reservation = _Reservation(svc, len(queries))
     except Overloaded as exc:
         raise _busy(svc, exc) from exc
-    svc.upcoming.n += len(uploads)  # the embedder waits for these (up to its window)
-    left = len(uploads)
-    try:
-        futs = [svc.decode.run_reserved(decode_upload, d, ex.input_size, ex.resize) for d, _ in uploads]
-        out: list[Any] = []
-        arrays: list[np.ndarray] = []
-        for fut, (_, name) in zip(futs, uploads, strict=True):
+    stages = _stages(gen, reservation)
+    running = asyncio.Semaphore(max(2, svc.settings.decode_workers))  # the rest wait off the thread pool
+
+    async def one(q: SearchQuery, name: str | None) -> SearchResult | Exception:
+        async with running:
             try:
-                arr = await asyncio.wrap_future(fut)
-                arrays.append(arr)
-                out.append(arr)
+                return await run_in_threadpool(run_search, gen.searcher, q, options, stages)
             except (UnsupportedFormat, ImageError) as exc:
-                out.append(_decode_error(exc, name))
-            finally:
-                svc.upcoming.n -= 1
-                left -= 1
+                return _decode_error(exc, name)
+
+    try:
+        got = await asyncio.gather(
+            *(one(q, n) for q, n in zip(queries, names, strict=True)), return_exceptions=True
+        )
     finally:
-        svc.upcoming.n -= left  # on an error or a cancelled request
-    if arrays:
-        try:
-            vec_futs = iter(gen.batcher.submit_many(arrays))
-        except Overloaded as exc:
-            raise _busy(svc, exc) from exc
-        out = [await asyncio.wrap_future(next(vec_futs)) if isinstance(o, np.ndarray) else o for o in out]
-    return out
+        reservation.close()
+    for r in got:
+        if isinstance(r, Overloaded):
+            raise _busy(svc, r) from r
+        if isinstance(r, BaseException) and not _is_http(r):
+            raise r
+    return list(got)  # type: ignore[arg-type]
+
+
+def _is_http(exc: BaseException) -> bool:
+    from fastapi import HTTPException
+
+    return isinstance(exc, HTTPException)
 
 
 def _pick(form_value: Any, query_value: Any, default: Any) -> Any:
@@ -565,6 +633,8 @@ def _add_service_routes(app: Any, svc: Service) -> None:
             "images": len(gen.ids),
             "clusters": gen.k,
             "nprobe": int(gen.searcher.default_nprobe),
+            "nprobe_unit": gen.searcher.probe_unit,
+            "max_nprobe": int(gen.searcher.max_nprobe),
             "extractor": ex.name if ex is not None else None,
             "search_by_image": gen.embedder is not None,
             "images_served": svc.settings.root is not None,
@@ -594,7 +664,10 @@ def _add_service_routes(app: Any, svc: Service) -> None:
 
 
 _TOP_N_DOC = "number of results (default 10)"
-_NPROBE_DOC = "clusters to scan (default: the model's calibrated value)"
+_NPROBE_DOC = (
+    "how much of the index to scan, in its unit (/healthz: nprobe_unit, max_nprobe): K-means clusters, or "
+    "IVF lists for a large catalogue (default: the model's calibrated value)"
+)
 _COLOUR_DOC = "weight of the product's colour in the score, 0..1 (0: off; 0.15 = match colour)"
 _SELF_DOC = "with image_id: keep the query image in the results"
 _WHERE_DOC = (
@@ -606,14 +679,6 @@ _VIEWS_DOC = (
     "query views: auto (five 70 % crops too for a shop photo against a studio catalogue), none, crops, "
     "flip or crops+flip"
 )
-
-
-def _resolve_upload_views(gen: Generation, data: bytes, views: str | None) -> tuple[str | None, float]:
-    """:meth:`Searcher.resolve_views` of an upload, opened through the format allow-list; ``None``:
-    the whole photo, embedded by the micro-batcher.  Only a studio catalogue looks at the photo."""
-    if views == "auto" and not gen.searcher.studio_catalogue:
-        return None, 0.0
-    return gen.searcher.resolve_views(open_upload(data) if views == "auto" else data, views)
 
 
 async def _read_upload(svc: Service, image: Any) -> bytes:
@@ -666,35 +731,21 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         has_file = image is not None and (bool(image.filename) or image.size not in (None, 0))
         if has_file and image_id:
             raise _http(422, "send either an image file or an image_id, not both")
-        wh = _where(where)
+        opts = _options(
+            gen, n, p, ex, views=views, colour_weight=w, where=_where(where), collapse=collapse,
+            include_self=inc,
+        )  # fmt: skip
         if image_id:
-            return await run_in_threadpool(_search_id, request, gen, image_id, n, p, ex, inc, w, wh, collapse)
+            return await run_in_threadpool(_search_id, request, gen, image_id, opts)
         if image is None or not has_file:
             raise _http(422, "send an image file (multipart field 'image') or an image_id")
         t0 = time.perf_counter()
-        _check_nprobe(gen, p, ex)
-        vw = check_views(views)
         data = await _read_upload(svc, image)
-        vecs = None
-        try:
-            resolved, discount = await run_in_threadpool(_resolve_upload_views, gen, data, vw)
-            if resolved is not None:  # several views of one photo: embedded together, outside the batcher
-                rgb = await run_in_threadpool(decode_upload_rgb, data)
-                vecs = await run_in_threadpool(gen.searcher.embed_views, rgb, resolved)
-        except (UnsupportedFormat, ImageError) as exc:
-            raise _decode_error(exc, image.filename) from exc
-        if vecs is None:
-            (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
-            if isinstance(v, Exception):
-                raise v
-            vecs = v[None]
-        colour = await run_in_threadpool(gen.searcher.query_colour, data) if w > 0 else None
-        hits = await run_in_threadpool(
-            gen.searcher.search_views, vecs, n, nprobe=p, exact=ex, colour=colour, colour_weight=w,
-            where=wh, collapse=collapse, view_discount=discount,
-        )  # fmt: skip
-        query = {"kind": "upload", "filename": image.filename, "bytes": len(data), "views": len(vecs)}
-        return _result(request, gen, query, hits, t0, n, p, ex)
+        (res,) = await _search_uploads(svc, gen, [SearchQuery(image=data)], [image.filename], opts)
+        if isinstance(res, Exception):
+            raise res
+        query = {"kind": "upload", "filename": image.filename, "bytes": len(data), "views": res.views}
+        return _result(request, gen, query, res, t0, opts)
 
     @app.get("/search", tags=["search"])
     def search_get(
@@ -709,18 +760,12 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
     ) -> dict[str, Any]:
         """Search with a catalogue image."""
-        return _search_id(
-            request,
-            svc.gen,
-            image_id,
-            top_n,
-            nprobe,
-            exact,
-            include_self,
-            colour_weight,
-            _where(where),
-            collapse,
-        )
+        gen = svc.gen
+        opts = _options(
+            gen, top_n, nprobe, exact, colour_weight=colour_weight, where=_where(where), collapse=collapse,
+            include_self=include_self,
+        )  # fmt: skip
+        return _search_id(request, gen, image_id, opts)
 
 
 def _add_shop_routes(app: Any, svc: Service) -> None:
@@ -759,24 +804,22 @@ def _add_shop_routes(app: Any, svc: Service) -> None:
         has_file = image is not None and (bool(image.filename) or image.size not in (None, 0))
         if has_file and image_id:
             raise _http(422, "send either an image file or an image_id as the query, not both")
-        _check_nprobe(gen, nprobe, exact)
+        opts = _options(gen, top_n, nprobe, exact, views=None, where=_where(where), collapse=collapse)
         t0 = time.perf_counter()
-        query: Any = image_id or None
+        judged: dict[str, Any] = {"positive": tuple(pos), "negative": tuple(neg)}
         info: dict[str, Any] = {"kind": "feedback", "image_id": image_id}
         if has_file and image is not None:
             data = await _read_upload(svc, image)
-            (v,) = await _embed_uploads(svc, gen, [(data, image.filename)])
-            if isinstance(v, Exception):
-                raise v
-            query = np.asarray(v, np.float32)
+            q = SearchQuery(image=data, **judged)
+            (res,) = await _search_uploads(svc, gen, [q], [image.filename], opts)
+            if isinstance(res, Exception):
+                raise res
             info = {"kind": "feedback", "filename": image.filename, "bytes": len(data)}
-        w = _where(where)
-        hits = await run_in_threadpool(
-            gen.searcher.search_feedback, query, pos, neg, top_n,
-            where=w, collapse=collapse, nprobe=nprobe, exact=exact,
-        )  # fmt: skip
+        else:
+            q = SearchQuery(image_id=image_id or None, **judged)
+            res = await run_in_threadpool(run_search, gen.searcher, q, opts)
         info.update(positive=pos, negative=neg)
-        return _result(request, gen, info, hits, t0, top_n, nprobe, exact)
+        return _result(request, gen, info, res, t0, opts)
 
 
 def _add_batch_route(app: Any, svc: Service) -> None:
@@ -792,13 +835,17 @@ def _add_batch_route(app: Any, svc: Service) -> None:
         nprobe: Annotated[int | None, Query(ge=1, description=_NPROBE_DOC)] = None,
         exact: Annotated[bool, Query(description="scan every cluster")] = False,
         include_self: Annotated[bool, Query(description=_SELF_DOC)] = True,
+        colour_weight: Annotated[float, Query(ge=0, le=1, description=_COLOUR_DOC)] = 0.0,
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
+        views: Annotated[str, Query(description=_VIEWS_DOC)] = "auto",
     ) -> dict[str, Any]:
-        """Many queries in one request: uploads first (in order), then ids; embedded as one batch.
+        """Many queries in one request: uploads first (in order), then ids.
 
-        Uploads are searched as ``POST /search`` searches them by default (``views="auto"``: a
-        photo that is not a studio shot, against a studio catalogue, also as five crops).
+        Each query is searched exactly as ``POST /search`` / ``GET /search`` search it, with the
+        same parameters (views, colour, filter, collapse): each upload is decoded once in the
+        bounded pool and each of its views embedded once, through the micro-batcher that embeds
+        the batch's uploads together.
 
         Each entry of ``results`` is a search result, or ``{"query": ..., "error": {"status", "detail"}}``
         for a query that failed on its own (an unknown id, a file that is not an image); the request
@@ -814,48 +861,35 @@ def _add_batch_route(app: Any, svc: Service) -> None:
             )
         if len(files) > svc.decode.limit:
             raise _http(422, f"a batch holds at most {svc.decode.limit} uploads; got {len(files)}")
-        _check_nprobe(gen, nprobe, exact)
-        w = _where(where)
-        if w is not None:  # a bad filter fails the whole batch (422), not each query
-            gen.searcher._filter(w, ())
+        opts = _options(
+            gen, top_n, nprobe, exact, views=views, colour_weight=colour_weight, where=_where(where),
+            collapse=collapse, include_self=include_self,
+        )  # fmt: skip
         t0 = time.perf_counter()
         datas = [await _read_upload(svc, f) for f in files]
-        vecs = (
-            await _embed_uploads(svc, gen, [(d, f.filename) for d, f in zip(datas, files, strict=True)])
+        found = (
+            await _search_uploads(
+                svc, gen, [SearchQuery(image=d) for d in datas], [f.filename for f in files], opts
+            )
             if files
             else []
         )
 
         def answer() -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
-            for f, d, v in zip(files, datas, vecs, strict=True):
+            for f, d, res in zip(files, datas, found, strict=True):
                 query = {"kind": "upload", "filename": f.filename, "bytes": len(d)}
-                if isinstance(v, Exception):
-                    out.append({"query": query, "error": {"status": v.status_code, "detail": v.detail}})  # type: ignore[attr-defined]
+                if isinstance(res, Exception):
+                    err = {"status": res.status_code, "detail": res.detail}  # type: ignore[attr-defined]
+                    out.append({"query": query, "error": err})
                     continue
-                resolved, discount = _resolve_upload_views(gen, d, "auto")  # as POST /search
-                vs = v[None] if resolved is None else gen.searcher.embed_views(decode_upload_rgb(d), resolved)
-                hits = gen.searcher.search_views(
-                    vs, top_n, nprobe=nprobe, exact=exact, colour_weight=0.0, where=w, collapse=collapse,
-                    view_discount=discount,
-                )  # fmt: skip
-                out.append(_result(request, gen, query, hits, t0, top_n, nprobe, exact))
+                out.append(_result(request, gen, {**query, "views": res.views}, res, t0, opts))
             for i in id_list:
-                try:
-                    out.append(
-                        _search_id(request, gen, i, top_n, nprobe, exact, include_self, 0.0, w, collapse)
-                    )
-                except Exception as exc:
-                    status, detail = (
-                        getattr(exc, "status_code", 500),
-                        getattr(exc, "detail", "internal server error"),
-                    )
-                    out.append(
-                        {
-                            "query": {"kind": "image_id", "image_id": i},
-                            "error": {"status": status, "detail": detail},
-                        }
-                    )
+                if i not in gen.id_set:  # this query's own error; the others are answered
+                    err = {"status": 404, "detail": f"image_id {i!r} is not in the catalogue"}
+                    out.append({"query": {"kind": "image_id", "image_id": i}, "error": err})
+                    continue
+                out.append(_search_id(request, gen, i, opts))
             return out
 
         results = await run_in_threadpool(answer)

@@ -60,6 +60,8 @@ class BoundedPool:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"varsitysrch-{name}")
         self._depth = 0
         self._lock = threading.Lock()
+        #: jobs started in the pool since it was made (what ran here, not on a request thread)
+        self.started = 0
 
     @property
     def depth(self) -> int:
@@ -71,6 +73,11 @@ class BoundedPool:
         with self._lock:
             self._depth += n
 
+    def release(self, n: int = 1) -> None:
+        """Give back ``n`` slots taken by :meth:`reserve` and not used by :meth:`run_reserved`."""
+        for _ in range(n):
+            self._release()
+
     def run_reserved(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``fn`` in a slot taken by :meth:`reserve`; the slot is freed when it ends."""
         try:
@@ -78,6 +85,8 @@ class BoundedPool:
         except BaseException:
             self._release()
             raise
+        with self._lock:
+            self.started += 1
         fut.add_done_callback(lambda _: self._release())
         return fut
 
@@ -134,6 +143,8 @@ class MicroBatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: images embedded since the batcher was made (every view of every query counts once)
+        self.embedded = 0
 
     @property
     def depth(self) -> int:
@@ -194,6 +205,8 @@ class MicroBatcher:
             try:
                 t0 = time.perf_counter()
                 out = self._embed(np.stack([im for im, _ in batch]))
+                with self._lock:
+                    self.embedded += len(batch)
                 if self._observe is not None:
                     self._observe(len(batch), time.perf_counter() - t0)
                 for f, v in zip(futs, out, strict=True):

@@ -23,8 +23,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._errors import ImageError
 from .._images import DECODE_FORMATS, DECODE_FORMATS_TEXT, UnacceptedFormat, open_allowed
 
@@ -91,20 +89,6 @@ def resolve_image(root: Path, image_id: str) -> Path | None:
     except (OSError, ValueError):  # missing, or a name the OS refuses
         return None
     return p if stat.S_ISREG(st.st_mode) else None
-
-
-def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
-    """Decode an upload for the extractor, allow-listed formats only (:func:`open_upload`)."""
-    from .._images import load_image, open_image
-
-    return load_image(open_image(open_upload(data)), size, resize)
-
-
-def decode_upload_rgb(data: bytes) -> Any:
-    """The whole upload decoded to an RGB PIL image (for several views of it), allow-listed formats only."""
-    from .._query import decode_rgb
-
-    return decode_rgb(open_upload(data))
 
 
 def open_upload(data: bytes) -> Any:
