@@ -524,6 +524,22 @@ for _name, _fb in {
     case("search_feedback", _name)(lambda h, fb=_fb: _feedback(h, fb))
 
 
+# SearchOptions (the settings every search takes)
+for _name, _kw in {
+    "top_n-0": {"top_n": 0},
+    "nprobe-text": {"nprobe": "all"},
+    "exact-text": {"exact": "yes"},
+    "expansion-negative": {"expansion": -1},
+    "views-unknown": {"views": "sideways"},
+    "colour_weight-2": {"colour_weight": 2.0},
+    "collapse-2": {"collapse": 2.0},
+    "min_score-nan": {"min_score": float("nan")},
+    "min_confidence-2": {"min_confidence": 2},
+    "include_self-text": {"include_self": "no"},
+}.items():
+    case("SearchOptions", _name)(lambda h, kw=_kw: V.SearchOptions(**kw))
+
+
 # ---------------------------------------------------------------- the tests
 def _check_message(exc: BaseException) -> None:
     msg = str(exc)
@@ -731,3 +747,85 @@ def test_all_is_in_sync_with_the_lazy_import_map() -> None:
         if name in lazy:
             assert obj is getattr(importlib.import_module(lazy[name], "varsitysrch"), name), name
     assert sorted(dir(varsitysrch)) == sorted(varsitysrch.__all__)
+
+
+# ---------------------------------------------- install advice and the user's words (issue 22.4)
+def _missing_call_sites() -> list[tuple[str, str | None, str]]:
+    """``(package, extra, file)`` of every ``missing(...)`` call in the package's source."""
+    import ast
+
+    src = Path(varsitysrch.__file__).parent
+    out = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "missing" and node.args:
+                pkg, extra = node.args[0], node.args[1] if len(node.args) > 1 else None
+                assert isinstance(pkg, ast.Constant), path
+                out.append((pkg.value, extra.value if isinstance(extra, ast.Constant) else None, path.name))
+    return out
+
+
+def test_install_advice_names_a_real_extra_or_the_package() -> None:
+    """`missing()` suggested pip install 'varsitysrch[default]', an extra that does not exist (and
+    'varsitysrch[plot]' is empty: matplotlib is a core dependency)."""
+    import re
+    import tomllib
+
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    meta = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+
+    def provides(req: str, package: str) -> bool:
+        m = re.match(r"([A-Za-z0-9._-]+)(?:\[([^\]]*)\])?", req)
+        assert m is not None
+        names = {m.group(1), *(m.group(2) or "").split(",")}
+        norm = {re.sub(r"[-_.]+", "-", n).lower() for n in names if n}
+        return re.sub(r"[-_.]+", "-", package).lower() in norm
+
+    sites = _missing_call_sites()
+    assert len(sites) >= 5
+    for package, extra, where in sites:
+        advice = _errors.install_advice(package, extra)
+        text = str(_errors.missing(package, extra, "something"))
+        assert advice in text and "[default]" not in text, (where, text)
+        m = re.fullmatch(r"pip install '([^']+)'(?: \(.*\))?", advice)
+        assert m is not None, advice
+        target = m.group(1)
+        if target.startswith("varsitysrch["):
+            name = target[len("varsitysrch[") : -1]
+            extra_reqs = meta["optional-dependencies"][name]
+            assert name != "dev" and any(provides(r, package) for r in extra_reqs), (where, advice)
+        else:  # a core dependency, named as declared
+            assert target in meta["dependencies"], (where, advice)
+
+
+def test_errors_carry_the_parameter_and_a_front_end_shows_its_own_names() -> None:
+    import errno
+    import pickle
+
+    e = InvalidArgumentError("num_clusters must be in [2, n_images] = [2, 24]; got 0")
+    assert e.param == "num_clusters"
+    assert (
+        _errors.user_message(e, {"num_clusters": "-k/--num-clusters"})
+        == "-k/--num-clusters must be in [2, 24]; got 0"
+    )
+    assert InvalidArgumentError("not a folder", param="img_folder").param == "img_folder"
+    assert InvalidArgumentError("no such file: 'x'").param is None
+    assert ImageError("not an image file this version can read").param is None
+    assert pickle.loads(pickle.dumps(InvalidArgumentError("x", param="top_n"))).param == "top_n"
+    # every name in the message, never inside a quoted value, a longer name or a path
+    e = InvalidArgumentError("img_folder 'data/img_folder' is inside the feature store folder save_to 'out'")
+    said = _errors.user_message(e, {"img_folder": "IMG_DIR", "save_to": "FEATURES_DIR"})
+    assert said == "IMG_DIR 'data/img_folder' is inside the feature store folder FEATURES_DIR 'out'"
+    assert _errors.rename_params("top_n_max and top_n", {"top_n": "--top-n"}) == "top_n_max and --top-n"
+    # OS errors: no [Errno N], the file named; reprs dropped; several lines joined
+    assert (
+        _errors.user_message(PermissionError(errno.EACCES, "Permission denied", "/x/y"))
+        == "'/x/y': permission denied"
+    )
+    assert _errors.user_message(FileNotFoundError(errno.ENOENT, "No such file or directory", "a.jpg")) == (
+        "no such file or directory: 'a.jpg'"
+    )
+    assert "0x" not in _errors.user_message(
+        ValueError("cannot identify <_io.BytesIO object at 0x7fb9310f58f0>")
+    )
+    assert _errors.user_message(ValueError("one\n  two\n")) == "one; two"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,14 @@ from PIL import Image
 
 from imagegen import make_bad_corpus, make_exif_rotated
 from varsitysrch._errors import ImageError
-from varsitysrch._images import list_images, load_image
+from varsitysrch._images import (
+    DAMAGED_IMAGE,
+    NOT_AN_IMAGE,
+    MissingImageFile,
+    decode_failure,
+    list_images,
+    load_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +94,54 @@ def test_queries_can_be_bytes_or_pil(tmp_path: Path) -> None:
         load_image(b"not an image at all", 32)
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.jpg", 32)
+
+
+# ---------------------------------------------------------------- messages in the user's words (issue 22.4)
+_REPR = re.compile(r"object at 0x|<[\w.]+ object|\b[A-Z]\w*(?:Error|Exception)\b")
+
+
+def _said(source: object) -> str:
+    with pytest.raises(ImageError) as err:
+        load_image(source, 32)  # type: ignore[arg-type]
+    text = str(err.value)
+    assert not _REPR.search(text), text
+    return text
+
+
+def test_a_text_file_named_jpg_is_not_an_image_file_in_words(tmp_path: Path) -> None:
+    """It said "not a readable image (UnidentifiedImageError: cannot identify image file
+    <_io.BytesIO object at 0x7fb9310f58f0>)"."""
+    (tmp_path / "notes.jpg").write_text("hello, this is text\n")
+    for source in (tmp_path / "notes.jpg", b"hello, this is text\n"):
+        text = _said(source)
+        assert text == NOT_AN_IMAGE and "JPEG, PNG" in text
+
+
+def test_a_missing_path_is_no_such_file_not_vanished(tmp_path: Path) -> None:
+    """A typo in a query path said "no such file (vanished?)"."""
+    missing = tmp_path / "typo" / "shirt.jpg"
+    text = _said(missing)
+    assert text == f"no such file: {str(missing)!r}" and "vanished" not in text
+    with pytest.raises(MissingImageFile) as err:
+        load_image(str(tmp_path / "shrit.jpg"), 32)
+    assert err.value.path == str(tmp_path / "shrit.jpg")
+
+
+def test_decoder_failures_are_said_in_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's own exceptions (their text can hold reprs) never reach the message; they stay chained."""
+    import varsitysrch._images as im_mod
+    from imagegen import make_truncated_jpeg
+
+    trunc = make_truncated_jpeg(tmp_path / "cut.jpg", keep=0.3)
+    assert _said(trunc) == DAMAGED_IMAGE
+
+    def garbage(*a: object, **k: object) -> None:
+        raise SyntaxError("broken PNG file <PIL.PngImagePlugin.ChunkStream object at 0x7f00deadbeef>")
+
+    monkeypatch.setattr(im_mod, "open_allowed", garbage)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "x.png", 32)
+    assert str(err.value) == NOT_AN_IMAGE and isinstance(err.value.__cause__, SyntaxError)
+    assert isinstance(decode_failure(OSError("image file is truncated")), ImageError)
+    assert str(decode_failure(ValueError("<x object at 0x1>"))) == DAMAGED_IMAGE

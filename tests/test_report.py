@@ -350,4 +350,143 @@ def test_overview_states_what_a_close_match_is(trained: dict[str, Path], tmp_pat
     _build(trained, out)
     cal = ScoreCalibrator.from_dict(load_model(trained["model"]).config["confidence"])
     text = (out / "index.html").read_text(encoding="utf-8")
-    assert f"a hit is a close match from cosine {cal.cutoff_score_:.3f}" in text
+    assert f"scoring at least <b>{cal.cutoff_score_:.3f}</b> are marked <em>close matches</em>" in text
+    assert f"{100 * (1 - cal.cutoff):g}&nbsp;% of your catalogue photos" in text
+
+
+def _overview_facts(out: Path) -> str:
+    """The overview's facts table as text (the technical settings, collapsed below it, left out)."""
+    text = (out / "index.html").read_text(encoding="utf-8")
+    m = re.search(r"<table class=facts>(.*?)</table>", text, re.S)
+    assert m is not None
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", m.group(1)))
+
+
+def test_overview_is_in_words_a_shop_owner_reads(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 22.5: the overview read "pooling pooled, quantized True", "Search space raw cosine"."""
+    out = tmp_path / "r"
+    _build(trained, out)
+    facts = _overview_facts(out)
+    for jargon in ("pooling", "pooled", "quantized", "Search space", "raw cosine", "True", "False", "cosine"):
+        assert jargon not in facts, jargon
+    for words in ("26 photos", "4 groups of look-alike photos", "How distinct the groups are",
+                  "near-identical photos", "look-alike photos get similar numbers"):  # fmt: skip
+        assert words in facts, words
+    # the labels the browser test reads are kept
+    for label in ("Catalogue images", "Clusters (k)", "Extractor", "Model trained", "Duplicate groups"):
+        assert label in facts, label
+    # the settings stay available to developers, collapsed and labelled as such
+    text = (out / "index.html").read_text(encoding="utf-8")
+    tech = text[text.index("<details class=tech>") : text.index("</details>")]
+    assert "Technical settings (for developers)" in tech and "extractor.pooling" in tech
+
+
+@pytest.mark.parametrize(
+    ("value", "thresholds"),
+    [(0.2496, (0.25,)), (0.245, (0.25,)), (0.24999, (0.25, 0.5)), (0.4999, (0.5,)), (-0.0004, (0.0,))],
+)
+def test_numbers_are_never_rounded_across_the_line_they_are_compared_with(
+    value: float, thresholds: tuple[float, ...]
+) -> None:
+    """Issue 22.3/22.5: "the best silhouette 0.25 is below 0.25" (0.245 rounded)."""
+    from varsitysrch._report import _digits_beside, _silhouette_text
+
+    text = _digits_beside(value, thresholds)
+    for t in thresholds:
+        assert (float(text) < t) == (value < t), text
+    if thresholds == (0.25,):
+        said = _silhouette_text(value, 10)
+        assert "weak structure" in said and f"silhouette {text} " in said
+
+
+def _png_with_record(path: Path, record: dict[str, object] | None) -> Path:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if record is not None:
+        import json
+
+        info.add_text("varsitysrch-choose-k", json.dumps(record))
+    Image.new("RGB", (40, 30), (200, 200, 255)).save(path, pnginfo=info)
+    return path
+
+
+def test_an_old_choose_k_plot_is_labelled_for_what_it_is(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 22.5: a choose-k plot recommending k=2 was shown beside a k=10 model without comment."""
+    import os
+
+    out = tmp_path / "r"
+    # a plot that records nothing, dated before the model was trained
+    plain = _png_with_record(tmp_path / "choose-k.png", None)
+    os.utime(plain, (946684800, 946684800))  # 2000-01-01
+    _build(trained, out, choose_k_plot=plain)
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "class='note stale'" in text
+    assert "file dated 2000-01-01 00:00 UTC" in text and "does not record the k values" in text
+    assert "This model uses k&nbsp;=&nbsp;4" in text and "older than the model" in text
+    assert f"varsitysrch choose-k {trained['features']} --plot {plain}" in text
+    # a plot that records its analysis: k = 2..30 on another catalogue size, recommending k = 2
+    rec = _png_with_record(
+        tmp_path / "old.png", {"ks": list(range(2, 31)), "recommended_k": 2, "n_images": 300}
+    )
+    _build(trained, out, choose_k_plot=rec)
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert (
+        "for k&nbsp;=&nbsp;2..30 on 300 images and recommends k&nbsp;=&nbsp;2; "
+        "this model uses k&nbsp;=&nbsp;4" in text
+    )
+    assert "The catalogue has 26 images now" in text and "class='note stale'" in text
+    # one made for this catalogue, after the model, covering its k: stated, not flagged
+    fresh = _png_with_record(
+        tmp_path / "fresh.png", {"ks": [2, 3, 4, 5, 6], "recommended_k": 4, "n_images": 26}
+    )
+    _build(trained, out, choose_k_plot=fresh)
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "recommends k&nbsp;=&nbsp;4; this model uses k&nbsp;=&nbsp;4." in text
+    assert "note stale" not in text and "To redraw it" not in text
+
+
+def test_central_members_are_the_shared_order(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 22.5: the report and the web page show a cluster through one order (most central first)."""
+    from varsitysrch._central import central_first, cluster_rows
+    from varsitysrch._modelfile import load_model
+
+    mf = load_model(trained["model"])
+    labels, dists = np.asarray(mf.labels), np.asarray(mf.distances)
+    out = tmp_path / "r"
+    _build(trained, out, central=3)
+    for c in range(mf.k):
+        rows = cluster_rows(labels, dists, c)
+        assert sorted(rows.tolist()) == np.flatnonzero(labels == c).tolist()
+        assert np.all(np.diff(dists[rows]) >= 0)  # nearest the centre first
+        np.testing.assert_array_equal(central_first(rows[::-1], dists), rows)  # any input order
+        page = (out / "clusters" / f"c{c:04d}.html").read_text(encoding="utf-8")
+        sheet = page[page.index("<section id=central>") : page.index("<section id=outliers>")]
+        shown = re.findall(r"<div class=id>([^<]+)</div>", sheet)
+        assert shown == [mf.ids[int(r)] for r in rows[:3]]
+
+
+def test_an_unwritable_out_is_named_not_the_temporary_folder(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22.4: `report --out /proc/forbidden` said "No such file or directory:
+    '/proc/.forbidden.amlkjypt.tmp'": a name the user never typed."""
+    import errno
+    import tempfile
+
+    def refuse(prefix: str = "", suffix: str = "", dir: str | None = None) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}abcd1234{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    out = tmp_path / "forbidden"
+    with pytest.raises(PermissionError) as err:
+        _build(trained, out)
+    assert (
+        err.value.filename == str(out) and ".tmp" not in str(err.value) and "abcd1234" not in str(err.value)
+    )
+    assert str(tmp_path) in err.value.strerror
+    monkeypatch.undo()
+    if Path("/proc/self").is_dir():  # Linux: nothing can be created in /proc, not even by root
+        with pytest.raises(OSError) as err2:
+            _build(trained, Path("/proc/forbidden"))
+        assert err2.value.filename == "/proc/forbidden" and ".tmp" not in str(err2.value)

@@ -17,8 +17,10 @@
   PDF or any format with an external helper is refused, never decoded.  A path is opened
   non-blocking and checked to be a regular file (``fstat``) before a byte is read; the
   resize never allocates more than the output (centre crop crops in source coordinates).
-  Every failure raises :class:`~varsitysrch.ImageError` with a short reason, which the
-  extraction step records in ``skipped.csv``.
+  Every failure raises :class:`~varsitysrch.ImageError` with a short reason in words (never a
+  Python object's repr; the decoder's own exception is chained for ``-v``), which the extraction
+  step records in ``skipped.csv``.  A path that does not exist is ``no such file: '<path>'``
+  (:class:`MissingImageFile`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ MAX_DEPTH = 256
 DECODE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 #: What error messages call :data:`DECODE_FORMATS`
 DECODE_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+#: The message for bytes no allowed decoder recognises (a text file named ``.jpg``, a PDF, ...)
+NOT_AN_IMAGE = f"not an image file this version can read (accepted formats: {DECODE_FORMATS_TEXT})"
+#: The message for an image whose decoder gives up half-way (truncated download, corrupt data)
+DAMAGED_IMAGE = "damaged or truncated image file: it cannot be decoded"
 #: Formats opened only where their optional codec is installed, and never for HTTP uploads:
 #: codec check -> Pillow format name (the catalogue's ``.avif`` / ``.heic`` files)
 OPTIONAL_DECODE_FORMATS = {"avif": "AVIF", "heif": "HEIF"}
@@ -86,11 +92,19 @@ def _codec(name: str) -> bool:
     return False
 
 
+class MissingImageFile(ImageError):
+    """An image path that does not exist (``.path``: the path as given)."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"no such file: {str(path)!r}")
+        self.path = path
+
+
 class UnacceptedFormat(ImageError):
     """An image whose Pillow plugin reports a format outside the decode gate (``.format``: its name)."""
 
     def __init__(self, fmt: str | None) -> None:
-        super().__init__(f"{fmt} images are not accepted (only {DECODE_FORMATS_TEXT})")
+        super().__init__(f"{fmt} files are not read (only {DECODE_FORMATS_TEXT})")
         self.format = fmt
 
 
@@ -243,9 +257,9 @@ def read_image_file(path: str | os.PathLike[str]) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise ImageError(f"no such file (vanished?): {exc.filename}") from exc
+        raise MissingImageFile(path) from exc
     except OSError as exc:
-        raise ImageError(f"cannot open ({exc.strerror or exc})") from exc
+        raise ImageError(f"cannot open {str(path)!r} ({_reason(exc)})") from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -257,7 +271,7 @@ def read_image_file(path: str | os.PathLike[str]) -> bytes:
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ImageError(f"cannot read ({exc.strerror or exc})") from exc
+        raise ImageError(f"cannot read {str(path)!r} ({_reason(exc)})") from exc
     finally:
         os.close(fd)
     if not data:
@@ -320,19 +334,24 @@ def open_image(source: ImageSource) -> Image.Image:
                 im = open_allowed(read_image_file(source), decode_formats())
         except ImageError:
             raise
-        except UnidentifiedImageError as exc:  # PostScript, SVG, PDF, ...: never handed to a decoder
-            raise ImageError(f"not an image in an accepted format ({DECODE_FORMATS_TEXT})") from exc
+        except UnidentifiedImageError as exc:  # PostScript, SVG, PDF, text, ...: never handed to a decoder
+            raise ImageError(NOT_AN_IMAGE) from exc
         except FileNotFoundError as exc:
-            raise ImageError(f"no such file: {exc.filename}") from exc
+            raise MissingImageFile(exc.filename if exc.filename is not None else source) from exc
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"decompression bomb refused ({exc})") from exc
-        except Exception as exc:  # PIL raises many kinds on garbage input
-            raise ImageError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+            raise ImageError(
+                f"image refused as a possible decompression bomb (more than {MAX_PIXELS:,} pixels)"
+            ) from exc
+        except Exception as exc:  # PIL raises many kinds on garbage input (its text may hold reprs)
+            raise ImageError(NOT_AN_IMAGE) from exc
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageError(f"image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
-        raise ImageError(f"decompression bomb refused: {w}x{h} = {w * h} pixels > {MAX_PIXELS}")
+        raise ImageError(
+            f"image of {w}x{h} = {w * h:,} pixels refused as a possible decompression bomb "
+            f"(the limit is {MAX_PIXELS:,})"
+        )
     if max(w, h) > MAX_ASPECT * min(w, h):
         raise ImageError(f"image of {w}x{h} is thinner than 1:{MAX_ASPECT}: not a product photo")
     return im
@@ -362,11 +381,28 @@ def load_image_fits(source: ImageSource, size: int, resizes: tuple[str, ...]) ->
     except ImageError:
         raise
     except Exception as exc:
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise decode_failure(exc) from exc
     for arr in arrs:
         if arr.shape != (size, size, 3):
             raise ImageError(f"unexpected decoded shape {arr.shape}")
     return arrs
+
+
+def decode_failure(exc: BaseException) -> ImageError:
+    """The :class:`~varsitysrch.ImageError` for an exception raised while an opened image was decoded
+    (Pillow raises ``OSError``, ``ValueError``, ``SyntaxError`` ... whose text may hold reprs): in
+    words, the original to be chained (``raise decode_failure(exc) from exc``)."""
+    if isinstance(exc, ImageError):
+        return exc
+    if isinstance(exc, MemoryError | Image.DecompressionBombError):
+        return ImageError("image too large to decode in the memory available")
+    return ImageError(DAMAGED_IMAGE)
+
+
+def _reason(exc: OSError) -> str:
+    """An OS error's reason in words (``permission denied``), never ``[Errno N]`` or a repr."""
+    text = exc.strerror or type(exc).__name__
+    return text[0].lower() + text[1:] if text else text
 
 
 def _draft_box(wh: tuple[int, int], size: int) -> tuple[int, int]:

@@ -80,26 +80,54 @@ def check_replaceable(path: str | os.PathLike[str]) -> None:
         )
 
 
+def _named_for_user(exc: OSError, tmp: Path | None, path: Path) -> OSError:
+    """``exc`` naming ``path`` instead of the temporary file (a user never typed ``.x.abcd1234.tmp``);
+    ``exc`` itself when it names another file or carries no errno (numpy's short-write message)."""
+    if exc.errno is None:
+        return exc
+    if tmp is not None and exc.filename is not None and os.fspath(exc.filename) != os.fspath(tmp):
+        return exc
+    if tmp is None or exc.filename is None:  # the temporary file could not even be created
+        reason = f"cannot create a file in {str(path.parent)!r} ({exc.strerror or exc})"
+    else:
+        reason = exc.strerror or str(exc)
+    new = OSError(exc.errno, reason, os.fspath(path))  # the errno's subclass (PermissionError, ...)
+    new.__cause__ = exc
+    return new
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     ``path`` must not exist as anything but a regular file (see :func:`check_replaceable`);
-    this is checked before and again just before the rename.
+    this is checked before and again just before the rename.  An ``OSError`` about the temporary
+    file (it cannot be created, the disk is full, no permission) names ``path``, the file the
+    caller asked for, never the temporary name.
     """
     path = Path(path)
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _named_for_user(exc, None, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         check_replaceable(path)  # it may have appeared while the file was written
         os.replace(tmp_path, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        named = _named_for_user(exc, tmp_path, path)
+        if named is exc:
+            raise
+        raise named from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()

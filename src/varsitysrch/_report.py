@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from ._central import central_first
 from ._duplicates import (
     DEFAULT_EVIDENCE,
     DEFAULT_THRESHOLD,
@@ -472,9 +473,9 @@ def make_report(
     for c in range(k):
         rows = order[offsets[c] : offsets[c + 1]]
         d = dists[rows]
-        o = np.lexsort((rows, d))
-        central_rows.append(rows[o[:central]])
-        outlier_rows.append(rows[o[::-1][:outliers]] if len(rows) > central else rows[:0])
+        ranked = central_first(rows, dists)  # the web page's cluster previews show the same members
+        central_rows.append(ranked[:central])
+        outlier_rows.append(ranked[::-1][:outliers] if len(rows) > central else rows[:0])
         stats.append(
             {
                 "size": len(rows),
@@ -519,11 +520,14 @@ def make_report(
     t = lap("map", t)
 
     # -------------------------------------------------------------- build the folder
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(out)
-    if previous is None and out.is_dir() and (out / "report.json").is_file():
-        previous = out  # put back by _remove_leftovers
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out)
+        if previous is None and out.is_dir() and (out / "report.json").is_file():
+            previous = out  # put back by _remove_leftovers
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise _for_user(exc, None, out) from exc
     lock = _lock_dir(tmp)  # a concurrent build's _remove_leftovers leaves this folder alone
     try:
         thumbs = _Thumbs(root, tmp, previous, thumb_size)
@@ -547,10 +551,14 @@ def make_report(
             if choose_k_plot is not None
             else _find_choose_k(Path(model), Path(features_folder))
         )
+        ck_label: tuple[str, bool] = ("", False)
         if ck is not None and ck.is_file() and ck.suffix.lower() in _FIGURE_SUFFIXES:
             dst = tmp / "figures" / f"choose-k{ck.suffix.lower()}"
             shutil.copyfile(ck, dst)
             figs["choose_k"] = f"figures/{dst.name}"
+            training = mf.config.get("training")
+            trained_at = _parse_utc(training.get("trained_at") if isinstance(training, dict) else None)
+            ck_label = choose_k_label(ck, k, n, trained_at, Path(features_folder))
         _write_exports(
             tmp,
             ids,
@@ -578,6 +586,7 @@ def make_report(
             "near_idx": near_idx,
             "near_dst": near_dst,
             "figs": figs,
+            "choose_k_label": ck_label,
             "dup": dup_groups,
             "var": var_groups,
             "n_pairs": int(strong.sum()),
@@ -631,6 +640,9 @@ def make_report(
             },
         )
         _swap(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _for_user(exc, tmp, out) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -643,6 +655,31 @@ def make_report(
         show_progress,
     )
     return summary
+
+
+def _for_user(exc: OSError, tmp: Path | None, out: Path) -> OSError:
+    """``exc`` naming the report folder the caller named (and the file in it), never the hidden
+    folder the report is built in (``.<out>.XXXXXXXX.tmp``); ``tmp`` ``None``: that folder could not
+    even be created."""
+    if exc.errno is None:
+        return exc
+    if tmp is None:
+        if exc.filename is None or Path(os.fsdecode(exc.filename)).parent != out.parent:
+            return exc  # about another path (a parent folder that cannot be made): it names that
+        return OSError(
+            exc.errno, f"cannot create the report folder in {str(out.parent)!r} ({exc.strerror})", str(out)
+        )
+
+    def named(name: Any) -> str | None:
+        if name is None:
+            return None
+        path = Path(os.fsdecode(name))
+        return str(out / path.relative_to(tmp)) if path.is_relative_to(tmp) else str(path)
+
+    f1, f2 = named(exc.filename), named(exc.filename2)
+    if (f1, f2) == (exc.filename, exc.filename2):
+        return exc
+    return OSError(exc.errno, exc.strerror, f1, None, f2)
 
 
 #: Names of the hidden folders a build of ``out`` makes beside it: ``.<out>.XXXXXXXX.tmp`` (the folder
@@ -855,23 +892,174 @@ def _num(v: float, digits: int = 3) -> str:
     return "&ndash;" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _digits_beside(v: float, thresholds: tuple[float, ...], digits: int = 2) -> str:
+    """``v`` with the fewest decimals (at least ``digits``) whose rounding stays on the same side of
+    every threshold: 0.2496 is "0.2496", never "0.25" next to "below 0.25"."""
+    for d in range(digits, 8):
+        text = f"{v:.{d}f}"
+        if all((float(text) < t) == (v < t) for t in thresholds):
+            return text
+    return repr(float(v))
+
+
+#: silhouette bands and what they mean for a shop (the usual reading; 0.25 is choose-k's "weak structure")
+_SILHOUETTE_WORDS = (
+    (0.5, "distinct groups: most photos are much closer to their own group than to any other"),
+    (0.25, "fairly distinct groups, with some overlap between neighbouring groups"),
+    (
+        0.0,
+        "overlapping groups (weak structure): many photos sit between two groups, as is usual for "
+        "catalogues of similar products; treat the groups as rough when browsing",
+    ),
+    (
+        float("-inf"),
+        "groups that mostly overlap: many photos are closer to another group than to their own; "
+        "a smaller number of clusters may fit better",
+    ),
+)
+
+
+def _silhouette_text(v: float, n_sample: int) -> str:
+    if not np.isfinite(v):
+        return "not measured (too few images or a single cluster)"
+    words = next(w for t, w in _SILHOUETTE_WORDS if v >= t)
+    number = _digits_beside(v, tuple(t for t, _ in _SILHOUETTE_WORDS if np.isfinite(t)))
+    return (
+        f"{words} (silhouette {number} on a scale from &minus;1 to 1, measured on {n_sample:,} "
+        f"photo{'s' if n_sample != 1 else ''})"
+    )
+
+
 def _confidence_text(cfg: dict[str, Any]) -> str:
-    """What "close" means for this catalogue's searches (the model's confidence calibration)."""
+    """What "close match" means for this catalogue's searches (the model's confidence calibration)."""
     from ._confidence import ScoreCalibrator
 
     if "confidence" not in cfg:
-        return "not calibrated (a model from before confidence existed: retrain to get it)"
+        return "not calibrated: this model is from before search marked close matches (train it again)"
     try:  # numbers only (a model file's values, formatted as numbers or not shown)
         cal = ScoreCalibrator.from_dict(cfg["confidence"])
         score, cutoff = float(cal.cutoff_score_), float(cal.cutoff)
-        very = float(cal.score_at(cal.very_similar))
+        very_c = float(cal.very_similar)
+        very = float(cal.score_at(very_c))
     except (VarsitysrchError, TypeError, ValueError, KeyError, AttributeError):
         return "unreadable in this model file"
     return (
-        f"a hit is a close match from cosine {score:.3f} (confidence {cutoff:g}: closer than "
-        f"the {100 * cutoff:g} % least-close catalogue images are to their nearest neighbour); "
-        f"&ldquo;very similar&rdquo; from {very:.3f}"
+        f"search results scoring at least <b>{score:.3f}</b> are marked <em>close matches</em>: "
+        f"{100 * (1 - cutoff):g}&nbsp;% of your catalogue photos have a look-alike in the catalogue at "
+        f"least that close. From {very:.3f} a result is <em>very similar</em> (as close as "
+        f"{100 * (1 - very_c):g}&nbsp;% of them get)."
     )
+
+
+#: extractor settings in words (the technical-settings table); other values are shown as recorded
+_POOLING_WORDS = {
+    "pooled": "the network's own pooled output",
+    "avg": "average over the photo",
+    "mean": "average over the photo",
+    "max": "strongest response over the photo",
+    "gem": "generalised mean over the photo (GeM)",
+}
+_RESIZE_WORDS = {
+    "letterbox": "whole photo fitted in a square with white margins",
+    "squash": "photo stretched to a square",
+    "center-crop": "centre square of the photo",
+}
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def _parse_utc(text: Any) -> float | None:
+    """Seconds since the epoch of a ``YYYY-MM-DDTHH:MM:SSZ`` stamp (``training.trained_at``), else None."""
+    import calendar
+
+    if not isinstance(text, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except (ValueError, OverflowError):
+        return None
+
+
+#: the PNG text chunk where a choose-k plot may record its analysis (JSON: ks, recommended_k, n_images)
+CHOOSE_K_RECORD = "varsitysrch-choose-k"
+
+
+def _choose_k_record(plot: Path, made: float) -> dict[str, Any] | None:
+    """What a choose-k plot says it shows: its own PNG record, or the scores JSON written beside it by
+    the same run (``<stem>.json`` within an hour of the plot); ``None`` when neither says."""
+    from ._io import read_regular
+
+    raw: Any = None
+    if plot.suffix.lower() == ".png":
+        with contextlib.suppress(Exception):  # a plot is optional: an unreadable one records nothing
+            from PIL import Image
+
+            with Image.open(plot, formats=["PNG"]) as im:
+                raw = getattr(im, "text", {}).get(CHOOSE_K_RECORD)
+    if raw is None:
+        scores = plot.with_suffix(".json")
+        with contextlib.suppress(OSError, ValueError):
+            if abs(scores.stat().st_mtime - made) <= 3600:
+                raw = read_regular(scores, "choose-k scores", limit=1 << 20).decode("utf-8")
+    if raw is None:
+        return None
+    try:
+        rec = json.loads(raw)
+        ks = [int(x) for x in rec["ks"] if _is_int(x)]
+        out = {"lo": min(ks), "hi": max(ks), "recommended": int(rec["recommended_k"])}
+        if _is_int(rec.get("n_images")):
+            out["n_images"] = int(rec["n_images"])
+        if not _is_int(rec["recommended_k"]):
+            return None
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def choose_k_label(
+    plot: Path, k: int, n_images: int, trained_at: float | None, features: Path
+) -> tuple[str, bool]:
+    """The caption of a choose-k plot shown beside a model: what it was made for, and whether it may
+    be out of date for this model (``(html, stale)``).  A plot made before the model was trained, for
+    another catalogue size, or over ks that leave out the model's k is labelled as such; a plot that
+    records nothing says so, with the command that redraws it."""
+    try:
+        made = plot.stat().st_mtime
+    except OSError:
+        made = time.time()
+    rec = _choose_k_record(plot, made)
+    redraw = (
+        f"To redraw it for this catalogue: <code>varsitysrch choose-k {_esc(features)} --plot "
+        f"{_esc(plot)}</code>."
+    )
+    older = trained_at is not None and made < trained_at - 60
+    trained = f" (trained {_utc(trained_at)})" if trained_at is not None else ""
+    if rec is None:
+        text = (
+            f"This plot ({_esc(plot.name)}, file dated {_utc(made)}) does not record the k values it "
+            f"tried or what it recommended. This model uses k&nbsp;=&nbsp;{k}{trained}."
+        )
+        if older:
+            text += " The plot is older than the model: it may describe an earlier catalogue or choice."
+        return f"{text} {redraw}", True
+    text = (
+        f"This plot was made on {_utc(made)} for k&nbsp;=&nbsp;{rec['lo']}..{rec['hi']}"
+        + (f" on {rec['n_images']:,} images" if "n_images" in rec else "")
+        + f" and recommends k&nbsp;=&nbsp;{rec['recommended']}; this model uses k&nbsp;=&nbsp;{k}."
+    )
+    stale = False
+    if "n_images" in rec and rec["n_images"] != n_images:
+        text += f" The catalogue has {n_images:,} images now, so the plot may be out of date."
+        stale = True
+    if not rec["lo"] <= k <= rec["hi"]:
+        text += f" The plot does not cover k&nbsp;=&nbsp;{k}."
+        stale = True
+    if older:
+        text += f" It was made before this model was trained{trained}."
+        stale = True
+    return (f"{text} {redraw}" if stale else text), stale
 
 
 def _index_page(tmp: Path, ctx: dict[str, Any], thumbs: _Thumbs, seconds: float) -> None:
@@ -883,69 +1071,127 @@ def _index_page(tmp: Path, ctx: dict[str, Any], thumbs: _Thumbs, seconds: float)
         ex = {}
     if not isinstance(tr, dict):
         tr = {}
-    # every value below comes from a file (model.json, store.json): escaped, whatever its type
-    ex_text = ", ".join(
-        f"{key} {_esc(ex[key])}"
-        for key in ("name", "dim", "pooling", "resize", "input_size", "quantized")
-        if key in ex
+    n, k, dim = ctx["n"], ctx["k"], int(ctx["dim"])
+    sizes = [int(st["size"]) for st in ctx["stats"]]
+    # every value below that comes from a file (model.json, store.json) is escaped, whatever its type
+    name = _esc(ex.get("name", "unknown"))
+    compact = (
+        " Its compact 8-bit version is used (faster, very slightly less exact)."
+        if (ex.get("quantized") is True)
+        else ""
     )
-    trained = (
-        f"{_esc(tr.get('trained_at', 'unknown'))} ({_esc(tr.get('backend', '?'))}, "
-        f"{_esc(tr.get('seconds', '?'))} s)"
+    extractor = (
+        f"{name}: the neural network that turns each photo into {dim:,} numbers describing its shapes, "
+        f"colours and textures; look-alike photos get similar numbers.{compact}"
+    )
+    seconds_trained = tr.get("seconds")
+    took = f" (took {_esc(seconds_trained)} s)" if seconds_trained is not None else ""
+    trained_ts = _parse_utc(tr.get("trained_at"))
+    when = _utc(trained_ts) if trained_ts is not None else _esc(tr.get("trained_at", "at an unknown time"))
+    trained = f"{when}{took}"
+    pca = cfg.get("search_pca")
+    compare = (
+        f"a compressed description of each photo ({_esc(pca)} numbers instead of {dim:,}): faster, "
+        "nearly the same results"
+        if pca
+        else f"the full description of each photo ({dim:,} numbers)"
     )
     root = ctx["root"]
+    lo, hi = min(sizes, default=0), max(sizes, default=0)
+    each = (
+        f"{lo:,} photos each"
+        if lo == hi
+        else f"{lo:,} to {hi:,} photos each, typically {int(np.median(sizes)):,}"
+    )
     rows = [
-        ("Catalogue images", f"{ctx['n']:,}"),
-        ("Clusters (k)", f"{ctx['k']:,}"),
-        ("Feature dimension", _esc(ctx["dim"])),
-        ("Extractor", ex_text or "unknown"),
+        ("Catalogue images", f"{n:,} photos"),
+        (
+            "Clusters (k)",
+            f"{k:,} groups of look-alike photos, {each} (k&nbsp;=&nbsp;{k:,})",
+        ),
+        ("How distinct the groups are", _silhouette_text(ctx["sil_mean"], ctx["sil_n"])),
+        ("Close matches", _confidence_text(cfg)),
+        (
+            "Duplicate groups",
+            f'<a href="duplicates.html">{len(ctx["dup"]):,} groups</a> of near-identical photos: the same '
+            f"photo uploaded again, resized, re-encoded or slightly cropped (similarity &ge; "
+            f"{ctx['dup_t']:.2f})",
+        ),
+        (
+            "Colour-variant groups",
+            f'<a href="duplicates.html#variant-groups">{len(ctx["var"]):,} groups</a> of one product in '
+            f"other colours, or of very similar products (similarity &ge; {ctx['var_t']:.2f})",
+        ),
+        ("Extractor", extractor),
         ("Model trained", trained),
-        ("Search space", f"PCA {_esc(cfg['search_pca'])}" if cfg.get("search_pca") else "raw cosine"),
+        ("How search compares photos", compare),
         (
             "Image folder",
-            _esc(root) if root is not None else "none named: no thumbnails (name one with --images)",
+            f"thumbnails from {_esc(root)}"
+            if root is not None
+            else "none named: no thumbnails (name one with --images)",
         ),
-        ("Mean silhouette", f"{_num(ctx['sil_mean'])} (sample of {ctx['sil_n']:,} images)"),
-        ("Search confidence", _confidence_text(cfg)),
-        ("Duplicate groups", f"{len(ctx['dup']):,} (cosine &ge; {ctx['dup_t']:.2f})"),
-        ("Colour-variant groups", f"{len(ctx['var']):,} (cosine &ge; {ctx['var_t']:.2f})"),
-        ("Report built", f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {_fmt_seconds(seconds)}"),
+        ("Report built", f"{_utc(time.time())} in {_fmt_seconds(seconds)}"),
     ]
     table = "".join(f"<tr><th>{a}</th><td>{b}</td></tr>" for a, b in rows)
+    tech_rows = [
+        ("Feature dimension", f"{dim:,}"),
+        *(
+            (f"extractor.{key}", _esc(ex[key]) + _tech_words(key, ex[key]))
+            for key in ("name", "dim", "pooling", "resize", "input_size", "quantized")
+            if key in ex
+        ),
+        ("Clustering", f"K-means, k = {k:,} ({_esc(tr.get('backend', '?'))} backend)"),
+        ("Search space", f"PCA {_esc(pca)}" if pca else "raw cosine"),
+        ("Mean silhouette", f"{_num(ctx['sil_mean'])} (sample of {ctx['sil_n']:,} images)"),
+    ]
+    tech = "".join(f"<tr><th>{a}</th><td>{b}</td></tr>" for a, b in tech_rows)
     figs = ctx["figs"]
-    fig_html = "".join(
-        f'<figure class=fig><img src="{figs[key]}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
-        for key, alt in (
-            ("sizes", "Cluster size histogram"),
-            ("silhouette", "Silhouette per cluster"),
-            ("choose_k", "Choosing k (the choose-k plot found beside the model)"),
+    fig_parts = []
+    for key, alt in (
+        ("sizes", "Cluster sizes: how many photos each group holds"),
+        ("silhouette", "How well each group stands apart (silhouette per cluster)"),
+        ("choose_k", "Choosing k: the choose-k plot found beside the model"),
+    ):
+        if key not in figs:
+            continue
+        caption = alt
+        if key == "choose_k":
+            label, stale = ctx["choose_k_label"]
+            cls = "note stale" if stale else "note"
+            caption = f"{alt}<p class='{cls}'>{label}</p>"
+        fig_parts.append(
+            f'<figure class=fig><img src="{figs[key]}" alt="{_esc(alt)}"><figcaption>{caption}</figcaption>'
+            "</figure>"
         )
-        if key in figs
-    )
+    fig_html = "".join(fig_parts)
     if "choose_k" not in figs:
         fig_html += "<p class=note>No choose-k plot was found beside the model or the features.</p>"
     crow = []
-    for c, s in enumerate(ctx["stats"]):
+    for c, st in enumerate(ctx["stats"]):
         near = " ".join(f'<a href="clusters/c{int(o):04d}.html">{int(o)}</a>' for o in ctx["near_idx"][c])
         crow.append(
-            f'<tr><td><a href="clusters/c{c:04d}.html">cluster {c}</a></td><td class=num>{s["size"]:,}</td>'
-            f"<td class=num>{_num(s['median'])}</td><td class=num>{_num(s['p90'])}</td>"
+            f'<tr><td><a href="clusters/c{c:04d}.html">cluster {c}</a></td><td class=num>{st["size"]:,}</td>'
+            f"<td class=num>{_num(st['median'])}</td><td class=num>{_num(st['p90'])}</td>"
             f"<td class=num>{_num(ctx['sil'][c])}</td><td>{near}</td></tr>"
         )
     body = f"""
 <h1>Catalogue report</h1>
 <section id=overview><h2>Overview</h2><table class=facts>{table}</table>
+<details class=tech><summary>Technical settings (for developers)</summary><table class=tech>{tech}</table>
+</details>
 <div class=figs>{fig_html}</div></section>
 <section id=clusters><h2>Clusters</h2>
-<p>Spread: distance of members to their cluster centre (median and 90th percentile, clustering
-space). Silhouette: mean over the sampled members (1 = well separated, below 0 = closer to
-another cluster).</p>
-<table class=clusters><thead><tr><th>cluster</th><th>size</th><th>median distance</th><th>p90 distance</th>
+<p>Each cluster is a group of look-alike photos; its page shows its most typical photos first and its
+least typical ones (often mis-filed or unusual products) at the end. Spread: how far the photos are from
+the group's centre (median and 90th percentile; smaller is tighter). Silhouette: 1 = well apart from
+other groups, below 0 = closer to another group.</p>
+<table class=clusters><thead><tr><th>cluster</th><th>photos</th><th>median spread</th><th>p90 spread</th>
 <th>silhouette</th><th>nearest clusters</th></tr></thead><tbody>{"".join(crow)}</tbody></table></section>
 <section id=exports><h2>Exports</h2><ul>
-<li><a href="outliers.csv">outliers.csv</a>: the most distant members of every cluster, ranked by distance
-relative to the cluster's median, with the second-nearest cluster and the margin to it</li>
-<li><a href="duplicates.csv">duplicates.csv</a>: every duplicate and colour-variant group, one image per
+<li><a href="outliers.csv">outliers.csv</a>: the least typical photos of every cluster, ranked by distance
+relative to the cluster's median, with the next-nearest cluster and the margin to it</li>
+<li><a href="duplicates.csv">duplicates.csv</a>: every duplicate and colour-variant group, one photo per
 row</li>
 <li><a href="clusters.csv">clusters.csv</a>: size, spread, silhouette and nearest clusters of each
 cluster</li>
@@ -953,6 +1199,15 @@ cluster</li>
 apostrophe.</p></section>
 """
     (tmp / "index.html").write_text(_page("Catalogue report", body, 0, "Overview"), encoding="utf-8")
+
+
+def _tech_words(key: str, value: Any) -> str:
+    """`` (in words)`` after a recorded extractor setting, where the value is one this version knows."""
+    words = {"pooling": _POOLING_WORDS, "resize": _RESIZE_WORDS}.get(key, {})
+    w = words.get(value) if isinstance(value, str) else None
+    if key == "quantized" and isinstance(value, bool):
+        w = "8-bit network" if value else "full-precision network"
+    return f" ({w})" if w else ""
 
 
 def _cluster_page(
@@ -1004,9 +1259,10 @@ def _cluster_page(
 mean {_num(s["mean"])}</td></tr>
 <tr><th>Silhouette</th><td>{_num(ctx["sil"][c])}</td></tr>
 </table>
-<section id=central><h2>Most central members</h2><p class=note>Distance to the cluster centre under each.</p>
+<section id=central><h2>Most typical photos</h2><p class=note>The photos nearest the cluster's centre (the
+same ones, in the same order, as the web page's Clusters tab); distance to the centre under each.</p>
 <div class=sheet>{sheet}</div></section>
-<section id=outliers><h2>Most distant members</h2>
+<section id=outliers><h2>Least typical photos</h2>
 <p class=note>Likely mis-clustered or unusual products, most distant first. <em>Margin</em>: how much
 closer the next cluster's centre would have to be to take the image (small = borderline).</p>{outl}</section>
 <section id=near><h2>Nearest other clusters</h2><ul>{near}</ul></section>

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ModelFileError
+from ._errors import ModelFileError, strip_reprs
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -207,4 +207,6 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except ModelFileError:
         raise
     except (pickle.UnpicklingError, EOFError, struct.error, ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        detail = strip_reprs(str(exc)).strip()
+        reason = f" ({detail})" if detail else ""
+        raise ModelFileError(f"{str(path)!r} is not a readable PyTorch checkpoint{reason}") from exc

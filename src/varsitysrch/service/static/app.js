@@ -42,10 +42,11 @@
     else delete node.dataset.code;
   }
 
+  // A size never wraps inside itself ("22 KB", not "2 / 2 KB"): a no-break space before the unit.
   function fmtBytes(n) {
-    if (n >= 1024 * 1024) return (n / 1024 / 1024).toFixed(1) + " MB";
-    if (n >= 1024) return (n / 1024).toFixed(0) + " KB";
-    return n + " bytes";
+    if (n >= 1024 * 1024) return (n / 1024 / 1024).toFixed(1) + "\u00a0MB";
+    if (n >= 1024) return (n / 1024).toFixed(0) + "\u00a0KB";
+    return n + "\u00a0bytes";
   }
 
   // An image that cannot be shown becomes a plain "no preview" box, never a broken-image icon.
