@@ -517,7 +517,7 @@ def _write_cached_graph(path: Path, data: bytes, ex: Extractor) -> None:
                 "graph_version": _graph_version(),
             },
         )
-    except OSError as exc:  # a read-only or full cache: use the graph, just don't keep it
+    except (OSError, VarsitysrchError) as exc:  # read-only, full or blocked cache: use the graph only
         log.warning("could not cache the ONNX graph at %s (%s); it will be rebuilt next time", path, exc)
 
 
