@@ -396,25 +396,41 @@ def compare(base: np.ndarray, other: np.ndarray, seed: Sequence[int]) -> tuple[f
 
 
 def graph_part(
-    doms: list[dd.Domain], work: Path, protocols: Sequence[str], log: Callable[[str], None]
+    doms: list[dd.Domain],
+    work: Path,
+    protocols: Sequence[str],
+    log: Callable[[str], None],
+    only: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {"rows": [], "costs": []}
     for d_i, dom in enumerate(doms):
         X = load_vectors(work, dom)
         for p_i, s in enumerate(setups(dom, X, protocols)):
-            graph_setup(s, (d_i, p_i), rec, log)
+            graph_setup(s, (d_i, p_i), rec, log, only)
     return rec
 
 
-def graph_setup(s: Setup, seed: tuple[int, int], rec: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Every graph variant on one (domain, protocol), compared with the default."""
-    d_i, p_i = seed
+def graph_setup(
+    s: Setup,
+    seed: tuple[int, int],
+    rec: dict[str, Any],
+    log: Callable[[str], None],
+    only: frozenset[str] = frozenset(),
+) -> None:
+    """Every graph variant (``only``: those named, plus plain and default) on one (domain,
+    protocol), compared with the default."""
+
+    def family(prefix: str) -> bool:
+        return not only or any(n.startswith(prefix) for n in only)
+
     Cs, Qs = s.to_space(s.C), s.to_space(s.Q)
     Qs_for = lambda Cx: Cx[s.self_row] if s.protocol == "loo" else Qs  # noqa: E731
     res: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     cost: dict[str, dict[str, float]] = {}
 
     def timed(name: str, fn: Callable[[], np.ndarray], extra: dict[str, float] | None = None) -> None:
+        if only and name not in only and name not in ("plain", "default"):
+            return
         t0 = time.perf_counter()
         ranked = fn()
         ms = 1000 * (time.perf_counter() - t0) / len(Qs)
@@ -440,6 +456,8 @@ def graph_setup(s: Setup, seed: tuple[int, int], rec: dict[str, Any], log: Calla
         assert abs(ref[0] - got[0][0]) < 1e-9 and ref[1] == got[1][0], (ref, got)
     # (a) k-reciprocal (k1, k2, lambda) on the default's candidates: plain query and expanded query
     for k1, k2 in ((20, 6), (10, 3)):
+        if not family(f"kr{k1}"):
+            continue
         g = build_kr(Cs, k1, k2)
         extra = {"build_s": g.seconds, "bytes_per_image": g.nbytes() / len(Cs)}
         r0, s0 = topk(Qs, Cs, POOL, s.self_row)
@@ -468,6 +486,15 @@ def graph_setup(s: Setup, seed: tuple[int, int], rec: dict[str, Any], log: Calla
                 extra,
             )
     # (b) diffusion
+    if family("diff"):
+        diffusion_variants(s, Cs, Qs, timed)
+    # (c) DBA + alpha-QE
+    if family("dba"):
+        dba_variants(s, Cs, Qs_for, timed)
+    compare_all(s, seed, res, cost, len(Cs), rec)
+
+
+def diffusion_variants(s: Setup, Cs: np.ndarray, Qs: np.ndarray, timed: Callable[..., None]) -> None:
     Dg = build_diffusion(Cs)
     t0 = time.perf_counter()
     diff_rerank(Dg, *topk(Qs, Cs, POOL, s.self_row))
@@ -475,7 +502,11 @@ def graph_setup(s: Setup, seed: tuple[int, int], rec: dict[str, Any], log: Calla
     dx = {"build_s": Dg.seconds, "bytes_per_image": Dg.nnz * 12 / len(Cs), "rerank_ms": stage}
     timed("diff", lambda: diff_rerank(Dg, *topk(Qs, Cs, POOL, s.self_row)), dx)
     timed("diff+qe", lambda: diff_rerank(Dg, *rank_default(Qs, Cs, s.self_row)[:2]), dx)
-    # (c) DBA + alpha-QE
+
+
+def dba_variants(
+    s: Setup, Cs: np.ndarray, Qs_for: Callable[[np.ndarray], np.ndarray], timed: Callable[..., None]
+) -> None:
     for n_ in (2, 3):
         Cd, secs = dba(Cs, n_)
         timed(
@@ -501,6 +532,18 @@ def graph_setup(s: Setup, seed: tuple[int, int], rec: dict[str, Any], log: Calla
         ),
         {"build_s": secs + g.seconds, "bytes_per_image": g.nbytes() / len(Cs)},
     )
+
+
+def compare_all(
+    s: Setup,
+    seed: tuple[int, int],
+    res: dict[str, tuple[np.ndarray, np.ndarray]],
+    cost: dict[str, dict[str, float]],
+    n_catalogue: int,
+    rec: dict[str, Any],
+) -> None:
+    """Each variant against the default (paired bootstrap), and the costs, into ``rec``."""
+    d_i, p_i = seed
     for name in res:
         if name == "default":
             continue
@@ -523,7 +566,7 @@ def graph_setup(s: Setup, seed: tuple[int, int], rec: dict[str, Any], log: Calla
             )
     for name, c in cost.items():
         rec["costs"].append(
-            {"domain": s.name, "protocol": s.protocol, "variant": name, "catalogue": len(Cs), **c}
+            {"domain": s.name, "protocol": s.protocol, "variant": name, "catalogue": n_catalogue, **c}
         )
 
 
@@ -1041,6 +1084,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--domains", default=",".join(dd.DEV_DOMAINS))
     p.add_argument("--protocols", default="loo,heldout")
     p.add_argument("--parts", default="graph,colour,shelf")
+    p.add_argument("--only", default="", help="graph variants to run (comma-separated names; default: all)")
     p.add_argument("--queries", type=int, default=dd.N_QUERIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -1074,7 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     record: dict[str, Any] = {}
     try:
         if "graph" in parts:
-            record["graph"] = graph_part(doms, work, protocols, log)
+            only = frozenset(v.strip() for v in a.only.split(",") if v.strip())
+            record["graph"] = graph_part(doms, work, protocols, log, only)
             out += graph_table(record["graph"])
         if "colour" in parts:
             record["colour"] = colour_part(doms, work, probe_work, log)
