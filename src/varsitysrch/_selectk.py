@@ -188,8 +188,11 @@ class KSelection:
     ``inertia``, ``silhouette`` and ``davies_bouldin`` are aligned with ``ks``; a silhouette or
     Davies-Bouldin score that cannot be computed (fewer than 2 clusters among the scored images) is
     NaN. ``seconds`` is the wall time of the analysis (without writing files). ``plot_path`` is
-    where the plot was written (``None``: not written). ``str(selection)`` is a one-line summary:
-    the recommended k, why, and where the plot is.
+    where the plot was written (``None``: not written). ``score_dims``: the principal directions the
+    silhouette and Davies-Bouldin were computed in (``None``: the analysis space itself).
+    ``tie_band`` and ``tied_ks``: the band and the ks in it; ``min_k``: the smallest k considered
+    (above 2 only when no k reaches a silhouette of 0.5, :func:`min_k_for`). :attr:`explanation`
+    is the one-line explanation (``k=<k>: <rule>``); ``str(selection)`` adds where the plot is.
     """
 
     ks: tuple[int, ...]
