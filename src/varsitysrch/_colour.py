@@ -206,8 +206,65 @@ def colour_inputs(photo: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def colour_signatures(images: np.ndarray) -> np.ndarray:
-    """:func:`colour_signature` of each image of a ``uint8 [N, H, W, 3]`` batch -> ``float32 [N, D]``."""
-    return np.stack([colour_signature(im) for im in images]) if len(images) else np.zeros((0, SIGNATURE_DIM))
+    """:func:`colour_signature` of each image of a ``uint8 [N, H, W, 3]`` batch -> ``float32 [N, D]``.
+
+    Vectorised over the batch (one pass of each numpy step for all images: extraction computes a
+    batch's signatures at a fraction of the per-image cost, and holds the GIL far less).  Equal
+    to :func:`colour_signature` image by image up to float rounding (sums in another order).
+    """
+    a = np.asarray(images)
+    if a.ndim != 4 or a.shape[3] != 3:
+        raise InvalidArgumentError(f"images must be a uint8 batch [N, H, W, 3]; got shape {a.shape}")
+    n = len(a)
+    if n == 0:
+        return np.zeros((0, SIGNATURE_DIM), np.float32)
+    a = a if a.dtype == np.uint8 else np.clip(a, 0, 255).astype(np.uint8)
+    step = max(1, min(a.shape[1], a.shape[2]) // SIGNATURE_SIDE)
+    if step > 1:
+        a = a[:, ::step, ::step]
+    # foreground masks, as foreground_mask does per image (median of the 2-px border frame)
+    b = max(1, min(2, a.shape[1] // 4, a.shape[2] // 4))
+    frame = np.concatenate(
+        [
+            a[:, :b].reshape(n, -1, 3),
+            a[:, -b:].reshape(n, -1, 3),
+            a[:, :, :b].reshape(n, -1, 3),
+            a[:, :, -b:].reshape(n, -1, 3),
+        ],
+        axis=1,
+    )
+    bg = np.median(frame, axis=1).astype(np.int16)  # [n, 3]
+    diff = np.abs(a.astype(np.int16) - bg[:, None, None, :]).max(axis=3)
+    mask = diff > FOREGROUND_DIFF
+    frac = mask.mean(axis=(1, 2))
+    mask[(frac < FOREGROUND_MIN) | (frac > FOREGROUND_MAX)] = True
+    mask[~mask.any(axis=(1, 2))] = True  # no foreground pixel: every pixel counts
+    pixels = a.reshape(-1, 3)
+    weight = mask.reshape(-1).astype(np.float64)  # 0/1: a pixel outside the mask adds nothing
+    image = np.repeat(np.arange(n, dtype=np.int64), a.shape[1] * a.shape[2])
+    h, sat, v = _fast_hsv(pixels)
+    chroma = (sat >= CHROMA_MIN) & (v >= CHROMA_MIN)
+    n_chroma = HUE_BINS * SAT_BINS * VAL_BINS
+    h_lo, h_w = _soft_bins(h[chroma] * HUE_BINS - 0.5, HUE_BINS, wrap=True)
+    s_lo, s_w = _soft_bins((sat[chroma] - CHROMA_MIN) / (1 - CHROMA_MIN) * SAT_BINS - 0.5, SAT_BINS)
+    v_lo, v_w = _soft_bins((v[chroma] - CHROMA_MIN) / (1 - CHROMA_MIN) * VAL_BINS - 0.5, VAL_BINS)
+    base, wc = image[chroma] * n_chroma, weight[chroma]
+    hist = np.zeros(n * n_chroma, np.float64)
+    for hi, hw in zip(h_lo, h_w, strict=True):
+        for si, sw in zip(s_lo, s_w, strict=True):
+            for vi, vw in zip(v_lo, v_w, strict=True):
+                hist += np.bincount(
+                    base + (hi * SAT_BINS + si) * VAL_BINS + vi, wc * hw * sw * vw, n * n_chroma
+                )
+    g_lo, g_w = _soft_bins(v[~chroma] * GREY_BINS - 0.5, GREY_BINS)
+    gbase, wg = image[~chroma] * GREY_BINS, weight[~chroma]
+    grey = sum(np.bincount(gbase + gi, wg * gw, n * GREY_BINS) for gi, gw in zip(g_lo, g_w, strict=True))
+    out = np.concatenate(
+        [hist.reshape(n, n_chroma), np.asarray(grey, np.float64).reshape(n, GREY_BINS)], axis=1
+    )
+    out = np.sqrt(out / np.maximum(1.0, out.sum(axis=1, keepdims=True)))
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def check_colour_weight(weight: float) -> float:

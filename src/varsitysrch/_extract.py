@@ -22,9 +22,9 @@ import io
 import json
 import logging
 import os
-import queue
 import re
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -82,6 +82,9 @@ _PART_TMP = re.compile(rf"\.(?:part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)|parts\.json)
 #: the colour columns of a checkpoint part's rows, after the vector: the colour signature, then the
 #: plain-background flag (0/1)
 COLOUR_COLS = _colour.SIGNATURE_DIM + 1
+#: automatic checkpoints are at least this many seconds apart (a kill loses at most about this
+#: much work; each checkpoint costs two fsyncs, tens of milliseconds on a busy disk)
+CHECKPOINT_MIN_SECONDS = 5.0
 #: lanes (threads, each with its own ONNX Runtime session and a batch in flight) when
 #: ``num_workers`` is not given: one per CPU, at most this many
 MAX_LANES = 8
@@ -182,7 +185,7 @@ def iter_decoded(
 
 def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarray]:
     """One decode of a catalogue image -> ``(uint8 [size, size, 3] model input, float32 [COLOUR_COLS]
-    colour row)``.
+    colour row)`` (:func:`decode_store_batch` does a batch, with one vectorised signature pass).
 
     The model input is exactly :func:`~varsitysrch._images.load_image`'s (JPEG draft decoding
     to the model's size, EXIF orientation, RGB): a query of the same file embeds the same.  The
@@ -190,6 +193,15 @@ def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np
     colour signature of the photo letterboxed to ``COLOUR_DECODE_SIZE`` px, then its
     plain-background flag (squashed to ``PLAIN_DECODE_SIZE`` px).
     """
+    px, small, square = _decode_one(path, size, resize)
+    row = np.empty(COLOUR_COLS, np.float32)
+    row[:-1] = _colour.colour_signatures(small[None])[0]
+    row[-1] = float(_colour.plain_background(square))  # looked up at call time (tests count calls)
+    return px, row
+
+
+def _decode_one(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(model input, colour letterbox, plain-test square)`` of one decode (uint8 arrays)."""
     im = open_image(path)
     try:
         with warnings.catch_warnings():
@@ -209,10 +221,7 @@ def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np
         raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
     if whole.shape != (size, size, 3):
         raise ImageError(f"unexpected decoded shape {whole.shape}")
-    row = np.empty(COLOUR_COLS, np.float32)
-    row[:-1] = _colour.colour_signature(small)
-    row[-1] = float(_colour.plain_background(square))  # looked up at call time (tests count calls)
-    return whole, row
+    return whole, small, square
 
 
 def decode_store_batch(
@@ -222,11 +231,13 @@ def decode_store_batch(
     skipped)``; a file that fails is skipped with its reason, never stops the batch."""
     ok: list[str] = []
     pixels: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
+    smalls: list[np.ndarray] = []
+    plain: list[float] = []
     bad: list[tuple[str, str]] = []
     for rel in ids:
         try:
-            px, row = decode_for_store(root / rel, size, resize)
+            px, small, square = _decode_one(root / rel, size, resize)
+            flag = float(_colour.plain_background(square))  # looked up at call time (tests count calls)
         except ImageError as exc:
             bad.append((rel, str(exc)))
             continue
@@ -235,9 +246,13 @@ def decode_store_batch(
             continue
         ok.append(rel)
         pixels.append(px)
-        rows.append(row)
+        smalls.append(small)
+        plain.append(flag)
     P = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-    C = np.stack(rows) if rows else np.zeros((0, COLOUR_COLS), np.float32)
+    C = np.zeros((len(ok), COLOUR_COLS), np.float32)
+    if ok:
+        C[:, :-1] = _colour.colour_signatures(np.stack(smalls))
+        C[:, -1] = plain
     return ok, P, C, bad
 
 
@@ -254,6 +269,52 @@ class _Done:
 def default_lanes(num_workers: int | None) -> int:
     """Pipeline lanes: ``num_workers``, or one per CPU (at most :data:`MAX_LANES`)."""
     return min(MAX_LANES, os.cpu_count() or 1) if num_workers is None else num_workers
+
+
+class _SessionPool:
+    """Idle ONNX Runtime sessions of the last extractor used, kept between runs.
+
+    A lane takes a session (or builds one: at most one per lane in use) and gives it back after
+    each batch; the sessions of the most recent ``(extractor, threads)`` stay loaded (at most
+    :data:`MAX_LANES`), so repeated extractions and updates in one process do not rebuild them
+    (about 0.1 s of CPU each).  :func:`release_sessions` frees them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, int] | None = None
+        self._idle: list[Embedder] = []
+
+    @staticmethod
+    def _key_of(ex: Extractor, threads: int) -> tuple[str, int]:
+        return json.dumps(ex.identity(), sort_keys=True, default=str), threads
+
+    def take(self, ex: Extractor, threads: int) -> Embedder:
+        key = self._key_of(ex, threads)
+        with self._lock:
+            if self._key == key and self._idle:
+                return self._idle.pop()
+        return Embedder(ex, threads=threads)
+
+    def give(self, ex: Extractor, threads: int, emb: Embedder) -> None:
+        key = self._key_of(ex, threads)
+        with self._lock:
+            if self._key != key:
+                self._key, self._idle = key, []
+            if len(self._idle) < MAX_LANES:
+                self._idle.append(emb)
+
+    def release(self) -> None:
+        with self._lock:
+            self._key, self._idle = None, []
+
+
+_SESSIONS = _SessionPool()
+
+
+def release_sessions() -> None:
+    """Free the ONNX Runtime sessions extraction keeps loaded between runs (see :class:`_SessionPool`)."""
+    _SESSIONS.release()
 
 
 def _lane_batches(
@@ -275,7 +336,6 @@ def _lane_batches(
     size, resize = ex.input_size, ex.resize
     cpus = os.cpu_count() or 1
     per = threads or max(1, cpus // max(1, workers))
-    sessions: queue.SimpleQueue[Embedder] = queue.SimpleQueue()
 
     def run(chunk: Sequence[str], embed: bool) -> _Done:
         ok, pixels, colour, bad = decode_store_batch(root, chunk, size, resize)
@@ -283,14 +343,11 @@ def _lane_batches(
             return _Done(ok, None, colour, bad)
         if not ok:
             return _Done(ok, np.zeros((0, ex.dim), np.float32), colour, bad)
-        try:
-            emb = sessions.get_nowait()
-        except queue.Empty:  # at most one session per lane, built in the lane that first needs it
-            emb = Embedder(ex, threads=per)
+        emb = _SESSIONS.take(ex, per)
         try:
             return _Done(ok, emb.embed(pixels), colour, bad)
         finally:
-            sessions.put(emb)
+            _SESSIONS.give(ex, per, emb)
 
     if workers <= 0:
         for chunk, embed in jobs:
@@ -418,6 +475,43 @@ class _Parts:
             log.info("left %s: it holds files varsitysrch did not write", self.dir)
 
 
+class _Saver:
+    """Checkpoint parts written in order by one background thread, so that the pipeline never waits
+    on a checkpoint's fsyncs (at most :attr:`MAX_PENDING` parts queued)."""
+
+    MAX_PENDING = 2
+
+    def __init__(self, parts: _Parts) -> None:
+        self.parts = parts
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="varsitysrch-checkpoint")
+        self.pending: list[cf.Future[None]] = []
+        self.closed = False
+
+    def save(self, ids: list[str], X: np.ndarray, stats: list[Stamp]) -> None:
+        while self.pending and (self.pending[0].done() or len(self.pending) >= self.MAX_PENDING):
+            self.pending.pop(0).result()  # a failed checkpoint fails the run, as a direct write would
+        self.pending.append(self.pool.submit(self.parts.save, ids, X, stats))
+
+    def finish(self) -> None:
+        """Wait for every queued part; the first failure is raised."""
+        try:
+            while self.pending:
+                self.pending.pop(0).result()
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Wait for the queued parts (an interrupted run keeps what was done), ignoring failures."""
+        if self.closed:
+            return
+        self.closed = True
+        for fut in self.pending:
+            with contextlib.suppress(BaseException):
+                fut.result()
+        self.pending = []
+        self.pool.shutdown(wait=True)
+
+
 def _auto_checkpoint(n_todo: int, batch_size: int) -> int:
     """Images per checkpoint when none is given: about 16 per run, at most 2,048."""
     return max(batch_size, min(2048, -(-n_todo // 16)))
@@ -458,7 +552,8 @@ def extract_features(
         threads: ONNX Runtime threads (default: number of CPUs).
         dtype: ``"float32"`` or ``"float16"`` storage.
         checkpoint_every: images between checkpoints of an unfinished run (default: about
-            16 checkpoints per run, at most 2,048 images apart, and at least one a minute).
+            16 checkpoints per run, at most 2,048 images apart, at least 5 seconds apart, and at
+            least one a minute).
         show_progress: a progress bar (when stderr is a terminal) and the one-line summary
             (``Feature extraction completed: ...``, on stdout; logged at INFO either way).
         engine: ``"local"`` (decoding threads + ONNX Runtime here) or ``"dask"``: image
@@ -592,12 +687,14 @@ def _extract_locked(
     if todo or colour_todo:
         every = checkpoint_every or _auto_checkpoint(len(todo), batch_size)
         max_seconds = 60.0 if checkpoint_every is None else float("inf")
+        min_seconds = CHECKPOINT_MIN_SECONDS if checkpoint_every is None else 0.0
         bar = progress_bar(
             total=len(todo) + len(colour_todo), unit="img", desc="extract", show_progress=show_progress
         )
         buf_ids: list[str] = []
         buf_X: list[np.ndarray] = []
         last = time.monotonic()
+        saver = _Saver(parts)
         try:
             for done in _embedded_batches(
                 root,
@@ -623,18 +720,21 @@ def _extract_locked(
                     buf_ids.extend(done.ids)
                     buf_X.append(np.concatenate([done.vectors, done.colour], axis=1).astype(dtype))
                     new_ids.update(done.ids)
-                if len(buf_ids) >= every or (buf_ids and time.monotonic() - last > max_seconds):
-                    parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+                since = time.monotonic() - last
+                if (len(buf_ids) >= every and since >= min_seconds) or (buf_ids and since > max_seconds):
+                    saver.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
                     buf_ids, buf_X = [], []
                     last = time.monotonic()
             if buf_ids:
-                parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+                saver.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
                 buf_ids, buf_X = [], []
+            saver.finish()
         finally:
             bar.close()
             if buf_ids:  # interrupted: keep what was done
-                with contextlib.suppress(Exception):
-                    parts.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+                with contextlib.suppress(BaseException):
+                    saver.save(buf_ids, np.concatenate(buf_X), [stats[r] for r in buf_ids])
+            saver.abandon()
 
     # ---- assemble the final store in id order from the old store and the parts, via memory maps
     done_parts = parts.index() if (new_ids or resumed) else {}
