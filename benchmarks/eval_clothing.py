@@ -244,7 +244,16 @@ def part_ablation(args: argparse.Namespace) -> None:
         line(f"alpha-DBA {n} + alpha-QE 2", qe_dba(2, n), base)
 
     from varsitysrch._images import load_image
-    from varsitysrch._postprocess import colour_descriptor  # a prototype issue 20 may remove
+
+    def colour_descriptor(image: np.ndarray, bins: int = 4, white: int = 245) -> np.ndarray:
+        """The RGB-histogram prototype measured here (the library dropped it for _colour's signature)."""
+        a = np.asarray(image, np.uint8).reshape(-1, 3)
+        fg = a[(a < white).any(1)]  # drop letterbox / studio white
+        fg = fg if len(fg) >= 16 else a
+        q = (fg.astype(np.int32) * bins) // 256
+        h = np.bincount((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2], minlength=bins**3).astype(np.float32)
+        h = np.sqrt(h / max(1.0, float(h.sum())))
+        return h / max(float(np.linalg.norm(h)), 1e-12)
 
     t = time.perf_counter()
     C = np.stack([colour_descriptor(load_image(root / i, 96, "letterbox")) for i in ids])

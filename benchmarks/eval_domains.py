@@ -60,6 +60,25 @@ DEV_SET = {"clothing": "clothing-small", "grocery": "grocery-train"}
 DOMAINS: dict[str, Path] = {}
 
 
+def hue_shift(image: np.ndarray, degrees: float) -> np.ndarray:
+    """The image with every hue rotated by ``degrees`` (saturation, value and greys unchanged).
+
+    A copy of the helper in tests/test_colour.py (the library dropped it: nothing searches with it)."""
+    from varsitysrch._colour import rgb_to_hsv
+
+    h, s, v = rgb_to_hsv(np.asarray(image, np.uint8))
+    h6 = ((h + float(degrees) / 360.0) % 1.0) * 6.0
+    i = np.floor(h6).astype(np.int32) % 6
+    f = h6 - np.floor(h6)
+    s, v = np.asarray(s, np.float32), np.asarray(v, np.float32)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    out = np.zeros((*h6.shape, 3), np.float32)
+    for k, (r, g, b) in enumerate([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]):
+        m = i == k
+        out[m, 0], out[m, 1], out[m, 2] = r[m], g[m], b[m]
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
 def use_data(prog: str, data: str | None, domains: list[str]) -> Path:
     """Check ``--data`` / ``$VARSITYSRCH_DATA`` for the domains' dev sets and point DOMAINS at them."""
     unknown = [d for d in domains if d not in DEV_SET]
@@ -625,7 +644,7 @@ def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
     """
     from PIL import Image
 
-    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature, hue_shift
+    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature
     from varsitysrch._images import _fit, load_image
     from varsitysrch._query import decode_rgb
 
@@ -686,7 +705,7 @@ def refresh_signatures(domain: str, cache: Path, cf: dict[str, np.ndarray]) -> d
     """
     from PIL import Image
 
-    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature, hue_shift
+    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature
     from varsitysrch._images import _fit, load_image
     from varsitysrch._query import decode_rgb
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_read_labels_accepts_header_or_positional(tmp_path: Path) -> None:
 CONFIGS = [
     "efficientnet-lite0",
     "efficientnet-lite0+qe=2",
-    "efficientnet-lite0+dba=3",
+    "efficientnet-lite0+colour=0.15",  # the catalogue's colour rows, through the pipeline's re-ranking
     "efficientnet-lite0+pca=8",
 ]
 
@@ -163,6 +164,18 @@ def test_exact_recall_is_one_and_classes_are_found(synth_report: tuple[EvalRepor
     ranked = [r for r in rep.rows if r["method"] == "ranked"]
     assert ranked and all(0.0 < r["scanned"] <= 1.0 for r in ranked)
     assert all(r["search_ms_p50"] is not None and r["index_bytes"] > 0 for r in rep.rows)
+
+
+def test_dba_needs_held_out_queries(synth_store: Path, tmp_path: Path) -> None:
+    """Under leave-one-out the query would augment its own neighbours: refused (evaluate no longer
+    edits the Searcher's vectors in place to undo it), measured on a held-out split."""
+    kw: dict[str, Any] = {"k_values": (4,), "nprobes": (None,), "top_k": 5, "n_queries": None}
+    with pytest.raises(InvalidArgumentError, match=r"\+dba needs held-out queries"):
+        evaluate(synth_store, configs=["efficientnet-lite0+dba=3"], out_dir=tmp_path / "a", **kw)
+    rep = evaluate(
+        synth_store, configs=["efficientnet-lite0+dba=3"], query_split=0.25, out_dir=tmp_path / "b", **kw
+    )
+    assert _row(rep, "exact", config="efficientnet-lite0+dba=3")["recall"] == 1.0
 
 
 def test_seed_baseline_is_first_members_of_the_predicted_cluster_in_csv_order(
@@ -299,7 +312,7 @@ def test_separate_query_set_is_searched_against_the_whole_catalogue(
     # six views cost more than one to embed
     assert many["embed_search_ms_p50"] > one["embed_search_ms_p50"]
     # query vectors are cached: a rerun embeds nothing new
-    cached = sorted((tmp_path / "queries").glob("*.npy"))
+    cached = sorted((tmp_path / "queries").glob("*.npz"))
     assert len(cached) == 2
 
 

@@ -84,9 +84,8 @@ from typing import Any
 
 import numpy as np
 
-from ._colour import combine_scores
 from ._errors import InvalidArgumentError
-from ._extractors import DEFAULT_EXTRACTOR, Extractor, get_extractor
+from ._extractors import DEFAULT_EXTRACTOR, Extractor
 from ._io import write_json
 from ._postprocess import (
     DBA_NEIGHBOURS,
@@ -101,7 +100,7 @@ from ._store import STORE_JSON, FeatureStore, normalize_rows
 
 log = logging.getLogger(__name__)
 
-POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour", "crops", "flipq")
+POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour", "crops", "flipq", "auto")
 _POST_DEFAULTS: dict[str, float] = {
     "whiten": 0,  # 0 = all components
     "pwhiten": 0.25,
@@ -111,6 +110,7 @@ _POST_DEFAULTS: dict[str, float] = {
     "colour": 0.1,
     "crops": 1,  # query embedded as the whole image + five 70 % crops, best view per catalogue image
     "flipq": 1,  # the query's mirror image as one more view
+    "auto": 1,  # views="auto" as users get it: crops only for a shop photo against a studio catalogue
 }
 _OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
 #: plain cosine on the default features (the obvious baseline), the library default (search PCA
@@ -120,8 +120,6 @@ DEFAULT_CONFIGS: tuple[str, ...] = (
     DEFAULT_EXTRACTOR,
     f"{DEFAULT_EXTRACTOR}+qe=0",
 )
-COLOUR_SIZE = 96  # decoding size for colour descriptors
-COLOUR_POOL = 5  # colour re-ranking reorders the top ``COLOUR_POOL * top_k`` results
 
 
 # ====================================================================== configurations
@@ -547,50 +545,33 @@ class _Pipeline:
             self.search_pca = 0
         if self.whitening is not None:
             C = apply_whitening(C, self.whitening)
-        self.base = C  # catalogue vectors before DBA
-        self.nn_idx = self.nn_sims = None
-        self.reverse: dict[int, np.ndarray] = {}
         if self.dba > 1:
-            # one extra neighbour so that a leave-one-out query can be taken out of any list
-            self.nn_idx, self.nn_sims = neighbour_lists(C, self.dba + 1)
-            self.catalogue = augment_rows(C, self.nn_idx[:, : self.dba], self.nn_sims[:, : self.dba])
-            if not held_out:
-                members = self.nn_idx[:, : self.dba]
-                order = np.argsort(members.ravel(), kind="stable")
-                owners = np.repeat(np.arange(len(C)), self.dba)[order]
-                keys = members.ravel()[order]
-                bounds = np.searchsorted(keys, np.arange(len(C) + 1))
-                self.reverse = {r: owners[bounds[r] : bounds[r + 1]] for r in range(len(C))}
+            if not held_out:  # the query would augment its own neighbours (and be searched as them)
+                raise InvalidArgumentError(
+                    f"{cfg.name}: +dba needs held-out queries (query_split, or a query set); under "
+                    "leave-one-out each query is part of the catalogue its neighbours are augmented with"
+                )
+            nn_idx, nn_sims = neighbour_lists(C, self.dba)
+            self.catalogue = augment_rows(C, nn_idx, nn_sims)
         else:
             self.catalogue = C
         q = cfg.post_param("qe")
         #: alpha-QE neighbours for Searcher.search_vector(expand=): None = the model's default
         self.qe: int | None = None if q is None else int(q)
         self.colour_w = cfg.post_param("colour")
+        crops, flip, auto = (bool(cfg.post_param(k)) for k in ("crops", "flipq", "auto"))
+        if auto and (crops or flip):
+            raise InvalidArgumentError(f"{cfg.name}: +auto decides the views itself; drop +crops / +flipq")
+        #: the query's views, as SearchOptions.views (None: the whole image)
+        self.views: str | None = (
+            "auto" if auto else "+".join(n for n, on in (("crops", crops), ("flip", flip)) if on) or None
+        )
 
     def query_vector(self, x: np.ndarray) -> np.ndarray:
         v = np.asarray(x, np.float32)
         if self.whitening is not None:
             v = apply_whitening(v, self.whitening)
         return normalize_rows(v.reshape(1, -1))[0]
-
-    def loo_patch(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Catalogue rows whose DBA vector used catalogue row ``row``, recomputed without it."""
-        if self.nn_idx is None or self.nn_sims is None:
-            return None
-        owners = self.reverse.get(row)
-        if owners is None or len(owners) == 0:
-            return None
-        owners = owners[owners != row]
-        if len(owners) == 0:
-            return None
-        idx = self.nn_idx[owners]
-        sims = self.nn_sims[owners]
-        keep = idx != row
-        # drop ``row`` from each list and keep the first ``dba`` of the rest
-        new_idx = np.stack([i[m][: self.dba] for i, m in zip(idx, keep, strict=True)])
-        new_sims = np.stack([s[m][: self.dba] for s, m in zip(sims, keep, strict=True)])
-        return owners, augment_rows(self.base, new_idx, new_sims)
 
 
 def evaluate(
@@ -728,76 +709,6 @@ def _feature_store(
     return FeatureStore.open(folder)
 
 
-def _colours(source: Path, ids: list[str], work: Path, tag: str = "catalogue") -> np.ndarray:
-    """Colour signatures (:func:`~varsitysrch._colour.colour_signature`) of images, cached in ``work``."""
-    from ._colour import SIGNATURE_DIM, colour_signature
-    from ._errors import ImageError
-    from ._images import load_image
-
-    key = hashlib.sha256((str(source.resolve()) + "\n" + "\n".join(ids)).encode()).hexdigest()[:12]
-    cache = work / "colour" / f"{tag}-{key}.npy"
-    if cache.exists():
-        return np.load(cache, allow_pickle=False)
-    out = np.zeros((len(ids), SIGNATURE_DIM), np.float32)
-    for j, i in enumerate(ids):
-        try:
-            out[j] = colour_signature(load_image(source / i, COLOUR_SIZE, "letterbox"))
-        except ImageError as exc:
-            log.warning("colour of %s: %s", i, exc)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, out, allow_pickle=False)
-    return out
-
-
-def _view_batch(path: Path, ex: Extractor, crops: bool, flipq: bool) -> np.ndarray:
-    """The query's views as a uint8 batch: the fitted image (+ five crops) (+ mirrors)."""
-    if not (crops or flipq):
-        from ._images import load_image
-
-        return load_image(path, ex.input_size, ex.resize)[None]
-    from ._query import decode_rgb, query_views
-
-    return query_views(decode_rgb(path), ex.input_size, ex.resize, crops=crops, flip=flipq)
-
-
-def _query_vectors(
-    root: Path,
-    qids: list[str],
-    ex: Extractor,
-    crops: bool,
-    flipq: bool,
-    work: Path,
-    threads: int | None,
-) -> tuple[np.ndarray, list[str]]:
-    """Raw unit vectors ``[n, views, dim]`` of query images (cached in ``work/queries``); unreadable -> 0."""
-    from ._errors import ImageError
-    from ._extractors import Embedder
-
-    ident = json.dumps(ex.identity(), sort_keys=True)
-    key = hashlib.sha256(
-        (ident + str(root.resolve()) + f"|{crops}|{flipq}|" + "\n".join(qids)).encode()
-    ).hexdigest()[:16]
-    cache = work / "queries" / f"{key}.npy"
-    bad_file = cache.with_suffix(".bad.txt")
-    if cache.exists() and bad_file.exists():
-        bad = [b for b in bad_file.read_text(encoding="utf-8").split("\n") if b]
-        return np.load(cache, allow_pickle=False), bad
-    emb = Embedder(ex, threads=threads)
-    n_views = (6 if crops else 1) * (2 if flipq else 1)
-    out = np.zeros((len(qids), n_views, ex.dim), np.float32)
-    bad = []
-    for j, q in enumerate(qids):
-        try:
-            out[j] = emb.embed(_view_batch(root / q, ex, crops, flipq))
-        except ImageError as exc:
-            bad.append(q)
-            log.warning("query %s: %s", q, exc)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, out, allow_pickle=False)
-    bad_file.write_text("\n".join(bad) + "\n", encoding="utf-8")
-    return out, bad
-
-
 @dataclass
 class _Setup:
     """What every configuration of one evaluation shares: catalogue, queries, exclusions, colours."""
@@ -821,8 +732,6 @@ class _Setup:
     cat_rows_all: np.ndarray
     q_root: Path
     q_rows_all: np.ndarray | None
-    colours: np.ndarray | None
-    q_colours: np.ndarray | None
 
 
 def _evaluate(
@@ -1002,9 +911,6 @@ def _setup(
     id_row = {i: j for j, i in enumerate(ids)}
     q_root = queries.external[0] if queries.external else source
     q_rows_all = None if queries.external else np.array([id_row[i] for i in queries.ids])
-    colours, q_colours = _colour_signatures(
-        source, features_mode, work, cfgs, ids, queries, q_root, q_rows_all
-    )
     return _Setup(
         source,
         features_mode,
@@ -1025,50 +931,113 @@ def _setup(
         np.array([id_row[i] for i in cat_ids]),
         q_root,
         q_rows_all,
-        colours,
-        q_colours,
     )
 
 
-def _colour_signatures(
-    source: Path,
-    features_mode: bool,
-    work: Path,
-    cfgs: list[EvalConfig],
-    ids: list[str],
-    queries: _Queries,
-    q_root: Path,
-    q_rows_all: np.ndarray | None,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Colour signatures of the images (``ids`` order) and the queries, when a config re-ranks by colour."""
-    if not any(c.post_param("colour") is not None for c in cfgs):
-        return None, None
-    if features_mode:
-        raise InvalidArgumentError(
-            "colour re-ranking needs the images: pass an image folder, not a feature store"
-        )
-    colours = _colours(source, ids, work)
-    q_colours = _colours(q_root, queries.ids, work, "queries") if queries.external else colours[q_rows_all]
-    return colours, q_colours
+@dataclass
+class _QueryVectors:
+    """One query ready to be searched again and again: ``Query(vector=..., discount=..., colour=...)``."""
+
+    vectors: np.ndarray  #: [V, dim] in the configuration's space, the whole image first
+    discount: float = 0.0
+    colour: np.ndarray | None = None
 
 
-def _query_matrix(
-    st: _Setup, cfg: EvalConfig, store: FeatureStore, pipe: _Pipeline, Xr: np.ndarray, notes: list[str]
-) -> np.ndarray:
-    """The transformed query vectors ``[n, views, dim]`` of one configuration."""
-    crops, flipq = bool(cfg.post_param("crops")), bool(cfg.post_param("flipq"))
-    if st.queries.external is None and not (crops or flipq):
+def _query_list(
+    st: _Setup, cfg: EvalConfig, store: FeatureStore, pipe: _Pipeline, Xr: np.ndarray, searcher: Any,
+    notes: list[str],
+) -> list[_QueryVectors]:  # fmt: skip
+    """Every query of one configuration, through the search pipeline's own stages 1-3.
+
+    A catalogue image searched as the whole image is its stored vector (and stored colour); any
+    other query (views, or a separate query set) is decoded, viewed and embedded by
+    :func:`varsitysrch._pipeline.embed_query`, as a search by that image would be (``+auto``: the
+    views decided against this catalogue, as users get them)."""
+    colour = pipe.colour_w is not None
+    if st.queries.external is None and pipe.views is None:
         assert st.q_rows_all is not None
-        return np.stack([pipe.query_vector(Xr[r]) for r in st.q_rows_all])[:, None]
+        srow = {i: j for j, i in enumerate(store.ids)}
+        cols = store.colour if colour else None
+        return [
+            _QueryVectors(
+                pipe.query_vector(Xr[r])[None],
+                0.0,
+                None if cols is None else np.asarray(cols[srow[st.ids[r]]], np.float32),
+            )
+            for r in st.q_rows_all
+        ]
     if st.features_mode and st.queries.external is None:
         raise InvalidArgumentError(
-            "multi-view queries (+crops / +flipq) need the images: pass an image folder"
+            "query views (+crops / +flipq / +auto) need the images: pass an image folder"
         )
-    ex_q = Extractor.from_identity(dict(store.extractor))
-    raw, bad = _query_vectors(st.q_root, st.queries.ids, ex_q, crops, flipq, st.work, st.threads)
+    raw, bad = _embedded_queries(st, store, pipe, searcher, colour)
+    out = [
+        _QueryVectors(np.stack([pipe.query_vector(v) for v in V]), d, c)
+        if len(V)
+        else _QueryVectors(np.zeros((1, pipe.catalogue.shape[1]), np.float32))  # unreadable: a miss
+        for V, d, c in raw
+    ]
     if bad:
         notes.append(f"{len(bad)} query images unreadable (counted as misses): {bad[:3]}")
-    return np.stack([[pipe.query_vector(v) for v in views] for views in raw])
+    if pipe.views == "auto":
+        n = sum(len(x.vectors) > 1 for x in out)
+        notes.append(f"{cfg.name}: views='auto' searched {n} of {len(out)} queries with crops")
+    return out
+
+
+def _embedded_queries(
+    st: _Setup, store: FeatureStore, pipe: _Pipeline, searcher: Any, colour: bool
+) -> tuple[list[tuple[np.ndarray, float, np.ndarray | None]], list[str]]:
+    """``([(raw views [V, dim], discount, colour)], unreadable ids)`` of every query image, made by the
+    search pipeline's stages 1-3 and cached in ``work/queries`` (a rerun embeds nothing new).  An
+    unreadable query has no views."""
+    from ._errors import ImageError
+    from ._extractors import Embedder
+    from ._pipeline import Stages, embed_query
+
+    rec = store.colour_record() if pipe.views == "auto" else None  # auto: the catalogue's studio share
+    ident = json.dumps(store.extractor, sort_keys=True, default=str)
+    what = f"|{pipe.views}|{colour}|{st.split_key}|{rec and rec.get('checksum')}|"
+    key = hashlib.sha256((ident + str(st.q_root.resolve()) + what + "\n".join(st.queries.ids)).encode())
+    cache = st.work / "queries" / f"{key.hexdigest()[:16]}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            V, counts, disc, cols = z["vectors"], z["counts"], z["discounts"], z["colours"]
+            bad = [str(b) for b in z["bad"]]
+        got = [(V[j, : counts[j]], float(disc[j]), cols[j] if colour else None) for j in range(len(counts))]
+        return got, bad
+    ex = Extractor.from_identity(dict(store.extractor))
+    stages = Stages(embed=Embedder(ex, threads=st.threads).embed)
+    out: list[tuple[np.ndarray, float, np.ndarray | None]] = []
+    bad = []
+    dim = int(store.dim)
+    for q in st.queries.ids:
+        try:
+            e = embed_query(searcher, st.q_root / q, pipe.views, colour, stages)
+            out.append((np.asarray(e.vectors, np.float32), float(e.discount), e.colour))
+        except ImageError as exc:
+            bad.append(q)
+            log.warning("query %s: %s", q, exc)
+            out.append((np.zeros((0, dim), np.float32), 0.0, None))
+    most = max([len(v) for v, _, _ in out] + [1])
+    V = np.zeros((len(out), most, dim), np.float32)
+    sig_dim = next((len(c) for _, _, c in out if c is not None), 0)
+    cols = np.zeros((len(out), sig_dim), np.float32)
+    for j, (v, _, c) in enumerate(out):
+        V[j, : len(v)] = v
+        if c is not None:
+            cols[j] = c
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "wb") as f:
+        np.savez(
+            f,
+            vectors=V,
+            counts=np.array([len(v) for v, _, _ in out], np.int64),
+            discounts=np.array([d for _, d, _ in out], np.float32),
+            colours=cols,
+            bad=np.array(bad, dtype=str),
+        )
+    return out, bad
 
 
 def _run_config(
@@ -1087,42 +1056,35 @@ def _run_config(
     X = np.asarray(store.vectors, np.float32)
     Xr = X[[srow[i] for i in st.ids]]  # rows in ``ids`` order
     pipe = _Pipeline(cfg, Xr, st.cat_rows_all, st.queries.held_out)
-    Q = _query_matrix(st, cfg, store, pipe, Xr, notes)
     idx_dir = _write_index(st, cfg, store, pipe)
     emb = None
-    if not (st.features_mode and st.queries.external is None):
-        crops, flipq = bool(cfg.post_param("crops")), bool(cfg.post_param("flipq"))
-        qids = st.queries.ids[: st.n_latency]
-        emb = _embed_latency(st.q_root, cfg, pipe, qids, st.threads, crops, flipq, store)
-    ccol = st.colours[st.cat_rows_all] if st.colours is not None else None
+    Q: list[_QueryVectors] | None = None
     exact_lists: list[list[int]] | None = None
     for ki, k in enumerate(k_values):
         searcher = _train_searcher(st, idx_dir, k, random_state, pipe)
+        if Q is None:  # the queries do not depend on k
+            Q = _query_list(st, cfg, store, pipe, Xr, searcher, notes)
+            if not (st.features_mode and st.queries.external is None):
+                qids = st.queries.ids[: st.n_latency]
+                emb = _embed_latency(st.q_root, pipe, qids, searcher, store, st.threads)
         index_bytes = (idx_dir / f"model-k{k}.vsm").stat().st_size
         methods: list[tuple[str, int | None, bool]] = [("exact", None, True)] if ki == 0 else []
         # the seed method depends only on the extractor and k: once per extractor configuration
         if seed:
             methods.append(("seed", None, False))
-        methods += [("ranked", p, False) for p in nprobes if p is None or p <= searcher.k]
+        top = searcher.max_nprobe  # clusters, or IVF lists: what nprobe counts for this model
+        methods += [("ranked", p, False) for p in nprobes if p is None or p <= top]
         for p in nprobes:
-            if p is not None and p > searcher.k:
+            if p is not None and p > top:
                 log.warning(
-                    "nprobe %d > k = %d: no ranked row for it (the exact rows cover it)", p, searcher.k
+                    "nprobe %d > %d %s: no ranked row for it (the exact rows cover it)",
+                    p,
+                    top,
+                    searcher.probe_unit,
                 )
         for method, p, exact in methods:
             lists, times, scanned = _run_queries(
-                searcher,
-                pipe,
-                Q,
-                st.queries.ids,
-                st.cat_index,
-                st.excluded,
-                st.top_k,
-                method,
-                p,
-                exact,
-                st.q_colours,
-                ccol,
+                searcher, pipe, Q, st.queries.ids, st.cat_index, st.excluded, st.top_k, method, p, exact
             )
             if method == "exact":
                 exact_lists = lists
@@ -1133,19 +1095,41 @@ def _run_config(
 
 
 def _write_index(st: _Setup, cfg: EvalConfig, store: FeatureStore, pipe: _Pipeline) -> Path:
-    """The searchable catalogue of this configuration, as a feature store (-> train_clusters -> Searcher)."""
+    """The searchable catalogue of this configuration, as a feature store (-> train_clusters -> Searcher),
+    with the catalogue's colour rows when the source store has them (colour and ``views="auto"``
+    read them, as a search of the real store does)."""
+    from ._colour import COLOUR_IDENTITY
+    from ._store import COLOUR_NPY, PLAIN_NPY, commit, recover, store_header, store_lock
+
     idx_dir = st.work / "index" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.name) / st.split_key
-    FeatureStore.write(
-        idx_dir / "features",
-        st.cat_ids,
-        pipe.catalogue,
-        # post-processing (whitening, PCA) may change the dim: the index store records it
-        {**store.extractor, "dim": int(pipe.catalogue.shape[1])},
-        extra={
-            "image_root": str(st.source.resolve()) if not st.features_mode else None,
-            "postprocess": cfg.name,
-        },
-    )
+    folder = idx_dir / "features"
+    needs = pipe.colour_w is not None or pipe.views == "auto"
+    has = store.colour is not None and store.plain is not None and store.meta.get("colour") == COLOUR_IDENTITY
+    if needs and not has:
+        raise InvalidArgumentError(
+            f"{cfg.name}: colour and views='auto' need the catalogue's colour rows, which this feature "
+            f"store lacks ({str(store.folder)!r}): extract the images again with this version"
+        )
+    side = None
+    extra: dict[str, Any] = {
+        "image_root": str(st.source.resolve()) if not st.features_mode else None,
+        "postprocess": cfg.name,
+    }
+    if has:
+        assert store.colour is not None and store.plain is not None
+        srow = {i: j for j, i in enumerate(store.ids)}
+        rows = np.fromiter((srow[i] for i in st.cat_ids), np.int64, len(st.cat_ids))
+        side = {COLOUR_NPY: np.asarray(store.colour[rows]), PLAIN_NPY: np.asarray(store.plain[rows])}
+        extra["colour"] = dict(COLOUR_IDENTITY)
+    # post-processing (whitening, PCA) may change the dim: the index store records it
+    vectors = np.ascontiguousarray(pipe.catalogue, np.float32)
+    header = store_header(
+        {**store.extractor, "dim": int(vectors.shape[1])}, int(vectors.shape[1]), len(st.cat_ids), "float32",
+        extra,
+    )  # fmt: skip
+    with store_lock(folder):
+        recover(folder)
+        commit(folder, list(st.cat_ids), [(-1, -1, -1, -1)] * len(st.cat_ids), [vectors], header, side)
     return idx_dir
 
 
@@ -1236,7 +1220,7 @@ def _row(
         "embed_search_ms_p50": e50,
         "embed_search_ms_p95": e95,
         "index_bytes": int(m.index_bytes),
-        "dim": int(searcher._scoring.shape[1]),
+        "dim": int(searcher.config.get("search_pca") or searcher.dim),  # of the ranking space
     }
 
 
@@ -1281,35 +1265,26 @@ def _meta(
 
 
 def _embed_latency(
-    root: Path,
-    cfg: EvalConfig,
-    pipe: _Pipeline,
-    qids: list[str],
-    threads: int | None,
-    crops: bool = False,
-    flipq: bool = False,
-    store: FeatureStore | None = None,
+    root: Path, pipe: _Pipeline, qids: list[str], searcher: Any, store: FeatureStore, threads: int | None
 ) -> list[float]:
-    """Seconds to decode + embed (+ transform) each query image (all its views), one at a time."""
+    """Seconds to decode, view and embed (and transform) each query image, one at a time, through
+    the search pipeline's stages 1-3 (:func:`varsitysrch._pipeline.embed_query`)."""
     if not qids:
         return []
     from ._errors import ImageError
     from ._extractors import Embedder
+    from ._pipeline import Stages, embed_query
 
-    if store is not None:
-        ex = Extractor.from_identity(dict(store.extractor))
-    else:
-        ex = get_extractor(cfg.extractor, **dict(cfg.options))
-    emb = Embedder(ex, threads=threads)
+    stages = Stages(embed=Embedder(Extractor.from_identity(dict(store.extractor)), threads=threads).embed)
     out = []
     warm = True
     for q in qids:
         t0 = time.perf_counter()
         try:
-            views = emb.embed(_view_batch(root / q, ex, crops, flipq))
+            e = embed_query(searcher, root / q, pipe.views, pipe.colour_w is not None, stages)
         except ImageError:
             continue
-        for v in views:
+        for v in e.vectors:
             pipe.query_vector(v)
         if warm:  # the first run allocates
             warm = False
@@ -1321,7 +1296,7 @@ def _embed_latency(
 def _run_queries(
     searcher: Any,
     pipe: _Pipeline,
-    Q: np.ndarray,
+    Q: list[_QueryVectors],
     qids: list[str],
     cat_index: dict[str, int],
     excluded: list[set[int]],
@@ -1329,55 +1304,33 @@ def _run_queries(
     method: str,
     nprobe: int | None,
     exact: bool,
-    qcol: np.ndarray | None,
-    ccol: np.ndarray | None,
 ) -> tuple[list[list[int]], list[float], list[float]]:
-    """Run every query through the Searcher; rows of the catalogue (== the Searcher's rows) per query."""
-    n_cat = len(searcher.ids)
-    row_of = searcher._id_index
+    """Run every query through the one search pipeline (:func:`varsitysrch._pipeline.run_search`);
+    rows of the catalogue (== the Searcher's rows) per query, seconds, share of the catalogue scanned."""
+    from ._options import SearchOptions
+    from ._pipeline import Query, run_search
+
+    options = SearchOptions(
+        top_n=top_k, nprobe=nprobe, exact=exact, expansion=pipe.qe, views=None,
+        colour_weight=0.0 if pipe.colour_w is None else float(pipe.colour_w),
+    )  # fmt: skip
     lists: list[list[int]] = []
     times: list[float] = []
     scanned: list[float] = []
-    pool = top_k * (COLOUR_POOL if pipe.colour_w is not None else 1)
-    for qi, q in enumerate(qids):
+    for qi in range(len(qids)):
         ex = excluded[qi]
-        patch = pipe.loo_patch(cat_index[q]) if q in cat_index else None
-        if patch is not None:  # leave-one-out DBA: neighbours augmented without the query
-            if getattr(searcher, "_ivf", None) is not None or searcher._scoring is not searcher.vectors:
-                raise InvalidArgumentError(
-                    "DBA under leave-one-out needs an in-memory raw index; use a held-out query_split"
-                )
-            owners, vecs = patch
-            saved = searcher.vectors[owners].copy()
-            searcher.vectors[owners] = vecs
-        views = Q[qi]
-        v = views[0]
+        q = Q[qi]
         t0 = time.perf_counter()
         if method == "seed":
-            c = int(searcher.model.predict(v[None])[0])
+            c = int(searcher.model.predict(q.vectors[:1])[0])
             found = [int(r) for r in searcher.members(c) if int(r) not in ex][:top_k]
-        else:
-            from ._query import merge_view_hits
-
-            hits = merge_view_hits(
-                [
-                    searcher.search_vector(w, pool, nprobe=nprobe, exact=exact, expand=pipe.qe, exclude=ex)
-                    for w in views
-                ],
-                pool,
-            )
-            found = [row_of[h.image] for h in hits]
-            if pipe.colour_w is not None and qcol is not None and ccol is not None and found:
-                sims = np.array([h.score for h in hits], np.float32)
-                mixed = combine_scores(sims, ccol[found] @ qcol[qi], float(pipe.colour_w))
-                found = [found[j] for j in np.argsort(-mixed, kind="stable")]
-            found = found[:top_k]
-        times.append(time.perf_counter() - t0)
-        if method == "seed":
+            times.append(time.perf_counter() - t0)
             scanned.append(0.0)
         else:
-            scanned.append(1.0 if exact else len(searcher.candidates(v, top_k, nprobe=nprobe)) / n_cat)
-        if patch is not None:
-            searcher.vectors[owners] = saved
+            query = Query(vector=q.vectors, colour=q.colour, discount=q.discount, exclude=frozenset(ex))
+            res = run_search(searcher, query, options)
+            found = [cat_index[h.image] for h in res.hits]
+            times.append(time.perf_counter() - t0)
+            scanned.append(res.scan.images / max(1, res.scan.of))
         lists.append(found)
     return lists, times, scanned

@@ -24,8 +24,6 @@ against in-store photos) is searched as the whole image: the crops cost same-dom
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -97,28 +95,6 @@ def query_views(
         if flip:
             views.append(np.ascontiguousarray(arr[:, ::-1]))
     return np.stack(views)
-
-
-def merge_view_hits(hit_lists: Sequence[Sequence[Any]], top_n: int, discount: float = 0.0) -> list[Any]:
-    """Best view per catalogue image: the union of per-view hit lists, each image at its highest score.
-
-    Exact for ``aggregate="max"``: an image in the top ``top_n`` by best-view score is in the
-    top ``top_n`` of the view that gives it that score, so merging per-view top-``top_n``
-    lists loses nothing.  ``discount``: subtracted from the scores of every list but the first
-    (the whole photo's).  Hits are re-ranked (``rank`` 1..n), ties by first appearance.
-    """
-    if len(hit_lists) == 1:
-        return list(hit_lists[0])[:top_n]
-    best: dict[str, Any] = {}
-    for k, hits in enumerate(hit_lists):
-        for h in hits:
-            if k and discount:
-                h = h.with_score(h.score - discount)
-            cur = best.get(h.image)
-            if cur is None or h.score > cur.score:
-                best[h.image] = h
-    order = sorted(best.values(), key=lambda h: -h.score)[:top_n]
-    return [h.with_rank(r) for r, h in enumerate(order, 1)]  # Hit.with_rank
 
 
 VIEWS = ("crops", "flip", "crops+flip", "auto")

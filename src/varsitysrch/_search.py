@@ -35,11 +35,7 @@ import numpy as np
 from ._attributes import Attributes, CompiledFilter, FilterCache, model_attributes
 from ._candidates import ClusterIndex, ListIndex
 from ._colour import (
-    COLOUR_DECODE_SIZE,
-    PLAIN_DECODE_SIZE,
-    border_share,
     check_colour_weight,
-    colour_signature,
     load_colour_signatures,
     load_plain_flags,
 )
@@ -50,7 +46,7 @@ from ._feedback import ALPHA as FEEDBACK_ALPHA
 from ._feedback import BETA as FEEDBACK_BETA
 from ._feedback import GAMMA as FEEDBACK_GAMMA
 from ._hit import Hit
-from ._images import ImageSource, load_image
+from ._images import ImageSource
 from ._index import IVFSearch
 from ._io import stat_stamp
 from ._kmeans import KMeansModel
@@ -63,10 +59,10 @@ from ._modelfile import (
     read_assignments_kind,
 )
 from ._options import SearchOptions
-from ._pipeline import Query, SearchResult, Stages, run_search
+from ._pipeline import Query, SearchResult, run_search
 from ._postprocess import to_search_space
 from ._progress import say
-from ._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, STUDIO_CATALOGUE_SHARE, check_views
+from ._query import STUDIO_CATALOGUE_SHARE
 from ._store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -436,48 +432,9 @@ class Searcher:
             "features_folder=FOLDER (CLI: --features FOLDER)"
         )
 
-    # ------------------------------------------------------------------ phase-1 compatibility
-    # Seams the service, evaluate and older tests still call; each runs through the pipeline
-    # or the index.  To be removed once those callers use run_search (issue 20, phase 2).
-    def _legacy_search_views(
-        self,
-        vectors: np.ndarray,
-        top_n: int = 10,
-        *,
-        colour: np.ndarray | None = None,
-        view_discount: float = 0.0,
-        **settings: Any,
-    ) -> list[Hit]:
-        q = Query(vector=np.asarray(vectors, np.float32), colour=colour, discount=view_discount)
-        return self._run(q, top_n, None, settings).hits
-
-    search_views = _legacy_search_views
-
-    def _legacy_embed_views(self, query: ImageSource, views: str | None = None) -> np.ndarray:
-        from ._pipeline import _image_vectors
-
-        return _image_vectors(self, query, check_views(views), False, Stages())[0]
-
-    embed_views = _legacy_embed_views
-
-    def _legacy_resolve_views(
-        self, query: ImageSource, views: str | None = "auto"
-    ) -> tuple[str | None, float]:
-        v = check_views(views)
-        if v != "auto":
-            return v, 0.0
-        if not self._studio_catalogue():
-            return None, 0.0
-        shop = border_share(load_image(query, PLAIN_DECODE_SIZE, "squash")) < CLUTTERED_BORDER_SHARE
-        return ("crops", AUTO_CROP_DISCOUNT) if shop else (None, 0.0)
-
-    resolve_views = _legacy_resolve_views
-
-    def _legacy_query_colour(self, query: ImageSource) -> np.ndarray:
-        return colour_signature(load_image(query, COLOUR_DECODE_SIZE, "letterbox"))
-
-    query_colour = _legacy_query_colour
-
+    # ------------------------------------------------------------------ seams older tests still read
+    # (tests/test_studio.py, test_search.py, test_attributes.py, test_scale.py); every search runs
+    # run_search.  Not API: to be removed with those tests' last uses.
     @property
     def studio_catalogue(self) -> bool:
         return self._studio_catalogue()
