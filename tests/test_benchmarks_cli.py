@@ -32,10 +32,12 @@ NEEDS_DATA = {
     "eval_clothing.py",
     "eval_contract.py",
     "eval_domains.py",
+    "relevance_probe.py",
 }
 #: scripts on generated data (or the shipped examples/catalog): no path needed
 GENERATED = {
     "bench_choose_k.py",
+    "entry_points.py",
     "bench_filters.py",
     "bench_kmeans.py",
     "bench_scale.py",
@@ -46,7 +48,7 @@ SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS)
 #: what dev_domains.py (its own argument rules) needs besides the data folder to reach the data check
 EXTRA_ARGS = {"dev_domains.py": ["--variant", "int8:quantized=true"]}
 #: dev_domains.py (not under benchdata.py's convention) names only the flag when the folder is empty
-NAMES_ON_EMPTY = {"dev_domains.py": ("--data",)}
+NAMES_ON_EMPTY = {"dev_domains.py": ("--data",), "relevance_probe.py": ("--data",)}
 
 
 def run(script: str, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
