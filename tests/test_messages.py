@@ -211,3 +211,22 @@ def test_an_atomic_write_names_its_target_never_the_temporary_file(
     with pytest.raises(OSError) as err3, atomic_path(target):  # another file's error is left alone
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/elsewhere/source.jpg")
     assert err3.value.filename == "/elsewhere/source.jpg"
+
+
+def test_an_output_in_a_folder_that_does_not_exist_is_refused_with_the_way_on(tmp_path: Path) -> None:
+    """Issue 22.2: `train feats -m /nonexistent/dir/m.vsm` created the folders silently (a typo)."""
+    from varsitysrch._errors import InvalidArgumentError, user_message
+    from varsitysrch._io import check_output_folder
+
+    check_output_folder(tmp_path / "m.vsm", "model_filename")  # an existing folder: fine
+    check_output_folder("m.vsm", "model_filename")  # the working folder
+    typo = tmp_path / "modles" / "deep" / "m.vsm"
+    with pytest.raises(InvalidArgumentError) as err:
+        check_output_folder(typo, "model_filename")
+    assert err.value.param == "model_filename" and "does not exist" in str(err.value)
+    assert f"mkdir -p {typo.parent}" in str(err.value) and not typo.parent.exists()
+    said = user_message(err.value, {"model_filename": "-m/--model"})
+    assert said.startswith(f"-m/--model '{typo}'")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidArgumentError, match="is not a folder"):
+        check_output_folder(tmp_path / "file" / "m.vsm", "model_filename")

@@ -80,6 +80,29 @@ def check_replaceable(path: str | os.PathLike[str]) -> None:
         )
 
 
+def check_output_folder(path: str | os.PathLike[str], param: str) -> None:
+    """Refuse (InvalidArgumentError naming ``param``) an output file whose folder does not exist.
+
+    A typo in a folder (``-m /nonexistent/dir/m.vsm``) must not create folders silently; the message
+    says how to go on.  :func:`atomic_path` itself still creates missing folders (library callers that
+    want that keep it); front ends call this first.
+    """
+    import shlex
+
+    from ._errors import InvalidArgumentError
+
+    parent = Path(path).parent
+    if parent.is_dir():
+        return
+    if parent.exists():
+        raise InvalidArgumentError(f"{param} {str(path)!r}: {str(parent)!r} is not a folder", param=param)
+    raise InvalidArgumentError(
+        f"{param} {str(path)!r}: the folder {str(parent)!r} does not exist; correct the path, or create "
+        f"the folder first (mkdir -p {shlex.quote(str(parent))})",
+        param=param,
+    )
+
+
 def _named_for_user(exc: OSError, tmp: Path | None, path: Path) -> OSError:
     """``exc`` naming ``path`` instead of the temporary file (a user never typed ``.x.abcd1234.tmp``);
     ``exc`` itself when it names another file or carries no errno (numpy's short-write message)."""
