@@ -377,3 +377,29 @@ def test_whitening_to_fewer_dims_trains_and_searches(synth_store: Path) -> None:
     ranked = [r for r in rep.rows if r["method"] == "ranked"]
     assert ranked and all(0.0 <= r["map"] <= 1.0 for r in ranked)
     assert _row(rep, "exact")["recall"] == 1.0
+
+
+def test_auto_views_are_measured_as_users_get_them(
+    synth_catalogue: tuple[Path, dict[str, str]], shopper_photos: Path, tmp_path: Path
+) -> None:
+    """The bug: evaluate could not measure ``views="auto"`` (its queries never went through the
+    search's own view decision).  ``+auto`` decides each query's views as a search does."""
+    import re
+
+    from varsitysrch import Searcher, SearchOptions
+    from varsitysrch._pipeline import Query, run_search
+
+    root, _ = synth_catalogue
+    rep = evaluate(
+        root, configs=["efficientnet-lite0+pca=0+auto"], k_values=(4,), nprobes=(), top_k=5, n_queries=None,
+        n_latency=0, seed_baseline=False, queries_dir=shopper_photos, out_dir=tmp_path,
+    )  # fmt: skip
+    row = _row(rep, "exact", config="efficientnet-lite0+pca=0+auto=1")
+    assert row["recall"] == 1.0 and row["n_queries"] == 12
+    note = next(n for n in rep.meta["notes"] if "views='auto'" in n)
+    crops = int(re.search(r"searched (\d+) of 12", note).group(1))  # type: ignore[union-attr]
+    (model,) = (tmp_path / "index").rglob("model-k4.vsm")
+    s = Searcher(model)
+    photos = sorted(p for p in shopper_photos.rglob("*") if p.is_file())
+    users = sum(run_search(s, Query(image=p), SearchOptions(views="auto")).views > 1 for p in photos)
+    assert crops == users > 0, (crops, users)  # shop photos against studio shots: cropped
