@@ -110,14 +110,18 @@ def write_photos(sources: list[Path] | None, count: int, size: tuple[int, int], 
     w, h = size
     names = []
     for i in range(count):
+        name = f"p{i:05d}.jpg"
+        names.append(name)
+        if (out / name).is_file():  # written by an earlier run into the same --work folder
+            with Image.open(out / name) as old:
+                if old.size == (w, h):
+                    continue
         if sources is None:
             im = generated_photo(i, w, h)
         else:
             with Image.open(sources[i % len(sources)]) as src:
                 im = ImageOps.fit(src.convert("RGB"), (w, h), Image.Resampling.LANCZOS)
-        name = f"p{i:05d}.jpg"
         im.save(out / name, "JPEG", quality=90)
-        names.append(name)
     return names
 
 
@@ -172,16 +176,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", default=None, metavar="DIR", help="folder of source photos (any sizes)")
     benchdata.add_data_argument(ap, ["clothing-small"])
     ap.add_argument("--generate", action="store_true", help="generated photo-like scenes (no data needed)")
-    ap.add_argument("--count", type=int, default=160, help="photos per size (default 160)")
+    ap.add_argument("--count", "--limit", type=int, default=160, help="photos per size (default 160)")
     ap.add_argument(
         "--sizes", default="400x533,1600x2132", help="photo sizes WxH (default 400x533,1600x2132)"
     )
+    ap.add_argument(
+        "--upscale",
+        type=float,
+        default=None,
+        metavar="F",
+        help="sizes 400x533 and F times that (the README's --upscale 4 = the default sizes)",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="extract_features' batch (default 8)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; best of each (default 3)")
-    ap.add_argument("--work", type=Path, default=None, metavar="DIR", help="scratch folder (default: a temp)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="scratch folder, kept: its photos are reused by a rerun (default: a temporary folder)",
+    )
     args = ap.parse_args(argv)
     if args.count < 1 or args.batch_size < 1 or args.repeat < 1:
         benchdata.fail(PROG, "--count, --batch-size and --repeat must be >= 1")
+    if args.upscale is not None:
+        if not 1.0 <= args.upscale <= 15.0:
+            benchdata.fail(PROG, f"--upscale must be in [1, 15]; got {args.upscale}")
+        args.sizes = f"400x533,{round(400 * args.upscale)}x{round(533 * args.upscale)}"
     sizes = parse_sizes(args.sizes)
     folder = args.images or args.img_dir
     flag = "--images" if args.images else "IMG_DIR"
@@ -234,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     try:
         for w, h in sizes:
-            folder_wh = work / f"{w}x{h}"
+            folder_wh = work / f"{'generated' if src is None else src.name}-{w}x{h}-{args.count}"
             names = write_photos(sources, args.count, (w, h), folder_wh)
             X = np.stack([load_image(folder_wh / n, ex.input_size, ex.resize) for n in names])
             best = {"forward": 0.0, "lanes": 0.0, "extract": 0.0, "naive": 0.0}

@@ -80,6 +80,12 @@ def train_clusters(
     :data:`~varsitysrch._postprocess.QE_NEIGHBOURS` = 2; ``0``: off, scores are then plain
     cosines to the query); the measurements behind this default are in ``docs/quality.md``.
 
+    The model also records the store it was made from -- its generation and checksum
+    (``model.json`` ``features``) and its colour rows: their checksum and the catalogue's
+    studio share, the share of images on a plain backdrop that ``views="auto"`` decides by
+    (``model.json`` ``colour``; ``null`` for a store without colour rows, said in a warning:
+    re-extract to add them).  See :meth:`~varsitysrch._store.FeatureStore.colour_record`.
+
     ``attributes``: the catalogue's attributes for ``where=`` filters -- a CSV path
     (``image,<columns>``), ``{image: {column: value}}`` or an ``Attributes`` -- joined to
     the store's ids and stored in the model (``attribute_types`` overrides a column's
@@ -120,7 +126,9 @@ def train_clusters(
         random_state=random_state,
     )
     config = _config(store, model, Path(features_folder), Path(model_filename), target_recall)
-    record_store(config, store)  # the generation and checksum a store-based index is checked against
+    # the generation and checksum a store-based index is checked against, and the colour rows
+    # (checksum, studio share) search decides by
+    record_store(config, store)
     config["query_expansion"] = QE_NEIGHBOURS if query_expansion is None else int(query_expansion)
     if embed_index is None:
         embed_index = n * dim <= EMBED_MAX_FLOATS
