@@ -548,8 +548,12 @@ def extract_features(
         extractor: ``"efficientnet-lite0"`` (default), ``"mobilenet-v2"``,
             ``"vgg16-block5pool"``, ``"onnx:PATH"`` or an :class:`Extractor`.
         batch_size: images per inference batch.
-        num_workers: decoding threads (default: number of CPUs).
-        threads: ONNX Runtime threads (default: number of CPUs).
+        num_workers: pipeline lanes: threads that each decode a batch and embed it with an
+            ONNX Runtime session of their own (default: one per CPU, at most 8; ``0``: decode
+            and embed in the calling thread).
+        threads: ONNX Runtime intra-op threads of each lane's session (default: the CPUs
+            shared out between the lanes, 1 on a machine with one lane per CPU -- no
+            oversubscription; with ``num_workers=0``, the number of CPUs).
         dtype: ``"float32"`` or ``"float16"`` storage.
         checkpoint_every: images between checkpoints of an unfinished run (default: about
             16 checkpoints per run, at most 2,048 images apart, at least 5 seconds apart, and at
@@ -567,10 +571,16 @@ def extract_features(
             (otherwise that is an error and the store is kept: an unmounted or emptied
             folder never wipes a catalogue).
 
-    Memory stays bounded whatever the catalogue size: a few batches of decoded images,
-    at most ``checkpoint_every`` vectors (then streamed to ``save_to/parts/``) and the id
-    tables; the final store is assembled from the previous store and the parts through
-    memory maps.
+    Each image is decoded once: its vector, its colour signature and its plain-background
+    flag come from that decode and are committed together, in one store generation
+    (:mod:`varsitysrch._colour`); unchanged images keep their vector and colour row.  A
+    store without colour rows (older, or bare vectors) gets them computed for every image
+    by the next run, its vectors kept (``ExtractionResult.n_coloured``).
+
+    Memory stays bounded whatever the catalogue size: a few batches of decoded images per
+    lane, at most ``checkpoint_every`` vectors (then streamed to ``save_to/parts/``), the id
+    tables and the colour rows (226 bytes per image); the final store is assembled from the
+    previous store and the parts through memory maps.
     """
     t0 = time.perf_counter()
     root = Path(img_folder)
