@@ -369,3 +369,36 @@ def test_bench_extract_says_which_data_path_is_wrong(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--images" in proc.stderr and "missing" in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert STORE_JSON  # the module's names stay importable for the benchmark
+
+
+@pytest.mark.parametrize("damage", ["flag", "truncate", "delete", "header", "only-colour"])
+def test_damaged_colour_rows_are_refused_in_one_line(tmp_path: Path, damage: str) -> None:
+    """The colour rows are checked like the vectors: size, dtype, shape, sha256, 0/1 flags."""
+    _catalogue(tmp_path / "img")
+    extract_features(tmp_path / "img", tmp_path / "f", show_progress=False)
+    store = FeatureStore.open(tmp_path / "f")
+    gen = tmp_path / "f" / str(store.generation)
+    head = tmp_path / "f" / STORE_JSON
+    if damage == "flag":  # a flag of 2, same size
+        data = bytearray((gen / PLAIN_NPY).read_bytes())
+        data[-1] = 2
+        (gen / PLAIN_NPY).write_bytes(bytes(data))
+        want = "sha256"
+    elif damage == "truncate":
+        (gen / COLOUR_NPY).write_bytes((gen / COLOUR_NPY).read_bytes()[:-10])
+        want = "bytes"
+    elif damage == "delete":
+        (gen / PLAIN_NPY).unlink()
+        want = "missing"
+    else:
+        meta = json.loads(head.read_text())
+        if damage == "header":
+            meta.pop("colour")
+            want = "'colour' must describe"
+        else:
+            meta["files"].pop(PLAIN_NPY)
+            want = "optionally colour.npy with plain.npy"
+        head.write_text(json.dumps(meta))
+    with pytest.raises(FeatureStoreError, match=want) as err:
+        FeatureStore.open(tmp_path / "f")
+    assert "\n" not in str(err.value)
