@@ -325,14 +325,14 @@ def test_query_expansion_options(synth_catalogue, synth_store: Path, tmp_path: P
 
     root, labels = synth_catalogue
     rel = sorted(labels)[0]
-    base = ["train", str(synth_store), "--csv", str(tmp_path / "c.csv"), "-k", "4"]
+    base = ["train", str(synth_store), "-k", "4"]  # each model its own CSV (d.csv, p.csv: issue 22.2)
     assert runner.invoke(app, [*base, "--model", str(tmp_path / "d.vsm")]).exit_code == 0
     assert Searcher(tmp_path / "d.vsm").query_expansion == 2  # the default
     res = runner.invoke(app, [*base, "--model", str(tmp_path / "p.vsm"), "--query-expansion", "0"])
     assert res.exit_code == 0, res.output
     assert Searcher(tmp_path / "p.vsm").query_expansion == 0
     res = runner.invoke(app, [*base, "--model", str(tmp_path / "x.vsm"), "--query-expansion", "-1"])
-    assert res.exit_code == 2 and "query_expansion" in res.stderr and not (tmp_path / "x.vsm").exists()
+    assert res.exit_code == 2 and "--query-expansion" in res.stderr and not (tmp_path / "x.vsm").exists()
 
     def found(model: str, *extra: str) -> list[dict[str, Any]]:
         res = runner.invoke(

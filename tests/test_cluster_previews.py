@@ -2,7 +2,7 @@
 
 The page previewed each cluster's alphabetically first members (for a cluster of 20 shorts and 12
 skirts: 2 dresses, its worst outlier and a pair of pants) while the report showed the central ones.
-Both now use :func:`varsitysrch._central.central_first`; the service is wired to it in phase B.
+Both use :func:`varsitysrch._central.central_first`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 pytest.importorskip("fastapi")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22 phase B: service/app.py previews through central_first")
 def test_clusters_tab_previews_the_central_members(synth_model: tuple[Path, Path], tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

@@ -820,10 +820,10 @@ def test_errors_carry_the_parameter_and_a_front_end_shows_its_own_names() -> Non
     # OS errors: no [Errno N], the file named; reprs dropped; several lines joined
     assert (
         _errors.user_message(PermissionError(errno.EACCES, "Permission denied", "/x/y"))
-        == "'/x/y': permission denied"
+        == "'/x/y': Permission denied"
     )
     assert _errors.user_message(FileNotFoundError(errno.ENOENT, "No such file or directory", "a.jpg")) == (
-        "no such file or directory: 'a.jpg'"
+        "No such file or directory: 'a.jpg'"
     )
     assert "0x" not in _errors.user_message(
         ValueError("cannot identify <_io.BytesIO object at 0x7fb9310f58f0>")

@@ -86,10 +86,10 @@ def _query(w: dict[str, Any]) -> str:
 
 #: name -> (arguments (``{dir}``, ``{store}``, ``{model}``, ``{csv}``, ``{query}`` filled in), words the
 #: message must contain, whether the case waits for phase B of issue 22 (the CLI mapping its flags))
-#: passes now / strict xfail until the CLI maps its flags and words its OS errors (issue 22, phase B) /
+#: passes / passes since the CLI maps its flags and words its OS errors (issue 22, phase B) /
 #: strict xfail until the query pipeline words its decode errors (see ``_PIPELINE``)
 _A: str | None = None
-_B = "issue 22 phase B: the CLI shows its flags and OS errors in words"
+_B: str | None = None  # phase B landed: the CLI shows its flags and OS errors in words
 _PIPELINE = (
     "_pipeline.py's decode step still says 'cannot decode image (OSError: ...)': it should raise "
     "varsitysrch._images.decode_failure(exc) from exc, as load_image does"
@@ -230,3 +230,35 @@ def test_an_output_in_a_folder_that_does_not_exist_is_refused_with_the_way_on(tm
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidArgumentError, match="is not a folder"):
         check_output_folder(tmp_path / "file" / "m.vsm", "model_filename")
+
+
+def test_train_never_replaces_another_models_csv_nor_makes_folders(
+    synth_store: Path, synth_model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22.2: `train feats -m /nonexistent/dir/m.vsm -k 5` created the folder and, through the
+    default `-c clusters.csv`, replaced the CSV of the model in the working folder."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(synth_model[0], "model.vsm")
+    shutil.copyfile(synth_model[1], "clusters.csv")
+    before = Path("clusters.csv").read_bytes()
+    # a typo in a folder: refused, nothing created, the way on said
+    res = runner.invoke(app, ["train", str(synth_store), "-m", "nonexistent/dir/m.vsm", "-k", "3"])
+    assert res.exit_code == 2 and "-m/--model" in res.stderr and "mkdir -p nonexistent/dir" in res.stderr
+    assert not Path("nonexistent").exists()
+    # the CSV defaults to the model's name, beside it: the other model's CSV is left alone
+    res = runner.invoke(app, ["train", str(synth_store), "-m", "shop.vsm", "-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert Path("shop.csv").is_file() and Path("clusters.csv").read_bytes() == before
+    # naming the other model's CSV: refused without --force, with how to go on
+    res = runner.invoke(app, ["train", str(synth_store), "-m", "shop.vsm", "-c", "clusters.csv", "-k", "3"])
+    assert res.exit_code == 2 and "--force" in res.stderr and "-c/--csv" in res.stderr, res.stderr
+    assert Path("clusters.csv").read_bytes() == before
+    # retraining a model over its own CSV is fine; --force replaces another's
+    res = runner.invoke(app, ["train", str(synth_store), "-m", "shop.vsm", "-k", "2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app, ["train", str(synth_store), "-m", "shop.vsm", "-c", "clusters.csv", "-k", "3", "--force"]
+    )
+    assert res.exit_code == 0 and Path("clusters.csv").read_bytes() != before

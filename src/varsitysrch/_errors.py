@@ -186,14 +186,12 @@ def rename_params(text: str, names: Mapping[str, str]) -> str:
 
 
 def os_error_message(exc: OSError) -> str:
-    """An ``OSError`` in words, naming its file: ``cannot write '/x/y': permission denied``.
+    """An ``OSError`` in words, naming its file: ``'/x/y': Permission denied``.
 
     Without the ``[Errno 13]`` prefix; ``exc.filename`` is the file the user named wherever varsitysrch
     raised it (an atomic write reports its target, never its temporary name).
     """
     reason = (exc.strerror or str(exc) or type(exc).__name__).strip()
-    if reason:
-        reason = reason[0].lower() + reason[1:]
     if exc.filename is None:
         return strip_reprs(reason)
     name = repr(str(exc.filename))

@@ -178,10 +178,60 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(lines) if lines else type(exc).__name__
 
 
+#: The library's parameter names -> this CLI's parameter names (the function arguments of the commands
+#: below), where they differ; the error line shows the flag (``-k/--num-clusters``) or argument
+#: (``FEATURES_DIR``) the user typed instead (``varsitysrch._errors.user_message``).
+LIBRARY_NAMES = {
+    "img_folder": "img_dir",
+    "save_to": "features_dir",
+    "features_folder": "features_dir",
+    "model_filename": "model",
+    "model_file": "model",
+    "csv_filename": "csv",
+    "csv_file": "csv",
+    "num_clusters": "k",
+    "top_n": "n",
+    "num_workers": "workers",
+    "image_root": "images",
+    "plot_path": "plot",
+    "scores_path": "scores",
+    "random_state": "seed",
+    "n_images": None,
+}
+
+
+def _flag_names(fn: Callable[..., Any]) -> dict[str, str]:
+    """Library parameter -> what the user types for it in the command ``fn``: its flags
+    (``-k/--num-clusters``) or its argument as --help shows it (``FEATURES_DIR``); a library name with
+    no counterpart is left as it is."""
+    import typing
+
+    from typer.models import ArgumentInfo, OptionInfo
+
+    shown: dict[str, str] = {}
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        for info in getattr(hint, "__metadata__", ()):
+            if isinstance(info, OptionInfo):
+                # typer.Option("--num-clusters", "-k") in Annotated: the first one lands in ``default``
+                first = [info.default] if isinstance(info.default, str) else []
+                decls = [d for d in (*first, *(info.param_decls or ())) if d.startswith("-")]
+                decls = decls or ["--" + name.replace("_", "-")]
+                shown[name] = "/".join(sorted(decls, key=len))
+            elif isinstance(info, ArgumentInfo):
+                shown[name] = name.upper()
+    out = {lib: shown[cli] for lib, cli in LIBRARY_NAMES.items() if cli is not None and cli in shown}
+    for name, flag in shown.items():  # the same Python name in both (max_clusters, thumb_size, ...)
+        if "_" in name:  # never a plain word ("model", "csv", "out") of a message
+            out.setdefault(name, flag)
+    return out
+
+
 def _command(name: str | None = None) -> Callable[[F], F]:
     """``app.command`` plus the CLI contract: -v/-q from before the command, errors -> exit 2."""
 
     def deco(fn: F) -> F:
+        flags = _flag_names(fn)  # what error lines call the library's parameters
+
         @functools.wraps(fn)
         def wrapper(**kw: Any) -> Any:
             verbose = _state.verbose + int(kw.get("verbose") or 0)
@@ -197,7 +247,9 @@ def _command(name: str | None = None) -> Callable[[F], F]:
             except (VarsitysrchError, OSError) as exc:
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
-                typer.echo(f"error: {_printable(_one_line(exc))}", err=True)
+                from ._errors import user_message
+
+                typer.echo(f"error: {_printable(user_message(exc, flags))}", err=True)
                 raise typer.Exit(2) from None
             finally:
                 _state.verbose, _state.quiet = saved
@@ -452,13 +504,43 @@ def extract(
         _say(f"{res.n_skipped} unreadable files skipped: see {Path(features_dir) / 'skipped.csv'}")
 
 
+def _check_train_outputs(model: Path, csv: Path | None, force: bool) -> Path:
+    """The CSV ``train`` writes (default: beside the model, its name), once the outputs are safe to
+    write: their folders exist (a typo creates nothing), and an existing CSV is this model's own (the
+    model records its CSV's SHA-256) or ``--force`` was given."""
+    from ._errors import InvalidArgumentError, VarsitysrchError
+    from ._io import check_output_folder
+    from ._modelfile import csv_matches_model, load_model
+
+    check_output_folder(model, "model_filename")
+    csv = model.with_suffix(".csv") if csv is None else csv
+    check_output_folder(csv, "csv_filename")
+    if force or not csv.exists() or csv.resolve() == model.resolve():
+        return csv
+    mine: bool | None = False
+    if model.is_file():
+        try:
+            mine = csv_matches_model(load_model(model), csv)
+        except VarsitysrchError:
+            mine = False
+    if mine:
+        return csv
+    whose = f"was not written with {str(model)!r}" if model.is_file() else "belongs to no model at --model"
+    raise InvalidArgumentError(
+        f"csv_filename {str(csv)!r} exists and {whose} (another model's CSV, or another file); choose "
+        "another name with -c/--csv, or pass --force to replace it",
+        param="csv_filename",
+    )
+
+
 @_command()
 def train(
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file to write.")] = Path("model.vsm"),
-    csv: Annotated[Path, typer.Option("--csv", "-c", help="Assignments CSV to write.")] = Path(
-        "clusters.csv"
-    ),
+    csv: Annotated[
+        Path | None,
+        typer.Option("--csv", "-c", help="Assignments CSV to write (default: the model's name, .csv)."),
+    ] = None,
     k: Annotated[int, typer.Option("--num-clusters", "-k", help="Number of clusters.")] = 20,
     n_components: Annotated[int | None, typer.Option(help="Cluster in a PCA space of this size.")] = None,
     n_init: Annotated[int, typer.Option(help="K-means restarts.")] = 3,
@@ -476,11 +558,20 @@ def train(
         int | None,
         typer.Option(help="Searches' default query expansion: neighbours (default 2; 0: plain cosine)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a CSV that belongs to another model.")
+    ] = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV."""
+    """Train K-means on FEATURES_DIR; write the model file and the image-to-cluster CSV.
+
+    The CSV defaults to the model's name (-m shop.vsm -> shop.csv); a CSV of another model is never
+    replaced without --force, and folders that do not exist are not created.
+    """
     from . import train_clusters
+
+    csv = _check_train_outputs(model, csv, force)
 
     attrs = None
     if attributes is not None:  # joined first: a bad file fails before K-means, the join is reported

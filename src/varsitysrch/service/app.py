@@ -979,17 +979,23 @@ def _add_cluster_routes(app: Any, svc: Service) -> None:
     def member(request: Any, gen: Generation, row: int) -> dict[str, Any]:
         return {"image": gen.ids[row], **_links(request, gen.ids[row])}
 
+    def members(gen: Generation, cluster: int) -> Any:
+        """A cluster's rows, most typical first: the same order as the report's contact sheets."""
+        from .._central import central_first
+
+        return central_first(gen.searcher.members(cluster), gen.searcher.model_file.distances)
+
     @app.get("/clusters", tags=["clusters"])
     def list_clusters(
         request: Request,
         sample: Annotated[int, Query(ge=0, le=50, description="members shown per cluster")] = 4,
     ) -> dict[str, Any]:
-        """Every cluster: its size and the first few members."""
+        """Every cluster: its size and its most typical members (nearest its centre, as in the report)."""
         gen = svc.gen
         b = str(request.scope.get("root_path", "")).rstrip("/")
         out = []
         for c in range(gen.k):
-            rows = gen.searcher.members(c)
+            rows = members(gen, c)
             out.append(
                 {
                     "id": c,
@@ -1007,11 +1013,11 @@ def _add_cluster_routes(app: Any, svc: Service) -> None:
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     ) -> dict[str, Any]:
-        """A cluster's members (catalogue order), ``limit`` at a time from ``offset``."""
+        """A cluster's members, most typical first (as in the report), ``limit`` at a time from ``offset``."""
         gen = svc.gen
         if not 0 <= cluster_id < gen.k:
             raise _http(404, f"cluster {cluster_id} does not exist (k = {gen.k})")
-        rows = gen.searcher.members(cluster_id)
+        rows = members(gen, cluster_id)
         page = rows[offset : offset + limit]
         nxt = offset + limit if offset + limit < len(rows) else None
         return {

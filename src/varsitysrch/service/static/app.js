@@ -3,7 +3,7 @@
 //   #search              upload / drop / paste a photo
 //   #id=<image id>       more like a catalogue image (the image itself is left out)
 //   #clusters            every cluster with a few samples
-//   #cluster=<c>&offset=<n>  a cluster's members, paged
+//   #cluster=<c>&offset=<n>  a cluster's members, most typical first (as in the report), paged
 // Search options are the elements with data-param inside #options (see index.html): their
 // values are sent as query parameters, and changing one re-runs the current search.
 "use strict";
@@ -458,7 +458,7 @@
           el("div", { class: "cluster-name" }, `Cluster ${c.id}`),
           el("div", { class: "cluster-size" }, `${c.size} image${c.size === 1 ? "" : "s"}`)));
       list.replaceChildren(...items);
-      setStatus(status, `${data.k} clusters, ${data.images} images.`);
+      setStatus(status, `${data.k} clusters, ${data.images} images. Each shows its most typical photos first.`);
     } catch (err) {
       if (mine !== clusterView) return;
       list.replaceChildren();
