@@ -403,3 +403,45 @@ def test_auto_views_are_measured_as_users_get_them(
     photos = sorted(p for p in shopper_photos.rglob("*") if p.is_file())
     users = sum(run_search(s, Query(image=p), SearchOptions(views="auto")).views > 1 for p in photos)
     assert crops == users > 0, (crops, users)  # shop photos against studio shots: cropped
+
+
+def _eval_row(
+    config: str, method: str, nprobe: Any, label: str, map_: float, scanned: float
+) -> dict[str, Any]:
+    return {
+        "config": config, "extractor": config, "options": {}, "post": [], "method": method,
+        "k": None if method == "exact" else 10, "nprobe": nprobe, "nprobe_label": label, "n_queries": 50,
+        "precision": map_, "map": map_, "recall": 1.0, "hit_rate": 1.0, "r1": 0.8, "r5": 0.9,
+        "scanned": scanned, "search_ms_p50": 1.0, "search_ms_p95": 2.0, "embed_search_ms_p50": None,
+        "embed_search_ms_p95": None, "index_bytes": 1000, "dim": 1280,
+    }  # fmt: skip
+
+
+def test_eval_summary_for_its_user_and_no_duplicate_rows() -> None:
+    """Issue 22.6: a 16 x 15 table of jargon with identical rows; now a short summary of the user's
+    search and the one setting worth changing, the table (without repeats) behind --details."""
+    from varsitysrch._evaluate import DEFAULT_EXTRACTOR, EvalReport
+
+    d = DEFAULT_EXTRACTOR
+    rows = [
+        _eval_row(d, "exact", None, "all", 0.70, 1.0),
+        _eval_row(d, "ranked", 2, "default=2", 0.60, 0.2),
+        _eval_row(d, "ranked", 2, "2", 0.60, 0.2),  # the default measured again: one row
+        _eval_row(d, "ranked", 4, "4", 0.66, 0.4),
+        _eval_row(f"{d}+qe=0", "ranked", 2, "default=2", 0.55, 0.2),
+    ]
+    rep = EvalReport(rows, {"top_k": 10, "n_catalogue": 300, "n_queries": 50})
+    assert len(rep.distinct_rows()) == 4
+    assert [r["nprobe_label"] for r in rep.distinct_rows()].count("2 (default)") == 1
+    text = rep.summary()
+    assert "mAP@10 0.600" in text and "recall@1 0.800" in text and "k = 10 clusters" in text
+    assert "80 % of searches" in text and "Worth changing: search with --exact" in text
+    assert len(text.splitlines()) <= 6 and "ΔmAP" not in text and "LOO" not in text
+    rows[0]["map"] = 0.61  # exact barely better; nprobe 4 best
+    assert (
+        "Worth changing: search with --nprobe 4 (mAP@10 0.660, +0.060" in EvalReport(rows, rep.meta).summary()
+    )
+    flat = [dict(r, map=0.6) for r in rows]
+    assert "keep the defaults" in EvalReport(flat, rep.meta).summary()
+    md = rep.to_markdown()
+    assert md.count("| 2 (default) |") == 1 and "| default=2 |" not in md.split(f"| {d}+qe=0")[0]

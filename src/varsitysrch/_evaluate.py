@@ -231,6 +231,89 @@ class EvalReport:
         rows = [r for r in self.rows if method is None or r["method"] == method]
         return max(rows, key=lambda r: r[metric])
 
+    def distinct_rows(self) -> list[dict[str, Any]]:
+        """The rows without repeats: the default nprobe measured again as a number (``default=2`` and
+        ``2`` of one configuration and k) is one row, labelled ``2 (default)``."""
+        seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+        repeated: set[tuple[Any, ...]] = set()
+        for r in self.rows:
+            key = (r["config"], r["method"], r["k"], r["nprobe"] if r["method"] == "ranked" else None)
+            if key in seen:
+                repeated.add(key)
+                if str(r.get("nprobe_label", "")).startswith("default"):
+                    seen[key] = {**seen[key], "nprobe_label": "default"}
+                continue
+            seen[key] = r
+        out = []
+        for key, r in seen.items():
+            if key in repeated and str(r.get("nprobe_label", "")).startswith("default"):
+                r = {**r, "nprobe_label": f"{r['nprobe']} (default)"}
+            out.append(r)
+        return out
+
+    def _yours(self) -> dict[str, Any] | None:
+        """The row of the search ``varsitysrch search`` runs: the default configuration, ranked, at the
+        model's default nprobe (else the first ranked row)."""
+        ranked = [r for r in self.rows if r["method"] == "ranked"]
+        default = [r for r in ranked if r["config"] == DEFAULT_EXTRACTOR]
+        pool = default or ranked
+        at_default = [r for r in pool if str(r.get("nprobe_label", "")).startswith("default")]
+        rows = at_default or pool
+        return rows[0] if rows else None
+
+    def summary(self) -> str:
+        """A few lines for the person who runs ``eval``: the quality of their search (mAP@k, recall@1),
+        what the numbers mean, and the one setting worth changing (or that none is)."""
+        m = self.meta
+        k = m.get("top_k", 10)
+        mine = self._yours()
+        if mine is None:
+            return "No ranked search was measured: see the full table (--details).\n"
+        lines = [
+            f"Search quality on {m.get('n_catalogue', '?')} catalogue images, {m.get('n_queries', '?')} "
+            f"queries; a result is relevant when it has the query's label.",
+            f"Your search ({mine['config']}, k = {mine['k']} clusters, scanning "
+            f"{100 * mine['scanned']:.0f} % of the catalogue):",
+            f"  mAP@{k} {mine['map']:.3f}: how early the relevant images come in the first {k} results "
+            "(1 = all of them first).",
+            f"  recall@1 {mine['r1']:.3f}: the first result has the query's label in "
+            f"{100 * mine['r1']:.0f} % of searches.",
+        ]
+        same = [
+            r
+            for r in self.rows
+            if r["method"] in ("ranked", "exact") and r["config"] == mine["config"] and r is not mine
+        ]
+        others = [
+            r
+            for r in self.rows
+            if r["method"] == "ranked"
+            and r["config"] != mine["config"]
+            and r.get("nprobe") == mine.get("nprobe")
+        ]
+        best = max(same + others, key=lambda r: r["map"], default=None)
+        gain = 0.0 if best is None else best["map"] - mine["map"]
+        if best is None or gain < 0.01:
+            lines.append(
+                f"Worth changing: nothing measured here beats it by 0.01 mAP@{k} or more; keep the defaults."
+            )
+        elif best["config"] != mine["config"]:
+            lines.append(
+                f"Worth changing: the configuration {best['config']} (mAP@{k} {best['map']:.3f}, "
+                f"{gain:+.3f})."
+            )
+        elif best["method"] == "exact":
+            lines.append(
+                f"Worth changing: search with --exact (mAP@{k} {best['map']:.3f}, {gain:+.3f}, scanning "
+                "the whole catalogue), or a larger --nprobe."
+            )
+        else:
+            lines.append(
+                f"Worth changing: search with --nprobe {best['nprobe']} (mAP@{k} {best['map']:.3f}, "
+                f"{gain:+.3f}, scanning {100 * best['scanned']:.0f} % of the catalogue)."
+            )
+        return "\n".join(lines) + "\n"
+
     def _table(self) -> tuple[list[str], list[list[str]]]:
         k = self.meta.get("top_k", 10)
         head = [
@@ -252,7 +335,7 @@ class EvalReport:
         ]
         base = self.meta.get("baseline_map")
         out: list[list[str]] = []
-        for r in self.rows:
+        for r in self.distinct_rows():
 
             def ms(a: str, b: str, r: dict[str, Any] = r) -> str:
                 return "-" if r.get(a) is None else f"{r[a]:.2f} / {r[b]:.2f}"

@@ -1063,12 +1063,28 @@ def eval_(
         Path | None,
         typer.Option(help="CSV image,label of the query set (paths relative to --queries-dir or IMG_DIR)."),
     ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="Your model: its k is measured (default: model.vsm here, if any; else 20)."
+        ),
+    ] = None,
+    details: Annotated[
+        bool, typer.Option("--details", help="Print the full table (every configuration, k and nprobe).")
+    ] = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Measure search quality on a labelled catalogue: exact, the seed's method and ranked search."""
+    """Measure search quality on a labelled catalogue: a short summary of your search (mAP@10,
+    recall@1, what they mean, the one setting worth changing); --details prints the full table."""
     from . import evaluate
     from ._evaluate import DEFAULT_CONFIGS
+
+    if not k:
+        from ._modelfile import load_model
+
+        mine = model if model is not None else (Path("model.vsm") if Path("model.vsm").is_file() else None)
+        k = [int(load_model(mine).k)] if mine is not None else [20]
 
     query_split: Any = None
     if split is not None:
@@ -1092,8 +1108,9 @@ def eval_(
         queries_dir=queries_dir,
         queries_csv=queries_csv,
     )
-    typer.echo(_printable(rep.to_markdown(), keep_newlines=True))  # labels are folder names
-    _say(f"written to {out}/")
+    text = rep.to_markdown() if details else rep.summary()
+    typer.echo(_printable(text, keep_newlines=True))  # labels are folder names
+    _say(f"written to {out}/ (eval.md: the full table{'' if details else '; --details prints it'})")
 
 
 def main() -> None:
