@@ -87,13 +87,10 @@ def _query(w: dict[str, Any]) -> str:
 #: name -> (arguments (``{dir}``, ``{store}``, ``{model}``, ``{csv}``, ``{query}`` filled in), words the
 #: message must contain, whether the case waits for phase B of issue 22 (the CLI mapping its flags))
 #: passes / passes since the CLI maps its flags and words its OS errors (issue 22, phase B) /
-#: strict xfail until the query pipeline words its decode errors (see ``_PIPELINE``)
+#: passes since the query pipeline words its decode errors (``decode_failure``, as load_image does)
 _A: str | None = None
 _B: str | None = None  # phase B landed: the CLI shows its flags and OS errors in words
-_PIPELINE = (
-    "_pipeline.py's decode step still says 'cannot decode image (OSError: ...)': it should raise "
-    "varsitysrch._images.decode_failure(exc) from exc, as load_image does"
-)
+_PIPELINE: str | None = None
 M = ["-m", "{model}"]
 OUT = ["-m", "{dir}/out/m.vsm", "-c", "{dir}/out/c.csv"]
 CASES: dict[str, tuple[list[str], tuple[str, ...], str | None]] = {

@@ -57,7 +57,7 @@ from ._confidence import monotone_in_rank
 from ._errors import ImageError, IncompatibleModelError, InvalidArgumentError
 from ._feedback import ALPHA, BETA, GAMMA, check_items, check_weights, rocchio
 from ._hit import Hit
-from ._images import ImageSource, _draft_box, _fit, _to_rgb, load_image_fits, open_image
+from ._images import ImageSource, _draft_box, _fit, _to_rgb, decode_failure, load_image_fits, open_image
 from ._options import SearchOptions
 from ._paths import resolve_image
 from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query
@@ -178,7 +178,7 @@ def _decode(opened: Image.Image, size: int, resize: str, keep: bool) -> _Decoded
     except ImageError:
         raise
     except Exception as exc:
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise decode_failure(exc) from exc
     return _Decoded(whole, im)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ._errors import ImageError, InvalidArgumentError
-from ._images import ImageSource, _fit, _to_rgb, open_image
+from ._images import ImageSource, _fit, _to_rgb, decode_failure, open_image
 
 CROP_FRACTION = 0.7
 #: ``views="auto"``: the catalogue counts as studio shots when this share of it has a plain backdrop
@@ -72,7 +72,7 @@ def decode_rgb(source: ImageSource) -> Image.Image:
     except ImageError:
         raise
     except Exception as exc:
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise decode_failure(exc) from exc
 
 
 def query_views(
