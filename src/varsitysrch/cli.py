@@ -459,8 +459,10 @@ def extract(
         str, typer.Option(help="efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH.")
     ] = "efficientnet-lite0",
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 8,
-    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPUs).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Inference threads (default: CPUs).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Pipeline lanes, each decodes and embeds (default: CPUs, at most 8).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads per lane.")] = None,
     float16: Annotated[
         bool, typer.Option("--float16", help="Store vectors as float16 (half the size).")
     ] = False,
