@@ -80,9 +80,8 @@ def test_colour_weight_ranks_the_querys_colour_first(colour_catalogue: tuple[Pat
 
 
 def test_colour_weight_errors(colour_catalogue: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    import shutil
-
     from varsitysrch import FeatureStoreError, InvalidArgumentError, Searcher
+    from varsitysrch._store import FeatureStore
 
     feats, model, query = colour_catalogue
     with pytest.raises(InvalidArgumentError, match="colour_weight"):
@@ -91,9 +90,10 @@ def test_colour_weight_errors(colour_catalogue: tuple[Path, Path, Path], tmp_pat
     with pytest.raises(InvalidArgumentError, match="colour signature"):
         s.search_vector(np.asarray(s.vectors[0]), 3, colour_weight=0.2)  # a vector has no colour
     # a store without its colour signatures: a clear error, not a silent colour-blind search
+    store = FeatureStore.open(feats)
     bare = tmp_path / "bare"
-    shutil.copytree(feats, bare)
-    shutil.rmtree(bare / "colour")
+    FeatureStore.write(bare, store.ids, np.asarray(store.vectors), store.extractor)
+    assert FeatureStore.open(bare).colour is None
     with pytest.raises(FeatureStoreError, match="colour signatures"):
         Searcher(model, features_folder=bare).search(query, 3, colour_weight=0.2)
 

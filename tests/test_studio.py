@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from varsitysrch import Searcher, extract_features, search_similar_images, train_clusters
+from varsitysrch import FeatureStoreError, Searcher, extract_features, search_similar_images, train_clusters
 from varsitysrch._colour import (
     PLAIN_BORDER_SHARE,
     border_share,
-    colour_store_folder,
+    load_colour_signatures,
     load_plain_flags,
     pack_flags,
     plain_background,
@@ -32,6 +32,7 @@ from varsitysrch._images import load_image
 from varsitysrch._options import SearchOptions
 from varsitysrch._pipeline import Query, Stages, _image_vectors, run_search
 from varsitysrch._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, STUDIO_CATALOGUE_SHARE, check_views
+from varsitysrch._store import FeatureStore
 
 N_PRODUCTS = 6
 
@@ -150,22 +151,24 @@ def test_colour_store_records_flags_and_an_update_recomputes_only_changed_images
 
 
 def test_a_colour_store_without_flags_is_unknown(studio: dict[str, Path], tmp_path: Path) -> None:
-    store = colour_store_folder(studio["root"] / "cat-f") / "store.json"
-    meta = json.loads(store.read_text())
-    assert meta["extractor"]["version"] == 2 and "plain" in meta
+    """A store without colour rows (written by ``FeatureStore.write`` alone): the loaders say
+    unknown, a model trained on it records ``colour: null`` and is not a studio catalogue, even
+    though the images are studio shots."""
     s = Searcher(studio["cat"])
     assert s.studio_catalogue
-    ids = list(s.ids)
-    meta.pop("plain")
-    copy = tmp_path / "colour"
-    copy.mkdir()
-    import shutil
-
-    for p in store.parent.iterdir():
-        if p.is_dir():
-            shutil.copytree(p, copy / p.name)
-    (copy / "store.json").write_text(json.dumps(meta))
-    assert load_plain_flags(tmp_path, ids) is None
+    store = FeatureStore.open(studio["root"] / "cat-f")
+    ids = list(store.ids)
+    bare = tmp_path / "bare-f"
+    FeatureStore.write(bare, ids, np.asarray(store.vectors), store.extractor)
+    assert FeatureStore.open(bare).colour is None
+    assert load_plain_flags(bare, ids) is None
+    assert load_colour_signatures(bare, ids) is None
+    train_clusters(bare, tmp_path / "bare.vsm", tmp_path / "bare.csv", 3, show_progress=False)
+    t = Searcher(tmp_path / "bare.vsm", features_folder=bare)
+    assert "colour" in t.config and t.config["colour"] is None
+    assert not t.studio_catalogue
+    with pytest.raises(FeatureStoreError, match="re-extract the catalogue with extract_features, then train"):
+        t.search(studio["root"] / "cat" / ids[0], 3, colour_weight=0.2)
 
 
 # ------------------------------------------------------------------ views="auto"

@@ -44,7 +44,7 @@ from ._errors import (
     VarsitysrchError,
 )
 from ._extractors import Embedder, Extractor, get_extractor
-from ._images import _draft_box, _fit, _to_rgb, load_image, open_image, scan_images
+from ._images import _draft_box, _fit, _to_rgb, decode_failure, load_image, open_image, scan_images
 from ._io import ENCODING, ERRORS, atomic_path, csv_rows, open_regular, read_regular, write_csv, write_json
 from ._progress import bar as progress_bar
 from ._progress import say
@@ -218,7 +218,7 @@ def _decode_one(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndar
     except ImageError:
         raise
     except Exception as exc:
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise decode_failure(exc) from exc
     if whole.shape != (size, size, 3):
         raise ImageError(f"unexpected decoded shape {whole.shape}")
     return whole, small, square

@@ -52,7 +52,7 @@ from PIL import Image, ImageOps
 
 from ._candidates import Scan
 from ._collapse import collapse_rows
-from ._colour import COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE, border_share, colour_signature, combine_scores
+from ._colour import PLAIN_DECODE_SIZE, border_share, colour_inputs, colour_signature, combine_scores
 from ._confidence import monotone_in_rank
 from ._errors import ImageError, IncompatibleModelError, InvalidArgumentError
 from ._feedback import ALPHA, BETA, GAMMA, check_items, check_weights, rocchio
@@ -219,9 +219,11 @@ def _views(
 
 
 def _query_colour(decoded: _Decoded) -> np.ndarray:
-    """The query's colour signature (decoded at the catalogue's colour size)."""
+    """The query's colour signature, from the same reduced image as a catalogue row's
+    (:func:`~varsitysrch._colour.colour_inputs`): a catalogue photo searched as a query gets
+    its stored signature."""
     assert decoded.photo is not None
-    return colour_signature(np.asarray(_fit(decoded.photo, COLOUR_DECODE_SIZE, "letterbox"), np.uint8))
+    return colour_signature(colour_inputs(decoded.photo)[0])
 
 
 # ====================================================================== 3. embed

@@ -38,6 +38,8 @@ from ._colour import (
     check_colour_weight,
     load_colour_signatures,
     load_plain_flags,
+    model_colour_checksum,
+    model_studio_share,
 )
 from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
@@ -88,7 +90,7 @@ class Searcher:
             ``None``: no paths.  A folder recorded in the model or store is never used.
         query_expansion: alpha-QE neighbours (``None``: the model's value; 0: off).
         colour_weight: default weight of the product's colour in the ranking, in ``[0, 1]``
-            (needs the colour signatures ``extract_features`` stores in ``<features>/colour``).
+            (needs the feature store's colour rows (written by extract_features with the vectors)).
         features_folder: the feature store of a model whose index is not embedded (default:
             the one recorded in the model, only if it lies in the model file's folder).
         extractor: the extractor queries are embedded with (a name, ``"onnx:PATH"`` or an
@@ -313,33 +315,49 @@ class Searcher:
         return V if self._space is None else to_search_space(V, *self._space)
 
     def _studio_catalogue(self) -> bool:
-        """Whether most catalogue images are product shots on a plain backdrop (the per-image flags
-        ``extract_features`` stores with the colour signatures; ``False`` without them)."""
+        """Whether most catalogue images are product shots on a plain backdrop: the studio share the
+        model records (``model.json`` ``colour``; ``null``: a store without colour rows, not studio
+        shots).  Only a model trained before the share was recorded (no ``colour`` key) reads the
+        per-image flags of the store beside it (``False`` without them)."""
         if self._studio is None:
-            share = None
-            for c in self._store_candidates():
-                flags = load_plain_flags(c, self.ids)
-                if flags is not None:
-                    share = float(flags.mean()) if len(flags) else 0.0
-                    break
+            share: float | None = None
+            if "colour" in self.config:
+                share = model_studio_share(self.config)
+                source = "model"
+            else:
+                source = "store"
+                for c in self._store_candidates():
+                    flags = load_plain_flags(c, self.ids)
+                    if flags is not None:
+                        share = float(flags.mean()) if len(flags) else 0.0
+                        break
             self._studio = share is not None and share >= STUDIO_CATALOGUE_SHARE
-            log.info("catalogue: %s plain-background share %s", self.model_path, share)
+            log.info("catalogue: %s plain-background share %s (from the %s)", self.model_path, share, source)
         return self._studio
 
     def _colour_signatures(self) -> np.ndarray:
-        """The catalogue's colour signatures, rows in ``ids`` order (read once from ``<features>/colour``)."""
+        """The catalogue's colour signatures, rows in ``ids`` order (read once from the feature
+        store's colour rows (written by extract_features with the vectors); the rows the model
+        was trained with when it records their checksum)."""
         if self._colours is None:
+            if "colour" in self.config and self.config["colour"] is None:
+                raise FeatureStoreError(
+                    "colour_weight > 0 needs the catalogue's colour signatures, but this model was trained "
+                    "on a feature store without colour rows: re-extract the catalogue with "
+                    "extract_features, then train or update the model"
+                )
+            checksum = model_colour_checksum(self.config)
             for c in self._store_candidates():
-                sig = load_colour_signatures(c, self.ids)
+                sig = load_colour_signatures(c, self.ids, checksum=checksum)
                 if sig is not None:
                     self._colours = sig
                     break
             else:
                 raise FeatureStoreError(
-                    "colour_weight > 0 needs the catalogue's colour signatures, which extract_features "
-                    "writes to <features>/colour; none were found for this model's images (re-run "
-                    "extract_features on the catalogue, and pass features_folder= / --features if the "
-                    "store is not beside the model)"
+                    "colour_weight > 0 needs the catalogue's colour signatures, which are the feature "
+                    "store's colour rows (written by extract_features with the vectors); none were found "
+                    "for this model's images (re-run extract_features on the catalogue, and pass "
+                    "features_folder= / --features if the store is not beside the model)"
                 )
         return self._colours
 

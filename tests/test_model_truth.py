@@ -1,0 +1,95 @@
+"""The model file is the whole truth of search behaviour (issue 20, item 3).
+
+The studio decision of ``views="auto"`` comes from the studio share the model records, and
+the colour rows a search ranks with are the ones the model was trained with; a model and its
+store copied together search exactly alike.  Catalogue: studio shots of generated products
+(tests/test_studio.py's generators), queried with a cluttered shop photo.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_studio import N_PRODUCTS, shop_photo, studio_shot
+from varsitysrch import Searcher, extract_features, train_clusters
+from varsitysrch._colour import load_colour_signatures, load_plain_flags
+from varsitysrch._modelfile import load_model, save_model
+from varsitysrch._options import SearchOptions
+from varsitysrch._pipeline import Query, SearchResult, embed_query, run_search
+
+#: larger than the colour rows' 2x box reduction (128 px), smaller than the query's work side
+SIDE = 300
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A studio catalogue (2 shots per product) beside its model ``cat.vsm``, and a shop photo."""
+    d = tmp_path_factory.mktemp("truth")
+    for k, i in itertools.product(range(N_PRODUCTS), range(2)):
+        path = d / "cat" / f"p{k}" / f"s{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        studio_shot(k, i, size=SIDE).save(path, "PNG")
+    shop_photo(2, 7, size=SIDE).save(d / "shop.png", "PNG")
+    extract_features(d / "cat", d / "cat-f", show_progress=False)
+    train_clusters(d / "cat-f", d / "cat.vsm", d / "cat.csv", 3, show_progress=False)
+    return d
+
+
+def _auto(s: Searcher, query: Path) -> SearchResult:
+    return run_search(s, Query(image=query), SearchOptions(top_n=5, views="auto"))
+
+
+def test_a_model_and_its_store_copied_together_search_alike(shots: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy2(shots / "cat.vsm", moved / "cat.vsm")
+    shutil.copytree(shots / "cat-f", moved / "cat-f")
+    here, there = Searcher(shots / "cat.vsm"), Searcher(moved / "cat.vsm")
+    assert here.config["colour"]["studio_share"] == 1.0
+    assert here.studio_catalogue and there.studio_catalogue
+    a, b = _auto(here, shots / "shop.png"), _auto(there, shots / "shop.png")
+    assert a.crops and b.crops and a.views == b.views > 1
+    assert [(h.image, h.score) for h in a.hits] == [(h.image, h.score) for h in b.hits]
+    # colour ranks with the same rows too
+    ca = here.search(shots / "shop.png", 5, colour_weight=0.5)
+    cb = there.search(shots / "shop.png", 5, colour_weight=0.5)
+    assert [(h.image, h.score) for h in ca] == [(h.image, h.score) for h in cb]
+
+
+def test_the_studio_decision_is_the_models_record_not_the_stores_flags(shots: Path, tmp_path: Path) -> None:
+    ids = list(Searcher(shots / "cat.vsm").ids)
+    flags = load_plain_flags(shots / "cat-f", ids)
+    assert flags is not None and flags.all()  # the store says: all studio shots
+    mf = load_model(shots / "cat.vsm")
+    mf.config["colour"] = {**mf.config["colour"], "plain_images": 0, "studio_share": 0.0}
+    save_model(tmp_path / "not-studio.vsm", mf)
+    s = Searcher(tmp_path / "not-studio.vsm", features_folder=shots / "cat-f")
+    assert not s.studio_catalogue
+    r = _auto(s, shots / "shop.png")
+    assert not r.crops and r.views == 1
+    # a model trained before the record (no 'colour' key) still reads the store's flags
+    mf = load_model(shots / "cat.vsm")
+    del mf.config["colour"]
+    save_model(tmp_path / "older.vsm", mf)
+    old = Searcher(tmp_path / "older.vsm", features_folder=shots / "cat-f")
+    assert old.studio_catalogue and _auto(old, shots / "shop.png").crops
+
+
+def test_a_catalogue_photo_as_the_query_has_its_stored_colour_signature(shots: Path) -> None:
+    s = Searcher(shots / "cat.vsm")
+    ids = list(s.ids)
+    stored = load_colour_signatures(shots / "cat-f", ids)
+    assert stored is not None
+    for k in range(N_PRODUCTS):
+        image = f"p{k}/s0.png"
+        q = embed_query(s, shots / "cat" / image, None, colour=True)
+        assert q.colour is not None
+        # the same vector (stored as float16: 2^-11 relative rounding of entries <= 1)
+        np.testing.assert_allclose(q.colour.ravel(), stored[ids.index(image)], rtol=0, atol=1e-3)
+        hits = s.search(shots / "cat" / image, 1, colour_weight=1.0)
+        assert hits[0].image == image
