@@ -506,10 +506,11 @@ def extract(
         _say(f"{res.n_skipped} unreadable files skipped: see {Path(features_dir) / 'skipped.csv'}")
 
 
-def _check_train_outputs(model: Path, csv: Path | None, force: bool) -> Path:
-    """The CSV ``train`` writes (default: beside the model, its name), once the outputs are safe to
-    write: their folders exist (a typo creates nothing), and an existing CSV is this model's own (the
-    model records its CSV's SHA-256) or ``--force`` was given."""
+def _check_train_outputs(model: Path, csv: Path | None, force: bool, *, unrecorded_ok: bool = False) -> Path:
+    """The CSV ``train`` (or ``update``) writes (default: beside the model, its name), once the outputs
+    are safe to write: their folders exist (a typo creates nothing), and an existing CSV is this
+    model's own (the model records its CSV's SHA-256) or ``--force`` was given.  ``unrecorded_ok``
+    (``update``): a model older than the CSV hash may rewrite the CSV it names."""
     from ._errors import InvalidArgumentError, VarsitysrchError
     from ._io import check_output_folder
     from ._modelfile import csv_matches_model, load_model
@@ -525,7 +526,7 @@ def _check_train_outputs(model: Path, csv: Path | None, force: bool) -> Path:
             mine = csv_matches_model(load_model(model), csv)
         except VarsitysrchError:
             mine = False
-    if mine:
+    if mine or (mine is None and unrecorded_ok):
         return csv
     whose = f"was not written with {str(model)!r}" if model.is_file() else "belongs to no model at --model"
     raise InvalidArgumentError(
@@ -979,9 +980,13 @@ def update(
     img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images, as it is now.")],
     features_dir: Annotated[Path, typer.Argument(help="The catalogue's feature store.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file to update.")] = Path("model.vsm"),
-    csv: Annotated[Path, typer.Option("--csv", "-c", help="Assignments CSV to rewrite.")] = Path(
-        "clusters.csv"
-    ),
+    csv: Annotated[
+        Path | None,
+        typer.Option("--csv", "-c", help="Assignments CSV to rewrite (default: the model's name, .csv)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a CSV that is not the model's own.")
+    ] = False,
     engine: Annotated[str, typer.Option(help="local, or dask (needs --scheduler).")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="dask.distributed scheduler address.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -1005,9 +1010,14 @@ def update(
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Embed new/changed images, drop deleted ones, assign them to clusters: no retraining."""
+    """Embed new/changed images, drop deleted ones, assign them to clusters: no retraining.
+
+    The CSV defaults to the model's name (-m shop.vsm -> shop.csv); a CSV that is not the model's own
+    is never replaced without --force.
+    """
     from . import update_catalogue
 
+    csv = _check_train_outputs(model, csv, force, unrecorded_ok=True)
     rep = _call(
         update_catalogue,
         img_dir,
