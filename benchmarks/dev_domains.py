@@ -44,12 +44,13 @@ outcome marked ``(not a decision)``.
 
 Catalogue folders (``--links``): ``copy`` (default) copies every manifest image into the
 work folder once (``full``) and hard-links the 75 % (``heldout``) to those copies;
-``symlink`` makes both of symlinks to the data.  Copies are the default because the
-library's colour pass (``write_colour_store``, run by ``extract_features``) skips a file
-whose resolved path lies outside the image folder ("outside the image root, skipped")
-while the embedding follows the same symlink: a symlinked catalogue gets no colour
-signatures and no plain-background flags, so ``views="auto"`` and ``colour_weight`` would
-be measured on a catalogue users with real files never have.
+``symlink`` makes both of symlinks to the data.  Copies are the default so that the
+measurement does not depend on how the library treats links: until this round's extraction
+rewrite its separate colour pass skipped a file whose resolved path lay outside the image
+folder ("outside the image root, skipped") while the embedding followed the same symlink, so
+a symlinked catalogue got no colour rows and no plain-background flags (``views="auto"``
+never fired, ``colour_weight`` failed).  The colour rows now come from the embedding's own
+decode and a symlinked catalogue gets them too.
 
 Caching (``--work``, default ``<system temp>/varsitysrch-dev-domains``): the catalogue
 folders, and per (domain, split, extractor options, ``--limit``) the feature store and
@@ -535,7 +536,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--links",
         choices=("copy", "symlink"),
         default="copy",
-        help="catalogue folders of copies (default) or of symlinks to the data (the colour pass skips those)",
+        help="catalogue folders of copies (default) or of symlinks to the data",
     )
     p.add_argument("--fresh", action="store_true", help="make the stores and models again (not the cache)")
     p.add_argument("--json", default=None, help="also write every figure (and per-query values) here")
