@@ -327,10 +327,10 @@ def test_query_expansion_options(synth_catalogue, synth_store: Path, tmp_path: P
     rel = sorted(labels)[0]
     base = ["train", str(synth_store), "-k", "4"]  # each model its own CSV (d.csv, p.csv: issue 22.2)
     assert runner.invoke(app, [*base, "--model", str(tmp_path / "d.vsm")]).exit_code == 0
-    assert Searcher(tmp_path / "d.vsm").query_expansion == 2  # the default
-    res = runner.invoke(app, [*base, "--model", str(tmp_path / "p.vsm"), "--query-expansion", "0"])
+    assert Searcher(tmp_path / "d.vsm").query_expansion == 0  # the default: opt-in (docs/quality.md)
+    res = runner.invoke(app, [*base, "--model", str(tmp_path / "p.vsm"), "--query-expansion", "2"])
     assert res.exit_code == 0, res.output
-    assert Searcher(tmp_path / "p.vsm").query_expansion == 0
+    assert Searcher(tmp_path / "p.vsm").query_expansion == 2
     res = runner.invoke(app, [*base, "--model", str(tmp_path / "x.vsm"), "--query-expansion", "-1"])
     assert res.exit_code == 2 and "--query-expansion" in res.stderr and not (tmp_path / "x.vsm").exists()
 
@@ -346,9 +346,9 @@ def test_query_expansion_options(synth_catalogue, synth_store: Path, tmp_path: P
 
     # plain cosine ranking either way when asked for; the expanded ranking orders the hits otherwise
     # (Hit.score is the plain cosine whatever ranked the hits: the same image, the same score)
-    plain, expanded = found("p.vsm"), found("d.vsm")
-    assert order(found("d.vsm", "--query-expansion", "0")) == order(plain)
-    assert order(found("p.vsm", "--query-expansion", "2")) == order(expanded)
+    plain, expanded = found("d.vsm"), found("p.vsm")
+    assert order(found("p.vsm", "--query-expansion", "0")) == order(plain)
+    assert order(found("d.vsm", "--query-expansion", "2")) == order(expanded)
     assert order(expanded) != order(plain)
     plain_score = {h["image"]: h["score"] for h in plain}
     for h in expanded:

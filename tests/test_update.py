@@ -52,7 +52,7 @@ def test_add_change_delete_updates_only_what_changed(source, tmp_path: Path) -> 
     )
     _copy(src, cat, _pick(labels, classes, range(6)))
     extract_features(cat, feats, show_progress=False)
-    train_clusters(feats, model, csv_path, 4, show_progress=False)
+    train_clusters(feats, model, csv_path, 4, query_expansion=2, show_progress=False)
     before = _rows(csv_path)
     mf0 = load_model(model)
     assert "store_sizes" in mf0.arrays and "0.95" in mf0.config["training"]["distance_quantiles"]
@@ -78,7 +78,7 @@ def test_add_change_delete_updates_only_what_changed(source, tmp_path: Path) -> 
     mf = load_model(model)
     ids, lab = read_assignments(csv_path)
     assert ids == mf.ids and np.array_equal(lab, mf.labels)
-    assert mf.config["query_expansion"] == mf0.config["query_expansion"] == 2  # search defaults kept
+    assert mf.config["query_expansion"] == mf0.config["query_expansion"] == 2  # settings kept
     np.testing.assert_array_equal(mf.centroids, mf0.centroids)  # no retraining
     assert mf.config["n_images"] == 25 and mf.config["updates"][-1]["added"] == 2
     assert mf.vectors is not None and len(mf.vectors) == 25

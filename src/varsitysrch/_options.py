@@ -61,7 +61,7 @@ class SearchOptions:
     nprobe: int | None = None
     exact: bool = False
     expansion: int | None = None
-    views: str | None = "auto"
+    views: str | None = None
     colour_weight: float | None = None
     where: Any = None
     collapse: bool | float | None = None

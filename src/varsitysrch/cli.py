@@ -559,7 +559,7 @@ def train(
     ] = None,
     query_expansion: Annotated[
         int | None,
-        typer.Option(help="Searches' default query expansion: neighbours (default 2; 0: plain cosine)."),
+        typer.Option(help="Searches' query expansion neighbours (default 0: plain cosine; 2 is opt-in)."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a CSV that belongs to another model.")
@@ -676,9 +676,9 @@ def search(
         str,
         typer.Option(
             help="Query views: auto (crops for a shop photo against a studio catalogue), none (the whole "
-            "image), crops (whole + five 70 % crops, best per image), flip, crops+flip."
+            "image, the default), crops (whole + five 70 % crops, best per image), flip, crops+flip."
         ),
-    ] = "auto",
+    ] = "none",
     min_confidence: Annotated[
         float | None,
         typer.Option(
@@ -701,15 +701,16 @@ def search(
     ] = False,
     query_expansion: Annotated[
         int | None,
-        typer.Option(help="Query expansion neighbours (default: the model's, 2; 0: plain cosine ranking)."),
+        typer.Option(help="Query expansion neighbours (default: the model's, 0 unless trained with it)."),
     ] = None,
     as_json: AsJson = False,
     plain: Plain = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """The catalogue images most similar to QUERY, ranked by similarity (by default to the query
-    expanded with its two best matches; --query-expansion 0: plain cosine).
+    """The catalogue images most similar to QUERY, ranked by similarity (cosine; --query-expansion 2
+    expands the query with its two best matches, --views auto adds crops for a shop photo against a
+    studio catalogue: both opt-in, docs/quality.md).
 
     Each hit says how close it is ("very similar", "similar", "loosely related": its confidence, 0-1,
     compared with how close catalogue images are to each other); when none is close the command

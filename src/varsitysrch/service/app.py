@@ -306,7 +306,7 @@ def _check_nprobe(gen: Generation, nprobe: int | None, exact: bool) -> None:
 
 
 def _options(
-    gen: Generation, top_n: int, nprobe: int | None, exact: bool, *, views: str | None = "auto",
+    gen: Generation, top_n: int, nprobe: int | None, exact: bool, *, views: str | None = None,
     colour_weight: float = 0.0, where: Any = None, collapse: bool = False, include_self: bool = True,
 ) -> SearchOptions:  # fmt: skip
     """A route's parameters as the pipeline's :class:`~varsitysrch.SearchOptions` (422 when invalid)."""
@@ -676,8 +676,8 @@ _WHERE_DOC = (
 )
 _COLLAPSE_DOC = "show near-duplicates of one product once (they are listed in the hit's duplicates)"
 _VIEWS_DOC = (
-    "query views: auto (five 70 % crops too for a shop photo against a studio catalogue), none, crops, "
-    "flip or crops+flip"
+    "query views: none (the whole photo, the default), auto (five 70 % crops too for a shop photo "
+    "against a studio catalogue), crops, flip or crops+flip"
 )
 
 
@@ -718,7 +718,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         ] = None,
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
-        views: Annotated[str, Query(description=_VIEWS_DOC)] = "auto",
+        views: Annotated[str, Query(description=_VIEWS_DOC)] = "none",
     ) -> dict[str, Any]:
         """Search with an uploaded photo (field ``image``) or a catalogue image (field ``image_id``).
 
@@ -838,7 +838,7 @@ def _add_batch_route(app: Any, svc: Service) -> None:
         colour_weight: Annotated[float, Query(ge=0, le=1, description=_COLOUR_DOC)] = 0.0,
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
-        views: Annotated[str, Query(description=_VIEWS_DOC)] = "auto",
+        views: Annotated[str, Query(description=_VIEWS_DOC)] = "none",
     ) -> dict[str, Any]:
         """Many queries in one request: uploads first (in order), then ids.
 
