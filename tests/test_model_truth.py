@@ -93,3 +93,29 @@ def test_a_catalogue_photo_as_the_query_has_its_stored_colour_signature(shots: P
         np.testing.assert_allclose(q.colour.ravel(), stored[ids.index(image)], rtol=0, atol=1e-3)
         hits = s.search(shots / "cat" / image, 1, colour_weight=1.0)
         assert hits[0].image == image
+
+
+def test_a_large_catalogue_jpeg_as_a_query_embeds_as_its_stored_vector_with_any_views(tmp_path: Path) -> None:
+    """The whole view of a query is decoded at the catalogue's JPEG scale even when crops or colour
+    need the photo kept: a catalogue photo searched as itself finds its own vector (cosine 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from varsitysrch import Searcher, extract_features, train_clusters
+    from varsitysrch._store import load_features
+
+    rng = np.random.default_rng(3)
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    for i in range(6):  # large JPEGs: the draft scale matters (1600 px > 4x the 256 px input)
+        base = rng.integers(0, 255, (25, 19, 3), dtype=np.uint8)
+        im = Image.fromarray(base).resize((1200, 1600), Image.Resampling.BICUBIC)
+        im.save(cat / f"p{i}.jpg", quality=90)
+    extract_features(cat, tmp_path / "f", show_progress=False)
+    train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "m.csv", 2, show_progress=False)
+    ids = load_features(tmp_path / "f")[0]
+    s = Searcher(tmp_path / "m.vsm")
+    for views in (None, "crops"):
+        for colour in (0.0, 0.3):
+            top = s.search(cat / ids[0], 1, exact=True, views=views, colour_weight=colour)[0]
+            assert top.image == ids[0] and top.score > 0.9999, (views, colour, top.score)

@@ -165,7 +165,9 @@ def _decode(opened: Image.Image, size: int, resize: str, keep: bool) -> _Decoded
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
-                im.draft("RGB", _draft_box(im.size, work))  # DCT scaling: never larger than needed
+                # the catalogue's DCT scale (load_image's): the whole view is then exactly the input
+                # the photo was embedded from in the catalogue, whatever views are searched
+                im.draft("RGB", _draft_box(im.size, size) if resize == "letterbox" else (size, size))
             im.load()
             im = ImageOps.exif_transpose(im) or im
             im = _to_rgb(im)
