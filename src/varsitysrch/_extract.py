@@ -26,14 +26,12 @@ import re
 import stat
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ImageOps
 
 from . import _colour
 from ._errors import (
@@ -44,7 +42,7 @@ from ._errors import (
     VarsitysrchError,
 )
 from ._extractors import Embedder, Extractor, get_extractor
-from ._images import _draft_box, _fit, _to_rgb, decode_failure, load_image, open_image, scan_images
+from ._images import _fit, decode_failure, decode_rgb, load_image, open_image, scan_images
 from ._io import ENCODING, ERRORS, atomic_path, csv_rows, open_regular, read_regular, write_csv, write_json
 from ._progress import bar as progress_bar
 from ._progress import say
@@ -202,19 +200,10 @@ def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np
 
 def _decode_one(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(model input, colour letterbox, plain-test square)`` of one decode (uint8 arrays)."""
-    im = open_image(path)
+    im = decode_rgb(open_image(path), size, resize == "letterbox")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF / palette warnings; errors still raise
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
-                im.draft("RGB", _draft_box(im.size, size) if resize == "letterbox" else (size, size))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            im = _to_rgb(im)
-            whole = np.asarray(_fit(im, size, resize), dtype=np.uint8)
-            small, square = _colour.colour_inputs(im)
+        whole = np.asarray(_fit(im, size, resize), dtype=np.uint8)
+        small, square = _colour.colour_inputs(im)
     except ImageError:
         raise
     except Exception as exc:

@@ -362,22 +362,32 @@ def load_image(source: ImageSource, size: int = 224, resize: str = "letterbox") 
     return load_image_fits(source, size, (resize,))[0]
 
 
-def load_image_fits(source: ImageSource, size: int, resizes: tuple[str, ...]) -> list[np.ndarray]:
-    """One decode of ``source``, fitted to ``size`` once per mode in ``resizes`` (RGB ``uint8``)."""
-    im = open_image(source)
+def decode_rgb(im: Image.Image, size: int, letterbox_only: bool) -> Image.Image:
+    """The one decode of an opened image: first frame, JPEG at the reduced DCT scale that is still
+    >= ``size`` (``letterbox_only``: the long side may shrink further, as a letterbox needs), EXIF
+    orientation applied, RGB.  The catalogue (extraction) and every query (the pipeline) decode
+    through it, so a photo is embedded from the same pixels wherever it comes from."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF / palette warnings; errors still raise
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
-                # decode at a reduced scale (DCT scaling) that is still >= the target size
-                box = _draft_box(im.size, size) if resizes == ("letterbox",) else (size, size)
-                im.draft("RGB", box)
+                im.draft("RGB", _draft_box(im.size, size) if letterbox_only else (size, size))
             im.load()
             im = ImageOps.exif_transpose(im) or im
-            im = _to_rgb(im)
-            arrs = [np.asarray(_fit(im, size, r), dtype=np.uint8) for r in resizes]
+            return _to_rgb(im)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise decode_failure(exc) from exc
+
+
+def load_image_fits(source: ImageSource, size: int, resizes: tuple[str, ...]) -> list[np.ndarray]:
+    """One decode of ``source``, fitted to ``size`` once per mode in ``resizes`` (RGB ``uint8``)."""
+    im = decode_rgb(open_image(source), size, resizes == ("letterbox",))
+    try:
+        arrs = [np.asarray(_fit(im, size, r), dtype=np.uint8) for r in resizes]
     except ImageError:
         raise
     except Exception as exc:

@@ -41,14 +41,13 @@ confident than a better-ranked one, so the match words never improve down a list
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ._candidates import Scan
 from ._collapse import collapse_rows
@@ -57,7 +56,7 @@ from ._confidence import monotone_in_rank
 from ._errors import ImageError, IncompatibleModelError, InvalidArgumentError
 from ._feedback import ALPHA, BETA, GAMMA, check_items, check_weights, rocchio
 from ._hit import Hit
-from ._images import ImageSource, _draft_box, _fit, _to_rgb, decode_failure, load_image_fits, open_image
+from ._images import ImageSource, _fit, decode_failure, decode_rgb, load_image_fits, open_image
 from ._options import SearchOptions
 from ._paths import resolve_image
 from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query
@@ -158,25 +157,16 @@ def _decode(opened: Image.Image, size: int, resize: str, keep: bool) -> _Decoded
     if not keep:  # exactly as the catalogue was decoded (load_image)
         return _Decoded(load_image_fits(opened, size, (resize,))[0], None)
     work = WORK_SIDE_FACTOR * size
-    im = opened
+    # the catalogue's decode (decode_rgb, as extraction and load_image): the whole view is exactly the
+    # input the photo was embedded from in the catalogue, whatever views are searched
+    im = decode_rgb(opened, size, resize == "letterbox")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
-                # the catalogue's DCT scale (load_image's): the whole view is then exactly the input
-                # the photo was embedded from in the catalogue, whatever views are searched
-                im.draft("RGB", _draft_box(im.size, size) if resize == "letterbox" else (size, size))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            im = _to_rgb(im)
-            whole = np.asarray(_fit(im, size, resize), np.uint8)
-            if max(im.size) > work:  # keep a small copy; the full decode is freed with `im`
-                s = work / max(im.size)
-                im = im.resize(
-                    (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.BOX
-                )
+        whole = np.asarray(_fit(im, size, resize), np.uint8)
+        if max(im.size) > work:  # keep a small copy; the full decode is freed with `im`
+            s = work / max(im.size)
+            im = im.resize(
+                (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.BOX
+            )
     except ImageError:
         raise
     except Exception as exc:
