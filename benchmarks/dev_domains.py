@@ -32,7 +32,9 @@ Variants (``--variant NAME:key=value,...``, repeatable; ``--baseline``, default
 ``default:``, the library's defaults): extractor options (``extractor``, ``quantized``,
 ``input_size``, ``resize``, ``pooling``: passed to ``extract_features``) and search
 options (``query_expansion``: the Searcher's; ``views``, ``colour_weight``, ``nprobe``,
-``exact``, ``expansion``: each search's).  Each variant is compared with the baseline by a paired
+``exact``, ``expansion``: each search's) and training options (``search_pca``, ``n_init``,
+``max_samples``, ``ivf``, ``embed_index``: a variant with any of them gets its own model, trained
+afresh in the run on the same store).  Each variant is compared with the baseline by a paired
 bootstrap over the queries (``--resamples`` 2,000, seeded): per domain, protocol and metric
 the baseline's mean, the variant's, the difference and its 95 % percentile interval.
 
@@ -90,6 +92,7 @@ RESAMPLES = 2000
 K_RULE = "k = min(20, max(2, catalogue images // 20))"
 EXTRACTOR_KEYS = ("extractor", "quantized", "input_size", "resize", "pooling")
 SEARCHER_KEYS = ("query_expansion",)
+TRAIN_KEYS = ("search_pca", "n_init", "max_samples", "ivf", "embed_index")
 SEARCH_KEYS = ("views", "colour_weight", "nprobe", "exact", "expansion")
 PROTOCOLS = ("loo", "heldout")
 PROTOCOL_NAMES = {"loo": "LOO", "heldout": "held-out"}
@@ -113,6 +116,12 @@ class Variant:
     searcher: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
     spec: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_key(self) -> str:
+        """The name of the variant's own model (``""``: the shared model, trained at the defaults)."""
+        return ",".join(f"{k}={_fmt(v)}" for k, v in sorted(self.train.items()))
 
     @property
     def extractor_key(self) -> str:
@@ -146,7 +155,7 @@ def parse_variant(spec: str) -> Variant:
     name, sep, rest = spec.partition(":")
     if not sep or not name.strip():
         raise UsageError(f"variant must be NAME:key=value,... (NAME: alone for the defaults); got {spec!r}")
-    parts: dict[str, dict[str, Any]] = {"extractor": {}, "searcher": {}, "search": {}}
+    parts: dict[str, dict[str, Any]] = {"extractor": {}, "searcher": {}, "search": {}, "train": {}}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, val = item.partition("=")
         key = key.strip()
@@ -159,13 +168,15 @@ def parse_variant(spec: str) -> Variant:
             if key in SEARCHER_KEYS
             else "search"
             if key in SEARCH_KEYS
+            else "train"
+            if key in TRAIN_KEYS
             else None
         )
         if where is None:
-            known = ", ".join(EXTRACTOR_KEYS + SEARCHER_KEYS + SEARCH_KEYS)
+            known = ", ".join(EXTRACTOR_KEYS + SEARCHER_KEYS + SEARCH_KEYS + TRAIN_KEYS)
             raise UsageError(f"variant {name!r}: unknown option {key!r}; known: {known}")
         parts[where][key] = _value(val)
-    return Variant(name.strip(), parts["extractor"], parts["searcher"], parts["search"], spec)
+    return Variant(name.strip(), parts["extractor"], parts["searcher"], parts["search"], spec, parts["train"])
 
 
 # ====================================================================== the one query call
@@ -447,9 +458,14 @@ def evaluate_variant(
     dom: Domain, protocol: str, variant: Variant, built: Built, log: Any
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Per-query AP@10 and R@1 of a variant on one domain and protocol (+ notes)."""
-    from varsitysrch import Searcher
+    from varsitysrch import Searcher, train_clusters
 
-    searcher = Searcher(built.model, built.csv, features_folder=built.store, **variant.searcher)
+    model, csv = built.model, built.csv
+    if variant.train:  # the variant's own model, trained afresh on the same store in this run
+        stem = f"{built.model.stem}-{variant.train_key}".replace("=", "-").replace(",", "_")
+        model, csv = built.model.with_name(stem + ".vsm"), built.model.with_name(stem + ".csv")
+        train_clusters(built.store, model, csv, built.k, show_progress=False, **variant.train)
+    searcher = Searcher(model, csv, features_folder=built.store, **variant.searcher)
     split_rows = dom.catalogue_rows["full" if protocol == "loo" else "heldout"]
     label_of = {dom.ids[r]: int(dom.labels[r]) for r in split_rows}
     cat_counts = np.bincount(dom.labels[split_rows], minlength=int(dom.labels.max()) + 1)
