@@ -294,7 +294,7 @@ def main() -> None:
         truth = exact_truth(Q, s.vectors, 10)
         res["exact_truth_s"] = round(time.perf_counter() - t0, 1)
         faiss.omp_set_num_threads(1)
-        nprobe = int(s._ivf.nprobe) if s._ivf is not None else 1
+        nprobe = s.default_nprobe if s.probe_unit == "lists" else 1
         table = []
         for p in sorted({1, max(1, nprobe // 2), nprobe, 2 * nprobe}):
             lat, rec = [], []

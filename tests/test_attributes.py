@@ -451,7 +451,7 @@ def test_filtered_search_returns_matching_rows_exactly_top_n_and_exact_at_full_n
             assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
         exact = s.search_vector(q, 10, where=where, exact=True, expand=0)
         full = s.search_vector(q, 10, where=where, nprobe=s.k, expand=0)
-        scores = (s._scoring @ s.ranking_vector(q)).astype(np.float64)
+        scores = (s._scoring @ s._to_ranking(q[None])[0]).astype(np.float64)
         rows = np.flatnonzero(match)
         want = rows[np.lexsort((rows, -scores[rows]))][:10]
         assert [h.image for h in exact] == [ids[i] for i in want]  # exact filtered search
@@ -543,7 +543,7 @@ def test_ivf_filtered_search(tmp_path: Path) -> None:
         show_progress=False,
     )
     s = Searcher(tmp_path / "i.vsm")
-    assert s._ivf is not None
+    assert s.probe_unit == "lists"  # searched through the IVF
     match = (cols["category"] == "c1") & (cols["price"] < 100)
     rows = np.flatnonzero(match)
     for q in X[:10]:

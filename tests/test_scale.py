@@ -54,7 +54,8 @@ def test_ivf_search_reaches_recall_and_reports_kmeans_clusters(
     assert km.sample_size_ == 20_000
 
     s = Searcher(model, csv_path)
-    assert s._ivf is not None and s.vectors.dtype == np.float16  # memory-mapped store, not a float32 copy
+    assert s.probe_unit == "lists" and s.max_nprobe == 512  # searched through the IVF
+    assert s.vectors.dtype == np.float16  # memory-mapped store, not a float32 copy
     V = np.asarray(s.vectors, np.float32)
     rng = np.random.default_rng(7)
     rows = rng.choice(len(V), 200, replace=False)
@@ -85,7 +86,7 @@ def test_ivf_search_reaches_recall_and_reports_kmeans_clusters(
 def test_small_catalogue_has_no_ivf(synth_model) -> None:
     model, csv_path = synth_model
     assert "ivf" not in load_model(model).config
-    assert Searcher(model, csv_path)._ivf is None
+    assert Searcher(model, csv_path).probe_unit == "clusters"
 
 
 def test_float16_store_round_trip(synth_catalogue, synth_store: Path, tmp_path: Path) -> None:

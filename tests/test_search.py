@@ -16,10 +16,12 @@ from varsitysrch import (
     InvalidArgumentError,
     ModelFileError,
     Searcher,
+    SearchOptions,
     load_features,
     search_similar_images,
     train_clusters,
 )
+from varsitysrch._pipeline import Query, run_search
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +80,16 @@ def test_cluster_restricted_search_equals_brute_force_within_scanned_clusters(se
     for _ in range(20):
         v = rng.standard_normal(X.shape[1]).astype(np.float32)
         v /= np.linalg.norm(v)
+        order = searcher.model.cluster_order(v[None])[0]  # the clusters nearest the query first
         for nprobe in range(1, searcher.k + 1):
-            rows = searcher.candidates(v, 3, nprobe=nprobe)
-            scanned = set(searcher.labels[rows].tolist())
+            res = run_search(searcher, Query(vector=v), SearchOptions(top_n=3, nprobe=nprobe, expansion=0))
+            assert res.scan.unit == "clusters" and res.scan.probed >= nprobe
+            scanned = set(order[: res.scan.probed].tolist())  # the nearest `probed` clusters
+            assert res.scan.images == int(np.isin(searcher.labels, list(scanned)).sum())
             brute = [j for j in np.argsort(-(X @ v), kind="stable") if searcher.labels[j] in scanned][:3]
+            assert [h.image for h in res.hits] == [searcher.ids[j] for j in brute]
             got = searcher.search_vector(v, 3, nprobe=nprobe, expansion=0)
-            assert [h.image for h in got] == [searcher.ids[j] for j in brute]
-            assert len(scanned) >= nprobe
+            assert [h.image for h in got] == [h.image for h in res.hits]
 
 
 def test_exact_equals_full_brute_force(searcher: Searcher) -> None:
@@ -282,7 +287,7 @@ def test_the_search_cache_key_sees_an_atomic_replace(tmp_path: Path) -> None:
     # the same size and mtime is a new file
     import os
 
-    from varsitysrch._search import _stamp
+    from varsitysrch._io import stat_stamp as _stamp  # the key of the search cache (_search)
     from varsitysrch.service.models import file_stamp
 
     a, b = tmp_path / "m.vsm", tmp_path / "new.vsm"

@@ -155,7 +155,7 @@ def test_a_colour_store_without_flags_is_unknown(studio: dict[str, Path], tmp_pa
     unknown, a model trained on it records ``colour: null`` and is not a studio catalogue, even
     though the images are studio shots."""
     s = Searcher(studio["cat"])
-    assert s.studio_catalogue
+    assert _views(s, shop_photo(2, 5)).crops  # a studio catalogue: a shop photo is searched with crops
     store = FeatureStore.open(studio["root"] / "cat-f")
     ids = list(store.ids)
     bare = tmp_path / "bare-f"
@@ -166,7 +166,7 @@ def test_a_colour_store_without_flags_is_unknown(studio: dict[str, Path], tmp_pa
     train_clusters(bare, tmp_path / "bare.vsm", tmp_path / "bare.csv", 3, show_progress=False)
     t = Searcher(tmp_path / "bare.vsm", features_folder=bare)
     assert "colour" in t.config and t.config["colour"] is None
-    assert not t.studio_catalogue
+    assert not _views(t, shop_photo(2, 5)).crops  # not a studio catalogue
     with pytest.raises(FeatureStoreError, match="re-extract the catalogue with extract_features, then train"):
         t.search(studio["root"] / "cat" / ids[0], 3, colour_weight=0.2)
 
@@ -195,7 +195,6 @@ def test_auto_uses_discounted_crops_for_a_shop_photo_against_a_studio_catalogue(
     studio: dict[str, Path],
 ) -> None:
     s = Searcher(studio["cat"])
-    assert s.studio_catalogue
     shop, shot = shop_photo(3, 0), studio_shot(3, 7)
     assert _views(s, shop).crops and not _views(s, shot).crops
     # a studio shot whose product touches two edges (border share 0.7-0.9): not plain for the
@@ -257,7 +256,6 @@ def test_auto_finds_the_product_of_shop_photos_at_least_as_often(studio: dict[st
 
 def test_auto_is_the_whole_image_against_an_in_store_catalogue(studio: dict[str, Path]) -> None:
     s = Searcher(studio["shop"])
-    assert not s.studio_catalogue
     q = shop_photo(2, 30)
     assert not _views(s, q).crops and _views(s, q).views == 1
     assert [(h.image, h.score) for h in s.search(q, 5)] == [

@@ -173,7 +173,7 @@ def test_update_keeps_the_ivf_search_index_in_step(source, tmp_path: Path) -> No
     mf = load_model(model)
     assert mf.vectors is None and mf.arrays["ivf_lists"].shape == (20,)
     s = Searcher(model, csv_path)
-    assert s._ivf is not None
+    assert s.probe_unit == "lists"  # searched through the IVF
     for rel in added:
         hit = s.search(cat / rel, top_n=1)[0]
         assert hit.image == rel and hit.cluster == int(mf.labels[mf.ids.index(rel)])

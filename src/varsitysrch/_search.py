@@ -79,6 +79,22 @@ class Searcher:
     :class:`~varsitysrch.SearchOptions` (the settings may also be given as keywords:
     ``search(q, 5, nprobe=3)``).
 
+    The public surface (everything else is internal and may change):
+
+    * searches: :meth:`search` (an image), :meth:`search_id` (a catalogue image),
+      :meth:`search_vector` (a raw feature vector), :meth:`search_feedback` ("more / less like
+      these"); ``len(searcher)``: the catalogue's images;
+    * browsing: :meth:`members` (the catalogue rows of one K-means cluster);
+    * the search index's probe, read-only: :attr:`probe_unit` (``"clusters"`` or ``"lists"``),
+      :attr:`default_nprobe`, :attr:`max_nprobe`; :attr:`dim` (the raw feature dimension);
+    * the loaded model, to be read and not changed: ``ids`` (row -> image id), ``labels`` (row ->
+      cluster), ``k``, ``vectors`` (the raw catalogue vectors, ``[n, dim]``), ``model`` (the
+      :class:`~varsitysrch.KMeansModel`), ``config`` (the model file's record), ``calibration``
+      (the :class:`~varsitysrch.ScoreCalibrator` behind ``Hit.confidence``), ``attributes``
+      (the columns ``where=`` filters on, ``None`` without), ``extractor`` (what queries are
+      embedded with), ``model_path``, ``image_root``; and the defaults a search starts from:
+      ``colour_weight``, ``query_expansion``.
+
     Args:
         model_filename: a model file written by :func:`train_clusters`.
         csv_file: its assignments CSV (optional; checked against the model when given).
@@ -450,32 +466,6 @@ class Searcher:
             "features_folder=FOLDER (CLI: --features FOLDER)"
         )
 
-    # ------------------------------------------------------------------ seams older tests still read
-    # (tests/test_studio.py, test_search.py, test_attributes.py, test_scale.py); every search runs
-    # run_search.  Not API: to be removed with those tests' last uses.
-    @property
-    def studio_catalogue(self) -> bool:
-        return self._studio_catalogue()
-
-    def _legacy_candidates(
-        self, v: np.ndarray, top_n: int, *, nprobe: int | None = None, exact: bool = False
-    ) -> np.ndarray:
-        if exact or not isinstance(self._index, ClusterIndex):
-            return np.arange(len(self.ids))
-        used = self._index.probed(v, top_n, self._index.check_probe(nprobe))
-        return np.concatenate([self._index.members(int(c)) for c in used])
-
-    candidates = _legacy_candidates
-
-    def _legacy_ranking_vector(self, v: np.ndarray) -> np.ndarray:
-        return self._to_ranking(np.asarray(v, np.float32).reshape(1, -1))[0]
-
-    ranking_vector = _legacy_ranking_vector
-
-    @property
-    def _ivf(self) -> IVFSearch | None:
-        return self._index.ivf if isinstance(self._index, ListIndex) else None
-
 
 def _items(items: Any, what: str) -> tuple[Any, ...]:
     if isinstance(items, str | bytes):
@@ -501,9 +491,6 @@ def _query_kind(searcher: Searcher, query: Any) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4)
 def _cached_searcher(model: str, csv: str | None, root: str | None, _stamp: tuple[int, ...]) -> Searcher:
     return Searcher(model, csv, image_root=root)
-
-
-_stamp = stat_stamp  # the cache key of _cached_searcher
 
 
 def search_similar_images(
