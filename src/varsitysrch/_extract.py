@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _colour
+from ._config import Compute, ExtractOptions, settle
 from ._errors import (
     FeatureStoreError,
     ImageError,
@@ -72,6 +74,12 @@ from ._store import (
 )
 
 log = logging.getLogger(__name__)
+
+#: the Compute fields extract_features uses (all of them)
+_COMPUTE_USED = ("engine", "scheduler", "threads", "num_workers", "batch_size", "checkpoint_every")
+#: the keywords extract_features hands to the extractor (:func:`~varsitysrch.get_extractor`): a field of
+#: :class:`Extractor`, or ``weights`` (vgg16-block5pool's file)
+_EX_OPTS = frozenset({f.name for f in dataclasses.fields(Extractor)} - {"extra"} | {"weights"})
 
 #: the files of ``parts/`` (and the temporary files of their atomic writes): nothing else is removed
 PARTS_JSON = "parts.json"
@@ -510,17 +518,11 @@ def extract_features(
     img_folder: str | os.PathLike[str],
     save_to: str | os.PathLike[str],
     *,
+    options: ExtractOptions | None = None,
+    compute: Compute | None = None,
     extractor: str | Extractor | None = None,
-    batch_size: int = 8,
-    num_workers: int | None = None,
-    threads: int | None = None,
-    dtype: str = "float32",
-    checkpoint_every: int | None = None,
     show_progress: bool = True,
-    engine: str = "local",
-    scheduler: Any = None,
-    allow_empty: bool = False,
-    **extractor_options: Any,
+    **settings: Any,
 ) -> ExtractionResult:
     """Embed every image under ``img_folder`` (recursively) into the feature store ``save_to``.
 
@@ -534,31 +536,39 @@ def extract_features(
     Args:
         img_folder: folder of catalogue images (searched recursively).
         save_to: folder of the feature store (created if missing).
+        options: an :class:`~varsitysrch.ExtractOptions`: ``dtype`` (``"float32"`` or
+            ``"float16"`` storage) and ``allow_empty`` (let a listing with no readable image
+            replace a non-empty store; otherwise that is an error and the store is kept: an
+            unmounted or emptied folder never wipes a catalogue).
+        compute: a :class:`~varsitysrch.Compute`, how the work runs:
+
+            * ``batch_size``: images per inference batch.
+            * ``num_workers``: pipeline lanes: threads that each decode a batch and embed it
+              with an ONNX Runtime session of their own (default: one per CPU, at most 8;
+              ``0``: decode and embed in the calling thread).
+            * ``threads``: ONNX Runtime intra-op threads of each lane's session (default: the
+              CPUs shared out between the lanes, 1 on a machine with one lane per CPU -- no
+              oversubscription; with ``num_workers=0``, the number of CPUs).
+            * ``checkpoint_every``: images between checkpoints of an unfinished run (default:
+              about 16 checkpoints per run, at most 2,048 images apart, at least 5 seconds
+              apart, and at least one a minute).
+            * ``engine``: ``"local"`` (decoding threads + ONNX Runtime here) or ``"dask"``:
+              image shards are embedded on dask.distributed workers (each loads the model
+              once) and the same store is written.  Workers must see ``img_folder`` at the
+              same path.
+            * ``scheduler``: with ``engine="dask"``: a scheduler address
+              (``"tcp://host:8786"``), a scheduler file (``.json``), a ``distributed.Client``
+              or a cluster object (``LocalCluster``, dask-kubernetes, dask-jobqueue,
+              ``SSHCluster``); ``None`` uses the current default client.
         extractor: ``"efficientnet-lite0"`` (default), ``"mobilenet-v2"``,
             ``"vgg16-block5pool"``, ``"onnx:PATH"`` or an :class:`Extractor`.
-        batch_size: images per inference batch.
-        num_workers: pipeline lanes: threads that each decode a batch and embed it with an
-            ONNX Runtime session of their own (default: one per CPU, at most 8; ``0``: decode
-            and embed in the calling thread).
-        threads: ONNX Runtime intra-op threads of each lane's session (default: the CPUs
-            shared out between the lanes, 1 on a machine with one lane per CPU -- no
-            oversubscription; with ``num_workers=0``, the number of CPUs).
-        dtype: ``"float32"`` or ``"float16"`` storage.
-        checkpoint_every: images between checkpoints of an unfinished run (default: about
-            16 checkpoints per run, at most 2,048 images apart, at least 5 seconds apart, and at
-            least one a minute).
         show_progress: a progress bar (when stderr is a terminal) and the one-line summary
             (``Feature extraction completed: ...``, on stdout; logged at INFO either way).
-        engine: ``"local"`` (decoding threads + ONNX Runtime here) or ``"dask"``: image
-            shards are embedded on dask.distributed workers (each loads the model once)
-            and the same store is written.  Workers must see ``img_folder`` at the same path.
-        scheduler: with ``engine="dask"``: a scheduler address (``"tcp://host:8786"``), a
-            scheduler file (``.json``), a ``distributed.Client`` or a cluster object
-            (``LocalCluster``, dask-kubernetes, dask-jobqueue, ``SSHCluster``); ``None``
-            uses the current default client.
-        allow_empty: let a listing with no readable image replace a non-empty store
-            (otherwise that is an error and the store is kept: an unmounted or emptied
-            folder never wipes a catalogue).
+        settings: any field of ``options`` or ``compute`` given as a keyword, as earlier
+            versions took them (``batch_size=16``, ``dtype="float16"``; it wins over the same
+            field of the value), and the extractor's options (``quantized=True``,
+            ``resize="letterbox"``, ``input_size``, ``pooling``, ``weights`` for vgg16, the
+            ``Extractor.from_onnx`` options for ``"onnx:PATH"``); any other name is refused.
 
     Each image is decoded once: its vector, its colour signature and its plain-background
     flag come from that decode and are committed together, in one store generation
@@ -576,20 +586,16 @@ def extract_features(
     out = Path(save_to)
     if not root.is_dir():
         raise InvalidArgumentError(f"img_folder {str(root)!r} does not exist or is not a folder")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    for name, value, low in (("num_workers", num_workers, 0), ("threads", threads, 1)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low
-        ):
-            raise InvalidArgumentError(f"{name} must be None or an integer >= {low}; got {value!r}")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise InvalidArgumentError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
-    if dtype not in ("float32", "float16"):
-        raise InvalidArgumentError(f"dtype must be 'float32' or 'float16'; got {dtype!r}")
+    opts, comp, extractor_options = settle(
+        "extract_features",
+        settings,
+        ExtractOptions,
+        options,
+        compute,
+        _COMPUTE_USED,
+        extra=_EX_OPTS,
+    )
     check_folders(root, out)
-    if engine not in ("local", "dask"):
-        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
     ex = get_extractor(extractor, **extractor_options)
     with store_lock(out):
         try:
@@ -598,15 +604,15 @@ def extract_features(
                 out,
                 ex,
                 t0=t0,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                threads=threads,
-                dtype=dtype,
-                checkpoint_every=checkpoint_every,
+                batch_size=comp.batch_size,
+                num_workers=comp.num_workers,
+                threads=comp.threads,
+                dtype=opts.dtype,
+                checkpoint_every=comp.checkpoint_every,
                 show_progress=show_progress,
-                engine=engine,
-                scheduler=scheduler,
-                allow_empty=allow_empty,
+                engine=comp.engine,
+                scheduler=comp.scheduler,
+                allow_empty=opts.allow_empty,
             )
         except OSError as exc:
             if isinstance(exc, VarsitysrchError):

@@ -18,20 +18,25 @@ import numpy as np
 
 from . import _index
 from ._attributes import resolve_attributes
-from ._errors import InvalidArgumentError
+from ._config import Compute, TrainOptions, settle
 from ._io import check_replaceable
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, record_store, save_model_and_csv, stamp_arrays
 from ._postprocess import default_search_pca, fit_search_pca
 from ._progress import say
-from ._searchindex import TARGET_RECALL, build_search_index
+from ._searchindex import build_search_index
 from ._store import FeatureStore
 from ._version import __version__
 
+__all__ = ["train_clusters"]
+
 log = logging.getLogger(__name__)
 
+#: the Compute fields train_clusters uses (K-means assignment of every image, locally or on Dask)
+_COMPUTE_USED = ("engine", "scheduler")
+
 #: the catalogue's raw vectors are embedded (float16) in the model up to this many floats
-EMBED_MAX_FLOATS = 50_000_000
+_EMBED_MAX_FLOATS = 50_000_000
 
 
 def train_clusters(
@@ -40,21 +45,12 @@ def train_clusters(
     csv_filename: str | os.PathLike[str],
     num_clusters: int,
     *,
-    n_components: int | None = None,
-    n_init: int = 3,
-    random_state: int = 0,
-    backend: str = "auto",
-    embed_index: bool | None = None,
-    target_recall: float = TARGET_RECALL,
-    show_progress: bool = True,
-    max_samples: int | None = None,
-    ivf: bool | None = None,
-    engine: str = "local",
-    scheduler: Any = None,
-    search_pca: int | None = None,
-    query_expansion: int | None = None,
+    options: TrainOptions | None = None,
+    compute: Compute | None = None,
     attributes: Any = None,
     attribute_types: dict[str, str] | None = None,
+    show_progress: bool = True,
+    **settings: Any,
 ) -> KMeansModel:
     """Train K-means on a feature store; write the model file and the assignments CSV.
 
@@ -62,6 +58,12 @@ def train_clusters(
     original package's names) and ``distance`` (to its centroid, in the clustering space), in
     store (sorted id) order.  Prints one line (``Model saved to ... (k=20, 40 images, clusters
     of 1-4 images).``); ``show_progress=False`` silences it (it is logged at INFO either way).
+
+    ``options``: a :class:`~varsitysrch.TrainOptions` (how to cluster and index, below);
+    ``compute``: a :class:`~varsitysrch.Compute` (``engine``, ``scheduler``: where every image
+    is assigned to its centroid).  Each of their fields may also be given as a keyword, as
+    earlier versions took them (``n_init=5``, ``engine="dask"``); such a keyword wins over the
+    same field of ``options`` / ``compute``, and a keyword that is not a setting is refused.
 
     Clustering: :class:`KMeansModel` with ``num_clusters``, ``n_components`` (a PCA
     clustering space), ``n_init``, ``random_state``, ``backend`` and ``max_samples`` (rows
@@ -95,7 +97,9 @@ def train_clusters(
 
     Returns the fitted :class:`KMeansModel`.
     """
-    _check_args(target_recall, engine, search_pca, query_expansion)
+    opts, comp, _ = settle("train_clusters", settings, TrainOptions, options, compute, _COMPUTE_USED)
+    target_recall, random_state, n_components = opts.target_recall, opts.random_state, opts.n_components
+    search_pca, ivf, embed_index = opts.search_pca, opts.ivf, opts.embed_index
     check_replaceable(model_filename)  # a device, FIFO or folder is refused before any work
     check_replaceable(csv_filename)
     store = FeatureStore.open(features_folder)
@@ -106,16 +110,16 @@ def train_clusters(
     n_search = 0 if use_ivf else default_search_pca(n, dim) if search_pca is None else search_pca
     model = KMeansModel(
         num_clusters,
-        n_init=n_init,
+        n_init=opts.n_init,
         random_state=random_state,
-        backend=backend,
+        backend=opts.backend,
         n_components=n_components,
-        max_samples=max_samples,
+        max_samples=opts.max_samples,
     )
     model._validate(n, dim)
     # one PCA for both spaces: the clustering space is its first n_components components
     shared = fit_search_pca(X, max(n_components or 0, n_search), random_state) if n_search else None
-    model.fit(X, assigner=_assigner(store, engine, scheduler), pca=shared)
+    model.fit(X, assigner=_assigner(store, comp), pca=shared)
     space: Any = (shared[0], shared[1][:n_search]) if shared is not None else 0
     index = build_search_index(
         X,
@@ -126,13 +130,13 @@ def train_clusters(
         ivf=use_ivf,
         random_state=random_state,
     )
-    config = _config(store, model, Path(features_folder), Path(model_filename), target_recall)
+    config = _model_config(store, model, Path(features_folder), Path(model_filename), target_recall)
     # the generation and checksum a store-based index is checked against, and the colour rows
     # (checksum, studio share) search decides by
     record_store(config, store)
-    config["query_expansion"] = 0 if query_expansion is None else int(query_expansion)
+    config["query_expansion"] = 0 if opts.query_expansion is None else opts.query_expansion
     if embed_index is None:
-        embed_index = n * dim <= EMBED_MAX_FLOATS
+        embed_index = n * dim <= _EMBED_MAX_FLOATS
     config["index"] = "embedded" if embed_index else "store"
     arrays = stamp_arrays(store.ids, store.stamps())  # update_catalogue compares them to find changes
     index.apply(config, arrays)
@@ -169,28 +173,18 @@ def train_clusters(
     return model
 
 
-def _check_args(target_recall: float, engine: str, search_pca: Any, query_expansion: Any) -> None:
-    if not 0.0 < target_recall <= 1.0:
-        raise InvalidArgumentError(f"target_recall must be in (0, 1]; got {target_recall}")
-    if engine not in ("local", "dask"):
-        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
-    for name, v in (("search_pca", search_pca), ("query_expansion", query_expansion)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0):
-            raise InvalidArgumentError(f"{name} must be an integer >= 0 or None; got {v!r}")
-
-
-def _assigner(store: FeatureStore, engine: str, scheduler: Any) -> Assigner | None:
+def _assigner(store: FeatureStore, compute: Compute) -> Assigner | None:
     """Every row's nearest centroid on dask.distributed workers (``engine="dask"``), else local."""
-    if engine != "dask":
+    if compute.engine != "dask":
         return None
     from ._dask import dask_assign
 
     vectors_file = getattr(store.vectors, "filename", None)
     source = vectors_file if vectors_file else store.vectors
-    return lambda m: dask_assign(source, m, scheduler=scheduler)
+    return lambda m: dask_assign(source, m, scheduler=compute.scheduler)
 
 
-def _config(
+def _model_config(
     store: FeatureStore, model: KMeansModel, folder: Path, model_path: Path, target_recall: float
 ) -> dict[str, Any]:
     n, dim = store.vectors.shape

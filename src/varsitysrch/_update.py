@@ -57,7 +57,8 @@ import numpy as np
 
 from ._attributes import apply_to_model as apply_attributes
 from ._attributes import model_attributes
-from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
+from ._config import Compute, UpdateOptions, settle
+from ._errors import FeatureStoreError, IncompatibleModelError
 from ._extract import ExtractionResult, check_folders, extract_features
 from ._extractors import Extractor, query_extractor
 from ._index import assign_lists
@@ -66,16 +67,20 @@ from ._modelfile import ModelFile, load_model, model_stamps, record_store, save_
 from ._searchindex import build_search_index
 from ._store import STORE_JSON, FeatureStore, Stamp, same_file, store_lock
 
+__all__ = ["UpdateReport", "gini", "retrain_reasons", "update_catalogue"]
+
 log = logging.getLogger(__name__)
 
 #: the retrain rule (see the module docstring)
-MIN_FAR = 5
-FAR_SHARE_FACTOR = 2.0
-MEAN_DISTANCE_RATIO = 1.15
-IMBALANCE_RATIO = 1.5
-MAX_CHURN = 0.5
+_MIN_FAR = 5
+_FAR_SHARE_FACTOR = 2.0
+_MEAN_DISTANCE_RATIO = 1.15
+_IMBALANCE_RATIO = 1.5
+_MAX_CHURN = 0.5
 #: history entries kept in the model file
-MAX_HISTORY = 100
+_MAX_HISTORY = 100
+#: the Compute fields update_catalogue uses (embedding new images, assigning them)
+_COMPUTE_USED = ("engine", "scheduler", "batch_size", "num_workers", "threads")
 
 
 @dataclass(frozen=True)
@@ -173,21 +178,21 @@ def retrain_reasons(
     """The retrain rule (module docstring): the reasons that hold, empty when none does."""
     out: list[str] = []
     far_share = n_far / n_new if n_new else 0.0
-    if n_far >= MIN_FAR and far_share > FAR_SHARE_FACTOR * (1 - far_quantile):
+    if n_far >= _MIN_FAR and far_share > _FAR_SHARE_FACTOR * (1 - far_quantile):
         out.append(
             f"{far_share:.0%} of the {n_new} new or changed images lie beyond the training distances' "
             f"{far_quantile:.0%} quantile (expected {1 - far_quantile:.0%})"
         )
-    if mean_distance_at_training > 0 and mean_distance > MEAN_DISTANCE_RATIO * mean_distance_at_training:
+    if mean_distance_at_training > 0 and mean_distance > _MEAN_DISTANCE_RATIO * mean_distance_at_training:
         out.append(
             f"mean distance to the centroids grew {mean_distance / mean_distance_at_training - 1:.0%} "
             "since training"
         )
-    if imbalance_at_training > 0 and imbalance > IMBALANCE_RATIO * imbalance_at_training:
+    if imbalance_at_training > 0 and imbalance > _IMBALANCE_RATIO * imbalance_at_training:
         out.append(
             f"largest cluster is {imbalance:.1f}x the mean size (training {imbalance_at_training:.1f}x)"
         )
-    if churn > MAX_CHURN:
+    if churn > _MAX_CHURN:
         out.append(f"{churn:.0%} of the catalogue was added, changed or removed since training")
     return out
 
@@ -198,18 +203,13 @@ def update_catalogue(
     model_filename: str | os.PathLike[str],
     csv_filename: str | os.PathLike[str],
     *,
-    show_progress: bool = True,
-    far_quantile: float = 0.95,
-    engine: str = "local",
-    scheduler: Any = None,
-    recalibrate: bool = True,
+    options: UpdateOptions | None = None,
+    compute: Compute | None = None,
     extractor: str | Extractor | None = None,
-    batch_size: int = 8,
-    num_workers: int | None = None,
-    threads: int | None = None,
-    allow_empty: bool = False,
     attributes: Any = None,
     attribute_types: dict[str, str] | None = None,
+    show_progress: bool = True,
+    **settings: Any,
 ) -> UpdateReport:
     """Bring a trained model up to date with its image folder, without retraining.
 
@@ -227,27 +227,28 @@ def update_catalogue(
         img_folder: the catalogue's image folder (as given to extract_features).
         features_folder: its feature store (updated in place).
         model_filename, csv_filename: the model file and CSV written by train_clusters.
-        show_progress: show the extraction progress bar.
-        far_quantile: training-distance quantile beyond which a new image counts as far.
-        engine, scheduler: ``engine="dask"`` embeds and assigns on a dask.distributed
-            cluster (see :func:`~varsitysrch.extract_features`).
-        recalibrate: recalibrate the default ``nprobe`` (and the IVF's) on 200 held-out
-            queries; otherwise keep the trained values.
+        options: a :class:`~varsitysrch.UpdateOptions`: ``far_quantile`` (training-distance
+            quantile beyond which a new image counts as far), ``recalibrate`` (recalibrate the
+            default ``nprobe``, and the IVF's, on 200 held-out queries; otherwise keep the
+            trained values), ``allow_empty`` (let an image folder with no readable image empty
+            the store and the model; otherwise that is an error and both are kept, as in
+            extract_features).
+        compute: a :class:`~varsitysrch.Compute`: ``engine="dask"`` embeds and assigns on a
+            dask.distributed cluster (``scheduler``); ``batch_size``, ``num_workers``,
+            ``threads`` as in extract_features.
         extractor: the extractor new images are embedded with, checked against the model's
             record (default: the recorded built-in one; a user ONNX graph must be passed, as
             ``Extractor.from_onnx(PATH)`` or ``"onnx:PATH"``: a model file never names a file).
-        batch_size, num_workers, threads: as in extract_features.
-        allow_empty: let an image folder with no readable image empty the store and the
-            model (otherwise that is an error and both are kept), as in extract_features.
         attributes, attribute_types: a new attributes table (as in train_clusters) joined
             to the updated catalogue; ``None`` keeps the model's table (kept images keep
             their values, new images have none).
+        show_progress: show the extraction progress bar.
+        settings: any field of ``options`` or of ``compute`` given as a keyword, as earlier
+            versions took them (``far_quantile=0.9``, ``engine="dask"``); it wins over the
+            same field of the value; any other name is refused.
     """
     t0 = time.perf_counter()
-    if not 0.0 < far_quantile < 1.0:
-        raise InvalidArgumentError(f"far_quantile must be in (0, 1); got {far_quantile}")
-    if engine not in ("local", "dask"):
-        raise InvalidArgumentError(f"engine must be 'local' or 'dask'; got {engine!r}")
+    opts, comp, _ = settle("update_catalogue", settings, UpdateOptions, options, compute, _COMPUTE_USED)
     model_path, features = Path(model_filename), Path(features_folder)
     check_folders(Path(img_folder), features)
     check_replaceable(model_path)
@@ -261,15 +262,9 @@ def update_catalogue(
             Path(csv_filename),
             t0=t0,
             show_progress=show_progress,
-            far_quantile=far_quantile,
-            engine=engine,
-            scheduler=scheduler,
-            recalibrate=recalibrate,
+            options=opts,
+            compute=comp,
             extractor=extractor,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            threads=threads,
-            allow_empty=allow_empty,
             attributes=attributes,
             attribute_types=attribute_types,
         )
@@ -283,15 +278,9 @@ def _update_locked(
     *,
     t0: float,
     show_progress: bool,
-    far_quantile: float,
-    engine: str,
-    scheduler: Any,
-    recalibrate: bool,
+    options: UpdateOptions,
+    compute: Compute,
     extractor: str | Extractor | None,
-    batch_size: int,
-    num_workers: int | None,
-    threads: int | None,
-    allow_empty: bool,
     attributes: Any,
     attribute_types: dict[str, str] | None,
 ) -> UpdateReport:
@@ -299,22 +288,18 @@ def _update_locked(
     ex = _extractor(mf, extractor, model_path)
     before, dtype = _store_state(features)
     with contextlib.ExitStack() as stack:
-        if engine == "dask":
+        if compute.engine == "dask":
             from ._dask import client_for
 
-            scheduler = stack.enter_context(client_for(scheduler))
+            compute = compute.replace(scheduler=stack.enter_context(client_for(compute.scheduler)))
         res = extract_features(
             img_folder,
             features,
             extractor=ex,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            threads=threads,
+            compute=compute,
             dtype=dtype,
+            allow_empty=options.allow_empty,
             show_progress=show_progress,
-            engine=engine,
-            scheduler=scheduler,
-            allow_empty=allow_empty,
         )
         store = FeatureStore.open(features, validate=False)  # just verified and written, under our lock
         if len(store) == 0:  # allow_empty emptied the store; a model holds at least one image
@@ -326,11 +311,11 @@ def _update_locked(
         if store.dim != int(mf.config["dim"]):
             raise IncompatibleModelError(f"feature store has dim {store.dim}, the model {mf.config['dim']}")
         plan = _plan(mf, store, before, res.embedded_ids)
-        labels, dists = _assign(mf, store, plan, engine, scheduler)
-    drift = _drift(mf, plan, labels, dists, far_quantile)
+        labels, dists = _assign(mf, store, plan, compute)
+    drift = _drift(mf, plan, labels, dists, options.far_quantile)
     nprobe_before = int(mf.config.get("nprobe", mf.k))
     old_attributes = model_attributes(mf.config, mf.arrays, mf.ids)
-    new_mf = _updated_model(mf, store, plan, labels, dists, drift, recalibrate, model_path)
+    new_mf = _updated_model(mf, store, plan, labels, dists, drift, options.recalibrate, model_path)
     apply_attributes(new_mf, old_attributes, attributes, attribute_types)
     save_model_and_csv(model_path, csv_filename, new_mf)
     seconds = time.perf_counter() - t0
@@ -408,7 +393,7 @@ def _plan(
 
 
 def _assign(
-    mf: ModelFile, store: FeatureStore, plan: _Plan, engine: str, scheduler: Any
+    mf: ModelFile, store: FeatureStore, plan: _Plan, compute: Compute
 ) -> tuple[np.ndarray, np.ndarray]:
     n = len(store)
     labels = np.empty(n, np.int32)
@@ -418,10 +403,10 @@ def _assign(
     if len(plan.new_rows):
         model = mf.to_model()
         X = np.asarray(store.vectors[plan.new_rows], np.float32)
-        if engine == "dask":
+        if compute.engine == "dask":
             from ._dask import dask_assign
 
-            lab, dst = dask_assign(X, model, scheduler=scheduler)
+            lab, dst = dask_assign(X, model, scheduler=compute.scheduler)
         else:
             lab, dst = model.assign_all(X)
         labels[plan.new_rows] = lab
@@ -584,7 +569,7 @@ def _updated_model(
         "nprobe": int(config.get("nprobe", mf.k)),
         "retrain_recommended": bool(drift.reasons),
     }
-    config["updates"] = [*config.get("updates", []), entry][-MAX_HISTORY:]
+    config["updates"] = [*config.get("updates", []), entry][-_MAX_HISTORY:]
     vectors = np.asarray(store.vectors, np.float16) if mf.vectors is not None else None
     return ModelFile(
         config, mf.centroids, mf.pca_mean, mf.pca_components, list(store.ids), labels, dists, vectors, arrays
