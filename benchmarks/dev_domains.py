@@ -32,11 +32,13 @@ Variants (``--variant NAME:key=value,...``, repeatable; ``--baseline``, default
 ``default:``, the library's defaults): extractor options (``extractor``, ``quantized``,
 ``input_size``, ``resize``, ``pooling``: passed to ``extract_features``) and search
 options (``query_expansion``: the Searcher's; ``views``, ``colour_weight``, ``nprobe``,
-``exact``, ``expansion``: each search's) and training options (``search_pca``, ``n_init``,
-``max_samples``, ``ivf``, ``embed_index``: a variant with any of them gets its own model, trained
-afresh in the run on the same store).  Each variant is compared with the baseline by a paired
-bootstrap over the queries (``--resamples`` 2,000, seeded): per domain, protocol and metric
-the baseline's mean, the variant's, the difference and its 95 % percentile interval.
+``exact``, ``expansion``, ``rerank``: each search's) and training options (``search_pca``,
+``n_init``, ``max_samples``, ``ivf``, ``embed_index``, ``rerank_graph``: a variant with any of them
+gets its own model, trained afresh in the run on the same store; the costs table gives its training
+seconds and, with ``rerank_graph``, the neighbour graph's build seconds and bytes per image).
+Each variant is compared with the baseline by a paired bootstrap over the queries
+(``--resamples`` 2,000, seeded): per domain, protocol and metric the baseline's mean, the
+variant's, the difference and its 95 % percentile interval.
 
 **The rule** (the verdict column): a variant is *adopt* only if its mAP@10 gain has an
 interval above zero on every domain and protocol measured (on the three dev domains) and
@@ -92,8 +94,8 @@ RESAMPLES = 2000
 K_RULE = "k = min(20, max(2, catalogue images // 20))"
 EXTRACTOR_KEYS = ("extractor", "quantized", "input_size", "resize", "pooling")
 SEARCHER_KEYS = ("query_expansion",)
-TRAIN_KEYS = ("search_pca", "n_init", "max_samples", "ivf", "embed_index")
-SEARCH_KEYS = ("views", "colour_weight", "nprobe", "exact", "expansion")
+TRAIN_KEYS = ("search_pca", "n_init", "max_samples", "ivf", "embed_index", "rerank_graph")
+SEARCH_KEYS = ("views", "colour_weight", "nprobe", "exact", "expansion", "rerank")
 PROTOCOLS = ("loo", "heldout")
 PROTOCOL_NAMES = {"loo": "LOO", "heldout": "held-out"}
 METRICS = (("ap", "mAP@10"), ("r1", "R@1"))
@@ -464,7 +466,9 @@ def evaluate_variant(
     if variant.train:  # the variant's own model, trained afresh on the same store in this run
         stem = f"{built.model.stem}-{variant.train_key}".replace("=", "-").replace(",", "_")
         model, csv = built.model.with_name(stem + ".vsm"), built.model.with_name(stem + ".csv")
+        t_train = time.perf_counter()
         train_clusters(built.store, model, csv, built.k, show_progress=False, **variant.train)
+        t_train = time.perf_counter() - t_train
     searcher = Searcher(model, csv, features_folder=built.store, **variant.searcher)
     split_rows = dom.catalogue_rows["full" if protocol == "loo" else "heldout"]
     label_of = {dom.ids[r]: int(dom.labels[r]) for r in split_rows}
@@ -473,6 +477,11 @@ def evaluate_variant(
     ap = np.zeros(len(queries))
     r1 = np.zeros(len(queries))
     notes: dict[str, Any] = {"k": built.k, "catalogue": len(split_rows), "queries": len(queries)}
+    if variant.train:
+        notes["train_s"] = t_train
+    graph = searcher.config.get("rerank")
+    if graph:  # the neighbour graph's build time and size, as the model records them
+        notes["graph_s"], notes["graph_bytes_per_image"] = graph["seconds"], graph["bytes_per_image"]
     views = variant.search.get("views", "auto")
     # whether views="auto" searched crops, where the public API says it (Searcher.resolve_views
     # existed until the search options redesign; without it the count is left out)
@@ -702,6 +711,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if fired_b:
         out += ["", f"views=auto searched crops for: {', '.join(fired_b)} held-out queries ({base.name})."]
+    # ---- query latency side by side, and what a variant's own model cost to build
+    out += [
+        "",
+        "Costs, this run (ms/query: the protocol's queries one after another, one process; "
+        "x: the baseline's, same domain and protocol):",
+        "",
+        "| variant | domain | protocol | ms/query | x baseline | model trained (s) | graph built (s) "
+        "| graph bytes/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (d, p, name), (_, _, n) in results.items():
+        b_ms = results[(d, p, base.name)][2]["ms_per_query"]
+        cells = [
+            f"{n[key]:{fmt}}" if key in n else "-"
+            for key, fmt in (("train_s", ".1f"), ("graph_s", ".2f"), ("graph_bytes_per_image", ".0f"))
+        ]
+        out.append(
+            f"| {name} | {d} | {PROTOCOL_NAMES[p]} | {n['ms_per_query']:.1f} "
+            f"| {n['ms_per_query'] / b_ms:.2f} | {' | '.join(cells)} |"
+        )
     # ---- extraction images/s per extractor variant
     out += [
         "",

@@ -318,6 +318,8 @@ class TrainOptions(_Settings):
         target_recall: recall@10 against exact search the default ``nprobe`` reaches, in (0, 1].
         search_pca: components of the ranking space (``None``: the default rule; ``0``: plain cosine).
         query_expansion: the Searcher's default alpha-QE neighbours (``None``: 0, off).
+        rerank_graph: store the catalogue's neighbour graph for ``rerank="k-reciprocal"``
+            (:mod:`varsitysrch._rerank`; kept up to date by ``update_catalogue``).
     """
 
     n_components: int | None = None
@@ -330,6 +332,7 @@ class TrainOptions(_Settings):
     target_recall: float = _TARGET_RECALL
     search_pca: int | None = None
     query_expansion: int | None = None
+    rerank_graph: bool = False
 
     def __post_init__(self) -> None:
         _int(self, "n_components", 1, optional=True)
@@ -345,6 +348,7 @@ class TrainOptions(_Settings):
             raise _fail("target_recall", "a number in (0, 1]", t)
         _int(self, "search_pca", 0, optional=True, rule="an integer >= 0 or None")
         _int(self, "query_expansion", 0, optional=True, rule="an integer >= 0 or None")
+        _bool(self, "rerank_graph")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ A model file is a zip archive (members stored, not compressed) of
   joined ids with newlines in ``ids.txt`` and still load);
 * ``.npy`` arrays read with ``allow_pickle=False``: ``centroids``, ``labels``,
   ``distances``, optional ``pca_mean``/``pca_components`` (the clustering space) and
-  ``vectors`` (the embedded catalogue), and ``extra/<name>.npy`` (see :class:`ModelFile`).
+  ``vectors`` (the embedded catalogue), and ``extra/<name>.npy`` (see :class:`ModelFile`),
+  among them the catalogue's neighbour graph for k-reciprocal re-ranking (``rerank_nn``,
+  ``rerank_sims``; recorded with its store generation in ``model.json`` ``rerank``, see
+  :mod:`varsitysrch._rerank`).
 
 Nothing in it can execute code, and :func:`load_model` trusts nothing: the JSON types, the
 ``.npy`` headers (shape and dtype checked against ``model.json`` before any data is read),
@@ -84,7 +87,8 @@ class ModelFile:
     #: further arrays, stored as ``extra/<name>.npy``: ``search_mean``/``search_components`` (the
     #: ranking-space PCA) and ``search_vectors`` (the catalogue already in that space),
     #: ``ivf_centroids``/``ivf_lists`` (the IVF of large catalogues), ``store_sizes``/
-    #: ``store_mtimes`` (file stats of each id, used by update_catalogue to find changed images)
+    #: ``store_mtimes`` (file stats of each id, used by update_catalogue to find changed images),
+    #: ``rerank_nn``/``rerank_sims`` (the neighbour graph of k-reciprocal re-ranking)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -638,6 +642,7 @@ def _read_extras(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
             a = r.array(f"extra/{name}", shape, kinds)
             if a is not None:
                 out[name] = a
+    out.update(_read_graph(r, cfg))
     for name in ("search_components", "search_mean", "search_vectors", "ivf_centroids"):
         _finite(p, name, out.get(name), unit=name in ("search_vectors", "ivf_centroids"))
     if ("search_components" in out) != ("search_mean" in out):
@@ -651,6 +656,28 @@ def _read_extras(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
         if int(lists.min()) < 0 or int(lists.max()) >= nlist:
             raise _bad(p, f"IVF lists must be in [0, {nlist})")
     return out
+
+
+def _read_graph(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The catalogue's neighbour graph (``model.json`` ``rerank``, ``extra/rerank_nn.npy`` and
+    ``extra/rerank_sims.npy``; see :mod:`varsitysrch._rerank`).  A graph made for another
+    catalogue size still loads (search says it is stale); its row numbers must lie in it."""
+    rec = cfg.get("rerank")
+    if rec is None:
+        return {}
+    p = r.p
+    if not isinstance(rec, dict):
+        raise _bad(p, f"model.json 'rerank' must be an object; got {type(rec).__name__}")
+    for key, lo in (("k1", 1), ("k", 0), ("n_images", 1)):
+        _need_int(p, rec, key, lo, 2**40)
+    nn = r.array("extra/rerank_nn", (None, rec["k"]), "iu")
+    sims = r.array("extra/rerank_sims", (None, rec["k"]), "f")
+    if nn is None or sims is None or len(nn) != len(sims) or len(nn) != rec["n_images"]:
+        raise _bad(p, "neighbour graph incomplete (rerank_nn / rerank_sims)")
+    if nn.size and (int(nn.min()) < 0 or int(nn.max()) >= len(nn)):
+        raise _bad(p, f"neighbour graph rows must be in [0, {len(nn)})")
+    _finite(p, "the neighbour graph's cosines", sims)
+    return {"rerank_nn": nn.astype(np.int32, copy=False), "rerank_sims": sims.astype(np.float32, copy=False)}
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelFile:

@@ -24,6 +24,7 @@ from ._collapse import check_collapse
 from ._colour import check_colour_weight
 from ._errors import InvalidArgumentError
 from ._query import check_views
+from ._rerank import check_rerank
 
 #: keywords earlier versions used for a setting: old name -> field
 _ALIASES = {"expand": "expansion", "query_expansion": "expansion"}
@@ -55,6 +56,11 @@ class SearchOptions:
         min_score: drop hits whose :attr:`~varsitysrch.Hit.score` is below it (``[-1, 1]``).
         min_confidence: drop hits whose confidence is below it (``[0, 1]``).
         include_self: a search by catalogue id keeps the query image in its results.
+        rerank: ``None`` / ``"none"`` (off, the default) or ``"k-reciprocal"``: the top
+            candidates re-ordered over the catalogue's own neighbour graph (the first hit kept;
+            :mod:`varsitysrch._rerank`).  Needs a model trained with a neighbour graph; opt-in:
+            it gains on catalogues with several photos per product, not on every dev domain
+            (``docs/quality.md``).
     """
 
     top_n: int = 10
@@ -68,6 +74,7 @@ class SearchOptions:
     min_score: float | None = None
     min_confidence: float | None = None
     include_self: bool = True
+    rerank: str | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.top_n) or self.top_n < 1:
@@ -93,6 +100,7 @@ class SearchOptions:
                 raise InvalidArgumentError(f"{name} must be a number in [{lo:g}, 1]; got {v!r}")
         if not isinstance(self.include_self, bool | np.bool_):
             raise InvalidArgumentError(f"include_self must be true or false; got {self.include_self!r}")
+        object.__setattr__(self, "rerank", check_rerank(self.rerank))
 
     @property
     def collapse_threshold(self) -> float | None:
@@ -125,3 +133,6 @@ class SearchOptions:
                 raise InvalidArgumentError(f"{key!r} and another name of {name!r} were both given")
             changes[name] = value
         return dataclasses.replace(base, **changes) if changes else base
+
+
+__all__ = ["SearchOptions"]

@@ -19,19 +19,23 @@ wherever it comes from.  The stages run in this order, each written once, below 
 4. **candidates** -- the index's best rows (:mod:`varsitysrch._candidates`: ``nprobe``
    clusters or IVF lists, the ``where`` filter applied while gathering).
 5. **ranking** (:func:`_ranked`) -- query expansion: the query plus its best results, searched again.
-6. **re-ranking** (:func:`_colour_rerank`) -- the product's colour mixed into the ranking.
-7. **merge views** (:func:`_merge_views`) -- each catalogue image at its best view.
-8. **collapse** (:func:`_collapse`) -- near-duplicates folded into the best-ranked copy, over the
+6. **k-reciprocal re-ranking** (:func:`_graph_rerank`, opt-in: ``rerank="k-reciprocal"``) -- the
+   top :data:`~varsitysrch._rerank.POOL` candidates re-ordered over the catalogue's neighbour
+   graph stored in the model (:mod:`varsitysrch._rerank`), the first hit kept in place.
+7. **colour re-ranking** (:func:`_colour_rerank`) -- the product's colour mixed into the ranking.
+8. **merge views** (:func:`_merge_views`) -- each catalogue image at its best view.
+9. **collapse** (:func:`_collapse`) -- near-duplicates folded into the best-ranked copy, over the
    merged list (more results fetched until ``top_n`` distinct ones come back, when they exist).
-9. **cut-offs** and **hits** (:func:`_hits`) -- ``include_self``, ``min_score``,
-   ``min_confidence`` and ``top_n``; each hit with its score and confidence.
+10. **cut-offs** and **hits** (:func:`_hits`) -- ``include_self``, ``min_score``,
+    ``min_confidence`` and ``top_n``; each hit with its score and confidence.
 
 **The score.**  ``Hit.score`` has one meaning at every catalogue size and with every option:
 the plain cosine similarity, in the raw feature space of the extractor, between the hit's
 stored vector and the query (its best view, when it was searched as several views; the
 positives' side of the refined query after relevance feedback).  The ranking may use another
 space and other signals (the catalogue-centred PCA, query expansion, the crop discount, colour,
-the negatives of feedback), so scores need not decrease strictly down the list.
+the negatives of feedback, k-reciprocal re-ranking), so scores need not decrease strictly down
+the list.
 ``confidence`` is the percentile of the score among the catalogue's own nearest-neighbour
 cosines (:mod:`varsitysrch._confidence`), made monotone in rank (the least-squares
 non-increasing fit, :func:`~varsitysrch._confidence.monotone_in_rank`): a hit is never more
@@ -61,6 +65,8 @@ from ._options import SearchOptions
 from ._paths import resolve_image
 from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query
 from ._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, check_views, crop_boxes, parse_views
+from ._rerank import POOL as RERANK_POOL
+from ._rerank import NeighbourGraph, keep_count, rerank, searcher_graph
 
 if TYPE_CHECKING:
     from ._search import Searcher
@@ -357,8 +363,9 @@ def _query_vectors(s: Searcher, q: Query, o: SearchOptions, w: float, stages: St
 def _ranked(
     s: Searcher, v: np.ndarray, vs: np.ndarray, need: int, qe: int, o: SearchOptions, probe: int,
     flt: Any, exclude: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, Scan]:  # fmt: skip
-    """Stage 4 (the index's candidates) and 5 (query expansion): ``(rows, ranking scores, scan)``.
+) -> tuple[np.ndarray, np.ndarray, Scan, np.ndarray]:  # fmt: skip
+    """Stage 4 (the index's candidates) and 5 (query expansion): ``(rows, ranking scores, scan,
+    the query as ranked, in the ranking space)``.
 
     Expansion: the query plus its ``qe`` best results (``sim ** 3``-weighted, alpha-QE) is
     searched again.  A first-pass result at least :data:`~varsitysrch._postprocess.QE_SELF_COSINE`
@@ -367,7 +374,7 @@ def _ranked(
     """
     index = s._index
     if not qe:
-        return index.rank(v, vs, need, probe, o.exact, flt, exclude)
+        return (*index.rank(v, vs, need, probe, o.exact, flt, exclude), vs)
     rows, sims, _ = index.rank(v, vs, qe + QE_SELF_MARGIN, probe, o.exact, flt, exclude)
     copy = sims >= QE_SELF_COSINE
     first, first_sims = rows[~copy][:qe], sims[~copy][:qe]
@@ -378,10 +385,23 @@ def _ranked(
         keep = ~np.isin(r2, rows[copy])
         r2 = np.concatenate([rows[copy], r2[keep]])
         s2 = np.concatenate([sims[copy], s2[keep]])
-    return r2[:need], s2[:need], scan
+    return r2[:need], s2[:need], scan, vs2
 
 
-# ====================================================================== 6. re-ranking
+# ====================================================================== 6. k-reciprocal re-ranking
+def _graph_rerank(
+    s: Searcher, g: NeighbourGraph, query: np.ndarray, rows: np.ndarray, scores: np.ndarray,
+    self_row: int | None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The candidates re-ordered by the k-reciprocal distance over the model's neighbour graph
+    (:func:`varsitysrch._rerank.rerank`); the leading copies of the query and the first hit after
+    them keep their places.  ``self_row``: a catalogue image searched by id (its own set)."""
+    if not len(rows):
+        return rows, scores
+    return rerank(g, s._scoring, query, rows, scores, self_row=self_row, keep=keep_count(scores))
+
+
+# ====================================================================== 7. colour re-ranking
 def _colour_rerank(
     s: Searcher, rows: np.ndarray, scores: np.ndarray, colour: np.ndarray | None, w: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -394,7 +414,7 @@ def _colour_rerank(
     return rows[order], np.asarray(mixed, np.float32)[order]
 
 
-# ====================================================================== 7. merge views
+# ====================================================================== 8. merge views
 def _merge_views(lists: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Each catalogue row at its best view (the crop discount is already in the views' scores).
     Exact for the best-view score: a row in the top ``m`` by best view is in the top ``m`` of
@@ -410,7 +430,7 @@ def _merge_views(lists: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return np.array([r for r, _ in items], np.int64), np.array([sc for _, sc in items], np.float32)
 
 
-# ====================================================================== 8. collapse
+# ====================================================================== 9. collapse
 def _collapse(
     s: Searcher, rows: np.ndarray, threshold: float | None
 ) -> tuple[np.ndarray, list[tuple[int, ...]]]:
@@ -423,7 +443,7 @@ def _collapse(
     return rows[kept], dups
 
 
-# ====================================================================== 9. cut-offs, hits
+# ====================================================================== 10. cut-offs, hits
 def _hits(
     s: Searcher, rows: np.ndarray, dups: list[tuple[int, ...]], scoring: np.ndarray, o: SearchOptions,
     self_row: int | None,
@@ -481,6 +501,8 @@ def run_search(
         )
     w = s.colour_weight if o.colour_weight is None else o.colour_weight
     probe = s._index.check_probe(o.nprobe)
+    # the neighbour graph, before any decoding: a model without one (or with a stale one) is refused
+    graph = searcher_graph(s.config, s.model_file.arrays, s.model_path) if o.rerank else None
     threshold = o.collapse_threshold
     # 1-3. decode, views, embed
     q = _query_vectors(s, query, o, w, st)
@@ -492,6 +514,7 @@ def run_search(
     want = min(n, max(2 * target, target + 10)) if threshold is not None else target
     while True:
         pool = min(n, want * COLOUR_POOL) if w > 0 else want
+        need = max(pool, min(n, RERANK_POOL)) if graph is not None else pool
         lists: list[tuple[np.ndarray, np.ndarray]] = []
         scan: Scan | None = None
         for k, (v, vs) in enumerate(zip(q.raw, q.ranking, strict=True)):
@@ -502,16 +525,25 @@ def run_search(
                     Scan("images", 0, 0, 0, n),
                 )
             else:
-                rows, scores, view_scan = _ranked(s, v, vs, pool, qe, o, probe, flt, exclude)  # 4-5
+                rows, scores, view_scan, ranked_as = _ranked(
+                    s, v, vs, need, qe, o, probe, flt, exclude
+                )  # 4-5
+                if graph is not None:  # 6
+                    own = q.self_row if q.expand and k == 0 else None
+                    rows, scores = _graph_rerank(s, graph, ranked_as, rows, scores, own)
+                    rows, scores = rows[:pool], scores[:pool]
             if k and q.discount:  # a crop view counts less than the whole photo
                 scores = scores - np.float32(q.discount)
-            lists.append(_colour_rerank(s, rows, scores, q.colour, w))  # 6
+            lists.append(_colour_rerank(s, rows, scores, q.colour, w))  # 7
             scan = scan or view_scan
-        rows = _merge_views(lists)[0][:want]  # 7
-        kept, dups = _collapse(s, rows, threshold)  # 8
+        rows = _merge_views(lists)[0][:want]  # 8
+        kept, dups = _collapse(s, rows, threshold)  # 9
         if threshold is None or len(kept) >= target or len(rows) < want or want >= n:
             break
         want = min(n, want * 2)
     assert scan is not None
-    hits = _hits(s, kept, dups, q.scoring, o, q.self_row)  # 9
+    hits = _hits(s, kept, dups, q.scoring, o, q.self_row)  # 10
     return SearchResult(hits, scan, len(q.raw), q.crops, q.discount)
+
+
+__all__ = ["EmbeddedQuery", "Query", "SearchResult", "Stages", "embed_query", "run_search"]

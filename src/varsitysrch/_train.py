@@ -24,6 +24,7 @@ from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, record_store, save_model_and_csv, stamp_arrays
 from ._postprocess import default_search_pca, fit_search_pca
 from ._progress import say
+from ._rerank import add_graph
 from ._searchindex import build_search_index
 from ._store import FeatureStore
 from ._version import __version__
@@ -140,6 +141,8 @@ def train_clusters(
     config["index"] = "embedded" if embed_index else "store"
     arrays = stamp_arrays(store.ids, store.stamps())  # update_catalogue compares them to find changes
     index.apply(config, arrays)
+    if opts.rerank_graph:  # for rerank="k-reciprocal", tied to the store recorded above (_rerank)
+        add_graph(config, arrays, X)
     if attrs is not None:
         config["attributes"] = attrs.to_config()
         arrays.update(attrs.to_arrays())

@@ -64,6 +64,7 @@ from ._extractors import Extractor, query_extractor
 from ._index import assign_lists
 from ._io import check_replaceable
 from ._modelfile import ModelFile, load_model, model_stamps, record_store, save_model_and_csv, stamp_arrays
+from ._rerank import carry_graph, graph_state
 from ._searchindex import build_search_index
 from ._store import STORE_JSON, FeatureStore, Stamp, same_file, store_lock
 
@@ -315,7 +316,9 @@ def _update_locked(
     drift = _drift(mf, plan, labels, dists, options.far_quantile)
     nprobe_before = int(mf.config.get("nprobe", mf.k))
     old_attributes = model_attributes(mf.config, mf.arrays, mf.ids)
+    graph = graph_state(mf.config, mf.arrays)  # before _updated_model rewrites mf.config
     new_mf = _updated_model(mf, store, plan, labels, dists, drift, options.recalibrate, model_path)
+    carry_graph(graph, new_mf.config, new_mf.arrays, store.vectors, plan.keep_src, plan.keep_rows)
     apply_attributes(new_mf, old_attributes, attributes, attribute_types)
     save_model_and_csv(model_path, csv_filename, new_mf)
     seconds = time.perf_counter() - t0

@@ -561,6 +561,14 @@ def train(
         int | None,
         typer.Option(help="Searches' query expansion neighbours (default 0: plain cosine; 2 is opt-in)."),
     ] = None,
+    rerank_graph: Annotated[
+        bool,
+        typer.Option(
+            "--rerank-graph",
+            help="Store the catalogue's neighbour graph, for search --rerank k-reciprocal (opt-in; "
+            "about 160 bytes per image; update keeps it up to date).",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a CSV that belongs to another model.")
     ] = False,
@@ -599,6 +607,7 @@ def train(
         engine=engine,
         scheduler=scheduler,
         query_expansion=query_expansion,
+        rerank_graph=rerank_graph,
         show_progress=_bars(),
     )
     import numpy as np
@@ -703,6 +712,14 @@ def search(
         int | None,
         typer.Option(help="Query expansion neighbours (default: the model's, 0 unless trained with it)."),
     ] = None,
+    rerank: Annotated[
+        str | None,
+        typer.Option(
+            metavar="none|k-reciprocal",
+            help="Re-order the top 100 over the catalogue's neighbour graph (k-reciprocal, the first hit "
+            "kept; needs a model trained with --rerank-graph; opt-in, docs/quality.md).",
+        ),
+    ] = None,
     as_json: AsJson = False,
     plain: Plain = False,
     quiet: Quiet = False,
@@ -729,6 +746,7 @@ def search(
     options = SearchOptions(
         top_n=n, nprobe=nprobe, exact=exact, views=views, colour_weight=_colour_weight(colour, match_colour),
         where=where or None, collapse=collapse, min_score=min_score, min_confidence=min_confidence,
+        rerank=rerank,
     )  # fmt: skip
     result = _call(run_search, s, Query(image=query), options)  # the one pipeline, as every entry point
     log.info("%s; query searched as %d view(s)", result.scan, result.views)

@@ -57,10 +57,11 @@ from urllib.parse import quote, unquote_to_bytes
 
 import numpy as np
 
-from .._errors import ImageError, InvalidArgumentError, VarsitysrchError, missing
+from .._errors import ImageError, IncompatibleModelError, InvalidArgumentError, VarsitysrchError, missing
 from .._options import SearchOptions
 from .._pipeline import Query as SearchQuery
 from .._pipeline import SearchResult, Stages, run_search
+from .._rerank import searcher_graph
 from .._version import __version__
 from .batching import BoundedPool, MicroBatcher, Overloaded
 from .files import (
@@ -308,13 +309,23 @@ def _check_nprobe(gen: Generation, nprobe: int | None, exact: bool) -> None:
 def _options(
     gen: Generation, top_n: int, nprobe: int | None, exact: bool, *, views: str | None = None,
     colour_weight: float = 0.0, where: Any = None, collapse: bool = False, include_self: bool = True,
+    rerank: str | None = None,
 ) -> SearchOptions:  # fmt: skip
-    """A route's parameters as the pipeline's :class:`~varsitysrch.SearchOptions` (422 when invalid)."""
+    """A route's parameters as the pipeline's :class:`~varsitysrch.SearchOptions` (422 when invalid,
+    also ``rerank`` on a model without its neighbour graph)."""
     _check_nprobe(gen, nprobe, exact)
-    return SearchOptions(
+    opts = SearchOptions(
         top_n=top_n, nprobe=None if exact else nprobe, exact=exact, views=views,
         colour_weight=colour_weight, where=where, collapse=collapse, include_self=include_self,
+        rerank=rerank,
     )  # fmt: skip
+    if opts.rerank is not None:
+        s = gen.searcher
+        try:
+            searcher_graph(s.config, s.model_file.arrays, s.model_path)
+        except IncompatibleModelError as exc:
+            raise _http(422, str(exc)) from None
+    return opts
 
 
 def _result(
@@ -326,6 +337,7 @@ def _result(
         "top_n": options.top_n,
         "nprobe": None if options.exact else (options.nprobe or gen.searcher.default_nprobe),
         "exact": options.exact,
+        "rerank": options.rerank,
         "scan": res.scan.to_dict(),
         "took_ms": round((time.perf_counter() - t0) * 1000, 3),
         "hits": [_shop_fields(request, gen, h, _hit_dict(request, h)) for h in res.hits],
@@ -675,6 +687,10 @@ _WHERE_DOC = (
     'or one JSON object {"price": {"lt": 50}}'
 )
 _COLLAPSE_DOC = "show near-duplicates of one product once (they are listed in the hit's duplicates)"
+_RERANK_DOC = (
+    "none (the default) or k-reciprocal: the top 100 re-ordered over the catalogue's neighbour graph, "
+    "the first hit kept (a model trained with a neighbour graph)"
+)
 _VIEWS_DOC = (
     "query views: none (the whole photo, the default), auto (five 70 % crops too for a shop photo "
     "against a studio catalogue), crops, flip or crops+flip"
@@ -719,6 +735,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
         views: Annotated[str, Query(description=_VIEWS_DOC)] = "none",
+        rerank: Annotated[str | None, Query(description=_RERANK_DOC)] = None,
     ) -> dict[str, Any]:
         """Search with an uploaded photo (field ``image``) or a catalogue image (field ``image_id``).
 
@@ -733,7 +750,7 @@ def _add_search_routes(app: Any, svc: Service) -> None:
             raise _http(422, "send either an image file or an image_id, not both")
         opts = _options(
             gen, n, p, ex, views=views, colour_weight=w, where=_where(where), collapse=collapse,
-            include_self=inc,
+            include_self=inc, rerank=rerank,
         )  # fmt: skip
         if image_id:
             return await run_in_threadpool(_search_id, request, gen, image_id, opts)
@@ -758,12 +775,13 @@ def _add_search_routes(app: Any, svc: Service) -> None:
         colour_weight: Annotated[float, Query(ge=0, le=1, description=_COLOUR_DOC)] = 0.0,
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
+        rerank: Annotated[str | None, Query(description=_RERANK_DOC)] = None,
     ) -> dict[str, Any]:
         """Search with a catalogue image."""
         gen = svc.gen
         opts = _options(
             gen, top_n, nprobe, exact, colour_weight=colour_weight, where=_where(where), collapse=collapse,
-            include_self=include_self,
+            include_self=include_self, rerank=rerank,
         )  # fmt: skip
         return _search_id(request, gen, image_id, opts)
 
@@ -839,6 +857,7 @@ def _add_batch_route(app: Any, svc: Service) -> None:
         where: Annotated[list[str] | None, Query(description=_WHERE_DOC)] = None,
         collapse: Annotated[bool, Query(description=_COLLAPSE_DOC)] = False,
         views: Annotated[str, Query(description=_VIEWS_DOC)] = "none",
+        rerank: Annotated[str | None, Query(description=_RERANK_DOC)] = None,
     ) -> dict[str, Any]:
         """Many queries in one request: uploads first (in order), then ids.
 
@@ -863,7 +882,7 @@ def _add_batch_route(app: Any, svc: Service) -> None:
             raise _http(422, f"a batch holds at most {svc.decode.limit} uploads; got {len(files)}")
         opts = _options(
             gen, top_n, nprobe, exact, views=views, colour_weight=colour_weight, where=_where(where),
-            collapse=collapse, include_self=include_self,
+            collapse=collapse, include_self=include_self, rerank=rerank,
         )  # fmt: skip
         t0 = time.perf_counter()
         datas = [await _read_upload(svc, f) for f in files]

@@ -1,0 +1,489 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) over the catalogue's own neighbour graph.
+
+An opt-in search stage (``SearchOptions(rerank="k-reciprocal")``; measured on the three dev
+domains in ``docs/quality.md``, "Relevance on three domains (issue 21)").  Two halves:
+
+**Offline, in the model file** (:class:`NeighbourGraph`): every catalogue image's ``k1``
+nearest catalogue images in the ranking space (the search PCA when the model has one, else
+the raw vectors; the image itself left out), best first, ties by row: ``rerank_nn``
+(``int32 [n, k]``) and their cosines ``rerank_sims`` (``float32 [n, k]``), ``k = min(k1,
+n - 1)``; 8 bytes per neighbour, 160 bytes per image at ``k1 = 20``.  :func:`build_graph` finds
+them exactly, ``BLOCK`` images at a time against the whole catalogue
+(:func:`varsitysrch._neighbours.exact_topk`, memory bounded by the block): ``n**2 * d``
+multiply-adds, the cost stated in ``docs/quality.md``.  :func:`update_graph` keeps it equal to a
+rebuild after ``update`` (ties aside): new images get their lists; a kept image whose list loses
+a removed image is searched again; every other kept image merges the new images into its list
+(one of them beats its ``k1``-th neighbour only if it enters the top ``k1``).  The model records
+the graph with the store generation it was made for (``model.json`` ``rerank``): a graph that
+does not match the model's catalogue is *stale* and searching with it is refused in words.
+
+**Per query** (:func:`rerank`), over the pipeline's top :data:`POOL` candidates, vectorised:
+the k-reciprocal sets ``R(i, k1)`` (``i`` and the neighbours that have ``i`` among their own
+``k1``), expanded by each member's ``R(j, k1/2)`` when two thirds of it lie in the set,
+``exp(-d)`` weights (``d = 2 - 2 cos``), local query expansion over each image's ``k2``
+nearest, and the Jaccard distance between the query's weights and each candidate's;
+candidates are ordered by ``(1 - lambda) Jaccard + lambda d / 2``.  The query's own set is made
+from its top-``k1`` candidates: a candidate ``j`` is in it when the query is closer to ``j`` than
+``j``'s ``k1``-th neighbour (a catalogue image searched by id uses its own set).
+**Keep first**: the first hit (after any copies of the query in front) keeps its place, only
+the rest is re-ordered -- the variant measured without a recall@1 loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._errors import IncompatibleModelError, InvalidArgumentError
+from ._neighbours import exact_topk
+
+log = logging.getLogger(__name__)
+
+#: the re-ranking method names ``SearchOptions.rerank`` takes (``None`` / ``"none"``: off)
+RERANK_METHODS = ("k-reciprocal",)
+#: neighbours per image in the graph, and the local query expansion's group size
+K1, K2 = 20, 6
+#: weight of the plain distance in the final distance (the rest: Jaccard)
+LAMBDA = 0.3
+#: candidates re-ordered per query (fetched from the index when the search needs fewer)
+POOL = 100
+#: catalogue images searched at a time while building the graph (memory: BLOCK x chunk scores)
+BLOCK = 256
+#: the first-pass score at which a candidate is a copy of the query (kept in front)
+COPY_COSINE = 0.99
+
+
+def check_rerank(value: Any) -> str | None:
+    """``SearchOptions.rerank``: ``None`` / ``"none"`` (off) or ``"k-reciprocal"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("", "none", "off"):
+            return None
+        if v in ("k-reciprocal", "kreciprocal", "k_reciprocal"):
+            return "k-reciprocal"
+    raise InvalidArgumentError(
+        f"rerank must be None, 'none' or 'k-reciprocal'; got {value!r}", param="rerank"
+    )
+
+
+# ====================================================================== the graph
+@dataclass(frozen=True)
+class NeighbourGraph:
+    """The catalogue's ``k1``-NN graph in the ranking space (see the module docstring)."""
+
+    nn: np.ndarray  #: int32 [n, k]: each row's nearest rows, best first (itself left out)
+    sims: np.ndarray  #: float32 [n, k]: their cosines
+    k1: int  #: the neighbours asked for (``k = min(k1, n - 1)``)
+
+    @property
+    def k(self) -> int:
+        return int(self.nn.shape[1])
+
+    @property
+    def kh(self) -> int:
+        """The half neighbourhood of the set expansion, ``round(k1 / 2)`` (at most ``k``)."""
+        return min(self.k, max(1, round(self.k1 / 2)))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.nn.nbytes + self.sims.nbytes)
+
+
+def _f32(X: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _topk_rows(C: np.ndarray, rows: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of ``rows`` against all of ``C`` (each row left out of its own list)."""
+    nn = np.empty((len(rows), k), np.int32)
+    sims = np.empty((len(rows), k), np.float32)
+    for s in range(0, len(rows), block):
+        b = rows[s : s + block]
+        i, v = exact_topk(_f32(C[b]), C, k, exclude=b)
+        nn[s : s + len(b)], sims[s : s + len(b)] = i, v
+    return nn, sims
+
+
+def build_graph(C: np.ndarray, k1: int = K1, *, block: int = BLOCK) -> NeighbourGraph:
+    """The exact ``k1``-NN graph of the catalogue ``C`` (``[n, d]`` unit rows, ranking space),
+    ``block`` rows at a time."""
+    if isinstance(k1, bool) or not isinstance(k1, int | np.integer) or k1 < 1:
+        raise InvalidArgumentError(f"k1 must be a positive integer; got {k1!r}", param="k1")
+    n = len(C)
+    k = min(int(k1), n - 1)
+    if k < 1:
+        return NeighbourGraph(np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32), int(k1))
+    nn, sims = _topk_rows(C, np.arange(n), k, block)
+    return NeighbourGraph(nn, sims, int(k1))
+
+
+def update_graph(
+    g: NeighbourGraph,
+    C: np.ndarray,
+    keep_src: np.ndarray,
+    keep_rows: np.ndarray,
+    *,
+    block: int = BLOCK,
+) -> NeighbourGraph:
+    """The graph of the updated catalogue ``C`` (its rows ``keep_rows`` are the old rows
+    ``keep_src``, unchanged; every other row is new), equal to :func:`build_graph` on ``C``
+    (ties aside) without searching the kept images again unless a removed image was in their
+    list."""
+    n = len(C)
+    keep_src = np.asarray(keep_src, np.int64)
+    keep_rows = np.asarray(keep_rows, np.int64)
+    k = min(g.k1, n - 1)
+    if k != g.k or k < 1:  # the catalogue crossed k1 + 1 images: the lists change length
+        return build_graph(C, g.k1, block=block)
+    old_to_new = np.full(len(g.nn), -1, np.int64)
+    old_to_new[keep_src] = keep_rows
+    listed = old_to_new[g.nn[keep_src]]  # [kept, k]
+    broken = (listed < 0).any(axis=1)  # a removed (or changed) image was in the list
+    new_rows = np.setdiff1d(np.arange(n), keep_rows)
+    nn = np.empty((n, k), np.int32)
+    sims = np.empty((n, k), np.float32)
+    redo = np.concatenate([new_rows, keep_rows[broken]])
+    if len(redo):
+        nn[redo], sims[redo] = _topk_rows(C, redo, k, block)
+    ok_rows, ok_src = keep_rows[~broken], keep_src[~broken]
+    nn[ok_rows], sims[ok_rows] = listed[~broken], g.sims[ok_src]
+    if len(new_rows) and len(ok_rows):  # new images enter the kept lists they beat
+        Cn = _f32(C[new_rows])
+        for s in range(0, len(ok_rows), block):
+            b = ok_rows[s : s + block]
+            S = _f32(C[b]) @ Cn.T
+            cs = np.concatenate([sims[b], S], axis=1)
+            ci = np.concatenate([nn[b].astype(np.int64), np.broadcast_to(new_rows, S.shape)], axis=1)
+            if cs.shape[1] > k:
+                part = np.argpartition(-cs, k - 1, axis=1)[:, :k]
+                cs, ci = np.take_along_axis(cs, part, 1), np.take_along_axis(ci, part, 1)
+            order = np.lexsort((ci, -cs), axis=1)
+            nn[b], sims[b] = np.take_along_axis(ci, order, 1), np.take_along_axis(cs, order, 1)
+    log.info(
+        "neighbour graph updated: %d new images searched, %d kept images searched again, %d merged",
+        len(new_rows),
+        int(broken.sum()),
+        len(ok_rows),
+    )
+    return NeighbourGraph(nn, sims, g.k1)
+
+
+# ====================================================================== in the model file
+#: ``model.json`` key and ``extra/`` array names of the graph
+RECORD = "rerank"
+ARRAYS = ("rerank_nn", "rerank_sims")
+
+
+def ranking_vectors(config: dict[str, Any], arrays: dict[str, np.ndarray], raw: np.ndarray) -> np.ndarray:
+    """The catalogue in the space the Searcher ranks in: the stored search-PCA vectors, or the
+    raw vectors (a model with an IVF ranks in the raw space)."""
+    if not config.get("ivf") and "search_vectors" in arrays:
+        return arrays["search_vectors"]
+    return raw
+
+
+def _space_name(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    return "search_pca" if not config.get("ivf") and "search_vectors" in arrays else "raw"
+
+
+def _stamp(config: dict[str, Any]) -> dict[str, Any]:
+    feats = config.get("features") or {}
+    return {key: feats.get(key) for key in ("generation", "checksum")}
+
+
+def attach_graph(
+    config: dict[str, Any], arrays: dict[str, np.ndarray], g: NeighbourGraph, seconds: float, how: str
+) -> None:
+    """Store ``g`` in a model's ``config`` / ``arrays``, tied to the store generation and
+    checksum the model records (call it after :func:`~varsitysrch._modelfile.record_store`)."""
+    n = len(g.nn)
+    arrays["rerank_nn"] = np.ascontiguousarray(g.nn, np.int32)
+    arrays["rerank_sims"] = np.ascontiguousarray(g.sims, np.float32)
+    config[RECORD] = {
+        "method": "k-reciprocal",
+        "k1": int(g.k1),
+        "k": g.k,
+        "n_images": n,
+        "space": _space_name(config, arrays),
+        "features": _stamp(config),
+        "built": how,
+        "seconds": round(float(seconds), 3),
+        "bytes_per_image": round(g.nbytes / max(n, 1), 1),
+    }
+
+
+def drop_graph(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    config.pop(RECORD, None)
+    for name in ARRAYS:
+        arrays.pop(name, None)
+
+
+def add_graph(
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    raw: np.ndarray,
+    k1: int = K1,
+    *,
+    block: int = BLOCK,
+) -> NeighbourGraph:
+    """Build the graph of a model's catalogue (``raw``: its raw vectors, store order) and store
+    it (:func:`attach_graph`).  Training calls this when asked for a graph."""
+    t0 = time.perf_counter()
+    g = build_graph(ranking_vectors(config, arrays, raw), k1, block=block)
+    seconds = time.perf_counter() - t0
+    attach_graph(config, arrays, g, seconds, "exact")
+    log.info("neighbour graph: k1=%d over %d images in %.1fs (%d bytes)", k1, len(g.nn), seconds, g.nbytes)
+    return g
+
+
+@dataclass(frozen=True)
+class GraphState:
+    """A model's graph as an update finds it (read before the update rewrites the model)."""
+
+    graph: NeighbourGraph | None  #: ``None``: stale, rebuilt after the update
+    k1: int
+    space: str | None
+
+
+def graph_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GraphState | None:
+    """The graph of a model about to be updated (``None``: it has none)."""
+    if RECORD not in config:
+        return None
+    rec = config[RECORD]
+    g = graph_from_model(config, arrays, int(config.get("n_images", 0)))
+    usable = g is not None and stale_reason(config, arrays, g) is None
+    return GraphState(g if usable else None, int(rec.get("k1", K1)), rec.get("space"))
+
+
+def carry_graph(
+    state: GraphState | None,
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    raw: np.ndarray,
+    keep_src: np.ndarray,
+    keep_rows: np.ndarray,
+) -> NeighbourGraph | None:
+    """After an update: the model's graph (``state``, from :func:`graph_state`) brought to the
+    new catalogue -- :func:`update_graph`, or rebuilt when it was stale -- and stored in the
+    updated model's ``config`` / ``arrays`` (after its store record); ``raw``: the new raw
+    vectors, ``keep_rows`` the new rows of the unchanged old rows ``keep_src``.  ``None``: the
+    model has no graph (and gets none)."""
+    if state is None:
+        drop_graph(config, arrays)
+        return None
+    t0 = time.perf_counter()
+    C = ranking_vectors(config, arrays, raw)
+    if state.graph is None or state.space != _space_name(config, arrays):
+        g, how = build_graph(C, state.k1), "exact"
+    else:
+        g, how = update_graph(state.graph, C, keep_src, keep_rows), "exact, updated"
+    attach_graph(config, arrays, g, time.perf_counter() - t0, how)
+    return g
+
+
+def graph_from_model(config: dict[str, Any], arrays: dict[str, np.ndarray], n: int) -> NeighbourGraph | None:
+    """The graph a model stores (``None``: none), not checked for staleness."""
+    if RECORD not in config or "rerank_nn" not in arrays or "rerank_sims" not in arrays:
+        return None
+    return NeighbourGraph(arrays["rerank_nn"], arrays["rerank_sims"], int(config[RECORD].get("k1", K1)))
+
+
+def stale_reason(config: dict[str, Any], arrays: dict[str, np.ndarray], g: NeighbourGraph) -> str | None:
+    """Why the stored graph does not describe the model's catalogue (``None``: it does)."""
+    rec = config.get(RECORD) or {}
+    n = int(config.get("n_images", -1))
+    if len(g.nn) != n:
+        return f"made for {len(g.nn)} images, the model has {n}"
+    if rec.get("features") != _stamp(config):
+        made = (rec.get("features") or {}).get("generation")
+        return f"made for store generation {made}, the model is at {_stamp(config)['generation']}"
+    if rec.get("space") != _space_name(config, arrays):
+        now = _space_name(config, arrays)
+        return f"made in the {rec.get('space')} space, the model ranks in the {now} space"
+    return None
+
+
+def searcher_graph(config: dict[str, Any], arrays: dict[str, np.ndarray], model_path: Any) -> NeighbourGraph:
+    """The graph a search with ``rerank="k-reciprocal"`` uses, or a one-line error saying how to
+    get one."""
+    g = graph_from_model(config, arrays, int(config.get("n_images", 0)))
+    how = (
+        "train it with a neighbour graph (train_clusters(..., rerank_graph=True); CLI: "
+        "`varsitysrch train ... --rerank-graph`), or search without rerank"
+    )
+    if g is None:
+        raise IncompatibleModelError(
+            f"rerank='k-reciprocal' needs the catalogue's neighbour graph, which model {str(model_path)!r} "
+            f"does not have: {how}",
+            param="rerank",
+        )
+    why = stale_reason(config, arrays, g)
+    if why is not None:
+        raise IncompatibleModelError(
+            f"the neighbour graph in model {str(model_path)!r} is stale ({why}): run update with this "
+            f"version (it keeps the graph up to date), or {how}",
+            param="rerank",
+        )
+    return g
+
+
+# ====================================================================== per query
+def _recip(g: NeighbourGraph, rows: np.ndarray, width: int) -> np.ndarray:
+    """``R(i, width)`` of each row: itself, then its ``width`` nearest that have it among their
+    own ``width`` nearest (``-1``: not reciprocal).  ``[len(rows), width + 1]``."""
+    nb = g.nn[rows, :width].astype(np.int64)
+    back = (g.nn[nb, :width] == rows[:, None, None]).any(-1)
+    return np.concatenate([rows[:, None], np.where(back, nb, -1)], axis=1)
+
+
+def _expand(g: NeighbourGraph, R: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Each set of ``R`` (``[r, L]``, ``-1`` padded) with the half sets ``R(j, k1/2)`` of its
+    members ``j`` (the owner itself skipped) that share more than two thirds of their
+    elements with it; ``[r, L * (kh + 2)]``, ``-1`` padded, with repeats."""
+    r, L = R.shape
+    kh = g.kh
+    valid = R >= 0
+    members, at = np.unique(np.where(valid, R, 0), return_inverse=True)
+    H = _recip(g, members, kh)[at.reshape(r, L)]  # [r, L, kh + 1]: each member's half set
+    Hv = H >= 0
+    # is each element of a member's half set in the set itself? (keys of (set, row), sorted)
+    span = len(g.nn) + 1
+    sets = np.arange(r, dtype=np.int64)
+    rkeys = np.sort((sets[:, None] * span + R + 1).ravel())
+    hkeys = (sets[:, None, None] * span + H + 1).ravel()
+    pos = np.minimum(np.searchsorted(rkeys, hkeys), len(rkeys) - 1)
+    inside = (rkeys[pos] == hkeys).reshape(H.shape) & Hv
+    take = valid & (inside.sum(-1) > (2.0 / 3.0) * Hv.sum(-1)) & (owner[:, None] != R)
+    return np.concatenate([R, np.where(take[..., None], H, -1).reshape(r, -1)], axis=1)
+
+
+def _weights(
+    C: np.ndarray, E: np.ndarray, vecs: np.ndarray, universe: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``exp(-d)`` weights of each set of ``E`` (``[r, W]``, ``-1`` padded, repeats counted
+    once) to its owner's vector ``vecs[i]``, normalised to sum 1: ``(set, column, weight)``."""
+    r, W = E.shape
+    flat = E.ravel()
+    owner = np.repeat(np.arange(r, dtype=np.int64), W)
+    ok = flat >= 0
+    n = int(C.shape[0])
+    key = np.unique(owner[ok] * n + flat[ok])
+    row, col = key // n, key % n
+    s = np.einsum("ij,ij->i", _f32(C[col]), vecs[row]).astype(np.float64)
+    w = np.exp(-np.maximum(0.0, 2.0 - 2.0 * s))
+    w /= np.bincount(row, w, minlength=r)[row]
+    universe.append(col)
+    return row, col, w
+
+
+def rerank(
+    g: NeighbourGraph,
+    C: np.ndarray,
+    query: np.ndarray,
+    rows: np.ndarray,
+    sims: np.ndarray,
+    *,
+    self_row: int | None = None,
+    keep: int = 1,
+    k2: int = K2,
+    lam: float = LAMBDA,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates ``rows`` (best first, ranking-space cosines ``sims`` to the ranking-space
+    ``query``) re-ordered by the k-reciprocal distance; the first ``keep`` stay in place.
+
+    Returns ``(rows, scores)``: ``score = 1 - ((1 - lam) Jaccard + lam (1 - cos))``, falling
+    down the list except the kept rows (their score is at least the best of the rest, so that a
+    later stage that sorts by score keeps them in front).  ``self_row``: the query is this
+    catalogue image (its own k-reciprocal set is used).  See the module docstring.
+    """
+    rows = np.asarray(rows, np.int64)
+    sims = np.asarray(sims, np.float32)
+    m = len(rows)
+    if m - keep < 2 or g.k < 1:
+        return rows, sims
+    k1 = g.k
+    q = _f32(query).reshape(-1)
+    cand = rows
+
+    def groups_of(x: np.ndarray) -> np.ndarray:  # the local query expansion's group of each row
+        return np.concatenate([x[:, None], g.nn[x, : max(0, min(k2 - 1, g.k))].astype(np.int64)], axis=1)
+
+    G = groups_of(cand)  # [m, k2]
+    if self_row is not None:
+        Gq = groups_of(np.asarray([self_row], np.int64))[0]
+        Rq = None
+    else:
+        nbr, nd = cand[:k1], np.maximum(0.0, 2.0 - 2.0 * sims[:k1])
+        kth = np.maximum(0.0, 2.0 - 2.0 * g.sims[nbr, -1])
+        Rq = nbr[nd <= kth]
+        if not len(Rq):
+            return rows, sims
+        Gq = cand[: max(0, min(k2 - 1, m))]
+    U = np.unique(np.concatenate([G.ravel(), Gq]))  # the rows whose own weights are needed
+    E = _expand(g, _recip(g, U, k1), U)
+    vecs = _f32(C[U])
+    universe: list[np.ndarray] = []
+    ur, uc, uw = _weights(C, E, vecs, universe)
+    if Rq is not None:
+        Eq = _expand(g, np.concatenate([Rq, np.full(k1 + 1 - len(Rq), -1)])[None], np.asarray([-1]))
+        _, qc, qw = _weights(C, Eq, q[None], universe)
+    cols = np.unique(np.concatenate(universe))
+    raw = np.zeros((len(U), len(cols)))
+    raw[ur, np.searchsorted(cols, uc)] = uw
+    V = raw[np.searchsorted(U, G)].mean(axis=1)  # [m, cols]: each candidate after local query expansion
+    if Rq is None:
+        vq = raw[np.searchsorted(U, Gq)].mean(axis=0)
+    else:
+        vq_own = np.zeros(len(cols))
+        vq_own[np.searchsorted(cols, qc)] = qw
+        vq = (vq_own + V[: len(Gq)].sum(0)) / (1 + len(Gq))  # Gq: the first candidates
+    mn = np.minimum(V, vq[None]).sum(1)
+    jd = 1.0 - mn / (vq.sum() + V.sum(1) - mn)
+    score = 1.0 - ((1.0 - lam) * jd + lam * np.maximum(0.0, 1.0 - sims.astype(np.float64)))
+    rest = keep + np.argsort(-score[keep:], kind="stable")
+    order = np.concatenate([np.arange(keep), rest])
+    out = score[order]
+    if keep:
+        out[:keep] = np.maximum(out[:keep], out[keep])
+    return rows[order], out.astype(np.float32)
+
+
+def keep_count(sims: np.ndarray) -> int:
+    """Rows kept in front by the keep-first rule: the leading copies of the query (first-pass
+    score at least :data:`COPY_COSINE`) and the first hit after them."""
+    copy = np.asarray(sims) >= COPY_COSINE
+    copies = len(copy) if copy.all() else int(np.argmin(copy))
+    return min(len(copy), copies + 1)
+
+
+__all__ = [
+    "ARRAYS",
+    "K1",
+    "K2",
+    "LAMBDA",
+    "POOL",
+    "RECORD",
+    "RERANK_METHODS",
+    "GraphState",
+    "NeighbourGraph",
+    "add_graph",
+    "attach_graph",
+    "build_graph",
+    "carry_graph",
+    "check_rerank",
+    "drop_graph",
+    "graph_from_model",
+    "graph_state",
+    "keep_count",
+    "ranking_vectors",
+    "rerank",
+    "searcher_graph",
+    "stale_reason",
+    "update_graph",
+]

@@ -1,0 +1,466 @@
+"""k-reciprocal re-ranking (issue 21 phase B): the stage, its graph in the model file, update.
+
+Known answers on generated data: the vectorised re-ordering equals a straightforward loop
+(the relevance probe's, re-written here), a planted "hub" that plain cosine ranks high is
+pushed down, the first hit is kept, the graph survives save/load/copy and ``update`` keeps it
+equal to a rebuild; a model without a graph is refused in words; the CLI and HTTP give the
+library's hits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imagegen import SYNTHETIC_CLASSES, make_synthetic_catalogue
+from varsitysrch import Searcher, SearchOptions, train_clusters
+from varsitysrch._errors import IncompatibleModelError, InvalidArgumentError
+from varsitysrch._extract import extract_features
+from varsitysrch._modelfile import load_model, save_model
+from varsitysrch._rerank import (
+    K1,
+    NeighbourGraph,
+    add_graph,
+    build_graph,
+    check_rerank,
+    keep_count,
+    rerank,
+    update_graph,
+)
+from varsitysrch._store import FeatureStore, normalize_rows
+from varsitysrch._update import update_catalogue
+
+
+# ====================================================================== a reference, written plainly
+def _dist(s: np.ndarray) -> np.ndarray:
+    return np.maximum(0.0, 2.0 - 2.0 * np.asarray(s, np.float64))
+
+
+def _ref_sets(nn: np.ndarray, k1: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    n, kh = len(nn), max(1, round(k1 / 2))
+    s1 = [set(nn[j].tolist()) for j in range(n)]
+    sh = [set(nn[j, :kh].tolist()) for j in range(n)]
+    r1 = [np.array([i, *[j for j in nn[i].tolist() if i in s1[j]]]) for i in range(n)]
+    half = [np.array([i, *[j for j in nn[i, :kh].tolist() if i in sh[j]]]) for i in range(n)]
+    return r1, half
+
+
+def _ref_weights(q: int | None, qv: np.ndarray, R: np.ndarray, half: list[np.ndarray], C: np.ndarray) -> dict:
+    rset = set(R.tolist())
+    exp = set(rset)
+    for j in R.tolist():
+        if q is not None and j == q:
+            continue
+        if len(set(half[j].tolist()) & rset) > 2 / 3 * len(half[j]):
+            exp |= set(half[j].tolist())
+    cols = np.array(sorted(exp))
+    w = np.exp(-_dist(C[cols] @ qv))
+    return dict(zip(cols.tolist(), (w / w.sum()).tolist(), strict=True))
+
+
+def _mean(ds: list[dict]) -> dict:
+    out: dict = {}
+    for d in ds:
+        for c, w in d.items():
+            out[c] = out.get(c, 0.0) + w / len(ds)
+    return out
+
+
+def reference(
+    C: np.ndarray, k1: int, k2: int, q: np.ndarray, rows: np.ndarray, sims: np.ndarray,
+    self_row: int | None, keep_first: bool, lam: float = 0.3,
+) -> np.ndarray:  # fmt: skip
+    """Zhong et al. 2017 with dicts and loops (the relevance probe's build_kr + kr_rerank)."""
+    n = len(C)
+    S = C @ C.T
+    np.fill_diagonal(S, -np.inf)
+    nn = np.argsort(-S, axis=1, kind="stable")[:, :k1]
+    kth = _dist(S[np.arange(n), nn[:, -1]])
+    r1, half = _ref_sets(nn, k1)
+    raw = [_ref_weights(i, C[i], r1[i], half, C) for i in range(n)]
+    V = [_mean([raw[j] for j in [i, *nn[i, : k2 - 1].tolist()]]) for i in range(n)]
+    if self_row is not None:
+        vq = V[self_row]
+    else:
+        nbr, nd = rows[:k1], _dist(sims[:k1])
+        R = np.array([j for j, d in zip(nbr.tolist(), nd.tolist(), strict=True) if d <= kth[j]])
+        vq = _mean([_ref_weights(None, q, R, half, C), *[V[j] for j in nbr[: k2 - 1].tolist()]])
+    jd = np.empty(len(rows))
+    for t, c in enumerate(rows.tolist()):
+        mn = sum(min(w, vq.get(cc, 0.0)) for cc, w in V[c].items())
+        jd[t] = 1.0 - mn / (sum(vq.values()) + sum(V[c].values()) - mn)
+    final = (1 - lam) * jd + lam * _dist(sims) / 2
+    if keep_first:
+        final[0] = -np.inf
+    return rows[np.argsort(final, kind="stable")]
+
+
+def _clustered(seed: int, n: int = 300, d: int = 16, classes: int = 25) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, d))
+    return normalize_rows(
+        (centres[rng.integers(0, classes, n)] + 0.7 * rng.standard_normal((n, d))).astype(np.float32)
+    )
+
+
+def _top(q: np.ndarray, C: np.ndarray, m: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    s = C @ q
+    if exclude is not None:
+        s[exclude] = -np.inf
+    rows = np.argsort(-s, kind="stable")[:m]
+    return rows, s[rows].astype(np.float32)
+
+
+# ====================================================================== the re-ordering
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rerank_equals_the_plain_loop(seed: int) -> None:
+    C = _clustered(seed)
+    g = build_graph(C, K1)
+    rng = np.random.default_rng(100 + seed)
+    moved = 0
+    for t in range(12):
+        if t % 2:  # a photo that is not in the catalogue
+            q = normalize_rows((C[rng.integers(len(C))] + 0.5 * rng.standard_normal(C.shape[1]))[None])[0]
+            rows, sims = _top(q, C, 100)
+            own = None
+        else:  # a catalogue image searched by id (itself left out, as leave-one-out does)
+            own = int(rng.integers(len(C)))
+            q = C[own]
+            rows, sims = _top(q, C, 100, exclude=own)
+        for keep in (0, 1):
+            got, scores = rerank(g, C, q, rows, sims, self_row=own, keep=keep)
+            want = reference(C, K1, 6, q, rows, sims, own, keep_first=bool(keep))
+            np.testing.assert_array_equal(got, want)
+            assert np.all(np.diff(scores[keep:]) <= 1e-12) and scores[0] >= scores[1:].max()
+            moved += int(not np.array_equal(got, rows))
+    assert moved > 0  # the stage does re-order
+
+
+def test_a_hub_close_to_everything_is_pushed_down() -> None:
+    """Plain cosine ranks a 'hub' (an image close to every product) right after the query's first
+    hit; its neighbours are everyone's and reciprocal to no one's, so k-reciprocal puts every
+    photo of the query's product before it."""
+    rng = np.random.default_rng(7)
+    d, per, classes = 32, 8, 30
+    common = rng.standard_normal(d)
+    centres = common + rng.standard_normal((classes, d))
+    X = centres.repeat(per, axis=0) + 0.7 * rng.standard_normal((classes * per, d))
+    hubs = common + 0.3 * rng.standard_normal((6, d))  # several: each is in the others' lists
+    C = normalize_rows(np.vstack([X, hubs]).astype(np.float32))
+    hub_rows = set(range(classes * per, len(C)))
+    g = build_graph(C, K1)
+    wrong = fixed = 0
+    for c in range(classes):
+        q = normalize_rows((centres[c] + 0.7 * rng.standard_normal(d))[None].astype(np.float32))[0]
+        rows, sims = _top(q, C, 100)
+        mates = set(range(c * per, (c + 1) * per))
+        plain_hub = min(i for i, r in enumerate(rows.tolist()) if r in hub_rows)
+        plain_last_mate = max(i for i, r in enumerate(rows.tolist()) if r in mates)
+        if plain_hub > plain_last_mate:
+            continue  # cosine already right for this query
+        wrong += 1
+        got, _ = rerank(g, C, q, rows, sims, keep=keep_count(sims))
+        kr_hub = min(i for i, r in enumerate(got.tolist()) if r in hub_rows)
+        kr_last_mate = max(i for i, r in enumerate(got.tolist()) if r in mates)
+        fixed += kr_hub > kr_last_mate
+    assert wrong >= 5  # the planted mistake is there for plain cosine
+    assert fixed == wrong  # and k-reciprocal corrects every one
+
+
+def test_keep_first_keeps_the_first_hit_and_copies() -> None:
+    C = _clustered(3)
+    g = build_graph(C, K1)
+    q = C[5]
+    rows, sims = _top(q, C, 100)  # the query's own row first, at cosine 1: a copy
+    assert rows[0] == 5 and keep_count(sims) == 2
+    kept, scores = rerank(g, C, q, rows, sims, keep=keep_count(sims))
+    assert kept[0] == rows[0] and kept[1] == rows[1]
+    assert scores[1] >= scores[2:].max()
+    assert sorted(kept.tolist()) == sorted(rows.tolist())
+    moved = [
+        rerank(g, C, C[i], *_top(C[i], C, 100, exclude=i), keep=0)[0][0]
+        != _top(C[i], C, 100, exclude=i)[0][0]
+        for i in range(60)
+    ]
+    assert any(moved)  # without keep-first the first hit does move sometimes
+    assert keep_count(np.array([0.999, 0.995, 0.7, 0.6])) == 3 and keep_count(np.array([0.5])) == 1
+
+
+def test_check_rerank() -> None:
+    assert check_rerank(None) is None and check_rerank("none") is None
+    assert check_rerank("k-reciprocal") == "k-reciprocal" and check_rerank("K-Reciprocal") == "k-reciprocal"
+    for bad in ("diffusion", 1, True):
+        with pytest.raises(InvalidArgumentError, match="rerank must be None, 'none' or 'k-reciprocal'; got"):
+            check_rerank(bad)
+    with pytest.raises(InvalidArgumentError, match="rerank must be"):
+        SearchOptions(rerank="kr20")
+    assert SearchOptions(rerank="none").rerank is None
+    assert SearchOptions.merge(None, rerank="k-reciprocal").rerank == "k-reciprocal"
+
+
+# ====================================================================== the graph and update
+def _same_graph(a: NeighbourGraph, b: NeighbourGraph) -> None:
+    """Equal lists, ties aside: positions may differ only between cosines within 1e-6."""
+    assert a.nn.shape == b.nn.shape and a.k1 == b.k1
+    np.testing.assert_allclose(a.sims, b.sims, atol=1e-6)
+    differ = a.nn != b.nn
+    if differ.any():
+        s = b.sims
+        tie = np.zeros_like(differ)
+        tie[:, 1:] |= np.abs(np.diff(s, axis=1)) <= 1e-6
+        tie[:, :-1] |= np.abs(np.diff(s, axis=1)) <= 1e-6
+        assert not (differ & ~tie).any()
+
+
+def test_build_graph_is_exact_in_blocks() -> None:
+    C = _clustered(4, n=257)
+    g = build_graph(C, 7, block=16)
+    S = C @ C.T
+    np.fill_diagonal(S, -np.inf)
+    want = np.argsort(-S, axis=1, kind="stable")[:, :7]
+    _same_graph(
+        g, NeighbourGraph(want.astype(np.int32), np.take_along_axis(S, want, 1).astype(np.float32), 7)
+    )
+    assert g.nn.dtype == np.int32 and g.sims.dtype == np.float32
+    tiny = build_graph(C[:4], 20)
+    assert tiny.k == 3 and tiny.k1 == 20
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_incremental_update_equals_a_rebuild(seed: int) -> None:
+    """Random removals (some rows then lose a neighbour) and additions (some beat a k1-th
+    neighbour), rows re-ordered as a store re-sorts ids: the updated graph is the rebuilt one."""
+    rng = np.random.default_rng(seed)
+    old = _clustered(seed, n=int(rng.integers(60, 200)))
+    g_old = build_graph(old, K1, block=32)
+    kept = np.sort(rng.choice(len(old), int(len(old) * rng.uniform(0.6, 1.0)), replace=False))
+    added = _clustered(seed + 50, n=int(rng.integers(0, 40)))
+    new = np.vstack([old[kept], added])
+    perm = rng.permutation(len(new))  # the store's order of the updated catalogue
+    C = new[perm]
+    pos = np.argsort(perm)  # row of new[i] in C
+    keep_rows = pos[: len(kept)]
+    g = update_graph(g_old, C, kept, keep_rows, block=32)
+    _same_graph(g, build_graph(C, K1))
+
+
+def test_update_across_k1_images_rebuilds() -> None:
+    C = _clustered(9, n=15)
+    g = build_graph(C, K1)
+    assert g.k == 14
+    C2 = np.vstack([C, _clustered(10, n=20)])
+    _same_graph(update_graph(g, C2, np.arange(15), np.arange(15)), build_graph(C2, K1))
+
+
+# ====================================================================== models: save, load, refuse
+def _vector_model(tmp: Path, X: np.ndarray, graph: bool) -> Path:
+    ids = [f"c/{i:04d}.jpg" for i in range(len(X))]
+    FeatureStore.write(tmp / "f", ids, X, {"name": "test", "dim": X.shape[1]})
+    train_clusters(tmp / "f", tmp / "m.vsm", tmp / "m.csv", 6, rerank_graph=graph, show_progress=False)
+    return tmp / "m.vsm"
+
+
+def test_graph_is_in_the_model_file_and_survives_save_load_and_copy(tmp_path: Path) -> None:
+    X = _clustered(11, n=400, d=24)
+    model = _vector_model(tmp_path, X, graph=True)
+    mf = load_model(model)
+    rec = mf.config["rerank"]
+    assert rec["k1"] == K1 and rec["k"] == K1 and rec["n_images"] == 400 and rec["space"] == "raw"
+    assert rec["features"]["generation"] == mf.config["features"]["generation"]
+    assert {"extra/rerank_nn.npy", "extra/rerank_sims.npy"} <= set(mf.config["members"])
+    stored = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], K1)
+    _same_graph(stored, build_graph(X, K1))  # the store's vectors (the model embeds float16 copies)
+    copy = tmp_path / "elsewhere" / "copy.vsm"
+    copy.parent.mkdir()
+    shutil.copyfile(model, copy)
+    save_model(tmp_path / "resaved.vsm", load_model(copy))  # written again: the graph is kept
+    got = []
+    for path in (model, copy, tmp_path / "resaved.vsm"):
+        s = Searcher(path)
+        got.append(
+            [[h.image for h in s.search_vector(X[i], 8, rerank="k-reciprocal")] for i in range(0, 400, 37)]
+        )
+    assert got[0] == got[1] == got[2]
+    plain = Searcher(model)
+    assert any(
+        [h.image for h in plain.search_vector(X[i], 8)] != got[0][j] for j, i in enumerate(range(0, 400, 37))
+    )
+
+
+def test_search_with_rerank_is_the_stage_on_the_pipeline_candidates(tmp_path: Path) -> None:
+    """Hit.score stays the plain cosine; the order is the stage's over the top 100; the first
+    hit is the plain search's."""
+    X = _clustered(12, n=300, d=24)
+    s = Searcher(_vector_model(tmp_path, X, graph=True))
+    C = np.asarray(s.vectors, np.float32)
+    g = build_graph(C, K1)
+    for i in range(0, 300, 29):
+        hits = s.search_vector(X[i], 10, exact=True, rerank="k-reciprocal")
+        plain = s.search_vector(X[i], 100, exact=True)
+        rows = np.array([s.ids.index(h.image) for h in plain])
+        sims = np.array([h.score for h in plain], np.float32)
+        want, _ = rerank(g, C, X[i], rows, sims, keep=keep_count(sims))
+        assert [h.image for h in hits] == [s.ids[r] for r in want[:10]]
+        for h in hits:
+            assert h.score == pytest.approx(min(1.0, float(C[s.ids.index(h.image)] @ X[i])), abs=1e-5)
+        assert hits[0].image == plain[0].image
+        conf = [h.confidence for h in hits]
+        assert all(a >= b for a, b in itertools.pairwise(conf))  # monotone in rank
+
+
+def test_model_without_graph_is_refused_in_words(tmp_path: Path) -> None:
+    X = _clustered(13, n=120, d=16)
+    s = Searcher(_vector_model(tmp_path, X, graph=False))
+    with pytest.raises(
+        IncompatibleModelError, match=r"needs the catalogue's neighbour graph.*--rerank-graph"
+    ):
+        s.search_vector(X[0], 5, rerank="k-reciprocal")
+    with pytest.raises(IncompatibleModelError, match="neighbour graph"):
+        s.search_id(s.ids[0], 5, rerank="k-reciprocal")
+    assert len(s.search_vector(X[0], 5)) == 5  # without rerank: as ever
+
+
+def test_a_stale_graph_is_refused_not_used(tmp_path: Path) -> None:
+    """A graph that does not describe the model's catalogue (another store generation, as a
+    writer that does not maintain it would leave) is never used silently."""
+    X = _clustered(14, n=150, d=16)
+    model = _vector_model(tmp_path, X, graph=True)
+    mf = load_model(model)
+    mf.config["features"]["generation"] = "g-another"
+    save_model(tmp_path / "stale.vsm", mf)
+    with pytest.raises(IncompatibleModelError, match=r"is stale \(made for store generation .* run update"):
+        Searcher(tmp_path / "stale.vsm").search_vector(X[0], 5, rerank="k-reciprocal")
+    mf = load_model(model)
+    add_graph(mf.config, mf.arrays, np.asarray(mf.vectors, np.float32)[:100])  # a graph of 100 of 150
+    mf.config["rerank"]["features"] = {"generation": mf.config["features"]["generation"],
+                                       "checksum": mf.config["features"].get("checksum")}  # fmt: skip
+    save_model(tmp_path / "short.vsm", mf)
+    with pytest.raises(IncompatibleModelError, match="made for 100 images, the model has 150"):
+        Searcher(tmp_path / "short.vsm").search_vector(X[0], 5, rerank="k-reciprocal")
+
+
+# ====================================================================== update through the library
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("rr-source")
+    labels = make_synthetic_catalogue(root, n_classes=len(SYNTHETIC_CLASSES), per_class=8, size=96, seed=5)
+    return root, labels
+
+
+def _copy(src: Path, dst: Path, rels: list[str]) -> None:
+    for r in rels:
+        (dst / r).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / r, dst / r)
+
+
+def test_update_keeps_the_graph_equal_to_a_rebuild(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    src, labels = source
+    rels = sorted(labels)
+    first = rels[: len(rels) - 10]
+    cat, feats, model, csv = tmp_path / "cat", tmp_path / "f", tmp_path / "m.vsm", tmp_path / "m.csv"
+    _copy(src, cat, first)
+    extract_features(cat, feats, show_progress=False)
+    train_clusters(feats, model, csv, 4, rerank_graph=True, show_progress=False)
+    _copy(src, cat, rels[len(rels) - 10 :])  # ten added
+    for r in first[3:7]:  # four removed
+        (cat / r).unlink()
+    update_catalogue(cat, feats, model, csv, show_progress=False)
+    mf = load_model(model)
+    assert mf.config["rerank"]["built"] == "exact, updated"
+    assert mf.config["rerank"]["features"]["generation"] == mf.config["features"]["generation"]
+    store = FeatureStore.open(feats)
+    assert mf.ids == list(store.ids) and len(mf.ids) == len(rels) - 4
+    got = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], K1)
+    _same_graph(got, build_graph(np.asarray(store.vectors, np.float32), K1))
+    s = Searcher(model, csv)
+    assert len(s.search_id(mf.ids[0], 5, rerank="k-reciprocal")) == 5
+    # a model without a graph gets none from update
+    model2, csv2 = tmp_path / "n.vsm", tmp_path / "n.csv"
+    train_clusters(feats, model2, csv2, 4, show_progress=False)
+    (cat / first[0]).unlink()
+    update_catalogue(cat, feats, model2, csv2, show_progress=False)
+    assert "rerank" not in load_model(model2).config
+
+
+# ====================================================================== one switch everywhere
+@pytest.fixture(scope="module")
+def graph_model(synth_store: Path) -> Path:
+    model = synth_store.parent / "rerank.vsm"
+    if not model.exists():
+        train_clusters(
+            synth_store, model, synth_store.parent / "rerank.csv", 4, rerank_graph=True, show_progress=False
+        )
+    return model
+
+
+def _ids(hits: list[Any]) -> list[str]:
+    return [h["image"] if isinstance(h, dict) else h.image for h in hits]
+
+
+def test_cli_and_http_give_the_library_hits(
+    graph_model: Path, synth_catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx2")
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from varsitysrch.cli import app as cli_app
+    from varsitysrch.service import create_app
+
+    root, labels = synth_catalogue
+    s = Searcher(graph_model)
+    # a query whose hits the stage changes (else this test could not tell the switch was ignored)
+    pick = next(
+        (
+            r
+            for r in sorted(labels)
+            if _ids(s.search(root / r, 8, rerank="k-reciprocal")) != _ids(s.search(root / r, 8))
+        ),
+        None,
+    )
+    assert pick is not None
+    lib = _ids(s.search(root / pick, 8, rerank="k-reciprocal"))
+    lib_id = _ids(s.search_id(pick, 8, rerank="k-reciprocal"))
+    out = CliRunner().invoke(
+        cli_app,
+        ["search", str(root / pick), "-m", str(graph_model), "-n", "8", "--rerank", "k-reciprocal", "--json"],
+    )
+    assert out.exit_code == 0, out.output
+    assert _ids(json.loads(out.stdout)) == lib
+    with TestClient(create_app(graph_model, cache_dir=tmp_path, reload_interval=0)) as c:
+        data = (root / pick).read_bytes()
+        r = c.post(
+            "/search",
+            files={"image": (pick, data, "image/png")},
+            params={"top_n": 8, "rerank": "k-reciprocal"},
+        )
+        assert r.status_code == 200, r.text
+        assert _ids(r.json()["hits"]) == lib and r.json()["rerank"] == "k-reciprocal"
+        r = c.get("/search", params={"image_id": pick, "top_n": 8, "rerank": "k-reciprocal"})
+        assert r.status_code == 200 and _ids(r.json()["hits"]) == lib_id
+        r = c.post("/search/batch", data={"image_ids": [pick]}, params={"top_n": 8, "rerank": "k-reciprocal"})
+        assert _ids(r.json()["results"][0]["hits"]) == lib_id
+        r = c.get("/search", params={"image_id": pick, "rerank": "diffusion"})
+        assert r.status_code == 422 and "rerank must be" in r.json()["detail"]
+    plain = tmp_path / "plain.vsm"
+    mf = load_model(graph_model)
+    mf.config.pop("rerank")
+    mf.arrays.pop("rerank_nn")
+    mf.arrays.pop("rerank_sims")
+    save_model(plain, mf)
+    with TestClient(create_app(plain, cache_dir=tmp_path, reload_interval=0)) as c:
+        r = c.get("/search", params={"image_id": pick, "rerank": "k-reciprocal"})
+        assert r.status_code == 422 and "--rerank-graph" in r.json()["detail"]
+    out = CliRunner().invoke(
+        cli_app, ["search", str(root / pick), "-m", str(plain), "--rerank", "k-reciprocal"]
+    )
+    assert out.exit_code != 0 and "neighbour graph" in out.output
