@@ -35,6 +35,15 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._compat import VaSrch
     from ._confidence import ScoreCalibrator
+    from ._config import (
+        ChooseKOptions,
+        Compute,
+        EvalOptions,
+        ExtractOptions,
+        ReportOptions,
+        TrainOptions,
+        UpdateOptions,
+    )
     from ._duplicates import DuplicateGroup, DuplicatePair, DuplicateReport, find_duplicates
     from ._evaluate import EvalConfig, EvalReport, evaluate
     from ._extract import ExtractionResult, extract_features
@@ -50,6 +59,13 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "VaSrch": "._compat",
+    "ChooseKOptions": "._config",
+    "Compute": "._config",
+    "EvalOptions": "._config",
+    "ExtractOptions": "._config",
+    "ReportOptions": "._config",
+    "TrainOptions": "._config",
+    "UpdateOptions": "._config",
     "ScoreCalibrator": "._confidence",
     "DuplicateGroup": "._duplicates",
     "DuplicatePair": "._duplicates",
@@ -94,11 +110,15 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ChooseKOptions",
+    "Compute",
     "DuplicateGroup",
     "DuplicatePair",
     "DuplicateReport",
     "EvalConfig",
+    "EvalOptions",
     "EvalReport",
+    "ExtractOptions",
     "ExtractionResult",
     "Extractor",
     "FeatureStore",
@@ -114,10 +134,13 @@ __all__ = [
     "MissingDependencyError",
     "ModelFileError",
     "NotFittedError",
+    "ReportOptions",
     "ReportSummary",
     "ScoreCalibrator",
     "SearchOptions",
     "Searcher",
+    "TrainOptions",
+    "UpdateOptions",
     "UpdateReport",
     "VaSrch",
     "VarsitysrchError",

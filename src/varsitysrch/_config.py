@@ -107,15 +107,18 @@ def _choice(obj: Any, name: str, choices: Sequence[Any]) -> None:
         raise _fail(name, f"{', '.join(head)} or {last}" if head else last, v)
 
 
-def _ints(obj: Any, name: str, *, allow_none: bool = False) -> None:
-    """Field ``name`` must be a non-empty sequence of integers >= 1 (``None`` items when allowed)."""
+def _ints(obj: Any, name: str, *, nprobes: bool = False) -> None:
+    """Field ``name`` must be a sequence of integers >= 1: ``k_values`` at least one, ``nprobes``
+    (``nprobes=True``) any number, ``None`` items too (the calibrated value); kept as a tuple."""
     v = getattr(obj, name)
-    also = " (or None: the calibrated value)" if allow_none else ""
-    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
-        raise _fail(name, f"a non-empty list of integers >= 1{also}", v)
+    also = " (or None: the calibrated value)" if nprobes else ""
+    if isinstance(v, str | bytes) or not isinstance(v, Sequence):
+        raise _fail(name, f"a list of integers >= 1{also}", v)
+    if not v and not nprobes:
+        raise _fail(name, "a list naming at least one k", v)
     items: list[Any] = list(v)
     for p in items:
-        if p is None and allow_none:
+        if p is None and nprobes:
             continue
         if not _is_int(p) or p < 1:
             raise InvalidArgumentError(f"{name} must be integers >= 1{also}; got {p!r}")
@@ -458,9 +461,7 @@ class EvalOptions(_Settings):
             raise _fail("configs", "a non-empty list of configurations", c)
         object.__setattr__(self, "configs", tuple(c))
         _ints(self, "k_values")
-        _ints(self, "nprobes", allow_none=True)
-        if isinstance(self.query_split, list):
-            object.__setattr__(self, "query_split", tuple(self.query_split))
+        _ints(self, "nprobes", nprobes=True)
         _int(self, "top_k", 1, rule="a positive integer")
         _int(self, "n_queries", 1, optional=True, rule=">= 1 or None")
         _int(self, "random_state", 0)

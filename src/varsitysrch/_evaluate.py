@@ -84,6 +84,7 @@ from typing import Any
 
 import numpy as np
 
+from ._config import DEFAULT_CONFIGS, Compute, EvalOptions, settle
 from ._errors import InvalidArgumentError
 from ._extractors import DEFAULT_EXTRACTOR, Extractor
 from ._io import write_json
@@ -98,9 +99,20 @@ from ._postprocess import (
 )
 from ._store import STORE_JSON, FeatureStore, normalize_rows
 
+__all__ = [
+    "DEFAULT_CONFIGS",
+    "EvalConfig",
+    "EvalReport",
+    "average_precision_at_k",
+    "evaluate",
+    "precision_at_k",
+    "read_labels",
+    "recall_against",
+]
+
 log = logging.getLogger(__name__)
 
-POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour", "crops", "flipq", "auto")
+_POST_KINDS = ("whiten", "pwhiten", "pca", "dba", "qe", "colour", "crops", "flipq", "auto")
 _POST_DEFAULTS: dict[str, float] = {
     "whiten": 0,  # 0 = all components
     "pwhiten": 0.25,
@@ -113,13 +125,6 @@ _POST_DEFAULTS: dict[str, float] = {
     "auto": 1,  # views="auto" as users get it: crops only for a shop photo against a studio catalogue
 }
 _OPTION_KEYS = ("pooling", "input_size", "resize", "quantized")
-#: plain cosine on the default features (the obvious baseline), the library default (search PCA
-#: + query expansion), and the default without query expansion: one feature store, three pipelines
-DEFAULT_CONFIGS: tuple[str, ...] = (
-    f"{DEFAULT_EXTRACTOR}+pca=0+qe=0",
-    DEFAULT_EXTRACTOR,
-    f"{DEFAULT_EXTRACTOR}+qe=0",
-)
 
 
 # ====================================================================== configurations
@@ -172,9 +177,9 @@ class EvalConfig:
         for p in posts:
             kind, _, param = p.strip().partition("=")
             kind = {"color": "colour", "whitening": "whiten", "query-expansion": "qe"}.get(kind, kind)
-            if kind not in POST_KINDS:
+            if kind not in _POST_KINDS:
                 raise InvalidArgumentError(
-                    f"unknown post-processing {kind!r} in {spec!r}; known: {', '.join(POST_KINDS)}"
+                    f"unknown post-processing {kind!r} in {spec!r}; known: {', '.join(_POST_KINDS)}"
                 )
             post.append((kind, float(param) if param else float(_POST_DEFAULTS[kind])))
         return cls(name or DEFAULT_EXTRACTOR, tuple(sorted(options.items())), tuple(post))
@@ -481,7 +486,7 @@ def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str,
     return labels, groups
 
 
-def folder_labels(ids: Iterable[str]) -> dict[str, str]:
+def _folder_labels(ids: Iterable[str]) -> dict[str, str]:
     """Label = first sub-folder of each id; images directly in the root are unlabelled."""
     return {i: i.split("/", 1)[0] for i in ids if "/" in i}
 
@@ -515,7 +520,7 @@ def _query_set(
     if queries_csv is not None:
         qlabels, _ = read_labels(queries_csv)
     else:
-        qlabels = folder_labels(list_images(root))
+        qlabels = _folder_labels(list_images(root))
     base = root.resolve()
     safe: dict[str, str] = {}
     for i, lab in qlabels.items():
@@ -660,22 +665,14 @@ class _Pipeline:
 def evaluate(
     img_folder_or_features: str | os.PathLike[str],
     *,
+    options: EvalOptions | None = None,
+    compute: Compute | None = None,
     labels: str | os.PathLike[str] | None = None,
-    configs: Sequence[str | EvalConfig] = DEFAULT_CONFIGS,
-    k_values: Sequence[int] = (20,),
-    nprobes: Sequence[int | None] = (1, 2, 4, None),
-    query_split: Any = None,
-    top_k: int = 10,
-    n_queries: int | None = 2000,
     out_dir: str | os.PathLike[str] | None = None,
-    random_state: int = 0,
-    n_latency: int = 50,
-    seed_baseline: bool = True,
-    threads: int | None = None,
-    show_progress: bool = False,
-    report_stem: str = "eval",
     queries_dir: str | os.PathLike[str] | None = None,
     queries_csv: str | os.PathLike[str] | None = None,
+    show_progress: bool = False,
+    **settings: Any,
 ) -> EvalReport:
     """Measure search quality of configurations x ``k`` x ``nprobe`` against exact and seed baselines.
 
@@ -683,25 +680,28 @@ def evaluate(
         img_folder_or_features: a folder of images (labels from sub-folder names unless
             ``labels`` is given) or a feature store (then ``configs`` may only differ in
             post-processing, and ``labels`` is required unless ids carry sub-folders).
+        options: an :class:`~varsitysrch.EvalOptions`:
+
+            * ``configs``: configuration strings (see the module docstring) or :class:`EvalConfig`.
+            * ``k_values``: numbers of clusters to train.
+            * ``nprobes``: clusters scanned by the ranked search; ``None`` = the calibrated default.
+            * ``query_split``: ``None``/``"leave-one-out"``, a fraction in (0, 1) held out from
+              the catalogue, or a list (or file) of query ids held out from the catalogue.
+            * ``top_k``: results per query (the ``k`` of P@k, mAP@k, recall@k).
+            * ``n_queries``: at most this many queries (``None``: every eligible image).
+            * ``random_state``: seed of the query sample and of K-means.
+            * ``n_latency``: queries whose image is decoded and embedded for the embed+search
+              latency.
+            * ``seed_baseline``: include the seed method's rows.
+            * ``report_stem``: file names of the report in ``out_dir`` (``<stem>.json`` etc.).
+        compute: a :class:`~varsitysrch.Compute`; only its ``threads`` is used (ONNX Runtime
+            threads; default: number of CPUs).
         labels: CSV ``image,label[,group]`` (``image`` = path relative to the folder).
             Images of the same ``group`` (e.g. shots of one product) never count as
             results or relevant items for each other.
-        configs: configuration strings (see the module docstring) or :class:`EvalConfig`.
-        k_values: numbers of clusters to train.
-        nprobes: clusters scanned by the ranked search; ``None`` = the calibrated default.
-        query_split: ``None``/``"leave-one-out"``, a fraction in (0, 1) held out from the
-            catalogue, or a list (or file) of query ids held out from the catalogue.
-        top_k: results per query (the ``k`` of P@k, mAP@k, recall@k).
-        n_queries: at most this many queries (``None``: every eligible image).
         out_dir: feature stores, models and the report (``eval.json``, ``eval.md``,
             ``eval.html``) go here; reruns reuse the feature stores.  ``None``: a
             temporary folder, and nothing is kept.
-        random_state: seed of the query sample and of K-means.
-        n_latency: queries whose image is decoded and embedded for the embed+search latency.
-        seed_baseline: include the seed method's rows.
-        threads: ONNX Runtime threads (default: number of CPUs).
-        show_progress: progress bars.
-        report_stem: file names of the report in ``out_dir`` (``<stem>.json`` etc.).
         queries_dir: a separate labelled query set (e.g. shoppers' photos searched against
             catalogue shots): a folder of images, labels from its sub-folders unless
             ``queries_csv`` is given.  Its labels must match the catalogue's labels;
@@ -709,25 +709,19 @@ def evaluate(
         queries_csv: CSV ``image,label`` of the query set (paths relative to
             ``queries_dir``, or to the catalogue folder when ``queries_dir`` is not given:
             then those catalogue images are the queries and are held out of the catalogue).
+        show_progress: progress bars.
+        settings: any field of ``options`` given as a keyword, and ``threads``, as earlier
+            versions took them (``k_values=(8,)``); it wins over the same field of the
+            value; any other name is refused.
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise InvalidArgumentError(f"top_k must be a positive integer; got {top_k!r}")
-    if n_queries is not None and n_queries < 1:
-        raise InvalidArgumentError(f"n_queries must be >= 1 or None; got {n_queries}")
-    if not k_values:
-        raise InvalidArgumentError("k_values must name at least one k")
-    for p in nprobes:
-        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
-            raise InvalidArgumentError(
-                f"nprobes must be integers >= 1 (or None: the calibrated value); got {p!r}"
-            )
+    opts, comp, _ = settle("evaluate", settings, EvalOptions, options, compute, ("threads",))
+    k_values, nprobes, query_split, top_k = opts.k_values, opts.nprobes, opts.query_split, opts.top_k
+    n_queries, random_state, threads = opts.n_queries, opts.random_state, comp.threads
     if (queries_dir is not None or queries_csv is not None) and query_split is not None:
         raise InvalidArgumentError(
             "give either query_split or a query set (queries_dir / queries_csv), not both"
         )
-    cfgs = [EvalConfig.parse(c) for c in configs]
-    if not cfgs:
-        raise InvalidArgumentError("configs must name at least one configuration")
+    cfgs = [EvalConfig.parse(c) for c in opts.configs]  # EvalOptions: at least one
     source = Path(img_folder_or_features)
     if not source.is_dir():
         raise InvalidArgumentError(f"{str(source)!r} is neither an image folder nor a feature store")
@@ -759,15 +753,15 @@ def evaluate(
             top_k,
             n_queries,
             random_state,
-            n_latency,
-            seed_baseline,
+            opts.n_latency,
+            opts.seed_baseline,
             threads,
             show_progress,
             queries_dir,
             queries_csv,
         )
         if out_dir is not None:
-            report.write(work, report_stem)
+            report.write(work, opts.report_stem)
     return report
 
 
@@ -894,7 +888,7 @@ def _catalogue_labels(
     if labels_csv is not None:
         labels, groups = read_labels(labels_csv)
     else:
-        labels, groups = folder_labels(ids), {}
+        labels, groups = _folder_labels(ids), {}
     labels = {i: v for i, v in labels.items() if i in common}
     if not labels:
         raise InvalidArgumentError(

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from ._central import central_first
+from ._config import ReportOptions, settle
 from ._duplicates import (
     DEFAULT_EVIDENCE,
     DEFAULT_THRESHOLD,
@@ -75,14 +76,16 @@ from ._errors import IncompatibleModelError, InvalidArgumentError, VarsitysrchEr
 from ._io import write_csv, write_json
 from ._progress import progress, say
 
+__all__ = ["ReportSummary", "make_report"]
+
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = "varsitysrch-report"
-REPORT_VERSION = 1
-ASSETS = Path(__file__).parent / "report_assets"
+_REPORT_FORMAT = "varsitysrch-report"
+_REPORT_VERSION = 1
+_ASSETS = Path(__file__).parent / "report_assets"
 #: names of a choose-k plot looked for beside the model file and in the features folder
-CHOOSE_K_NAMES = ("choose-k.png", "choose_k.png", "optimal_clusters.png", "k.png", "choose-k.svg")
-THUMB_VERSION = "v1"
+_CHOOSE_K_NAMES = ("choose-k.png", "choose_k.png", "optimal_clusters.png", "k.png", "choose-k.svg")
+_THUMB_VERSION = "v1"
 _FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 
 
@@ -117,13 +120,6 @@ def _esc(s: Any) -> str:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
-    if not _is_int(v) or v < lo or (hi is not None and v > hi):
-        rule = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise InvalidArgumentError(f"{name} must be {rule}; got {v!r}")
-    return int(v)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -183,7 +179,7 @@ class _Thumbs:
                 self.missing += 1
                 continue
             key = hashlib.sha256(
-                f"{THUMB_VERSION}\0{image_id}\0{st.st_size}\0{st.st_mtime_ns}\0{self.size}".encode(
+                f"{_THUMB_VERSION}\0{image_id}\0{st.st_size}\0{st.st_mtime_ns}\0{self.size}".encode(
                     "utf-8", "surrogateescape"
                 )
             ).hexdigest()
@@ -343,7 +339,7 @@ def _figures(fig_dir: Path, sizes: np.ndarray, sil: np.ndarray, sil_mean: float)
 
 def _find_choose_k(model: Path, features: Path) -> Path | None:
     for folder in (model.parent, features):
-        for name in CHOOSE_K_NAMES:
+        for name in _CHOOSE_K_NAMES:
             p = folder / name
             if p.is_file():
                 return p
@@ -357,21 +353,11 @@ def make_report(
     csv: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
     *,
+    options: ReportOptions | None = None,
     image_root: str | os.PathLike[str] | None = None,
-    thumb_size: int = 160,
-    central: int = 12,
-    outliers: int = 12,
-    near_clusters: int = 5,
-    silhouette_sample: int = 5000,
-    duplicate_threshold: float = DEFAULT_THRESHOLD,
-    variant_threshold: float = VARIANT_THRESHOLD,
-    duplicate_method: str = "auto",
-    max_groups: int = 200,
-    map_points: int = 20_000,
-    map_thumbs: int = 400,
     choose_k_plot: str | os.PathLike[str] | None = None,
-    random_state: int = 0,
     show_progress: bool = True,
+    **settings: Any,
 ) -> ReportSummary:
     """Write the HTML report of a trained catalogue into the folder ``out`` (see the module docstring).
 
@@ -379,38 +365,37 @@ def make_report(
         features_folder: the feature store the model was trained on.
         model, csv: the model file and its assignments CSV (``csv=None``: not checked).
         out: the report folder (new, empty, or an earlier report, which is replaced).
+        options: a :class:`~varsitysrch.ReportOptions`: ``thumb_size`` (thumbnail side in
+            pixels), ``central`` / ``outliers`` (members shown per cluster: most central; most
+            distant, ranked), ``near_clusters`` (nearest other clusters listed per cluster),
+            ``silhouette_sample`` (rows the silhouettes are computed on, a seeded sample),
+            ``duplicate_threshold`` / ``variant_threshold`` (cosine thresholds of the two
+            duplicate tiers), ``duplicate_method``, ``max_groups`` (duplicate groups shown on
+            the page; all go to ``duplicates.csv``), ``map_points`` / ``map_thumbs`` (points
+            and thumbnails drawn on the map at most), ``random_state``.
         image_root: folder of the catalogue images, for the thumbnails (``None``: no thumbnails;
             the folder recorded at extraction is never read unless it is named here).
-        thumb_size: thumbnail side in pixels.
-        central, outliers: members shown per cluster (most central; most distant, ranked).
-        near_clusters: nearest other clusters listed per cluster.
-        silhouette_sample: rows the silhouettes are computed on (seeded sample).
-        duplicate_threshold, variant_threshold: cosine thresholds of the two duplicate tiers.
-        max_groups: duplicate groups shown on the page (all go to ``duplicates.csv``).
-        map_points, map_thumbs: points and thumbnails drawn on the map at most.
         choose_k_plot: a choose-k plot to include (default: looked for beside the model and
-            in the features folder under the names in :data:`CHOOSE_K_NAMES`).
+            in the features folder under the names in :data:`_CHOOSE_K_NAMES`).
+        show_progress: progress bars and the one-line summary.
+        settings: any field of ``options`` given as a keyword, as earlier versions took them
+            (``thumb_size=96``); it wins over the same field of the value; any other name is
+            refused.
     """
     from ._modelfile import load_model, read_assignments
     from ._store import FeatureStore
 
     t_start = time.perf_counter()
-    thumb_size = _check_int("thumb_size", thumb_size, 16, 1024)
-    central = _check_int("central", central, 1, 1000)
-    outliers = _check_int("outliers", outliers, 1, 1000)
-    near_clusters = _check_int("near_clusters", near_clusters, 1, 100)
-    silhouette_sample = _check_int("silhouette_sample", silhouette_sample, 2)
-    max_groups = _check_int("max_groups", max_groups, 0)
-    map_points = _check_int("map_points", map_points, 1)
-    map_thumbs = _check_int("map_thumbs", map_thumbs, 0)
-    for name, v in (("duplicate_threshold", duplicate_threshold), ("variant_threshold", variant_threshold)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < float(v) <= 1.0:
-            raise InvalidArgumentError(f"{name} must be a number in (0, 1]; got {v!r}")
-    if variant_threshold > duplicate_threshold:
-        raise InvalidArgumentError(
-            f"variant_threshold must be <= duplicate_threshold ({duplicate_threshold}); "
-            f"got {variant_threshold}"
-        )
+    opts, _, _ = settle("make_report", settings, ReportOptions, options)
+    thumb_size, central, outliers, near_clusters = (
+        opts.thumb_size,
+        opts.central,
+        opts.outliers,
+        opts.near_clusters,
+    )
+    silhouette_sample, max_groups, random_state = opts.silhouette_sample, opts.max_groups, opts.random_state
+    duplicate_threshold, variant_threshold = opts.duplicate_threshold, opts.variant_threshold
+    map_points, map_thumbs, duplicate_method = opts.map_points, opts.map_thumbs, opts.duplicate_method
     if choose_k_plot is not None and Path(choose_k_plot).suffix.lower() not in _FIGURE_SUFFIXES:
         raise InvalidArgumentError(
             f"choose_k_plot must be a .png, .svg or .jpg file; got {str(choose_k_plot)!r}"
@@ -543,8 +528,8 @@ def make_report(
         thumbs.build(show_progress)
         t = lap("thumbnails", t)
 
-        shutil.copyfile(ASSETS / "style.css", tmp / "style.css")
-        shutil.copyfile(ASSETS / "map.js", tmp / "map.js")
+        shutil.copyfile(_ASSETS / "style.css", tmp / "style.css")
+        shutil.copyfile(_ASSETS / "map.js", tmp / "map.js")
         figs = _figures(tmp / "figures", sizes, sil, sil_mean)
         ck = (
             Path(choose_k_plot)
@@ -558,7 +543,7 @@ def make_report(
             figs["choose_k"] = f"figures/{dst.name}"
             training = mf.config.get("training")
             trained_at = _parse_utc(training.get("trained_at") if isinstance(training, dict) else None)
-            ck_label = choose_k_label(ck, k, n, trained_at, Path(features_folder))
+            ck_label = _choose_k_label(ck, k, n, trained_at, Path(features_folder))
         _write_exports(
             tmp,
             ids,
@@ -586,7 +571,7 @@ def make_report(
             "near_idx": near_idx,
             "near_dst": near_dst,
             "figs": figs,
-            "choose_k_label": ck_label,
+            "_choose_k_label": ck_label,
             "dup": dup_groups,
             "var": var_groups,
             "n_pairs": int(strong.sum()),
@@ -621,8 +606,8 @@ def make_report(
         write_json(
             tmp / "report.json",
             {
-                "format": REPORT_FORMAT,
-                "version": REPORT_VERSION,
+                "format": _REPORT_FORMAT,
+                "version": _REPORT_VERSION,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "summary": summary.to_dict(),
                 "settings": {
@@ -983,7 +968,7 @@ def _parse_utc(text: Any) -> float | None:
 
 
 #: the PNG text chunk where a choose-k plot may record its analysis (JSON: ks, recommended_k, n_images)
-CHOOSE_K_RECORD = "varsitysrch-choose-k"
+_CHOOSE_K_RECORD = "varsitysrch-choose-k"
 
 
 def _choose_k_record(plot: Path, made: float) -> dict[str, Any] | None:
@@ -997,7 +982,7 @@ def _choose_k_record(plot: Path, made: float) -> dict[str, Any] | None:
             from PIL import Image
 
             with Image.open(plot, formats=["PNG"]) as im:
-                raw = getattr(im, "text", {}).get(CHOOSE_K_RECORD)
+                raw = getattr(im, "text", {}).get(_CHOOSE_K_RECORD)
     if raw is None:
         scores = plot.with_suffix(".json")
         with contextlib.suppress(OSError, ValueError):
@@ -1018,7 +1003,7 @@ def _choose_k_record(plot: Path, made: float) -> dict[str, Any] | None:
         return None
 
 
-def choose_k_label(
+def _choose_k_label(
     plot: Path, k: int, n_images: int, trained_at: float | None, features: Path
 ) -> tuple[str, bool]:
     """The caption of a choose-k plot shown beside a model: what it was made for, and whether it may
@@ -1157,7 +1142,7 @@ def _index_page(tmp: Path, ctx: dict[str, Any], thumbs: _Thumbs, seconds: float)
             continue
         caption = alt
         if key == "choose_k":
-            label, stale = ctx["choose_k_label"]
+            label, stale = ctx["_choose_k_label"]
             cls = "note stale" if stale else "note"
             caption = f"{alt}<p class='{cls}'>{label}</p>"
         fig_parts.append(

@@ -43,7 +43,7 @@ Silhouettes are compared as printed, rounded to 3 decimals, so that no message c
    ``min_k = min_k_for(n_images)``, the fewest clusters that keep a nearest-cluster search within
    twice its least cost (about 0.27 sqrt(n): 5 for 300 images, 14 for 2,640), at most max_clusters.
 4. ``recommended_k``, among the ks >= ``min_k``: if the silhouette is flat there (max - min <
-   ``SIL_FLAT``), the knee (raised to ``min_k``). Otherwise, of the ks whose silhouette lies in the
+   ``_SIL_FLAT``), the knee (raised to ``min_k``). Otherwise, of the ks whose silhouette lies in the
    tie band -- within the standard error of the best silhouette (at least ``SIL_TIE``, about the
    sampling error on 5,000 images) of it -- the one nearest the knee (the smaller on a tie).
 5. A best silhouette under ``SIL_WEAK`` (0.25, "no substantial structure") is said in the rule: the
@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
+from ._config import ChooseKOptions, Compute, settle
 from ._errors import InvalidArgumentError
 from ._io import atomic_path, write_csv, write_json
 from ._neighbours import centroid_order, exact_topk, nearest_centroid, probe_recall
@@ -114,6 +115,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PLOT",
+    "SIL_CLEAR",
+    "SIL_DIMS",
+    "SIL_TIE",
+    "SIL_WEAK",
     "KSelection",
     "RetrievalScores",
     "choose_k",
@@ -123,20 +128,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Method = Literal["fast", "exhaustive"]
+_Method = Literal["fast", "exhaustive"]
 _T = TypeVar("_T")
-PlotPath = str | os.PathLike[str] | Literal[False] | None
+_PlotPath = str | os.PathLike[str] | Literal[False] | None
 
 #: Where :func:`get_optimal_num_clusters` writes its plot unless told otherwise (the original's name,
 #: relative to the current working folder).
 DEFAULT_PLOT = "optimal_clusters.png"
-NPROBES: tuple[int, ...] = (1, 2, 4)
-RECALL_AT = 10
+_NPROBES: tuple[int, ...] = (1, 2, 4)
+_RECALL_AT = 10
 SIL_TIE = 0.002  # the tie band is at least this (~ the sampling error of a silhouette on 5,000 images)
-SIL_FLAT = 0.02  # a silhouette range below this is "flat": the knee decides
+_SIL_FLAT = 0.02  # a silhouette range below this is "flat": the knee decides
 SIL_WEAK = 0.25  # a best silhouette below this means weak cluster structure
 SIL_CLEAR = 0.5  # below this best silhouette (not "reasonable structure"), k >= min_k_for(n_images)
-N_TOP = 3  # best-silhouette ks confirmed by the fast path
+_N_TOP = 3  # best-silhouette ks confirmed by the fast path
 _MIN_TRAIN = 4096  # fast path: training sample of max(_MIN_TRAIN, _PER_CENTROID * max_clusters) images
 _PER_CENTROID = 128
 _SWEEP_MIN_DIMS = 64  # the fast sweep runs in max(_SWEEP_MIN_DIMS, _SWEEP_DIMS_PER_K * max_clusters) PCA dims
@@ -169,7 +174,7 @@ class RetrievalScores:
     recall_at_10: Mapping[int, tuple[float, ...]]
     scanned_fraction: Mapping[int, tuple[float, ...]]
     n_queries: int
-    top: int = RECALL_AT
+    top: int = _RECALL_AT
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -473,18 +478,14 @@ def get_optimal_num_clusters(
     max_clusters: int = 30,
     n_components: int | None = None,
     *,
-    plot_path: PlotPath = DEFAULT_PLOT,
+    options: ChooseKOptions | None = None,
+    compute: Compute | None = None,
+    plot_path: _PlotPath = DEFAULT_PLOT,
     scores_path: str | os.PathLike[str] | None = None,
     show: bool | None = None,
     verbose: bool = True,
-    method: Method = "fast",
-    sample_size: int | None = 5000,
-    n_init: int = 3,
-    random_state: int = 0,
-    retrieval: bool = True,
-    n_queries: int = 1000,
-    n_threads: int | None = None,
     show_progress: bool | None = None,
+    **settings: Any,
 ) -> KSelection:
     """Score k = 2..max_clusters on a feature folder, recommend a k, save the plot, say so in one line.
 
@@ -499,6 +500,10 @@ def get_optimal_num_clusters(
         max_clusters: the largest k tried. Above ``n_images - 1`` it is lowered to that, with a
             warning (the original's examples pass 100 for small folders).
         n_components: see :func:`choose_k`.
+        options: a :class:`~varsitysrch.ChooseKOptions` (``method``, ``sample_size``, ``n_init``,
+            ``random_state``, ``retrieval``, ``n_queries``: see :func:`choose_k`).
+        compute: a :class:`~varsitysrch.Compute`; only its ``threads`` is used (BLAS/OpenMP
+            threads, :func:`choose_k`'s ``n_threads``).
         plot_path: where the plot goes; default ``"optimal_clusters.png"`` (relative to the working
             folder); ``None`` or ``False``: no plot file.
         scores_path: also write the scores as ``<stem>.csv`` and ``<stem>.json``.
@@ -507,12 +512,16 @@ def get_optimal_num_clusters(
         verbose: print the one-line message to stdout (it is logged at INFO either way), and show
             the progress bar unless ``show_progress`` says otherwise. ``False`` silences both.
         show_progress: a progress bar over k on stderr; ``None``: as ``verbose``.
-        method, sample_size, n_init, random_state, retrieval, n_queries, n_threads: see
-            :func:`choose_k`.
+        settings: any field of ``options`` given as a keyword, and ``threads`` (or its earlier
+            name ``n_threads``), as earlier versions took them (``n_init=5``); it wins over the
+            same field of the value; any other name is refused.
 
     Returns:
         :class:`KSelection` (``plot_path`` set to the file written).
     """
+    opts, comp, _ = settle(
+        "get_optimal_num_clusters", settings, ChooseKOptions, options, compute, ("threads",)
+    )
     _ids, X, extractor = load_features(Path(features_folder))
     n = int(X.shape[0])
     log.info(
@@ -536,13 +545,13 @@ def get_optimal_num_clusters(
         plot_path=plot_path,
         scores_path=scores_path,
         show=show,
-        method=method,
-        sample_size=sample_size,
-        n_init=n_init,
-        random_state=random_state,
-        retrieval=retrieval,
-        n_queries=n_queries,
-        n_threads=n_threads,
+        method=opts.method,
+        sample_size=opts.sample_size,
+        n_init=opts.n_init,
+        random_state=opts.random_state,
+        retrieval=opts.retrieval,
+        n_queries=opts.n_queries,
+        n_threads=comp.threads,
         show_progress=verbose if show_progress is None else show_progress,
     )
     _say(str(result), verbose)
@@ -554,10 +563,10 @@ def choose_k(
     max_clusters: int = 30,
     n_components: int | None = None,
     *,
-    plot_path: PlotPath = None,
+    plot_path: _PlotPath = None,
     scores_path: str | os.PathLike[str] | None = None,
     show: bool | None = False,
-    method: Method = "fast",
+    method: _Method = "fast",
     sample_size: int | None = 5000,
     n_init: int = 3,
     random_state: int = 0,
@@ -1249,9 +1258,11 @@ def _recommend(
     aim = max(int(knee), floor)
     knee_text = f"k={knee}" if aim == knee else f"k={knee}, raised to {aim}"
     why = "its standard error" if tie > SIL_TIE else "sampling error"
-    if int(ok.sum()) >= 3 and spread < SIL_FLAT:
+    if int(ok.sum()) >= 3 and spread < _SIL_FLAT:
         rec = aim
-        rule = f"flat silhouette (max - min {spread:.3f} < {SIL_FLAT}): the knee of the inertia ({knee_text})"
+        rule = (
+            f"flat silhouette (max - min {spread:.3f} < {_SIL_FLAT}): the knee of the inertia ({knee_text})"
+        )
     elif len(near) == 1:
         rec = near[0]
         rule = f"highest silhouette ({best:.3f}), no other k within {tie:.3f} ({why}); knee at {knee_text}"
@@ -1277,7 +1288,7 @@ def _weak_text(best: float, k: int | None = None) -> str:
 
 def _candidates(ks: Sequence[int], sil: np.ndarray, knee: int, rec: int) -> list[int]:
     s = np.where(np.isfinite(sil), sil, -np.inf)
-    order = np.argsort(-s, kind="stable")[:N_TOP]
+    order = np.argsort(-s, kind="stable")[:_N_TOP]
     out = [int(ks[i]) for i in order]
     for k in (rec, knee):
         if k not in out:
@@ -1291,21 +1302,21 @@ def _retrieval_scores(
     """Recall@10 and scanned share per k and nprobe (:func:`~varsitysrch._neighbours.probe_recall`)."""
     n = len(X)
     # 4096-row chunks: the merge with the running top 10 stays in cache (docs/choose_k.md)
-    exact, _scores = exact_topk(X[q_idx], X, min(RECALL_AT, n - 1), exclude=q_idx, chunk=_TOPK_CHUNK)
+    exact, _scores = exact_topk(X[q_idx], X, min(_RECALL_AT, n - 1), exclude=q_idx, chunk=_TOPK_CHUNK)
     Zq = Z[q_idx]
-    recall: dict[int, list[float]] = {p: [] for p in NPROBES}
-    scanned: dict[int, list[float]] = {p: [] for p in NPROBES}
+    recall: dict[int, list[float]] = {p: [] for p in _NPROBES}
+    scanned: dict[int, list[float]] = {p: [] for p in _NPROBES}
     for k in ks:
         fit = fits[k]
         order = centroid_order(Zq, fit.centroids)
         by_nprobe = probe_recall(exact, fit.labels, order)
         counts = np.bincount(fit.labels, minlength=k).astype(np.float64)
-        for p in NPROBES:
+        for p in _NPROBES:
             pp = min(p, k)
             recall[p].append(float(by_nprobe[pp - 1]))
             scanned[p].append(float(counts[order[:, :pp]].sum(axis=1).mean() / n))
     return RetrievalScores(
-        nprobe=NPROBES,
+        nprobe=_NPROBES,
         recall_at_10={p: tuple(v) for p, v in recall.items()},
         scanned_fraction={p: tuple(v) for p, v in scanned.items()},
         n_queries=len(q_idx),
