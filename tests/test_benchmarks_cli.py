@@ -33,6 +33,7 @@ NEEDS_DATA = {
     "eval_contract.py",
     "eval_domains.py",
     "relevance_probe.py",
+    "shelf_studio.py",
 }
 #: scripts on generated data (or the shipped examples/catalog): no path needed
 GENERATED = {
