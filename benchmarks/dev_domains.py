@@ -30,7 +30,8 @@ R@1).  k = ``min(20, max(2, catalogue images // 20))`` (20 for every full dev do
 
 Variants (``--variant NAME:key=value,...``, repeatable; ``--baseline``, default
 ``default:``, the library's defaults): extractor options (``extractor``, ``quantized``,
-``input_size``, ``resize``, ``pooling``: passed to ``extract_features``) and search
+``input_size``, ``resize``, ``pooling``; ``layout``, ``output`` for ``extractor=onnx:PATH``: passed to
+``extract_features``) and search
 options (``query_expansion``: the Searcher's; ``views``, ``colour_weight``, ``nprobe``,
 ``exact``, ``expansion``, ``rerank``: each search's) and training options (``search_pca``,
 ``n_init``, ``max_samples``, ``ivf``, ``embed_index``, ``rerank_graph``: a variant with any of them
@@ -92,7 +93,7 @@ HELD_OUT = 0.25
 TOP = 10
 RESAMPLES = 2000
 K_RULE = "k = min(20, max(2, catalogue images // 20))"
-EXTRACTOR_KEYS = ("extractor", "quantized", "input_size", "resize", "pooling")
+EXTRACTOR_KEYS = ("extractor", "quantized", "input_size", "resize", "pooling", "layout", "output")
 SEARCHER_KEYS = ("query_expansion",)
 TRAIN_KEYS = ("search_pca", "n_init", "max_samples", "ivf", "embed_index", "rerank_graph")
 SEARCH_KEYS = ("views", "colour_weight", "nprobe", "exact", "expansion", "rerank")
