@@ -5,15 +5,15 @@ Three measurements on the same data, in one run:
 1. **bare fits**: what a user would otherwise run (the original package's loop without its
    silhouette): ``KMeans(n_clusters=k, random_state=seed).fit(X)`` for every k in 2..max_clusters, on
    all rows, scikit-learn defaults otherwise.
-2. **choose k**: ``choose_k(X, max_clusters)`` with its defaults (``method="fast"``: a sampled sweep,
+2. **choose k**: ``_choose_k(X, max_clusters)`` with its defaults (``method="fast"``: a sampled sweep,
    the silhouette on a fixed 5,000-row sample, confirmation of the candidates on all rows, retrieval
    scores).
-3. **exhaustive**: ``choose_k(X, max_clusters, method="exhaustive")``: the sweep on all rows with
+3. **exhaustive**: ``_choose_k(X, max_clusters, method="exhaustive")``: the sweep on all rows with
    scikit-learn's KMeans and the silhouette on all rows. Its recommendation is the reference.
 
 1 and 2 alternate ``--repeats`` times (other processes share the cores: alternating spreads their
 load over both); the ratio printed is choose-k / bare fits, wall and CPU seconds, per round and the
-median. Both run with ``--threads`` BLAS/OpenMP threads (default 1: what ``choose_k`` uses on machines
+median. Both run with ``--threads`` BLAS/OpenMP threads (default 1: what ``_choose_k`` uses on machines
 with at most 2 cores). The run fails (exit status 1) when the recommendation differs from the
 exhaustive sweep's.
 
@@ -35,6 +35,9 @@ A folder that is missing is one line on stderr (exit status 2), never a silent f
     python benchmarks/bench_choose_k.py --data ../shared/data --dev-set clothing-small --per-class 30
     python benchmarks/bench_choose_k.py --store features/
     python benchmarks/bench_choose_k.py --no-warm-start        # ablation: why the sweep keeps them
+
+Internals: ``_choose_k`` is ``varsitysrch._selectk``'s (``get_optimal_num_clusters`` runs it but
+returns no timings), and ``--no-warm-start`` patches ``_selectk._WARM_STARTS`` (no public option).
 
 Figures from runs of this script: ``docs/choose_k.md``. Not a test: it prints figures. Progress bars
 go to stderr (``--quiet`` hides them).
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from varsitysrch import _selectk
-    from varsitysrch._selectk import choose_k
+    from varsitysrch._selectk import _choose_k
 
     if args.no_warm_start:
         _selectk._WARM_STARTS = False  # the documented ablation switch of the sweep
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(args.threads):
         bare_fits(X[:500], range(2, 4), args.seed)
     logging.disable(logging.WARNING)
-    choose_k(X[:500], 5, retrieval=False, show_progress=False)
+    _choose_k(X[:500], 5, retrieval=False, show_progress=False)
     logging.disable(logging.NOTSET)
 
     walls: list[float] = []
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         with threadpool_limits(args.threads):
             _, bw, bc = timed(lambda: bare_fits(X, ks, args.seed))
-        fast, fw, fc = timed(lambda: choose_k(X, method="fast", sample_size=args.sample_size, **common))
+        fast, fw, fc = timed(lambda: _choose_k(X, method="fast", sample_size=args.sample_size, **common))
         walls.append(fw / bw)
         cpus.append(fc / bc)
         print(
@@ -257,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     n_ex = X.shape[0] if args.exhaustive_n is None else min(args.exhaustive_n, X.shape[0])
     if not n_ex:
         return 0
-    ex, ew, ec = timed(lambda: choose_k(X[:n_ex], method="exhaustive", **common))
+    ex, ew, ec = timed(lambda: _choose_k(X[:n_ex], method="exhaustive", **common))
     print(f"exhaustive on {n_ex:,} rows: {ew:.1f} s wall, {ec:.1f} s CPU")
     report("exhaustive", ex)
     if n_ex < X.shape[0]:
-        fast = choose_k(X[:n_ex], method="fast", sample_size=args.sample_size, **common)
+        fast = _choose_k(X[:n_ex], method="fast", sample_size=args.sample_size, **common)
         report(f"fast on the same {n_ex:,} rows", fast)
     same = fast.recommended_k == ex.recommended_k
     print(

@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         name: benchdata.feature_store(data, name, args.work, benchdata.log_stderr) for name in names
     }
     if args.thresholds is None:
-        from varsitysrch._collapse import COLLAPSE_THRESHOLD
+        from varsitysrch._collapse import _COLLAPSE_THRESHOLD
 
-        args.thresholds = [COLLAPSE_THRESHOLD, 0.93, 0.95]
+        args.thresholds = [_COLLAPSE_THRESHOLD, 0.93, 0.95]
     for name, store in stores.items():
         run(data, name, store, args.work, args.originals, args.thresholds)
 

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from varsitysrch import extract_features, get_extractor
-    from varsitysrch._extract import default_lanes
+    from varsitysrch._extract import _default_lanes
     from varsitysrch._extractors import Embedder  # internal on purpose: decoded tensors in, vectors out
     from varsitysrch._images import load_image
 
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     own = args.work is None
     cpus = os.cpu_count() or 1
     ex = get_extractor()
-    lanes = max(1, default_lanes(None))
+    lanes = max(1, _default_lanes(None))
     per = max(1, cpus // lanes)
     emb = Embedder(ex, threads=cpus)
     lane_embs = [Embedder(ex, threads=per) for _ in range(lanes)]

@@ -9,7 +9,8 @@ is extracted with the default extractor into ``--work`` on the first run (cached
 ``--store DOMAIN=STORE`` (repeatable; then only those domains are measured).
 
 **A numpy prototype, not what users get**: ranking space, feedback and search are
-re-implemented here on the stores' vectors (``varsitysrch._postprocess``, ``_neighbours``);
+re-implemented here on the stores' vectors (``varsitysrch._postprocess``, ``_neighbours``, and
+``_feedback``'s weights);
 only ``--check-api N`` runs queries through the public ``Searcher.search_feedback``.  The
 public-pipeline replacement for the P@10 figures is ``--check-api``; the weight grid has none.
 
@@ -176,7 +177,7 @@ def _check_api(self: Domain, n: int) -> tuple[float, float, float]:
     import tempfile
 
     from varsitysrch import FeatureStore, Searcher, train_clusters
-    from varsitysrch._feedback import BETA, GAMMA, GAMMA_NEGATIVES_ONLY
+    from varsitysrch._feedback import _GAMMA_NEGATIVES_ONLY, BETA, GAMMA
 
     Qr, _, top, rel, qlab = self.queries["heldout"]
     n = min(n, len(Qr))
@@ -186,7 +187,7 @@ def _check_api(self: Domain, n: int) -> tuple[float, float, float]:
         FeatureStore.write(t / "store", self.cat_ids, self.raw_cat, self.extractor)
         train_clusters(t / "store", t / "m.vsm", t / "m.csv", 20, show_progress=False)
         s = Searcher(t / "m.vsm")
-        ours = self.evaluate("heldout", BETA, GAMMA, gamma_alone=GAMMA_NEGATIVES_ONLY, first=n)["shown"]
+        ours = self.evaluate("heldout", BETA, GAMMA, gamma_alone=_GAMMA_NEGATIVES_ONLY, first=n)["shown"]
         got = {True: [], False: []}
         for i in range(n):
             judged = [self.cat_ids[int(j)] for j in top[i, :TOP]]

@@ -19,7 +19,7 @@ Data: generated (no path needed).  The default run uses public names only (``tra
 ``Searcher``, ``FeatureStore``): what users get.
 
 ``--scan-factor 1 2 4`` (a prototype sweep, **not what users get**) repeats the table with the
-private constant ``varsitysrch._attributes.FILTER_SCAN_FACTOR`` (how many matching rows a
+private constant ``varsitysrch._attributes._FILTER_SCAN_FACTOR`` (how many matching rows a
 filtered search scores, relative to the rows the unfiltered search scores) patched to each
 value; no public option sets it.  It is how docs/shop.md's factor table was made.
 """
@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         import varsitysrch._attributes as attributes_module  # the prototype sweep only
 
-        default = attributes_module.FILTER_SCAN_FACTOR
+        default = attributes_module._FILTER_SCAN_FACTOR
         try:
             for factor in args.scan_factor:
-                attributes_module.FILTER_SCAN_FACTOR = factor
+                attributes_module._FILTER_SCAN_FACTOR = factor
                 table(s, Q, args.n, f"{factor} (patched; the library's is {default})")
         finally:
-            attributes_module.FILTER_SCAN_FACTOR = default
+            attributes_module._FILTER_SCAN_FACTOR = default
 
 
 def table(s: Any, Q: np.ndarray, n: int, factor: str) -> None:

@@ -5,7 +5,7 @@
     python benchmarks/bench_int8.py IMG_DIR [--full]                     # any folder, class = sub-folder
 
 **Measures internals, not what users get**: the ONNX graphs and sessions are driven directly
-(``varsitysrch._extractors``, ``_extract.iter_decoded``, ``_quantize``), with exact numpy
+(``varsitysrch._extractors``, ``_extract._iter_decoded``, ``_quantize``), with exact numpy
 search.  What int8 costs a user, through the public pipeline with error bars, is
 ``python benchmarks/dev_domains.py --data DIR --variant "int8:quantized=true"``.
 
@@ -37,10 +37,10 @@ PROG = "bench_int8.py"
 def embed_all(sess: object, root: Path, ids: list[str], ex: object, output: str) -> Any:
     import numpy as np
 
-    from varsitysrch._extract import iter_decoded
+    from varsitysrch._extract import _iter_decoded
 
     out = []
-    for _, batch, bad in iter_decoded(
+    for _, batch, bad in _iter_decoded(
         root,
         ids,
         batch_size=32,
@@ -90,16 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from varsitysrch import get_extractor
-    from varsitysrch._extract import iter_decoded
-    from varsitysrch._extractors import _session, onnx_model_bytes
+    from varsitysrch._extract import _iter_decoded
+    from varsitysrch._extractors import _onnx_model_bytes, _session
     from varsitysrch._quantize import quantize_static_int8
 
     ex = get_extractor(args.extractor)
     exq = get_extractor(args.extractor, quantized=True)
     output = ex.pooling
     t0 = time.perf_counter()
-    fp_bytes = onnx_model_bytes(ex)
-    q_bytes = onnx_model_bytes(exq)  # synthetic calibration, cached after the first build
+    fp_bytes = _onnx_model_bytes(ex)
+    q_bytes = _onnx_model_bytes(exq)  # synthetic calibration, cached after the first build
     print(
         f"models ready in {time.perf_counter() - t0:.1f}s: fp32 {len(fp_bytes) / 1e6:.1f} MB, "
         f"int8 {len(q_bytes) / 1e6:.1f} MB"
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     timed = ids[:: max(1, len(ids) // args.n)][: args.n]
     batches = [
         b
-        for _, b, _ in iter_decoded(
+        for _, b, _ in _iter_decoded(
             root, timed, batch_size=32, size=ex.input_size, resize=ex.resize, workers=2, prefetch=2
         )
     ]

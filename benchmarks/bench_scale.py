@@ -22,9 +22,9 @@ Data: generated (no path needed); the store and model go to a new folder inside 
 **Reaches into internals** (issue 20 asks benchmarks to use public names only; not rewritten
 yet): the store is written file by file in a child process (``varsitysrch._store``/``_io``
 names) so the build's peak memory is its own; the per-step build times come from wrapping
-private functions (``_searchindex.calibrate_nprobe``, ``_index.train_ivf`` ...) for the run;
-the IVF's nprobe and the row of each hit come from ``Searcher`` privates (``_ivf``,
-``_id_index``) and the model's IVF settings from ``_modelfile.load_model``.  The totals it
+private functions (``_searchindex._calibrate_nprobe``, ``_index._train_ivf`` ...) for the run;
+the row of each hit comes from the ``Searcher`` private ``_id_index`` (the IVF's nprobe from the
+public ``default_nprobe``) and the model's IVF settings from ``_modelfile.load_model``.  The totals it
 prints (build = ``train_clusters``, load = ``Searcher(...)``, latency = ``search_vector``) are
 public calls, what users get; the per-step split is not a public figure.
 """
@@ -78,17 +78,17 @@ def generator(
 
 def write_store(folder: Path, n: int, dim: int, seed: int) -> None:
     from varsitysrch._io import write_csv, write_json
-    from varsitysrch._store import IDS, SKIPPED, STORE_JSON, VECTORS
+    from varsitysrch._store import _IDS, _VECTORS, SKIPPED, STORE_JSON
 
     folder.mkdir(parents=True, exist_ok=True)
     make = generator(dim, seed)
-    mm = np.lib.format.open_memmap(folder / VECTORS, mode="w+", dtype=np.float16, shape=(n, dim))
+    mm = np.lib.format.open_memmap(folder / _VECTORS, mode="w+", dtype=np.float16, shape=(n, dim))
     for s in range(0, n, CHUNK):
         m = min(CHUNK, n - s)
         mm[s : s + m] = make(m, s)
     mm.flush()
     del mm
-    write_csv(folder / IDS, ["id", "size", "mtime_ns"], ((f"p/{i:07d}.jpg", 1000 + i, i) for i in range(n)))
+    write_csv(folder / _IDS, ["id", "size", "mtime_ns"], ((f"p/{i:07d}.jpg", 1000 + i, i) for i in range(n)))
     write_csv(folder / SKIPPED, ["path", "reason"], [])
     meta = {
         "format": "varsitysrch-features",
@@ -97,8 +97,8 @@ def write_store(folder: Path, n: int, dim: int, seed: int) -> None:
         "dim": dim,
         "count": n,
         "dtype": "float16",
-        "vectors": VECTORS,
-        "ids": IDS,
+        "vectors": _VECTORS,
+        "ids": _IDS,
     }
     write_json(folder / STORE_JSON, meta)
 
@@ -254,8 +254,8 @@ def main() -> None:
         # ---- build
         steps: dict[str, float] = {}
         timed(KMeansModel, "fit", steps, "kmeans_fit (sample + assign all)")
-        timed(_searchindex, "calibrate_nprobe", steps, "calibrate_nprobe (k-means)")
-        timed(_index, "train_ivf", steps, "ivf_train (two-level) + list assignment")
+        timed(_searchindex, "_calibrate_nprobe", steps, "calibrate_nprobe (k-means)")
+        timed(_index, "_train_ivf", steps, "ivf_train (two-level) + list assignment")
         timed(_index, "build_faiss_index", steps, "ivf_fill (fp16 codes)")
         timed(_index, "calibrate_ivf", steps, "ivf_calibrate")
         with MemorySampler() as mem:

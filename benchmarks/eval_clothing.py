@@ -107,12 +107,12 @@ def _embed(
     root: Path, ids: list[str], size: int, resize: str, flip: bool, threads: int
 ) -> dict[str, np.ndarray]:
     from varsitysrch import get_extractor
-    from varsitysrch._extract import iter_decoded
-    from varsitysrch._extractors import _session, onnx_model_bytes
+    from varsitysrch._extract import _iter_decoded
+    from varsitysrch._extractors import _onnx_model_bytes, _session
 
-    sess = _session(onnx_model_bytes(get_extractor("efficientnet-lite0")), threads or os.cpu_count() or 1)
+    sess = _session(_onnx_model_bytes(get_extractor("efficientnet-lite0")), threads or os.cpu_count() or 1)
     out: dict[str, list[np.ndarray]] = {"pooled": [], "gem": [], "pooled_flip": [], "gem_flip": []}
-    for _, batch, bad in iter_decoded(
+    for _, batch, bad in _iter_decoded(
         root, ids, batch_size=32, size=size, resize=resize, workers=2, prefetch=2
     ):
         assert not bad, bad
@@ -127,7 +127,7 @@ def _embed(
 
 
 def part_ablation(args: argparse.Namespace) -> None:
-    from varsitysrch._evaluate import average_precision_at_k, precision_at_k
+    from varsitysrch._evaluate import _average_precision_at_k, _precision_at_k
     from varsitysrch._postprocess import augment_rows, expand_query, fit_whitening, neighbour_lists
     from varsitysrch._store import normalize_rows as norm
 
@@ -165,7 +165,7 @@ def part_ablation(args: argparse.Namespace) -> None:
         S[np.arange(len(qi)), qi] = -np.inf
         top = np.argsort(-S, axis=1)[:, :10]
         rel = y[top] == y[qi][:, None]
-        return float(precision_at_k(rel, 10).mean()), float(average_precision_at_k(rel, n_rel, 10).mean())
+        return float(_precision_at_k(rel, 10).mean()), float(_average_precision_at_k(rel, n_rel, 10).mean())
 
     def exact(X: np.ndarray) -> tuple[float, float]:
         X = norm(X)

@@ -28,9 +28,9 @@ expansion, whole-image queries), ``old default`` (the defaults before docs/quali
 two-domain round: centre crop 224 + GeM + search PCA), and the library's defaults, with and
 without each search-side default (query expansion, ``views="auto"``).
 
-Public names only, except ``--crop-discount``: a prototype sweep that patches the private
-constant ``varsitysrch._search.AUTO_CROP_DISCOUNT`` (no public option sets it), so its rows are
-**not what users get**; issue 20 re-decides ``views`` through ``benchmarks/dev_domains.py``.
+Public names only (the ``--crop-discount`` sweep that patched a private constant is gone: no
+public option sets the discount, and issue 20 re-decides ``views`` through
+``benchmarks/dev_domains.py``).
 """
 
 from __future__ import annotations
@@ -164,20 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     benchdata.add_work_argument(ap, PROG, "stores, models and the studio shots")
     ap.add_argument("--queries", type=int, default=300, help="catalogue queries per domain")
     ap.add_argument("--configs", default="", help="comma-separated configuration names (default: all)")
-    ap.add_argument(
-        "--crop-discount",
-        type=float,
-        default=None,
-        help="patch the private views=auto crop discount (prototype sweep; default: unpatched)",
-    )
     args = ap.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d]
     E.use_data(PROG, args.data, domains)
-    if args.crop_discount is not None:  # the sweep behind the default (docs/quality.md): not public
-        import varsitysrch._search
-
-        varsitysrch._search.AUTO_CROP_DISCOUNT = args.crop_discount
-        print(f"views=auto crop discount: {args.crop_discount}")
     names = set(args.configs.split(",")) if args.configs else None
     rows = []
     for d in domains:

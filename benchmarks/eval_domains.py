@@ -60,13 +60,20 @@ DEV_SET = {"clothing": "clothing-small", "grocery": "grocery-train"}
 DOMAINS: dict[str, Path] = {}
 
 
+def _whole_rgb(path: Path) -> Any:
+    """The whole photo at full scale, first frame, EXIF-oriented, RGB (the library's decode)."""
+    from varsitysrch._images import decode_rgb, open_image
+
+    return decode_rgb(open_image(path), 1 << 16, False)
+
+
 def hue_shift(image: np.ndarray, degrees: float) -> np.ndarray:
     """The image with every hue rotated by ``degrees`` (saturation, value and greys unchanged).
 
     A copy of the helper in tests/test_colour.py (the library dropped it: nothing searches with it)."""
-    from varsitysrch._colour import rgb_to_hsv
+    from varsitysrch._colour import _rgb_to_hsv
 
-    h, s, v = rgb_to_hsv(np.asarray(image, np.uint8))
+    h, s, v = _rgb_to_hsv(np.asarray(image, np.uint8))
     h6 = ((h + float(degrees) / 360.0) % 1.0) * 6.0
     i = np.floor(h6).astype(np.int32) % 6
     f = h6 - np.floor(h6)
@@ -129,10 +136,10 @@ def fmap_session(name: str, quantized: bool = False, threads: int = 2) -> Any:
     import onnx
 
     from varsitysrch import get_extractor
-    from varsitysrch._extractors import _session, onnx_model_bytes
+    from varsitysrch._extractors import _onnx_model_bytes, _session
 
     ex = get_extractor(name, quantized=quantized)  # explicit: the default extractor is int8 now
-    m = onnx.load_from_string(onnx_model_bytes(ex))
+    m = onnx.load_from_string(_onnx_model_bytes(ex))
     gap = next(n for n in m.graph.node if n.op_type == "GlobalAveragePool")
     m.graph.output.append(onnx.helper.make_tensor_value_info(gap.input[0], onnx.TensorProto.FLOAT, None))
     return _session(m.SerializeToString(), threads), gap.input[0]
@@ -149,11 +156,11 @@ def pool(fmap: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.nd
 
 def cell_weights(images: np.ndarray, h: int) -> np.ndarray:
     """Fraction of foreground pixels in each of the ``h x h`` cells of every image (0.1 floor)."""
-    from varsitysrch._colour import foreground_mask
+    from varsitysrch._colour import _foreground_mask
 
     out = []
     for im in images:
-        m = foreground_mask(im).astype(np.float32)
+        m = _foreground_mask(im).astype(np.float32)
         s = m.shape[0] // h
         out.append(m[: s * h, : s * h].reshape(h, s, h, s).mean((1, 3)))
     return np.maximum(np.stack(out), 0.1)
@@ -161,11 +168,10 @@ def cell_weights(images: np.ndarray, h: int) -> np.ndarray:
 
 def _decode(domain: str, ids: list[str], size: int, modes: tuple[str, ...]) -> Any:
     from varsitysrch._images import _fit
-    from varsitysrch._query import decode_rgb
 
     root = DOMAINS[domain]
     for i in ids:
-        im = decode_rgb(root / i)
+        im = _whole_rgb(root / i)
         yield im, {m: np.asarray(_fit(im, size, m), np.uint8) for m in modes}
 
 
@@ -237,7 +243,7 @@ def embed_variant(domain: str, variant: str, out: Path, batch: int = 16) -> None
 def embed_query_views(domain: str, out: Path) -> None:
     """Query-only views of ``Q`` with Lite0 at 224: five 70 % crops (cc and lb fitted) and lb mirror."""
     from varsitysrch._images import _fit
-    from varsitysrch._query import crop_boxes, decode_rgb
+    from varsitysrch._query import crop_boxes
 
     ids, _, _ = manifest(domain)
     q = protocol(domain)["q"]
@@ -245,7 +251,7 @@ def embed_query_views(domain: str, out: Path) -> None:
     acc: dict[str, list[np.ndarray]] = {}
     t0 = time.perf_counter()
     for n, r in enumerate(q, 1):
-        im = decode_rgb(DOMAINS[domain] / ids[r])
+        im = _whole_rgb(DOMAINS[domain] / ids[r])
         boxes = crop_boxes(*im.size)[1:]
         views = [np.asarray(_fit(im.crop(b), 224, "center-crop"), np.uint8) for b in boxes]
         views += [np.asarray(_fit(im.crop(b), 224, "letterbox"), np.uint8) for b in boxes]
@@ -294,7 +300,7 @@ def metrics(
     S: np.ndarray, qy: np.ndarray, cy: np.ndarray, self_col: np.ndarray | None, k: int = 10
 ) -> dict[str, float]:
     """P@k, mAP@k, recall@1 / @5 (a relevant item in the top 1 / 5) of a score matrix [queries, catalogue]."""
-    from varsitysrch._evaluate import average_precision_at_k, precision_at_k
+    from varsitysrch._evaluate import _average_precision_at_k, _precision_at_k
 
     S = np.array(S, np.float32, copy=True)
     n_rel = (cy[None, :] == qy[:, None]).sum(1)
@@ -305,8 +311,8 @@ def metrics(
     top = np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable"), 1)
     rel = cy[top] == qy[:, None]
     return {
-        "p10": float(precision_at_k(rel, k).mean()),
-        "map10": float(average_precision_at_k(rel, n_rel, k).mean()),
+        "p10": float(_precision_at_k(rel, k).mean()),
+        "map10": float(_average_precision_at_k(rel, n_rel, k).mean()),
         "r1": float(rel[:, 0].mean()),
         "r5": float(rel[:, :5].any(1).mean()),
     }
@@ -361,9 +367,9 @@ class Domain:
 
 def search_space(C: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The library's search-space PCA (train_clusters' rule: >= 1,000 catalogue images)."""
-    from varsitysrch._postprocess import SEARCH_PCA_MIN_IMAGES, fit_search_pca
+    from varsitysrch._postprocess import _SEARCH_PCA_MIN_IMAGES, fit_search_pca
 
-    if dim is None or dim == 0 or len(C) < SEARCH_PCA_MIN_IMAGES:
+    if dim is None or dim == 0 or len(C) < _SEARCH_PCA_MIN_IMAGES:
         return None
     if dim < 0:  # centring only
         return C.mean(0), np.eye(C.shape[1], dtype=np.float32)
@@ -621,10 +627,10 @@ COLOUR_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 def dominant_hue(image: np.ndarray) -> tuple[float, float]:
     """(circular mean hue in degrees weighted by saturation, chromatic fraction) of the foreground."""
-    from varsitysrch._colour import CHROMA_MIN, foreground_mask, rgb_to_hsv
+    from varsitysrch._colour import _CHROMA_MIN, _foreground_mask, _rgb_to_hsv
 
-    h, sat, v = rgb_to_hsv(image[foreground_mask(image)])
-    chroma = (sat >= CHROMA_MIN) & (v >= CHROMA_MIN)
+    h, sat, v = _rgb_to_hsv(image[_foreground_mask(image)])
+    chroma = (sat >= _CHROMA_MIN) & (v >= _CHROMA_MIN)
     if not chroma.any():
         return 0.0, 0.0
     ang = 2 * np.pi * h[chroma]
@@ -644,9 +650,8 @@ def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
     """
     from PIL import Image
 
-    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature
+    from varsitysrch._colour import _COLOUR_DECODE_SIZE, colour_signature
     from varsitysrch._images import _fit, load_image
-    from varsitysrch._query import decode_rgb
 
     f = cache / f"{domain}-colour2.npz"
     if f.exists():
@@ -655,7 +660,7 @@ def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
     ids, _, _ = manifest(domain)
     t0 = time.perf_counter()
     sig_all = np.stack(
-        [colour_signature(load_image(DOMAINS[domain] / i, COLOUR_DECODE_SIZE, "letterbox")) for i in ids]
+        [colour_signature(load_image(DOMAINS[domain] / i, _COLOUR_DECODE_SIZE, "letterbox")) for i in ids]
     )
     print(
         f"  {domain}: colour signatures of {len(ids)} images in {time.perf_counter() - t0:.0f}s", flush=True
@@ -670,7 +675,7 @@ def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
         role = "cat" if picked["cat"] < want["cat"] else "query"
         if picked[role] >= want[role]:
             break
-        im = decode_rgb(DOMAINS[domain] / ids[r])
+        im = _whole_rgb(DOMAINS[domain] / ids[r])
         lb = np.asarray(_fit(im, 224, "letterbox"), np.uint8)
         hue, chroma = dominant_hue(lb)
         if chroma < 0.5:
@@ -686,7 +691,7 @@ def colour_features(domain: str, cache: Path) -> dict[str, np.ndarray]:
             for j, mode in enumerate(("lb", "cc")):
                 for k in ("avg", "gem"):
                     acc.setdefault(f"{role}_{mode}_{k}", []).append(P[k][j])
-            small = np.asarray(_fit(shifted, COLOUR_DECODE_SIZE, "letterbox"), np.uint8)
+            small = np.asarray(_fit(shifted, _COLOUR_DECODE_SIZE, "letterbox"), np.uint8)
             acc.setdefault(f"{role}_colour", []).append(colour_signature(small))
             acc.setdefault(f"{role}_row", []).append(np.array(r))
             acc.setdefault(f"{role}_hue", []).append(np.array(target))
@@ -705,23 +710,22 @@ def refresh_signatures(domain: str, cache: Path, cf: dict[str, np.ndarray]) -> d
     """
     from PIL import Image
 
-    from varsitysrch._colour import COLOUR_DECODE_SIZE, colour_signature
+    from varsitysrch._colour import _COLOUR_DECODE_SIZE, colour_signature
     from varsitysrch._images import _fit, load_image
-    from varsitysrch._query import decode_rgb
 
     ids, _, _ = manifest(domain)
     t0 = time.perf_counter()
     out = dict(cf)
     out["colour_all"] = np.stack(
-        [colour_signature(load_image(DOMAINS[domain] / i, COLOUR_DECODE_SIZE, "letterbox")) for i in ids]
+        [colour_signature(load_image(DOMAINS[domain] / i, _COLOUR_DECODE_SIZE, "letterbox")) for i in ids]
     )
     for role in ("cat", "query"):
         sigs = []
         for r, target in zip(cf[f"{role}_row"].astype(int), cf[f"{role}_hue"].astype(int), strict=True):
-            lb = np.asarray(_fit(decode_rgb(DOMAINS[domain] / ids[r]), 224, "letterbox"), np.uint8)
+            lb = np.asarray(_fit(_whole_rgb(DOMAINS[domain] / ids[r]), 224, "letterbox"), np.uint8)
             hue, _ = dominant_hue(lb)
             shifted = Image.fromarray(hue_shift(lb, target - hue))
-            sigs.append(colour_signature(np.asarray(_fit(shifted, COLOUR_DECODE_SIZE, "letterbox"))))
+            sigs.append(colour_signature(np.asarray(_fit(shifted, _COLOUR_DECODE_SIZE, "letterbox"))))
         out[f"{role}_colour"] = np.stack(sigs)
     print(f"  {domain}: signatures recomputed in {time.perf_counter() - t0:.0f}s", flush=True)
     return out
@@ -840,13 +844,8 @@ def part_speed(args: argparse.Namespace) -> None:
             extract_features(imgs, out, show_progress=False, **opts)
             dt = time.perf_counter() - t
             runs[name].append(n_img / dt)
-            if name == "new default":
-                from varsitysrch._colour import colour_store_folder, write_colour_store
-
-                t2 = time.perf_counter()
-                if not (colour_store_folder(out) / "store.json").exists():  # extract_features writes it
-                    write_colour_store(out)
-                runs["new default + colour signatures"].append(n_img / (dt + time.perf_counter() - t2))
+            if name == "new default":  # extract_features writes the colour rows with the vectors
+                runs["new default + colour signatures"].append(n_img / dt)
             shutil.rmtree(out, ignore_errors=True)
             print(f"  run {rep} {name}: {n_img / dt:.1f} img/s", flush=True)
     print(
@@ -998,13 +997,13 @@ def embed_default_views(domain: str, out: Path, rows: np.ndarray, studio: bool |
     from PIL import Image
 
     from varsitysrch._images import _fit
-    from varsitysrch._query import crop_boxes, decode_rgb
+    from varsitysrch._query import crop_boxes
 
     sess, fm = fmap_session("efficientnet-lite0", True)
     ids, _, _ = manifest(domain)
     acc = []
     for r in rows:
-        im = decode_rgb(DOMAINS[domain] / ids[r])
+        im = _whole_rgb(DOMAINS[domain] / ids[r])
         if studio is None:
             parts = [im.crop(b) for b in crop_boxes(*im.size)[1:]]
         else:
@@ -1095,13 +1094,13 @@ def part_studio(args: argparse.Namespace) -> None:
                 Se = _qe_scores(S, Qs, Cs, sc, include_self, skip)
                 cells.append(f"{metrics(Se, y[q], y[cat], sc)['map10']:.3f}")
             qe_rows.append(f"| {dname} | " + " | ".join(cells) + " |")
-    from varsitysrch._colour import PLAIN_BORDER_SHARE, PLAIN_DECODE_SIZE, border_share
+    from varsitysrch._colour import _PLAIN_BORDER_SHARE, PLAIN_DECODE_SIZE, border_share
     from varsitysrch._images import load_image
     from varsitysrch._query import CLUTTERED_BORDER_SHARE
 
     print(
         "\nEvery photo of the domain: with a plain background (the library's flag, border share >= "
-        f"{PLAIN_BORDER_SHARE}) / clearly cluttered (views=auto crops it as a query against a studio "
+        f"{_PLAIN_BORDER_SHARE}) / clearly cluttered (views=auto crops it as a query against a studio "
         f"catalogue, border share < {CLUTTERED_BORDER_SHARE}):"
     )
     for dname in args.domains.split(","):
@@ -1110,7 +1109,7 @@ def part_studio(args: argparse.Namespace) -> None:
             [border_share(load_image(DOMAINS[dname] / i, PLAIN_DECODE_SIZE, "squash")) for i in ids]
         )
         print(
-            f"  {dname}: plain {int((sh >= PLAIN_BORDER_SHARE).sum())} of {len(ids)}, cluttered "
+            f"  {dname}: plain {int((sh >= _PLAIN_BORDER_SHARE).sum())} of {len(ids)}, cluttered "
             f"{int((sh < CLUTTERED_BORDER_SHARE).sum())} of {len(ids)}"
         )
     print(

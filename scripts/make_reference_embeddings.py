@@ -8,6 +8,9 @@ For a few shipped sample photos (``examples/catalog``, CC0) this script
    ReferenceEvaluator`` -- plain numpy, no onnxruntime kernels, so no instruction-set-specific
    code path -- and saves the unit-normalised ``pooled`` output.
 
+Internals on purpose: the graph's bytes come from ``varsitysrch._extractors._onnx_model_bytes``
+(no public function hands out the ONNX graph) and the decode from ``_images.load_image``.
+
 Run it again only when the default extractor's graph changes (``_nets.GRAPH_VERSION``)::
 
     python scripts/make_reference_embeddings.py            # writes tests/data/reference/
@@ -69,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from varsitysrch import get_extractor
-    from varsitysrch._extractors import onnx_model_bytes
+    from varsitysrch._extractors import _onnx_model_bytes
     from varsitysrch._images import load_image
 
     ex = get_extractor()
     ids = resolve(args.catalog)
     images = np.stack([load_image(args.catalog / i, ex.input_size, ex.resize) for i in ids])
     t = time.perf_counter()
-    ref = reference_pooled(onnx_model_bytes(ex), images)
+    ref = reference_pooled(_onnx_model_bytes(ex), images)
     args.out.mkdir(parents=True, exist_ok=True)
     names = []
     for i, (rel, img) in enumerate(zip(ids, images, strict=True)):

@@ -12,6 +12,9 @@ Prints, for the CPU it runs on (its instruction-set flags first):
 3. with ``--images``: int8 vs fp32 embeddings of ``--n`` photos (cosine min / mean, top-10
    neighbour overlap) and the forward rate of both graphs (batch 32), measured alternately in one run.
 
+Internals on purpose: the ONNX graph bytes and sessions (``varsitysrch._extractors``) and the int8
+quantizer (``_quantize``) are driven directly, to compare graphs on the same inputs.
+
 Under Debian's qemu-user the same script exercises other kernels, e.g.
 ``qemu-x86_64 -cpu Nehalem .venv/bin/python scripts/portability.py`` (SSE4 only, no AVX).
 """
@@ -87,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from varsitysrch import get_extractor
-    from varsitysrch._extractors import _run, _session, onnx_model_bytes
+    from varsitysrch._extractors import _onnx_model_bytes, _run, _session
 
     print(f"CPU flags: {cpu_flags()}")
     ref_dir = REPO / "tests" / "data" / "reference"
     meta = json.loads((ref_dir / "reference.json").read_text(encoding="utf-8"))
     inputs = np.stack([np.asarray(Image.open(ref_dir / p["input"]).convert("RGB")) for p in meta["photos"]])
     ex = get_extractor()
-    fp32 = onnx_model_bytes(ex)
+    fp32 = _onnx_model_bytes(ex)
     s32 = _session(fp32, 2)
     c = cos(_run(s32, inputs, "pooled"), np.load(ref_dir / "pooled.npy"))
     print(f"fp32 default, onnxruntime vs onnx.reference: cosine min {c.min():.6f} mean {c.mean():.6f}")

@@ -47,10 +47,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _default_graph_built() -> None:
     """Build the default (fp32) graph once, into the session cache (about a second)."""
     from varsitysrch import get_extractor
-    from varsitysrch._extractors import onnx_model_bytes
+    from varsitysrch._extractors import _onnx_model_bytes
 
     with contextlib.suppress(Exception):  # a missing weights package is the tests' business
-        onnx_model_bytes(get_extractor())
+        _onnx_model_bytes(get_extractor())
 
 
 @pytest.fixture(scope="session")

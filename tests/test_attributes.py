@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from varsitysrch import InvalidArgumentError, ModelFileError
-from varsitysrch._attributes import Attributes, normalise_where, parse_condition, parse_where
+from varsitysrch._attributes import Attributes, _normalise_where, _parse_condition, _parse_where
 
 IDS = [f"cat{i % 3}/img{i:03d}.jpg" for i in range(12)]
 
@@ -107,7 +107,7 @@ def test_unreadable_or_missing_file(tmp_path: Path) -> None:
     ],
 )
 def test_where_strings(text: str, want: tuple[str, str, object]) -> None:
-    assert parse_condition(text) == want
+    assert _parse_condition(text) == want
 
 
 @pytest.mark.parametrize(
@@ -121,17 +121,17 @@ def test_where_strings(text: str, want: tuple[str, str, object]) -> None:
 )
 def test_bad_where_strings(text: str, rule: str) -> None:
     with pytest.raises(InvalidArgumentError, match=rule):
-        parse_condition(text)
+        _parse_condition(text)
 
 
 def test_where_strings_merge_into_ranges() -> None:
-    assert parse_where(["price>=10", "price<50", "brand=a"]) == {
+    assert _parse_where(["price>=10", "price<50", "brand=a"]) == {
         "price": {"gte": "10", "lt": "50"},
         "brand": {"eq": "a"},
     }
     with pytest.raises(InvalidArgumentError, match="already has a 'lt'"):
-        parse_where(["price<10", "price<50"])
-    assert normalise_where({"brand": ["a", "b"], "price": {"le": 3}}) == [
+        _parse_where(["price<10", "price<50"])
+    assert _normalise_where({"brand": ["a", "b"], "price": {"le": 3}}) == [
         ("brand", "in", ["a", "b"]),
         ("price", "lte", 3),
     ]
@@ -361,10 +361,10 @@ def test_ivf_masked_search_matches_exact_filtered_search() -> None:
     import faiss
 
     from varsitysrch._attributes import FilterCache, ivf_masked_search
-    from varsitysrch._index import build_faiss_index, train_ivf
+    from varsitysrch._index import _train_ivf, build_faiss_index
 
     X, labels, _ = clustered(4000, 20, 16, seed=2)
-    Cl, lists = train_ivf(X, 40, random_state=0)
+    Cl, lists = _train_ivf(X, 40, random_state=0)
     index = build_faiss_index(Cl, lists, X)
     n = len(X)
     rng = np.random.default_rng(3)

@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 def test_clusters_tab_previews_the_central_members(synth_model: tuple[Path, Path], tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from varsitysrch._central import cluster_rows
+    from varsitysrch._central import central_first
     from varsitysrch._modelfile import load_model
     from varsitysrch.service import create_app
 
@@ -29,7 +29,7 @@ def test_clusters_tab_previews_the_central_members(synth_model: tuple[Path, Path
     with TestClient(app) as c:
         data = c.get("/clusters", params={"sample": 4}).json()
         for cluster in data["clusters"]:
-            want = [mf.ids[int(r)] for r in cluster_rows(labels, dists, cluster["id"])]
+            want = [mf.ids[int(r)] for r in central_first(np.flatnonzero(labels == cluster["id"]), dists)]
             assert [m["image"] for m in cluster["sample"]] == want[:4], cluster["id"]
             page = c.get(f"/clusters/{cluster['id']}", params={"limit": 50}).json()
             assert [m["image"] for m in page["members"]] == want  # browsing: most typical first too

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from varsitysrch import InvalidArgumentError
-from varsitysrch._collapse import COLLAPSE_THRESHOLD, check_collapse, collapse_rows
+from varsitysrch._collapse import _COLLAPSE_THRESHOLD, check_collapse, collapse_rows
 from varsitysrch._duplicates import DEFAULT_THRESHOLD
 
 
@@ -26,7 +26,7 @@ def planted(n_products: int, copies: int, dim: int = 64, seed: int = 0) -> tuple
 def test_planted_duplicates_collapse_to_one_hit_per_product() -> None:
     X, owner = planted(6, 4)
     order = np.random.default_rng(1).permutation(len(X))  # a "ranking" that interleaves the copies
-    kept, parent = collapse_rows(X[order], COLLAPSE_THRESHOLD)
+    kept, parent = collapse_rows(X[order], _COLLAPSE_THRESHOLD)
     assert sorted(owner[order][kept].tolist()) == list(range(6))  # one hit per product
     assert kept.tolist() == sorted(kept.tolist())  # rank order kept
     first = {p: int(np.flatnonzero(owner[order] == p)[0]) for p in range(6)}
@@ -45,7 +45,7 @@ def test_distinct_items_are_all_kept_and_threshold_one_keeps_copies() -> None:
 
 
 def test_default_threshold_is_the_duplicate_detector_s() -> None:
-    assert COLLAPSE_THRESHOLD == DEFAULT_THRESHOLD
+    assert _COLLAPSE_THRESHOLD == DEFAULT_THRESHOLD
     assert check_collapse(True) == DEFAULT_THRESHOLD
     assert check_collapse(False) is None and check_collapse(None) is None
     assert check_collapse(0.8) == 0.8
@@ -95,7 +95,7 @@ def test_search_collapses_planted_duplicates_and_still_returns_top_n(tmp_path) -
         V = np.asarray(s.vectors[[ids.index(h.image) for h in hits]], np.float32)
         V /= np.linalg.norm(V, axis=1, keepdims=True)
         G = V @ V.T - 2 * np.eye(10)
-        assert G.max() < COLLAPSE_THRESHOLD  # no two shown hits are near-duplicates
+        assert G.max() < _COLLAPSE_THRESHOLD  # no two shown hits are near-duplicates
         filtered = s.search_vector(X[g], 5, collapse=True, where={"half": g % 2})
         assert len(filtered) == 5 and all(int(ids.index(h.image)) % 2 == g % 2 for h in filtered)
     assert len(s.search_vector(X[0], 10, collapse=False)) == 10

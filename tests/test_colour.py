@@ -8,10 +8,10 @@ import pytest
 from varsitysrch import InvalidArgumentError
 from varsitysrch._colour import (
     SIGNATURE_DIM,
+    _foreground_mask,
+    _rgb_to_hsv,
     colour_signature,
     combine_scores,
-    foreground_mask,
-    rgb_to_hsv,
 )
 
 
@@ -34,7 +34,7 @@ def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def hue_shift(image: np.ndarray, degrees: float) -> np.ndarray:
     """The image with every hue rotated by ``degrees`` (saturation, value and greys unchanged)."""
-    h, s, v = rgb_to_hsv(np.asarray(image, np.uint8))
+    h, s, v = _rgb_to_hsv(np.asarray(image, np.uint8))
     return hsv_to_rgb(h + float(degrees) / 360.0, s, v)
 
 
@@ -56,28 +56,28 @@ WHITE, GREY, BEIGE = (255, 255, 255), (128, 128, 128), (225, 210, 180)
 def test_hsv_round_trip_and_hue_shift_keeps_greys() -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(50, 50, 3), dtype=np.uint8)
-    back = hsv_to_rgb(*rgb_to_hsv(rgb))
+    back = hsv_to_rgb(*_rgb_to_hsv(rgb))
     assert np.abs(back.astype(int) - rgb).max() <= 1
     grey = np.full((8, 8, 3), 77, np.uint8)
     assert np.array_equal(hue_shift(grey, 123), grey)
     # three shifts of 120 degrees come back to the start; red -> green -> blue
     im = product(RED, WHITE)
     assert np.abs(hue_shift(hue_shift(hue_shift(im, 120), 120), 120).astype(int) - im).max() <= 2
-    h, _, _ = rgb_to_hsv(np.array([[[255, 0, 0]]], np.uint8))
-    h2, _, _ = rgb_to_hsv(hue_shift(np.array([[[255, 0, 0]]], np.uint8), 120))
+    h, _, _ = _rgb_to_hsv(np.array([[[255, 0, 0]]], np.uint8))
+    h2, _, _ = _rgb_to_hsv(hue_shift(np.array([[[255, 0, 0]]], np.uint8), 120))
     assert float(h[0, 0]) == pytest.approx(0.0) and float(h2[0, 0]) == pytest.approx(1 / 3, abs=1e-3)
 
 
 def test_foreground_mask_finds_the_product_on_any_plain_background() -> None:
     for bg in (WHITE, GREY, BEIGE):
         im = product(RED, bg)
-        m = foreground_mask(im)
+        m = _foreground_mask(im)
         disc_frac = np.pi / 9  # area of the disc / area of the image
         assert m.mean() == pytest.approx(disc_frac, abs=0.03)
         assert not m[0].any() and m[48, 48]
     # no plain background (noise everywhere): every pixel counts
     noise = np.random.default_rng(1).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    assert foreground_mask(noise).all()
+    assert _foreground_mask(noise).all()
 
 
 def test_signature_is_the_products_colour_not_the_backgrounds() -> None:
@@ -123,10 +123,8 @@ def test_colour_store_beside_the_vectors_is_kept_for_unchanged_images(
 
     from varsitysrch import extract_features
     from varsitysrch._colour import (
-        COLOUR_DECODE_SIZE,
-        colour_store_folder,
+        _COLOUR_DECODE_SIZE,
         load_colour_signatures,
-        write_colour_store,
     )
     from varsitysrch._images import load_image
     from varsitysrch._store import FeatureStore
@@ -135,25 +133,22 @@ def test_colour_store_beside_the_vectors_is_kept_for_unchanged_images(
     root = tmp_path / "imgs"
     shutil.copytree(src, root)
     feats = tmp_path / "features"
-    extract_features(root, feats, show_progress=False)
-    write_colour_store(feats)
+    extract_features(root, feats, show_progress=False)  # writes the colour rows with the vectors
     ids = FeatureStore.open(feats).ids
     sig = load_colour_signatures(feats, ids)
     assert sig is not None and sig.shape == (len(ids), SIGNATURE_DIM)
     for j in (0, 7):
-        expect = colour_signature(load_image(root / ids[j], COLOUR_DECODE_SIZE, "letterbox"))
+        expect = colour_signature(load_image(root / ids[j], _COLOUR_DECODE_SIZE, "letterbox"))
         np.testing.assert_allclose(sig[j], expect, atol=2e-3)  # stored as float16
     # the feature store itself is untouched and still opens
     assert FeatureStore.open(feats).ids == ids
     # an image that changes colour is recomputed; the others are kept
     victim = ids[0]
     Image.fromarray(product(BLUE, WHITE)).save(root / victim)
-    extract_features(root, feats, show_progress=False)
-    write_colour_store(feats)
+    extract_features(root, feats, show_progress=False)  # writes the colour rows with the vectors
     sig2 = load_colour_signatures(feats, ids)
     assert sig2 is not None
     assert float(sig2[0] @ sig[0]) < 0.9
     np.testing.assert_array_equal(sig2[1:], sig[1:])
     # ids the colour store does not know: no signatures rather than wrong ones
     assert load_colour_signatures(feats, [*ids, "nope.png"]) is None
-    assert colour_store_folder(feats).is_dir()

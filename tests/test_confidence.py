@@ -9,13 +9,12 @@ import pytest
 
 from varsitysrch import InvalidArgumentError, ModelFileError, NotFittedError
 from varsitysrch._confidence import (
-    CUTOFF,
-    NO_CLOSE_MATCH,
-    VERY_SIMILAR,
-    WORDS,
+    _CUTOFF,
+    _NO_CLOSE_MATCH,
+    _VERY_SIMILAR,
+    _WORDS,
     ScoreCalibrator,
-    fit_confidence,
-    match_words,
+    _match_words,
 )
 from varsitysrch._neighbours import exact_topk
 from varsitysrch._store import normalize_rows
@@ -36,7 +35,7 @@ def test_confidence_is_a_monotone_map_into_unit_interval() -> None:
     assert c[0] == 0.0 and c[-1] == 1.0
     for level in (0.05, 0.25, 0.5, 0.9):
         assert cal.confidence(cal.score_at(level)) == pytest.approx(level, abs=0.011)
-    assert cal.cutoff_score_ == pytest.approx(cal.score_at(CUTOFF))
+    assert cal.cutoff_score_ == pytest.approx(cal.score_at(_CUTOFF))
     assert cal.confidence(np.nan) == 0.0
 
 
@@ -64,18 +63,18 @@ def test_ranking_space_finds_the_neighbour_and_x_scores_it() -> None:
 
 
 def test_words_and_close() -> None:
-    assert match_words([0.9, VERY_SIMILAR, 0.2, CUTOFF, CUTOFF / 2, 0.0]) == [
-        WORDS[0],
-        WORDS[0],
-        WORDS[1],
-        WORDS[1],
-        WORDS[2],
-        WORDS[2],
+    assert _match_words([0.9, _VERY_SIMILAR, 0.2, _CUTOFF, _CUTOFF / 2, 0.0]) == [
+        _WORDS[0],
+        _WORDS[0],
+        _WORDS[1],
+        _WORDS[1],
+        _WORDS[2],
+        _WORDS[2],
     ]
-    cal = fit_confidence(_clusters(200, 0))
-    assert cal.close([CUTOFF, CUTOFF - 1e-9]).tolist() == [True, False]
+    cal = ScoreCalibrator(2000, random_state=0).fit(_clusters(200, 0))  # the default cut-off
+    assert cal.close([_CUTOFF, _CUTOFF - 1e-9]).tolist() == [True, False]
     assert cal.words(0.7) == ["very similar"]
-    assert NO_CLOSE_MATCH == "no close match"
+    assert _NO_CLOSE_MATCH == "no close match"
 
 
 def test_round_trip_through_json() -> None:
@@ -151,7 +150,7 @@ def test_trained_model_carries_calibration_and_hits_carry_confidence(synth_model
     hits = s.search_id(s.ids[0], 5, include_self=False)
     for h in hits:
         assert h.confidence is not None and 0.0 <= h.confidence <= 1.0
-        assert h.match in WORDS and h.close == (h.confidence >= cal.cutoff)
+        assert h.match in _WORDS and h.close == (h.confidence >= cal.cutoff)
         d = h.to_dict()
         assert {"confidence", "match", "close"} <= set(d)
     conf = [h.confidence for h in hits]

@@ -14,7 +14,7 @@ from imagegen import make_synthetic_catalogue, make_truncated_jpeg
 pytest.importorskip("distributed")
 
 from varsitysrch import train_clusters
-from varsitysrch._dask import client_for, dask_assign, embedder_builds
+from varsitysrch._dask import _embedder_builds, client_for, dask_assign
 from varsitysrch._errors import InvalidArgumentError
 from varsitysrch._extract import extract_features
 from varsitysrch._modelfile import load_model, read_assignments
@@ -55,7 +55,7 @@ def stores(catalogue: Path, cluster, tmp_path_factory: pytest.TempPathFactory) -
     d = tmp_path_factory.mktemp("dask-stores")
     extract_features(catalogue, d / "local", batch_size=4, show_progress=False)
     mp = pytest.MonkeyPatch()
-    mp.setattr("varsitysrch._dask.SHARD_SIZE", 8)  # 3 shards of 8 over 2 workers
+    mp.setattr("varsitysrch._dask._SHARD_SIZE", 8)  # 3 shards of 8 over 2 workers
     try:
         # a scheduler address, as the CLI's --scheduler passes it
         extract_features(
@@ -90,7 +90,7 @@ def test_dask_extraction_writes_the_same_store(stores, cluster) -> None:
     assert not (stores[1] / "parts").exists()
     # each worker built its ONNX session once, whatever the number of shards it ran
     _, client = cluster
-    builds = client.run(embedder_builds)
+    builds = client.run(_embedder_builds)
     assert len(builds) == 2 and max(builds.values()) == 1 and sum(builds.values()) >= 1
 
 

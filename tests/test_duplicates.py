@@ -12,9 +12,9 @@ from PIL import Image, ImageOps
 from varsitysrch import InvalidArgumentError
 from varsitysrch._duplicates import (
     DEFAULT_THRESHOLD,
+    _group_pairs,
     build_groups,
     find_duplicates,
-    group_pairs,
     similar_pairs,
 )
 from varsitysrch._store import FeatureStore, normalize_rows
@@ -78,7 +78,7 @@ def test_groups_are_connected_components() -> None:
     i = np.array([0, 1, 4, 2])
     j = np.array([1, 2, 5, 6])
     s = np.array([0.99, 0.95, 0.97, 0.94], np.float32)
-    labels = group_pairs(7, i, j)
+    labels = _group_pairs(7, i, j)
     assert labels[0] == labels[1] == labels[2] == labels[6] != labels[4] == labels[5] != labels[3]
     groups = build_groups(ids, i, j, s)
     assert [g.ids for g in groups] == [("img0", "img1", "img2", "img6"), ("img4", "img5")]

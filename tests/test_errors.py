@@ -540,6 +540,27 @@ for _name, _kw in {
     case("SearchOptions", _name)(lambda h, kw=_kw: V.SearchOptions(**kw))
 
 
+# the settings values of the other steps (varsitysrch._config)
+for _public, _name, _kw in [
+    ("Compute", "engine-spark", {"engine": "spark"}),
+    ("Compute", "batch_size-0", {"batch_size": 0}),
+    ("Compute", "threads-text", {"threads": "4"}),
+    ("ExtractOptions", "dtype-float64", {"dtype": "float64"}),
+    ("ChooseKOptions", "method-slow", {"method": "slow"}),
+    ("ChooseKOptions", "n_queries-0", {"n_queries": 0}),
+    ("TrainOptions", "target_recall-nan", {"target_recall": float("nan")}),
+    ("TrainOptions", "backend-torch", {"backend": "torch"}),
+    ("UpdateOptions", "far_quantile-1", {"far_quantile": 1.0}),
+    ("ReportOptions", "thumb_size-8", {"thumb_size": 8}),
+    ("ReportOptions", "variant-above-duplicate", {"variant_threshold": 0.99}),
+    ("EvalOptions", "k_values-empty", {"k_values": []}),
+    ("EvalOptions", "nprobes-0", {"nprobes": [0]}),
+]:
+    case(_public, _name)(lambda h, c=_public, kw=_kw: getattr(V, c)(**kw))
+for _public in ("Compute", "TrainOptions", "EvalOptions"):
+    case(_public, "unknown-setting")(lambda h, c=_public: getattr(V, c).merge(None, no_such_setting=1))
+
+
 # ---------------------------------------------------------------- the tests
 def _check_message(exc: BaseException) -> None:
     msg = str(exc)
@@ -784,7 +805,7 @@ def test_install_advice_names_a_real_extra_or_the_package() -> None:
     sites = _missing_call_sites()
     assert len(sites) >= 5
     for package, extra, where in sites:
-        advice = _errors.install_advice(package, extra)
+        advice = _errors._install_advice(package, extra)
         text = str(_errors.missing(package, extra, "something"))
         assert advice in text and "[default]" not in text, (where, text)
         m = re.fullmatch(r"pip install '([^']+)'(?: \(.*\))?", advice)
@@ -816,7 +837,7 @@ def test_errors_carry_the_parameter_and_a_front_end_shows_its_own_names() -> Non
     e = InvalidArgumentError("img_folder 'data/img_folder' is inside the feature store folder save_to 'out'")
     said = _errors.user_message(e, {"img_folder": "IMG_DIR", "save_to": "FEATURES_DIR"})
     assert said == "IMG_DIR 'data/img_folder' is inside the feature store folder FEATURES_DIR 'out'"
-    assert _errors.rename_params("top_n_max and top_n", {"top_n": "--top-n"}) == "top_n_max and --top-n"
+    assert _errors._rename_params("top_n_max and top_n", {"top_n": "--top-n"}) == "top_n_max and --top-n"
     # OS errors: no [Errno N], the file named; reprs dropped; several lines joined
     assert (
         _errors.user_message(PermissionError(errno.EACCES, "Permission denied", "/x/y"))

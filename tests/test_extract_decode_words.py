@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imagegen import make_synthetic_catalogue, make_truncated_jpeg
 from varsitysrch import extract_features
-from varsitysrch._images import DAMAGED_IMAGE
+from varsitysrch._images import _DAMAGED_IMAGE
 
 
 def test_a_truncated_catalogue_image_is_skipped_in_words(tmp_path: Path) -> None:
@@ -16,5 +16,5 @@ def test_a_truncated_catalogue_image_is_skipped_in_words(tmp_path: Path) -> None
     make_truncated_jpeg(root / "cut.jpg")
     result = extract_features(root, tmp_path / "f", show_progress=False)
     reasons = dict(result.skipped)
-    assert DAMAGED_IMAGE in reasons["cut.jpg"]
+    assert _DAMAGED_IMAGE in reasons["cut.jpg"]
     assert "OSError" not in reasons["cut.jpg"] and "truncated (" not in reasons["cut.jpg"]

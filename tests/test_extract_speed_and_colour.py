@@ -25,7 +25,7 @@ from PIL import Image
 from imagegen import make_exif_rotated, make_synthetic_catalogue
 from varsitysrch import FeatureStoreError, IncompatibleModelError, extract_features, train_clusters
 from varsitysrch._colour import (
-    COLOUR_DECODE_SIZE,
+    _COLOUR_DECODE_SIZE,
     COLOUR_IDENTITY,
     PLAIN_DECODE_SIZE,
     SIGNATURE_DIM,
@@ -35,9 +35,8 @@ from varsitysrch._colour import (
     model_colour_checksum,
     model_studio_share,
     plain_background,
-    write_colour_store,
 )
-from varsitysrch._extract import COLOUR_COLS, decode_for_store, default_lanes
+from varsitysrch._extract import _COLOUR_COLS, _decode_for_store, _default_lanes
 from varsitysrch._images import _fit, load_image, open_image
 from varsitysrch._store import COLOUR_NPY, PLAIN_NPY, STORE_JSON, FeatureStore
 
@@ -80,9 +79,9 @@ def _by_hand(path: Path) -> tuple[np.ndarray, bool]:
         )
     im.load()
     im = _to_rgb(ImageOps.exif_transpose(im) or im)
-    factor = min(im.size) // (2 * max(COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE))  # a box reduction first
+    factor = min(im.size) // (2 * max(_COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE))  # a box reduction first
     base = im.reduce(factor) if factor > 1 else im
-    sig = colour_signature(np.asarray(_fit(base, COLOUR_DECODE_SIZE, "letterbox"), np.uint8))
+    sig = colour_signature(np.asarray(_fit(base, _COLOUR_DECODE_SIZE, "letterbox"), np.uint8))
     return sig, plain_background(np.asarray(_fit(base, PLAIN_DECODE_SIZE, "squash"), np.uint8))
 
 
@@ -104,20 +103,20 @@ def test_one_decode_gives_the_model_input_of_load_image_and_the_colour_row(tmp_p
         im.save(tmp_path / name, quality=90) if name.endswith(".jpg") else im.save(tmp_path / name)
     make_exif_rotated(tmp_path / "rot.jpg")
     for name in [*files, "rot.jpg"]:
-        px, row = decode_for_store(tmp_path / name, ex.input_size, ex.resize)
-        assert row.shape == (COLOUR_COLS,)
+        px, row = _decode_for_store(tmp_path / name, ex.input_size, ex.resize)
+        assert row.shape == (_COLOUR_COLS,)
         np.testing.assert_array_equal(px, load_image(tmp_path / name, ex.input_size, ex.resize))
         sig, plain = _by_hand(tmp_path / name)
         np.testing.assert_array_equal(row[:SIGNATURE_DIM], sig)
         assert row[SIGNATURE_DIM] == float(plain)
     # the known answers: studio discs are plain, noise is not
-    assert decode_for_store(tmp_path / "small.jpg", 256, "center-crop")[1][-1] == 1.0
-    assert decode_for_store(tmp_path / "noise.jpg", 256, "center-crop")[1][-1] == 0.0
+    assert _decode_for_store(tmp_path / "small.jpg", 256, "center-crop")[1][-1] == 1.0
+    assert _decode_for_store(tmp_path / "noise.jpg", 256, "center-crop")[1][-1] == 0.0
 
 
 def test_default_lanes_follow_num_workers() -> None:
-    assert default_lanes(3) == 3 and default_lanes(0) == 0
-    assert 1 <= default_lanes(None) <= 8
+    assert _default_lanes(3) == 3 and _default_lanes(0) == 0
+    assert 1 <= _default_lanes(None) <= 8
 
 
 def _catalogue(root: Path) -> list[str]:
@@ -230,10 +229,8 @@ def test_a_store_without_colour_rows_is_explicit_and_rebuilt_by_the_next_extract
     root, out, ids = _old_store(tmp_path)
     old = FeatureStore.open(out)
     assert old.colour is None and old.colour_record() is None
-    # the loaders never read the sidecar: no rows, said as None; the helper says what to do
+    # the loaders never read the sidecar: no rows, said as None
     assert load_plain_flags(out, ids) is None and load_colour_signatures(out, ids) is None
-    with pytest.raises(FeatureStoreError, match="run extract_features"):
-        write_colour_store(out)
     # a model trained on it records that it has no colour (and says so)
     with caplog.at_level(logging.WARNING, logger="varsitysrch._modelfile"):
         train_clusters(out, tmp_path / "m.vsm", tmp_path / "m.csv", 2, show_progress=False)

@@ -335,7 +335,7 @@ def test_png_named_jpg_and_the_upload_list_still_decode(tmp_path: Path) -> None:
 
 def test_image_folders_nested_1100_deep_are_walked_without_recursion(tmp_path: Path) -> None:
     """Defect 17: os.walk raised RecursionError on image folders nested 1,100 deep."""
-    from varsitysrch._images import MAX_DEPTH, scan_images
+    from varsitysrch._images import _MAX_DEPTH, scan_images
 
     d = tmp_path / "deep"
     d.mkdir()
@@ -356,7 +356,7 @@ def test_image_folders_nested_1100_deep_are_walked_without_recursion(tmp_path: P
             folder.rmdir()
     assert listing.ids == ["d/" * 11 + "shallow.png", "top.png"]
     ((where, reason),) = listing.skipped
-    assert where == "d/" * (MAX_DEPTH + 1) and f"deeper than {MAX_DEPTH}" in reason
+    assert where == "d/" * (_MAX_DEPTH + 1) and f"deeper than {_MAX_DEPTH}" in reason
 
 
 # ============================================================================ service

@@ -36,7 +36,7 @@ from hostile import (
 from varsitysrch import extract_features
 from varsitysrch._errors import FeatureStoreError, ImageError
 from varsitysrch._images import load_image, scan_images
-from varsitysrch._io import neutralise_cell, read_csv, restore_cell, write_csv, write_json
+from varsitysrch._io import _neutralise_cell, _restore_cell, read_csv, write_csv, write_json
 from varsitysrch._store import (
     STORE_JSON,
     FeatureStore,
@@ -76,7 +76,7 @@ def test_csv_cells_spreadsheets_would_evaluate_are_neutralised(tmp_path):
 
 @pytest.mark.parametrize("cell", [*HOSTILE_CELLS, "'", "'''=x", "=", "-", "x'"])
 def test_neutralise_is_a_bijection(cell):
-    assert restore_cell(neutralise_cell(cell)) == cell
+    assert _restore_cell(_neutralise_cell(cell)) == cell
 
 
 def test_numbers_are_never_touched(tmp_path):
@@ -548,7 +548,7 @@ def test_small_runs_checkpoint_too(tmp_path: Path, two_catalogues, monkeypatch) 
         return real(self, ids, X, stats)
 
     monkeypatch.setattr(_Parts, "save", spy)
-    monkeypatch.setattr("varsitysrch._extract.CHECKPOINT_MIN_SECONDS", 0.0)  # a 10-image run is quick
+    monkeypatch.setattr("varsitysrch._extract._CHECKPOINT_MIN_SECONDS", 0.0)  # a 10-image run is quick
     extract_features(a, tmp_path / "f", batch_size=2, show_progress=False)  # the CLI's defaults
     assert len(saved) >= 3 and sum(saved) == 10, saved
 
@@ -640,14 +640,14 @@ def test_disk_full_is_one_line_and_leaves_nothing_behind(tmp_path: Path, two_cat
 
         monkeypatch.setattr(st, "open", fake_open, raising=False)
     else:
-        real = io_mod.atomic_open
+        real = io_mod._atomic_open
 
         def atomic_open(path, *a, **k):
             if Path(path).name == STORE_JSON:
                 raise full
             return real(path, *a, **k)
 
-        monkeypatch.setattr(io_mod, "atomic_open", atomic_open)
+        monkeypatch.setattr(io_mod, "_atomic_open", atomic_open)
     with pytest.raises(FeatureStoreError, match="disk full") as info:
         extract_features(b, out, show_progress=False)
     assert "\n" not in str(info.value) and "intact" in str(info.value)

@@ -12,9 +12,9 @@ from PIL import Image
 from imagegen import make_bad_corpus, make_exif_rotated
 from varsitysrch._errors import ImageError
 from varsitysrch._images import (
-    DAMAGED_IMAGE,
-    NOT_AN_IMAGE,
-    MissingImageFile,
+    _DAMAGED_IMAGE,
+    _NOT_AN_IMAGE,
+    _MissingImageFile,
     decode_failure,
     list_images,
     load_image,
@@ -114,7 +114,7 @@ def test_a_text_file_named_jpg_is_not_an_image_file_in_words(tmp_path: Path) -> 
     (tmp_path / "notes.jpg").write_text("hello, this is text\n")
     for source in (tmp_path / "notes.jpg", b"hello, this is text\n"):
         text = _said(source)
-        assert text == NOT_AN_IMAGE and "JPEG, PNG" in text
+        assert text == _NOT_AN_IMAGE and "JPEG, PNG" in text
 
 
 def test_a_missing_path_is_no_such_file_not_vanished(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_a_missing_path_is_no_such_file_not_vanished(tmp_path: Path) -> None:
     missing = tmp_path / "typo" / "shirt.jpg"
     text = _said(missing)
     assert text == f"no such file: {str(missing)!r}" and "vanished" not in text
-    with pytest.raises(MissingImageFile) as err:
+    with pytest.raises(_MissingImageFile) as err:
         load_image(str(tmp_path / "shrit.jpg"), 32)
     assert err.value.path == str(tmp_path / "shrit.jpg")
 
@@ -133,7 +133,7 @@ def test_decoder_failures_are_said_in_words(tmp_path: Path, monkeypatch: pytest.
     from imagegen import make_truncated_jpeg
 
     trunc = make_truncated_jpeg(tmp_path / "cut.jpg", keep=0.3)
-    assert _said(trunc) == DAMAGED_IMAGE
+    assert _said(trunc) == _DAMAGED_IMAGE
 
     def garbage(*a: object, **k: object) -> None:
         raise SyntaxError("broken PNG file <PIL.PngImagePlugin.ChunkStream object at 0x7f00deadbeef>")
@@ -142,6 +142,6 @@ def test_decoder_failures_are_said_in_words(tmp_path: Path, monkeypatch: pytest.
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     with pytest.raises(ImageError) as err:
         load_image(tmp_path / "x.png", 32)
-    assert str(err.value) == NOT_AN_IMAGE and isinstance(err.value.__cause__, SyntaxError)
+    assert str(err.value) == _NOT_AN_IMAGE and isinstance(err.value.__cause__, SyntaxError)
     assert isinstance(decode_failure(OSError("image file is truncated")), ImageError)
-    assert str(decode_failure(ValueError("<x object at 0x1>"))) == DAMAGED_IMAGE
+    assert str(decode_failure(ValueError("<x object at 0x1>"))) == _DAMAGED_IMAGE

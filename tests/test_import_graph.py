@@ -110,6 +110,9 @@ def test_the_graph_is_read() -> None:
     assert "varsitysrch._modelfile" in g["varsitysrch._search"]
     assert "varsitysrch._neighbours" in g["varsitysrch._kmeans"]
     assert "varsitysrch._dask" in g["varsitysrch._extract"]  # a function-level import
+    assert "varsitysrch._quantize" in g["varsitysrch._extractors"]  # `from . import _quantize` in a function
+    # only under TYPE_CHECKING (not an edge): _quantize's annotations name _extractors.Extractor
+    assert "varsitysrch._extractors" not in g["varsitysrch._quantize"]
 
 
 def test_no_import_cycles() -> None:

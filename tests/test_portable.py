@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from varsitysrch import IncompatibleError, get_extractor
-from varsitysrch._extractors import INT8_SCHEME, Embedder, Extractor, onnx_model_bytes
+from varsitysrch._extractors import _INT8_SCHEME, Embedder, Extractor, _onnx_model_bytes
 from varsitysrch._images import load_image
 
 REF = Path(__file__).parent / "data" / "reference"
@@ -76,13 +76,13 @@ def test_int8_opt_in_is_faithful_to_the_reference_of_its_own_graph() -> None:
     """The int8 graph's integers are the same on every CPU (7-bit weights: no saturating kernel)."""
     from make_reference_embeddings import reference_pooled
 
-    from varsitysrch._quantize import quantize_static_int8, synthetic_calibration_images
+    from varsitysrch._quantize import _synthetic_calibration_images, quantize_static_int8
 
     size = 96  # the graph takes any input size; small keeps the numpy reference fast
     ex = dataclasses.replace(get_extractor(quantized=True), input_size=size)
-    assert ex.quantized and ex.int8_scheme == INT8_SCHEME
+    assert ex.quantized and ex.int8_scheme == _INT8_SCHEME
     int8 = quantize_static_int8(
-        onnx_model_bytes(get_extractor()), ex, calibration=synthetic_calibration_images(8, size)
+        _onnx_model_bytes(get_extractor()), ex, calibration=_synthetic_calibration_images(8, size)
     )
     images = np.stack([np.asarray(Image.fromarray(x).resize((size, size))) for x in _inputs()[:3]])
     from varsitysrch._extractors import _run, _session
@@ -98,7 +98,7 @@ def test_a_store_of_the_old_cpu_dependent_int8_graph_is_refused() -> None:
     assert not new.compatible_with(old)
     assert new.compatible_with(new.identity())
     with pytest.raises(IncompatibleError, match="re-extract"):
-        onnx_model_bytes(Extractor.from_identity(old))
+        _onnx_model_bytes(Extractor.from_identity(old))
     # fp32 records (every default store) stay compatible with or without the field
     fp32 = {k: v for k, v in get_extractor().identity().items() if k != "int8_scheme"}
     assert get_extractor().compatible_with(fp32)

@@ -9,8 +9,8 @@ import pytest
 
 from varsitysrch import InvalidArgumentError, Searcher, train_clusters
 from varsitysrch._postprocess import (
+    _SEARCH_PCA_DIM,
     QE_NEIGHBOURS,
-    SEARCH_PCA_DIM,
     default_search_pca,
     expand_query,
     fit_whitening,
@@ -58,7 +58,7 @@ def test_whitening_full_partial_and_pca() -> None:
 # ------------------------------------------------------------------ hooks in train_clusters / Searcher
 def test_default_search_pca_rule() -> None:
     assert default_search_pca(999, 1280) == 0
-    assert default_search_pca(1000, 1280) == SEARCH_PCA_DIM
+    assert default_search_pca(1000, 1280) == _SEARCH_PCA_DIM
     assert default_search_pca(50_000, 128) == 0  # already small
 
 
@@ -79,7 +79,7 @@ def pca_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarra
 def test_search_space_pca_is_stored_and_used(pca_model) -> None:
     d, X = pca_model
     s = Searcher(d / "m.vsm")
-    assert s.config["search_pca"] == SEARCH_PCA_DIM and s._scoring.shape == (1200, SEARCH_PCA_DIM)
+    assert s.config["search_pca"] == _SEARCH_PCA_DIM and s._scoring.shape == (1200, _SEARCH_PCA_DIM)
     mean, comps = s.model_file.arrays["search_mean"], s.model_file.arrays["search_components"]
     Z = to_search_space(X, mean, comps)
     q = X[7]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from varsitysrch import InvalidArgumentError, get_extractor
-from varsitysrch._extractors import _session, onnx_model_bytes
+from varsitysrch._extractors import _onnx_model_bytes, _session
 from varsitysrch._images import list_images, load_image
 from varsitysrch._quantize import (
     _calibration_batch,
     _float_nodes,
+    _synthetic_calibration_images,
     quantize_static_int8,
-    synthetic_calibration_images,
 )
 from varsitysrch._store import normalize_rows
 
@@ -23,8 +23,8 @@ SIZE = 96  # the generated catalogue's size; the graph takes any input size
 
 
 def test_synthetic_calibration_is_deterministic_and_varied() -> None:
-    a = synthetic_calibration_images(6, 64)
-    b = synthetic_calibration_images(6, 64)
+    a = _synthetic_calibration_images(6, 64)
+    b = _synthetic_calibration_images(6, 64)
     assert a.dtype == np.uint8 and a.shape == (6, 64, 64, 3)
     np.testing.assert_array_equal(a, b)
     assert len({x.tobytes() for x in a}) == 6
@@ -53,8 +53,8 @@ def test_calibration_from_folder_array_or_paths(synth_catalogue) -> None:
 @pytest.fixture(scope="module")
 def models() -> tuple[bytes, bytes, object]:
     ex = dataclasses.replace(get_extractor(quantized=False), input_size=SIZE)
-    fp32 = onnx_model_bytes(get_extractor(quantized=False))
-    int8 = quantize_static_int8(fp32, ex, calibration=synthetic_calibration_images(8, SIZE))
+    fp32 = _onnx_model_bytes(get_extractor(quantized=False))
+    int8 = quantize_static_int8(fp32, ex, calibration=_synthetic_calibration_images(8, SIZE))
     return fp32, int8, ex
 
 

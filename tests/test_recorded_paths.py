@@ -79,7 +79,7 @@ def _tamper(model: Path, **fields: object) -> None:
 def test_a_graph_path_named_by_the_model_file_is_never_loaded(onnx_model: dict[str, Path]) -> None:
     # the attacker's model names a working graph of its own, with its sha256
     evil = _tiny_onnx(onnx_model["tmp"] / "evil.onnx", 7)
-    _tamper(onnx_model["model"], onnx_path=str(evil), weights_sha256=_extractors.sha256_file(evil))
+    _tamper(onnx_model["model"], onnx_path=str(evil), weights_sha256=_extractors._sha256_file(evil))
     s = Searcher(onnx_model["model"])
     with pytest.raises(ModelFileError, match=r"pass it explicitly.*from_onnx\(PATH\).*onnx:PATH") as e:
         s.search(onnx_model["query"], 1)
@@ -142,7 +142,7 @@ def test_a_recorded_name_never_makes_a_cache_path(synth_model: tuple[Path, Path]
     outside.mkdir()
     _tamper(model, name=f"../../../../../../../../..{outside}/x")
     # a verified-looking graph where that name points, outside the cache
-    where = _extractors.graph_cache_path(Extractor.from_identity(load_model(model).config["extractor"]))
+    where = _extractors._graph_cache_path(Extractor.from_identity(load_model(model).config["extractor"]))
     assert not where.resolve().is_relative_to(_extractors.cache_dir().resolve())
     data = _tiny_onnx(tmp_path / "evil.onnx", 5).read_bytes()
     where.parent.mkdir(parents=True, exist_ok=True)

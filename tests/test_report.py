@@ -448,7 +448,7 @@ def test_an_old_choose_k_plot_is_labelled_for_what_it_is(trained: dict[str, Path
 
 def test_central_members_are_the_shared_order(trained: dict[str, Path], tmp_path: Path) -> None:
     """Issue 22.5: the report and the web page show a cluster through one order (most central first)."""
-    from varsitysrch._central import central_first, cluster_rows
+    from varsitysrch._central import central_first
     from varsitysrch._modelfile import load_model
 
     mf = load_model(trained["model"])
@@ -456,7 +456,7 @@ def test_central_members_are_the_shared_order(trained: dict[str, Path], tmp_path
     out = tmp_path / "r"
     _build(trained, out, central=3)
     for c in range(mf.k):
-        rows = cluster_rows(labels, dists, c)
+        rows = central_first(np.flatnonzero(labels == c), dists)
         assert sorted(rows.tolist()) == np.flatnonzero(labels == c).tolist()
         assert np.all(np.diff(dists[rows]) >= 0)  # nearest the centre first
         np.testing.assert_array_equal(central_first(rows[::-1], dists), rows)  # any input order

@@ -11,12 +11,12 @@ import pytest
 from varsitysrch import KMeansModel, train_clusters
 from varsitysrch import _index as index_mod
 from varsitysrch._extract import _Parts, extract_features
-from varsitysrch._index import default_nlist
-from varsitysrch._kmeans import training_sample_size
+from varsitysrch._index import _default_nlist
+from varsitysrch._kmeans import _training_sample_size
 from varsitysrch._modelfile import load_model
 from varsitysrch._neighbours import exact_topk
 from varsitysrch._search import Searcher
-from varsitysrch._searchindex import calibrate_nprobe
+from varsitysrch._searchindex import _calibrate_nprobe
 from varsitysrch._store import FeatureStore
 
 
@@ -48,7 +48,7 @@ def test_ivf_search_reaches_recall_and_reports_kmeans_clusters(
     km = train_clusters(folder, model, csv_path, 8, backend="faiss", n_init=1, show_progress=False)
     mf = load_model(model)
     ivf = mf.config["ivf"]
-    assert ivf["nlist"] == default_nlist(20_000) == 512 and ivf["storage"] == "SQfp16"
+    assert ivf["nlist"] == _default_nlist(20_000) == 512 and ivf["storage"] == "SQfp16"
     assert ivf["recall_curve"][str(ivf["nprobe"])] >= 0.95
     assert mf.arrays["ivf_centroids"].shape == (512, 64) and mf.arrays["ivf_lists"].shape == (20_000,)
     assert km.sample_size_ == 20_000
@@ -108,10 +108,10 @@ def test_float16_store_round_trip(synth_catalogue, synth_store: Path, tmp_path: 
 
 
 def test_kmeans_trains_on_a_sample_and_assigns_everything(tmp_path: Path) -> None:
-    assert training_sample_size(1_000_000, 100) == 50_000
-    assert training_sample_size(1_000_000, 1000) == 256_000
-    assert training_sample_size(1000, 10) == 1000
-    assert training_sample_size(10_000, 5, max_samples=600) == 600
+    assert _training_sample_size(1_000_000, 100) == 50_000
+    assert _training_sample_size(1_000_000, 1000) == 256_000
+    assert _training_sample_size(1000, 10) == 1000
+    assert _training_sample_size(10_000, 5, max_samples=600) == 600
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((5, 16)).astype(np.float32) * 4
     truth = rng.integers(0, 5, 6000)
@@ -154,7 +154,7 @@ def _calibrate_reference(X, labels, model, target, n_queries=500, top=10, random
 def test_streaming_calibration_matches_the_reference() -> None:
     X = clustered(3000, 32, 40, seed=3)
     m = KMeansModel(12, random_state=0).fit(X)
-    nprobe, curve = calibrate_nprobe(X, m.labels_, m, 0.95)
+    nprobe, curve = _calibrate_nprobe(X, m.labels_, m, 0.95)
     ref = _calibrate_reference(X, m.labels_, m, 0.95)
     assert np.allclose(curve, ref[: len(curve)], atol=2e-3)
     assert nprobe == next(p for p, r in enumerate(ref, 1) if r >= 0.95)

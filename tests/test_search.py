@@ -165,12 +165,12 @@ def test_calibrated_nprobe_reaches_target_recall() -> None:
     from sklearn.datasets import make_blobs
 
     from varsitysrch import KMeansModel
-    from varsitysrch._searchindex import calibrate_nprobe
+    from varsitysrch._searchindex import _calibrate_nprobe
 
     X, _ = make_blobs(2000, n_features=16, centers=30, cluster_std=3.0, random_state=0)
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     m = KMeansModel(10).fit(X)
-    nprobe, curve = calibrate_nprobe(X, m.labels_, m, 0.95)
+    nprobe, curve = _calibrate_nprobe(X, m.labels_, m, 0.95)
     assert curve[nprobe - 1] >= 0.95 and (nprobe == 1 or curve[nprobe - 2] < 0.95)
     assert all(a <= b + 1e-9 for a, b in itertools.pairwise(curve))
 

@@ -20,13 +20,11 @@ from PIL import Image, ImageDraw
 
 from varsitysrch import FeatureStoreError, Searcher, extract_features, search_similar_images, train_clusters
 from varsitysrch._colour import (
-    PLAIN_BORDER_SHARE,
+    _PLAIN_BORDER_SHARE,
     border_share,
     load_colour_signatures,
     load_plain_flags,
-    pack_flags,
     plain_background,
-    unpack_flags,
 )
 from varsitysrch._images import load_image
 from varsitysrch._options import SearchOptions
@@ -109,20 +107,11 @@ def test_plain_background_known_answers() -> None:
             a = np.asarray(studio_shot(k, 0, backdrop=backdrop).resize((64, 64)))
             assert border_share(a) == 1.0 and plain_background(a)
         shop = np.asarray(shop_photo(k, 0).resize((64, 64)))
-        assert border_share(shop) < PLAIN_BORDER_SHARE and not plain_background(shop)
+        assert border_share(shop) < _PLAIN_BORDER_SHARE and not plain_background(shop)
     # a product touching two edges of a white frame: most of the border is still backdrop
     a = np.full((64, 64, 3), 255, np.uint8)
     a[:, :3] = 20
-    assert 0.7 < border_share(a) < PLAIN_BORDER_SHARE + 0.01
-
-
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])
-def test_flags_round_trip_and_malformed_flags_read_as_none_plain(n: int) -> None:
-    flags = np.random.default_rng(n).random(n) < 0.5
-    assert np.array_equal(unpack_flags(pack_flags(flags), n), flags)
-    for bad in (None, "not base64!", pack_flags(np.ones(n + 9, bool)), 12):
-        got = unpack_flags(bad, n)
-        assert got.shape == (n,) and not got.any()
+    assert 0.7 < border_share(a) < _PLAIN_BORDER_SHARE + 0.01
 
 
 def test_colour_store_records_flags_and_an_update_recomputes_only_changed_images(
@@ -203,7 +192,7 @@ def test_auto_uses_discounted_crops_for_a_shop_photo_against_a_studio_catalogue(
     tall[:, 40:88] = np.asarray(studio_shot(3, 7))[64, 64]
     tall_im = Image.fromarray(tall)
     share = border_share(np.asarray(tall_im.resize((64, 64))))
-    assert CLUTTERED_BORDER_SHARE <= share < PLAIN_BORDER_SHARE and not _views(s, tall_im).crops
+    assert CLUTTERED_BORDER_SHARE <= share < _PLAIN_BORDER_SHARE and not _views(s, tall_im).crops
     res = _views(s, shop)
     assert res.views == 6 and res.discount == AUTO_CROP_DISCOUNT
     assert _views(s, shot).views == 1 and _views(s, shop, None).discount == 0.0

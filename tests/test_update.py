@@ -16,7 +16,7 @@ from varsitysrch import train_clusters
 from varsitysrch._extract import extract_features
 from varsitysrch._modelfile import load_model, read_assignments, save_model
 from varsitysrch._search import Searcher
-from varsitysrch._update import UpdateReport, gini, retrain_reasons, update_catalogue
+from varsitysrch._update import UpdateReport, _gini, _retrain_reasons, update_catalogue
 
 
 def _copy(src: Path, dst: Path, rels: list[str]) -> None:
@@ -134,14 +134,14 @@ def test_retrain_rule_and_gini() -> None:
         far_quantile=0.95, mean_distance=1.0, mean_distance_at_training=1.0, imbalance=1.2,
         imbalance_at_training=1.2, churn=0.1,
     )  # fmt: skip
-    assert retrain_reasons(n_new=100, n_far=8, **base) == []  # 8 % far: under 2 x 5 %
-    assert len(retrain_reasons(n_new=100, n_far=20, **base)) == 1
-    assert retrain_reasons(n_new=3, n_far=3, **base) == []  # too few to tell
-    assert len(retrain_reasons(n_new=0, n_far=0, **{**base, "mean_distance": 1.2})) == 1
-    assert len(retrain_reasons(n_new=0, n_far=0, **{**base, "imbalance": 2.0})) == 1
-    assert len(retrain_reasons(n_new=0, n_far=0, **{**base, "churn": 0.6})) == 1
-    assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
-    assert gini(np.array([0, 0, 0, 20])) == pytest.approx(0.75)
+    assert _retrain_reasons(n_new=100, n_far=8, **base) == []  # 8 % far: under 2 x 5 %
+    assert len(_retrain_reasons(n_new=100, n_far=20, **base)) == 1
+    assert _retrain_reasons(n_new=3, n_far=3, **base) == []  # too few to tell
+    assert len(_retrain_reasons(n_new=0, n_far=0, **{**base, "mean_distance": 1.2})) == 1
+    assert len(_retrain_reasons(n_new=0, n_far=0, **{**base, "imbalance": 2.0})) == 1
+    assert len(_retrain_reasons(n_new=0, n_far=0, **{**base, "churn": 0.6})) == 1
+    assert _gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
+    assert _gini(np.array([0, 0, 0, 20])) == pytest.approx(0.75)
 
 
 def test_update_rejects_bad_arguments(tmp_path: Path, synth_model, synth_catalogue, synth_store) -> None:
@@ -183,7 +183,7 @@ def test_update_on_a_model_with_pca_keeps_both_spaces_and_projects_the_new_catal
     source, tmp_path: Path
 ) -> None:
     from varsitysrch._postprocess import to_search_space
-    from varsitysrch._searchindex import calibrate_nprobe
+    from varsitysrch._searchindex import _calibrate_nprobe
 
     src, labels = source
     classes = [c for c, _ in SYNTHETIC_CLASSES[:4]]
@@ -209,7 +209,7 @@ def test_update_on_a_model_with_pca_keeps_both_spaces_and_projects_the_new_catal
     pos = [mf.ids.index(a) for a in added]
     np.testing.assert_array_equal(mf.labels[pos], mf.to_model().predict(X[pos]))
     # nprobe was recalibrated in the ranking space
-    want, curve = calibrate_nprobe(X, mf.labels, mf.to_model(), 0.95, ranking=R, n_queries=200)
+    want, curve = _calibrate_nprobe(X, mf.labels, mf.to_model(), 0.95, ranking=R, n_queries=200)
     assert mf.config["nprobe"] == want and mf.config["recall_curve"] == curve
     s = Searcher(model, csv_path)
     for rel in added:
@@ -257,7 +257,7 @@ def test_update_commits_colour_rows_with_the_vectors_and_records_them_in_the_mod
 ) -> None:
     """The colour rows of changed and added images are computed by the update's extraction and
     committed in the same generation; the updated model records that generation's colour."""
-    from varsitysrch._extract import decode_for_store
+    from varsitysrch._extract import _decode_for_store
     from varsitysrch._extractors import get_extractor
     from varsitysrch._store import FeatureStore
 
@@ -281,7 +281,7 @@ def test_update_commits_colour_rows_with_the_vectors_and_records_them_in_the_mod
     assert store.colour is not None and store.generation != before.generation
     ex = get_extractor(store.extractor["name"])
     for rel in [changed, *added]:
-        want = decode_for_store(cat / rel, ex.input_size, ex.resize)[1]
+        want = _decode_for_store(cat / rel, ex.input_size, ex.resize)[1]
         j = store.ids.index(rel)
         np.testing.assert_allclose(np.asarray(store.colour[j], np.float32), want[:-1], atol=2e-3)
         assert store.plain[j, 0] == want[-1]

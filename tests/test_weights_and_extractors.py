@@ -19,7 +19,7 @@ from varsitysrch import (
     ModelFileError,
     get_extractor,
 )
-from varsitysrch._extractors import Embedder, download, sha256_file
+from varsitysrch._extractors import Embedder, _download, _sha256_file
 from varsitysrch._images import load_image
 from varsitysrch._weights import load_torch_state_dict
 
@@ -102,7 +102,7 @@ def test_vgg16_block5pool_with_test_made_weights(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("VARSITYSRCH_CACHE", str(tmp_path / "cache"))
     weights = save_zip(random_vgg16_state_dict(), tmp_path / "vgg16.pth")
     ex = get_extractor("vgg16-block5pool", weights=str(weights))
-    assert ex.dim == 512 and ex.weights_sha256 == sha256_file(weights)
+    assert ex.dim == 512 and ex.weights_sha256 == _sha256_file(weights)
     emb = Embedder(ex, threads=2)
     out = emb.embed(np.stack([load_image(_photo("hat"), 224), load_image(_photo("dress"), 224)]))
     assert out.shape == (2, 512)
@@ -114,14 +114,14 @@ def test_vgg16_block5pool_with_test_made_weights(tmp_path: Path, monkeypatch: py
 def test_download_checks_sha256(tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(b"weights" * 100)
-    good = sha256_file(src)
-    dest = download(src.as_uri(), tmp_path / "dl" / "w.bin", sha256=good)
+    good = _sha256_file(src)
+    dest = _download(src.as_uri(), tmp_path / "dl" / "w.bin", sha256=good)
     assert dest.read_bytes() == src.read_bytes()
     with pytest.raises(ModelFileError, match="checksum mismatch"):
-        download(src.as_uri(), tmp_path / "dl" / "bad.bin", sha256_prefix="00000000")
+        _download(src.as_uri(), tmp_path / "dl" / "bad.bin", sha256_prefix="00000000")
     assert not (tmp_path / "dl" / "bad.bin").exists()
     with pytest.raises(ModelFileError, match="could not download"):
-        download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl" / "x.bin", sha256=good)
+        _download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl" / "x.bin", sha256=good)
 
 
 def _tiny_onnx(path: Path) -> Path:
@@ -269,14 +269,14 @@ def test_graph_cache_key_follows_graph_version_and_builder_source(
 
     ex = get_extractor("efficientnet-lite0", quantized=False)
     assert ex.graph_version == _nets.GRAPH_VERSION and ex.identity()["graph_version"] == _nets.GRAPH_VERSION
-    p1 = _extractors.graph_cache_path(ex)
+    p1 = _extractors._graph_cache_path(ex)
     assert p1.parent == fresh_cache / "models"
     monkeypatch.setattr(_extractors, "_builder_source_hash", lambda quantized: "edited builder")
-    p2 = _extractors.graph_cache_path(ex)
+    p2 = _extractors._graph_cache_path(ex)
     monkeypatch.setattr(_nets, "GRAPH_VERSION", _nets.GRAPH_VERSION + 1)
-    p3 = _extractors.graph_cache_path(ex)
+    p3 = _extractors._graph_cache_path(ex)
     assert len({p1, p2, p3}) == 3
-    assert _extractors.graph_cache_path(replace(ex, quantized=True)) != p3
+    assert _extractors._graph_cache_path(replace(ex, quantized=True)) != p3
 
 
 def test_vectors_from_another_graph_version_are_refused(fresh_cache: Path) -> None:

@@ -108,13 +108,13 @@ def save_legacy(sd: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def random_vgg16_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    from varsitysrch._nets import _VGG16_CFG, vgg16_conv_keys
+    from varsitysrch._nets import _VGG16_CFG, _vgg16_conv_keys
 
     rng = np.random.default_rng(seed)
     sd: dict[str, np.ndarray] = {}
     cin = 3
     widths = [v for v in _VGG16_CFG if v != "M"]
-    for key, cout in zip(vgg16_conv_keys(), widths, strict=True):
+    for key, cout in zip(_vgg16_conv_keys(), widths, strict=True):
         std = np.sqrt(2.0 / (cin * 9))
         sd[f"{key}.weight"] = (rng.standard_normal((int(cout), cin, 3, 3)) * std).astype(np.float32)
         sd[f"{key}.bias"] = np.zeros(int(cout), np.float32)

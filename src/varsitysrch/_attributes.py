@@ -49,18 +49,30 @@ from ._errors import InvalidArgumentError, ModelFileError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("number", "bool", "string")
+__all__ = [
+    "Attributes",
+    "CompiledFilter",
+    "FilterCache",
+    "apply_to_model",
+    "ivf_masked_search",
+    "masked_candidates",
+    "model_attributes",
+    "resolve_attributes",
+]
+
+
+_KINDS = ("number", "bool", "string")
 #: column names usable in ``where`` strings: a letter or ``_`` first, then letters, digits, ``_ . -``
-NAME_RULE = re.compile(r"[^\W\d][\w.\-]*")
+_NAME_RULE = re.compile(r"[^\W\d][\w.\-]*")
 _TRUE = {"true", "yes"}
 _FALSE = {"false", "no"}
-OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in")
+_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in")
 _RANGE = ("lt", "lte", "gt", "gte")
 #: where-string operators; the first one in the string wins, the longest at that place (``<=`` over ``<``)
 _SYMBOLS = {"!=": "ne", "<=": "lte", ">=": "gte", "==": "eq", "<": "lt", ">": "gt", "=": "eq"}
 _CMP = re.compile(r"^\s*([^=<>!]+?)\s*(!=|<=|>=|==|<|>|=)(.*)$", re.DOTALL)
 _IN = re.compile(r"^\s*([^\s=<>!,]+)\s+(not\s+in|in)\s+(.*)$", re.IGNORECASE | re.DOTALL)
-MAX_CELL = 10_000  # characters in one attribute cell
+_MAX_CELL = 10_000  # characters in one attribute cell
 
 
 def _parse_bool(s: str) -> bool | None:
@@ -78,8 +90,8 @@ def _parse_number(s: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RULE.fullmatch(name):
         raise InvalidArgumentError(
             f"attribute column {name!r} must start with a letter or '_' and hold only letters, digits, "
             "'_', '.' and '-' (so that it can be named in a where string)"
@@ -90,7 +102,7 @@ def check_name(name: str) -> str:
 
 
 @dataclass
-class Column:
+class _Column:
     """One typed attribute column, one value per catalogue row."""
 
     name: str
@@ -165,9 +177,9 @@ class Column:
 
     def condition(self, op: str, value: Any) -> np.ndarray:
         """Boolean mask of the rows where ``<column> <op> <value>`` holds (missing never matches)."""
-        if op not in OPS:
+        if op not in _OPS:
             raise InvalidArgumentError(
-                f"where operator for {self.name!r} must be one of {list(OPS)}; got {op!r}"
+                f"where operator for {self.name!r} must be one of {list(_OPS)}; got {op!r}"
             )
         if op in ("in", "not_in"):
             if isinstance(value, str | bytes) or not isinstance(value, Iterable):
@@ -253,11 +265,11 @@ def _show(v: Any) -> str:
 
 
 #: Most containers nested in a where value: ``{column: {op: [values]}}`` is 3
-MAX_WHERE_DEPTH = 3
+_MAX_WHERE_DEPTH = 3
 
 
 def _check_depth(where: Any) -> None:
-    """Refuse a where value nested deeper than :data:`MAX_WHERE_DEPTH` (walked without recursion)."""
+    """Refuse a where value nested deeper than :data:`_MAX_WHERE_DEPTH` (walked without recursion)."""
     stack: list[tuple[Any, int]] = [(where, 1)]
     while stack:
         v, depth = stack.pop()
@@ -269,14 +281,15 @@ def _check_depth(where: Any) -> None:
             children = v
         else:
             continue
-        if depth > MAX_WHERE_DEPTH:
+        if depth > _MAX_WHERE_DEPTH:
             raise InvalidArgumentError(
-                f"where is nested too deeply: at most {MAX_WHERE_DEPTH} levels ({{column: {{op: [values]}}}})"
+                f"where is nested too deeply: at most {_MAX_WHERE_DEPTH} levels "
+                "({column: {op: [values]}})"
             )
         stack.extend((c, depth + 1) for c in children)
 
 
-def _build_column(name: str, cells: Sequence[str | None], kind: str | None) -> Column:
+def _build_column(name: str, cells: Sequence[str | None], kind: str | None) -> _Column:
     """A typed column from text cells (``None`` / empty = missing); ``kind=None`` guesses the type."""
     present = [c for c in cells if c is not None and c.strip() != ""]
     if kind is None:
@@ -295,7 +308,7 @@ def _build_column(name: str, cells: Sequence[str | None], kind: str | None) -> C
                 if x is None:
                     raise InvalidArgumentError(f"attribute {name!r}: {c!r} is not a finite number")
                 vals[i] = x
-        return Column(name, kind, vals)
+        return _Column(name, kind, vals)
     if kind == "bool":
         b = np.full(n, -1, np.int8)
         for i, c in enumerate(cells):
@@ -304,20 +317,20 @@ def _build_column(name: str, cells: Sequence[str | None], kind: str | None) -> C
                 if v is None:
                     raise InvalidArgumentError(f"attribute {name!r}: {c!r} is not true/false/yes/no")
                 b[i] = int(v)
-        return Column(name, kind, b)
+        return _Column(name, kind, b)
     if kind != "string":
-        raise InvalidArgumentError(f"attribute type for {name!r} must be one of {list(KINDS)}; got {kind!r}")
+        raise InvalidArgumentError(f"attribute type for {name!r} must be one of {list(_KINDS)}; got {kind!r}")
     lookup: dict[str, int] = {}
     codes = np.full(n, -1, np.int32)
     for i, c in enumerate(cells):
         if c is not None and c.strip() != "":
             t = c.strip()
             codes[i] = lookup.setdefault(t, len(lookup))
-    return Column(name, kind, codes, list(lookup))
+    return _Column(name, kind, codes, list(lookup))
 
 
 @dataclass
-class JoinReport:
+class _JoinReport:
     """How an attributes table met the catalogue."""
 
     source: str
@@ -349,11 +362,11 @@ class JoinReport:
 class Attributes:
     """Typed attribute columns aligned to the catalogue ids (row ``i`` = ``ids[i]``)."""
 
-    def __init__(self, ids: Sequence[str], columns: Sequence[Column] = ()) -> None:
+    def __init__(self, ids: Sequence[str], columns: Sequence[_Column] = ()) -> None:
         self.ids = list(ids)
-        self.columns: dict[str, Column] = {}
+        self.columns: dict[str, _Column] = {}
         for c in columns:
-            check_name(c.name)
+            _check_name(c.name)
             if c.name in self.columns:
                 raise InvalidArgumentError(f"attribute column {c.name!r} appears twice")
             if len(c.values) != len(self.ids):
@@ -361,7 +374,7 @@ class Attributes:
                     f"attribute column {c.name!r} has {len(c.values)} values for {len(self.ids)} images"
                 )
             self.columns[c.name] = c
-        self.report: JoinReport | None = None
+        self.report: _JoinReport | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -437,7 +450,7 @@ class Attributes:
         img = header.index("image")
         names = [h for j, h in enumerate(header) if j != img]
         for h in names:
-            check_name(h)
+            _check_name(h)
         dup = {h for h in names if names.count(h) > 1}
         if dup:
             raise InvalidArgumentError(f"attributes file {str(p)!r}: column {sorted(dup)[0]!r} appears twice")
@@ -456,9 +469,9 @@ class Attributes:
                 raise InvalidArgumentError(
                     f"attributes file {str(p)!r} line {line}: image {key!r} appears twice"
                 )
-            if any(len(c) > MAX_CELL for c in row):
+            if any(len(c) > _MAX_CELL for c in row):
                 raise InvalidArgumentError(
-                    f"attributes file {str(p)!r} line {line}: a cell is longer than {MAX_CELL} characters"
+                    f"attributes file {str(p)!r} line {line}: a cell is longer than {_MAX_CELL} characters"
                 )
             table[key] = {h: c for j, (h, c) in enumerate(zip(header, row, strict=True)) if j != img}
         return cls._join(table, names, ids, types, strict, str(p))
@@ -474,7 +487,7 @@ class Attributes:
         source: str,
     ) -> Attributes:
         for h in names:
-            check_name(h)
+            _check_name(h)
         types = dict(types or {})
         for t in types:
             if t not in names:
@@ -513,7 +526,7 @@ class Attributes:
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(f"{source}: {exc}") from None
         out = cls(ids, cols)
-        out.report = JoinReport(source, len(table), len(rows_of), unknown, n - len(rows_of))
+        out.report = _JoinReport(source, len(table), len(rows_of), unknown, n - len(rows_of))
         if unknown or out.report.missing:
             log.warning("%s", out.report.summary())
         else:
@@ -531,15 +544,15 @@ class Attributes:
             fill: float | int = np.nan if c.kind == "number" else -1
             v = np.full(len(ids), fill, c.values.dtype)
             v[has] = c.values[take[has]]
-            cols.append(Column(c.name, c.kind, v, list(c.categories)))
+            cols.append(_Column(c.name, c.kind, v, list(c.categories)))
         out = Attributes(ids, cols)
-        out.report = JoinReport("previous model", len(self.ids), int(has.sum()), [], int((~has).sum()))
+        out.report = _JoinReport("previous model", len(self.ids), int(has.sum()), [], int((~has).sum()))
         return out
 
     # ------------------------------------------------------------------ filters
     def mask(self, where: Mapping[str, Any] | Sequence[str] | str | None) -> np.ndarray | None:
         """Boolean mask of the rows matching every condition of ``where`` (``None`` or empty: no filter)."""
-        conds = normalise_where(where)
+        conds = _normalise_where(where)
         if not conds:
             return None
         m: np.ndarray | None = None
@@ -651,7 +664,7 @@ class Attributes:
                     raise ModelFileError(f"corrupt model file (attribute {name!r}: booleans out of range)")
                 elif kind == "number" and np.isinf(vals).any():
                     raise ModelFileError(f"corrupt model file (attribute {name!r}: infinite values)")
-                cols.append(Column(name, kind, vals, cats))
+                cols.append(_Column(name, kind, vals, cats))
             out = cls(ids, cols)
         except InvalidArgumentError as exc:
             raise ModelFileError(f"corrupt model file (attributes: {exc})") from None
@@ -698,8 +711,8 @@ def _cell(v: Any, name: str) -> str | None:
             raise InvalidArgumentError(f"attribute {name!r}: {_show(v)} is too large for a number")
         return _format_number(x) if x is not None else None
     if isinstance(v, str):
-        if len(v) > MAX_CELL:
-            raise InvalidArgumentError(f"attribute {name!r}: a value is longer than {MAX_CELL} characters")
+        if len(v) > _MAX_CELL:
+            raise InvalidArgumentError(f"attribute {name!r}: a value is longer than {_MAX_CELL} characters")
         return v
     raise InvalidArgumentError(
         f"attribute {name!r}: values must be text, numbers or booleans; got {type(v).__name__}"
@@ -707,7 +720,7 @@ def _cell(v: Any, name: str) -> str | None:
 
 
 # ====================================================================== the where language
-def parse_condition(text: str) -> tuple[str, str, Any]:
+def _parse_condition(text: str) -> tuple[str, str, Any]:
     """One where string (``price<50``, ``brand in a,b``, ``category=shoes``) as ``(column, op, value)``."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidArgumentError(
@@ -716,11 +729,11 @@ def parse_condition(text: str) -> tuple[str, str, Any]:
     m = _IN.match(text)
     if m:
         name, op, rest = m.group(1), "not_in" if m.group(2).lower() != "in" else "in", m.group(3)
-        return check_name(name), op, _split_values(rest, text)
+        return _check_name(name), op, _split_values(rest, text)
     m = _CMP.match(text)
     if m:
         name, sym, rest = m.group(1).strip(), m.group(2), m.group(3)
-        if not NAME_RULE.fullmatch(name):
+        if not _NAME_RULE.fullmatch(name):
             raise InvalidArgumentError(
                 f"where {text!r}: {name!r} is not a column name (letters, digits, '_', '.', '-')"
             )
@@ -750,13 +763,13 @@ def _split_values(rest: str, text: str) -> list[str]:
     return cells
 
 
-def parse_where(conditions: Sequence[str] | str) -> dict[str, Any]:
+def _parse_where(conditions: Sequence[str] | str) -> dict[str, Any]:
     """Where strings (all must hold) as the dict form; ``price>=10 price<50`` merge into one range."""
     if isinstance(conditions, str):
         conditions = [conditions]
     out: dict[str, dict[str, Any]] = {}
     for text in conditions:
-        name, op, value = parse_condition(text)
+        name, op, value = _parse_condition(text)
         ops = out.setdefault(name, {})
         if op in ops:
             raise InvalidArgumentError(f"where {text!r}: column {name!r} already has a {op!r} condition")
@@ -764,7 +777,7 @@ def parse_where(conditions: Sequence[str] | str) -> dict[str, Any]:
     return {k: v for k, v in out.items()}
 
 
-def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> list[tuple[str, str, Any]]:
+def _normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> list[tuple[str, str, Any]]:
     """Any accepted where form as a list of ``(column, op, value)`` conditions (all must hold)."""
     if where is None:
         return []
@@ -774,7 +787,7 @@ def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> li
         and not isinstance(where, Mapping)
         and all(isinstance(w, str) for w in where)
     ):
-        where = parse_where(where)
+        where = _parse_where(where)
     if not isinstance(where, Mapping):
         raise InvalidArgumentError(
             "where must be a dict like {'price': {'lt': 50}} or strings like 'price<50'; "
@@ -789,9 +802,9 @@ def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> li
                 raise InvalidArgumentError(f"where {name!r}: empty condition")
             for op, value in spec.items():
                 o = {"le": "lte", "ge": "gte", "nin": "not_in", "==": "eq", "!=": "ne"}.get(op, op)
-                if o not in OPS:
+                if o not in _OPS:
                     raise InvalidArgumentError(
-                        f"where {name!r}: operator must be one of {list(OPS)}; got {op!r}"
+                        f"where {name!r}: operator must be one of {list(_OPS)}; got {op!r}"
                     )
                 conds.append((name, o, value))
         elif isinstance(spec, list | tuple | set | frozenset):
@@ -809,7 +822,7 @@ def normalise_where(where: Mapping[str, Any] | Sequence[str] | str | None) -> li
 #: appearance, recall@10 vs exact filtered search): factor 1 -> 0.919, 2 -> 0.979 (the
 #: unfiltered search: 0.987), 4 -> 0.995; filters drawn independently of appearance reach 1.000
 #: at any factor.
-FILTER_SCAN_FACTOR = 2
+_FILTER_SCAN_FACTOR = 2
 
 
 @dataclass
@@ -838,7 +851,7 @@ class FilterCache:
         self._cache: OrderedDict[str, CompiledFilter] = OrderedDict()
 
     def get(self, where: Mapping[str, Any] | Sequence[str] | str | None) -> CompiledFilter | None:
-        conds = normalise_where(where)
+        conds = _normalise_where(where)
         if not conds:
             return None
         import json
@@ -849,7 +862,7 @@ class FilterCache:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        mask = self.attributes.mask(conds_to_where(conds))
+        mask = self.attributes.mask(_conds_to_where(conds))
         assert mask is not None
         rows = np.flatnonzero(mask).astype(np.int64)
         per = np.bincount(self.labels[rows], minlength=self.k).astype(np.int64)
@@ -861,7 +874,7 @@ class FilterCache:
         return out
 
 
-def conds_to_where(conds: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
+def _conds_to_where(conds: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
     """``(column, op, value)`` conditions back to the dict form (one op per column and kind)."""
     out: dict[str, dict[str, Any]] = {}
     for name, op, value in conds:
@@ -883,7 +896,7 @@ def masked_candidates(
     """The rows a filtered search scores: matching rows of the query's nearest clusters.
 
     ``order``: clusters nearest first; ``members[offsets[c]:offsets[c + 1]]``: the rows of
-    cluster ``c``.  The search scores :data:`FILTER_SCAN_FACTOR` times as many matching rows
+    cluster ``c``.  The search scores :data:`_FILTER_SCAN_FACTOR` times as many matching rows
     as the unfiltered search would score rows (those of its first ``nprobe`` clusters), and
     at least ``need``: clusters are probed in order until that many matching rows are
     gathered.  When the whole filter matches no more rows than that, every matching row is
@@ -892,7 +905,7 @@ def masked_candidates(
     """
     sizes = np.diff(offsets)[order]
     p = int(min(max(1, nprobe), len(order)))
-    budget = max(int(need), FILTER_SCAN_FACTOR * int(sizes[:p].sum()))
+    budget = max(int(need), _FILTER_SCAN_FACTOR * int(sizes[:p].sum()))
     if flt.count <= budget:
         return flt.rows
     cum = np.cumsum(flt.per_cluster[order])
@@ -913,9 +926,9 @@ def ivf_masked_search(
     """Filtered search through a faiss IVF: ``(rows, exact cosine scores)``, best first.
 
     The same rule as :func:`masked_candidates`: a filter matching no more rows than
-    :data:`FILTER_SCAN_FACTOR` times what the unfiltered probe scans (``nprobe / nlist`` of
+    :data:`_FILTER_SCAN_FACTOR` times what the unfiltered probe scans (``nprobe / nlist`` of
     the catalogue) is searched exactly over its rows; otherwise faiss skips non-matching
-    rows while scanning (an ``IDSelectorBitmap``) and probes ``FILTER_SCAN_FACTOR * nprobe /
+    rows while scanning (an ``IDSelectorBitmap``) and probes ``_FILTER_SCAN_FACTOR * nprobe /
     share matching`` lists, doubled until ``need`` rows are found.
     """
     import faiss
@@ -925,13 +938,13 @@ def ivf_masked_search(
     if need <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     qf = np.ascontiguousarray(q, np.float32).reshape(1, -1)
-    budget = max(need, FILTER_SCAN_FACTOR * math.ceil(nprobe * n / nlist))
+    budget = max(need, _FILTER_SCAN_FACTOR * math.ceil(nprobe * n / nlist))
     if flt.count <= budget:
         rows = flt.rows
     else:
         bits = np.packbits(flt.mask, bitorder="little")
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
-        p = int(min(nlist, max(nprobe, math.ceil(FILTER_SCAN_FACTOR * nprobe * n / flt.count))))
+        p = int(min(nlist, max(nprobe, math.ceil(_FILTER_SCAN_FACTOR * nprobe * n / flt.count))))
         while True:
             params = faiss.SearchParametersIVF()
             params.nprobe, params.sel = p, sel

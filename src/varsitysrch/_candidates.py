@@ -31,6 +31,8 @@ from ._errors import InvalidArgumentError
 from ._index import IVFSearch
 from ._kmeans import KMeansModel
 
+__all__ = ["ClusterIndex", "ListIndex", "Scan"]
+
 
 @dataclass(frozen=True)
 class Scan:

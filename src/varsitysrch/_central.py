@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["central_first"]
+
 
 def central_first(rows: np.ndarray, distances: np.ndarray) -> np.ndarray:
     """``rows`` (catalogue rows of one cluster) ordered by ``distances[row]`` to the cluster's centre,
@@ -18,8 +20,3 @@ def central_first(rows: np.ndarray, distances: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, np.int64)
     d = np.asarray(distances)[rows]
     return rows[np.lexsort((rows, d))]
-
-
-def cluster_rows(labels: np.ndarray, distances: np.ndarray, cluster: int) -> np.ndarray:
-    """The catalogue rows of ``cluster`` (``labels == cluster``), most central first."""
-    return central_first(np.flatnonzero(np.asarray(labels) == int(cluster)), distances)

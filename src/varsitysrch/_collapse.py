@@ -17,8 +17,11 @@ import numpy as np
 from ._duplicates import DEFAULT_THRESHOLD
 from ._errors import InvalidArgumentError
 
+__all__ = ["check_collapse", "collapse_rows"]
+
+
 #: cosine threshold above which two hits count as the same product (find_duplicates' default)
-COLLAPSE_THRESHOLD = DEFAULT_THRESHOLD
+_COLLAPSE_THRESHOLD = DEFAULT_THRESHOLD
 
 
 def check_collapse(collapse: bool | float | None) -> float | None:
@@ -26,7 +29,7 @@ def check_collapse(collapse: bool | float | None) -> float | None:
     if collapse is None or collapse is False:
         return None
     if collapse is True:
-        return COLLAPSE_THRESHOLD
+        return _COLLAPSE_THRESHOLD
     if isinstance(collapse, int | float | np.floating) and 0.0 < float(collapse) <= 1.0:
         return float(collapse)
     raise InvalidArgumentError(
@@ -35,7 +38,7 @@ def check_collapse(collapse: bool | float | None) -> float | None:
 
 
 def collapse_rows(
-    vectors: np.ndarray, threshold: float = COLLAPSE_THRESHOLD
+    vectors: np.ndarray, threshold: float = _COLLAPSE_THRESHOLD
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy collapse of ``m`` hits given in rank order by their vectors ``[m, dim]``.
 

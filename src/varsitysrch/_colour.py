@@ -1,6 +1,6 @@
 """The product's colour: a foreground mask, a compact colour signature, and hue-shifted copies.
 
-* :func:`foreground_mask` -- which pixels belong to the product: the background colour is
+* :func:`_foreground_mask` -- which pixels belong to the product: the background colour is
   estimated from the image border (median of the border pixels, so a white studio backdrop,
   a grey wall or the white padding of a letterboxed photo all work) and a pixel is
   foreground when it differs from it clearly.  When almost nothing or almost everything
@@ -37,27 +37,45 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._errors import InvalidArgumentError
 
-HUE_BINS = 12
-SAT_BINS = 3
-VAL_BINS = 3
-GREY_BINS = 4
-SIGNATURE_DIM = HUE_BINS * SAT_BINS * VAL_BINS + GREY_BINS
+__all__ = [
+    "COLOUR_IDENTITY",
+    "MATCH_COLOUR_WEIGHT",
+    "PLAIN_DECODE_SIZE",
+    "SIGNATURE_DIM",
+    "border_share",
+    "check_colour_weight",
+    "colour_inputs",
+    "colour_signature",
+    "colour_signatures",
+    "combine_scores",
+    "load_colour_signatures",
+    "load_plain_flags",
+    "model_colour_checksum",
+    "model_studio_share",
+    "plain_background",
+]
+
+
+_HUE_BINS = 12
+_SAT_BINS = 3
+_VAL_BINS = 3
+_GREY_BINS = 4
+SIGNATURE_DIM = _HUE_BINS * _SAT_BINS * _VAL_BINS + _GREY_BINS
 #: pixels with saturation or value below this are achromatic (grey levels only)
-CHROMA_MIN = 0.2
+_CHROMA_MIN = 0.2
 #: a pixel is foreground when its largest channel difference to the background exceeds this
-FOREGROUND_DIFF = 40
+_FOREGROUND_DIFF = 40
 log = logging.getLogger(__name__)
 #: below / above these foreground fractions there is no plain background: every pixel counts
-FOREGROUND_MIN, FOREGROUND_MAX = 0.05, 0.95
+_FOREGROUND_MIN, _FOREGROUND_MAX = 0.05, 0.95
 #: images are subsampled to about this many pixels on their short side for the signature
-SIGNATURE_SIDE = 64
+_SIGNATURE_SIDE = 64
 
 
 def _rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -76,48 +94,48 @@ def _frame(image: np.ndarray, border: int) -> np.ndarray:
     )
 
 
-def background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
+def _background_colour(image: np.ndarray, border: int = 2) -> np.ndarray:
     """Median RGB of the ``border``-pixel frame of the image."""
     return np.median(_frame(image, border), axis=0)
 
 
 #: a photo has a plain background when at least this share of its border pixels is within
-#: ``FOREGROUND_DIFF / 2`` of the border's median colour (how often dev photos have one:
+#: ``_FOREGROUND_DIFF / 2`` of the border's median colour (how often dev photos have one:
 #: docs/quality.md)
-PLAIN_BORDER_SHARE = 0.9
+_PLAIN_BORDER_SHARE = 0.9
 #: the border frame of a ``PLAIN_DECODE_SIZE`` px image that :func:`plain_background` inspects
-PLAIN_BORDER = 3
+_PLAIN_BORDER = 3
 #: images are decoded at this size for their colour signature (letterboxed; JPEG draft decoding
 #: makes it cheap) and for :func:`plain_background` (squashed: no padding) -- one decode gives both
-COLOUR_DECODE_SIZE = PLAIN_DECODE_SIZE = 64
+_COLOUR_DECODE_SIZE = PLAIN_DECODE_SIZE = 64
 
 
-def border_share(image: np.ndarray, border: int = PLAIN_BORDER) -> float:
-    """Share of the ``border``-pixel frame within ``FOREGROUND_DIFF / 2`` of its median colour."""
+def border_share(image: np.ndarray, border: int = _PLAIN_BORDER) -> float:
+    """Share of the ``border``-pixel frame within ``_FOREGROUND_DIFF / 2`` of its median colour."""
     frame = _frame(image, border).astype(np.int16)
     bg = np.median(frame, axis=0)
-    return float((np.abs(frame - bg).max(axis=1) <= FOREGROUND_DIFF / 2).mean())
+    return float((np.abs(frame - bg).max(axis=1) <= _FOREGROUND_DIFF / 2).mean())
 
 
 def plain_background(image: np.ndarray) -> bool:
     """Whether ``image`` (RGB, not letterboxed: padding would count as backdrop) is a product
-    shot on a plain backdrop: :func:`border_share` at least :data:`PLAIN_BORDER_SHARE`."""
-    return border_share(image) >= PLAIN_BORDER_SHARE
+    shot on a plain backdrop: :func:`border_share` at least :data:`_PLAIN_BORDER_SHARE`."""
+    return border_share(image) >= _PLAIN_BORDER_SHARE
 
 
-def foreground_mask(image: np.ndarray) -> np.ndarray:
+def _foreground_mask(image: np.ndarray) -> np.ndarray:
     """Boolean ``[H, W]``: the product's pixels (everything when there is no plain background)."""
     a = _rgb_uint8(image)
-    bg = background_colour(a)
+    bg = _background_colour(a)
     diff = np.abs(a.astype(np.int16) - bg.astype(np.int16)).max(axis=2)
-    mask = diff > FOREGROUND_DIFF
+    mask = diff > _FOREGROUND_DIFF
     frac = float(mask.mean())
-    if not FOREGROUND_MIN <= frac <= FOREGROUND_MAX:
+    if not _FOREGROUND_MIN <= frac <= _FOREGROUND_MAX:
         return np.ones(mask.shape, bool)
     return mask
 
 
-def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``uint8 [..., 3]`` -> hue in ``[0, 1)``, saturation and value in ``[0, 1]`` (float32)."""
     x = np.asarray(rgb, np.float32) / 255.0
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
@@ -132,7 +150,7 @@ def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _fast_hsv(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`rgb_to_hsv` of ``uint8 [n, 3]`` pixels through Pillow's C conversion (8-bit channels)."""
+    """:func:`_rgb_to_hsv` of ``uint8 [n, 3]`` pixels through Pillow's C conversion (8-bit channels)."""
     from PIL import Image
 
     hsv = np.asarray(Image.fromarray(np.ascontiguousarray(pixels[None], np.uint8), "RGB").convert("HSV"))[0]
@@ -144,7 +162,7 @@ def _fast_hsv(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def colour_signature(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The ``SIGNATURE_DIM`` colour signature (unit float32 vector) of the foreground of ``image``.
 
-    Images larger than ``SIGNATURE_SIDE`` pixels are subsampled (every n-th pixel) first: a
+    Images larger than ``_SIGNATURE_SIDE`` pixels are subsampled (every n-th pixel) first: a
     histogram needs a few thousand pixels, and the signature then costs ~0.3 ms per image.
     """
     a = _rgb_uint8(image)
@@ -152,27 +170,27 @@ def colour_signature(image: np.ndarray, mask: np.ndarray | None = None) -> np.nd
         mask = np.asarray(mask, bool)
         if mask.shape != a.shape[:2]:
             raise InvalidArgumentError(f"mask shape {mask.shape} does not match the image's {a.shape[:2]}")
-    step = max(1, min(a.shape[0], a.shape[1]) // SIGNATURE_SIDE)
+    step = max(1, min(a.shape[0], a.shape[1]) // _SIGNATURE_SIDE)
     if step > 1:
         a = a[::step, ::step]
         mask = None if mask is None else mask[::step, ::step]
-    m = foreground_mask(a) if mask is None else mask
+    m = _foreground_mask(a) if mask is None else mask
     h, s, v = _fast_hsv(a[m] if m.any() else a.reshape(-1, 3))
-    chroma = (s >= CHROMA_MIN) & (v >= CHROMA_MIN)
+    chroma = (s >= _CHROMA_MIN) & (v >= _CHROMA_MIN)
     # chromatic pixels: hue, saturation and value each soft-assigned between the two nearest bin
     # centres (a slightly darker shade of the same red must not jump to another bin)
-    h_lo, h_w = _soft_bins(h[chroma] * HUE_BINS - 0.5, HUE_BINS, wrap=True)
-    s_lo, s_w = _soft_bins((s[chroma] - CHROMA_MIN) / (1 - CHROMA_MIN) * SAT_BINS - 0.5, SAT_BINS)
-    v_lo, v_w = _soft_bins((v[chroma] - CHROMA_MIN) / (1 - CHROMA_MIN) * VAL_BINS - 0.5, VAL_BINS)
-    n_chroma = HUE_BINS * SAT_BINS * VAL_BINS
+    h_lo, h_w = _soft_bins(h[chroma] * _HUE_BINS - 0.5, _HUE_BINS, wrap=True)
+    s_lo, s_w = _soft_bins((s[chroma] - _CHROMA_MIN) / (1 - _CHROMA_MIN) * _SAT_BINS - 0.5, _SAT_BINS)
+    v_lo, v_w = _soft_bins((v[chroma] - _CHROMA_MIN) / (1 - _CHROMA_MIN) * _VAL_BINS - 0.5, _VAL_BINS)
+    n_chroma = _HUE_BINS * _SAT_BINS * _VAL_BINS
     hist = np.zeros(n_chroma, np.float64)
     for hi, hw in zip(h_lo, h_w, strict=True):
         for si, sw in zip(s_lo, s_w, strict=True):
             for vi, vw in zip(v_lo, v_w, strict=True):
-                hist += np.bincount((hi * SAT_BINS + si) * VAL_BINS + vi, hw * sw * vw, n_chroma)
-    g_lo, g_w = _soft_bins(v[~chroma] * GREY_BINS - 0.5, GREY_BINS)
-    grey = sum(np.bincount(gi, gw, GREY_BINS) for gi, gw in zip(g_lo, g_w, strict=True))
-    hist = np.concatenate([hist, np.asarray(grey, np.float64).reshape(GREY_BINS)])
+                hist += np.bincount((hi * _SAT_BINS + si) * _VAL_BINS + vi, hw * sw * vw, n_chroma)
+    g_lo, g_w = _soft_bins(v[~chroma] * _GREY_BINS - 0.5, _GREY_BINS)
+    grey = sum(np.bincount(gi, gw, _GREY_BINS) for gi, gw in zip(g_lo, g_w, strict=True))
+    hist = np.concatenate([hist, np.asarray(grey, np.float64).reshape(_GREY_BINS)])
     hist = np.sqrt(hist / max(1.0, hist.sum()))
     n = float(np.linalg.norm(hist))
     return (hist / n if n > 0 else hist).astype(np.float32)
@@ -196,11 +214,11 @@ def colour_inputs(photo: Any) -> tuple[np.ndarray, np.ndarray]:
     decode itself)."""
     from ._images import _fit
 
-    side = 2 * max(COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE)
+    side = 2 * max(_COLOUR_DECODE_SIZE, PLAIN_DECODE_SIZE)
     factor = min(photo.size) // side
     base = photo.reduce(factor) if factor > 1 else photo
     return (
-        np.asarray(_fit(base, COLOUR_DECODE_SIZE, "letterbox"), np.uint8),
+        np.asarray(_fit(base, _COLOUR_DECODE_SIZE, "letterbox"), np.uint8),
         np.asarray(_fit(base, PLAIN_DECODE_SIZE, "squash"), np.uint8),
     )
 
@@ -219,7 +237,7 @@ def colour_signatures(images: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros((0, SIGNATURE_DIM), np.float32)
     a = a if a.dtype == np.uint8 else np.clip(a, 0, 255).astype(np.uint8)
-    step = max(1, min(a.shape[1], a.shape[2]) // SIGNATURE_SIDE)
+    step = max(1, min(a.shape[1], a.shape[2]) // _SIGNATURE_SIDE)
     if step > 1:
         a = a[:, ::step, ::step]
     # foreground masks, as foreground_mask does per image (median of the 2-px border frame)
@@ -235,32 +253,32 @@ def colour_signatures(images: np.ndarray) -> np.ndarray:
     )
     bg = np.median(frame, axis=1).astype(np.int16)  # [n, 3]
     diff = np.abs(a.astype(np.int16) - bg[:, None, None, :]).max(axis=3)
-    mask = diff > FOREGROUND_DIFF
+    mask = diff > _FOREGROUND_DIFF
     frac = mask.mean(axis=(1, 2))
-    mask[(frac < FOREGROUND_MIN) | (frac > FOREGROUND_MAX)] = True
+    mask[(frac < _FOREGROUND_MIN) | (frac > _FOREGROUND_MAX)] = True
     mask[~mask.any(axis=(1, 2))] = True  # no foreground pixel: every pixel counts
     pixels = a.reshape(-1, 3)
     weight = mask.reshape(-1).astype(np.float64)  # 0/1: a pixel outside the mask adds nothing
     image = np.repeat(np.arange(n, dtype=np.int64), a.shape[1] * a.shape[2])
     h, sat, v = _fast_hsv(pixels)
-    chroma = (sat >= CHROMA_MIN) & (v >= CHROMA_MIN)
-    n_chroma = HUE_BINS * SAT_BINS * VAL_BINS
-    h_lo, h_w = _soft_bins(h[chroma] * HUE_BINS - 0.5, HUE_BINS, wrap=True)
-    s_lo, s_w = _soft_bins((sat[chroma] - CHROMA_MIN) / (1 - CHROMA_MIN) * SAT_BINS - 0.5, SAT_BINS)
-    v_lo, v_w = _soft_bins((v[chroma] - CHROMA_MIN) / (1 - CHROMA_MIN) * VAL_BINS - 0.5, VAL_BINS)
+    chroma = (sat >= _CHROMA_MIN) & (v >= _CHROMA_MIN)
+    n_chroma = _HUE_BINS * _SAT_BINS * _VAL_BINS
+    h_lo, h_w = _soft_bins(h[chroma] * _HUE_BINS - 0.5, _HUE_BINS, wrap=True)
+    s_lo, s_w = _soft_bins((sat[chroma] - _CHROMA_MIN) / (1 - _CHROMA_MIN) * _SAT_BINS - 0.5, _SAT_BINS)
+    v_lo, v_w = _soft_bins((v[chroma] - _CHROMA_MIN) / (1 - _CHROMA_MIN) * _VAL_BINS - 0.5, _VAL_BINS)
     base, wc = image[chroma] * n_chroma, weight[chroma]
     hist = np.zeros(n * n_chroma, np.float64)
     for hi, hw in zip(h_lo, h_w, strict=True):
         for si, sw in zip(s_lo, s_w, strict=True):
             for vi, vw in zip(v_lo, v_w, strict=True):
                 hist += np.bincount(
-                    base + (hi * SAT_BINS + si) * VAL_BINS + vi, wc * hw * sw * vw, n * n_chroma
+                    base + (hi * _SAT_BINS + si) * _VAL_BINS + vi, wc * hw * sw * vw, n * n_chroma
                 )
-    g_lo, g_w = _soft_bins(v[~chroma] * GREY_BINS - 0.5, GREY_BINS)
-    gbase, wg = image[~chroma] * GREY_BINS, weight[~chroma]
-    grey = sum(np.bincount(gbase + gi, wg * gw, n * GREY_BINS) for gi, gw in zip(g_lo, g_w, strict=True))
+    g_lo, g_w = _soft_bins(v[~chroma] * _GREY_BINS - 0.5, _GREY_BINS)
+    gbase, wg = image[~chroma] * _GREY_BINS, weight[~chroma]
+    grey = sum(np.bincount(gbase + gi, wg * gw, n * _GREY_BINS) for gi, gw in zip(g_lo, g_w, strict=True))
     out = np.concatenate(
-        [hist.reshape(n, n_chroma), np.asarray(grey, np.float64).reshape(n, GREY_BINS)], axis=1
+        [hist.reshape(n, n_chroma), np.asarray(grey, np.float64).reshape(n, _GREY_BINS)], axis=1
     )
     out = np.sqrt(out / np.maximum(1.0, out.sum(axis=1, keepdims=True)))
     norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -288,70 +306,12 @@ def combine_scores(cosine: np.ndarray, colour_similarity: np.ndarray, weight: fl
 COLOUR_IDENTITY: dict[str, Any] = {
     "name": "colour-signature",
     "dim": SIGNATURE_DIM,
-    "bins": [HUE_BINS, SAT_BINS, VAL_BINS, GREY_BINS],
-    "decode_size": COLOUR_DECODE_SIZE,
+    "bins": [_HUE_BINS, _SAT_BINS, _VAL_BINS, _GREY_BINS],
+    "decode_size": _COLOUR_DECODE_SIZE,
     # 2: + each image's plain_background flag; 3: in the store's generation, from the decode
     # that gives the image's vector (one decode per image)
     "version": 3,
 }
-
-
-def colour_store_folder(features_folder: str | os.PathLike[str]) -> Path:
-    """The folder whose ``store.json`` commits the colour rows: the feature store itself (the rows
-    are part of its generation; the ``colour/`` sub-folder of earlier versions is never read)."""
-    return Path(features_folder)
-
-
-def write_colour_store(
-    features_folder: str | os.PathLike[str],
-    image_root: str | os.PathLike[str] | None = None,
-    *,
-    show_progress: bool = False,
-) -> Path:
-    """The folder holding the colour rows of a feature store (:func:`colour_store_folder`).
-
-    The rows are written by :func:`~varsitysrch.extract_features` with the vectors, in the same
-    generation; a store without them is refused with the advice to run it (it computes them for
-    every image and keeps the vectors of unchanged ones).  ``image_root`` and ``show_progress``
-    are accepted for compatibility.
-    """
-    from ._errors import FeatureStoreError
-    from ._store import FeatureStore
-
-    store = FeatureStore.open(features_folder, validate=False)
-    if not _has_colour(store):
-        raise FeatureStoreError(
-            f"the feature store {str(features_folder)!r} has no colour rows (written by an earlier version "
-            "or from bare vectors): run extract_features on its image folder again (vectors of unchanged "
-            "images are kept; every image's colour is computed)"
-        )
-    return colour_store_folder(features_folder)
-
-
-def pack_flags(flags: np.ndarray) -> str:
-    """Booleans as base64 of their packed bits (one bit per image, in id order)."""
-    import base64
-
-    return base64.b64encode(np.packbits(np.asarray(flags, bool)).tobytes()).decode("ascii")
-
-
-def unpack_flags(text: Any, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_flags`; anything malformed -> ``n`` ``False`` (logged)."""
-    import base64
-    import binascii
-
-    if text is None:
-        return np.zeros(n, bool)
-    try:
-        raw = base64.b64decode(str(text), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != (n + 7) // 8:
-        log.warning(
-            "colour store: plain-background flags malformed (%d bytes for %d images): ignored", len(raw), n
-        )
-        return np.zeros(n, bool)
-    return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
 
 
 def _has_colour(store: Any) -> bool:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from ._selectk import KSelection
 
 
+__all__ = ["VaSrch"]
+
+
 class VaSrch:
     """The original package's class: the four pipeline steps as methods.
 

@@ -11,13 +11,13 @@ than 98 % of them".  A query drawn from the same kind of photos as the catalogue
 has a best hit at or above the cut-off ``cutoff`` with probability about ``1 - cutoff`` by
 construction; a query from elsewhere (a car in a clothing shop) usually does not.
 
-Words for people (:func:`match_words`):
+Words for people (:func:`_match_words`):
 
-* ``"very similar"`` -- confidence >= :data:`VERY_SIMILAR` (closer than the median catalogue
+* ``"very similar"`` -- confidence >= :data:`_VERY_SIMILAR` (closer than the median catalogue
   neighbour);
 * ``"similar"`` -- at or above the cut-off;
 * ``"loosely related"`` -- below the cut-off; such a hit is not ``close`` and a result list
-  without a close hit says :data:`NO_CLOSE_MATCH`.
+  without a close hit says :data:`_NO_CLOSE_MATCH`.
 
 The state is a few plain numbers (:meth:`ScoreCalibrator.to_dict`), stored in the model file's
 JSON.  The default cut-off was chosen on both dev domains with out-of-domain queries
@@ -32,14 +32,17 @@ import numpy as np
 
 from ._errors import InvalidArgumentError, ModelFileError, NotFittedError
 
+__all__ = ["ScoreCalibrator", "monotone_in_rank"]
+
+
 #: Default cut-off on confidence: a hit at or above it is ``close``.
-CUTOFF = 0.05
+_CUTOFF = 0.05
 #: Confidence from which a hit is called "very similar".
-VERY_SIMILAR = 0.5
-WORDS = ("very similar", "similar", "loosely related")
-NO_CLOSE_MATCH = "no close match"
-CALIBRATION_FORMAT = "nn-score-quantiles"
-N_QUANTILES = 101
+_VERY_SIMILAR = 0.5
+_WORDS = ("very similar", "similar", "loosely related")
+_NO_CLOSE_MATCH = "no close match"
+_CALIBRATION_FORMAT = "nn-score-quantiles"
+_N_QUANTILES = 101
 
 
 def _is_int(v: Any) -> bool:
@@ -78,9 +81,9 @@ class ScoreCalibrator:
         self,
         n_queries: int = 2000,
         *,
-        cutoff: float = CUTOFF,
-        very_similar: float = VERY_SIMILAR,
-        n_quantiles: int = N_QUANTILES,
+        cutoff: float = _CUTOFF,
+        very_similar: float = _VERY_SIMILAR,
+        n_quantiles: int = _N_QUANTILES,
         random_state: int = 0,
     ) -> None:
         self.n_queries = n_queries
@@ -162,14 +165,14 @@ class ScoreCalibrator:
         return np.asarray(confidence, np.float64) >= float(self.cutoff)
 
     def words(self, confidence: Any) -> list[str]:
-        return match_words(confidence, float(self.cutoff), float(self.very_similar))
+        return _match_words(confidence, float(self.cutoff), float(self.very_similar))
 
     # ---------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: the quantiles and the settings (stored in the model file's ``model.json``)."""
         self._check_fitted()
         return {
-            "format": CALIBRATION_FORMAT,
+            "format": _CALIBRATION_FORMAT,
             "levels": [round(float(v), 6) for v in self.levels_],
             "quantiles": [float(v) for v in self.quantiles_],
             "n_reference": int(self.n_reference_),
@@ -182,7 +185,7 @@ class ScoreCalibrator:
     def from_dict(cls, d: Any) -> ScoreCalibrator:
         """Rebuild from :meth:`to_dict`; a malformed entry is a :class:`~varsitysrch.ModelFileError`."""
         try:
-            if not isinstance(d, dict) or d.get("format") != CALIBRATION_FORMAT:
+            if not isinstance(d, dict) or d.get("format") != _CALIBRATION_FORMAT:
                 raise ValueError(
                     f"unknown calibration format {d.get('format') if isinstance(d, dict) else d!r}"
                 )
@@ -215,15 +218,10 @@ class ScoreCalibrator:
         return cal
 
 
-def match_words(confidence: Any, cutoff: float = CUTOFF, very_similar: float = VERY_SIMILAR) -> list[str]:
+def _match_words(confidence: Any, cutoff: float = _CUTOFF, very_similar: float = _VERY_SIMILAR) -> list[str]:
     """``"very similar"`` / ``"similar"`` / ``"loosely related"`` for each confidence."""
     c = np.atleast_1d(np.asarray(confidence, np.float64))
-    return [WORDS[0] if v >= very_similar else WORDS[1] if v >= cutoff else WORDS[2] for v in c]
-
-
-def fit_confidence(X: np.ndarray, *, random_state: int = 0, n_queries: int = 2000) -> ScoreCalibrator:
-    """A :class:`ScoreCalibrator` with the default cut-off, fitted on search-space catalogue rows."""
-    return ScoreCalibrator(n_queries, random_state=random_state).fit(X)
+    return [_WORDS[0] if v >= very_similar else _WORDS[1] if v >= cutoff else _WORDS[2] for v in c]
 
 
 def monotone_in_rank(confidence: Any) -> np.ndarray:

@@ -47,15 +47,18 @@ from ._pca import apply_pca
 
 log = logging.getLogger(__name__)
 
+__all__ = ["client_for", "dask_assign", "embed_shards"]
+
+
 #: ``decode(root, ids, size, resize)`` -> ``(ok ids, uint8 pixels, float32 colour rows, skipped)`` of
 #: one batch: the caller's image decoder (``_extract.decode_store_batch``), passed in so that this
 #: engine never imports the pipeline stages that call it
-Decoder = Callable[..., tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]]
+_Decoder = Callable[..., tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]]
 
 #: Images per shard (``None``: a multiple of batch_size, ~4 shards per worker thread, at most 32 batches).
-SHARD_SIZE: int | None = None
+_SHARD_SIZE: int | None = None
 #: Rows per assignment task.
-ASSIGN_CHUNK = 65536
+_ASSIGN_CHUNK = 65536
 
 # ------------------------------------------------------------------ worker-side state
 _EMBEDDERS: dict[tuple[str, int], Embedder] = {}
@@ -75,13 +78,13 @@ def _worker_embedder(ex: Extractor, threads: int) -> Embedder:
     return emb
 
 
-def embedder_builds() -> int:
+def _embedder_builds() -> int:
     """How many ONNX sessions this process has built (``client.run(embedder_builds)``)."""
     return _BUILDS
 
 
 def _embed_shard(
-    root: str, ids: list[str], ex: Extractor, batch_size: int, threads: int, decode: Decoder
+    root: str, ids: list[str], ex: Extractor, batch_size: int, threads: int, decode: _Decoder
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """On a worker: decode and embed one shard -> ``(ids embedded, float32 vectors, float32 colour
     rows, skipped)``."""
@@ -172,10 +175,10 @@ def _slots(client: Any) -> int:
     return max(1, sum(nthreads.values()))
 
 
-def shard_size(n_todo: int, batch_size: int, slots: int) -> int:
+def _shard_size(n_todo: int, batch_size: int, slots: int) -> int:
     """Images per shard: a multiple of ``batch_size``, ~4 shards per worker thread, 1..32 batches."""
-    if SHARD_SIZE is not None:
-        return max(1, int(SHARD_SIZE))
+    if _SHARD_SIZE is not None:
+        return max(1, int(_SHARD_SIZE))
     batches = -(-n_todo // (batch_size * slots * 4))
     return batch_size * max(1, min(32, batches))
 
@@ -185,7 +188,7 @@ def embed_shards(
     todo: list[str],
     ex: Extractor,
     *,
-    decode: Decoder,
+    decode: _Decoder,
     scheduler: Any = None,
     batch_size: int = 32,
     threads: int | None = None,
@@ -193,7 +196,7 @@ def embed_shards(
     """Embed ``todo`` on the cluster; yield ``(ids embedded, float32 vectors, float32 colour rows,
     skipped)`` per shard, in order.
 
-    ``decode`` is the image decoder run on the workers (see :data:`Decoder`).
+    ``decode`` is the image decoder run on the workers (see :data:`_Decoder`).
 
     ``threads`` is ONNX Runtime's threads per task (default 1: a worker with ``t`` threads
     runs ``t`` shards at once, one decoding and inference pipeline each).
@@ -202,7 +205,7 @@ def embed_shards(
         return
     with client_for(scheduler) as client:
         slots = _slots(client)
-        size = shard_size(len(todo), batch_size, slots)
+        size = _shard_size(len(todo), batch_size, slots)
         shards = [todo[i : i + size] for i in range(0, len(todo), size)]
         window = 2 * slots
         root_s = str(Path(root).resolve())
@@ -242,7 +245,7 @@ def dask_assign(
     model: Any,
     *,
     scheduler: Any = None,
-    chunk: int = ASSIGN_CHUNK,
+    chunk: int = _ASSIGN_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row, assigned on the cluster in chunks: ``(labels, distances)``.
 

@@ -11,11 +11,11 @@ No ``n x n`` matrix is ever held: pairs come from a faiss range search,
 * ``method="exact"``: blocked flat inner-product search -- one database block and one query
   block of ``chunk`` rows in memory at a time, ``n^2 / 2`` dot products in all;
 * ``method="ivf"``: inverted lists -- a spherical k-means with about ``2 sqrt(n)`` lists, each
-  image in the lists of its :data:`IVF_ASSIGN` nearest centroids -- and each list compared with
+  image in the lists of its :data:`_IVF_ASSIGN` nearest centroids -- and each list compared with
   itself exactly, in BLAS blocks: about ``4 n^2 / nlist`` dot products, every score exact; it
   misses the pairs whose images share no list (measured against exact in
   ``benchmarks/bench_duplicates.py``: none at the default threshold);
-* ``method="auto"``: exact up to :data:`EXACT_MAX_IMAGES` images, IVF above.
+* ``method="auto"``: exact up to :data:`_EXACT_MAX_IMAGES` images, IVF above.
 
 The defaults were chosen on planted duplicates of clothing-small and grocery-train
 (``benchmarks/bench_duplicates.py``, figures in ``docs/insight.md``).  A cosine threshold depends
@@ -40,6 +40,21 @@ from ._progress import bars_enabled
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "DEFAULT_EVIDENCE",
+    "DEFAULT_THRESHOLD",
+    "METHODS",
+    "VARIANT_EVIDENCE",
+    "VARIANT_THRESHOLD",
+    "DuplicateGroup",
+    "DuplicatePair",
+    "DuplicateReport",
+    "build_groups",
+    "find_duplicates",
+    "similar_pairs",
+]
+
+
 #: Default cosine threshold for duplicates (re-encoded, resized, cropped, mirrored copies).
 DEFAULT_THRESHOLD = 0.93
 #: Looser threshold that also groups colour variants of one product.
@@ -57,12 +72,12 @@ VARIANT_EVIDENCE = (
     "(similar jeans on the same hanger): a list to review, not to merge."
 )
 #: ``method="auto"`` searches exactly up to this many images, with an IVF index above.
-EXACT_MAX_IMAGES = 50_000
+_EXACT_MAX_IMAGES = 50_000
 #: Pairs kept at most; a threshold so low that more pairs qualify is refused (raise it).
-MAX_PAIRS = 5_000_000
-CHUNK = 8192
+_MAX_PAIRS = 5_000_000
+_CHUNK = 8192
 #: ``method="ivf"``: each image joins the lists of its this many nearest coarse centroids
-IVF_ASSIGN = 2
+_IVF_ASSIGN = 2
 METHODS = ("auto", "exact", "ivf")
 
 
@@ -150,7 +165,7 @@ def _progress(it: range, total: int, show: bool, desc: str) -> Iterator[int]:
 
 
 class _Pairs:
-    """Growing (i, j, score) arrays with the :data:`MAX_PAIRS` guard."""
+    """Growing (i, j, score) arrays with the :data:`_MAX_PAIRS` guard."""
 
     def __init__(self, threshold: float, max_pairs: int) -> None:
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -184,10 +199,10 @@ def similar_pairs(
     threshold: float = DEFAULT_THRESHOLD,
     *,
     method: str = "auto",
-    chunk: int = CHUNK,
-    assign: int = IVF_ASSIGN,
+    chunk: int = _CHUNK,
+    assign: int = _IVF_ASSIGN,
     show_progress: bool = False,
-    max_pairs: int = MAX_PAIRS,
+    max_pairs: int = _MAX_PAIRS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of rows ``i < j`` of ``X`` with inner product ``>= threshold``.
 
@@ -203,7 +218,7 @@ def similar_pairs(
         raise InvalidArgumentError(f"X must be a 2-D matrix; got shape {np.shape(X)}")
     n = len(X)
     if method == "auto":
-        method = "exact" if n <= EXACT_MAX_IMAGES else "ivf"
+        method = "exact" if n <= _EXACT_MAX_IMAGES else "ivf"
     pairs = _Pairs(t, max_pairs)
     if n < 2:
         return pairs.result()
@@ -268,7 +283,7 @@ def _ivf_pairs(X: np.ndarray, t: float, chunk: int, assign: int, out: _Pairs, sh
             out.add(rows[qi + qs], rows[cj], sims[qi, cj])
 
 
-def group_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def _group_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected-component label of each of ``n`` rows under the pairs ``(i, j)`` (singletons included)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -282,7 +297,7 @@ def build_groups(ids: list[str], i: np.ndarray, j: np.ndarray, s: np.ndarray) ->
     """Groups of two or more images, largest first (ties: strongest, then first id)."""
     if not len(i):
         return []
-    labels = group_pairs(len(ids), i, j)
+    labels = _group_pairs(len(ids), i, j)
     pl = labels[i]
     po = np.argsort(pl, kind="stable")
     _, p_start, p_count = np.unique(pl[po], return_index=True, return_counts=True)
@@ -311,7 +326,7 @@ def find_duplicates(
     *,
     method: str = "auto",
     show_progress: bool = True,
-    max_pairs: int = MAX_PAIRS,
+    max_pairs: int = _MAX_PAIRS,
 ) -> DuplicateReport:
     """Near-duplicate pairs and groups of a feature store (see the module docstring).
 
@@ -330,7 +345,7 @@ def find_duplicates(
     store = FeatureStore.open(features_folder)
     t0 = time.perf_counter()
     n = len(store)
-    used = method if method != "auto" else ("exact" if n <= EXACT_MAX_IMAGES else "ivf")
+    used = method if method != "auto" else ("exact" if n <= _EXACT_MAX_IMAGES else "ivf")
     i, j, s = similar_pairs(store.vectors, t, method=used, show_progress=show_progress, max_pairs=max_pairs)
     ids = store.ids
     pairs = [DuplicatePair(ids[a], ids[b], round(float(c), 6)) for a, b, c in zip(i, j, s, strict=True)]

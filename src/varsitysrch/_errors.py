@@ -32,6 +32,23 @@ import errno
 import re
 from collections.abc import Mapping
 
+__all__ = [
+    "FeatureStoreError",
+    "ImageError",
+    "IncompatibleError",
+    "IncompatibleFeaturesError",
+    "IncompatibleModelError",
+    "InvalidArgumentError",
+    "MissingDependencyError",
+    "ModelFileError",
+    "NotFittedError",
+    "VarsitysrchError",
+    "missing",
+    "strip_reprs",
+    "user_message",
+]
+
+
 #: the start of a scikit-learn style message: ``<parameter> must ...``, ``<parameter> '<value>' ...``
 _LEADING_PARAM = re.compile(r"([a-z_][a-z0-9_]*) (?=must |'|\"|=|does |is |has |of |cannot |needs )")
 
@@ -120,7 +137,7 @@ def _requirements() -> list[tuple[str, str, str | None]]:
     return out
 
 
-def install_advice(package: str, extra: str | None = None) -> str:
+def _install_advice(package: str, extra: str | None = None) -> str:
     """The one pip command that installs ``package`` for varsitysrch, from its declared requirements.
 
     A package of a user extra (``serve``, ``dask``) -> ``pip install 'varsitysrch[serve]'``; a core
@@ -147,9 +164,9 @@ def install_advice(package: str, extra: str | None = None) -> str:
 
 def missing(package: str, extra: str | None, purpose: str) -> MissingDependencyError:
     """The error for an ImportError of ``package``: what needs it and the pip command that installs
-    it (:func:`install_advice`; ``extra``: the varsitysrch extra expected to provide it, a hint only)."""
+    it (:func:`_install_advice`; ``extra``: the varsitysrch extra expected to provide it, a hint only)."""
     return MissingDependencyError(
-        f"{purpose} needs the package {package!r}, which is not installed: {install_advice(package, extra)}"
+        f"{purpose} needs the package {package!r}, which is not installed: {_install_advice(package, extra)}"
     )
 
 
@@ -170,7 +187,7 @@ def _name_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w./-]){re.escape(name)}(?![\w/-])")
 
 
-def rename_params(text: str, names: Mapping[str, str]) -> str:
+def _rename_params(text: str, names: Mapping[str, str]) -> str:
     """``text`` with each Python parameter name of ``names`` replaced by what the user typed
     (``{"num_clusters": "-k/--num-clusters"}``); a symbolic range ``[2, n_images] = [2, 24]`` becomes
     its value ``[2, 24]``.  Quoted values (``'...'``) are left as they are."""
@@ -185,7 +202,7 @@ def rename_params(text: str, names: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def os_error_message(exc: OSError) -> str:
+def _os_error_message(exc: OSError) -> str:
     """An ``OSError`` in words, naming its file: ``'/x/y': Permission denied``.
 
     Without the ``[Errno 13]`` prefix; ``exc.filename`` is the file the user named wherever varsitysrch
@@ -204,12 +221,12 @@ def os_error_message(exc: OSError) -> str:
 
 def user_message(exc: BaseException, names: Mapping[str, str] | None = None) -> str:
     """The one line a front end shows for ``exc``: the message with the parameters in the user's
-    words (:func:`rename_params` with ``names``), OS errors without ``[Errno N]``, no object reprs,
+    words (:func:`_rename_params` with ``names``), OS errors without ``[Errno N]``, no object reprs,
     several lines joined with ``"; "``."""
     if isinstance(exc, OSError) and not isinstance(exc, VarsitysrchError) and exc.strerror:
-        text = os_error_message(exc)
+        text = _os_error_message(exc)
     else:
         text = str(exc)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     text = "; ".join(lines) if lines else type(exc).__name__
-    return strip_reprs(rename_params(text, names or {}))
+    return strip_reprs(_rename_params(text, names or {}))

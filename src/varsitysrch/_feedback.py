@@ -27,15 +27,18 @@ import numpy as np
 
 from ._errors import InvalidArgumentError
 
+__all__ = ["ALPHA", "BETA", "GAMMA", "check_items", "check_weights", "rocchio"]
+
+
 #: Rocchio weights, chosen on the fit queries of both dev domains with the default extractor
 #: (docs/shop.md); the gain is flat around them, with the query weighted well below the positives
 ALPHA = 1.0
 BETA = 3.0
 GAMMA = 2.0
 #: gamma when nothing was marked relevant (negatives only): a strong push away then loses
-GAMMA_NEGATIVES_ONLY = 0.5
+_GAMMA_NEGATIVES_ONLY = 0.5
 #: at most this many feedback items per side (a request cannot make the server embed more)
-MAX_FEEDBACK = 100
+_MAX_FEEDBACK = 100
 
 
 def check_weights(alpha: float, beta: float, gamma: float) -> None:
@@ -52,8 +55,8 @@ def check_items(positive: Sequence[object], negative: Sequence[object], has_quer
             raise InvalidArgumentError(
                 f"{name} must be a list of ids or images; got a single {type(items).__name__}"
             )
-        if len(items) > MAX_FEEDBACK:
-            raise InvalidArgumentError(f"{name} holds at most {MAX_FEEDBACK} items; got {len(items)}")
+        if len(items) > _MAX_FEEDBACK:
+            raise InvalidArgumentError(f"{name} holds at most {_MAX_FEEDBACK} items; got {len(items)}")
     if not has_query and not len(positive):
         raise InvalidArgumentError(
             "feedback needs a query or at least one positive item (negatives alone say nothing to look for)"
@@ -73,7 +76,7 @@ def rocchio(
     alpha: float = ALPHA,
     beta: float = BETA,
     gamma: float = GAMMA,
-    gamma_negatives_only: float | None = GAMMA_NEGATIVES_ONLY,
+    gamma_negatives_only: float | None = _GAMMA_NEGATIVES_ONLY,
 ) -> np.ndarray:
     """The refined, L2-normalised query ``alpha*q + beta*mean(P) - gamma*mean(N)`` (float32).
 

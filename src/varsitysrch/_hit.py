@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["Hit"]
+
 
 class Hit(str):
     """One search result: the image's catalogue id, as a ``str``, carrying its rank, score and cluster.

@@ -6,12 +6,12 @@
   with the reason: FIFOs, sockets and devices (never opened, so never a hang), dangling
   symlinks, files that vanish, unreadable or symlinked folders, formats this Pillow
   cannot decode (AVIF without libavif, HEIC/HEIF without pillow-heif), folders nested deeper
-  than ``MAX_DEPTH`` (walked with an explicit stack: no depth can raise ``RecursionError``).
+  than ``_MAX_DEPTH`` (walked with an explicit stack: no depth can raise ``RecursionError``).
   Hidden files and folders (``.name``) are ignored on purpose.  :func:`list_images` returns just the ids.
 * :func:`load_image` decodes a path, bytes or PIL image into a ``uint8 [size, size, 3]``
   RGB array: EXIF orientation applied, alpha composited on white, CMYK / 16-bit /
   palette / grey converted, first frame of animations, JPEG draft decoding, and
-  decompression bombs and images thinner than 1:``MAX_ASPECT`` refused.  One decode gate:
+  decompression bombs and images thinner than 1:``_MAX_ASPECT`` refused.  One decode gate:
   only the Pillow plugins of :data:`DECODE_FORMATS` (the HTTP uploads' list, plus AVIF/HEIF where
   their codec is installed) ever read the bytes, whatever the file's name, so PostScript/EPS,
   PDF or any format with an external helper is refused, never decoded.  A path is opened
@@ -20,7 +20,7 @@
   Every failure raises :class:`~varsitysrch.ImageError` with a short reason in words (never a
   Python object's repr; the decoder's own exception is chained for ``-v``), which the extraction
   step records in ``skipped.csv``.  A path that does not exist is ``no such file: '<path>'``
-  (:class:`MissingImageFile`).
+  (:class:`_MissingImageFile`).
 """
 
 from __future__ import annotations
@@ -39,22 +39,40 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._errors import ImageError
 
+__all__ = [
+    "DECODE_FORMATS",
+    "DECODE_FORMATS_TEXT",
+    "IMAGE_EXTENSIONS",
+    "RESIZE_MODES",
+    "ImageSource",
+    "UnacceptedFormat",
+    "decode_failure",
+    "decode_rgb",
+    "list_images",
+    "load_image",
+    "load_image_fits",
+    "open_allowed",
+    "open_image",
+    "scan_images",
+]
+
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 #: image formats that need an optional codec: extension -> (codec check, what to install)
-OPTIONAL_FORMATS = {
+_OPTIONAL_FORMATS = {
     ".avif": ("avif", "a Pillow built with libavif (Pillow >= 11.2 wheels have it)"),
     ".heic": ("heif", "the pillow-heif plugin (pip install pillow-heif)"),
     ".heif": ("heif", "the pillow-heif plugin (pip install pillow-heif)"),
 }
 #: Images with more pixels than this are refused as decompression bombs (Pillow's default).
-MAX_PIXELS = 89_478_485
+_MAX_PIXELS = 89_478_485
 #: Images longer than this many times their width (or wider than tall) are refused: not a product photo,
 #: and a centre crop of one would be all blur
-MAX_ASPECT = 200
+_MAX_ASPECT = 200
 #: Files bigger than this are refused before they are read
-MAX_FILE_BYTES = 1 << 30
+_MAX_FILE_BYTES = 1 << 30
 #: Folders nested deeper than this below the image folder are left out (reported in ``skipped``)
-MAX_DEPTH = 256
+_MAX_DEPTH = 256
 #: The one decode gate: the Pillow formats an image is ever opened as, wherever it comes from
 #: (catalogue files, library and CLI queries as paths or bytes, HTTP uploads).  Only these plugins
 #: even look at the bytes, so a PostScript file named ``.jpg`` never reaches Ghostscript.  MPO (the
@@ -63,12 +81,12 @@ DECODE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 #: What error messages call :data:`DECODE_FORMATS`
 DECODE_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 #: The message for bytes no allowed decoder recognises (a text file named ``.jpg``, a PDF, ...)
-NOT_AN_IMAGE = f"not an image file this version can read (accepted formats: {DECODE_FORMATS_TEXT})"
+_NOT_AN_IMAGE = f"not an image file this version can read (accepted formats: {DECODE_FORMATS_TEXT})"
 #: The message for an image whose decoder gives up half-way (truncated download, corrupt data)
-DAMAGED_IMAGE = "damaged or truncated image file: it cannot be decoded"
+_DAMAGED_IMAGE = "damaged or truncated image file: it cannot be decoded"
 #: Formats opened only where their optional codec is installed, and never for HTTP uploads:
 #: codec check -> Pillow format name (the catalogue's ``.avif`` / ``.heic`` files)
-OPTIONAL_DECODE_FORMATS = {"avif": "AVIF", "heif": "HEIF"}
+_OPTIONAL_DECODE_FORMATS = {"avif": "AVIF", "heif": "HEIF"}
 #: How :func:`load_image` fits an image into its square (the extractors' ``resize``)
 RESIZE_MODES = ("letterbox", "squash", "center-crop")
 
@@ -92,7 +110,7 @@ def _codec(name: str) -> bool:
     return False
 
 
-class MissingImageFile(ImageError):
+class _MissingImageFile(ImageError):
     """An image path that does not exist (``.path``: the path as given)."""
 
     def __init__(self, path: object) -> None:
@@ -108,10 +126,10 @@ class UnacceptedFormat(ImageError):
         self.format = fmt
 
 
-def decode_formats() -> frozenset[str]:
+def _decode_formats() -> frozenset[str]:
     """Pillow formats files and library queries are opened as: :data:`DECODE_FORMATS` plus the
     optional codecs installed here."""
-    return DECODE_FORMATS | {f for codec, f in OPTIONAL_DECODE_FORMATS.items() if _codec(codec)}
+    return DECODE_FORMATS | {f for codec, f in _OPTIONAL_DECODE_FORMATS.items() if _codec(codec)}
 
 
 def open_allowed(data: bytes, formats: frozenset[str]) -> Image.Image:
@@ -128,9 +146,9 @@ def open_allowed(data: bytes, formats: frozenset[str]) -> Image.Image:
     return im
 
 
-def image_extensions() -> frozenset[str]:
+def _image_extensions() -> frozenset[str]:
     """Extensions this installation decodes (the base set plus AVIF/HEIC where a codec is present)."""
-    return IMAGE_EXTENSIONS | {e for e, (codec, _) in OPTIONAL_FORMATS.items() if _codec(codec)}
+    return IMAGE_EXTENSIONS | {e for e, (codec, _) in _OPTIONAL_FORMATS.items() if _codec(codec)}
 
 
 _KIND = {
@@ -147,7 +165,7 @@ def _not_regular(mode: int) -> str:
 
 
 @dataclass
-class Listing:
+class _Listing:
     """What :func:`scan_images` found: ids, their ``(size, mtime_ns, inode, ctime_ns)``, what it left out."""
 
     ids: list[str] = field(default_factory=list)
@@ -191,12 +209,12 @@ def _walk(
                 stack.append(path)
 
 
-def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
+def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> _Listing:
     """Every image under ``folder`` (see the module docstring); ``exclude``: relative folders to leave out."""
     root = os.fspath(folder)
     excluded = {e.rstrip("/") for e in exclude}
-    exts = image_extensions()
-    out = Listing()
+    exts = _image_extensions()
+    out = _Listing()
 
     def onerror(exc: OSError) -> None:
         where = _rel(root, exc.filename) if exc.filename else "."
@@ -213,8 +231,8 @@ def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
             if os.path.islink(os.path.join(dirpath, d)):
                 out.skipped.append((rel + "/", "symlinked folder: not followed"))
                 continue
-            if depth >= MAX_DEPTH:
-                out.skipped.append((rel + "/", f"folder nested deeper than {MAX_DEPTH} levels: left out"))
+            if depth >= _MAX_DEPTH:
+                out.skipped.append((rel + "/", f"folder nested deeper than {_MAX_DEPTH} levels: left out"))
                 continue
             keep.append(d)
         dirnames[:] = keep
@@ -224,8 +242,8 @@ def scan_images(folder: str | Path, exclude: Iterable[str] = ()) -> Listing:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             ext = os.path.splitext(name)[1].lower()
             if ext not in exts:
-                if ext in OPTIONAL_FORMATS:
-                    out.skipped.append((rel, f"cannot decode {ext} here: needs {OPTIONAL_FORMATS[ext][1]}"))
+                if ext in _OPTIONAL_FORMATS:
+                    out.skipped.append((rel, f"cannot decode {ext} here: needs {_OPTIONAL_FORMATS[ext][1]}"))
                 continue
             path = os.path.join(dirpath, name)
             try:
@@ -252,12 +270,12 @@ def list_images(folder: str | Path) -> list[str]:
     return scan_images(folder).ids
 
 
-def read_image_file(path: str | os.PathLike[str]) -> bytes:
+def _read_image_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a regular file, opened non-blocking (a FIFO or device is refused, never waited on)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise MissingImageFile(path) from exc
+        raise _MissingImageFile(path) from exc
     except OSError as exc:
         raise ImageError(f"cannot open {str(path)!r} ({_reason(exc)})") from exc
     try:
@@ -266,10 +284,10 @@ def read_image_file(path: str | os.PathLike[str]) -> bytes:
             raise ImageError(_not_regular(st.st_mode))
         if st.st_size == 0:
             raise ImageError("empty file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise ImageError(f"file of {st.st_size} bytes is larger than {MAX_FILE_BYTES}")
+        if st.st_size > _MAX_FILE_BYTES:
+            raise ImageError(f"file of {st.st_size} bytes is larger than {_MAX_FILE_BYTES}")
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read(_MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ImageError(f"cannot read {str(path)!r} ({_reason(exc)})") from exc
     finally:
@@ -329,31 +347,31 @@ def open_image(source: ImageSource) -> Image.Image:
             if isinstance(source, bytes | bytearray | memoryview):
                 if len(source) == 0:
                     raise ImageError("empty file")
-                im = open_allowed(bytes(source), decode_formats())
+                im = open_allowed(bytes(source), _decode_formats())
             else:
-                im = open_allowed(read_image_file(source), decode_formats())
+                im = open_allowed(_read_image_file(source), _decode_formats())
         except ImageError:
             raise
         except UnidentifiedImageError as exc:  # PostScript, SVG, PDF, text, ...: never handed to a decoder
-            raise ImageError(NOT_AN_IMAGE) from exc
+            raise ImageError(_NOT_AN_IMAGE) from exc
         except FileNotFoundError as exc:
-            raise MissingImageFile(exc.filename if exc.filename is not None else source) from exc
+            raise _MissingImageFile(exc.filename if exc.filename is not None else source) from exc
         except Image.DecompressionBombError as exc:
             raise ImageError(
-                f"image refused as a possible decompression bomb (more than {MAX_PIXELS:,} pixels)"
+                f"image refused as a possible decompression bomb (more than {_MAX_PIXELS:,} pixels)"
             ) from exc
         except Exception as exc:  # PIL raises many kinds on garbage input (its text may hold reprs)
-            raise ImageError(NOT_AN_IMAGE) from exc
+            raise ImageError(_NOT_AN_IMAGE) from exc
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageError(f"image has no pixels ({w}x{h})")
-    if w * h > MAX_PIXELS:
+    if w * h > _MAX_PIXELS:
         raise ImageError(
             f"image of {w}x{h} = {w * h:,} pixels refused as a possible decompression bomb "
-            f"(the limit is {MAX_PIXELS:,})"
+            f"(the limit is {_MAX_PIXELS:,})"
         )
-    if max(w, h) > MAX_ASPECT * min(w, h):
-        raise ImageError(f"image of {w}x{h} is thinner than 1:{MAX_ASPECT}: not a product photo")
+    if max(w, h) > _MAX_ASPECT * min(w, h):
+        raise ImageError(f"image of {w}x{h} is thinner than 1:{_MAX_ASPECT}: not a product photo")
     return im
 
 
@@ -406,7 +424,7 @@ def decode_failure(exc: BaseException) -> ImageError:
         return exc
     if isinstance(exc, MemoryError | Image.DecompressionBombError):
         return ImageError("image too large to decode in the memory available")
-    return ImageError(DAMAGED_IMAGE)
+    return ImageError(_DAMAGED_IMAGE)
 
 
 def _reason(exc: OSError) -> str:

@@ -43,19 +43,30 @@ from ._neighbours import exact_topk, list_recall, nearest_centroid
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "IVF_THRESHOLD",
+    "IVFParts",
+    "IVFSearch",
+    "assign_lists",
+    "build_faiss_index",
+    "build_ivf",
+    "calibrate_ivf",
+]
+
+
 #: Catalogues with more images than this get an IVF search index (``ivf=None`` in train_clusters).
 IVF_THRESHOLD = 200_000
 #: faiss warns below 39 training points per centroid; lists never hold fewer on average.
-MIN_POINTS_PER_LIST = 39
+_MIN_POINTS_PER_LIST = 39
 #: Cells with more than this many lists are trained in two levels.
-TWO_LEVEL_ABOVE = 256
-CHUNK = 65536
-SMALL_KMEANS = 2_000_000_000  # points x centroids x dim below which K-means runs on one thread
+_TWO_LEVEL_ABOVE = 256
+_CHUNK = 65536
+_SMALL_KMEANS = 2_000_000_000  # points x centroids x dim below which K-means runs on one thread
 
 
-def default_nlist(n: int) -> int:
+def _default_nlist(n: int) -> int:
     """``round(4 * sqrt(n))``, at most ``n // 39``, at least 1."""
-    return int(max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_LIST)))
+    return int(max(1, min(round(4 * math.sqrt(n)), n // _MIN_POINTS_PER_LIST)))
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -72,7 +83,7 @@ def _spherical_kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.n
 
     # small problems run single-threaded: OpenMP's barriers cost more than they save (14x slower
     # with 2 threads on a busy 2-core machine), and a cell's K-means is small
-    threads = 1 if len(x) * k * x.shape[1] < SMALL_KMEANS else faiss.omp_get_max_threads()
+    threads = 1 if len(x) * k * x.shape[1] < _SMALL_KMEANS else faiss.omp_get_max_threads()
     km = faiss.Kmeans(
         x.shape[1],
         k,
@@ -92,7 +103,7 @@ def _spherical_kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.n
     return np.asarray(km.centroids, np.float32)
 
 
-def assign_lists(X: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+def assign_lists(X: np.ndarray, centroids: np.ndarray, chunk: int = _CHUNK) -> np.ndarray:
     """Nearest list of every row (chunked): ``int32 [n]``.
 
     List centroids are unit vectors (spherical K-means), so the nearest by Euclidean distance
@@ -116,22 +127,22 @@ def _split(total: int, sizes: np.ndarray) -> np.ndarray:
     return got
 
 
-def train_ivf(
+def _train_ivf(
     X: np.ndarray,
     nlist: int | None = None,
     *,
     random_state: int = 0,
     points_per_list: int = 64,
-    chunk: int = CHUNK,
+    chunk: int = _CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """List centroids and each row's list: ``(float32 [nlist, dim], int32 [n])``.
 
-    One level up to :data:`TWO_LEVEL_ABOVE` lists; above, ``sqrt(nlist)`` coarse cells
+    One level up to :data:`_TWO_LEVEL_ABOVE` lists; above, ``sqrt(nlist)`` coarse cells
     then proportional lists per cell.  Each K-means trains on at most
     ``points_per_list`` points per centroid.
     """
     n = len(X)
-    nlist = default_nlist(n) if nlist is None else max(1, min(int(nlist), n))
+    nlist = _default_nlist(n) if nlist is None else max(1, min(int(nlist), n))
     rng = np.random.default_rng(random_state)
 
     def sample(rows: np.ndarray | None, size: int, m: int) -> np.ndarray:
@@ -140,7 +151,7 @@ def train_ivf(
         pick = np.sort(rng.choice(size, m, replace=False))
         return pick if rows is None else rows[pick]
 
-    if nlist <= TWO_LEVEL_ABOVE:
+    if nlist <= _TWO_LEVEL_ABOVE:
         C = _spherical_kmeans(X[sample(None, n, nlist * points_per_list)], nlist, random_state)
         return C, assign_lists(X, C, chunk)
     nc1 = round(math.sqrt(nlist))
@@ -177,7 +188,7 @@ def _probe(nprobe: int) -> Any:
     return params
 
 
-def build_faiss_index(centroids: np.ndarray, lists: np.ndarray, X: np.ndarray, chunk: int = CHUNK) -> Any:
+def build_faiss_index(centroids: np.ndarray, lists: np.ndarray, X: np.ndarray, chunk: int = _CHUNK) -> Any:
     """An ``IndexIVFScalarQuantizer`` (fp16 codes, inner product, no residual) filled with preassigned rows.
 
     The fp16 code of a vector is its IEEE half-precision bytes, so the inverted lists are
@@ -292,7 +303,7 @@ def build_ivf(
 ) -> tuple[IVFParts, Any]:
     """Train, fill and calibrate an IVF over ``X``: ``(parts for the model file, faiss index)``."""
     t0 = time.perf_counter()
-    C, lists = train_ivf(X, nlist, random_state=random_state)
+    C, lists = _train_ivf(X, nlist, random_state=random_state)
     index = build_faiss_index(C, lists, X)
     nprobe, curve = calibrate_ivf(index, X, target_recall, n_queries=n_queries, random_state=random_state)
     parts = IVFParts(C, lists, nprobe, curve, time.perf_counter() - t0)

@@ -4,7 +4,7 @@ Every text file is UTF-8 with ``surrogateescape``, so a file name that is not va
 (``os.listdir`` hands it out as lone surrogates) is written byte-for-byte and read back as
 the same ``str``.  JSON escapes such characters as ``\\udcXX`` instead (JSON stays UTF-8).
 
-CSV cells meant for people are *neutralised* (:func:`neutralise_cell`): a text cell that a
+CSV cells meant for people are *neutralised* (:func:`_neutralise_cell`): a text cell that a
 spreadsheet would evaluate -- it starts with ``= + - @``, a tab or a carriage return -- or
 that starts with ``'`` gets one leading ``'``.  :func:`read_csv` strips one leading ``'``,
 so the round trip is exact.  Numbers (``int``/``float`` cells, and text that is a plain
@@ -30,6 +30,23 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+__all__ = [
+    "ENCODING",
+    "ERRORS",
+    "atomic_path",
+    "check_output_folder",
+    "check_replaceable",
+    "csv_rows",
+    "disk_full",
+    "file_kind",
+    "open_regular",
+    "read_csv",
+    "read_regular",
+    "stat_stamp",
+    "write_csv",
+    "write_json",
+]
 
 
 def _umask() -> int:
@@ -158,7 +175,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def _atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
 
@@ -226,15 +243,15 @@ _TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def neutralise_cell(cell: Any) -> Any:
+def _neutralise_cell(cell: Any) -> Any:
     """``cell`` as a spreadsheet-safe CSV cell (a leading ``'`` on risky text; see module docstring)."""
     if isinstance(cell, str) and cell.startswith(_TRIGGERS) and not _NUMBER.fullmatch(cell):
         return "'" + cell
     return cell
 
 
-def restore_cell(cell: str) -> str:
-    """Undo :func:`neutralise_cell` on a cell read back from a CSV."""
+def _restore_cell(cell: str) -> str:
+    """Undo :func:`_neutralise_cell` on a cell read back from a CSV."""
     return cell[1:] if cell.startswith("'") else cell
 
 
@@ -258,7 +275,7 @@ def stat_stamp(*paths: str | os.PathLike[str] | None) -> tuple[int, ...]:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     # lone surrogates (undecodable file names) become JSON \udcXX escapes: valid UTF-8, same str back
-    with atomic_open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
+    with _atomic_open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
         json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
         f.write("\n")
 
@@ -271,11 +288,11 @@ def write_csv(
     neutralise: bool = True,
 ) -> None:
     """Write a CSV atomically (UTF-8 + surrogateescape); text cells neutralised unless told not to."""
-    with atomic_open(path, "w", encoding=ENCODING, errors=ERRORS, newline="") as f:
+    with _atomic_open(path, "w", encoding=ENCODING, errors=ERRORS, newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         if neutralise:
-            w.writerows([neutralise_cell(c) for c in row] for row in rows)
+            w.writerows([_neutralise_cell(c) for c in row] for row in rows)
         else:
             w.writerows(rows)
 
@@ -285,7 +302,7 @@ def csv_rows(f: IO[str], *, neutralised: bool = True, strict: bool = False) -> I
 
     ``strict``: a malformed quote is a ``csv.Error`` instead of being read leniently."""
     for row in csv.reader(f, strict=strict):
-        yield [restore_cell(c) for c in row] if neutralised else row
+        yield [_restore_cell(c) for c in row] if neutralised else row
 
 
 def read_csv(path: str | os.PathLike[str], *, neutralised: bool = True) -> tuple[list[str], list[list[str]]]:

@@ -5,11 +5,11 @@
 returns self, every learned attribute ends in ``_``, ``NotFittedError`` before fit).
 
 Backend choice (``backend="auto"``): scikit-learn's Lloyd K-means with k-means++ and
-``n_init`` restarts while ``sample * k * dim`` <= :data:`SMALL_PROBLEM` (best inertia),
+``n_init`` restarts while ``sample * k * dim`` <= :data:`_SMALL_PROBLEM` (best inertia),
 faiss above it (much faster at scale, slightly worse inertia; MiniBatchKMeans is not
 offered: it leaves empty clusters).  Measured figures are in ``docs/`` with the benchmark
 that prints them (``benchmarks/bench_scale.py``).  Training uses a sample (see
-:func:`training_sample_size`) and every row is then assigned in chunks with
+:func:`_training_sample_size`) and every row is then assigned in chunks with
 :func:`varsitysrch._neighbours.nearest_centroid`.
 """
 
@@ -29,23 +29,26 @@ from ._pca import apply_pca, fit_pca
 
 log = logging.getLogger(__name__)
 
-SMALL_PROBLEM = 2_000_000_000  # sample * k * dim up to which "auto" uses sklearn
-MIN_SAMPLE = 50_000  # K-means trains on max(256 * k, MIN_SAMPLE) sampled rows (all rows if fewer)
-POINTS_PER_CENTROID = 256
-CHUNK = 65536
+__all__ = ["Assigner", "KMeansModel", "distance_quantiles"]
 
 
-def training_sample_size(n: int, k: int, max_samples: int | None = None) -> int:
+_SMALL_PROBLEM = 2_000_000_000  # sample * k * dim up to which "auto" uses sklearn
+_MIN_SAMPLE = 50_000  # K-means trains on max(256 * k, MIN_SAMPLE) sampled rows (all rows if fewer)
+_POINTS_PER_CENTROID = 256
+_CHUNK = 65536
+
+
+def _training_sample_size(n: int, k: int, max_samples: int | None = None) -> int:
     """Rows K-means trains on: ``min(n, max(256 * k, 50_000))`` unless ``max_samples`` is given.
 
     256 points per centroid is faiss's own default (more barely moves the centroids);
     the 50,000 floor keeps small k well estimated.  Every row is then assigned in chunks.
     """
-    m = max(POINTS_PER_CENTROID * k, MIN_SAMPLE) if max_samples is None else int(max_samples)
+    m = max(_POINTS_PER_CENTROID * k, _MIN_SAMPLE) if max_samples is None else int(max_samples)
     return int(min(n, max(m, k)))
 
 
-def _all_finite(X: np.ndarray, chunk: int = CHUNK) -> bool:
+def _all_finite(X: np.ndarray, chunk: int = _CHUNK) -> bool:
     return all(bool(np.isfinite(X[s : s + chunk]).all()) for s in range(0, len(X), chunk))
 
 
@@ -65,7 +68,7 @@ class KMeansModel(BaseEstimator):
             This is the clustering space only; the search ranks in its own space (see
             :func:`varsitysrch._searchindex.build_search_index`).
         max_samples: rows the centroids are trained on (``None``: ``max(256 * k, 50_000)``,
-            see :func:`training_sample_size`); every row is then assigned in chunks, so a
+            see :func:`_training_sample_size`); every row is then assigned in chunks, so a
             memory-mapped float16 store is never copied whole.
     """
 
@@ -146,7 +149,7 @@ class KMeansModel(BaseEstimator):
         self._validate(n, dim)
         t0 = time.perf_counter()
         k = int(self.num_clusters)
-        m = training_sample_size(n, k, self.max_samples)
+        m = _training_sample_size(n, k, self.max_samples)
         rows = (
             np.sort(np.random.default_rng(self.random_state).choice(n, m, replace=False)) if m < n else None
         )
@@ -157,7 +160,7 @@ class KMeansModel(BaseEstimator):
         self.sample_size_ = m
         backend = self.backend
         if backend == "auto":
-            backend = "sklearn" if m * k * Z.shape[1] <= SMALL_PROBLEM else "faiss"
+            backend = "sklearn" if m * k * Z.shape[1] <= _SMALL_PROBLEM else "faiss"
         self.cluster_centers_, self.n_iter_ = (
             self._sklearn(Z, k) if backend == "sklearn" else self._faiss(Z, k)
         )
@@ -207,7 +210,7 @@ class KMeansModel(BaseEstimator):
             nredo=self.n_init,
             seed=self.random_state,
             verbose=False,
-            max_points_per_centroid=max(POINTS_PER_CENTROID, -(-len(Z) // k)),
+            max_points_per_centroid=max(_POINTS_PER_CENTROID, -(-len(Z) // k)),
         )
         km.train(np.ascontiguousarray(Z))
         return np.asarray(km.centroids, np.float32), niter
@@ -267,7 +270,7 @@ class KMeansModel(BaseEstimator):
         """Nearest centroid of each row."""
         return self.assign_all(X)[0]
 
-    def assign_all(self, X: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    def assign_all(self, X: np.ndarray, chunk: int = _CHUNK) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, distances)`` of every row, projecting and assigning ``chunk`` rows at a time."""
         self._check_fitted()
         labels = np.empty(len(X), np.int32)

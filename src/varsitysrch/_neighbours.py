@@ -19,7 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-CHUNK = 65536
+__all__ = ["centroid_order", "exact_topk", "list_recall", "nearest_centroid", "probe_recall"]
+
+
+_CHUNK = 65536
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -27,7 +30,7 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 
 def nearest_centroid(
-    X: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK
+    X: np.ndarray, centroids: np.ndarray, chunk: int = _CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid (squared Euclidean) of every row of ``X``: ``(labels int32, distances float32)``.
 
@@ -71,7 +74,7 @@ def exact_topk(
     Q = _f32(Q)
     nq, n = len(Q), len(X)
     if chunk is None:
-        chunk = int(min(CHUNK, max(1024, (1 << 22) // max(nq, 1))))
+        chunk = int(min(_CHUNK, max(1024, (1 << 22) // max(nq, 1))))
     k = min(k, n - (1 if exclude is not None else 0))
     best_s = np.full((nq, k), -np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)

@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-GEM_P = 3.0
+__all__ = ["GRAPH_VERSION", "build_efficientnet_lite", "build_mobilenet_v2", "build_vgg16_block5pool"]
+
+
+_GEM_P = 3.0
 
 #: Version of the graphs these builders produce (and of the preprocessing inside them).
 #: Bump it whenever a change here (or in the in-graph normalisation) changes the vectors:
@@ -121,9 +124,9 @@ class _Graph:
         # GeM: (mean(clamp(x, eps)^p))^(1/p)
         eps = self.const(np.array(1e-6, np.float32))
         clamped = self.node("Max", [fmap, eps])
-        powered = self.node("Pow", [clamped, self.const(np.array(GEM_P, np.float32))])
+        powered = self.node("Pow", [clamped, self.const(np.array(_GEM_P, np.float32))])
         mean = self.node("GlobalAveragePool", [powered])
-        rooted = self.node("Pow", [mean, self.const(np.array(1.0 / GEM_P, np.float32))])
+        rooted = self.node("Pow", [mean, self.const(np.array(1.0 / _GEM_P, np.float32))])
         gem = self.node("Flatten", [rooted], "gem", axis=1)
         self.nodes.append(helper.make_node("Identity", [pooled], ["pooled"]))
         self.nodes.append(helper.make_node("Identity", [gem], ["gem"]))
@@ -259,7 +262,7 @@ _VGG16_CFG: list[int | str] = [
 ]
 
 
-def vgg16_conv_keys() -> list[str]:
+def _vgg16_conv_keys() -> list[str]:
     """torchvision's ``features.N`` indices of VGG16's 13 convolutions."""
     keys, i = [], 0
     for v in _VGG16_CFG:
@@ -277,7 +280,7 @@ def build_vgg16_block5pool(sd: dict[str, np.ndarray]) -> bytes:
     mean = np.array([0.485, 0.456, 0.406]) * 255.0
     scale = 1.0 / (np.array([0.229, 0.224, 0.225]) * 255.0)
     x = g.input_stage(mean, scale)
-    keys = iter(vgg16_conv_keys())
+    keys = iter(_vgg16_conv_keys())
     for v in _VGG16_CFG:
         if v == "M":
             x = g.node("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])

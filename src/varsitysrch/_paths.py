@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+__all__ = ["resolve_image"]
+
 
 def _plain_relative(image_id: str) -> bool:
     if not image_id or "\x00" in image_id or image_id.startswith(("/", "\\")) or os.path.isabs(image_id):

@@ -13,8 +13,11 @@ import numpy as np
 from ._errors import InvalidArgumentError
 from ._store import normalize_rows
 
+__all__ = ["apply_pca", "fit_pca"]
+
+
 #: PCA is fitted on at most this many rows (a seeded sample above it).
-PCA_MAX_ROWS = 100_000
+_PCA_MAX_ROWS = 100_000
 
 
 def fit_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +38,8 @@ def fit_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np
         raise InvalidArgumentError(
             f"n_components must be in [1, min(n_rows, dim)] = [1, {limit}]; got {n_components}"
         )
-    if len(X) > PCA_MAX_ROWS:  # the same seeded row sample for choose-k and train_clusters
-        rows = np.sort(np.random.default_rng(random_state).choice(len(X), PCA_MAX_ROWS, replace=False))
+    if len(X) > _PCA_MAX_ROWS:  # the same seeded row sample for choose-k and train_clusters
+        rows = np.sort(np.random.default_rng(random_state).choice(len(X), _PCA_MAX_ROWS, replace=False))
         X = X[rows]
     X = np.asarray(X, dtype=np.float32)
     pca = PCA(n_components=int(n_components), whiten=False, svd_solver="auto", random_state=random_state)

@@ -38,32 +38,49 @@ from ._errors import InvalidArgumentError
 from ._neighbours import exact_topk
 from ._store import normalize_rows
 
+__all__ = [
+    "DBA_NEIGHBOURS",
+    "QE_NEIGHBOURS",
+    "QE_SELF_COSINE",
+    "QE_SELF_MARGIN",
+    "Whitening",
+    "apply_whitening",
+    "augment_rows",
+    "default_search_pca",
+    "expand_query",
+    "fit_search_pca",
+    "fit_whitening",
+    "neighbour_lists",
+    "to_search_space",
+]
+
+
 #: alpha-DBA / alpha-QE defaults (chosen by measurement: docs/quality.md).
 DBA_NEIGHBOURS = 10
 #: alpha-QE neighbours; also :func:`~varsitysrch.train_clusters`' default (on both dev domains)
 QE_NEIGHBOURS = 2
-ALPHA = 3.0
+_ALPHA = 3.0
 #: a result at least this similar to the query is the query itself (or a copy of it): it
 #: does not expand the query, since it adds nothing (searching with a catalogue image)
 QE_SELF_COSINE = 0.99
 #: extra first-pass results fetched so that such copies can be skipped
 QE_SELF_MARGIN = 3
 #: Adopted: search in a catalogue-centred PCA space of this many dimensions (no whitening) ...
-SEARCH_PCA_DIM = 128
+_SEARCH_PCA_DIM = 128
 #: ... when the catalogue has at least this many images (fewer: plain cosine on raw vectors).
-SEARCH_PCA_MIN_IMAGES = 1000
+_SEARCH_PCA_MIN_IMAGES = 1000
 
 
 # ------------------------------------------------------------------ search space (adopted)
 def default_search_pca(n_images: int, dim: int) -> int:
     """Components of the search-space PCA :func:`~varsitysrch.train_clusters` fits by default (0 = none).
 
-    :data:`SEARCH_PCA_DIM` components from :data:`SEARCH_PCA_MIN_IMAGES` images up (and when the
+    :data:`_SEARCH_PCA_DIM` components from :data:`_SEARCH_PCA_MIN_IMAGES` images up (and when the
     features have more dimensions); small catalogues keep plain cosine.  Why: ``docs/quality.md``.
     """
-    if n_images < SEARCH_PCA_MIN_IMAGES or dim <= SEARCH_PCA_DIM:
+    if n_images < _SEARCH_PCA_MIN_IMAGES or dim <= _SEARCH_PCA_DIM:
         return 0
-    return SEARCH_PCA_DIM
+    return _SEARCH_PCA_DIM
 
 
 def fit_search_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +126,7 @@ def neighbour_lists(X: np.ndarray, n: int, *, chunk: int = 1024) -> tuple[np.nda
     return idx, sims
 
 
-def augment_rows(X: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+def augment_rows(X: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float = _ALPHA) -> np.ndarray:
     """alpha-DBA of the rows whose neighbour lists are given (``idx``/``sims`` [m, n])."""
     w = np.clip(sims, 0.0, None) ** alpha
     out = np.einsum("mn,mnd->md", w.astype(np.float32), np.asarray(X, np.float32)[idx])
@@ -117,7 +134,9 @@ def augment_rows(X: np.ndarray, idx: np.ndarray, sims: np.ndarray, alpha: float 
 
 
 # ------------------------------------------------------------------ alpha-QE
-def expand_query(q: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+def expand_query(
+    q: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = _ALPHA
+) -> np.ndarray:
     """alpha-QE: ``q + sum(sim_i**alpha * x_i)`` over the given result vectors, re-normalised."""
     q = np.asarray(q, np.float32).reshape(-1)
     if len(neighbours) == 0:

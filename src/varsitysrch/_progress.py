@@ -18,7 +18,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+__all__ = ["bar", "bars_enabled", "progress", "say"]
+
+
+_T = TypeVar("_T")
 
 
 def bars_enabled(show_progress: bool) -> bool:
@@ -42,7 +45,9 @@ def bar(*, total: int | None, desc: str, unit: str, show_progress: bool, **kwarg
     return tqdm(total=total, desc=desc, unit=unit, disable=not bars_enabled(show_progress), **kwargs)
 
 
-def progress(items: Iterable[T], *, desc: str, unit: str, show_progress: bool, **kwargs: Any) -> Iterator[T]:
+def progress(
+    items: Iterable[_T], *, desc: str, unit: str, show_progress: bool, **kwargs: Any
+) -> Iterator[_T]:
     """Iterate ``items`` with a progress bar when bars are on."""
     total = kwargs.pop("total", None)
     if total is None and hasattr(items, "__len__"):

@@ -11,7 +11,7 @@ Calibration images, by preference:
 
 1. ``calibration=`` given by the caller: a ``uint8 [N, S, S, 3]`` array, or image paths /
    a folder (decoded with the extractor's own resize mode);
-2. otherwise :func:`synthetic_calibration_images`: a deterministic set of "natural-ish"
+2. otherwise :func:`_synthetic_calibration_images`: a deterministic set of "natural-ish"
    pictures (smooth gradients, filled shapes on plain or white backgrounds, stripes,
    blur and noise) generated from a fixed seed, so the quantised graph -- and therefore
    the extractor's vectors -- is the same on every machine without shipping images.
@@ -46,11 +46,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Number of synthetic calibration images (deterministic; seed below).
-N_SYNTHETIC = 64
-SYNTHETIC_SEED = 20240611
+__all__ = ["quantize_static_int8"]
 
-CalibrationSource = np.ndarray | str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+
+#: Number of synthetic calibration images (deterministic; seed below).
+_N_SYNTHETIC = 64
+_SYNTHETIC_SEED = 20240611
+
+_CalibrationSource = np.ndarray | str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
 
 # ---------------------------------------------------------------- calibration images
@@ -63,8 +66,8 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(up, np.float32) / 255.0
 
 
-def synthetic_calibration_images(
-    n: int = N_SYNTHETIC, size: int = 224, seed: int = SYNTHETIC_SEED
+def _synthetic_calibration_images(
+    n: int = _N_SYNTHETIC, size: int = 224, seed: int = _SYNTHETIC_SEED
 ) -> np.ndarray:
     """Deterministic natural-ish RGB images ``uint8 [n, size, size, 3]``.
 
@@ -118,13 +121,13 @@ def synthetic_calibration_images(
 #: the synthetic calibration images of a built-in graph are made at this size whatever the
 #: extractor's input size: the cached int8 graph is keyed without the input size, so it must not
 #: depend on it (the graph measured in docs/quality.md was calibrated at 224 px)
-SYNTHETIC_SIZE = 224
+_SYNTHETIC_SIZE = 224
 
 
-def _calibration_batch(calibration: CalibrationSource, ex: Extractor, limit: int) -> np.ndarray:
+def _calibration_batch(calibration: _CalibrationSource, ex: Extractor, limit: int) -> np.ndarray:
     size = ex.input_size
     if calibration is None:
-        return synthetic_calibration_images(N_SYNTHETIC, size if ex.onnx_path else SYNTHETIC_SIZE)
+        return _synthetic_calibration_images(_N_SYNTHETIC, size if ex.onnx_path else _SYNTHETIC_SIZE)
     if isinstance(calibration, np.ndarray):
         arr = calibration
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (size, size, 3):
@@ -195,7 +198,7 @@ def _float_nodes(model: Any) -> list[str]:
 def quantize_static_int8(
     model_bytes: bytes,
     ex: Extractor,
-    calibration: CalibrationSource = None,
+    calibration: _CalibrationSource = None,
     *,
     max_calibration: int = 256,
 ) -> bytes:

@@ -2,7 +2,7 @@
 
 A shopper's photo shows the product somewhere in a cluttered frame; the catalogue shot
 shows it alone.  Embedding the query as several views -- the whole photo and five crops
-of ``CROP_FRACTION`` of its width and height (four corners and the centre) -- and scoring
+of ``_CROP_FRACTION`` of its width and height (four corners and the centre) -- and scoring
 each catalogue image by its *best* view finds the product wherever it
 sits.  Only the query pays (``len(views)`` forward passes instead of one); catalogue
 vectors, the feature store and the model file are unchanged.  Horizontal-flip views are the
@@ -23,15 +23,19 @@ against in-store photos) is searched as the whole image: the crops cost same-dom
 
 from __future__ import annotations
 
-import warnings
+from ._errors import InvalidArgumentError
 
-import numpy as np
-from PIL import Image, ImageOps
+__all__ = [
+    "AUTO_CROP_DISCOUNT",
+    "CLUTTERED_BORDER_SHARE",
+    "STUDIO_CATALOGUE_SHARE",
+    "check_views",
+    "crop_boxes",
+    "parse_views",
+]
 
-from ._errors import ImageError, InvalidArgumentError
-from ._images import ImageSource, _fit, _to_rgb, decode_failure, open_image
 
-CROP_FRACTION = 0.7
+_CROP_FRACTION = 0.7
 #: ``views="auto"``: the catalogue counts as studio shots when this share of it has a plain backdrop
 STUDIO_CATALOGUE_SHARE = 0.5
 #: ``views="auto"``: a crop view's score is lowered by this before it competes with the whole photo
@@ -42,7 +46,7 @@ AUTO_CROP_DISCOUNT = 0.07
 CLUTTERED_BORDER_SHARE = 0.5
 
 
-def crop_boxes(width: int, height: int, fraction: float = CROP_FRACTION) -> list[tuple[int, int, int, int]]:
+def crop_boxes(width: int, height: int, fraction: float = _CROP_FRACTION) -> list[tuple[int, int, int, int]]:
     """``(left, top, right, bottom)`` of the whole image, then the four corner crops and the centre crop."""
     if not 0.0 < fraction <= 1.0:
         raise InvalidArgumentError(f"crop fraction must be in (0, 1]; got {fraction}")
@@ -58,54 +62,15 @@ def crop_boxes(width: int, height: int, fraction: float = CROP_FRACTION) -> list
     ]
 
 
-def decode_rgb(source: ImageSource) -> Image.Image:
-    """The whole image, decoded, EXIF-oriented and converted to RGB (errors -> ImageError)."""
-    im = open_image(source)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return _to_rgb(im)
-    except ImageError:
-        raise
-    except Exception as exc:
-        raise decode_failure(exc) from exc
-
-
-def query_views(
-    image: Image.Image,
-    size: int,
-    resize: str,
-    *,
-    crops: bool = True,
-    flip: bool = False,
-    fraction: float = CROP_FRACTION,
-) -> np.ndarray:
-    """``uint8 [V, size, size, 3]``: the whole image (+ its crops) (+ the mirror of each), each fitted
-    (what :func:`varsitysrch.evaluate` embeds; a search makes its views in :mod:`varsitysrch._pipeline`)."""
-    boxes = crop_boxes(*image.size, fraction) if crops else [(0, 0, *image.size)]
-    views = []
-    for box in boxes:
-        part = image if box == (0, 0, *image.size) else image.crop(box)
-        arr = np.asarray(_fit(part, size, resize), np.uint8)
-        views.append(arr)
-        if flip:
-            views.append(np.ascontiguousarray(arr[:, ::-1]))
-    return np.stack(views)
-
-
-VIEWS = ("crops", "flip", "crops+flip", "auto")
+_VIEWS = ("crops", "flip", "crops+flip", "auto")
 
 
 def check_views(views: str | None) -> str | None:
     """``views`` if valid (``None`` / ``"none"``: the whole image; ``"auto"``; crops / flip)."""
     if views is None or views == "none":
         return None
-    if views not in VIEWS:
-        raise InvalidArgumentError(f"views must be None, 'none' or one of {', '.join(VIEWS)}; got {views!r}")
+    if views not in _VIEWS:
+        raise InvalidArgumentError(f"views must be None, 'none' or one of {', '.join(_VIEWS)}; got {views!r}")
     return views
 
 

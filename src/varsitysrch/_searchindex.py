@@ -9,7 +9,7 @@
    a model projects nothing;
 2. the default ``nprobe``: the fewest nearest clusters whose ranked search reaches
    ``target_recall`` recall@10 against exact search, both **in the ranking space** the
-   Searcher uses, on held-out catalogue queries (:func:`calibrate_nprobe`);
+   Searcher uses, on held-out catalogue queries (:func:`_calibrate_nprobe`);
 3. for large catalogues (more than :data:`varsitysrch._index.IVF_THRESHOLD` images, or
    ``ivf=True``) a faiss IVF over the raw vectors instead of the PCA space
    (:mod:`varsitysrch._index`).
@@ -32,11 +32,14 @@ from ._postprocess import default_search_pca, fit_search_pca, to_search_space
 
 log = logging.getLogger(__name__)
 
-TARGET_RECALL = 0.95
-TOP = 10
+__all__ = ["build_search_index"]
 
 
-def calibrate_nprobe(
+_TARGET_RECALL = 0.95
+_TOP = 10
+
+
+def _calibrate_nprobe(
     X: np.ndarray,
     labels: np.ndarray,
     model: KMeansModel,
@@ -44,7 +47,7 @@ def calibrate_nprobe(
     *,
     ranking: np.ndarray | None = None,
     n_queries: int = 500,
-    top: int = TOP,
+    top: int = _TOP,
     random_state: int = 0,
 ) -> tuple[int, list[float]]:
     """Smallest nprobe whose cluster-restricted top-``top`` reaches ``target_recall`` vs exact.
@@ -76,7 +79,7 @@ def calibrate_nprobe(
 
 
 @dataclass
-class SearchIndex:
+class _SearchIndex:
     """The search side of a model file (see :func:`build_search_index`)."""
 
     nprobe: int | None  #: calibrated default nprobe (None: not recalibrated)
@@ -102,7 +105,7 @@ class SearchIndex:
             config["search_pca"] = len(self.search_pca[1])
         if self.ivf is not None:
             old = config.get("ivf") or {}
-            config["ivf"] = self.ivf.config(float(config.get("target_recall", TARGET_RECALL)))
+            config["ivf"] = self.ivf.config(float(config.get("target_recall", _TARGET_RECALL)))
             if self.ivf.nprobe <= 0:  # not recalibrated: keep the previous calibration
                 config["ivf"].update({k: old[k] for k in ("nprobe", "recall_curve") if k in old})
             arrays.update(self.ivf.arrays())
@@ -115,13 +118,13 @@ def build_search_index(
     labels: np.ndarray,
     kmeans: KMeansModel,
     *,
-    target_recall: float = TARGET_RECALL,
+    target_recall: float = _TARGET_RECALL,
     search_pca: int | tuple[np.ndarray, np.ndarray] | None = None,
     ivf: bool | tuple[np.ndarray, np.ndarray] | None = None,
     calibrate: bool = True,
     n_queries: int | None = None,
     random_state: int = 0,
-) -> SearchIndex:
+) -> _SearchIndex:
     """The ranking space, calibrated ``nprobe`` and (large catalogues) IVF of a clustered catalogue.
 
     Args:
@@ -144,7 +147,7 @@ def build_search_index(
     ranking = to_search_space(vectors, *space) if space is not None else None
     nprobe, curve = None, None
     if calibrate:
-        nprobe, curve = calibrate_nprobe(
+        nprobe, curve = _calibrate_nprobe(
             vectors, labels, kmeans, target_recall, ranking=ranking, n_queries=nq, random_state=random_state
         )
     log.info(
@@ -159,7 +162,7 @@ def build_search_index(
 
         cal = ScoreCalibrator(2000 if n <= 200_000 else 500, random_state=random_state)
         confidence = cal.fit(vectors, ranking=ranking).to_dict()
-    return SearchIndex(nprobe, curve, space, ranking, parts, confidence)
+    return _SearchIndex(nprobe, curve, space, ranking, parts, confidence)
 
 
 def _space(

@@ -101,27 +101,54 @@ from ._version import __version__
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = "varsitysrch-features"
-STORE_VERSION = 2
+__all__ = [
+    "COLOUR",
+    "COLOUR_NPY",
+    "ID_COLUMNS",
+    "PARTS",
+    "PLAIN_NPY",
+    "SKIPPED",
+    "STORE_JSON",
+    "TOKEN",
+    "FeatureStore",
+    "Stamp",
+    "commit",
+    "load_features",
+    "log_skip",
+    "new_token",
+    "normalize_rows",
+    "os_error",
+    "recover",
+    "remove_generation",
+    "same_file",
+    "store_header",
+    "store_lock",
+    "store_paths",
+    "write_header",
+]
+
+
+_STORE_FORMAT = "varsitysrch-features"
+_STORE_VERSION = 2
 STORE_JSON = "store.json"
-VECTORS = "vectors.npy"
-IDS = "ids.csv"
+_VECTORS = "vectors.npy"
+_IDS = "ids.csv"
 #: the colour rows of a generation (optional, both or neither): signatures and plain-background flags
 COLOUR_NPY = "colour.npy"
 PLAIN_NPY = "plain.npy"
-SIDE_FILES = (COLOUR_NPY, PLAIN_NPY)
-SIDE_DTYPES = {COLOUR_NPY: "float16", PLAIN_NPY: "uint8"}
+_SIDE_FILES = (COLOUR_NPY, PLAIN_NPY)
+_SIDE_DTYPES = {COLOUR_NPY: "float16", PLAIN_NPY: "uint8"}
 SKIPPED = "skipped.csv"
-LOCK = ".lock"
+_LOCK = ".lock"
 ID_COLUMNS = ("id", "size", "mtime_ns", "inode", "ctime_ns")
-DTYPES = ("float32", "float16")
+_DTYPES = ("float32", "float16")
 #: rows whose L2 norm is farther than this from 1 make the store invalid (float16 rounds to ~1e-3)
-NORM_TOLERANCE = 0.02
+_NORM_TOLERANCE = 0.02
 PARTS = "parts"
 COLOUR = "colour"
 #: the marker file inside each generation folder this library wrote
-MARKER = ".varsitysrch-generation"
-MARKER_TEXT = b"varsitysrch feature store generation\n"
+_MARKER = ".varsitysrch-generation"
+_MARKER_TEXT = b"varsitysrch feature store generation\n"
 #: the run token of generations and checkpoints: ``<time_ns hex>-<random hex>`` (:func:`new_token`)
 TOKEN = r"[0-9a-f]{8,32}-[0-9a-f]{4,32}"
 _GENERATION = re.compile(rf"g-{TOKEN}")
@@ -129,10 +156,10 @@ _GENERATION = re.compile(rf"g-{TOKEN}")
 _TMP = re.compile(r"\.(?:store\.json|skipped\.csv|vectors\.npy|ids\.csv)\.[a-z0-9_]{8}\.tmp")
 _GEN_TMP = re.compile(r"\.(?:vectors\.npy|ids\.csv|colour\.npy|plain\.npy)\.[a-z0-9_]{8}\.tmp")
 #: the names of a store folder and what each must be when it exists
-_ENTRIES = {STORE_JSON: "file", SKIPPED: "file", VECTORS: "file", IDS: "file", PARTS: "dir", COLOUR: "dir"}
+_ENTRIES = {STORE_JSON: "file", SKIPPED: "file", _VECTORS: "file", _IDS: "file", PARTS: "dir", COLOUR: "dir"}
 #: the header's digest of its own content, and the files of its generation
-HEADER_SUM = "header_sha256"
-FILES = "files"
+_HEADER_SUM = "header_sha256"
+_FILES = "files"
 #: ids tables larger than this per id are refused before they are read (a path is at most 4 KiB)
 _ID_ROW_BYTES = 3 * 4096 + 128
 
@@ -147,12 +174,8 @@ def same_file(a: Sequence[int], b: Sequence[int]) -> bool:
     return all(x < 0 or y < 0 or x == y for x, y in zip(a[2:4], b[2:4], strict=False))
 
 
-def file_stamp(st: os.stat_result) -> Stamp:
-    return (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_ctime_ns))
-
-
 @dataclass(frozen=True)
-class StorePaths:
+class _StorePaths:
     """Where the live files of a store are (follow ``store.json``; never guess)."""
 
     folder: Path
@@ -200,7 +223,7 @@ class FeatureStore:
     def checksum(self) -> str | None:
         """``sha256:<hex>`` of the generation's recorded file digests (None: a store written
         before checksums); a model records it to recognise the store it was trained on."""
-        return files_checksum(self.files)
+        return _files_checksum(self.files)
 
     def colour_record(self) -> dict[str, Any] | None:
         """What a model records of the store's colour rows (None: the store has none):
@@ -212,7 +235,7 @@ class FeatureStore:
         n = len(self.ids)
         plain = int(np.count_nonzero(np.asarray(self.plain))) if n else 0
         return {
-            "checksum": files_checksum({name: self.files[name] for name in SIDE_FILES}),
+            "checksum": _files_checksum({name: self.files[name] for name in _SIDE_FILES}),
             "kind": self.meta.get("colour"),
             "count": n,
             "plain_images": plain,
@@ -269,10 +292,10 @@ class FeatureStore:
         try:
             _check_generation_folder(paths)
             raw_ids = _read_ids_bytes(paths.ids, int(meta["count"]))
-            ids, cols = parse_id_table(raw_ids, paths.ids)
+            ids, cols = _parse_id_table(raw_ids, paths.ids)
             vectors, digest = _load_vectors(paths.vectors, meta, mmap=mmap, digest=validate)
         except FileNotFoundError as exc:
-            if paths.generation is not None and read_header(folder / STORE_JSON).get("generation") != (
+            if paths.generation is not None and _read_store_header(folder / STORE_JSON).get("generation") != (
                 paths.generation
             ):
                 raise _Moved from exc
@@ -283,19 +306,19 @@ class FeatureStore:
                 f"count {meta['count']} in {STORE_JSON}"
             )
         if validate:
-            check_rows(vectors, str(paths.vectors))
+            _check_rows(vectors, str(paths.vectors))
         # integrity last: the checks above say *what* is wrong when they can
         if header_ok is False:
             raise FeatureStoreError(
-                f"{paths.header}: the header does not match its recorded checksum ({HEADER_SUM}): "
+                f"{paths.header}: the header does not match its recorded checksum ({_HEADER_SUM}): "
                 "it was changed after it was written; extract the catalogue again"
             )
-        files = meta.pop(FILES, None)
-        meta.pop(HEADER_SUM, None)
+        files = meta.pop(_FILES, None)
+        meta.pop(_HEADER_SUM, None)
         if files is not None:
-            _verify_file(paths.ids, files, IDS, len(raw_ids), _sha256(raw_ids))
+            _verify_file(paths.ids, files, _IDS, len(raw_ids), _sha256(raw_ids))
             vbytes = _vectors_bytes(meta)
-            _verify_file(paths.vectors, files, VECTORS, vbytes, digest)
+            _verify_file(paths.vectors, files, _VECTORS, vbytes, digest)
         side = _load_side(paths, meta, files, mmap=mmap)
         ex = dict(meta["extractor"])
         return cls(
@@ -305,7 +328,7 @@ class FeatureStore:
     @classmethod
     def _open_legacy(cls, folder: Path) -> FeatureStore:
         if (
-            os.path.lexists(folder / LOCK)
+            os.path.lexists(folder / _LOCK)
             or (folder / PARTS).is_dir()
             or any(_GENERATION.fullmatch(n) for n in os.listdir(folder))
         ):
@@ -366,7 +389,7 @@ class FeatureStore:
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise FeatureStoreError(f"vectors shape {vectors.shape} does not match {len(ids)} ids")
         dtype = str(vectors.dtype)
-        if dtype not in DTYPES:
+        if dtype not in _DTYPES:
             raise FeatureStoreError(f"vectors must be float32 or float16; got {dtype}")
         n = len(ids)
 
@@ -374,8 +397,8 @@ class FeatureStore:
             return [int(x) for x in v] if v is not None else [-1] * n
 
         stamps = list(zip(col(sizes), col(mtimes), col(inodes), col(ctimes), strict=True))
-        check_ids(list(ids), "ids")
-        check_rows(vectors, "vectors")
+        _check_ids(list(ids), "ids")
+        _check_rows(vectors, "vectors")
         header = store_header(extractor, int(vectors.shape[1]), n, dtype, extra)
         with store_lock(folder):
             recover(folder)
@@ -398,7 +421,7 @@ def _refuse_empty(folder: Path, why: str) -> None:
     n = 0
     if (folder / STORE_JSON).exists():
         with contextlib.suppress(FeatureStoreError):
-            n = read_header(folder / STORE_JSON)["count"]
+            n = _read_store_header(folder / STORE_JSON)["count"]
     if n > 0:
         raise FeatureStoreError(
             f"{why}: the feature store {str(folder)!r} holds {n} images and was left as it is "
@@ -411,15 +434,15 @@ def store_header(
 ) -> dict[str, Any]:
     """The ``store.json`` of a store (the generation is added at commit)."""
     meta: dict[str, Any] = {
-        "format": STORE_FORMAT,
-        "version": STORE_VERSION,
+        "format": _STORE_FORMAT,
+        "version": _STORE_VERSION,
         "library_version": __version__,
         "extractor": extractor,
         "dim": int(dim),
         "count": int(count),
         "dtype": dtype,
-        "vectors": VECTORS,
-        "ids": IDS,
+        "vectors": _VECTORS,
+        "ids": _IDS,
     }
     meta.update(extra or {})
     return meta
@@ -434,7 +457,7 @@ def _int(meta: dict[str, Any], key: str, path: Path, lo: int) -> int:
 
 
 #: store.json larger than this is refused before it is read
-MAX_HEADER_BYTES = 64 * 2**20
+_MAX_HEADER_BYTES = 64 * 2**20
 
 
 def _canonical(obj: Any) -> bytes:
@@ -445,19 +468,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def header_digest(meta: dict[str, Any]) -> str:
+def _header_digest(meta: dict[str, Any]) -> str:
     """The SHA-256 of a header's content without its own digest (canonical JSON)."""
-    return _sha256(_canonical({k: v for k, v in meta.items() if k != HEADER_SUM}))
+    return _sha256(_canonical({k: v for k, v in meta.items() if k != _HEADER_SUM}))
 
 
-def files_checksum(files: Any) -> str | None:
+def _files_checksum(files: Any) -> str | None:
     """``sha256:<hex>`` over a generation's file records (None when there are none)."""
     if not isinstance(files, dict) or not files:
         return None
     return "sha256:" + _sha256(_canonical(files))
 
 
-def read_header(path: Path) -> dict[str, Any]:
+def _read_store_header(path: Path) -> dict[str, Any]:
     """``store.json`` checked for types (one-line FeatureStoreError otherwise)."""
     return _read_header(path)[0]
 
@@ -468,7 +491,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bool | None]:
     The file is read without following a symlink or blocking on a FIFO; its types are checked
     here, its digest by the caller once the more specific checks have had their say."""
     try:
-        raw = read_regular(path, STORE_JSON, MAX_HEADER_BYTES)
+        raw = read_regular(path, STORE_JSON, _MAX_HEADER_BYTES)
         meta = json.loads(raw.decode("utf-8"))
     except FileNotFoundError as exc:
         raise FeatureStoreError(f"{path}: unreadable store header (no such file)") from exc
@@ -480,23 +503,23 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bool | None]:
     if not isinstance(meta, dict):
         raise FeatureStoreError(f"{path}: store header must be a JSON object; got {type(meta).__name__}")
     ok: bool | None = None
-    if HEADER_SUM in meta:
+    if _HEADER_SUM in meta:
         try:
-            ok = meta[HEADER_SUM] == header_digest(meta)
+            ok = meta[_HEADER_SUM] == _header_digest(meta)
         except (TypeError, ValueError, RecursionError):
             ok = False
-    if meta.get("format") != STORE_FORMAT:
+    if meta.get("format") != _STORE_FORMAT:
         raise FeatureStoreError(f"{path}: not a varsitysrch feature store")
     version = _int(meta, "version", path, 1)
-    if version > STORE_VERSION:
+    if version > _STORE_VERSION:
         raise FeatureStoreError(
             f"{path}: store format version {version} is newer than this library "
-            f"understands ({STORE_VERSION}); upgrade varsitysrch"
+            f"understands ({_STORE_VERSION}); upgrade varsitysrch"
         )
     _int(meta, "count", path, 0)
     dim = _int(meta, "dim", path, 0)
-    if meta.get("dtype", "float32") not in DTYPES:
-        raise FeatureStoreError(f"{path}: dtype must be one of {DTYPES}; got {meta.get('dtype')!r}")
+    if meta.get("dtype", "float32") not in _DTYPES:
+        raise FeatureStoreError(f"{path}: dtype must be one of {_DTYPES}; got {meta.get('dtype')!r}")
     meta.setdefault("dtype", "float32")
     ex = meta.get("extractor", {})
     if not isinstance(ex, dict):
@@ -517,11 +540,11 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bool | None]:
             raise FeatureStoreError(f"{path}: {key!r} must be a string (a folder); got {meta[key]!r}")
     if version < 2:  # checksums belong to a generation: a format-1 store has none
         ok = None
-        meta.pop(FILES, None)
-    files = meta.get(FILES)
+        meta.pop(_FILES, None)
+    files = meta.get(_FILES)
     if files is not None and not _good_files(files):
         raise FeatureStoreError(
-            f"{path}: {FILES!r} must map {VECTORS} and {IDS} (and optionally {COLOUR_NPY} with "
+            f"{path}: {_FILES!r} must map {_VECTORS} and {_IDS} (and optionally {COLOUR_NPY} with "
             f"{PLAIN_NPY}) to their size and sha256; got {files!r}"[:300]
         )
     if files is not None and COLOUR_NPY in files:
@@ -543,7 +566,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _good_files(files: Any) -> bool:
-    if not isinstance(files, dict) or not {VECTORS, IDS} <= set(files) <= {VECTORS, IDS, *SIDE_FILES}:
+    if not isinstance(files, dict) or not {_VECTORS, _IDS} <= set(files) <= {_VECTORS, _IDS, *_SIDE_FILES}:
         return False
     if (COLOUR_NPY in files) != (PLAIN_NPY in files):
         return False
@@ -559,7 +582,7 @@ def _good_files(files: Any) -> bool:
 
 
 def _vectors_bytes(meta: dict[str, Any]) -> int:
-    """Size of a generation's vectors.npy as written by :func:`write_vectors_file` (header + rows)."""
+    """Size of a generation's vectors.npy as written by :func:`_write_vectors_file` (header + rows)."""
     shape = (int(meta["count"]), int(meta["dim"]))
     buf = io.BytesIO()
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(meta["dtype"])), "fortran_order": False}
@@ -581,7 +604,7 @@ def _verify_file(path: Path, files: dict[str, Any], name: str, size: int, digest
         )
 
 
-def _check_generation_folder(paths: StorePaths) -> None:
+def _check_generation_folder(paths: _StorePaths) -> None:
     """The generation ``store.json`` names must be a real folder (not a symlink to one)."""
     if paths.generation is None:
         return
@@ -594,16 +617,16 @@ def _check_generation_folder(paths: StorePaths) -> None:
         )
 
 
-def _paths(folder: Path, meta: dict[str, Any]) -> StorePaths:
+def _paths(folder: Path, meta: dict[str, Any]) -> _StorePaths:
     gen = meta.get("generation") if meta.get("version", 1) >= 2 else None
     base = folder / gen if gen else folder
-    return StorePaths(folder, folder / STORE_JSON, base / VECTORS, base / IDS, gen)
+    return _StorePaths(folder, folder / STORE_JSON, base / _VECTORS, base / _IDS, gen)
 
 
-def store_paths(folder: str | os.PathLike[str]) -> StorePaths:
+def store_paths(folder: str | os.PathLike[str]) -> _StorePaths:
     """The live files of the store in ``folder`` (as ``store.json`` names them)."""
     folder = Path(folder)
-    return _paths(folder, read_header(folder / STORE_JSON))
+    return _paths(folder, _read_store_header(folder / STORE_JSON))
 
 
 def _load_vectors(
@@ -615,7 +638,7 @@ def _load_vectors(
     The file is opened once (a concurrent commit may unlink it; the open file stays valid),
     without following a symlink or blocking on a FIFO.
     """
-    return _load_matrix(path, VECTORS, (int(meta["count"]), int(meta["dim"])), meta["dtype"], mmap, digest)
+    return _load_matrix(path, _VECTORS, (int(meta["count"]), int(meta["dim"])), meta["dtype"], mmap, digest)
 
 
 def _load_matrix(
@@ -629,7 +652,7 @@ def _load_matrix(
         raise
     except OSError as exc:
         raise FeatureStoreError(f"{path}: unreadable {name} ({exc.strerror or exc})") from exc
-    what = "vectors" if name == VECTORS else name
+    what = "vectors" if name == _VECTORS else name
     with f:
         try:
             version = np.lib.format.read_magic(f)
@@ -644,9 +667,9 @@ def _load_matrix(
         except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise FeatureStoreError(f"{path}: unreadable {what} ({why})") from None
-        allowed = DTYPES if name == VECTORS else (want_dtype,)
+        allowed = _DTYPES if name == _VECTORS else (want_dtype,)
         if not isinstance(dt, np.dtype) or dt.name not in allowed or dt.byteorder == ">" or fortran:
-            kinds = "float32/float16" if name == VECTORS else want_dtype
+            kinds = "float32/float16" if name == _VECTORS else want_dtype
             raise FeatureStoreError(f"{path}: {what} must be little-endian {kinds} rows; got {dt}")
         if dt.name != want_dtype:
             raise FeatureStoreError(f"{path}: {what} are {dt.name}, header says {want_dtype}")
@@ -681,7 +704,7 @@ def _side_bytes(rows: int, cols: int, dtype: str) -> int:
 
 
 def _load_side(
-    paths: StorePaths, meta: dict[str, Any], files: dict[str, Any] | None, *, mmap: bool
+    paths: _StorePaths, meta: dict[str, Any], files: dict[str, Any] | None, *, mmap: bool
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The generation's colour rows ``(colour, plain)``, checked against their records (sizes always,
     sha256 always: they are small), or ``(None, None)`` for a store without them."""
@@ -692,12 +715,12 @@ def _load_side(
     out: list[np.ndarray] = []
     for name, cols in ((COLOUR_NPY, d), (PLAIN_NPY, 1)):
         try:
-            arr, sha = _load_matrix(gdir / name, name, (n, cols), SIDE_DTYPES[name], mmap, True)
+            arr, sha = _load_matrix(gdir / name, name, (n, cols), _SIDE_DTYPES[name], mmap, True)
         except FileNotFoundError as exc:
-            if read_header(paths.header).get("generation") != paths.generation:
+            if _read_store_header(paths.header).get("generation") != paths.generation:
                 raise _Moved from exc
             raise FeatureStoreError(f"{exc.filename}: missing from the feature store") from exc
-        _verify_file(gdir / name, files, name, _side_bytes(n, cols, SIDE_DTYPES[name]), sha)
+        _verify_file(gdir / name, files, name, _side_bytes(n, cols, _SIDE_DTYPES[name]), sha)
         out.append(arr)
     colour, plain = out
     if len(plain) and int(np.max(plain)) > 1:
@@ -709,9 +732,9 @@ def _check_side(side: dict[str, np.ndarray] | None, n: int) -> dict[str, np.ndar
     """The colour rows handed to :func:`commit`: both files or none, ``n`` rows each, finite."""
     if not side:
         return {}
-    if set(side) != set(SIDE_FILES):
-        raise FeatureStoreError(f"colour rows must be given as {SIDE_FILES}; got {sorted(side)}")
-    out = {name: np.ascontiguousarray(side[name], SIDE_DTYPES[name]) for name in SIDE_FILES}
+    if set(side) != set(_SIDE_FILES):
+        raise FeatureStoreError(f"colour rows must be given as {_SIDE_FILES}; got {sorted(side)}")
+    out = {name: np.ascontiguousarray(side[name], _SIDE_DTYPES[name]) for name in _SIDE_FILES}
     for name, arr in out.items():
         if arr.ndim != 2 or len(arr) != n:
             raise FeatureStoreError(f"{name}: shape {arr.shape} for a store of {n} images")
@@ -722,13 +745,13 @@ def _check_side(side: dict[str, np.ndarray] | None, n: int) -> dict[str, np.ndar
     return out
 
 
-def check_rows(X: np.ndarray, what: str, chunk: int = 8192) -> None:
-    """Every row finite and of unit L2 norm (within :data:`NORM_TOLERANCE`), in chunks."""
+def _check_rows(X: np.ndarray, what: str, chunk: int = 8192) -> None:
+    """Every row finite and of unit L2 norm (within :data:`_NORM_TOLERANCE`), in chunks."""
     for s in range(0, len(X), chunk):
         block = np.asarray(X[s : s + chunk], np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
             norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > _NORM_TOLERANCE)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             finite = bool(np.isfinite(block[i]).all())
@@ -739,7 +762,7 @@ def check_rows(X: np.ndarray, what: str, chunk: int = 8192) -> None:
             )
 
 
-def check_ids(ids: list[str], where: str) -> None:
+def _check_ids(ids: list[str], where: str) -> None:
     seen: set[str] = set()
     for n, rel in enumerate(ids):
         _check_id(rel, f"{where}, row {n + 1}")
@@ -756,7 +779,7 @@ def _check_id(rel: str, where: str) -> None:
 def _read_ids_bytes(path: Path, count: int) -> bytes:
     """The raw ids table of a store of ``count`` images (no symlink, no FIFO, bounded size)."""
     try:
-        return read_regular(path, IDS, 4096 + (count + 1) * _ID_ROW_BYTES)
+        return read_regular(path, _IDS, 4096 + (count + 1) * _ID_ROW_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -767,18 +790,7 @@ def _read_ids_bytes(path: Path, count: int) -> bytes:
 _INT = re.compile(r"-?[0-9]{1,20}")
 
 
-def read_id_table(path: Path) -> tuple[list[str], tuple[list[int], list[int], list[int], list[int]]]:
-    """``(ids, (sizes, mtimes, inodes, ctimes))`` of an ids table; every row checked."""
-    try:
-        raw = read_regular(path, IDS)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise FeatureStoreError(f"{path}: unreadable ids table ({exc.strerror or exc})") from None
-    return parse_id_table(raw, path)
-
-
-def parse_id_table(
+def _parse_id_table(
     raw: bytes, path: Path
 ) -> tuple[list[str], tuple[list[int], list[int], list[int], list[int]]]:
     """The ids table in ``raw`` (the bytes of ``path``): every row and cell checked."""
@@ -860,11 +872,11 @@ def store_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         return
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(folder / LOCK, flags, 0o644)
+        fd = os.open(folder / _LOCK, flags, 0o644)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(folder / LOCK):
+        if exc.errno == errno.ELOOP or os.path.islink(folder / _LOCK):
             raise FeatureStoreError(
-                f"cannot lock the feature store {str(folder)!r}: {folder / LOCK} is a symbolic link "
+                f"cannot lock the feature store {str(folder)!r}: {folder / _LOCK} is a symbolic link "
                 "(varsitysrch never writes through one); remove it and retry"
             ) from None
         raise os_error(exc, f"cannot lock the feature store {str(folder)!r}") from exc
@@ -872,7 +884,7 @@ def store_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise FeatureStoreError(
-                f"cannot lock the feature store {str(folder)!r}: {folder / LOCK} is a {file_kind(mode)}, "
+                f"cannot lock the feature store {str(folder)!r}: {folder / _LOCK} is a {file_kind(mode)}, "
                 "not the regular file varsitysrch writes; remove it and retry"
             )
         try:
@@ -925,11 +937,11 @@ def log_skip(rel: str, reason: str) -> None:
     """The one place a file left out of a catalogue is reported (logger ``varsitysrch.skipped``,
     WARNING): a front end may silence that logger and print the count instead (each run's
     result and ``skipped.csv`` keep every file and reason)."""
-    SKIP_LOG.warning("skipped %s: %s", rel, reason)
+    _SKIP_LOG.warning("skipped %s: %s", rel, reason)
 
 
 #: the logger of per-file skip warnings (:func:`log_skip`)
-SKIP_LOG = logging.getLogger("varsitysrch.skipped")
+_SKIP_LOG = logging.getLogger("varsitysrch.skipped")
 
 
 # ---------------------------------------------------------------------- commit and recovery
@@ -946,7 +958,7 @@ def new_token() -> str:
     return f"{time.time_ns():016x}-{secrets.token_hex(4)}"
 
 
-def check_entries(folder: Path) -> None:
+def _check_entries(folder: Path) -> None:
     """Refuse a store folder whose own names exist as something else than what we write there:
     a symlink, FIFO, device or socket in place of ``store.json``, ``parts/``, ``colour/``, ...
     (a writer must never follow one or replace it)."""
@@ -970,15 +982,15 @@ def recover(folder: Path) -> None:
 
     Only names of our exact patterns are removed, and a generation folder only when it carries
     our marker (or is empty) and holds nothing but our files: whatever else is in the folder
-    stays.  A store whose own names are not what we write there is refused (:func:`check_entries`).
+    stays.  A store whose own names are not what we write there is refused (:func:`_check_entries`).
     """
     if not folder.is_dir():
         return
-    check_entries(folder)
+    _check_entries(folder)
     live: str | None = None
     if os.path.lexists(folder / STORE_JSON):
         try:
-            meta = read_header(folder / STORE_JSON)
+            meta = _read_store_header(folder / STORE_JSON)
             live = meta.get("generation") if meta["version"] >= 2 else None
         except FeatureStoreError:
             return  # a damaged store: touch nothing
@@ -1007,11 +1019,11 @@ def remove_generation(gdir: Path, *, require_marker: bool) -> bool:
         names = os.listdir(gdir)
     except OSError:
         return False
-    if require_marker and names and MARKER not in names:
-        log.info("leaving %s: not a generation folder varsitysrch wrote (no %s)", gdir, MARKER)
+    if require_marker and names and _MARKER not in names:
+        log.info("leaving %s: not a generation folder varsitysrch wrote (no %s)", gdir, _MARKER)
         return False
     strangers = [
-        n for n in names if n not in (VECTORS, IDS, MARKER, *SIDE_FILES) and not _GEN_TMP.fullmatch(n)
+        n for n in names if n not in (_VECTORS, _IDS, _MARKER, *_SIDE_FILES) and not _GEN_TMP.fullmatch(n)
     ]
     if strangers:
         log.warning("leaving %s: it holds files varsitysrch did not write (%s)", gdir, strangers[0])
@@ -1029,7 +1041,7 @@ def remove_generation(gdir: Path, *, require_marker: bool) -> bool:
 
 def _link_compat(folder: Path, gdir: Path) -> None:
     """Top-level ``vectors.npy``/``ids.csv`` as hard links to the live generation (best effort)."""
-    for name in (VECTORS, IDS):
+    for name in (_VECTORS, _IDS):
         src, dst = gdir / name, folder / name
         try:
             if dst.exists() and os.path.samefile(src, dst):
@@ -1043,7 +1055,7 @@ def _link_compat(folder: Path, gdir: Path) -> None:
                 tmp.unlink()
 
 
-def write_vectors_file(
+def _write_vectors_file(
     path: Path, n: int, dim: int, dtype: str, chunks: Iterable[np.ndarray]
 ) -> tuple[int, str]:
     """A ``.npy`` of ``n`` rows from ``chunks``: space reserved first, plain writes (no mmap), fsync.
@@ -1082,7 +1094,7 @@ def write_vectors_file(
         return f.tell(), h.hexdigest()
 
 
-def file_record(path: Path) -> dict[str, Any]:
+def _file_record(path: Path) -> dict[str, Any]:
     """``{"bytes", "sha256"}`` of a regular file (read without following a symlink)."""
     with os.fdopen(open_regular(path, path.name), "rb") as f:
         return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
@@ -1096,12 +1108,12 @@ def write_header(
     ``files``: the generation's records (computed from its files when None or malformed)."""
     if files is None or not _good_files(files):
         gdir = folder / generation
-        files = {VECTORS: file_record(gdir / VECTORS), IDS: file_record(gdir / IDS)}
-        if all((gdir / name).exists() for name in SIDE_FILES):
-            files.update({name: file_record(gdir / name) for name in SIDE_FILES})
-    meta = {**header, "generation": generation, FILES: files}
-    meta.pop(HEADER_SUM, None)
-    meta[HEADER_SUM] = header_digest(meta)
+        files = {_VECTORS: _file_record(gdir / _VECTORS), _IDS: _file_record(gdir / _IDS)}
+        if all((gdir / name).exists() for name in _SIDE_FILES):
+            files.update({name: _file_record(gdir / name) for name in _SIDE_FILES})
+    meta = {**header, "generation": generation, _FILES: files}
+    meta.pop(_HEADER_SUM, None)
+    meta[_HEADER_SUM] = _header_digest(meta)
     write_json(folder / STORE_JSON, meta)
 
 
@@ -1131,30 +1143,30 @@ def commit(
     Returns the generation name.  On any failure the generation is removed and the
     previous store is untouched; an OSError becomes a one-line FeatureStoreError.
     """
-    check_entries(folder)
+    _check_entries(folder)
     previous: str | None = None
     with contextlib.suppress(FeatureStoreError):
         if os.path.lexists(folder / STORE_JSON):
-            previous = read_header(folder / STORE_JSON).get("generation")
+            previous = _read_store_header(folder / STORE_JSON).get("generation")
     gen = f"g-{new_token()}"
     gdir = folder / gen
     n, dim, dtype = int(header["count"]), int(header["dim"]), str(header["dtype"])
     try:
         folder.mkdir(parents=True, exist_ok=True)
         gdir.mkdir()
-        fd = os.open(gdir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(gdir / _MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, MARKER_TEXT)
+            os.write(fd, _MARKER_TEXT)
         finally:
             os.close(fd)
         _step("vectors")
-        vbytes, vsha = write_vectors_file(gdir / VECTORS, n, dim, dtype, chunks)
+        vbytes, vsha = _write_vectors_file(gdir / _VECTORS, n, dim, dtype, chunks)
         _step("ids")
-        write_csv(gdir / IDS, list(ID_COLUMNS), ((rel, *st) for rel, st in zip(ids, stamps, strict=True)))
-        files = {VECTORS: {"bytes": vbytes, "sha256": vsha}, IDS: file_record(gdir / IDS)}
+        write_csv(gdir / _IDS, list(ID_COLUMNS), ((rel, *st) for rel, st in zip(ids, stamps, strict=True)))
+        files = {_VECTORS: {"bytes": vbytes, "sha256": vsha}, _IDS: _file_record(gdir / _IDS)}
         for name, arr in _check_side(side, n).items():
             _step(name)
-            sbytes, ssha = write_vectors_file(gdir / name, n, arr.shape[1], SIDE_DTYPES[name], [arr])
+            sbytes, ssha = _write_vectors_file(gdir / name, n, arr.shape[1], _SIDE_DTYPES[name], [arr])
             files[name] = {"bytes": sbytes, "sha256": ssha}
         _fsync_dir(gdir)
         _step("header")

@@ -25,6 +25,9 @@ import numpy as np
 
 from ._errors import ModelFileError, strip_reprs
 
+__all__ = ["load_torch_state_dict"]
+
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 _STORAGE_DTYPES: dict[str, np.dtype[Any]] = {
