@@ -14,11 +14,11 @@ from varsitysrch import InvalidArgumentError
 from varsitysrch._evaluate import (
     EvalConfig,
     EvalReport,
-    average_precision_at_k,
+    _average_precision_at_k,
+    _precision_at_k,
+    _read_labels,
+    _recall_against,
     evaluate,
-    precision_at_k,
-    read_labels,
-    recall_against,
 )
 from varsitysrch._store import FeatureStore
 
@@ -36,17 +36,17 @@ def test_precision_and_average_precision_by_hand() -> None:
         bool,
     )
     R = np.array([3, 1, 5, 10])
-    np.testing.assert_allclose(precision_at_k(rel, 4), [0.5, 0.25, 0.0, 1.0])
-    np.testing.assert_allclose(average_precision_at_k(rel, R, 4), [(1 + 2 / 3) / 3, 0.5, 0.0, 1.0])
+    np.testing.assert_allclose(_precision_at_k(rel, 4), [0.5, 0.25, 0.0, 1.0])
+    np.testing.assert_allclose(_average_precision_at_k(rel, R, 4), [(1 + 2 / 3) / 3, 0.5, 0.0, 1.0])
     # fewer than k results count as misses; R = 0 gives AP 0 (not NaN)
     short = np.array([[1, 1]], bool)
-    assert precision_at_k(short, 4)[0] == pytest.approx(0.5)
-    assert average_precision_at_k(short, np.array([4]), 4)[0] == pytest.approx(0.5)
-    assert average_precision_at_k(np.array([[0, 0]], bool), np.array([0]), 2)[0] == 0.0
+    assert _precision_at_k(short, 4)[0] == pytest.approx(0.5)
+    assert _average_precision_at_k(short, np.array([4]), 4)[0] == pytest.approx(0.5)
+    assert _average_precision_at_k(np.array([[0, 0]], bool), np.array([0]), 2)[0] == 0.0
 
 
 def test_recall_against_reference() -> None:
-    got = recall_against([[1, 2, 3], [4, 5, 6]], [[3, 2, 9], [4, 5, 6]], 3)
+    got = _recall_against([[1, 2, 3], [4, 5, 6]], [[3, 2, 9], [4, 5, 6]], 3)
     np.testing.assert_allclose(got, [2 / 3, 1.0])
 
 
@@ -126,9 +126,9 @@ def test_groups_are_neither_results_nor_relevant(hand_store: Path, tmp_path: Pat
 def test_read_labels_accepts_header_or_positional(tmp_path: Path) -> None:
     p = tmp_path / "l.csv"
     p.write_text("path,label,split\nx/1.jpg,shirt,train\n", encoding="utf-8")
-    assert read_labels(p) == ({"x/1.jpg": "shirt"}, {})
+    assert _read_labels(p) == ({"x/1.jpg": "shirt"}, {})
     p.write_text("x/1.jpg,shirt,g7\ny.jpg,hat\n", encoding="utf-8")
-    assert read_labels(p) == ({"x/1.jpg": "shirt", "y.jpg": "hat"}, {"x/1.jpg": "g7"})
+    assert _read_labels(p) == ({"x/1.jpg": "shirt", "y.jpg": "hat"}, {"x/1.jpg": "g7"})
 
 
 # ------------------------------------------------------------------ real features of generated images

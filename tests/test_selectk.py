@@ -1,4 +1,4 @@
-"""Choosing k: get_optimal_num_clusters / choose_k on generated blobs with known answers."""
+"""Choosing k: get_optimal_num_clusters / _choose_k on generated blobs with known answers."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from varsitysrch import _selectk
 from varsitysrch._errors import InvalidArgumentError
 from varsitysrch._pca import apply_pca, fit_pca
 from varsitysrch._selectk import (
-    DEFAULT_PLOT,
-    SIL_DIMS,
-    SIL_TIE,
-    SIL_WEAK,
+    _DEFAULT_PLOT,
+    _SIL_DIMS,
+    _SIL_TIE,
+    _SIL_WEAK,
     KSelection,
+    _choose_k,
     _chord_knee,
     _recommend,
     _scores,
-    choose_k,
     get_optimal_num_clusters,
 )
 from varsitysrch._store import FeatureStore
@@ -68,7 +68,7 @@ def results() -> dict[str, tuple[KSelection, np.ndarray]]:
     out = {}
     for name, (make, _k, kmax, nc) in CONFIGS.items():
         X = make()
-        out[name] = (choose_k(X, kmax, nc, **FAST), X)  # type: ignore[arg-type]
+        out[name] = (_choose_k(X, kmax, nc, **FAST), X)  # type: ignore[arg-type]
     return out
 
 
@@ -93,8 +93,8 @@ def test_recommends_the_true_number_of_blobs(
 
 def test_fast_matches_exhaustive() -> None:
     X = blobs(0, 32, 6, 2.0, 6, sizes=[60, 120, 150, 200, 250, 400])
-    fast = choose_k(X, 10, method="fast", sample_size=300, **FAST)  # type: ignore[arg-type]
-    ex = choose_k(X, 10, method="exhaustive", **FAST)  # type: ignore[arg-type]
+    fast = _choose_k(X, 10, method="fast", sample_size=300, **FAST)  # type: ignore[arg-type]
+    ex = _choose_k(X, 10, method="exhaustive", **FAST)  # type: ignore[arg-type]
     assert fast.recommended_k == ex.recommended_k == 6
     assert ex.silhouette_sample == len(X) and fast.silhouette_sample == 300
     assert ex.confirmed_ks == ()
@@ -129,16 +129,16 @@ def test_silhouette_and_davies_bouldin_are_sklearns(monkeypatch: pytest.MonkeyPa
 
 def test_exhaustive_scores_equal_sklearn_on_the_true_clustering() -> None:
     """On clean blobs the clustering at the true k is unique: every score must be sklearn's, in the
-    score space (the top SIL_DIMS principal directions, rows re-normalised)."""
+    score space (the top _SIL_DIMS principal directions, rows re-normalised)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import davies_bouldin_score, silhouette_score
 
     X = blobs(0, 32, 6, 2.0, 6, sizes=[60, 120, 150, 200, 250, 400])
-    r = choose_k(X, 8, method="exhaustive", retrieval=False, show_progress=False)
-    assert r.score_dims == SIL_DIMS == 16
+    r = _choose_k(X, 8, method="exhaustive", retrieval=False, show_progress=False)
+    assert r.score_dims == _SIL_DIMS == 16
     i = r.ks.index(6)
     km = KMeans(6, n_init=5, random_state=1).fit(X)
-    Zs = apply_pca(X, *fit_pca(X, SIL_DIMS, random_state=0))
+    Zs = apply_pca(X, *fit_pca(X, _SIL_DIMS, random_state=0))
     assert r.silhouette[i] == pytest.approx(silhouette_score(Zs, km.labels_), abs=2e-5)
     assert r.davies_bouldin[i] == pytest.approx(davies_bouldin_score(Zs, km.labels_), rel=1e-5)
     assert r.inertia[i] == pytest.approx(km.inertia_, rel=1e-4)  # the inertia stays in the analysis space
@@ -148,7 +148,7 @@ def test_the_recommendation_rule() -> None:
     ks = list(range(2, 9))
     # a clear best silhouette wins, wherever the knee is
     c = _recommend(ks, np.array([0.2, 0.3, 0.5, 0.35, 0.3, 0.25, 0.2]), knee=6)
-    assert (c.best_k, c.recommended_k, c.tied_ks, c.tie_band) == (4, 4, (4,), SIL_TIE)
+    assert (c.best_k, c.recommended_k, c.tied_ks, c.tie_band) == (4, 4, (4,), _SIL_TIE)
     # practically tied (within 0.002): the one nearest the knee
     c = _recommend(ks, np.array([0.2, 0.3, 0.5, 0.4995, 0.3, 0.25, 0.2]), knee=6)
     assert (c.best_k, c.recommended_k) == (4, 5) and "[4, 5]" in c.rule and "knee" in c.rule
@@ -169,9 +169,9 @@ def test_the_tie_band_is_the_standard_error_of_the_best_silhouette() -> None:
     c = _recommend(ks, sil, knee=7, se=se)
     assert c.tie_band == 0.010 and c.tied_ks == (4, 5, 6) and c.recommended_k == 6
     assert "within 0.010 of it (its standard error): [4, 5, 6]" in c.rule
-    # a small standard error (many images) never narrows the band below SIL_TIE
+    # a small standard error (many images) never narrows the band below _SIL_TIE
     c = _recommend(ks, sil, knee=7, se=np.full(7, 0.0004))
-    assert c.tie_band == SIL_TIE and c.tied_ks == (4,) and c.recommended_k == 4
+    assert c.tie_band == _SIL_TIE and c.tied_ks == (4,) and c.recommended_k == 4
 
 
 def test_decisions_and_messages_use_the_same_rounded_numbers() -> None:
@@ -183,16 +183,16 @@ def test_decisions_and_messages_use_the_same_rounded_numbers() -> None:
     # unrounded range 0.0198 < 0.02, printed 0.070 - 0.050 = 0.020: not flat, and not said to be
     c = _recommend(ks, np.array([0.0502, 0.0699, 0.055, 0.058, 0.052, 0.06, 0.051]), knee=5)
     assert "flat" not in c.rule and c.recommended_k == 3
-    r = choose_k(blobs(300, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
+    r = _choose_k(blobs(300, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
     for best in np.arange(0.2440, 0.2560, 0.0001):
         sil = np.array([best - 0.05, best, best - 0.03, best - 0.04, best - 0.06, best - 0.07, best - 0.08])
         shown = f"{best:.3f}"
-        weak = float(shown) < SIL_WEAK
+        weak = float(shown) < _SIL_WEAK
         for n_images in (None, 1000):  # without and with the catalogue-size floor
             c = _recommend(ks, sil, knee=3, n_images=n_images)
             assert ("weak cluster structure" in c.rule) == weak, (shown, c.rule)
             if weak:
-                assert f"the best silhouette {shown}" in c.rule and f"is below {SIL_WEAK}" in c.rule
+                assert f"the best silhouette {shown}" in c.rule and f"is below {_SIL_WEAK}" in c.rule
             else:
                 assert f"{shown} is below" not in c.rule
             w = _selectk.dataclasses.replace(r, silhouette=tuple(sil), rule=c.rule)
@@ -203,7 +203,7 @@ def test_decisions_and_messages_use_the_same_rounded_numbers() -> None:
 def test_one_explanation_everywhere(results: dict[str, tuple[KSelection, np.ndarray]]) -> None:
     """str(), summary(), the plot's caption and the JSON all carry ``explanation``, weak note included."""
     X = np.random.default_rng(1).standard_normal((400, 16)).astype(np.float32)
-    for r in (results["3 blobs, 8 dims"][0], choose_k(X, 8, **FAST)):  # type: ignore[arg-type]
+    for r in (results["3 blobs, 8 dims"][0], _choose_k(X, 8, **FAST)):  # type: ignore[arg-type]
         line = r.explanation
         assert "\n" not in line and line.startswith(f"k={r.recommended_k}: {r.rule}")
         assert ("weak cluster structure" in line) == r.weak_structure
@@ -239,12 +239,12 @@ def test_plot_explains_the_recommendation(
     assert "silhouette" in sil_ax.get_title().lower()
     assert "inertia" in inertia_ax.get_title().lower()
     assert "recall@10" in ret_ax.get_ylabel() and "scanned" in ret_ax.get_xlabel()
-    # the tie band is a shaded horizontal span [best - SIL_TIE, best] in the silhouette panel
+    # the tie band is a shaded horizontal span [best - _SIL_TIE, best] in the silhouette panel
     best = max(r.silhouette)
     spans = [p for p in sil_ax.patches if p.get_label().startswith("tie band")]
     assert len(spans) == 1
     ys = spans[0].get_path().transformed(spans[0].get_patch_transform()).vertices[:, 1]
-    assert min(ys) == pytest.approx(best - SIL_TIE) and max(ys) == pytest.approx(best)
+    assert min(ys) == pytest.approx(best - _SIL_TIE) and max(ys) == pytest.approx(best)
     # the recommended k is marked in the silhouette panel, the knee in the inertia panel
     rec = [ln for ln in sil_ax.lines if ln.get_label() == f"recommended k={r.recommended_k}"]
     assert rec and list(rec[0].get_xdata()) == [r.recommended_k]
@@ -279,14 +279,14 @@ def test_plot_without_retrieval_has_two_panels(results: dict[str, tuple[KSelecti
 
 def test_weak_structure_is_said_in_the_message_and_the_plot() -> None:
     X = np.random.default_rng(1).standard_normal((400, 16)).astype(np.float32)  # no clusters at all
-    r = choose_k(X, 8, **FAST)  # type: ignore[arg-type]
-    assert r.weak_structure and max(r.silhouette) < SIL_WEAK
+    r = _choose_k(X, 8, **FAST)  # type: ignore[arg-type]
+    assert r.weak_structure and max(r.silhouette) < _SIL_WEAK
     assert "weak cluster structure" in str(r) and "weak cluster structure" in r.summary()
     fig = r.plot()
     assert "weak structure" in _texts(fig)
     sil_ax = fig.axes[0]
     assert sil_ax.get_ylim()[0] == 0.0  # silhouettes > 0 here: the axis still starts at zero
-    strong, _X = choose_k(blobs(600, 8, 3, 1.0, 3), 6, **FAST), None  # type: ignore[arg-type]
+    strong, _X = _choose_k(blobs(600, 8, 3, 1.0, 3), 6, **FAST), None  # type: ignore[arg-type]
     assert not strong.weak_structure and "weak" not in str(strong)
 
 
@@ -360,8 +360,8 @@ def test_default_call_saves_the_plot_in_the_working_folder_and_says_so_in_one_li
     r = get_optimal_num_clusters(folder, 6)
     out, err = capsys.readouterr()
     assert r.recommended_k == 3
-    assert (work / DEFAULT_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert DEFAULT_PLOT == "optimal_clusters.png" and r.plot_path == Path(DEFAULT_PLOT)
+    assert (work / _DEFAULT_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _DEFAULT_PLOT == "optimal_clusters.png" and r.plot_path == Path(_DEFAULT_PLOT)
     lines = out.splitlines()
     assert len(lines) == 1 and lines[0] == str(r)
     assert lines[0].startswith("k=3: highest silhouette") and "knee" in lines[0]
@@ -393,7 +393,7 @@ def test_verbose_false_is_silent_but_logs(
         r = get_optimal_num_clusters(folder, 5, verbose=False, retrieval=False)
     assert capsys.readouterr() == ("", "")  # neither the line nor the progress bar
     assert str(r) in [rec.getMessage() for rec in caplog.records]
-    assert (tmp_path / DEFAULT_PLOT).exists()
+    assert (tmp_path / _DEFAULT_PLOT).exists()
 
 
 def test_the_originals_call_on_its_per_image_npy_folder(
@@ -497,20 +497,20 @@ def test_validation_names_parameter_and_value(kwargs: dict, pattern: str) -> Non
     X = blobs(40, 8, 2, 1.0, 0)
     args = {"max_clusters": 5, **kwargs}
     with pytest.raises(InvalidArgumentError, match=pattern):
-        choose_k(X, **args, show_progress=False)
+        _choose_k(X, **args, show_progress=False)
 
 
 def test_validation_of_the_matrix() -> None:
     with pytest.raises(InvalidArgumentError, match="2-D"):
-        choose_k(np.zeros(10), 2)
+        _choose_k(np.zeros(10), 2)
     with pytest.raises(InvalidArgumentError, match="at least 3 images"):
-        choose_k(np.eye(2, 4), 2)
+        _choose_k(np.eye(2, 4), 2)
     X = blobs(40, 8, 2, 1.0, 0)
     X[3, 2] = np.nan
     with pytest.raises(InvalidArgumentError, match="finite"):
-        choose_k(X, 3)
+        _choose_k(X, 3)
     with pytest.raises(ValueError):  # InvalidArgumentError is a ValueError too
-        choose_k(blobs(40, 8, 2, 1.0, 0), 40)
+        _choose_k(blobs(40, 8, 2, 1.0, 0), 40)
 
 
 def test_pca_helpers_are_deterministic_and_normalised() -> None:
@@ -540,13 +540,13 @@ def test_where_kneed_finds_no_knee_the_chord_rule_does(monkeypatch: pytest.Monke
             pass
 
     monkeypatch.setattr(kneed, "KneeLocator", NoKnee)
-    r = choose_k(blobs(600, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
+    r = _choose_k(blobs(600, 8, 3, 1.0, 3), 8, retrieval=False, **FAST)  # type: ignore[arg-type]
     assert r.knee_method == "chord" and r.knee_k == 3 and r.recommended_k == 3
 
 
 def test_show_outside_a_notebook_warns_and_returns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="varsitysrch._selectk"):
-        r = choose_k(blobs(300, 8, 3, 1.0, 3), 5, show=True, retrieval=False, **FAST)  # type: ignore[arg-type]
+        r = _choose_k(blobs(300, 8, 3, 1.0, 3), 5, show=True, retrieval=False, **FAST)  # type: ignore[arg-type]
     assert r.recommended_k == 3
     assert any("notebook" in rec.getMessage() for rec in caplog.records)
 
@@ -554,12 +554,12 @@ def test_show_outside_a_notebook_warns_and_returns(caplog: pytest.LogCaptureFixt
 def test_progress_bar_goes_to_stderr(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
+    _choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
     assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar (no log full of bars)
     monkeypatch.setenv("VARSITYSRCH_PROGRESS", "1")  # as on a terminal
-    choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
+    _choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=True)
     assert "choose k" in capsys.readouterr().err
-    choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=False)
+    _choose_k(blobs(300, 8, 3, 1.0, 3), 5, retrieval=False, show_progress=False)
     assert capsys.readouterr().err == ""
 
 
@@ -587,7 +587,7 @@ def test_headless_png_without_display_or_backend(tmp_path: Path) -> None:
         assert not heavy, heavy  # heavy imports happen inside the functions
         rng = np.random.default_rng(0)
         X = np.concatenate([rng.normal(c, 0.05, (100, 6)) for c in np.eye(6)[:3] * 3])
-        r = s.choose_k(X, 5, plot_path="k.png", show_progress=False)
+        r = s._choose_k(X, 5, plot_path="k.png", show_progress=False)
         print(r.recommended_k)
         s.get_optimal_num_clusters  # the store-folder entry point draws the same way
         assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
@@ -620,20 +620,20 @@ def test_ten_classes_in_two_groups_in_many_dims_give_ten(seed: int) -> None:
     """Issue 22: in 512 noisy dims the raw-space silhouette was highest at k=2 (the two groups) and the
     default recommended 2; scored in the top principal directions the ten classes stand out."""
     X = classes(30, 10, 512, 2, 3.0, 1.5, seed)
-    r = choose_k(X, 30, retrieval=False, **FAST)  # type: ignore[arg-type]
-    assert r.score_dims == SIL_DIMS and r.min_k == 2  # a clear structure: no catalogue-size floor
+    r = _choose_k(X, 30, retrieval=False, **FAST)  # type: ignore[arg-type]
+    assert r.score_dims == _SIL_DIMS and r.min_k == 2  # a clear structure: no catalogue-size floor
     assert r.recommended_k == r.best_silhouette_k == 10, r.explanation
-    assert r.best_silhouette >= _selectk.SIL_CLEAR
+    assert r.best_silhouette >= _selectk._SIL_CLEAR
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loose_groups_of_many_classes_are_not_two_clusters(seed: int) -> None:
     """Two loose groups of 24 classes (grocery: packages vs produce): the best silhouette, under 0.5, is
-    the split in two, useless for 1,200 images; from min_k_for(1,200) = 10 on, the 24 classes win."""
+    the split in two, useless for 1,200 images; from _min_k_for(1,200) = 10 on, the 24 classes win."""
     X = classes(50, 24, 256, 2, 1.0, 0.8, seed)
-    r = choose_k(X, 30, retrieval=False, **FAST)  # type: ignore[arg-type]
-    assert r.best_silhouette_k == 2 and r.best_silhouette < _selectk.SIL_CLEAR
-    assert r.min_k == _selectk.min_k_for(1200) == 10
+    r = _choose_k(X, 30, retrieval=False, **FAST)  # type: ignore[arg-type]
+    assert r.best_silhouette_k == 2 and r.best_silhouette < _selectk._SIL_CLEAR
+    assert r.min_k == _selectk._min_k_for(1200) == 10
     assert r.recommended_k == 24, r.explanation
     assert r.explanation.startswith(f"k=24: the best silhouette {r.best_silhouette:.3f} (k=2) is under 0.5")
 
@@ -641,12 +641,12 @@ def test_loose_groups_of_many_classes_are_not_two_clusters(seed: int) -> None:
 def test_min_k_for_keeps_the_search_within_twice_its_least_cost() -> None:
     """k + n/k distance computations per query: the floor is the first k within twice the least, 2 sqrt(n)."""
     for n in (3, 50, 300, 2640, 3781, 20_000, 1_000_000):
-        k = _selectk.min_k_for(n)
+        k = _selectk._min_k_for(n)
         least = 2 * np.sqrt(n)
         assert k + n / k <= 2 * least or k == 2
         if k > 2:
             assert (k - 1) + n / (k - 1) > 2 * least
-    assert [_selectk.min_k_for(n) for n in (300, 2640, 20_000)] == [5, 14, 38]
+    assert [_selectk._min_k_for(n) for n in (300, 2640, 20_000)] == [5, 14, 38]
     # a clear structure (best silhouette >= 0.5) is recommended whatever the catalogue size
     ks = list(range(2, 31))
     sil = np.array([0.7] + [0.3] * 28)
@@ -689,7 +689,7 @@ def test_the_clusters_do_not_depend_on_the_retrieval_scores() -> None:
     """retrieval=False used to skip a random draw, so the sweep's warm starts differed and, on weak
     structure, so could the recommendation; now only the retrieval panel differs."""
     X = classes(30, 10, 64, 1, 0.0, 1.0, 0)
-    a = choose_k(X, 12, retrieval=True, **FAST)  # type: ignore[arg-type]
-    b = choose_k(X, 12, retrieval=False, **FAST)  # type: ignore[arg-type]
+    a = _choose_k(X, 12, retrieval=True, **FAST)  # type: ignore[arg-type]
+    b = _choose_k(X, 12, retrieval=False, **FAST)  # type: ignore[arg-type]
     assert a.inertia == b.inertia and a.silhouette == b.silhouette
     assert a.recommended_k == b.recommended_k and a.rule == b.rule

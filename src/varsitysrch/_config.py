@@ -277,7 +277,7 @@ class ExtractOptions(_Settings):
 
 @dataclass(frozen=True)
 class ChooseKOptions(_Settings):
-    """How :func:`~varsitysrch.get_optimal_num_clusters` scores each k (see ``choose_k``).
+    """How :func:`~varsitysrch.get_optimal_num_clusters` scores each k (see ``_selectk._choose_k``).
 
     Attributes:
         method: ``"fast"`` (sampled sweep + confirmation) or ``"exhaustive"``.

@@ -99,16 +99,7 @@ from ._postprocess import (
 )
 from ._store import STORE_JSON, FeatureStore, normalize_rows
 
-__all__ = [
-    "DEFAULT_CONFIGS",
-    "EvalConfig",
-    "EvalReport",
-    "average_precision_at_k",
-    "evaluate",
-    "precision_at_k",
-    "read_labels",
-    "recall_against",
-]
+__all__ = ["DEFAULT_CONFIGS", "EvalConfig", "EvalReport", "evaluate"]
 
 log = logging.getLogger(__name__)
 
@@ -416,13 +407,13 @@ class EvalReport:
 
 
 # ====================================================================== metrics
-def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
+def _precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
     """``rel`` [q, >=k] booleans (missing results count as not relevant) -> P@k per query."""
     r = _pad(rel, k)
     return r.sum(1) / float(k)
 
 
-def average_precision_at_k(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+def _average_precision_at_k(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     """AP@k per query: ``sum_i P@i * rel_i / min(k, R)`` (0 when ``R == 0``)."""
     r = _pad(rel, k).astype(np.float64)
     prec = np.cumsum(r, axis=1) / np.arange(1, k + 1)
@@ -432,7 +423,7 @@ def average_precision_at_k(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> n
     return np.where(denom > 0, ap, 0.0)
 
 
-def recall_against(found: Sequence[Sequence[int]], reference: Sequence[Sequence[int]], k: int) -> np.ndarray:
+def _recall_against(found: Sequence[Sequence[int]], reference: Sequence[Sequence[int]], k: int) -> np.ndarray:
     """Overlap of each top-``k`` list with the reference top-``k`` list, divided by the reference length."""
     out = np.empty(len(found), np.float64)
     for i, (a, b) in enumerate(zip(found, reference, strict=True)):
@@ -451,7 +442,7 @@ def _pad(rel: np.ndarray, k: int) -> np.ndarray:
 
 
 # ====================================================================== labels
-def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, str]]:
+def _read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, str]]:
     """A CSV ``image,label[,group]`` (header optional; ``path`` or ``id`` accepted for ``image``)."""
     p = Path(path)
     if not p.is_file():
@@ -518,7 +509,7 @@ def _query_set(
     if not root.is_dir():
         raise InvalidArgumentError(f"queries_dir {str(root)!r} is not a folder")
     if queries_csv is not None:
-        qlabels, _ = read_labels(queries_csv)
+        qlabels, _ = _read_labels(queries_csv)
     else:
         qlabels = _folder_labels(list_images(root))
     base = root.resolve()
@@ -886,7 +877,7 @@ def _catalogue_labels(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Labels (restricted to ``common``) and groups, from the CSV or the sub-folder names."""
     if labels_csv is not None:
-        labels, groups = read_labels(labels_csv)
+        labels, groups = _read_labels(labels_csv)
     else:
         labels, groups = _folder_labels(ids), {}
     labels = {i: v for i, v in labels.items() if i in common}
@@ -1253,9 +1244,9 @@ def _row(
         lab = st.query_label[qi]
         for r, j in enumerate(lst[:top_k]):
             rel[qi, r] = st.cat_label[j] == lab
-    prec = precision_at_k(rel, top_k)
-    ap = average_precision_at_k(rel, st.n_relevant, top_k)
-    rec = recall_against(m.lists, m.exact_lists, top_k)
+    prec = _precision_at_k(rel, top_k)
+    ap = _average_precision_at_k(rel, st.n_relevant, top_k)
+    rec = _recall_against(m.lists, m.exact_lists, top_k)
     s50, s95 = _percentiles(m.times)
     e50 = e95 = None
     if m.emb is not None:

@@ -73,6 +73,8 @@ from ._store import (
     write_header,
 )
 
+__all__ = ["ExtractionResult", "check_folders", "extract_features"]
+
 log = logging.getLogger(__name__)
 
 #: the Compute fields extract_features uses (all of them)
@@ -82,18 +84,18 @@ _COMPUTE_USED = ("engine", "scheduler", "threads", "num_workers", "batch_size", 
 _EX_OPTS = frozenset({f.name for f in dataclasses.fields(Extractor)} - {"extra"} | {"weights"})
 
 #: the files of ``parts/`` (and the temporary files of their atomic writes): nothing else is removed
-PARTS_JSON = "parts.json"
+_PARTS_JSON = "parts.json"
 _PART = re.compile(rf"part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)")
 _PART_TMP = re.compile(rf"\.(?:part-{TOKEN}-[0-9]{{5}}\.(?:npy|csv)|parts\.json)\.[a-z0-9_]{{8}}\.tmp")
 #: the colour columns of a checkpoint part's rows, after the vector: the colour signature, then the
 #: plain-background flag (0/1)
-COLOUR_COLS = _colour.SIGNATURE_DIM + 1
+_COLOUR_COLS = _colour.SIGNATURE_DIM + 1
 #: automatic checkpoints are at least this many seconds apart (a kill loses at most about this
 #: much work; each checkpoint costs two fsyncs, tens of milliseconds on a busy disk)
-CHECKPOINT_MIN_SECONDS = 5.0
+_CHECKPOINT_MIN_SECONDS = 5.0
 #: lanes (threads, each with its own ONNX Runtime session and a batch in flight) when
 #: ``num_workers`` is not given: one per CPU, at most this many
-MAX_LANES = 8
+_MAX_LANES = 8
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def _decode_batch(
     return batch, ok, bad
 
 
-def iter_decoded(
+def _iter_decoded(
     root: Path, ids: Sequence[str], *, batch_size: int, size: int, resize: str, workers: int, prefetch: int
 ) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
     """Yield ``(ids_ok, uint8 batch, skipped)`` per batch, decoding ahead in threads (bounded)."""
@@ -189,9 +191,9 @@ def iter_decoded(
             yield ok_ids, np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8), bad_all
 
 
-def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarray]:
-    """One decode of a catalogue image -> ``(uint8 [size, size, 3] model input, float32 [COLOUR_COLS]
-    colour row)`` (:func:`decode_store_batch` does a batch, with one vectorised signature pass).
+def _decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarray]:
+    """One decode of a catalogue image -> ``(uint8 [size, size, 3] model input, float32 [_COLOUR_COLS]
+    colour row)`` (:func:`_decode_store_batch` does a batch, with one vectorised signature pass).
 
     The model input is exactly :func:`~varsitysrch._images.load_image`'s (JPEG draft decoding
     to the model's size, EXIF orientation, RGB): a query of the same file embeds the same.  The
@@ -200,7 +202,7 @@ def decode_for_store(path: Path, size: int, resize: str) -> tuple[np.ndarray, np
     plain-background flag (squashed to ``PLAIN_DECODE_SIZE`` px).
     """
     px, small, square = _decode_one(path, size, resize)
-    row = np.empty(COLOUR_COLS, np.float32)
+    row = np.empty(_COLOUR_COLS, np.float32)
     row[:-1] = _colour.colour_signatures(small[None])[0]
     row[-1] = float(_colour.plain_background(square))  # looked up at call time (tests count calls)
     return px, row
@@ -221,10 +223,10 @@ def _decode_one(path: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndar
     return whole, small, square
 
 
-def decode_store_batch(
+def _decode_store_batch(
     root: Path, ids: Sequence[str], size: int, resize: str
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """:func:`decode_for_store` of each image -> ``(ids decoded, uint8 pixels, float32 colour rows,
+    """:func:`_decode_for_store` of each image -> ``(ids decoded, uint8 pixels, float32 colour rows,
     skipped)``; a file that fails is skipped with its reason, never stops the batch."""
     ok: list[str] = []
     pixels: list[np.ndarray] = []
@@ -246,7 +248,7 @@ def decode_store_batch(
         smalls.append(small)
         plain.append(flag)
     P = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-    C = np.zeros((len(ok), COLOUR_COLS), np.float32)
+    C = np.zeros((len(ok), _COLOUR_COLS), np.float32)
     if ok:
         C[:, :-1] = _colour.colour_signatures(np.stack(smalls))
         C[:, -1] = plain
@@ -259,13 +261,13 @@ class _Done:
 
     ids: list[str]  #: decoded (and embedded) images, in the batch's order
     vectors: np.ndarray | None  #: float32 ``[n, dim]``; None for a colour-only batch
-    colour: np.ndarray  #: float32 ``[n, COLOUR_COLS]``
+    colour: np.ndarray  #: float32 ``[n, _COLOUR_COLS]``
     skipped: list[tuple[str, str]]
 
 
-def default_lanes(num_workers: int | None) -> int:
-    """Pipeline lanes: ``num_workers``, or one per CPU (at most :data:`MAX_LANES`)."""
-    return min(MAX_LANES, os.cpu_count() or 1) if num_workers is None else num_workers
+def _default_lanes(num_workers: int | None) -> int:
+    """Pipeline lanes: ``num_workers``, or one per CPU (at most :data:`_MAX_LANES`)."""
+    return min(_MAX_LANES, os.cpu_count() or 1) if num_workers is None else num_workers
 
 
 class _SessionPool:
@@ -273,7 +275,7 @@ class _SessionPool:
 
     A lane takes a session (or builds one: at most one per lane in use) and gives it back after
     each batch; the sessions of the most recent ``(extractor, threads)`` stay loaded (at most
-    :data:`MAX_LANES`), so repeated extractions and updates in one process do not rebuild them
+    :data:`_MAX_LANES`), so repeated extractions and updates in one process do not rebuild them
     (about 0.1 s of CPU each).  :func:`release_sessions` frees them.
     """
 
@@ -298,7 +300,7 @@ class _SessionPool:
         with self._lock:
             if self._key != key:
                 self._key, self._idle = key, []
-            if len(self._idle) < MAX_LANES:
+            if len(self._idle) < _MAX_LANES:
                 self._idle.append(emb)
 
     def release(self) -> None:
@@ -307,11 +309,6 @@ class _SessionPool:
 
 
 _SESSIONS = _SessionPool()
-
-
-def release_sessions() -> None:
-    """Free the ONNX Runtime sessions extraction keeps loaded between runs (see :class:`_SessionPool`)."""
-    _SESSIONS.release()
 
 
 def _lane_batches(
@@ -335,7 +332,7 @@ def _lane_batches(
     per = threads or max(1, cpus // max(1, workers))
 
     def run(chunk: Sequence[str], embed: bool) -> _Done:
-        ok, pixels, colour, bad = decode_store_batch(root, chunk, size, resize)
+        ok, pixels, colour, bad = _decode_store_batch(root, chunk, size, resize)
         if not embed:
             return _Done(ok, None, colour, bad)
         if not ok:
@@ -375,7 +372,7 @@ class _Parts:
     Each run names its parts with its own token, so parts of two runs can never be taken
     for one another; a part counts only when its ``.csv`` (written after its ``.npy``)
     and ``.npy`` agree.  A part's rows are the vector followed by the image's
-    :data:`COLOUR_COLS` colour columns (parts of older versions, without them, are re-embedded).
+    :data:`_COLOUR_COLS` colour columns (parts of older versions, without them, are re-embedded).
     Only the process holding the store lock touches ``parts/``.
     """
 
@@ -394,11 +391,11 @@ class _Parts:
         """
         out: dict[str, tuple[int, int, Stamp]] = {}
         self._arrays = {}
-        head = self.dir / PARTS_JSON
+        head = self.dir / _PARTS_JSON
         if not head.exists():
             return out
         try:
-            meta = json.loads(read_regular(head, PARTS_JSON, 2**20).decode("utf-8"))
+            meta = json.loads(read_regular(head, _PARTS_JSON, 2**20).decode("utf-8"))
             if not isinstance(meta, dict) or not self.extractor.compatible_with(meta.get("extractor", {})):
                 log.info("discarding checkpoints made with another extractor")
                 self.clear()
@@ -416,7 +413,7 @@ class _Parts:
                 if (
                     X.ndim != 2
                     or len(rows) != len(X)
-                    or X.shape[1] != self.extractor.dim + COLOUR_COLS
+                    or X.shape[1] != self.extractor.dim + _COLOUR_COLS
                     or X.dtype.name not in ("float32", "float16")
                 ):
                     continue
@@ -442,8 +439,8 @@ class _Parts:
         mode = os.lstat(self.dir).st_mode  # never write checkpoints through a symlink
         if not stat.S_ISDIR(mode):
             raise FeatureStoreError(f"{self.dir} is not a folder varsitysrch made (a symlink?); remove it")
-        if not (self.dir / PARTS_JSON).exists():
-            write_json(self.dir / PARTS_JSON, {"extractor": self.extractor.identity()})
+        if not (self.dir / _PARTS_JSON).exists():
+            write_json(self.dir / _PARTS_JSON, {"extractor": self.extractor.identity()})
         stem = self.dir / f"part-{self.run}-{self.n:05d}"
         with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, X, allow_pickle=False)
@@ -463,7 +460,7 @@ class _Parts:
         except OSError:
             return
         for name in names:
-            if name == PARTS_JSON or _PART.fullmatch(name) or _PART_TMP.fullmatch(name):
+            if name == _PARTS_JSON or _PART.fullmatch(name) or _PART_TMP.fullmatch(name):
                 with contextlib.suppress(OSError):
                     os.unlink(self.dir / name)  # a symlink is removed, never followed
         try:
@@ -674,7 +671,7 @@ def _extract_locked(
                 reuse[rel] = j
     # the colour rows of reused images come with them, unless the old store has none (or of another
     # kind): then they are computed now, from one decode of each image (no embedding)
-    old_colour = old is not None and old.colour is not None and old.meta.get("colour") == colour_identity()
+    old_colour = old is not None and old.colour is not None and old.meta.get("colour") == _colour_identity()
     parts = _Parts(out, ex)
     resumed = {
         k for k, v in parts.index().items() if k in stats and same_file(stats[k], v[2]) and k not in reuse
@@ -692,7 +689,7 @@ def _extract_locked(
     if todo or colour_todo:
         every = checkpoint_every or _auto_checkpoint(len(todo), batch_size)
         max_seconds = 60.0 if checkpoint_every is None else float("inf")
-        min_seconds = CHECKPOINT_MIN_SECONDS if checkpoint_every is None else 0.0
+        min_seconds = _CHECKPOINT_MIN_SECONDS if checkpoint_every is None else 0.0
         bar = progress_bar(
             total=len(todo) + len(colour_todo), unit="img", desc="extract", show_progress=show_progress
         )
@@ -758,10 +755,10 @@ def _extract_locked(
         )
     dim = ex.dim
     if from_parts:
-        dim = parts.array(next(iter(from_parts.values()))[0]).shape[1] - COLOUR_COLS
+        dim = parts.array(next(iter(from_parts.values()))[0]).shape[1] - _COLOUR_COLS
     elif final_ids and old is not None:
         dim = old.dim
-    extra = {"image_root": str(root.resolve()), "skipped": len(skipped), "colour": colour_identity()}
+    extra = {"image_root": str(root.resolve()), "skipped": len(skipped), "colour": _colour_identity()}
     header = store_header(ex.identity(), dim, len(final_ids), dtype, extra)
     new_stamps = [stats[r] for r in final_ids]
     if (
@@ -804,7 +801,7 @@ def _extract_locked(
     return res
 
 
-def colour_identity() -> dict[str, Any]:
+def _colour_identity() -> dict[str, Any]:
     """How the colour rows are made (``store.json``'s ``colour``): a store with another is recoloured."""
     return dict(_colour.COLOUR_IDENTITY)
 
@@ -825,7 +822,7 @@ def _embedded_batches(
     ``colour_todo`` (colour rows only).  ``engine="dask"`` embeds ``todo`` on the cluster (the
     colour-only batches, a one-off for stores written before colour rows, run here)."""
     colour_jobs = [(colour_todo[i : i + batch_size], False) for i in range(0, len(colour_todo), batch_size)]
-    workers = default_lanes(num_workers)
+    workers = _default_lanes(num_workers)
     if engine == "dask":
         from ._dask import embed_shards
 
@@ -833,7 +830,7 @@ def _embedded_batches(
             root,
             todo,
             ex,
-            decode=decode_store_batch,
+            decode=_decode_store_batch,
             scheduler=scheduler,
             batch_size=batch_size,
             threads=threads,

@@ -1,7 +1,7 @@
 """Choosing k: elbow, silhouette, Davies-Bouldin, search recall -- and a recommended k.
 
 :func:`get_optimal_num_clusters` (a feature store folder, or the original package's folder of
-per-image ``.npy`` files) and :func:`choose_k` (a matrix) fit K-means for every k in
+per-image ``.npy`` files) and :func:`_choose_k` (a matrix) fit K-means for every k in
 ``2..max_clusters`` and score each k:
 
 * **inertia** -- sum of squared distances of *all* images to their nearest centroid (the elbow);
@@ -11,7 +11,7 @@ per-image ``.npy`` files) and :func:`choose_k` (a matrix) fit K-means for every 
 * **Davies-Bouldin** -- scikit-learn's formula on the same rows (lower is better);
 * **retrieval** (``retrieval=True``) -- recall@10 of cluster-restricted search against exact search
   when the query's ``nprobe`` = 1, 2, 4 nearest clusters are searched, and the share of the
-  catalogue that scans (see :class:`RetrievalScores`).
+  catalogue that scans (see :class:`_RetrievalScores`).
 
 The spaces
 ----------
@@ -19,7 +19,7 @@ Rows are L2-normalised first (feature stores already are). With ``n_components=N
 clustering runs in that raw feature space. With ``n_components=c`` it runs in the PCA space of
 :func:`varsitysrch._pca.fit_pca` / :func:`~varsitysrch._pca.apply_pca` -- the one
 ``train_clusters(..., n_components=c)`` fits the same way, so the k chosen here is the k trained
-there. The silhouette and Davies-Bouldin are computed in the *score space*: the top ``SIL_DIMS``
+there. The silhouette and Davies-Bouldin are computed in the *score space*: the top ``_SIL_DIMS``
 (16) principal directions of that analysis space, rows re-normalised (the analysis space itself
 when it has at most 16 dims). In the 1,280 dims of raw CNN features the distances between photos
 are dominated by directions in which every class varies alike, the silhouette is flat and highest
@@ -37,16 +37,16 @@ Silhouettes are compared as printed, rounded to 3 decimals, so that no message c
    the straight line from the first to the last point of the curve, both axes scaled to [0, 1]
    (Kneedle's difference-curve maximum without its threshold).
 2. ``best_silhouette_k``: the k with the highest silhouette (the smallest such k on an exact tie).
-3. The smallest k considered, ``min_k``: 2 while some k reaches a silhouette of ``SIL_CLEAR`` (0.5,
+3. The smallest k considered, ``min_k``: 2 while some k reaches a silhouette of ``_SIL_CLEAR`` (0.5,
    Kaufman and Rousseeuw's "reasonable structure"): clear groups are recommended however few.
    Below it the groups may be artificial and k is chosen for search as much as for groups:
-   ``min_k = min_k_for(n_images)``, the fewest clusters that keep a nearest-cluster search within
+   ``min_k = _min_k_for(n_images)``, the fewest clusters that keep a nearest-cluster search within
    twice its least cost (about 0.27 sqrt(n): 5 for 300 images, 14 for 2,640), at most max_clusters.
 4. ``recommended_k``, among the ks >= ``min_k``: if the silhouette is flat there (max - min <
    ``_SIL_FLAT``), the knee (raised to ``min_k``). Otherwise, of the ks whose silhouette lies in the
-   tie band -- within the standard error of the best silhouette (at least ``SIL_TIE``, about the
+   tie band -- within the standard error of the best silhouette (at least ``_SIL_TIE``, about the
    sampling error on 5,000 images) of it -- the one nearest the knee (the smaller on a tie).
-5. A best silhouette under ``SIL_WEAK`` (0.25, "no substantial structure") is said in the rule: the
+5. A best silhouette under ``_SIL_WEAK`` (0.25, "no substantial structure") is said in the rule: the
    clusters overlap, so k is a speed/recall trade-off (the retrieval scores show it).
 
 ``KSelection.rule`` restates the rule with the numbers of the run; ``KSelection.explanation``
@@ -113,18 +113,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = [
-    "DEFAULT_PLOT",
-    "SIL_CLEAR",
-    "SIL_DIMS",
-    "SIL_TIE",
-    "SIL_WEAK",
-    "KSelection",
-    "RetrievalScores",
-    "choose_k",
-    "get_optimal_num_clusters",
-    "min_k_for",
-]
+__all__ = ["KSelection", "get_optimal_num_clusters"]
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +123,13 @@ _PlotPath = str | os.PathLike[str] | Literal[False] | None
 
 #: Where :func:`get_optimal_num_clusters` writes its plot unless told otherwise (the original's name,
 #: relative to the current working folder).
-DEFAULT_PLOT = "optimal_clusters.png"
+_DEFAULT_PLOT = "optimal_clusters.png"
 _NPROBES: tuple[int, ...] = (1, 2, 4)
 _RECALL_AT = 10
-SIL_TIE = 0.002  # the tie band is at least this (~ the sampling error of a silhouette on 5,000 images)
+_SIL_TIE = 0.002  # the tie band is at least this (~ the sampling error of a silhouette on 5,000 images)
 _SIL_FLAT = 0.02  # a silhouette range below this is "flat": the knee decides
-SIL_WEAK = 0.25  # a best silhouette below this means weak cluster structure
-SIL_CLEAR = 0.5  # below this best silhouette (not "reasonable structure"), k >= min_k_for(n_images)
+_SIL_WEAK = 0.25  # a best silhouette below this means weak cluster structure
+_SIL_CLEAR = 0.5  # below this best silhouette (not "reasonable structure"), k >= _min_k_for(n_images)
 _N_TOP = 3  # best-silhouette ks confirmed by the fast path
 _MIN_TRAIN = 4096  # fast path: training sample of max(_MIN_TRAIN, _PER_CENTROID * max_clusters) images
 _PER_CENTROID = 128
@@ -152,13 +141,13 @@ _LLOYD_ITERS = 20  # Lloyd iterations of each fast-sweep fit (faiss)
 _SWEEP_THREADS: int | None = 1  # BLAS/OpenMP threads in the sweep (None: as set outside)
 _SMALL = 4_000_000  # n_images * dim at or below which n_threads=None means 1 thread
 _TOPK_CHUNK = 4096  # catalogue rows per exact_topk chunk in the retrieval scores
-SIL_DIMS = 16  # the silhouette and Davies-Bouldin are scored in this many principal directions (at most)
+_SIL_DIMS = 16  # the silhouette and Davies-Bouldin are scored in this many principal directions (at most)
 _DIST_BLOCK_ELEMS = 1 << 22  # distances per block of the one-pass silhouette (32 MiB of float64)
 
 
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True)
-class RetrievalScores:
+class _RetrievalScores:
     """Search quality per k: cluster-restricted search vs exact search.
 
     Queries are ``n_queries`` random catalogue images, each searched against all the *other*
@@ -196,7 +185,7 @@ class KSelection:
     where the plot was written (``None``: not written). ``score_dims``: the principal directions the
     silhouette and Davies-Bouldin were computed in (``None``: the analysis space itself).
     ``tie_band`` and ``tied_ks``: the band and the ks in it; ``min_k``: the smallest k considered
-    (above 2 only when no k reaches a silhouette of 0.5, :func:`min_k_for`). :attr:`explanation`
+    (above 2 only when no k reaches a silhouette of 0.5, :func:`_min_k_for`). :attr:`explanation`
     is the one-line explanation (``k=<k>: <rule>``); ``str(selection)`` adds where the plot is.
     """
 
@@ -212,14 +201,14 @@ class KSelection:
     n_images: int
     dim: int
     seconds: float
-    retrieval: RetrievalScores | None
+    retrieval: _RetrievalScores | None
     method: str = "fast"
     silhouette_sample: int = 0
     knee_method: str = "kneed"
     confirmed_ks: tuple[int, ...] = ()
     random_state: int = 0
     plot_path: Path | None = None
-    tie_band: float = SIL_TIE
+    tie_band: float = _SIL_TIE
     tied_ks: tuple[int, ...] = ()
     score_dims: int | None = None
     min_k: int = 2
@@ -243,8 +232,8 @@ class KSelection:
 
     @property
     def weak_structure(self) -> bool:
-        """True when even the best silhouette, as printed (3 decimals), is below ``SIL_WEAK`` (0.25)."""
-        return math.isfinite(self.best_silhouette) and _r3(self.best_silhouette) < SIL_WEAK
+        """True when even the best silhouette, as printed (3 decimals), is below ``_SIL_WEAK`` (0.25)."""
+        return math.isfinite(self.best_silhouette) and _r3(self.best_silhouette) < _SIL_WEAK
 
     @property
     def weak_note(self) -> str:
@@ -387,7 +376,9 @@ class KSelection:
                 label=f"tie band (within {self.tie_band:.3f})",
             )
             ax.plot(tied, sil[np.isin(ks, tied)], "s", color="tab:orange", markersize=6, label="tied ks")
-            ax.axhline(SIL_WEAK, color="tab:gray", linestyle=":", linewidth=1, label=f"weak below {SIL_WEAK}")
+            ax.axhline(
+                _SIL_WEAK, color="tab:gray", linestyle=":", linewidth=1, label=f"weak below {_SIL_WEAK}"
+            )
         if self.min_k > self.ks[0]:
             ax.axvspan(
                 0,
@@ -401,7 +392,7 @@ class KSelection:
         ax.plot([rec], [sil[i_rec]], "*", color="tab:red", markersize=15, label=f"recommended k={rec}")
         finite = sil[np.isfinite(sil)]
         low = min(0.0, float(finite.min())) if len(finite) else 0.0
-        high = max(SIL_WEAK, float(finite.max())) if len(finite) else 1.0
+        high = max(_SIL_WEAK, float(finite.max())) if len(finite) else 1.0
         ax.set_ylim(low, high * 1.12)
         ax.set_xlim(0, ks[-1] + 1)
         sample = (
@@ -415,7 +406,7 @@ class KSelection:
             ax.text(
                 0.03,
                 0.04,
-                f"weak structure: best silhouette {_r3(best):.3f} < {SIL_WEAK}",
+                f"weak structure: best silhouette {_r3(best):.3f} < {_SIL_WEAK}",
                 transform=ax.transAxes,
                 fontsize="small",
                 color="tab:red",
@@ -447,7 +438,7 @@ class KSelection:
         ax.legend(loc="upper right", fontsize="x-small")
         ax.grid(alpha=0.3)
 
-    def _plot_retrieval(self, ax: Axes, ret: RetrievalScores) -> None:
+    def _plot_retrieval(self, ax: Axes, ret: _RetrievalScores) -> None:
         i_rec = self.ks.index(self.recommended_k)
         for p in ret.nprobe:
             x = np.asarray(ret.scanned_fraction[p])
@@ -480,7 +471,7 @@ def get_optimal_num_clusters(
     *,
     options: ChooseKOptions | None = None,
     compute: Compute | None = None,
-    plot_path: _PlotPath = DEFAULT_PLOT,
+    plot_path: _PlotPath = _DEFAULT_PLOT,
     scores_path: str | os.PathLike[str] | None = None,
     show: bool | None = None,
     verbose: bool = True,
@@ -499,11 +490,11 @@ def get_optimal_num_clusters(
             ``.npy`` files (the original package's layout).
         max_clusters: the largest k tried. Above ``n_images - 1`` it is lowered to that, with a
             warning (the original's examples pass 100 for small folders).
-        n_components: see :func:`choose_k`.
+        n_components: see :func:`_choose_k`.
         options: a :class:`~varsitysrch.ChooseKOptions` (``method``, ``sample_size``, ``n_init``,
-            ``random_state``, ``retrieval``, ``n_queries``: see :func:`choose_k`).
+            ``random_state``, ``retrieval``, ``n_queries``: see :func:`_choose_k`).
         compute: a :class:`~varsitysrch.Compute`; only its ``threads`` is used (BLAS/OpenMP
-            threads, :func:`choose_k`'s ``n_threads``).
+            threads, :func:`_choose_k`'s ``n_threads``).
         plot_path: where the plot goes; default ``"optimal_clusters.png"`` (relative to the working
             folder); ``None`` or ``False``: no plot file.
         scores_path: also write the scores as ``<stem>.csv`` and ``<stem>.json``.
@@ -538,7 +529,7 @@ def get_optimal_num_clusters(
             logging.WARNING,
         )
         max_clusters = n - 1
-    result = choose_k(
+    result = _choose_k(
         X,
         max_clusters,
         n_components,
@@ -558,7 +549,7 @@ def get_optimal_num_clusters(
     return result
 
 
-def choose_k(
+def _choose_k(
     X: np.ndarray,
     max_clusters: int = 30,
     n_components: int | None = None,
@@ -596,7 +587,7 @@ def choose_k(
             ``None``: all), fixed by ``random_state``. Ignored by ``"exhaustive"``.
         n_init: K-means restarts per k (best inertia kept), >= 1.
         random_state: seeds sampling, k-means++, PCA and the retrieval queries.
-        retrieval: also score cluster-restricted search per k (:class:`RetrievalScores`).
+        retrieval: also score cluster-restricted search per k (:class:`_RetrievalScores`).
         n_queries: retrieval queries (random catalogue images, capped at ``n_images``).
         n_threads: limit BLAS and OpenMP threads to this many while running (restored after).
             ``None``: 1 thread on machines with at most 2 cores and for small inputs
@@ -1129,14 +1120,14 @@ def _davies_bouldin(Zs: np.ndarray, lab: np.ndarray, k: int) -> float:
 
 
 def _score_space(Z: np.ndarray, random_state: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The PCA ``(mean, components)`` the scores are computed in; ``None``: ``Z`` has <= ``SIL_DIMS`` dims.
+    """The PCA ``(mean, components)`` the scores are computed in; ``None``: ``Z`` has <= ``_SIL_DIMS`` dims.
 
-    The silhouette and Davies-Bouldin are computed on the rows projected on the top ``SIL_DIMS``
+    The silhouette and Davies-Bouldin are computed on the rows projected on the top ``_SIL_DIMS``
     (16) principal directions of the analysis space, rows re-normalised (:func:`apply_pca`).
     """
-    if Z.shape[1] <= SIL_DIMS or len(Z) <= SIL_DIMS:
+    if Z.shape[1] <= _SIL_DIMS or len(Z) <= _SIL_DIMS:
         return None
-    return fit_pca(Z, SIL_DIMS, random_state)
+    return fit_pca(Z, _SIL_DIMS, random_state)
 
 
 def _knee(ks: Sequence[int], inertia: np.ndarray) -> tuple[int, str]:
@@ -1203,7 +1194,7 @@ def _r3(v: float) -> float:
     return round(float(v), 3)
 
 
-def min_k_for(n_images: int) -> int:
+def _min_k_for(n_images: int) -> int:
     """The fewest clusters that keep a nearest-cluster search of ``n_images`` within twice its least cost.
 
     With one probed cluster a query costs about ``k + n/k`` distance computations (the k centroids,
@@ -1223,26 +1214,26 @@ def _recommend(
 ) -> _Choice:
     """The recommendation rule (see the module docstring); decisions on silhouettes rounded to 3 decimals.
 
-    With ``n_images``, a best silhouette under ``SIL_CLEAR`` limits the choice to
-    ``k >= min_k_for(n_images)``.
+    With ``n_images``, a best silhouette under ``_SIL_CLEAR`` limits the choice to
+    ``k >= _min_k_for(n_images)``.
     """
     s = np.asarray(sil, dtype=np.float64)
     finite = np.isfinite(s)
     if not finite.any():
         rule = f"no silhouette could be computed: the knee of the inertia curve (k={knee})"
-        return _Choice(int(ks[0]), int(knee), rule, SIL_TIE, (), int(ks[0]))
+        return _Choice(int(ks[0]), int(knee), rule, _SIL_TIE, (), int(ks[0]))
     best_k = int(ks[int(np.nanargmax(s))])
     best_all = _r3(np.nanmax(s))
-    weak = best_all < SIL_WEAK
+    weak = best_all < _SIL_WEAK
     floor, lead = int(ks[0]), ""
-    if n_images is not None and best_all < SIL_CLEAR:
-        f = min(min_k_for(n_images), int(ks[-1]))
+    if n_images is not None and best_all < _SIL_CLEAR:
+        f = min(_min_k_for(n_images), int(ks[-1]))
         if f > ks[0] and (finite & (np.asarray(ks) >= f)).any():
             floor = f
             why_floor = (
                 _weak_text(best_all, best_k)
                 if weak
-                else f"the best silhouette {best_all:.3f} (k={best_k}) is under {SIL_CLEAR}"
+                else f"the best silhouette {best_all:.3f} (k={best_k}) is under {_SIL_CLEAR}"
             )
             lead = (
                 f"{why_floor}, so at least k={f} (with fewer clusters a search of {n_images:,} images "
@@ -1253,11 +1244,11 @@ def _recommend(
     top_k, best = int(ks[i]), _r3(s[i])
     spread = _r3(best - _r3(np.min(s[ok])))
     se_best = float(se[i]) if se is not None and math.isfinite(float(se[i])) else 0.0
-    tie = max(SIL_TIE, _r3(se_best))
+    tie = max(_SIL_TIE, _r3(se_best))
     near = tuple(int(k) for k, v, good in zip(ks, s, ok, strict=True) if good and _r3(best - _r3(v)) <= tie)
     aim = max(int(knee), floor)
     knee_text = f"k={knee}" if aim == knee else f"k={knee}, raised to {aim}"
-    why = "its standard error" if tie > SIL_TIE else "sampling error"
+    why = "its standard error" if tie > _SIL_TIE else "sampling error"
     if int(ok.sum()) >= 3 and spread < _SIL_FLAT:
         rec = aim
         rule = (
@@ -1281,7 +1272,7 @@ def _weak_text(best: float, k: int | None = None) -> str:
     """The weak-structure warning for a best silhouette already rounded to 3 decimals (at ``k``)."""
     at = "" if k is None else f" (k={k})"
     return (
-        f"weak cluster structure: the best silhouette {best:.3f}{at} is below {SIL_WEAK} "
+        f"weak cluster structure: the best silhouette {best:.3f}{at} is below {_SIL_WEAK} "
         "(clusters overlap, so k is a speed/recall trade-off)"
     )
 
@@ -1298,7 +1289,7 @@ def _candidates(ks: Sequence[int], sil: np.ndarray, knee: int, rec: int) -> list
 
 def _retrieval_scores(
     X: np.ndarray, Z: np.ndarray, ks: Sequence[int], fits: Mapping[int, _Fit], q_idx: np.ndarray
-) -> RetrievalScores:
+) -> _RetrievalScores:
     """Recall@10 and scanned share per k and nprobe (:func:`~varsitysrch._neighbours.probe_recall`)."""
     n = len(X)
     # 4096-row chunks: the merge with the running top 10 stays in cache (docs/choose_k.md)
@@ -1315,7 +1306,7 @@ def _retrieval_scores(
             pp = min(p, k)
             recall[p].append(float(by_nprobe[pp - 1]))
             scanned[p].append(float(counts[order[:, :pp]].sum(axis=1).mean() / n))
-    return RetrievalScores(
+    return _RetrievalScores(
         nprobe=_NPROBES,
         recall_at_10={p: tuple(v) for p, v in recall.items()},
         scanned_fraction={p: tuple(v) for p, v in scanned.items()},

@@ -68,7 +68,7 @@ from ._rerank import carry_graph, graph_state
 from ._searchindex import build_search_index
 from ._store import STORE_JSON, FeatureStore, Stamp, same_file, store_lock
 
-__all__ = ["UpdateReport", "gini", "retrain_reasons", "update_catalogue"]
+__all__ = ["UpdateReport", "update_catalogue"]
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class UpdateReport:
         return f"{head}\n{drift}\n{verdict}"
 
 
-def gini(sizes: np.ndarray) -> float:
+def _gini(sizes: np.ndarray) -> float:
     """Gini coefficient of non-negative sizes (0: all equal; near 1: one holds everything)."""
     x = np.sort(np.asarray(sizes, np.float64))
     n, total = len(x), x.sum()
@@ -165,7 +165,7 @@ def _imbalance(sizes: np.ndarray) -> float:
     return float(s.max() / s.mean()) if len(s) and s.mean() > 0 else 0.0
 
 
-def retrain_reasons(
+def _retrain_reasons(
     *,
     n_new: int,
     n_far: int,
@@ -461,8 +461,8 @@ class _Drift:
             k=self.k,
             cluster_imbalance=_imbalance(self.sizes_now),
             cluster_imbalance_at_training=_imbalance(self.sizes_tr),
-            gini=gini(self.sizes_now),
-            gini_at_training=gini(self.sizes_tr),
+            gini=_gini(self.sizes_now),
+            gini_at_training=_gini(self.sizes_tr),
             empty_clusters=int((self.sizes_now == 0).sum()),
             mean_distance=self.mean_now,
             mean_distance_at_training=self.mean_tr,
@@ -495,7 +495,7 @@ def _drift(mf: ModelFile, plan: _Plan, labels: np.ndarray, dists: np.ndarray, fa
     n_far = int((dists[plan.new_rows] > threshold).sum()) if n_new else 0
     n_training = int(sizes_tr.sum()) or len(mf.ids) or 1
     churned = int(config.get("churn_since_training", 0)) + plan.added + plan.changed + plan.removed
-    reasons = retrain_reasons(
+    reasons = _retrain_reasons(
         n_new=n_new,
         n_far=n_far,
         far_quantile=far_quantile,
