@@ -9,7 +9,7 @@ and ``manifest.csv``).  Each domain's store is extracted with the default extrac
 ``--work`` on the first run (cached), or given as ``--store DOMAIN=STORE``; the planted copies
 and their stores go to ``--work``.
 
-**A numpy prototype, not what users get**: ranking (search-space PCA, exact search) and
+**A numpy prototype on private names, not what users get**: ranking (search-space PCA, exact search) and
 collapse are applied by hand (``varsitysrch._postprocess``, ``_neighbours``, ``_collapse``), per
 whole-image query.  What users get is ``Searcher`` with collapse on, after views are merged
 (issue 20); there is no public-pipeline replacement for these figures yet.

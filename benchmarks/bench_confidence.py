@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     from sklearn.metrics import roc_auc_score
 
     from varsitysrch import FeatureStore, ScoreCalibrator
-    from varsitysrch._confidence import _CUTOFF
     from varsitysrch._neighbours import exact_topk
     from varsitysrch._postprocess import default_search_pca, fit_search_pca, to_search_space
 
     data = {d: np.asarray(FeatureStore.open(p).vectors, np.float32) for d, p in stores.items()}
     parts = {d: split(len(X), a.seed) for d, X in data.items()}
-    print(f"default cutoff {_CUTOFF}; in-domain = held-out 20 % of the catalogue's own domain")
+    cutoff = ScoreCalibrator().cutoff  # the library's default
+    print(f"default cutoff {cutoff}; in-domain = held-out 20 % of the catalogue's own domain")
     header = f"{'catalogue':>15} {'space':>6} {'AUC':>6} {'cutoff score':>12} " + " ".join(
         f"{'in@' + str(c):>8} {'out@' + str(c):>9}" for c in CUTOFFS
     )

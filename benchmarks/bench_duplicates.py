@@ -26,7 +26,7 @@ Data: ``clothing-small/`` and ``grocery-train/`` under ``--data`` / ``$VARSITYSR
 extractor into ``--work`` on the first run (cached), or taken from ``--features DIR``
 (``DIR/<domain>``).  The planted copies and their stores go to ``--work``.
 
-**Measures the kernel, not the whole public call**: pairs come from
+**Measures the private kernel, not the whole public call**: pairs come from
 ``varsitysrch._duplicates.similar_pairs`` on the catalogue and planted vectors in memory; users
 call ``varsitysrch.find_duplicates`` on a store, which runs the same kernel (plus grouping) with
 the same thresholds.  There is no public-pipeline replacement yet.

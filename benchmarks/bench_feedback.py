@@ -8,7 +8,7 @@ relevance is "same ``label``" in ``<data>/<domain>/manifest.csv``.  Each domain'
 is extracted with the default extractor into ``--work`` on the first run (cached), or given as
 ``--store DOMAIN=STORE`` (repeatable; then only those domains are measured).
 
-**A numpy prototype, not what users get**: ranking space, feedback and search are
+**A numpy prototype on private names, not what users get**: ranking space, feedback and search are
 re-implemented here on the stores' vectors (``varsitysrch._postprocess``, ``_neighbours``, and
 ``_feedback``'s weights);
 only ``--check-api N`` runs queries through the public ``Searcher.search_feedback``.  The
