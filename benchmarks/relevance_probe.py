@@ -32,6 +32,10 @@ Variants (``--parts graph``):
 * ``dba``  -- alpha-DBA of the catalogue (each image replaced by the alpha-weighted mean of itself
   and its n-1 nearest catalogue images), then the default alpha-QE.
 
+``--parts cost`` (generated data, ``--sizes``, ``--ivf-sizes``): the library's own stage
+(``varsitysrch._rerank``): graph build time, exact and through an IVF, the stage's ms/query and
+bytes per image, extrapolated to 200k and 1M images (see :func:`cost_part`).
+
 ``--parts colour`` (fashion-dev, ``baseColour``): same-type precision@10 and same-type-and-same-
 colour precision@10 of colour re-ranking rules over the default's top 50; tuned on half of the
 queries (seeded split), reported on the other half; the other two domains' mAP@10 cost of the
@@ -1072,6 +1076,86 @@ def shelf_table(rec: dict[str, Any]) -> list[str]:
     return out
 
 
+# ============================================================ (f) the library's stage: cost at scale
+def cost_part(sizes: Sequence[int], ivf_sizes: Sequence[int], log: Callable[[str], None]) -> dict[str, Any]:
+    """The library's k-reciprocal stage (``varsitysrch._rerank``, not this probe's loops) on
+    generated catalogues: products of 4 photos around random centres, unit rows.  Per size: the
+    exact graph build (128-d, the ranking space of a PCA model), the stage's ms/query over 100
+    candidates (a held-out photo, its exact top 100), and the graph's bytes per image; per
+    ``ivf_sizes``: the build through an IVF over 1280-d float16 rows (a model above
+    ``IVF_THRESHOLD``), IVF training excluded.  Fits: exact ~ n**2, IVF ~ n**1.5 (nlist ~ 4
+    sqrt(n), each image scans nprobe lists of ~sqrt(n) / 4 images)."""
+    from varsitysrch._index import build_ivf
+    from varsitysrch._rerank import _K1, _build_graph, _ivf_graph, keep_count, rerank
+
+    def catalogue(n: int, d: int, seed: int) -> np.ndarray:
+        """Products in a 32-d latent space seen through a fixed d-dimensional map (CNN features
+        have a low intrinsic dimension; the IVF's clusters need it), plus noise."""
+        rng = np.random.default_rng(seed)
+        lift = np.random.default_rng(0).standard_normal((32, d)).astype(np.float32)
+        centres = rng.standard_normal((n // 4 + 1, 32)).astype(np.float32)
+        latent = centres[np.arange(n) // 4] + 0.5 * rng.standard_normal((n, 32)).astype(np.float32)
+        return norm(latent @ lift + 0.5 * np.sqrt(32) * rng.standard_normal((n, d)).astype(np.float32))
+
+    rec: dict[str, Any] = {"exact": [], "ivf": []}
+    for n in sizes:
+        C = catalogue(n, PCA_DIM, n)
+        t0 = time.perf_counter()
+        g = _build_graph(C, _K1)
+        build = time.perf_counter() - t0
+        Q = catalogue(200, PCA_DIM, n + 1)
+        cand = [topk(Q[i : i + 1], C, POOL, np.array([-1])) for i in range(len(Q))]
+        t0 = time.perf_counter()
+        for q, (r, sc) in zip(Q, cand, strict=True):
+            rerank(g, C, q, r[0], sc[0], keep=keep_count(sc[0]))
+        stage = 1000 * (time.perf_counter() - t0) / len(Q)
+        row = {"n": n, "build_s": build, "stage_ms": stage, "bytes_per_image": g.nbytes / n}
+        rec["exact"].append(row)
+        log(
+            f"  cost exact n={n:,}: build {build:.1f} s, stage {stage:.2f} ms/query, "
+            f"{g.nbytes / n:.0f} B/image"
+        )
+    for n in ivf_sizes:
+        X = catalogue(n, 1280, n).astype(np.float16)
+        parts, _ = build_ivf(X)
+        t0 = time.perf_counter()
+        _ivf_graph(X, parts.centroids, parts.lists, parts.nprobe, _K1)
+        build = time.perf_counter() - t0
+        row = {"n": n, "build_s": build, "nlist": parts.nlist, "nprobe": parts.nprobe}
+        rec["ivf"].append(row)
+        log(f"  cost ivf n={n:,}: graph {build:.1f} s (nlist {parts.nlist}, nprobe {parts.nprobe})")
+    return rec
+
+
+def cost_table(rec: dict[str, Any]) -> list[str]:
+    out = [
+        "The library's stage on generated catalogues (products of 4 photos; exact: 128-d, the ranking "
+        "space of a PCA model; IVF: 1280-d float16, IVF training excluded):",
+        "",
+        "| build | n | graph build (s) | stage (ms/query, 100 candidates) | graph bytes/image |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rec["exact"]:
+        out.append(
+            f"| exact | {r['n']:,} | {r['build_s']:.1f} | {r['stage_ms']:.2f} | {r['bytes_per_image']:.0f} |"
+        )
+    for r in rec["ivf"]:
+        out.append(
+            f"| IVF (nlist {r['nlist']}, nprobe {r['nprobe']}) | {r['n']:,} | {r['build_s']:.1f} | - | 160 |"
+        )
+    ex, iv = rec["exact"], rec["ivf"]
+    if ex:
+        big = ex[-1]
+        for n in (200_000, 1_000_000):
+            est = big["build_s"] * (n / big["n"]) ** 2
+            out.append(f"| exact, extrapolated (n**2 from {big['n']:,}) | {n:,} | {est:,.0f} | - | 160 |")
+    if iv:
+        big = iv[-1]
+        est = big["build_s"] * (1_000_000 / big["n"]) ** 1.5
+        out.append(f"| IVF, extrapolated (n**1.5 from {big['n']:,}) | 1,000,000 | {est:,.0f} | - | 160 |")
+    return out
+
+
 # ====================================================================== main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="relevance_probe.py", description=__doc__.split("\n")[0])
@@ -1091,6 +1175,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=dd.N_QUERIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--sizes", default="10000,20000,40000", help="--parts cost: exact graph sizes")
+    p.add_argument("--ivf-sizes", default="50000,100000", help="--parts cost: IVF graph sizes")
     a = p.parse_args(argv)
     if not a.data:
         raise UsageError("--data (or VARSITYSRCH_DATA) is required: the folder holding the domain folders")
@@ -1130,6 +1216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "shelf" in parts:
             record["shelf"] = shelf_part(doms, work, probe_work, log)
             out += ["", *shelf_table(record["shelf"])]
+        if "cost" in parts:
+            ints = lambda t: [int(x) for x in t.split(",") if x.strip()]  # noqa: E731
+            record["cost"] = cost_part(ints(a.sizes), ints(a.ivf_sizes), log)
+            out += ["", *cost_table(record["cost"])]
     except UsageError as exc:
         print(f"relevance_probe.py: error: {exc}", file=sys.stderr)
         return 2

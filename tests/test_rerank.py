@@ -24,14 +24,14 @@ from varsitysrch._errors import IncompatibleModelError, InvalidArgumentError
 from varsitysrch._extract import extract_features
 from varsitysrch._modelfile import load_model, save_model
 from varsitysrch._rerank import (
-    K1,
+    _K1,
     NeighbourGraph,
+    _build_graph,
+    _update_graph,
     add_graph,
-    build_graph,
     check_rerank,
     keep_count,
     rerank,
-    update_graph,
 )
 from varsitysrch._store import FeatureStore, normalize_rows
 from varsitysrch._update import update_catalogue
@@ -121,7 +121,7 @@ def _top(q: np.ndarray, C: np.ndarray, m: int, exclude: int | None = None) -> tu
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rerank_equals_the_plain_loop(seed: int) -> None:
     C = _clustered(seed)
-    g = build_graph(C, K1)
+    g = _build_graph(C, _K1)
     rng = np.random.default_rng(100 + seed)
     moved = 0
     for t in range(12):
@@ -135,7 +135,7 @@ def test_rerank_equals_the_plain_loop(seed: int) -> None:
             rows, sims = _top(q, C, 100, exclude=own)
         for keep in (0, 1):
             got, scores = rerank(g, C, q, rows, sims, self_row=own, keep=keep)
-            want = reference(C, K1, 6, q, rows, sims, own, keep_first=bool(keep))
+            want = reference(C, _K1, 6, q, rows, sims, own, keep_first=bool(keep))
             np.testing.assert_array_equal(got, want)
             assert np.all(np.diff(scores[keep:]) <= 1e-12) and scores[0] >= scores[1:].max()
             moved += int(not np.array_equal(got, rows))
@@ -154,7 +154,7 @@ def test_a_hub_close_to_everything_is_pushed_down() -> None:
     hubs = common + 0.3 * rng.standard_normal((6, d))  # several: each is in the others' lists
     C = normalize_rows(np.vstack([X, hubs]).astype(np.float32))
     hub_rows = set(range(classes * per, len(C)))
-    g = build_graph(C, K1)
+    g = _build_graph(C, _K1)
     wrong = fixed = 0
     for c in range(classes):
         q = normalize_rows((centres[c] + 0.7 * rng.standard_normal(d))[None].astype(np.float32))[0]
@@ -175,7 +175,7 @@ def test_a_hub_close_to_everything_is_pushed_down() -> None:
 
 def test_keep_first_keeps_the_first_hit_and_copies() -> None:
     C = _clustered(3)
-    g = build_graph(C, K1)
+    g = _build_graph(C, _K1)
     q = C[5]
     rows, sims = _top(q, C, 100)  # the query's own row first, at cosine 1: a copy
     assert rows[0] == 5 and keep_count(sims) == 2
@@ -220,7 +220,7 @@ def _same_graph(a: NeighbourGraph, b: NeighbourGraph) -> None:
 
 def test_build_graph_is_exact_in_blocks() -> None:
     C = _clustered(4, n=257)
-    g = build_graph(C, 7, block=16)
+    g = _build_graph(C, 7, block=16)
     S = C @ C.T
     np.fill_diagonal(S, -np.inf)
     want = np.argsort(-S, axis=1, kind="stable")[:, :7]
@@ -228,7 +228,7 @@ def test_build_graph_is_exact_in_blocks() -> None:
         g, NeighbourGraph(want.astype(np.int32), np.take_along_axis(S, want, 1).astype(np.float32), 7)
     )
     assert g.nn.dtype == np.int32 and g.sims.dtype == np.float32
-    tiny = build_graph(C[:4], 20)
+    tiny = _build_graph(C[:4], 20)
     assert tiny.k == 3 and tiny.k1 == 20
 
 
@@ -238,7 +238,7 @@ def test_incremental_update_equals_a_rebuild(seed: int) -> None:
     neighbour), rows re-ordered as a store re-sorts ids: the updated graph is the rebuilt one."""
     rng = np.random.default_rng(seed)
     old = _clustered(seed, n=int(rng.integers(60, 200)))
-    g_old = build_graph(old, K1, block=32)
+    g_old = _build_graph(old, _K1, block=32)
     kept = np.sort(rng.choice(len(old), int(len(old) * rng.uniform(0.6, 1.0)), replace=False))
     added = _clustered(seed + 50, n=int(rng.integers(0, 40)))
     new = np.vstack([old[kept], added])
@@ -246,16 +246,16 @@ def test_incremental_update_equals_a_rebuild(seed: int) -> None:
     C = new[perm]
     pos = np.argsort(perm)  # row of new[i] in C
     keep_rows = pos[: len(kept)]
-    g = update_graph(g_old, C, kept, keep_rows, block=32)
-    _same_graph(g, build_graph(C, K1))
+    g = _update_graph(g_old, C, kept, keep_rows, block=32)
+    _same_graph(g, _build_graph(C, _K1))
 
 
 def test_update_across_k1_images_rebuilds() -> None:
     C = _clustered(9, n=15)
-    g = build_graph(C, K1)
+    g = _build_graph(C, _K1)
     assert g.k == 14
     C2 = np.vstack([C, _clustered(10, n=20)])
-    _same_graph(update_graph(g, C2, np.arange(15), np.arange(15)), build_graph(C2, K1))
+    _same_graph(_update_graph(g, C2, np.arange(15), np.arange(15)), _build_graph(C2, _K1))
 
 
 # ====================================================================== models: save, load, refuse
@@ -271,11 +271,11 @@ def test_graph_is_in_the_model_file_and_survives_save_load_and_copy(tmp_path: Pa
     model = _vector_model(tmp_path, X, graph=True)
     mf = load_model(model)
     rec = mf.config["rerank"]
-    assert rec["k1"] == K1 and rec["k"] == K1 and rec["n_images"] == 400 and rec["space"] == "raw"
+    assert rec["k1"] == _K1 and rec["k"] == _K1 and rec["n_images"] == 400 and rec["space"] == "raw"
     assert rec["features"]["generation"] == mf.config["features"]["generation"]
     assert {"extra/rerank_nn.npy", "extra/rerank_sims.npy"} <= set(mf.config["members"])
-    stored = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], K1)
-    _same_graph(stored, build_graph(X, K1))  # the store's vectors (the model embeds float16 copies)
+    stored = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], _K1)
+    _same_graph(stored, _build_graph(X, _K1))  # the store's vectors (the model embeds float16 copies)
     copy = tmp_path / "elsewhere" / "copy.vsm"
     copy.parent.mkdir()
     shutil.copyfile(model, copy)
@@ -299,7 +299,7 @@ def test_search_with_rerank_is_the_stage_on_the_pipeline_candidates(tmp_path: Pa
     X = _clustered(12, n=300, d=24)
     s = Searcher(_vector_model(tmp_path, X, graph=True))
     C = np.asarray(s.vectors, np.float32)
-    g = build_graph(C, K1)
+    g = _build_graph(C, _K1)
     for i in range(0, 300, 29):
         hits = s.search_vector(X[i], 10, exact=True, rerank="k-reciprocal")
         plain = s.search_vector(X[i], 100, exact=True)
@@ -378,8 +378,8 @@ def test_update_keeps_the_graph_equal_to_a_rebuild(
     assert mf.config["rerank"]["features"]["generation"] == mf.config["features"]["generation"]
     store = FeatureStore.open(feats)
     assert mf.ids == list(store.ids) and len(mf.ids) == len(rels) - 4
-    got = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], K1)
-    _same_graph(got, build_graph(np.asarray(store.vectors, np.float32), K1))
+    got = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], _K1)
+    _same_graph(got, _build_graph(np.asarray(store.vectors, np.float32), _K1))
     s = Searcher(model, csv)
     assert len(s.search_id(mf.ids[0], 5, rerank="k-reciprocal")) == 5
     # a model without a graph gets none from update
@@ -464,3 +464,30 @@ def test_cli_and_http_give_the_library_hits(
         cli_app, ["search", str(root / pick), "-m", str(plain), "--rerank", "k-reciprocal"]
     )
     assert out.exit_code != 0 and "neighbour graph" in out.output
+
+
+def test_a_large_catalogue_builds_its_graph_through_its_ivf(tmp_path: Path) -> None:
+    """Through the IVF at every list the graph is the exact one; a model with an IVF records how
+    its graph was built and searches with it."""
+    from varsitysrch._rerank import _ivf_graph
+
+    X = _clustered(15, n=1200, d=32, classes=40).astype(np.float16)  # a float16 store: the IVF's codes
+    ids = [f"c/{i:05d}.jpg" for i in range(len(X))]
+    FeatureStore.write(tmp_path / "f", ids, X, {"name": "test", "dim": X.shape[1]})
+    train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "m.csv", 8, ivf=True, rerank_graph=True,
+                   show_progress=False)  # fmt: skip
+    mf = load_model(tmp_path / "m.vsm")
+    C, lists = mf.arrays["ivf_centroids"], mf.arrays["ivf_lists"]
+    X = X.astype(np.float32)
+    _same_graph(_ivf_graph(X.astype(np.float16), C, lists, nprobe=len(C)), _build_graph(X, _K1))
+    assert mf.config["rerank"]["built"] == f"ivf, nprobe {mf.config['ivf']['nprobe']}"
+    assert mf.config["rerank"]["space"] == "raw"
+    stored = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], _K1)
+    exact = _build_graph(X, _K1)
+    found = np.mean(
+        [len(set(a) & set(b)) / _K1 for a, b in zip(stored.nn.tolist(), exact.nn.tolist(), strict=True)]
+    )
+    assert found > 0.5  # a graph of neighbours, not of noise (the IVF's recall at its nprobe)
+    s = Searcher(tmp_path / "m.vsm")
+    assert s.probe_unit == "lists"
+    assert len(s.search_vector(X[3], 10, rerank="k-reciprocal")) == 10

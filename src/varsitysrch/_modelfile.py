@@ -52,11 +52,11 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "varsitysrch-model"
 MODEL_VERSION = 2
 #: model.json larger than this is refused before it is read
-MAX_JSON_BYTES = 64 * 2**20
+_MAX_JSON_BYTES = 64 * 2**20
 #: bytes decompressed for the whole file at most: this many times the archive's size, plus slack
-MAX_EXPANSION = 16
-MAX_DIM = 1 << 16
-UNIT_TOLERANCE = 0.02  # |norm - 1| of stored catalogue vectors (float16 rounding is ~1e-3)
+_MAX_EXPANSION = 16
+_MAX_DIM = 1 << 16
+_UNIT_TOLERANCE = 0.02  # |norm - 1| of stored catalogue vectors (float16 rounding is ~1e-3)
 
 #: extra arrays and the shape each must have (n: images, dim, nlist, s: search dims)
 _EXTRAS = {
@@ -109,7 +109,7 @@ class ModelFile:
 
 
 #: the file stamp of each image at training or the last update: ``extra/store_<column>.npy``
-STAMP_COLUMNS = ("sizes", "mtimes", "inodes", "ctimes")
+_STAMP_COLUMNS = ("sizes", "mtimes", "inodes", "ctimes")
 
 
 def stamp_arrays(ids: list[str], stamps: dict[str, tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
@@ -117,7 +117,7 @@ def stamp_arrays(ids: list[str], stamps: dict[str, tuple[int, int, int, int]]) -
     if len(stamps) != len(ids) or not ids:
         return {}
     cols = np.asarray([stamps[rel] for rel in ids], np.int64).reshape(len(ids), 4)
-    return {f"store_{c}": cols[:, j].copy() for j, c in enumerate(STAMP_COLUMNS)}
+    return {f"store_{c}": cols[:, j].copy() for j, c in enumerate(_STAMP_COLUMNS)}
 
 
 def model_stamps(mf: ModelFile) -> dict[str, tuple[int, int, int, int]]:
@@ -125,7 +125,7 @@ def model_stamps(mf: ModelFile) -> dict[str, tuple[int, int, int, int]]:
     a, n = mf.arrays, len(mf.ids)
     if "store_sizes" not in a or "store_mtimes" not in a:
         return {}
-    cols = [a.get(f"store_{c}", np.full(n, -1, np.int64)).tolist() for c in STAMP_COLUMNS]
+    cols = [a.get(f"store_{c}", np.full(n, -1, np.int64)).tolist() for c in _STAMP_COLUMNS]
     return {rel: (s, m, i, c) for rel, s, m, i, c in zip(mf.ids, *cols, strict=True)}
 
 
@@ -188,7 +188,7 @@ def check_store_for_model(mf: ModelFile, store: Any, model_path: str | os.PathLi
             )
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def _file_sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -200,8 +200,8 @@ def save_model_and_csv(
     (``config["assignments"]``), so a CSV from another run -- or the old CSV left by a kill between
     the two renames (the model is renamed first) -- is recognised (:func:`csv_matches_model`)."""
     with atomic_path(csv_path) as tmp_csv:
-        write_assignments(tmp_csv, mf.ids, mf.labels, mf.distances)
-        mf.config["assignments"] = {"sha256": file_sha256(tmp_csv), "rows": len(mf.ids)}
+        _write_assignments(tmp_csv, mf.ids, mf.labels, mf.distances)
+        mf.config["assignments"] = {"sha256": _file_sha256(tmp_csv), "rows": len(mf.ids)}
         save_model(model_path, mf)
 
 
@@ -211,7 +211,7 @@ def csv_matches_model(mf: ModelFile, csv_path: str | os.PathLike[str]) -> bool |
     if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str):
         return None
     try:
-        return file_sha256(csv_path) == rec["sha256"]
+        return _file_sha256(csv_path) == rec["sha256"]
     except OSError:
         return False
 
@@ -257,7 +257,7 @@ CSV_COLUMNS = ("Image_File", "Cluster", "distance")
 _OLD_COLUMNS = ("image", "cluster")
 
 
-def write_assignments(
+def _write_assignments(
     path: str | os.PathLike[str], ids: list[str], labels: np.ndarray, dists: np.ndarray
 ) -> None:
     """The assignments CSV: ``Image_File, Cluster, distance`` (spreadsheet-safe cells, see ``_io``).
@@ -271,7 +271,7 @@ def write_assignments(
     )
 
 
-def assignments_kind(header: list[str]) -> str | None:
+def _assignments_kind(header: list[str]) -> str | None:
     """Who wrote a CSV with this header: ``"varsitysrch"`` (``Image_File,Cluster,distance``, or
     ``image,cluster,...`` of earlier versions), ``"vasrch"`` (the original package's
     ``Image_File,Cluster`` without distances, ids without extension), or ``None`` (not one)."""
@@ -283,9 +283,9 @@ def assignments_kind(header: list[str]) -> str | None:
 
 
 def read_assignments_kind(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, str]:
-    """``(ids, labels, kind)`` of an assignments CSV (``kind``: see :func:`assignments_kind`).
+    """``(ids, labels, kind)`` of an assignments CSV (``kind``: see :func:`_assignments_kind`).
 
-    Reads what :func:`write_assignments` writes, the ``image,cluster,distance`` CSVs of earlier
+    Reads what :func:`_write_assignments` writes, the ``image,cluster,distance`` CSVs of earlier
     varsitysrch versions and the original package's ``Image_File,Cluster`` CSVs.  Anything else
     is one :class:`ModelFileError`.
     """
@@ -298,7 +298,7 @@ def read_assignments_kind(path: str | os.PathLike[str]) -> tuple[list[str], np.n
         raise ModelFileError(f"{p}: unreadable cluster CSV ({exc})") from exc
     if header:
         header[0] = header[0].removeprefix("\ufeff")  # saved by a spreadsheet as "UTF-8 with BOM"
-    kind = assignments_kind(header)
+    kind = _assignments_kind(header)
     if kind is None:
         raise ModelFileError(
             f"{p}: not a cluster CSV (need columns {','.join(CSV_COLUMNS[:2])} as train_clusters "
@@ -377,7 +377,7 @@ def _check_config(p: Path, cfg: Any) -> dict[str, Any]:
             f"{p} has model format version {version}, newer than this library ({__version__}) "
             f"understands ({MODEL_VERSION}); upgrade varsitysrch"
         )
-    _need_int(p, cfg, "dim", 1, MAX_DIM)
+    _need_int(p, cfg, "dim", 1, _MAX_DIM)
     _need_int(p, cfg, "n_images", 1, 2**40)
     _need_int(p, cfg, "k", 1, cfg["n_images"])
     _need_int(p, cfg, "nprobe", 1, cfg["k"], required=False)
@@ -442,7 +442,7 @@ class _Reader:
     def __init__(self, p: Path, zf: zipfile.ZipFile) -> None:
         self.p, self.zf = p, zf
         self.names = set(zf.namelist())
-        self.budget = MAX_EXPANSION * p.stat().st_size + 2**24
+        self.budget = _MAX_EXPANSION * p.stat().st_size + 2**24
         for info in zf.infolist():  # model files store members; deflate is read, nothing else
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise _bad(p, f"member {info.filename!r} uses compression method {info.compress_type}")
@@ -514,7 +514,7 @@ def _npy_header(p: Path, member: str, f: IO[bytes]) -> tuple[tuple[int, ...], np
 
 def _read_ids(r: _Reader, cfg: dict[str, Any]) -> list[str]:
     n = cfg["n_images"]
-    limit = 64 + n * 4096 * 6 + MAX_JSON_BYTES
+    limit = 64 + n * 4096 * 6 + _MAX_JSON_BYTES
     if "ids.json" in r.names:
         ids = r.read_text("ids.json", limit)
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -555,7 +555,7 @@ def _finite(p: Path, name: str, a: np.ndarray | None, *, unit: bool = False, chu
         x = np.asarray(flat[s : s + chunk], np.float32)
         if not np.isfinite(x).all():
             raise _bad(p, f"{name} holds NaN or infinite values")
-        if unit and len(x) and np.abs(np.linalg.norm(x, axis=1) - 1.0).max() > UNIT_TOLERANCE:
+        if unit and len(x) and np.abs(np.linalg.norm(x, axis=1) - 1.0).max() > _UNIT_TOLERANCE:
             raise _bad(p, f"{name} rows are not unit vectors")
 
 
@@ -563,7 +563,7 @@ def _read(p: Path, zf: zipfile.ZipFile) -> ModelFile:
     r = _Reader(p, zf)
     if "model.json" not in r.names:
         raise ModelFileError(f"{p} is not a varsitysrch model file (no model.json)")
-    cfg = _check_config(p, r.read_text("model.json", MAX_JSON_BYTES))
+    cfg = _check_config(p, r.read_text("model.json", _MAX_JSON_BYTES))
     n, k, dim = cfg["n_images"], cfg["k"], cfg["dim"]
     ids = _read_ids(r, cfg)
     pca_components = r.array("pca_components", (None, dim), "f")
@@ -718,3 +718,20 @@ def load_model(path: str | os.PathLike[str]) -> ModelFile:
     ) as exc:
         msg = " ".join(str(exc).split())[:300]
         raise _bad(p, f"{type(exc).__name__}: {msg}") from exc
+
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_VERSION",
+    "ModelFile",
+    "check_store_for_model",
+    "csv_matches_model",
+    "csv_mismatch_message",
+    "load_model",
+    "model_stamps",
+    "read_assignments",
+    "read_assignments_kind",
+    "record_store",
+    "save_model_and_csv",
+    "stamp_arrays",
+]

@@ -71,14 +71,14 @@ from ._rerank import NeighbourGraph, keep_count, rerank, searcher_graph
 if TYPE_CHECKING:
     from ._search import Searcher
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 #: the decoded photo kept for views, the border test and colour is at most this many pixels
 #: on its long side, times the extractor's input size (crops of 70 % still have more pixels
 #: than the extractor reads); the full decode is dropped as soon as it is reduced
-WORK_SIDE_FACTOR = 2
-#: with a colour weight, colour re-scores the top ``COLOUR_POOL * top_n`` of the ranking
-COLOUR_POOL = 5
+_WORK_SIDE_FACTOR = 2
+#: with a colour weight, colour re-scores the top ``_COLOUR_POOL * top_n`` of the ranking
+_COLOUR_POOL = 5
 
 
 # ====================================================================== what is searched
@@ -123,7 +123,7 @@ class Query:
         return bool(self.positive or self.negative)
 
 
-def _inline(job: Callable[[], T]) -> T:
+def _inline(job: Callable[[], _T]) -> _T:
     return job()
 
 
@@ -162,7 +162,7 @@ def _decode(opened: Image.Image, size: int, resize: str, keep: bool) -> _Decoded
     extractor, and (``keep``) the photo reduced for the views, the border test and colour."""
     if not keep:  # exactly as the catalogue was decoded (load_image)
         return _Decoded(load_image_fits(opened, size, (resize,))[0], None)
-    work = WORK_SIDE_FACTOR * size
+    work = _WORK_SIDE_FACTOR * size
     # the catalogue's decode (decode_rgb, as extraction and load_image): the whole view is exactly the
     # input the photo was embedded from in the catalogue, whatever views are searched
     im = decode_rgb(opened, size, resize == "letterbox")
@@ -263,7 +263,7 @@ def _image_vectors(
 
 
 @dataclass(frozen=True)
-class EmbeddedQuery:
+class _EmbeddedQuery:
     """Stages 1-3 of an image query, kept to be searched again (:func:`embed_query`)."""
 
     vectors: np.ndarray  #: [V, dim] raw unit vectors, the whole photo first
@@ -274,13 +274,13 @@ class EmbeddedQuery:
 
 def embed_query(
     s: Searcher, image: ImageSource, views: str | None, colour: bool = False, stages: Stages | None = None
-) -> EmbeddedQuery:
+) -> _EmbeddedQuery:
     """Decode, view and embed an image query exactly as :func:`run_search` does (``views="auto"``
     decided against this Searcher's catalogue), for a caller that searches it several times:
     ``Query(vector=q.vectors, discount=q.discount, colour=q.colour)`` then gives the same hits
     as ``Query(image=image)`` (:func:`varsitysrch.evaluate` measures this way)."""
     V, discount, crops, sig = _image_vectors(s, image, check_views(views), colour, stages or Stages())
-    return EmbeddedQuery(V, discount, crops, sig)
+    return _EmbeddedQuery(V, discount, crops, sig)
 
 
 def _item(s: Searcher, item: Any, what: str, stages: Stages) -> tuple[np.ndarray, int | None]:
@@ -513,7 +513,7 @@ def run_search(
     target = min(n, o.top_n + (0 if o.include_self or q.self_row is None else 1))
     want = min(n, max(2 * target, target + 10)) if threshold is not None else target
     while True:
-        pool = min(n, want * COLOUR_POOL) if w > 0 else want
+        pool = min(n, want * _COLOUR_POOL) if w > 0 else want
         need = max(pool, min(n, RERANK_POOL)) if graph is not None else pool
         lists: list[tuple[np.ndarray, np.ndarray]] = []
         scan: Scan | None = None
@@ -546,4 +546,4 @@ def run_search(
     return SearchResult(hits, scan, len(q.raw), q.crops, q.discount)
 
 
-__all__ = ["EmbeddedQuery", "Query", "SearchResult", "Stages", "embed_query", "run_search"]
+__all__ = ["Query", "SearchResult", "Stages", "embed_query", "run_search"]

@@ -7,13 +7,16 @@ domains in ``docs/quality.md``, "Relevance on three domains (issue 21)").  Two h
 nearest catalogue images in the ranking space (the search PCA when the model has one, else
 the raw vectors; the image itself left out), best first, ties by row: ``rerank_nn``
 (``int32 [n, k]``) and their cosines ``rerank_sims`` (``float32 [n, k]``), ``k = min(k1,
-n - 1)``; 8 bytes per neighbour, 160 bytes per image at ``k1 = 20``.  :func:`build_graph` finds
-them exactly, ``BLOCK`` images at a time against the whole catalogue
+n - 1)``; 8 bytes per neighbour, 160 bytes per image at ``k1 = 20``.  :func:`_build_graph` finds
+them exactly, ``_BLOCK`` images at a time against the whole catalogue
 (:func:`varsitysrch._neighbours.exact_topk`, memory bounded by the block): ``n**2 * d``
-multiply-adds, the cost stated in ``docs/quality.md``.  :func:`update_graph` keeps it equal to a
+multiply-adds, the cost stated in ``docs/quality.md``.  :func:`_update_graph` keeps it equal to a
 rebuild after ``update`` (ties aside): new images get their lists; a kept image whose list loses
 a removed image is searched again; every other kept image merges the new images into its list
-(one of them beats its ``k1``-th neighbour only if it enters the top ``k1``).  The model records
+(one of them beats its ``k1``-th neighbour only if it enters the top ``k1``).  A large catalogue
+(a model with an IVF, above ``_index.IVF_THRESHOLD`` images) builds it through its IVF instead
+(:func:`_ivf_graph`: each image searched at the calibrated ``nprobe``, approximate as the IVF's
+search is) and an update rebuilds it that way.  The model records
 the graph with the store generation it was made for (``model.json`` ``rerank``): a graph that
 does not match the model's catalogue is *stale* and searching with it is refused in words.
 
@@ -43,18 +46,16 @@ from ._neighbours import exact_topk
 
 log = logging.getLogger(__name__)
 
-#: the re-ranking method names ``SearchOptions.rerank`` takes (``None`` / ``"none"``: off)
-RERANK_METHODS = ("k-reciprocal",)
 #: neighbours per image in the graph, and the local query expansion's group size
-K1, K2 = 20, 6
+_K1, _K2 = 20, 6
 #: weight of the plain distance in the final distance (the rest: Jaccard)
-LAMBDA = 0.3
+_LAMBDA = 0.3
 #: candidates re-ordered per query (fetched from the index when the search needs fewer)
 POOL = 100
-#: catalogue images searched at a time while building the graph (memory: BLOCK x chunk scores)
-BLOCK = 256
+#: catalogue images searched at a time while building the graph (memory: _BLOCK x chunk scores)
+_BLOCK = 256
 #: the first-pass score at which a candidate is a copy of the query (kept in front)
-COPY_COSINE = 0.99
+_COPY_COSINE = 0.99
 
 
 def check_rerank(value: Any) -> str | None:
@@ -110,7 +111,7 @@ def _topk_rows(C: np.ndarray, rows: np.ndarray, k: int, block: int) -> tuple[np.
     return nn, sims
 
 
-def build_graph(C: np.ndarray, k1: int = K1, *, block: int = BLOCK) -> NeighbourGraph:
+def _build_graph(C: np.ndarray, k1: int = _K1, *, block: int = _BLOCK) -> NeighbourGraph:
     """The exact ``k1``-NN graph of the catalogue ``C`` (``[n, d]`` unit rows, ranking space),
     ``block`` rows at a time."""
     if isinstance(k1, bool) or not isinstance(k1, int | np.integer) or k1 < 1:
@@ -123,16 +124,47 @@ def build_graph(C: np.ndarray, k1: int = K1, *, block: int = BLOCK) -> Neighbour
     return NeighbourGraph(nn, sims, int(k1))
 
 
-def update_graph(
+def _ivf_graph(
+    X: np.ndarray, centroids: np.ndarray, lists: np.ndarray, nprobe: int, k1: int = _K1, *, block: int = 16384
+) -> NeighbourGraph:
+    """The ``k1``-NN graph of a large catalogue through its IVF (the raw space it ranks in):
+    each image searched at ``nprobe`` lists (faiss, every core), ``block`` at a time, with the
+    IVF's own scores (its float16 codes: exact for a float16 store, within float16 rounding of
+    a float32 one), sorted as :func:`_build_graph` sorts them.  Approximate: a neighbour outside
+    the probed lists is missed (the IVF's calibrated recall)."""
+    from ._index import _probe, build_faiss_index
+
+    n = len(X)
+    k = min(int(k1), n - 1)
+    index = build_faiss_index(centroids, lists, X)
+    params = _probe(max(1, int(nprobe)))
+    nn = np.empty((n, k), np.int32)
+    sims = np.empty((n, k), np.float32)
+    for s in range(0, n, block):
+        Q = _f32(X[s : s + block])
+        rows = np.arange(s, s + len(Q))
+        score, found = index.search(Q, k + 1, params=params)
+        ok = (found >= 0) & (found != rows[:, None])  # not the image itself, nor a missing result
+        score = np.where(ok, score, -np.inf).astype(np.float32)
+        order = np.lexsort((np.where(ok, found, n), -score), axis=1)[:, :k]
+        nn[s : s + len(Q)] = np.take_along_axis(np.where(ok, found, 0), order, 1)
+        sims[s : s + len(Q)] = np.take_along_axis(score, order, 1)
+    if not np.isfinite(sims).all():  # a probe that found fewer than k others: search those exactly
+        short = np.flatnonzero(~np.isfinite(sims).all(axis=1))
+        nn[short], sims[short] = _topk_rows(X, short, k, _BLOCK)
+    return NeighbourGraph(nn, sims, int(k1))
+
+
+def _update_graph(
     g: NeighbourGraph,
     C: np.ndarray,
     keep_src: np.ndarray,
     keep_rows: np.ndarray,
     *,
-    block: int = BLOCK,
+    block: int = _BLOCK,
 ) -> NeighbourGraph:
     """The graph of the updated catalogue ``C`` (its rows ``keep_rows`` are the old rows
-    ``keep_src``, unchanged; every other row is new), equal to :func:`build_graph` on ``C``
+    ``keep_src``, unchanged; every other row is new), equal to :func:`_build_graph` on ``C``
     (ties aside) without searching the kept images again unless a removed image was in their
     list."""
     n = len(C)
@@ -140,7 +172,7 @@ def update_graph(
     keep_rows = np.asarray(keep_rows, np.int64)
     k = min(g.k1, n - 1)
     if k != g.k or k < 1:  # the catalogue crossed k1 + 1 images: the lists change length
-        return build_graph(C, g.k1, block=block)
+        return _build_graph(C, g.k1, block=block)
     old_to_new = np.full(len(g.nn), -1, np.int64)
     old_to_new[keep_src] = keep_rows
     listed = old_to_new[g.nn[keep_src]]  # [kept, k]
@@ -176,11 +208,11 @@ def update_graph(
 
 # ====================================================================== in the model file
 #: ``model.json`` key and ``extra/`` array names of the graph
-RECORD = "rerank"
-ARRAYS = ("rerank_nn", "rerank_sims")
+_RECORD = "rerank"
+_ARRAYS = ("rerank_nn", "rerank_sims")
 
 
-def ranking_vectors(config: dict[str, Any], arrays: dict[str, np.ndarray], raw: np.ndarray) -> np.ndarray:
+def _ranking_vectors(config: dict[str, Any], arrays: dict[str, np.ndarray], raw: np.ndarray) -> np.ndarray:
     """The catalogue in the space the Searcher ranks in: the stored search-PCA vectors, or the
     raw vectors (a model with an IVF ranks in the raw space)."""
     if not config.get("ivf") and "search_vectors" in arrays:
@@ -197,7 +229,7 @@ def _stamp(config: dict[str, Any]) -> dict[str, Any]:
     return {key: feats.get(key) for key in ("generation", "checksum")}
 
 
-def attach_graph(
+def _attach_graph(
     config: dict[str, Any], arrays: dict[str, np.ndarray], g: NeighbourGraph, seconds: float, how: str
 ) -> None:
     """Store ``g`` in a model's ``config`` / ``arrays``, tied to the store generation and
@@ -205,7 +237,7 @@ def attach_graph(
     n = len(g.nn)
     arrays["rerank_nn"] = np.ascontiguousarray(g.nn, np.int32)
     arrays["rerank_sims"] = np.ascontiguousarray(g.sims, np.float32)
-    config[RECORD] = {
+    config[_RECORD] = {
         "method": "k-reciprocal",
         "k1": int(g.k1),
         "k": g.k,
@@ -218,32 +250,44 @@ def attach_graph(
     }
 
 
-def drop_graph(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    config.pop(RECORD, None)
-    for name in ARRAYS:
+def _drop_graph(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    config.pop(_RECORD, None)
+    for name in _ARRAYS:
         arrays.pop(name, None)
+
+
+def _build_for(
+    config: dict[str, Any], arrays: dict[str, np.ndarray], raw: np.ndarray, k1: int, block: int = _BLOCK
+) -> tuple[NeighbourGraph, str]:
+    """A model's graph from nothing: through its IVF when it has one (large catalogues), else exact."""
+    ivf = config.get("ivf")
+    if ivf and "ivf_centroids" in arrays and "ivf_lists" in arrays:
+        nprobe = int(ivf.get("nprobe", 1))
+        g = _ivf_graph(raw, arrays["ivf_centroids"], arrays["ivf_lists"], nprobe, k1)
+        return g, f"ivf, nprobe {nprobe}"
+    return _build_graph(_ranking_vectors(config, arrays, raw), k1, block=block), "exact"
 
 
 def add_graph(
     config: dict[str, Any],
     arrays: dict[str, np.ndarray],
     raw: np.ndarray,
-    k1: int = K1,
+    k1: int = _K1,
     *,
-    block: int = BLOCK,
+    block: int = _BLOCK,
 ) -> NeighbourGraph:
     """Build the graph of a model's catalogue (``raw``: its raw vectors, store order) and store
-    it (:func:`attach_graph`).  Training calls this when asked for a graph."""
+    it (:func:`_attach_graph`).  Training calls this when asked for a graph."""
     t0 = time.perf_counter()
-    g = build_graph(ranking_vectors(config, arrays, raw), k1, block=block)
+    g, how = _build_for(config, arrays, raw, k1, block)
     seconds = time.perf_counter() - t0
-    attach_graph(config, arrays, g, seconds, "exact")
+    _attach_graph(config, arrays, g, seconds, how)
     log.info("neighbour graph: k1=%d over %d images in %.1fs (%d bytes)", k1, len(g.nn), seconds, g.nbytes)
     return g
 
 
 @dataclass(frozen=True)
-class GraphState:
+class _GraphState:
     """A model's graph as an update finds it (read before the update rewrites the model)."""
 
     graph: NeighbourGraph | None  #: ``None``: stale, rebuilt after the update
@@ -251,18 +295,18 @@ class GraphState:
     space: str | None
 
 
-def graph_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GraphState | None:
+def graph_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> _GraphState | None:
     """The graph of a model about to be updated (``None``: it has none)."""
-    if RECORD not in config:
+    if _RECORD not in config:
         return None
-    rec = config[RECORD]
-    g = graph_from_model(config, arrays, int(config.get("n_images", 0)))
-    usable = g is not None and stale_reason(config, arrays, g) is None
-    return GraphState(g if usable else None, int(rec.get("k1", K1)), rec.get("space"))
+    rec = config[_RECORD]
+    g = _graph_from_model(config, arrays, int(config.get("n_images", 0)))
+    usable = g is not None and _stale_reason(config, arrays, g) is None
+    return _GraphState(g if usable else None, int(rec.get("k1", _K1)), rec.get("space"))
 
 
 def carry_graph(
-    state: GraphState | None,
+    state: _GraphState | None,
     config: dict[str, Any],
     arrays: dict[str, np.ndarray],
     raw: np.ndarray,
@@ -270,33 +314,33 @@ def carry_graph(
     keep_rows: np.ndarray,
 ) -> NeighbourGraph | None:
     """After an update: the model's graph (``state``, from :func:`graph_state`) brought to the
-    new catalogue -- :func:`update_graph`, or rebuilt when it was stale -- and stored in the
+    new catalogue -- :func:`_update_graph`, or rebuilt when it was stale -- and stored in the
     updated model's ``config`` / ``arrays`` (after its store record); ``raw``: the new raw
     vectors, ``keep_rows`` the new rows of the unchanged old rows ``keep_src``.  ``None``: the
     model has no graph (and gets none)."""
     if state is None:
-        drop_graph(config, arrays)
+        _drop_graph(config, arrays)
         return None
     t0 = time.perf_counter()
-    C = ranking_vectors(config, arrays, raw)
-    if state.graph is None or state.space != _space_name(config, arrays):
-        g, how = build_graph(C, state.k1), "exact"
+    if state.graph is None or state.space != _space_name(config, arrays) or config.get("ivf"):
+        g, how = _build_for(config, arrays, raw, state.k1)  # an IVF model: rebuilt through its IVF
     else:
-        g, how = update_graph(state.graph, C, keep_src, keep_rows), "exact, updated"
-    attach_graph(config, arrays, g, time.perf_counter() - t0, how)
+        C = _ranking_vectors(config, arrays, raw)
+        g, how = _update_graph(state.graph, C, keep_src, keep_rows), "exact, updated"
+    _attach_graph(config, arrays, g, time.perf_counter() - t0, how)
     return g
 
 
-def graph_from_model(config: dict[str, Any], arrays: dict[str, np.ndarray], n: int) -> NeighbourGraph | None:
+def _graph_from_model(config: dict[str, Any], arrays: dict[str, np.ndarray], n: int) -> NeighbourGraph | None:
     """The graph a model stores (``None``: none), not checked for staleness."""
-    if RECORD not in config or "rerank_nn" not in arrays or "rerank_sims" not in arrays:
+    if _RECORD not in config or "rerank_nn" not in arrays or "rerank_sims" not in arrays:
         return None
-    return NeighbourGraph(arrays["rerank_nn"], arrays["rerank_sims"], int(config[RECORD].get("k1", K1)))
+    return NeighbourGraph(arrays["rerank_nn"], arrays["rerank_sims"], int(config[_RECORD].get("k1", _K1)))
 
 
-def stale_reason(config: dict[str, Any], arrays: dict[str, np.ndarray], g: NeighbourGraph) -> str | None:
+def _stale_reason(config: dict[str, Any], arrays: dict[str, np.ndarray], g: NeighbourGraph) -> str | None:
     """Why the stored graph does not describe the model's catalogue (``None``: it does)."""
-    rec = config.get(RECORD) or {}
+    rec = config.get(_RECORD) or {}
     n = int(config.get("n_images", -1))
     if len(g.nn) != n:
         return f"made for {len(g.nn)} images, the model has {n}"
@@ -312,7 +356,7 @@ def stale_reason(config: dict[str, Any], arrays: dict[str, np.ndarray], g: Neigh
 def searcher_graph(config: dict[str, Any], arrays: dict[str, np.ndarray], model_path: Any) -> NeighbourGraph:
     """The graph a search with ``rerank="k-reciprocal"`` uses, or a one-line error saying how to
     get one."""
-    g = graph_from_model(config, arrays, int(config.get("n_images", 0)))
+    g = _graph_from_model(config, arrays, int(config.get("n_images", 0)))
     how = (
         "train it with a neighbour graph (train_clusters(..., rerank_graph=True); CLI: "
         "`varsitysrch train ... --rerank-graph`), or search without rerank"
@@ -323,7 +367,7 @@ def searcher_graph(config: dict[str, Any], arrays: dict[str, np.ndarray], model_
             f"does not have: {how}",
             param="rerank",
         )
-    why = stale_reason(config, arrays, g)
+    why = _stale_reason(config, arrays, g)
     if why is not None:
         raise IncompatibleModelError(
             f"the neighbour graph in model {str(model_path)!r} is stale ({why}): run update with this "
@@ -391,8 +435,8 @@ def rerank(
     *,
     self_row: int | None = None,
     keep: int = 1,
-    k2: int = K2,
-    lam: float = LAMBDA,
+    k2: int = _K2,
+    lam: float = _LAMBDA,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidates ``rows`` (best first, ranking-space cosines ``sims`` to the ranking-space
     ``query``) re-ordered by the k-reciprocal distance; the first ``keep`` stay in place.
@@ -456,34 +500,20 @@ def rerank(
 
 def keep_count(sims: np.ndarray) -> int:
     """Rows kept in front by the keep-first rule: the leading copies of the query (first-pass
-    score at least :data:`COPY_COSINE`) and the first hit after them."""
-    copy = np.asarray(sims) >= COPY_COSINE
+    score at least :data:`_COPY_COSINE`) and the first hit after them."""
+    copy = np.asarray(sims) >= _COPY_COSINE
     copies = len(copy) if copy.all() else int(np.argmin(copy))
     return min(len(copy), copies + 1)
 
 
 __all__ = [
-    "ARRAYS",
-    "K1",
-    "K2",
-    "LAMBDA",
     "POOL",
-    "RECORD",
-    "RERANK_METHODS",
-    "GraphState",
     "NeighbourGraph",
     "add_graph",
-    "attach_graph",
-    "build_graph",
     "carry_graph",
     "check_rerank",
-    "drop_graph",
-    "graph_from_model",
     "graph_state",
     "keep_count",
-    "ranking_vectors",
     "rerank",
     "searcher_graph",
-    "stale_reason",
-    "update_graph",
 ]
