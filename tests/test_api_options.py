@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -431,3 +432,25 @@ def test_evaluate_flat_keywords_equal_the_options_value(synth_store: Path, tmp_p
         for r in (r1, r2)
     ]
     assert rows[0] == rows[1] and len(rows[0]) >= 1
+
+
+def test_the_api_surface_script_counts_what_inspect_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/api_surface.py (the before/after table in docs/python-api.md) reads the source with
+    ast; on the working tree its counts are inspect.signature's."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "api_surface.py"
+    spec = importlib.util.spec_from_file_location("api_surface", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "api_surface", mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    got = mod.surface(mod.Source(None))
+    for func in SEED:
+        params = inspect.signature(func).parameters.values()
+        explicit = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        assert got[func.__name__].params == f"{len(explicit)} + **settings", func.__name__
+    for cls in VALUES:
+        entry = got[cls.__name__]
+        assert entry.params == str(len(cls._names())) and entry.methods == 2, cls.__name__
+        assert entry.method_params == {"merge": "1 + **settings", "replace": "0 + **changes"}
