@@ -180,9 +180,14 @@ def surface(src: Source) -> dict[str, Entry]:
     return out
 
 
+def _code(cell: str) -> str:
+    """A count with ``*args`` / ``**kwargs`` as code (Markdown would read ``**`` as bold)."""
+    return f"`{cell}`" if "*" in cell and not cell.startswith("`") else cell
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_code(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
