@@ -454,3 +454,18 @@ def test_the_api_surface_script_counts_what_inspect_sees(monkeypatch: pytest.Mon
         entry = got[cls.__name__]
         assert entry.params == str(len(cls._names())) and entry.methods == 2, cls.__name__
         assert entry.method_params == {"merge": "1 + **settings", "replace": "0 + **changes"}
+
+
+def test_making_a_settings_value_stays_light() -> None:
+    """The values are made before any work (and by the CLI per command): no scikit-learn, faiss,
+    ONNX Runtime or matplotlib import for them (why _config writes TARGET_RECALL out)."""
+    import subprocess
+
+    code = (
+        "import sys, varsitysrch as V\n"
+        "[c() for c in (V.Compute, V.ExtractOptions, V.ChooseKOptions, V.TrainOptions, V.UpdateOptions,"
+        " V.ReportOptions, V.EvalOptions)]\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'sklearn', 'faiss', 'onnxruntime', 'matplotlib'}\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
