@@ -2,7 +2,7 @@
 
 For each domain the store is split (seeded) into a catalogue part (80 %) and held-out
 queries (20 %).  Everything is fitted on the catalogue part only, as ``train_clusters``
-does: the search-space PCA (``fit_search_pca``, 128 components from 1,000 images) and the
+does: plain cosine (or, with ``--search-pca``, the opt-in search-space PCA of 128 components) and the
 :class:`~varsitysrch._confidence.ScoreCalibrator` on the catalogue in that space.  Queries:
 
 * in-domain: the domain's held-out photos;
@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     benchdata.add_work_argument(ap, PROG, "the extracted stores")
     ap.add_argument("--domains", nargs=2, default=["clothing-small", "grocery-train"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--search-pca",
+        action="store_true",
+        help="rank in the opt-in search-space PCA (128 components) instead of plain cosine (the default)",
+    )
     a = ap.parse_args(argv)
     if a.features is not None:
         missing = [d for d in a.domains if not (a.features / d).is_dir()]
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from varsitysrch import FeatureStore, ScoreCalibrator
     from varsitysrch._neighbours import exact_topk
-    from varsitysrch._postprocess import default_search_pca, fit_search_pca, to_search_space
+    from varsitysrch._postprocess import SEARCH_PCA_DIM, fit_search_pca, to_search_space
 
     data = {d: np.asarray(FeatureStore.open(p).vectors, np.float32) for d, p in stores.items()}
     parts = {d: split(len(X), a.seed) for d, X in data.items()}
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     for cat, other in (a.domains, a.domains[::-1]):
         Xc = data[cat][parts[cat][0]]
         Qin, Qout = data[cat][parts[cat][1]], data[other][parts[other][1]]
-        n_pca = default_search_pca(len(Xc), Xc.shape[1])
+        n_pca = SEARCH_PCA_DIM if a.search_pca else 0  # the opt-in search space (default: raw cosine)
         if n_pca:
             mean, comps = fit_search_pca(Xc, n_pca, 0)
             Z, Zin, Zout = (to_search_space(M, mean, comps) for M in (Xc, Qin, Qout))

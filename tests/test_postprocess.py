@@ -9,9 +9,8 @@ import pytest
 
 from varsitysrch import InvalidArgumentError, Searcher, train_clusters
 from varsitysrch._postprocess import (
-    _SEARCH_PCA_DIM,
     QE_NEIGHBOURS,
-    default_search_pca,
+    SEARCH_PCA_DIM,
     expand_query,
     fit_whitening,
     neighbour_lists,
@@ -56,10 +55,15 @@ def test_whitening_full_partial_and_pca() -> None:
 
 
 # ------------------------------------------------------------------ hooks in train_clusters / Searcher
-def test_default_search_pca_rule() -> None:
-    assert default_search_pca(999, 1280) == 0
-    assert default_search_pca(1000, 1280) == _SEARCH_PCA_DIM
-    assert default_search_pca(50_000, 128) == 0  # already small
+def test_the_search_space_pca_is_opt_in(pca_model) -> None:
+    """Plain cosine on the raw vectors is the default ranking space at any catalogue size (the
+    PCA space was the default from 1,000 images until measured on three dev domains)."""
+    d, X = pca_model
+    s = Searcher(d / "default.vsm")
+    assert len(s) == 1200 and "search_pca" not in s.config and s._space is None
+    hits = s.search_vector(X[7], 5, exact=True)
+    want = np.argsort(-(X @ X[7]), kind="stable")[:5]
+    assert [s._id_index[h.image] for h in hits] == want.tolist()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,8 @@ def pca_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarra
     )
     d = tmp_path_factory.mktemp("pca")
     FeatureStore.write(d / "f", [f"c/{i:05d}.jpg" for i in range(len(X))], X, {"name": "test", "dim": 300})
-    train_clusters(d / "f", d / "m.vsm", d / "c.csv", 6, show_progress=False)  # default: search PCA
+    train_clusters(d / "f", d / "m.vsm", d / "c.csv", 6, show_progress=False, search_pca=SEARCH_PCA_DIM)
+    train_clusters(d / "f", d / "default.vsm", d / "default.csv", 6, show_progress=False)
     train_clusters(d / "f", d / "raw.vsm", d / "raw.csv", 6, show_progress=False, search_pca=0)
     return d, X
 
@@ -79,7 +84,7 @@ def pca_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarra
 def test_search_space_pca_is_stored_and_used(pca_model) -> None:
     d, X = pca_model
     s = Searcher(d / "m.vsm")
-    assert s.config["search_pca"] == _SEARCH_PCA_DIM and s._scoring.shape == (1200, _SEARCH_PCA_DIM)
+    assert s.config["search_pca"] == SEARCH_PCA_DIM and s._scoring.shape == (1200, SEARCH_PCA_DIM)
     mean, comps = s.model_file.arrays["search_mean"], s.model_file.arrays["search_components"]
     Z = to_search_space(X, mean, comps)
     q = X[7]

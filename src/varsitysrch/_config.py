@@ -319,7 +319,8 @@ class TrainOptions(_Settings):
         ivf: a faiss IVF search index (``None``: above ``_index.IVF_THRESHOLD`` images).
         embed_index: keep the raw vectors in the model file (``None``: up to 50M floats).
         target_recall: recall@10 against exact search the default ``nprobe`` reaches, in (0, 1].
-        search_pca: components of the ranking space (``None``: the default rule; ``0``: plain cosine).
+        search_pca: components of a catalogue-centred PCA ranking space (``None`` / ``0``, the
+            default: plain cosine on the raw vectors; opt-in, 128 measured: ``docs/quality.md``).
         query_expansion: the Searcher's default alpha-QE neighbours (``None``: 0, off).
         rerank_graph: store the catalogue's neighbour graph for ``rerank="k-reciprocal"``
             (:mod:`varsitysrch._rerank`; kept up to date by ``update_catalogue``).

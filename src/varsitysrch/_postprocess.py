@@ -2,9 +2,13 @@
 
 All functions work on L2-normalised float32 rows and return L2-normalised rows.
 
-Adopted by default: the search space -- catalogue-centred PCA (:func:`default_search_pca`),
-fitted once by :func:`~varsitysrch._searchindex.build_search_index`, which stores the
-catalogue projected; :class:`~varsitysrch.Searcher` projects each query.
+Opt-in: the search space -- a catalogue-centred PCA (``train_clusters(search_pca=N)``;
+:data:`SEARCH_PCA_DIM` components is the measured setting), fitted once by
+:func:`~varsitysrch._searchindex.build_search_index`, which stores the catalogue projected;
+:class:`~varsitysrch.Searcher` projects each query.  It was the default above 1,000 images until
+it was measured on three dev domains: n.s. on fashion-dev and a large loss from shelf photos to a
+studio catalogue (``docs/quality.md``, "Decisions on three dev domains"), so plain cosine on the
+raw vectors is the default ranking space.
 
 Catalogue side (fitted or computed once on the catalogue, stored with the model):
 
@@ -43,10 +47,10 @@ __all__ = [
     "QE_NEIGHBOURS",
     "QE_SELF_COSINE",
     "QE_SELF_MARGIN",
+    "SEARCH_PCA_DIM",
     "Whitening",
     "apply_whitening",
     "augment_rows",
-    "default_search_pca",
     "expand_query",
     "fit_search_pca",
     "fit_whitening",
@@ -65,24 +69,12 @@ _ALPHA = 3.0
 QE_SELF_COSINE = 0.99
 #: extra first-pass results fetched so that such copies can be skipped
 QE_SELF_MARGIN = 3
-#: Adopted: search in a catalogue-centred PCA space of this many dimensions (no whitening) ...
-_SEARCH_PCA_DIM = 128
-#: ... when the catalogue has at least this many images (fewer: plain cosine on raw vectors).
-_SEARCH_PCA_MIN_IMAGES = 1000
+#: the measured size of the opt-in search-space PCA (``train_clusters(search_pca=SEARCH_PCA_DIM)``,
+#: ``train --search-pca 128``): catalogue-centred, no whitening (``docs/quality.md``)
+SEARCH_PCA_DIM = 128
 
 
-# ------------------------------------------------------------------ search space (adopted)
-def default_search_pca(n_images: int, dim: int) -> int:
-    """Components of the search-space PCA :func:`~varsitysrch.train_clusters` fits by default (0 = none).
-
-    :data:`_SEARCH_PCA_DIM` components from :data:`_SEARCH_PCA_MIN_IMAGES` images up (and when the
-    features have more dimensions); small catalogues keep plain cosine.  Why: ``docs/quality.md``.
-    """
-    if n_images < _SEARCH_PCA_MIN_IMAGES or dim <= _SEARCH_PCA_DIM:
-        return 0
-    return _SEARCH_PCA_DIM
-
-
+# ------------------------------------------------------------------ search space (opt-in)
 def fit_search_pca(X: np.ndarray, n_components: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, components)`` of the search space, fitted on the catalogue (seeded sample above 100k rows)."""
     from ._pca import fit_pca

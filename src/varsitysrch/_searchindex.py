@@ -4,7 +4,7 @@
 :class:`~varsitysrch.KMeansModel` and returns what :class:`~varsitysrch.Searcher` needs:
 
 1. the ranking space: a catalogue-centred PCA without whitening (``search_pca``
-   components, :func:`varsitysrch._postprocess.default_search_pca` by default), fitted once
+   components; none by default: plain cosine on the raw vectors), fitted once
    (at training; an update reuses it) and the catalogue stored already projected, so loading
    a model projects nothing;
 2. the default ``nprobe``: the fewest nearest clusters whose ranked search reaches
@@ -28,7 +28,7 @@ from ._errors import InvalidArgumentError
 from ._index import IVFParts, build_faiss_index, build_ivf, calibrate_ivf
 from ._kmeans import KMeansModel
 from ._neighbours import exact_topk, probe_recall
-from ._postprocess import default_search_pca, fit_search_pca, to_search_space
+from ._postprocess import fit_search_pca, to_search_space
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _space(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     if isinstance(search_pca, tuple):
         return search_pca
-    n_search = default_search_pca(*X.shape) if search_pca is None else search_pca
+    n_search = 0 if search_pca is None else search_pca
     if isinstance(n_search, bool) or not isinstance(n_search, int | np.integer) or n_search < 0:
         raise InvalidArgumentError(f"search_pca must be an integer >= 0; got {search_pca!r}")
     return fit_search_pca(X, int(n_search), random_state) if n_search > 0 else None

@@ -22,7 +22,7 @@ from ._config import Compute, TrainOptions, settle
 from ._io import check_replaceable
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, record_store, save_model_and_csv, stamp_arrays
-from ._postprocess import default_search_pca, fit_search_pca
+from ._postprocess import fit_search_pca
 from ._progress import say
 from ._rerank import add_graph
 from ._searchindex import build_search_index
@@ -72,8 +72,10 @@ def train_clusters(
     dask.distributed workers with ``engine="dask", scheduler=ADDRESS|Client``).
 
     Search (:func:`~varsitysrch._searchindex.build_search_index`): ``search_pca``
-    components of a catalogue-centred PCA form the ranking space (``None``: the default
-    rule of :func:`~varsitysrch._postprocess.default_search_pca`; ``0``: plain cosine),
+    components of a catalogue-centred PCA form the ranking space (``None`` or ``0``, the
+    default: plain cosine on the raw vectors; opt-in, e.g.
+    :data:`~varsitysrch._postprocess.SEARCH_PCA_DIM` = 128: measured on three dev domains, n.s. on
+    fashion-dev and a loss from shelf photos to studio shots, ``docs/quality.md``),
     and the default ``nprobe`` is the fewest clusters reaching ``target_recall`` recall@10
     against exact search in that space.  Catalogues above
     :data:`varsitysrch._index.IVF_THRESHOLD` images (or ``ivf=True``) get a faiss IVF
@@ -108,7 +110,7 @@ def train_clusters(
     X = store.vectors  # a memory map: float16 or float32, never copied whole
     n, dim = X.shape
     use_ivf = bool(ivf or (ivf is None and n > _index.IVF_THRESHOLD))
-    n_search = 0 if use_ivf else default_search_pca(n, dim) if search_pca is None else search_pca
+    n_search = 0 if use_ivf or search_pca is None else search_pca
     model = KMeansModel(
         num_clusters,
         n_init=opts.n_init,

@@ -561,6 +561,14 @@ def train(
         int | None,
         typer.Option(help="Searches' query expansion neighbours (default 0: plain cosine; 2 is opt-in)."),
     ] = None,
+    search_pca: Annotated[
+        bool,
+        typer.Option(
+            "--search-pca",
+            help="Rank in a catalogue-centred PCA space of 128 components (opt-in; default: plain cosine "
+            "on the raw vectors, docs/quality.md).",
+        ),
+    ] = False,
     rerank_graph: Annotated[
         bool,
         typer.Option(
@@ -581,6 +589,7 @@ def train(
     replaced without --force, and folders that do not exist are not created.
     """
     from . import train_clusters
+    from ._postprocess import SEARCH_PCA_DIM
 
     csv = _check_train_outputs(model, csv, force)
 
@@ -607,6 +616,7 @@ def train(
         engine=engine,
         scheduler=scheduler,
         query_expansion=query_expansion,
+        search_pca=SEARCH_PCA_DIM if search_pca else None,
         rerank_graph=rerank_graph,
         show_progress=_bars(),
     )
