@@ -51,7 +51,7 @@ __all__ = ["client_for", "dask_assign", "embed_shards"]
 
 
 #: ``decode(root, ids, size, resize)`` -> ``(ok ids, uint8 pixels, float32 colour rows, skipped)`` of
-#: one batch: the caller's image decoder (``_extract.decode_store_batch``), passed in so that this
+#: one batch: the caller's image decoder (``_extract._decode_store_batch``), passed in so that this
 #: engine never imports the pipeline stages that call it
 _Decoder = Callable[..., tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]]
 

@@ -1,9 +1,10 @@
 """PCA as varsitysrch uses it: fitted once, no whitening, rows re-normalised after projection.
 
-``choose_k(..., n_components=c)`` analyses k in this space and ``train_clusters(..., n_components=c)``
-trains in the same one, so the k chosen is the k trained. Both call :func:`fit_pca` on all the
-features with the same ``random_state`` and :func:`apply_pca` to project (the model file stores
-``mean`` and ``components``; a query is projected with the same two arrays).
+``get_optimal_num_clusters(..., n_components=c)`` analyses k in this space and
+``train_clusters(..., n_components=c)`` trains in the same one, so the k chosen is the k
+trained. Both call :func:`fit_pca` on all the features with the same ``random_state`` and
+:func:`apply_pca` to project (the model file stores ``mean`` and ``components``; a query is
+projected with the same two arrays).
 """
 
 from __future__ import annotations
