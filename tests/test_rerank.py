@@ -449,6 +449,8 @@ def test_cli_and_http_give_the_library_hits(
         assert r.status_code == 200 and _ids(r.json()["hits"]) == lib_id
         r = c.post("/search/batch", data={"image_ids": [pick]}, params={"top_n": 8, "rerank": "k-reciprocal"})
         assert _ids(r.json()["results"][0]["hits"]) == lib_id
+        assert c.get("/healthz").json()["rerank_graph"] is True
+        assert 'data-param="rerank"' in c.get("/").text
         r = c.get("/search", params={"image_id": pick, "rerank": "diffusion"})
         assert r.status_code == 422 and "rerank must be" in r.json()["detail"]
     plain = tmp_path / "plain.vsm"
@@ -460,6 +462,7 @@ def test_cli_and_http_give_the_library_hits(
     with TestClient(create_app(plain, cache_dir=tmp_path, reload_interval=0)) as c:
         r = c.get("/search", params={"image_id": pick, "rerank": "k-reciprocal"})
         assert r.status_code == 422 and "--rerank-graph" in r.json()["detail"]
+        assert c.get("/healthz").json()["rerank_graph"] is False  # the page hides its switch
     out = CliRunner().invoke(
         cli_app, ["search", str(root / pick), "-m", str(plain), "--rerank", "k-reciprocal"]
     )
@@ -491,3 +494,20 @@ def test_a_large_catalogue_builds_its_graph_through_its_ivf(tmp_path: Path) -> N
     s = Searcher(tmp_path / "m.vsm")
     assert s.probe_unit == "lists"
     assert len(s.search_vector(X[3], 10, rerank="k-reciprocal")) == 10
+
+
+def test_the_row_cache_is_only_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row's weights are kept per loaded model; a cache emptied every few queries (a small
+    bound) gives the same orders as the loop."""
+    from varsitysrch import _rerank
+
+    monkeypatch.setattr(_rerank, "_CACHE_ROWS", 150)
+    C = _clustered(16)
+    g = _build_graph(C, _K1)
+    rng = np.random.default_rng(16)
+    for _ in range(6):
+        q = normalize_rows((C[rng.integers(len(C))] + 0.5 * rng.standard_normal(C.shape[1]))[None])[0]
+        rows, sims = _top(q, C, 100)
+        got, _ = rerank(g, C, q, rows, sims, keep=1)
+        np.testing.assert_array_equal(got, reference(C, _K1, 6, q, rows, sims, None, keep_first=True))
+        assert len(_rerank._row_cache(g)) <= 150 + 100 * 6  # emptied past the bound, then one query's rows

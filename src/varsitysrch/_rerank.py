@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -426,6 +427,45 @@ def _weights(
     return row, col, w
 
 
+#: catalogue rows whose own weights are kept per model (a row's weights depend only on the graph
+#: and the catalogue, so they are computed once per loaded model; the cache is emptied past this)
+_CACHE_ROWS = 200_000
+_caches: dict[int, tuple[weakref.ref[np.ndarray], dict[int, tuple[np.ndarray, np.ndarray]]]] = {}
+
+
+def _row_cache(g: NeighbourGraph) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The weights cache of the model whose graph is ``g`` (keyed by its loaded array)."""
+    hit = _caches.get(id(g.nn))
+    if hit is not None and hit[0]() is g.nn:
+        return hit[1]
+    for key in [k for k, (ref, _) in _caches.items() if ref() is None]:  # models no longer loaded
+        _caches.pop(key, None)
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    _caches[id(g.nn)] = (weakref.ref(g.nn), cache)
+    return cache
+
+
+def _row_weights(g: NeighbourGraph, C: np.ndarray, U: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each catalogue row's own normalised weights ``(columns, weights)`` (its expanded
+    k-reciprocal set, before local query expansion), from the model's cache; the rows not in it
+    are computed together (:func:`_expand`, :func:`_weights`) and kept."""
+    cache = _row_cache(g)
+    got = [cache.get(u) for u in U.tolist()]
+    todo = np.asarray([u for u, x in zip(U.tolist(), got, strict=True) if x is None], np.int64)
+    if len(todo):
+        E = _expand(g, _recip(g, todo, g.k), todo)
+        r, c, w = _weights(C, E, _f32(C[todo]), [])
+        bounds = np.searchsorted(r, np.arange(len(todo) + 1))
+        if len(cache) + len(todo) > _CACHE_ROWS:
+            cache.clear()
+        new = {}
+        for i, u in enumerate(todo.tolist()):
+            new[u] = (c[bounds[i] : bounds[i + 1]], w[bounds[i] : bounds[i + 1]])
+        cache.update(new)
+        got = [x if x is not None else new[u] for u, x in zip(U.tolist(), got, strict=True)]
+    return [x for x in got if x is not None]
+
+
 def rerank(
     g: NeighbourGraph,
     C: np.ndarray,
@@ -470,10 +510,11 @@ def rerank(
             return rows, sims
         Gq = cand[: max(0, min(k2 - 1, m))]
     U = np.unique(np.concatenate([G.ravel(), Gq]))  # the rows whose own weights are needed
-    E = _expand(g, _recip(g, U, k1), U)
-    vecs = _f32(C[U])
-    universe: list[np.ndarray] = []
-    ur, uc, uw = _weights(C, E, vecs, universe)
+    own = _row_weights(g, C, U)
+    ur = np.repeat(np.arange(len(U)), [len(c) for c, _ in own])
+    uc = np.concatenate([c for c, _ in own])
+    uw = np.concatenate([w for _, w in own])
+    universe: list[np.ndarray] = [uc]
     if Rq is not None:
         Eq = _expand(g, np.concatenate([Rq, np.full(k1 + 1 - len(Rq), -1)])[None], np.asarray([-1]))
         _, qc, qw = _weights(C, Eq, q[None], universe)

@@ -296,6 +296,15 @@ def _busy(svc: Service, exc: Overloaded) -> Exception:
     return _http(503, str(exc), **{"Retry-After": "1"})
 
 
+def _has_graph(s: Any) -> bool:
+    """Whether the served model can search with ``rerank="k-reciprocal"`` (a current neighbour graph)."""
+    try:
+        searcher_graph(s.config, s.model_file.arrays, s.model_path)
+    except IncompatibleModelError:
+        return False
+    return True
+
+
 def _check_nprobe(gen: Generation, nprobe: int | None, exact: bool) -> None:
     """``nprobe`` against the served model's search index (K-means clusters, or IVF lists), before
     any upload is read (the pipeline checks it again, against the same index)."""
@@ -655,6 +664,7 @@ def _add_service_routes(app: Any, svc: Service) -> None:
             "max_batch_queries": MAX_BATCH_QUERIES,
             "model_generation": gen.number,
             "report": svc.report is not None,
+            "rerank_graph": _has_graph(gen.searcher),
         }
 
     @app.get("/metrics", tags=["service"], response_class=Response)

@@ -575,6 +575,7 @@
       $("nprobe").max = String(info.clusters);
       $("nprobe").placeholder = `auto (${info.nprobe})`;
       $("nav-catalogue").hidden = !info.report;  // the catalogue report, when the service has one
+      $("rerank-control").hidden = !info.rerank_graph;  // k-reciprocal re-ranking, when the model can
     } catch (err) {
       $("stats").textContent = "service unavailable";
     }
