@@ -428,8 +428,9 @@ def _weights(
 
 
 #: catalogue rows whose own weights are kept per model (a row's weights depend only on the graph
-#: and the catalogue, so they are computed once per loaded model; the cache is emptied past this)
-_CACHE_ROWS = 200_000
+#: and the catalogue, so they are computed once per loaded model; the cache is emptied past this:
+#: about 60 columns a row at 16 bytes, ~50 MB)
+_CACHE_ROWS = 50_000
 _caches: dict[int, tuple[weakref.ref[np.ndarray], dict[int, tuple[np.ndarray, np.ndarray]]]] = {}
 
 
