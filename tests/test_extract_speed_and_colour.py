@@ -399,3 +399,19 @@ def test_damaged_colour_rows_are_refused_in_one_line(tmp_path: Path, damage: str
     with pytest.raises(FeatureStoreError, match=want) as err:
         FeatureStore.open(tmp_path / "f")
     assert "\n" not in str(err.value)
+
+
+def test_images_per_second_leaves_out_preparing_the_extractor(tmp_path: Path) -> None:
+    """The first extraction in a process (on a fresh machine: the graph is built, seconds) reported
+    an images/s that counted that one-off preparation (issue 18: 7.4 img/s against 49 after it)."""
+    from varsitysrch._extract import _SESSIONS
+
+    make_synthetic_catalogue(tmp_path / "img", n_classes=2, per_class=4, size=80)
+    _SESSIONS.release()  # no session kept from an earlier test: this run prepares one
+    res = extract_features(tmp_path / "img", tmp_path / "s", show_progress=False, num_workers=1)
+    assert res.n_embedded == 8 and 0 < res.setup_seconds < res.seconds
+    assert res.images_per_second == pytest.approx(res.n_embedded / (res.seconds - res.setup_seconds))
+    again = extract_features(tmp_path / "img", tmp_path / "t", show_progress=False, num_workers=1)
+    assert again.setup_seconds < res.setup_seconds  # the session kept by the first run is reused
+    nothing = extract_features(tmp_path / "img", tmp_path / "t", show_progress=False, num_workers=1)
+    assert nothing.n_embedded == 0 and nothing.setup_seconds == 0  # nothing to embed: nothing prepared
