@@ -511,3 +511,26 @@ def test_the_row_cache_is_only_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
         got, _ = rerank(g, C, q, rows, sims, keep=1)
         np.testing.assert_array_equal(got, reference(C, _K1, 6, q, rows, sims, None, keep_first=True))
         assert len(_rerank._row_cache(g)) <= 150 + 100 * 6  # emptied past the bound, then one query's rows
+
+
+def test_update_of_an_ivf_model_rebuilds_its_graph_through_the_ivf(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    src, labels = source
+    rels = sorted(labels)
+    cat, feats, model, csv = tmp_path / "cat", tmp_path / "f", tmp_path / "m.vsm", tmp_path / "m.csv"
+    _copy(src, cat, rels[:-6])
+    extract_features(cat, feats, dtype="float16", show_progress=False)  # the IVF's codes are float16
+    train_clusters(feats, model, csv, 4, ivf=True, rerank_graph=True, show_progress=False)
+    _copy(src, cat, rels[-6:])
+    (cat / rels[0]).unlink()
+    update_catalogue(cat, feats, model, csv, show_progress=False)
+    mf = load_model(model)
+    assert mf.config["ivf"] and mf.config["rerank"]["built"].startswith("ivf, nprobe")
+    assert mf.config["rerank"]["features"]["generation"] == mf.config["features"]["generation"]
+    X = np.asarray(FeatureStore.open(feats).vectors, np.float32)
+    assert len(X) == len(rels) - 1
+    got = NeighbourGraph(mf.arrays["rerank_nn"], mf.arrays["rerank_sims"], _K1)
+    assert len(mf.arrays["ivf_centroids"]) == 1  # one list (under 78 images): the IVF search is exact
+    _same_graph(got, _build_graph(X, _K1))
+    assert len(Searcher(model, csv).search_id(mf.ids[0], 5, rerank="k-reciprocal")) == 5
