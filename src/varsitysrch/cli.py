@@ -456,7 +456,11 @@ def extract(
     img_dir: Annotated[Path, typer.Argument(help="Folder of catalogue images (searched recursively).")],
     features_dir: Annotated[Path, typer.Argument(help="Feature store folder to write (or update).")],
     extractor: Annotated[
-        str, typer.Option(help="efficientnet-lite0, mobilenet-v2, vgg16-block5pool or onnx:PATH.")
+        str,
+        typer.Option(
+            help="efficientnet-lite0, efficientnet-lite1 or -lite2 (extra backbones), mobilenet-v2, "
+            "vgg16-block5pool or onnx:PATH."
+        ),
     ] = "efficientnet-lite0",
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 8,
     workers: Annotated[
