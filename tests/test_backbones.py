@@ -213,3 +213,20 @@ def test_unknown_extractor_lists_the_new_names() -> None:
 
     with pytest.raises(InvalidArgumentError, match="efficientnet-lite1, efficientnet-lite2"):
         get_extractor("efficientnet-lite3")
+
+
+# ---------------------------------------------------------------- the real packages, where installed
+@pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_real_weights_match_their_pin_and_know_a_tshirt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from conftest import EXAMPLES
+    from varsitysrch._images import load_image
+
+    pytest.importorskip(_extractors._LITE_BACKBONES[name][1], reason="extra 'backbones' not installed")
+    monkeypatch.setenv("VARSITYSRCH_CACHE", str(tmp_path / "cache"))
+    ex = get_extractor(name)  # the installed file's sha256 is the pinned one
+    photos = sorted((EXAMPLES / "t-shirt").glob("*.jpg"))[:3]
+    batch = np.stack([load_image(p, ex.input_size, ex.resize) for p in photos])
+    top5 = np.argsort(-Embedder(ex, threads=2).logits(batch), axis=1)[:, :5]
+    assert all(610 in row for row in top5.tolist())  # ImageNet's "jersey, T-shirt"
