@@ -534,3 +534,18 @@ def test_update_of_an_ivf_model_rebuilds_its_graph_through_the_ivf(
     assert len(mf.arrays["ivf_centroids"]) == 1  # one list (under 78 images): the IVF search is exact
     _same_graph(got, _build_graph(X, _K1))
     assert len(Searcher(model, csv).search_id(mf.ids[0], 5, rerank="k-reciprocal")) == 5
+
+
+def test_tiny_catalogues(tmp_path: Path) -> None:
+    """Two images (one neighbour each) and three (k = n - 1 < k1): the graph is as short as the
+    catalogue, and a search over so few candidates keeps the plain order."""
+    for n in (2, 3):
+        X = _clustered(17, n=n, d=8)
+        d = tmp_path / str(n)
+        FeatureStore.write(d / "f", [f"c/{i}.jpg" for i in range(n)], X, {"name": "test", "dim": 8})
+        train_clusters(d / "f", d / "m.vsm", d / "m.csv", 2, rerank_graph=True, show_progress=False)
+        mf = load_model(d / "m.vsm")
+        assert mf.arrays["rerank_nn"].shape == (n, n - 1) and mf.config["rerank"]["k"] == n - 1
+        s = Searcher(d / "m.vsm")
+        got = [h.image for h in s.search_vector(X[0], 5, rerank="k-reciprocal")]
+        assert got == [h.image for h in s.search_vector(X[0], 5)] and len(got) == n
