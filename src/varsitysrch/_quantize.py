@@ -3,7 +3,7 @@
 :func:`quantize_static_int8` turns the float32 graph of an extractor into a static int8
 one: weights are quantised per output channel, activations per tensor with ranges
 measured on a calibration set.  The convolutional trunk is quantised; the input
-stage and the stem convolution, the pooling heads (``pooled``, ``gem``) and the
+stage and the stem convolution, the pooling heads (``pooled``, ``gem``, ``rmac``) and the
 classifier stay float32 (see :func:`_float_nodes`), so the output vectors are not
 rounded to 8 bits.
 
