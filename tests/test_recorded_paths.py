@@ -150,7 +150,7 @@ def test_a_recorded_name_never_makes_a_cache_path(synth_model: tuple[Path, Path]
     sidecar = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     where.with_name(where.name + ".json").write_text(json.dumps(sidecar))
     with pytest.raises(ModelFileError, match="unknown extractor"):
-        Searcher(model).embedder  # noqa: B018
+        Searcher(model)._query_embedder  # noqa: B018
 
 
 def test_a_recorded_weights_hash_must_be_a_sha256(synth_model: tuple[Path, Path], tmp_path: Path) -> None:

@@ -242,7 +242,7 @@ class _Vectors:
 
 
 def _embed(s: Searcher, batch: np.ndarray, stages: Stages) -> np.ndarray:
-    vecs = stages.embed(batch) if stages.embed is not None else s.embedder.embed(batch)
+    vecs = stages.embed(batch) if stages.embed is not None else s._query_embedder.embed(batch)
     return np.asarray(vecs, np.float32).reshape(len(batch), -1)
 
 
@@ -252,7 +252,7 @@ def _image_vectors(
     """Stages 1-3 for an image: ``(vectors [V, dim], discount, crops, colour signature)``."""
     ex = s.extractor  # the query side's identity: the Searcher's own ONNX session only if it embeds
     if ex is None:
-        ex = s.embedder.extractor  # raises: a model without an extractor identity, before decoding
+        ex = s._query_embedder.extractor  # raises: a model without an extractor identity, before decoding
     crops, flip = parse_views(views)
     keep = crops or flip or colour or (views == "auto" and s._studio_catalogue())
     opened = open_image(stages.open(source))  # the gate's pixel and aspect bounds, whoever opened it

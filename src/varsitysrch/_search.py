@@ -92,7 +92,8 @@ class Searcher:
       :class:`~varsitysrch.KMeansModel`), ``config`` (the model file's record), ``calibration``
       (the :class:`~varsitysrch.ScoreCalibrator` behind ``Hit.confidence``), ``attributes``
       (the columns ``where=`` filters on, ``None`` without), ``extractor`` (what queries are
-      embedded with), ``model_path``, ``image_root``; and the defaults a search starts from:
+      embedded with), ``model_path``, ``model_file`` (the model file as loaded: its record and
+      arrays), ``image_root``; and the defaults a search starts from:
       ``colour_weight``, ``query_expansion``.
 
     Args:
@@ -298,7 +299,7 @@ class Searcher:
         return int(self.vectors.shape[1])
 
     @property
-    def embedder(self) -> Embedder:
+    def _query_embedder(self) -> Embedder:
         """The query embedder (built on first use)."""
         if self._embedder is None:
             if self.extractor is None:
