@@ -189,6 +189,11 @@ def test_lite_backbone_int8_builds_a_quantised_graph(tmp_path: Path, monkeypatch
     (graph,) = (tmp_path / "cache" / "models").glob("efficientnet-lite1-*-int8-*.onnx")
     ops = {n.op_type for n in onnx.load(str(graph)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the R-MAC head stays float32 after the int8 trunk, and runs (the same cached graph)
+    int8_rmac = get_extractor("efficientnet-lite1", quantized=True, pooling="rmac")
+    rmac = Embedder(int8_rmac, threads=1).embed(images)
+    np.testing.assert_allclose(np.linalg.norm(rmac, axis=1), 1.0, atol=1e-5)
+    assert list((tmp_path / "cache" / "models").glob("efficientnet-lite1-*-int8-*.onnx")) == [graph]
 
 
 def test_unpinned_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
