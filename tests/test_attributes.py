@@ -449,8 +449,8 @@ def test_filtered_search_returns_matching_rows_exactly_top_n_and_exact_at_full_n
             assert {h.image for h in hits} <= allowed  # only matching rows
             assert len(hits) == min(top_n, int(match.sum()))  # exactly top_n whenever that many match
             assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
-        exact = s.search_vector(q, 10, where=where, exact=True, expand=0)
-        full = s.search_vector(q, 10, where=where, nprobe=s.k, expand=0)
+        exact = s.search_vector(q, 10, where=where, exact=True, expand=0, rerank="none")  # the plain order
+        full = s.search_vector(q, 10, where=where, nprobe=s.k, expand=0, rerank="none")
         scores = (s._scoring @ s._to_ranking(q[None])[0]).astype(np.float64)
         rows = np.flatnonzero(match)
         want = rows[np.lexsort((rows, -scores[rows]))][:10]

@@ -336,8 +336,10 @@ def test_query_expansion_options(synth_catalogue, synth_store: Path, tmp_path: P
 
     def found(model: str, *extra: str) -> list[dict[str, Any]]:
         res = runner.invoke(
-            app, ["search", str(root / rel), "-m", str(tmp_path / model), "-n", "8", "--json", *extra]
-        )
+            app,  # the query expansion's own order (re-ranking off)
+            ["search", str(root / rel), "-m", str(tmp_path / model), "-n", "8", "--json", "--rerank", "none",
+             *extra],
+        )  # fmt: skip
         assert res.exit_code == 0, res.output
         return list(json.loads(res.stdout))
 

@@ -60,7 +60,7 @@ def test_exact_is_brute_force_in_the_ranking_space(spaces: dict[str, Any]) -> No
             q = normalize_rows(X[rng.integers(len(X))][None] + 0.3 * rng.standard_normal((1, DIM)))[0]
             zq = s._to_ranking(q[None])[0]
             want = np.lexsort((np.arange(len(Z)), -(Z @ zq)))[:10]
-            got = s.search_vector(q, 10, exact=True, expansion=0)
+            got = s.search_vector(q, 10, exact=True, expansion=0, rerank="none")  # the plain order
             assert [s._id_index[h.image] for h in got] == want.tolist(), name
 
 
@@ -142,7 +142,7 @@ def test_filtered_top_n_is_exact(tmp_path: Path) -> None:
         for j in range(0, 60, 7):
             q = X[j]
             want = rows[np.lexsort((rows, -(X[rows] @ q)))][:10]
-            exact = s.search_vector(q, 10, where={"colour": c}, exact=True, expansion=0)
+            exact = s.search_vector(q, 10, where={"colour": c}, exact=True, expansion=0, rerank="none")
             assert [s._id_index[h.image] for h in exact] == want.tolist()
             probed = s.search_vector(q, 10, where={"colour": c}, nprobe=1, expansion=0)
             assert len(probed) == min(10, len(rows)) and all(
@@ -169,9 +169,9 @@ def test_views_are_merged_before_near_duplicates_collapse(tmp_path: Path) -> Non
     train_clusters(tmp_path / "f", tmp_path / "m.vsm", tmp_path / "m.csv", 2, show_progress=False)
     s = Searcher(tmp_path / "m.vsm", query_expansion=0)
     V = np.stack([v1, v2])
-    plain = [h.image for h in s.search_vector(V, 3, exact=True)]
+    plain = [h.image for h in s.search_vector(V, 3, exact=True, rerank="none")]
     assert plain[:2] == ["a.jpg", "a-copy.jpg"]  # merged best views: the product and its copy
-    hits = s.search_vector(V, 3, exact=True, collapse=True)
+    hits = s.search_vector(V, 3, exact=True, collapse=True, rerank="none")
     assert [h.image for h in hits][:1] == ["a.jpg"] and "a-copy.jpg" not in hits
     assert hits[0].duplicates == ("a-copy.jpg",) and len(hits) == 3
 

@@ -61,7 +61,7 @@ def test_the_search_space_pca_is_opt_in(pca_model) -> None:
     d, X = pca_model
     s = Searcher(d / "default.vsm")
     assert len(s) == 1200 and "search_pca" not in s.config and s._space is None
-    hits = s.search_vector(X[7], 5, exact=True)
+    hits = s.search_vector(X[7], 5, exact=True, rerank="none")  # the plain cosine order
     want = np.argsort(-(X @ X[7]), kind="stable")[:5]
     assert [s._id_index[h.image] for h in hits] == want.tolist()
 
@@ -91,7 +91,7 @@ def test_search_space_pca_is_stored_and_used(pca_model) -> None:
     want = np.argsort(-(Z @ to_search_space(q, mean, comps)), kind="stable")[:5]
     # query expansion is opt-in (docs/quality.md: its gain's interval reaches below 0 on fashion-dev)
     assert s.query_expansion == s.config["query_expansion"] == 0 and QE_NEIGHBOURS == 2
-    hits = s.search_vector(q, 5, exact=True, expand=0)
+    hits = s.search_vector(q, 5, exact=True, expand=0, rerank="none")
     assert [s._id_index[h.image] for h in hits] == want.tolist()
     assert hits[0].image == s.ids[7] and hits[0].score == pytest.approx(1.0, abs=1e-4)
     raw = Searcher(d / "raw.vsm")
@@ -115,9 +115,9 @@ def test_exclude_and_query_expansion(pca_model) -> None:
     d, X = pca_model
     s = Searcher(d / "raw.vsm")
     q = X[3]
-    plain = s.search_vector(q, 6, exact=True)
+    plain = s.search_vector(q, 6, exact=True, rerank="none")
     assert plain[0].image == s.ids[3]
-    ex = s.search_vector(q, 5, exact=True, exclude={3})
+    ex = s.search_vector(q, 5, exact=True, exclude={3}, rerank="none")
     assert [h.image for h in ex] == [h.image for h in plain[1:6]]
     assert len(s.search_vector(q, 5, nprobe=1, exclude={3})) == 5
     # alpha-QE by hand: the query plus its top-2 (itself excluded), weighted by sim**3
@@ -128,13 +128,15 @@ def test_exclude_and_query_expansion(pca_model) -> None:
     S2 = X @ v
     S2[3] = -np.inf
     want = np.argsort(-S2, kind="stable")[:5]
-    got = s.search_vector(q, 5, exact=True, expand=2, exclude={3})
+    got = s.search_vector(q, 5, exact=True, expand=2, exclude={3}, rerank="none")  # QE's own order
     assert [s._id_index[h.image] for h in got] == want.tolist()
     qe = Searcher(d / "raw.vsm", query_expansion=2)
-    assert [h.image for h in qe.search_vector(q, 5, exact=True, exclude={3})] == [h.image for h in got]
+    assert [h.image for h in qe.search_vector(q, 5, exact=True, exclude={3}, rerank="none")] == [
+        h.image for h in got
+    ]
     # searching with a catalogue image: its own row (cosine 1) does not expand the query, so the
     # ranking after it is the leave-one-out expansion's (the bug: self took one of the 2 slots)
-    with_self = qe.search_vector(q, 6, exact=True)
+    with_self = qe.search_vector(q, 6, exact=True, rerank="none")
     assert with_self[0].image == s.ids[3]
     assert [h.image for h in with_self[1:]] == [h.image for h in got]
     assert [h.score for h in with_self[1:]] == pytest.approx([h.score for h in got], abs=1e-5)

@@ -193,14 +193,17 @@ def test_keep_first_keeps_the_first_hit_and_copies() -> None:
 
 
 def test_check_rerank() -> None:
-    assert check_rerank(None) is None and check_rerank("none") is None
+    # None: the model's (on when it has a graph); "none" / "off": off, whatever the model has
+    assert check_rerank(None) is None and check_rerank("none") == "none" and check_rerank("Off") == "none"
     assert check_rerank("k-reciprocal") == "k-reciprocal" and check_rerank("K-Reciprocal") == "k-reciprocal"
     for bad in ("diffusion", 1, True):
-        with pytest.raises(InvalidArgumentError, match="rerank must be None, 'none' or 'k-reciprocal'; got"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"rerank must be None \(the model's\), 'none' or 'k-re"
+        ):
             check_rerank(bad)
     with pytest.raises(InvalidArgumentError, match="rerank must be"):
         SearchOptions(rerank="kr20")
-    assert SearchOptions(rerank="none").rerank is None
+    assert SearchOptions().rerank is None and SearchOptions(rerank="none").rerank == "none"
     assert SearchOptions.merge(None, rerank="k-reciprocal").rerank == "k-reciprocal"
 
 
@@ -289,8 +292,11 @@ def test_graph_is_in_the_model_file_and_survives_save_load_and_copy(tmp_path: Pa
     assert got[0] == got[1] == got[2]
     plain = Searcher(model)
     assert any(
-        [h.image for h in plain.search_vector(X[i], 8)] != got[0][j] for j, i in enumerate(range(0, 400, 37))
+        [h.image for h in plain.search_vector(X[i], 8, rerank="none")] != got[0][j]
+        for j, i in enumerate(range(0, 400, 37))
     )
+    # the default (rerank=None: the model's) is the re-ranked order on a model with a graph
+    assert [[h.image for h in plain.search_vector(X[i], 8)] for i in range(0, 400, 37)] == got[0]
 
 
 def test_search_with_rerank_is_the_stage_on_the_pipeline_candidates(tmp_path: Path) -> None:
@@ -302,7 +308,7 @@ def test_search_with_rerank_is_the_stage_on_the_pipeline_candidates(tmp_path: Pa
     g = _build_graph(C, _K1)
     for i in range(0, 300, 29):
         hits = s.search_vector(X[i], 10, exact=True, rerank="k-reciprocal")
-        plain = s.search_vector(X[i], 100, exact=True)
+        plain = s.search_vector(X[i], 100, exact=True, rerank="none")
         rows = np.array([s.ids.index(h.image) for h in plain])
         sims = np.array([h.score for h in plain], np.float32)
         want, _ = rerank(g, C, X[i], rows, sims, keep=keep_count(sims))
@@ -384,7 +390,7 @@ def test_update_keeps_the_graph_equal_to_a_rebuild(
     assert len(s.search_id(mf.ids[0], 5, rerank="k-reciprocal")) == 5
     # a model without a graph gets none from update
     model2, csv2 = tmp_path / "n.vsm", tmp_path / "n.csv"
-    train_clusters(feats, model2, csv2, 4, show_progress=False)
+    train_clusters(feats, model2, csv2, 4, rerank_graph=False, show_progress=False)
     (cat / first[0]).unlink()
     update_catalogue(cat, feats, model2, csv2, show_progress=False)
     assert "rerank" not in load_model(model2).config
@@ -423,7 +429,8 @@ def test_cli_and_http_give_the_library_hits(
         (
             r
             for r in sorted(labels)
-            if _ids(s.search(root / r, 8, rerank="k-reciprocal")) != _ids(s.search(root / r, 8))
+            if _ids(s.search(root / r, 8, rerank="k-reciprocal"))
+            != _ids(s.search(root / r, 8, rerank="none"))
         ),
         None,
     )
@@ -436,6 +443,13 @@ def test_cli_and_http_give_the_library_hits(
     )
     assert out.exit_code == 0, out.output
     assert _ids(json.loads(out.stdout)) == lib
+    plain_hits = _ids(s.search(root / pick, 8, rerank="none"))
+    for args, want in (([], lib), (["--rerank", "none"], plain_hits)):  # the default: the model's (on)
+        out = CliRunner().invoke(
+            cli_app, ["search", str(root / pick), "-m", str(graph_model), "-n", "8", *args, "--json"]
+        )
+        assert out.exit_code == 0, out.output
+        assert _ids(json.loads(out.stdout)) == want, args
     with TestClient(create_app(graph_model, cache_dir=tmp_path, reload_interval=0)) as c:
         data = (root / pick).read_bytes()
         r = c.post(
@@ -445,6 +459,9 @@ def test_cli_and_http_give_the_library_hits(
         )
         assert r.status_code == 200, r.text
         assert _ids(r.json()["hits"]) == lib and r.json()["rerank"] == "k-reciprocal"
+        for params, want, used in (({}, lib, "k-reciprocal"), ({"rerank": "none"}, plain_hits, "none")):
+            r = c.post("/search", files={"image": (pick, data, "image/png")}, params={"top_n": 8, **params})
+            assert r.status_code == 200 and _ids(r.json()["hits"]) == want and r.json()["rerank"] == used
         r = c.get("/search", params={"image_id": pick, "top_n": 8, "rerank": "k-reciprocal"})
         assert r.status_code == 200 and _ids(r.json()["hits"]) == lib_id
         r = c.post("/search/batch", data={"image_ids": [pick]}, params={"top_n": 8, "rerank": "k-reciprocal"})
@@ -462,6 +479,9 @@ def test_cli_and_http_give_the_library_hits(
     with TestClient(create_app(plain, cache_dir=tmp_path, reload_interval=0)) as c:
         r = c.get("/search", params={"image_id": pick, "rerank": "k-reciprocal"})
         assert r.status_code == 422 and "--rerank-graph" in r.json()["detail"]
+        r = c.get("/search", params={"image_id": pick, "top_n": 8})  # the default: plain, as before
+        assert r.status_code == 200 and r.json()["rerank"] == "none"
+        assert _ids(r.json()["hits"]) == _ids(Searcher(plain).search_id(pick, 8))
         assert c.get("/healthz").json()["rerank_graph"] is False  # the page hides its switch
     out = CliRunner().invoke(
         cli_app, ["search", str(root / pick), "-m", str(plain), "--rerank", "k-reciprocal"]

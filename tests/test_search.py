@@ -50,7 +50,7 @@ def test_results_are_ranked_scored_and_complete(searcher: Searcher, synth_catalo
         assert confidences == sorted(confidences, reverse=True)
         assert len({h.image for h in hits}) == n
         # ranked by plain cosine (no expansion, raw space here): the scores decrease
-        scores = [h.score for h in searcher.search(root / rel, n, nprobe=1, expansion=0)]
+        scores = [h.score for h in searcher.search(root / rel, n, nprobe=1, expansion=0, rerank="none")]
         assert scores == sorted(scores, reverse=True)
     assert len(searcher.search(root / rel, 10_000)) == len(labels)
     assert isinstance(hits[0], Hit) and set(hits[0].to_dict()) == {
@@ -200,9 +200,9 @@ def test_nprobe_is_calibrated_in_the_space_the_searcher_ranks_in(tmp_path: Path)
     measured = np.zeros(s.k)
     for j in range(len(s)):  # 400 < 500 calibration queries: every image was a query
         v = np.asarray(s.vectors[j], np.float32)
-        exact = {h.image for h in s.search_vector(v, 10, exact=True, exclude={j}, expand=0)}
+        exact = {h.image for h in s.search_vector(v, 10, exact=True, exclude={j}, expand=0, rerank="none")}
         for p in range(1, s.k + 1):
-            got = {h.image for h in s.search_vector(v, 10, nprobe=p, exclude={j}, expand=0)}
+            got = {h.image for h in s.search_vector(v, 10, nprobe=p, exclude={j}, expand=0, rerank="none")}
             measured[p - 1] += len(got & exact) / 10
     measured /= len(s)
     np.testing.assert_allclose(curve, measured, atol=2e-3)

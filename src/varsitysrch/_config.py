@@ -322,8 +322,10 @@ class TrainOptions(_Settings):
         search_pca: components of a catalogue-centred PCA ranking space (``None`` / ``0``, the
             default: plain cosine on the raw vectors; opt-in, 128 measured: ``docs/quality.md``).
         query_expansion: the Searcher's default alpha-QE neighbours (``None``: 0, off).
-        rerank_graph: store the catalogue's neighbour graph for ``rerank="k-reciprocal"``
-            (:mod:`varsitysrch._rerank`; kept up to date by ``update_catalogue``).
+        rerank_graph: store the catalogue's neighbour graph, so that searches re-rank by default
+            (k-reciprocal, :mod:`varsitysrch._rerank`; kept up to date by ``update_catalogue``).
+            ``None`` (the default): for a model without an IVF (up to ``_index.IVF_THRESHOLD``
+            images), not above it (opt-in there: ``True``); ``False``: none.
     """
 
     n_components: int | None = None
@@ -336,7 +338,7 @@ class TrainOptions(_Settings):
     target_recall: float = _TARGET_RECALL
     search_pca: int | None = None
     query_expansion: int | None = None
-    rerank_graph: bool = False
+    rerank_graph: bool | None = None
 
     def __post_init__(self) -> None:
         _int(self, "n_components", 1, optional=True)
@@ -344,7 +346,7 @@ class TrainOptions(_Settings):
         _int(self, "random_state", 0)
         _choice(self, "backend", ("auto", "sklearn", "faiss"))
         _int(self, "max_samples", 1, optional=True)
-        for name in ("ivf", "embed_index"):
+        for name in ("ivf", "embed_index", "rerank_graph"):
             if getattr(self, name) is not None:
                 _bool(self, name)
         t = self.target_recall
@@ -352,7 +354,6 @@ class TrainOptions(_Settings):
             raise _fail("target_recall", "a number in (0, 1]", t)
         _int(self, "search_pca", 0, optional=True, rule="an integer >= 0 or None")
         _int(self, "query_expansion", 0, optional=True, rule="an integer >= 0 or None")
-        _bool(self, "rerank_graph")
 
 
 @dataclass(frozen=True)

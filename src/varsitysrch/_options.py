@@ -56,11 +56,11 @@ class SearchOptions:
         min_score: drop hits whose :attr:`~varsitysrch.Hit.score` is below it (``[-1, 1]``).
         min_confidence: drop hits whose confidence is below it (``[0, 1]``).
         include_self: a search by catalogue id keeps the query image in its results.
-        rerank: ``None`` / ``"none"`` (off, the default) or ``"k-reciprocal"``: the top
-            candidates re-ordered over the catalogue's own neighbour graph (the first hit kept;
-            :mod:`varsitysrch._rerank`).  Needs a model trained with a neighbour graph; opt-in:
-            it gains on catalogues with several photos per product, not on every dev domain
-            (``docs/quality.md``).
+        rerank: ``None`` (the default: the model's -- on when it has a neighbour graph, as
+            models trained by default up to ``_index.IVF_THRESHOLD`` images do), ``"none"`` (off)
+            or ``"k-reciprocal"`` (on; a model without a graph is refused): the top candidates
+            re-ordered over the catalogue's own neighbour graph (the first hit kept;
+            :mod:`varsitysrch._rerank`, measured in ``docs/quality.md``, Phase B).
     """
 
     top_n: int = 10

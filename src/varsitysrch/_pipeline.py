@@ -19,7 +19,8 @@ wherever it comes from.  The stages run in this order, each written once, below 
 4. **candidates** -- the index's best rows (:mod:`varsitysrch._candidates`: ``nprobe``
    clusters or IVF lists, the ``where`` filter applied while gathering).
 5. **ranking** (:func:`_ranked`) -- query expansion: the query plus its best results, searched again.
-6. **k-reciprocal re-ranking** (:func:`_graph_rerank`, opt-in: ``rerank="k-reciprocal"``) -- the
+6. **k-reciprocal re-ranking** (:func:`_graph_rerank`, on when the model has a neighbour graph,
+   as models trained by default do; ``rerank="none"`` switches it off) -- the
    top :data:`~varsitysrch._rerank.POOL` candidates re-ordered over the catalogue's neighbour
    graph stored in the model (:mod:`varsitysrch._rerank`), the first hit kept in place.
 7. **colour re-ranking** (:func:`_colour_rerank`) -- the product's colour mixed into the ranking.
@@ -66,7 +67,7 @@ from ._paths import resolve_image
 from ._postprocess import QE_SELF_COSINE, QE_SELF_MARGIN, expand_query
 from ._query import AUTO_CROP_DISCOUNT, CLUTTERED_BORDER_SHARE, check_views, crop_boxes, parse_views
 from ._rerank import POOL as RERANK_POOL
-from ._rerank import NeighbourGraph, keep_count, rerank, searcher_graph
+from ._rerank import NeighbourGraph, keep_count, model_graph, rerank
 
 if TYPE_CHECKING:
     from ._search import Searcher
@@ -501,8 +502,9 @@ def run_search(
         )
     w = s.colour_weight if o.colour_weight is None else o.colour_weight
     probe = s._index.check_probe(o.nprobe)
-    # the neighbour graph, before any decoding: a model without one (or with a stale one) is refused
-    graph = searcher_graph(s.config, s.model_file.arrays, s.model_path) if o.rerank else None
+    # the neighbour graph, before any decoding: rerank=None is the model's (on when it has a current
+    # graph); "k-reciprocal" on a model without one (or with a stale one) is refused
+    graph = model_graph(s.config, s.model_file.arrays, s.model_path, o.rerank)
     threshold = o.collapse_threshold
     # 1-3. decode, views, embed
     q = _query_vectors(s, query, o, w, st)

@@ -1,7 +1,9 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) over the catalogue's own neighbour graph.
 
-An opt-in search stage (``SearchOptions(rerank="k-reciprocal")``; measured on the three dev
-domains in ``docs/quality.md``, "Relevance on three domains (issue 21)").  Two halves:
+A search stage, on by default: models trained by default store the graph
+(``TrainOptions.rerank_graph=None``: every model without an IVF) and ``SearchOptions.rerank=None``
+re-ranks when the model has a current graph (:func:`model_graph`; ``"none"``: off); measured on the
+three dev domains in ``docs/quality.md``, "Phase B".  Two halves:
 
 **Offline, in the model file** (:class:`NeighbourGraph`): every catalogue image's ``k1``
 nearest catalogue images in the ranking space (the search PCA when the model has one, else
@@ -10,7 +12,10 @@ the raw vectors; the image itself left out), best first, ties by row: ``rerank_n
 n - 1)``; 8 bytes per neighbour, 160 bytes per image at ``k1 = 20``.  :func:`_build_graph` finds
 them exactly, ``_BLOCK`` images at a time against the whole catalogue
 (:func:`varsitysrch._neighbours.exact_topk`, memory bounded by the block): ``n**2 * d``
-multiply-adds, the cost stated in ``docs/quality.md``.  :func:`_update_graph` keeps it equal to a
+multiply-adds, the cost stated in ``docs/quality.md``.  Above :data:`_EXACT_MAX` images a K-means
+model builds it through its own clusters at the calibrated ``nprobe`` instead
+(:func:`_cluster_graph`, about ``nprobe / clusters`` of that; approximate as a probed search is),
+and an update rebuilds it that way.  :func:`_update_graph` keeps it equal to a
 rebuild after ``update`` (ties aside): new images get their lists; a kept image whose list loses
 a removed image is searched again; every other kept image merges the new images into its list
 (one of them beats its ``k1``-th neighbour only if it enters the top ``k1``).  A large catalogue
@@ -58,24 +63,55 @@ _LAMBDA = 0.3
 POOL = 100
 #: catalogue images searched at a time while building the graph (memory: _BLOCK x chunk scores)
 _BLOCK = 256
+#: the largest catalogue whose graph is built exactly (``n**2 * d``: 17.5 s at 20k images, 1280-d,
+#: as long as train_clusters itself there; ~4 s at 10k); above it a K-means model's graph is built
+#: through its clusters (:func:`_cluster_graph`: 0.09x train_clusters at 20k and 100k, recall 0.94-0.97
+#: of the exact lists; ``docs/quality.md``, Phase B)
+_EXACT_MAX = 10_000
 #: the first-pass score at which a candidate is a copy of the query (kept in front; query
 #: expansion's ``_postprocess.QE_SELF_COSINE``)
 _COPY_COSINE = 0.99
 
 
 def check_rerank(value: Any) -> str | None:
-    """``SearchOptions.rerank``: ``None`` / ``"none"`` (off) or ``"k-reciprocal"``."""
+    """``SearchOptions.rerank``: ``None`` (the model's: on when it has a neighbour graph),
+    ``"none"`` (off) or ``"k-reciprocal"`` (on; a model without a graph is refused)."""
     if value is None:
         return None
     if isinstance(value, str):
         v = value.strip().lower()
-        if v in ("", "none", "off"):
+        if v == "":
             return None
+        if v in ("none", "off"):
+            return "none"
         if v in ("k-reciprocal", "kreciprocal", "k_reciprocal"):
             return "k-reciprocal"
     raise InvalidArgumentError(
-        f"rerank must be None, 'none' or 'k-reciprocal'; got {value!r}", param="rerank"
+        f"rerank must be None (the model's), 'none' or 'k-reciprocal'; got {value!r}", param="rerank"
     )
+
+
+def model_graph(
+    config: dict[str, Any], arrays: dict[str, np.ndarray], model_path: Any, rerank: str | None
+) -> NeighbourGraph | None:
+    """The graph a search uses: ``rerank="k-reciprocal"`` -> the model's (refused in words when it
+    has none or a stale one, :func:`searcher_graph`); ``"none"`` -> none; ``None`` (the default)
+    -> the model's when it has a current one, else none (a model trained without a graph, or
+    before this version, searches as before; a stale graph is skipped with a warning)."""
+    if rerank == "none":
+        return None
+    if rerank is not None:
+        return searcher_graph(config, arrays, model_path)
+    g = _graph_from_model(config, arrays, int(config.get("n_images", 0)))
+    if g is None:
+        return None
+    why = _stale_reason(config, arrays, g)
+    if why is not None:
+        log.warning(
+            "model %s: its neighbour graph is stale (%s); searching without re-ranking", model_path, why
+        )
+        return None
+    return g
 
 
 # ====================================================================== the graph
@@ -158,6 +194,79 @@ def _ivf_graph(
         short = np.flatnonzero(~np.isfinite(sims).all(axis=1))
         nn[short], sims[short] = _topk_rows(X, short, k, _BLOCK)
     return NeighbourGraph(nn, sims, int(k1))
+
+
+def _cluster_graph(
+    C: np.ndarray,
+    X: np.ndarray,
+    kmeans: Any,
+    labels: np.ndarray,
+    nprobe: int,
+    k1: int = _K1,
+    *,
+    block: int = 4096,
+) -> NeighbourGraph:
+    """The ``k1``-NN graph of a K-means model's catalogue through its own clusters: each image
+    searched as a search by id searches it (:meth:`varsitysrch._candidates.ClusterIndex.probed`):
+    the ``nprobe`` clusters nearest to its raw vector ``X[i]`` (``kmeans.cluster_order``), more
+    until they hold ``k + 1`` images, exact within them in the ranking space ``C``.  Vectorised
+    per cluster: every image that probes a cluster is scored against its members in one
+    product (``block`` images at a time) and its running top ``k`` merged; the work is the sum
+    of the probed clusters' sizes, about ``nprobe / clusters`` of the exact build's.
+    Approximate as the search's probe is: a neighbour outside the probed clusters is missed."""
+    n = len(C)
+    k = min(int(k1), n - 1)
+    if k < 1:
+        return _build_graph(C, k1)
+    labels = np.asarray(labels, np.int64)
+    ncl = len(kmeans.cluster_centers_)
+    sizes = np.bincount(labels, minlength=ncl)
+    members_order = np.argsort(labels, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    # (image, cluster) pairs: each image's probed clusters
+    pr_rows: list[np.ndarray] = []
+    pr_cl: list[np.ndarray] = []
+    nprobe = max(1, min(int(nprobe), ncl))
+    for s in range(0, n, 16384):
+        order = kmeans.cluster_order(_f32(X[s : s + 16384]))
+        cum = np.cumsum(sizes[order], axis=1)
+        enough = np.argmax(cum >= k + 1, axis=1) + 1  # clusters that hold k + 1 images (itself too)
+        used = np.maximum(nprobe, enough)
+        mask = np.arange(ncl)[None, :] < used[:, None]
+        r, c = np.nonzero(mask)
+        pr_rows.append(r + s)
+        pr_cl.append(order[r, c])
+    rows_all, cl_all = np.concatenate(pr_rows), np.concatenate(pr_cl)
+    by = np.argsort(cl_all, kind="stable")
+    rows_all, cl_all = rows_all[by], cl_all[by]
+    starts = np.searchsorted(cl_all, np.arange(ncl + 1))
+    best_s = np.full((n, k), -np.inf, np.float32)
+    best_i = np.full((n, k), n, np.int64)
+    for cl in range(ncl):
+        qs = rows_all[starts[cl] : starts[cl + 1]]
+        mem = members_order[offsets[cl] : offsets[cl + 1]]
+        if not len(qs) or not len(mem):
+            continue
+        M = _f32(C[mem])
+        for s in range(0, len(qs), block):
+            q = qs[s : s + block]
+            S = _f32(C[q]) @ M.T
+            S[q[:, None] == mem[None, :]] = -np.inf  # not the image itself
+            ci = np.broadcast_to(mem, S.shape)
+            if S.shape[1] > k:
+                part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+                S, ci = np.take_along_axis(S, part, 1), np.take_along_axis(ci, part, 1)
+            cs = np.concatenate([best_s[q], S], axis=1)
+            cc = np.concatenate([best_i[q], ci], axis=1)
+            top = np.argpartition(-cs, k - 1, axis=1)[:, :k]
+            best_s[q], best_i[q] = np.take_along_axis(cs, top, 1), np.take_along_axis(cc, top, 1)
+    order = np.lexsort((best_i, -best_s), axis=1)
+    nn = np.take_along_axis(best_i, order, 1)
+    sims = np.take_along_axis(best_s, order, 1)
+    short = np.flatnonzero(~np.isfinite(sims).all(axis=1))
+    if len(short):  # cannot happen (the probe holds k + 1 images), kept as a guard
+        nn[short], sims[short] = _topk_rows(C, short, k, _BLOCK)
+    return NeighbourGraph(nn.astype(np.int32), sims.astype(np.float32), int(k1))
 
 
 def _update_graph(
@@ -250,7 +359,7 @@ def _attach_graph(
         "space": _space_name(config, arrays),
         "features": _stamp(config),
         "built": how,
-        "seconds": round(float(seconds), 3),
+        "seconds": round(float(seconds), 1),  # tenths: the model file's bytes do not vary with the clock
         "bytes_per_image": round(g.nbytes / max(n, 1), 1),
     }
 
@@ -262,15 +371,28 @@ def _drop_graph(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
 
 
 def _build_for(
-    config: dict[str, Any], arrays: dict[str, np.ndarray], raw: np.ndarray, k1: int, block: int = _BLOCK
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    raw: np.ndarray,
+    k1: int,
+    block: int = _BLOCK,
+    *,
+    kmeans: Any = None,
+    labels: np.ndarray | None = None,
 ) -> tuple[NeighbourGraph, str]:
-    """A model's graph from nothing: through its IVF when it has one (large catalogues), else exact."""
+    """A model's graph from nothing: through its IVF when it has one (large catalogues); through
+    its K-means clusters (:func:`_cluster_graph`) above :data:`_EXACT_MAX` images when the fitted
+    ``kmeans`` and the catalogue's cluster ``labels`` are given; else exact."""
     ivf = config.get("ivf")
     if ivf and "ivf_centroids" in arrays and "ivf_lists" in arrays:
         nprobe = int(ivf.get("nprobe", 1))
         g = _ivf_graph(raw, arrays["ivf_centroids"], arrays["ivf_lists"], nprobe, k1)
         return g, f"ivf, nprobe {nprobe}"
-    return _build_graph(_ranking_vectors(config, arrays, raw), k1, block=block), "exact"
+    C = _ranking_vectors(config, arrays, raw)
+    if kmeans is not None and labels is not None and len(raw) > _EXACT_MAX and config.get("nprobe"):
+        nprobe = int(config["nprobe"])
+        return _cluster_graph(C, raw, kmeans, labels, nprobe, k1), f"clusters, nprobe {nprobe}"
+    return _build_graph(C, k1, block=block), "exact"
 
 
 def add_graph(
@@ -280,14 +402,24 @@ def add_graph(
     k1: int = _K1,
     *,
     block: int = _BLOCK,
+    kmeans: Any = None,
+    labels: np.ndarray | None = None,
 ) -> NeighbourGraph:
-    """Build the graph of a model's catalogue (``raw``: its raw vectors, store order) and store
-    it (:func:`_attach_graph`).  Training calls this when asked for a graph."""
+    """Build the graph of a model's catalogue (``raw``: its raw vectors, store order; ``kmeans``
+    and ``labels``: the fitted model and each image's cluster, for the cluster-probed build above
+    :data:`_EXACT_MAX` images) and store it (:func:`_attach_graph`).  Training calls this."""
     t0 = time.perf_counter()
-    g, how = _build_for(config, arrays, raw, k1, block)
+    g, how = _build_for(config, arrays, raw, k1, block, kmeans=kmeans, labels=labels)
     seconds = time.perf_counter() - t0
     _attach_graph(config, arrays, g, seconds, how)
-    log.info("neighbour graph: k1=%d over %d images in %.1fs (%d bytes)", k1, len(g.nn), seconds, g.nbytes)
+    log.info(
+        "neighbour graph (%s): k1=%d over %d images in %.1fs (%d bytes)",
+        how,
+        k1,
+        len(g.nn),
+        seconds,
+        g.nbytes,
+    )
     return g
 
 
@@ -298,6 +430,7 @@ class _GraphState:
     graph: NeighbourGraph | None  #: ``None``: stale, rebuilt after the update
     k1: int
     space: str | None
+    built: str = "exact"  #: how it was built (``model.json``: ``exact``, ``clusters, ...``, ``ivf, ...``)
 
 
 def graph_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> _GraphState | None:
@@ -307,7 +440,8 @@ def graph_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> _Graph
     rec = config[_RECORD]
     g = _graph_from_model(config, arrays, int(config.get("n_images", 0)))
     usable = g is not None and _stale_reason(config, arrays, g) is None
-    return _GraphState(g if usable else None, int(rec.get("k1", _K1)), rec.get("space"))
+    built = str(rec.get("built", "exact"))
+    return _GraphState(g if usable else None, int(rec.get("k1", _K1)), rec.get("space"), built)
 
 
 def carry_graph(
@@ -317,18 +451,25 @@ def carry_graph(
     raw: np.ndarray,
     keep_src: np.ndarray,
     keep_rows: np.ndarray,
+    *,
+    kmeans: Any = None,
+    labels: np.ndarray | None = None,
 ) -> NeighbourGraph | None:
     """After an update: the model's graph (``state``, from :func:`graph_state`) brought to the
     new catalogue -- :func:`_update_graph`, or rebuilt when it was stale -- and stored in the
     updated model's ``config`` / ``arrays`` (after its store record); ``raw``: the new raw
-    vectors, ``keep_rows`` the new rows of the unchanged old rows ``keep_src``.  ``None``: the
-    model has no graph (and gets none)."""
+    vectors, ``keep_rows`` the new rows of the unchanged old rows ``keep_src``; ``kmeans`` /
+    ``labels``: the model and the new catalogue's clusters.  A graph built through the IVF or
+    the K-means clusters is rebuilt that way (an approximate list is not what
+    :func:`_update_graph` assumes: the exact top ``k1``).  ``None``: the model has no graph (and
+    gets none)."""
     if state is None:
         _drop_graph(config, arrays)
         return None
     t0 = time.perf_counter()
-    if state.graph is None or state.space != _space_name(config, arrays) or config.get("ivf"):
-        g, how = _build_for(config, arrays, raw, state.k1)  # an IVF model: rebuilt through its IVF
+    approx = config.get("ivf") or not state.built.startswith("exact")
+    if state.graph is None or state.space != _space_name(config, arrays) or approx:
+        g, how = _build_for(config, arrays, raw, state.k1, kmeans=kmeans, labels=labels)
     else:
         C = _ranking_vectors(config, arrays, raw)
         g, how = _update_graph(state.graph, C, keep_src, keep_rows), "exact, updated"
@@ -364,7 +505,7 @@ def searcher_graph(config: dict[str, Any], arrays: dict[str, np.ndarray], model_
     g = _graph_from_model(config, arrays, int(config.get("n_images", 0)))
     how = (
         "train it with a neighbour graph (train_clusters(..., rerank_graph=True); CLI: "
-        "`varsitysrch train ... --rerank-graph`), or search without rerank"
+        "`varsitysrch train ... --rerank-graph`), or search with rerank='none'"
     )
     if g is None:
         raise IncompatibleModelError(
@@ -560,6 +701,7 @@ __all__ = [
     "check_rerank",
     "graph_state",
     "keep_count",
+    "model_graph",
     "rerank",
     "searcher_graph",
 ]

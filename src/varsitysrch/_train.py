@@ -143,8 +143,10 @@ def train_clusters(
     config["index"] = "embedded" if embed_index else "store"
     arrays = stamp_arrays(store.ids, store.stamps())  # update_catalogue compares them to find changes
     index.apply(config, arrays)
-    if opts.rerank_graph:  # for rerank="k-reciprocal", tied to the store recorded above (_rerank)
-        add_graph(config, arrays, X)
+    # the neighbour graph searches re-rank over (by default without an IVF), tied to the store
+    # recorded above (_rerank)
+    if opts.rerank_graph or (opts.rerank_graph is None and not use_ivf):
+        add_graph(config, arrays, X, kmeans=model, labels=model.labels_)
     if attrs is not None:
         config["attributes"] = attrs.to_config()
         arrays.update(attrs.to_arrays())

@@ -318,7 +318,16 @@ def _update_locked(
     old_attributes = model_attributes(mf.config, mf.arrays, mf.ids)
     graph = graph_state(mf.config, mf.arrays)  # before _updated_model rewrites mf.config
     new_mf = _updated_model(mf, store, plan, labels, dists, drift, options.recalibrate, model_path)
-    carry_graph(graph, new_mf.config, new_mf.arrays, store.vectors, plan.keep_src, plan.keep_rows)
+    carry_graph(
+        graph,
+        new_mf.config,
+        new_mf.arrays,
+        store.vectors,
+        plan.keep_src,
+        plan.keep_rows,
+        kmeans=new_mf.to_model() if graph is not None else None,
+        labels=new_mf.labels,
+    )
     apply_attributes(new_mf, old_attributes, attributes, attribute_types)
     save_model_and_csv(model_path, csv_filename, new_mf)
     seconds = time.perf_counter() - t0

@@ -574,13 +574,15 @@ def train(
         ),
     ] = False,
     rerank_graph: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--rerank-graph",
-            help="Store the catalogue's neighbour graph, for search --rerank k-reciprocal (opt-in; "
-            "about 160 bytes per image; update keeps it up to date).",
+            "--rerank-graph/--no-rerank-graph",
+            help="Store the catalogue's neighbour graph, so that searches re-rank (k-reciprocal; default: "
+            "on up to 200,000 images, opt-in above, where the model has an IVF; about 160 bytes per "
+            "image; update keeps it up to date).",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a CSV that belongs to another model.")
     ] = False,
@@ -731,7 +733,8 @@ def search(
         typer.Option(
             metavar="none|k-reciprocal",
             help="Re-order the top 100 over the catalogue's neighbour graph (k-reciprocal, the first hit "
-            "kept; needs a model trained with --rerank-graph; opt-in, docs/quality.md).",
+            "kept; default: on when the model has the graph, as models trained by default do; "
+            "none: off; docs/quality.md).",
         ),
     ] = None,
     as_json: AsJson = False,

@@ -61,7 +61,7 @@ from .._errors import ImageError, IncompatibleModelError, InvalidArgumentError, 
 from .._options import SearchOptions
 from .._pipeline import Query as SearchQuery
 from .._pipeline import SearchResult, Stages, run_search
-from .._rerank import searcher_graph
+from .._rerank import model_graph, searcher_graph
 from .._version import __version__
 from .batching import BoundedPool, MicroBatcher, Overloaded
 from .files import (
@@ -305,6 +305,18 @@ def _has_graph(s: Any) -> bool:
     return True
 
 
+def _rerank_used(gen: Generation, options: SearchOptions) -> str:
+    """The re-ranking a search ran: ``k-reciprocal`` or ``none`` (``rerank`` left out: the model's)."""
+    if options.rerank is not None:
+        return options.rerank
+    s = gen.searcher
+    return (
+        "k-reciprocal"
+        if model_graph(s.config, s.model_file.arrays, s.model_path, None) is not None
+        else "none"
+    )
+
+
 def _check_nprobe(gen: Generation, nprobe: int | None, exact: bool) -> None:
     """``nprobe`` against the served model's search index (K-means clusters, or IVF lists), before
     any upload is read (the pipeline checks it again, against the same index)."""
@@ -328,7 +340,7 @@ def _options(
         colour_weight=colour_weight, where=where, collapse=collapse, include_self=include_self,
         rerank=rerank,
     )  # fmt: skip
-    if opts.rerank is not None:
+    if opts.rerank == "k-reciprocal":
         s = gen.searcher
         try:
             searcher_graph(s.config, s.model_file.arrays, s.model_path)
@@ -346,7 +358,7 @@ def _result(
         "top_n": options.top_n,
         "nprobe": None if options.exact else (options.nprobe or gen.searcher.default_nprobe),
         "exact": options.exact,
-        "rerank": options.rerank,
+        "rerank": _rerank_used(gen, options),
         "scan": res.scan.to_dict(),
         "took_ms": round((time.perf_counter() - t0) * 1000, 3),
         "hits": [_shop_fields(request, gen, h, _hit_dict(request, h)) for h in res.hits],
@@ -698,8 +710,8 @@ _WHERE_DOC = (
 )
 _COLLAPSE_DOC = "show near-duplicates of one product once (they are listed in the hit's duplicates)"
 _RERANK_DOC = (
-    "none (the default) or k-reciprocal: the top 100 re-ordered over the catalogue's neighbour graph, "
-    "the first hit kept (a model trained with a neighbour graph)"
+    "k-reciprocal or none (left out: the model's, k-reciprocal when it has a neighbour graph, as models "
+    "trained by default do): the top 100 re-ordered over the catalogue's neighbour graph, the first hit kept"
 )
 _VIEWS_DOC = (
     "query views: none (the whole photo, the default), auto (five 70 % crops too for a shop photo "

@@ -576,6 +576,7 @@
       $("nprobe").placeholder = `auto (${info.nprobe})`;
       $("nav-catalogue").hidden = !info.report;  // the catalogue report, when the service has one
       $("rerank-control").hidden = !info.rerank_graph;  // k-reciprocal re-ranking, when the model can
+      if (!info.rerank_graph) $("rerank").value = "none";  // a model without the graph: off (not refused)
     } catch (err) {
       $("stats").textContent = "service unavailable";
     }
