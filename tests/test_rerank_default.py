@@ -185,3 +185,18 @@ def test_update_rebuilds_a_cluster_probed_graph_through_the_clusters(
     _same_graph(_graph(mf), _cluster_graph(X, X, mf.to_model(), mf.labels, int(mf.config["nprobe"])))
     s = Searcher(model, csv)
     assert s.search_id(mf.ids[0], 5) == s.search_id(mf.ids[0], 5, rerank="k-reciprocal")
+
+
+def test_cli_train_stores_the_graph_unless_told_not_to(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from varsitysrch.cli import app
+
+    C, _, _ = _hub_catalogue()
+    feats = _store(tmp_path / "f", C)
+    for name, extra in (("on", []), ("off", ["--no-rerank-graph"]), ("asked", ["--rerank-graph"])):
+        model = tmp_path / f"{name}.vsm"
+        args = ["train", str(feats), "-m", str(model), "-c", str(tmp_path / f"{name}.csv"), "-k", "6", "-q"]
+        res = CliRunner().invoke(app, [*args, *extra])
+        assert res.exit_code == 0, res.output
+        assert ("rerank" in load_model(model).config) is (name != "off"), name
