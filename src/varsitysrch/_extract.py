@@ -562,8 +562,10 @@ def extract_features(
               (``"tcp://host:8786"``), a scheduler file (``.json``), a ``distributed.Client``
               or a cluster object (``LocalCluster``, dask-kubernetes, dask-jobqueue,
               ``SSHCluster``); ``None`` uses the current default client.
-        extractor: ``"efficientnet-lite0"`` (default), ``"mobilenet-v2"``,
-            ``"vgg16-block5pool"``, ``"onnx:PATH"`` or an :class:`Extractor`.
+        extractor: ``"efficientnet-lite0"`` (default), ``"efficientnet-lite1"``,
+            ``"efficientnet-lite2"`` (opt-in, the ``backbones`` extra), ``"mobilenet-v2"``,
+            ``"vgg16-block5pool"``, ``"onnx:PATH"`` or an :class:`Extractor`; extractor options
+            such as ``pooling="rmac"`` (regional maxima, opt-in) or ``quantized=True`` as keywords.
         show_progress: a progress bar (when stderr is a terminal) and the one-line summary
             (``Feature extraction completed: ...``, on stdout; logged at INFO either way).
         settings: any field of ``options`` or ``compute`` given as a keyword, as earlier

@@ -943,6 +943,7 @@ _POOLING_WORDS = {
     "mean": "average over the photo",
     "max": "strongest response over the photo",
     "gem": "generalised mean over the photo (GeM)",
+    "rmac": "regional maxima over the photo (R-MAC)",
 }
 _RESIZE_WORDS = {
     "letterbox": "whole photo fitted in a square with white margins",
