@@ -41,6 +41,7 @@ GENERATED = {
     "entry_points.py",
     "bench_filters.py",
     "bench_kmeans.py",
+    "bench_rerank_build.py",
     "bench_scale.py",
     "bench_search.py",
     "load_service.py",
