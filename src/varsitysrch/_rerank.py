@@ -63,10 +63,10 @@ _LAMBDA = 0.3
 POOL = 100
 #: catalogue images searched at a time while building the graph (memory: _BLOCK x chunk scores)
 _BLOCK = 256
-#: the largest catalogue whose graph is built exactly (``n**2 * d``: 17.5 s at 20k images, 1280-d,
-#: as long as train_clusters itself there; ~4 s at 10k); above it a K-means model's graph is built
-#: through its clusters (:func:`_cluster_graph`: 0.09x train_clusters at 20k and 100k, recall 0.94-0.97
-#: of the exact lists; ``docs/quality.md``, Phase B)
+#: the largest catalogue whose graph is built exactly (``n**2 * d``, 1280-d: 1.9 s at 10k images,
+#: 0.23x train_clusters there; 17.5 s at 20k, as long as training); above it a K-means model's graph
+#: is built through its clusters (:func:`_cluster_graph`: 0.09x train_clusters at 20k and 100k,
+#: 0.94-0.97 of the exact lists; ``docs/quality.md``, Phase B)
 _EXACT_MAX = 10_000
 #: the first-pass score at which a candidate is a copy of the query (kept in front; query
 #: expansion's ``_postprocess.QE_SELF_COSINE``)
