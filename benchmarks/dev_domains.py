@@ -9,7 +9,10 @@
 Data (``--data`` or ``$VARSITYSRCH_DATA``): a folder holding one folder per domain
 (``--domains``, default ``clothing-small,grocery-train,fashion-dev``), each with a
 ``manifest.csv`` of ``path,label,...`` columns (``path`` relative to the domain folder).
-Relevance = same ``label``.  Nothing else is read from the data folder.
+Relevance = same ``label``.  Nothing else is read from the data folder.  A domain named
+``a+b+c`` is the union of those folders as one catalogue (labels kept apart per folder): e.g.
+``--domains clothing-small+grocery-train+fashion-dev`` is a 12,904-image catalogue, larger than
+the 10,000 images up to which the re-ranking graph is built exactly.
 
 Everything runs through the public API, as a user runs it: ``extract_features`` on a
 folder, ``train_clusters`` on its store, a :class:`varsitysrch.Searcher` on the model.  Per
@@ -233,10 +236,21 @@ def read_manifest(root: Path) -> tuple[list[str], list[str]]:
 
 
 def load_domain(data: Path, name: str, *, limit: int | None, n_queries: int, seed: int) -> Domain:
-    root = data / name
-    if not root.is_dir():
-        raise UsageError(f"domain folder {str(root)!r} not found under --data {str(data)!r}")
-    ids, names = read_manifest(root)
+    """One domain folder, or the union of several (``a+b+c``: one catalogue of all their images,
+    ids ``a/<path>``, labels kept apart per domain, e.g. a store that sells all three)."""
+    if "+" in name:
+        root, ids, names = data, [], []
+        for part in name.split("+"):
+            if not (data / part).is_dir():
+                raise UsageError(f"domain folder {str(data / part)!r} not found under --data {str(data)!r}")
+            p_ids, p_names = read_manifest(data / part)
+            ids += [f"{part}/{i}" for i in p_ids]
+            names += [f"{part}:{n}" for n in p_names]
+    else:
+        root = data / name
+        if not root.is_dir():
+            raise UsageError(f"domain folder {str(root)!r} not found under --data {str(data)!r}")
+        ids, names = read_manifest(root)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if limit is not None and limit < len(ids):
         keep = np.sort(rng.choice(len(ids), limit, replace=False))

@@ -155,3 +155,21 @@ def test_tiny_end_to_end_and_cached_rerun(
         return [tuple(r[k] for k in keys) for r in rs]
 
     assert figures(json.loads(out.read_text())["rows"]) == figures(rows)
+
+
+def test_a_union_of_domains_is_one_catalogue_with_labels_kept_apart(dd: ModuleType, tiny_data: Path) -> None:
+    """``a+b``: every image of both folders, ids prefixed by their folder, and the same label name in
+    two folders two different labels (a store selling both ranges)."""
+    import shutil
+
+    shutil.copytree(tiny_data / "tiny", tiny_data / "tiny2", dirs_exist_ok=True)
+    one = dd.load_domain(tiny_data, "tiny", limit=None, n_queries=5, seed=0)
+    both = dd.load_domain(tiny_data, "tiny+tiny2", limit=None, n_queries=5, seed=0)
+    assert len(both.ids) == 2 * len(one.ids) and both.root == tiny_data
+    assert both.ids == [f"tiny/{i}" for i in one.ids] + [f"tiny2/{i}" for i in one.ids]
+    assert all((both.root / i).is_file() for i in both.ids)
+    n = len(one.ids)
+    assert len(set(both.labels.tolist())) == 2 * len(set(one.labels.tolist()))
+    assert not set(both.labels[:n].tolist()) & set(both.labels[n:].tolist())
+    with pytest.raises(dd.UsageError, match="absent"):
+        dd.load_domain(tiny_data, "tiny+absent", limit=None, n_queries=5, seed=0)
