@@ -181,7 +181,8 @@ def parse_variant(spec: str) -> Variant:
         if where is None:
             known = ", ".join(EXTRACTOR_KEYS + SEARCHER_KEYS + SEARCH_KEYS + TRAIN_KEYS)
             raise UsageError(f"variant {name!r}: unknown option {key!r}; known: {known}")
-        parts[where][key] = _value(val)
+        # rerank=none switches the re-ranking off; None would mean "the model's" (on with a graph)
+        parts[where][key] = val.strip() if key == "rerank" else _value(val)
     return Variant(name.strip(), parts["extractor"], parts["searcher"], parts["search"], spec, parts["train"])
 
 

@@ -173,3 +173,11 @@ def test_a_union_of_domains_is_one_catalogue_with_labels_kept_apart(dd: ModuleTy
     assert not set(both.labels[:n].tolist()) & set(both.labels[n:].tolist())
     with pytest.raises(dd.UsageError, match="absent"):
         dd.load_domain(tiny_data, "tiny+absent", limit=None, n_queries=5, seed=0)
+
+
+def test_rerank_none_in_a_variant_switches_the_re_ranking_off(dd: ModuleType) -> None:
+    """``rerank=none`` must reach the search as the string "none" (off): parsed as None it meant
+    "the model's", and a baseline meant to be plain was re-ranked like the default."""
+    assert dd.parse_variant("plain:rerank=none").search == {"rerank": "none"}
+    assert dd.parse_variant("kr:rerank=k-reciprocal").search == {"rerank": "k-reciprocal"}
+    assert dd.parse_variant("x:views=none").search == {"views": None}
