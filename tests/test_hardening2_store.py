@@ -303,7 +303,7 @@ def test_d11_a_second_update_waits_for_the_first_to_write_its_model(tmp_path: Pa
     catalogue(tmp_path / "cat" / "new", n=3, seed=50)
 
     in_model_write, go = threading.Event(), threading.Event()
-    real_save = mfmod.save_model
+    real_save = mfmod._save_model
 
     def slow_save(*a: Any, **k: Any) -> None:
         if threading.current_thread().name == "update-A":
@@ -311,8 +311,8 @@ def test_d11_a_second_update_waits_for_the_first_to_write_its_model(tmp_path: Pa
             go.wait(60)
         real_save(*a, **k)
 
-    monkeypatch.setattr(mfmod, "save_model", slow_save)
-    monkeypatch.setattr(upmod, "save_model", slow_save, raising=False)  # where 8b3ab45 called it
+    monkeypatch.setattr(mfmod, "_save_model", slow_save)
+    monkeypatch.setattr(upmod, "_save_model", slow_save, raising=False)  # where 8b3ab45 called it
     errors: list[BaseException] = []
 
     def update_a() -> None:

@@ -108,7 +108,7 @@ ATTR_PAYLOAD = "\"'><img src=x onerror=window.name='xss-attr'>"
 
 def hostile_model(shop: dict[str, Any], path: Path) -> Path:
     """The shop's model with markup in every free-text field of model.json."""
-    from varsitysrch._modelfile import load_model, save_model
+    from varsitysrch._modelfile import _save_model, load_model
 
     mf = load_model(shop["model"])
     cfg = dict(mf.config)
@@ -122,7 +122,7 @@ def hostile_model(shop: dict[str, Any], path: Path) -> Path:
     tr["seconds"] = f"1{SCRIPT_PAYLOAD}"
     cfg["training"] = tr
     mf.config = cfg
-    save_model(path, mf)
+    _save_model(path, mf)
     return path
 
 

@@ -270,7 +270,7 @@ DATA = Path(__file__).parent / "data"
 def test_format_1_model_written_by_the_previous_code_still_loads_and_searches(tmp_path: Path) -> None:
     """``data/model-v1.vsm`` was written by commit d95ed08 (``data/make_model_v1.py``): ids.txt, no
     stored search vectors; the Searcher projects its catalogue once and ranks exactly as before."""
-    from varsitysrch._modelfile import save_model
+    from varsitysrch._modelfile import _save_model
     from varsitysrch._postprocess import to_search_space
 
     mf = load_model(DATA / "model-v1.vsm")
@@ -287,7 +287,7 @@ def test_format_1_model_written_by_the_previous_code_still_loads_and_searches(tm
         assert got == [mf.ids[i] for i in want[:5]]
         assert s.search_id(mf.ids[j], 1)[0].image == mf.ids[j]
     # written again, it is format 2 and the same model
-    save_model(tmp_path / "v2.vsm", mf)
+    _save_model(tmp_path / "v2.vsm", mf)
     again = load_model(tmp_path / "v2.vsm")
     assert again.config["version"] == 2 and again.ids == mf.ids
     assert np.array_equal(again.labels, mf.labels) and np.array_equal(again.centroids, mf.centroids)

@@ -18,7 +18,7 @@ import pytest
 from test_studio import N_PRODUCTS, shop_photo, studio_shot
 from varsitysrch import Searcher, extract_features, train_clusters
 from varsitysrch._colour import load_colour_signatures, load_plain_flags
-from varsitysrch._modelfile import load_model, save_model
+from varsitysrch._modelfile import _save_model, load_model
 from varsitysrch._options import SearchOptions
 from varsitysrch._pipeline import Query, SearchResult, embed_query, run_search
 
@@ -66,14 +66,14 @@ def test_the_studio_decision_is_the_models_record_not_the_stores_flags(shots: Pa
     assert flags is not None and flags.all()  # the store says: all studio shots
     mf = load_model(shots / "cat.vsm")
     mf.config["colour"] = {**mf.config["colour"], "plain_images": 0, "studio_share": 0.0}
-    save_model(tmp_path / "not-studio.vsm", mf)
+    _save_model(tmp_path / "not-studio.vsm", mf)
     s = Searcher(tmp_path / "not-studio.vsm", features_folder=shots / "cat-f")
     r = _auto(s, shots / "shop.png")  # not a studio catalogue: no crops
     assert not r.crops and r.views == 1
     # a model trained before the record (no 'colour' key) still reads the store's flags
     mf = load_model(shots / "cat.vsm")
     del mf.config["colour"]
-    save_model(tmp_path / "older.vsm", mf)
+    _save_model(tmp_path / "older.vsm", mf)
     old = Searcher(tmp_path / "older.vsm", features_folder=shots / "cat-f")
     assert _auto(old, shots / "shop.png").crops
 

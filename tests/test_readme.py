@@ -7,7 +7,7 @@ from pathlib import Path
 
 import varsitysrch
 from varsitysrch import _errors
-from varsitysrch._modelfile import CSV_COLUMNS
+from varsitysrch._modelfile import _CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -48,6 +48,6 @@ def test_the_error_tree_is_the_one_in_errors_py() -> None:
 
 
 def test_what_is_on_disk_names_the_clusters_csv_columns() -> None:
-    assert f"`{','.join(CSV_COLUMNS)}`" in _section("on-disk.md")
+    assert f"`{','.join(_CSV_COLUMNS)}`" in _section("on-disk.md")
     for stale in ("`_cluster.py`", "`_service.py`", "n_images * k"):
         assert stale not in README and not any(stale in text for text in DOCS.values())

@@ -26,7 +26,7 @@ from varsitysrch import (
     extract_features,
     train_clusters,
 )
-from varsitysrch._modelfile import load_model, save_model
+from varsitysrch._modelfile import _save_model, load_model
 from varsitysrch.cli import app
 
 
@@ -73,7 +73,7 @@ def onnx_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pat
 def _tamper(model: Path, **fields: object) -> None:
     mf = load_model(model)
     mf.config["extractor"].update(fields)
-    save_model(model, mf)
+    _save_model(model, mf)
 
 
 def test_a_graph_path_named_by_the_model_file_is_never_loaded(onnx_model: dict[str, Path]) -> None:

@@ -22,7 +22,7 @@ from imagegen import SYNTHETIC_CLASSES, make_synthetic_catalogue
 from varsitysrch import Searcher, SearchOptions, train_clusters
 from varsitysrch._errors import IncompatibleModelError, InvalidArgumentError
 from varsitysrch._extract import extract_features
-from varsitysrch._modelfile import load_model, save_model
+from varsitysrch._modelfile import _save_model, load_model
 from varsitysrch._rerank import (
     _K1,
     NeighbourGraph,
@@ -282,7 +282,7 @@ def test_graph_is_in_the_model_file_and_survives_save_load_and_copy(tmp_path: Pa
     copy = tmp_path / "elsewhere" / "copy.vsm"
     copy.parent.mkdir()
     shutil.copyfile(model, copy)
-    save_model(tmp_path / "resaved.vsm", load_model(copy))  # written again: the graph is kept
+    _save_model(tmp_path / "resaved.vsm", load_model(copy))  # written again: the graph is kept
     got = []
     for path in (model, copy, tmp_path / "resaved.vsm"):
         s = Searcher(path)
@@ -339,14 +339,14 @@ def test_a_stale_graph_is_refused_not_used(tmp_path: Path) -> None:
     model = _vector_model(tmp_path, X, graph=True)
     mf = load_model(model)
     mf.config["features"]["generation"] = "g-another"
-    save_model(tmp_path / "stale.vsm", mf)
+    _save_model(tmp_path / "stale.vsm", mf)
     with pytest.raises(IncompatibleModelError, match=r"is stale \(made for store generation .* run update"):
         Searcher(tmp_path / "stale.vsm").search_vector(X[0], 5, rerank="k-reciprocal")
     mf = load_model(model)
     add_graph(mf.config, mf.arrays, np.asarray(mf.vectors, np.float32)[:100])  # a graph of 100 of 150
     mf.config["rerank"]["features"] = {"generation": mf.config["features"]["generation"],
                                        "checksum": mf.config["features"].get("checksum")}  # fmt: skip
-    save_model(tmp_path / "short.vsm", mf)
+    _save_model(tmp_path / "short.vsm", mf)
     with pytest.raises(IncompatibleModelError, match="made for 100 images, the model has 150"):
         Searcher(tmp_path / "short.vsm").search_vector(X[0], 5, rerank="k-reciprocal")
 
@@ -475,7 +475,7 @@ def test_cli_and_http_give_the_library_hits(
     mf.config.pop("rerank")
     mf.arrays.pop("rerank_nn")
     mf.arrays.pop("rerank_sims")
-    save_model(plain, mf)
+    _save_model(plain, mf)
     with TestClient(create_app(plain, cache_dir=tmp_path, reload_interval=0)) as c:
         r = c.get("/search", params={"image_id": pick, "rerank": "k-reciprocal"})
         assert r.status_code == 422 and "--rerank-graph" in r.json()["detail"]

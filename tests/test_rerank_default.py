@@ -205,13 +205,13 @@ def test_cli_train_stores_the_graph_unless_told_not_to(tmp_path: Path) -> None:
 def test_a_stale_graph_is_not_used_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A graph that does not describe the catalogue (another store generation): the default search
     is the plain one, with a warning; asking for the re-ranking still refuses (tests/test_rerank.py)."""
-    from varsitysrch._modelfile import save_model
+    from varsitysrch._modelfile import _save_model
 
     C, centres, _ = _hub_catalogue()
     train_clusters(_store(tmp_path / "f", C), tmp_path / "m.vsm", tmp_path / "m.csv", 6, show_progress=False)
     mf = load_model(tmp_path / "m.vsm")
     mf.config["features"]["generation"] = "g-another"
-    save_model(tmp_path / "stale.vsm", mf)
+    _save_model(tmp_path / "stale.vsm", mf)
     s = Searcher(tmp_path / "stale.vsm")
     q = normalize_rows(centres[0][None].astype(np.float32))[0]
     with caplog.at_level("WARNING", logger="varsitysrch._rerank"):

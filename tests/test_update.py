@@ -14,7 +14,7 @@ import pytest
 from imagegen import SYNTHETIC_CLASSES, make_synthetic_catalogue
 from varsitysrch import train_clusters
 from varsitysrch._extract import extract_features
-from varsitysrch._modelfile import load_model, read_assignments, save_model
+from varsitysrch._modelfile import _save_model, load_model, read_assignments
 from varsitysrch._search import Searcher
 from varsitysrch._update import UpdateReport, _gini, _retrain_reasons, update_catalogue
 
@@ -228,7 +228,7 @@ def test_an_image_re_embedded_in_place_is_reassigned(source, tmp_path: Path) -> 
     mf0 = load_model(model)
     for col in ("inodes", "ctimes"):
         mf0.arrays.pop(f"store_{col}", None)
-    save_model(model, mf0)
+    _save_model(model, mf0)
     # the edited image: another class's picture, padded to the old size, old mtime kept
     edited = next(r for r in sorted(mf0.ids) if r.startswith(classes[0]))
     st = (cat / edited).stat()

@@ -202,7 +202,7 @@ def save_model_and_csv(
     with atomic_path(csv_path) as tmp_csv:
         _write_assignments(tmp_csv, mf.ids, mf.labels, mf.distances)
         mf.config["assignments"] = {"sha256": _file_sha256(tmp_csv), "rows": len(mf.ids)}
-        save_model(model_path, mf)
+        _save_model(model_path, mf)
 
 
 def csv_matches_model(mf: ModelFile, csv_path: str | os.PathLike[str]) -> bool | None:
@@ -226,7 +226,7 @@ def csv_mismatch_message(model_path: str | os.PathLike[str], csv_path: str | os.
 
 
 # ==================================================================== writing
-def save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
+def _save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
     """Write ``mf`` atomically in the current format version."""
     config = {**mf.config, "format": MODEL_FORMAT, "version": MODEL_VERSION, "library_version": __version__}
     arrays: dict[str, np.ndarray] = {
@@ -252,7 +252,7 @@ def save_model(path: str | os.PathLike[str], mf: ModelFile) -> None:
 
 #: the assignments CSV's columns: the original vasrch package's ``Image_File`` and ``Cluster``
 #: (its pandas code and tests read them), then each image's ``distance`` to its centroid
-CSV_COLUMNS = ("Image_File", "Cluster", "distance")
+_CSV_COLUMNS = ("Image_File", "Cluster", "distance")
 #: the columns varsitysrch wrote before it took the original's names (still read)
 _OLD_COLUMNS = ("image", "cluster")
 
@@ -266,7 +266,7 @@ def _write_assignments(
     """
     write_csv(
         path,
-        list(CSV_COLUMNS),
+        list(_CSV_COLUMNS),
         ((i, int(c), f"{float(d):.6f}") for i, c, d in zip(ids, labels, dists, strict=True)),
     )
 
@@ -301,10 +301,10 @@ def read_assignments_kind(path: str | os.PathLike[str]) -> tuple[list[str], np.n
     kind = _assignments_kind(header)
     if kind is None:
         raise ModelFileError(
-            f"{p}: not a cluster CSV (need columns {','.join(CSV_COLUMNS[:2])} as train_clusters "
+            f"{p}: not a cluster CSV (need columns {','.join(_CSV_COLUMNS[:2])} as train_clusters "
             f"writes them, or {','.join(_OLD_COLUMNS)}; got {','.join(header) or 'no header'})"
         )
-    names = _OLD_COLUMNS if "image" in header and "cluster" in header else CSV_COLUMNS[:2]
+    names = _OLD_COLUMNS if "image" in header and "cluster" in header else _CSV_COLUMNS[:2]
     ci, li = header.index(names[0]), header.index(names[1])
     ids: list[str] = []
     labels: list[int] = []
