@@ -923,6 +923,8 @@ def shelf_queries(
     library's views cut them).  Returns the folder and the fashion-dev rows of the products."""
     from PIL import Image
 
+    from varsitysrch._query import crop_boxes
+
     folder = probe_work / f"shelf-{n}-s{round(100 * SHELF_SCALE)}" / "images"
     rng = np.random.default_rng([0, 21])
     src = np.sort(rng.choice(fashion.q_loo, min(n, len(fashion.q_loo)), replace=False))
@@ -952,17 +954,7 @@ def shelf_queries(
         x = int(rng.integers(0, bg.size[0] - size[0] + 1))
         y = int(rng.integers(0, bg.size[1] - size[1] + 1))
         bg.paste(prod, (x, y), m)
-        W, H = bg.size
-        cw, ch = round(W * CROP), round(H * CROP)
-        lx, ty_ = (W - cw) // 2, (H - ch) // 2
-        boxes = [
-            (0, 0, W, H),
-            (0, 0, cw, ch),
-            (W - cw, 0, W, ch),
-            (0, H - ch, cw, H),
-            (W - cw, H - ch, W, H),
-            (lx, ty_, lx + cw, ty_ + ch),
-        ]
+        boxes = crop_boxes(*bg.size, CROP)  # the whole photo and the five crops, as the library cuts them
         for v, box in enumerate(boxes):
             bg.crop(box).save(folder / f"{i:04d}_v{v}.jpg", quality=85)
     done.write_text("ok\n")
