@@ -551,6 +551,14 @@ def verdict(rows: list[dict[str, Any]], complete: bool) -> str:
 
 
 # ====================================================================== main
+def default_work() -> str:
+    """The stores' cache folder: ``$VARSITYSRCH_DEV_WORK``, else ``<temp>/varsitysrch-dev-domains``
+    (shared with ``relevance_probe.py`` and ``shelf_studio.py``, which read its stores)."""
+    return os.environ.get(
+        "VARSITYSRCH_DEV_WORK", str(Path(tempfile.gettempdir()) / "varsitysrch-dev-domains")
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="dev_domains.py",
@@ -559,9 +567,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=os.environ.get("VARSITYSRCH_DATA"), help="folder of the domains")
     p.add_argument(
         "--work",
-        default=os.environ.get(
-            "VARSITYSRCH_DEV_WORK", str(Path(tempfile.gettempdir()) / "varsitysrch-dev-domains")
-        ),
+        default=default_work(),
         help="cache folder (catalogue folders, stores, models)",
     )
     p.add_argument("--domains", default=",".join(DEV_DOMAINS), help="comma-separated domain folders")

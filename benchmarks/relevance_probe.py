@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -1160,9 +1159,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=os.environ.get("VARSITYSRCH_DATA"), help="folder of the domains")
     p.add_argument(
         "--work",
-        default=os.environ.get(
-            "VARSITYSRCH_DEV_WORK", str(Path(tempfile.gettempdir()) / "varsitysrch-dev-domains")
-        ),
+        default=dd.default_work(),
         help="dev_domains.py's cache folder (its stores are read, never written)",
     )
     p.add_argument("--probe-work", default=None, help="this probe's own cache (default: <work>/probe)")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,8 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     benchdata.add_data_argument(ap, ["fashion-dev", "grocery-train"])
     ap.add_argument(
         "--work",
-        default=str(Path(tempfile.gettempdir()) / "varsitysrch-dev-domains"),
-        help="cache folder shared with dev_domains.py (default: <temp>/varsitysrch-dev-domains)",
+        default=dd.default_work(),
+        help="cache folder shared with dev_domains.py (default: $VARSITYSRCH_DEV_WORK or "
+        "<temp>/varsitysrch-dev-domains)",
     )
     ap.add_argument("--queries", type=int, default=300, help="shelf photos (default 300)")
     ap.add_argument("--baseline", default="default:", help="NAME:key=value,... (default: the defaults)")
