@@ -368,7 +368,8 @@ def build(
     dom: Domain, split: str, variant: Variant, work: Path, links: str, log: Any, fresh: bool = False
 ) -> Built:
     """Feature store + model of (domain, split, extractor options), cached in ``work``
-    (``fresh``: made again from nothing)."""
+    (``fresh``: made again from nothing).  A cached store is reused; its model is retrained when the
+    library (version and commit) differs from the one that trained it."""
     from varsitysrch import extract_features, train_clusters
 
     folder = make_catalogues(dom, work, links)[split]
@@ -381,6 +382,15 @@ def build(
     record = base / f"{split}.json"
     if record.is_file() and model.is_file() and not fresh:
         info = json.loads(record.read_text())
+        lib = library_state()
+        trained_by = info.get("model_library", info["library"])
+        if trained_by != lib:
+            # the store's vectors stay valid (the extractor is in its cache key), but the model must
+            # be today's train_clusters at its defaults: a cached one made by an older library (e.g.
+            # with query expansion 2 or the PCA space) would be measured as "the default"
+            log(f"  retraining {dom.tag}/{split}'s cached model (trained by {trained_by})")
+            train_clusters(store, model, assignments, k, show_progress=False)
+            record.write_text(json.dumps({**info, "model_library": lib}))
         return Built(
             model,
             assignments,
@@ -410,6 +420,7 @@ def build(
         "seconds": res.seconds,
         "k": k,
         "library": lib,
+        "model_library": lib,
     }
     record.write_text(json.dumps(info))
     log(f"    {res.summary()}")
@@ -472,20 +483,26 @@ def score(hits: list[str], q_label: int, label_of: dict[str, int], n_relevant: i
     return float((prec * rel).sum() / min(TOP, n_relevant)), float(rel[0])
 
 
-def evaluate_variant(
-    dom: Domain, protocol: str, variant: Variant, built: Built, log: Any
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Per-query AP@10 and R@1 of a variant on one domain and protocol (+ notes)."""
+def variant_searcher(variant: Variant, built: Built) -> tuple[Any, float]:
+    """A Searcher for ``variant`` on ``built``'s store, and the seconds spent training: the shared
+    model, or (with training options) the variant's own, trained afresh on the same store."""
     from varsitysrch import Searcher, train_clusters
 
-    model, csv = built.model, built.csv
-    if variant.train:  # the variant's own model, trained afresh on the same store in this run
+    model, csv, t_train = built.model, built.csv, 0.0
+    if variant.train:
         stem = f"{built.model.stem}-{variant.train_key}".replace("=", "-").replace(",", "_")
         model, csv = built.model.with_name(stem + ".vsm"), built.model.with_name(stem + ".csv")
         t_train = time.perf_counter()
         train_clusters(built.store, model, csv, built.k, show_progress=False, **variant.train)
         t_train = time.perf_counter() - t_train
-    searcher = Searcher(model, csv, features_folder=built.store, **variant.searcher)
+    return Searcher(model, csv, features_folder=built.store, **variant.searcher), t_train
+
+
+def evaluate_variant(
+    dom: Domain, protocol: str, variant: Variant, built: Built, log: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Per-query AP@10 and R@1 of a variant on one domain and protocol (+ notes)."""
+    searcher, t_train = variant_searcher(variant, built)
     split_rows = dom.catalogue_rows["full" if protocol == "loo" else "heldout"]
     label_of = {dom.ids[r]: int(dom.labels[r]) for r in split_rows}
     cat_counts = np.bincount(dom.labels[split_rows], minlength=int(dom.labels.max()) + 1)

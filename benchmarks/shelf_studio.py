@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    from varsitysrch import FeatureStore, Searcher, train_clusters
+    from varsitysrch import FeatureStore
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -94,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
     for v in a.variants:
-        model, csv = built.model, built.csv
-        if v.train:
-            stem = f"{built.model.stem}-{v.train_key}".replace("=", "-").replace(",", "_")
-            model, csv = built.model.with_name(stem + ".vsm"), built.model.with_name(stem + ".csv")
-            train_clusters(built.store, model, csv, built.k, show_progress=False, **v.train)
-        searcher = Searcher(model, csv, features_folder=built.store, **v.searcher)
+        searcher = dd.variant_searcher(v, built)[0]
         r1, ap = np.zeros(len(src)), np.zeros(len(src))
         t0 = time.perf_counter()
         for q, r in enumerate(src.tolist()):

@@ -155,6 +155,18 @@ def test_tiny_end_to_end_and_cached_rerun(
         return [tuple(r[k] for k in keys) for r in rs]
 
     assert figures(json.loads(out.read_text())["rows"]) == figures(rows)
+    # a model cached by another library is retrained (its store is reused): a stale model would be
+    # measured as "the default" (the cache once held models with query expansion 2 and the PCA space)
+    records = sorted(work.glob("stores/*/*/*.json"))
+    assert records
+    for rec_path in records:
+        rec_path.write_text(json.dumps({**json.loads(rec_path.read_text()), "model_library": "0.0.1 @ old"}))
+    assert dd.main(argv) == 0
+    third = capsys.readouterr()
+    assert third.err.count("retraining") == len(records) and "(trained by 0.0.1 @ old)" in third.err
+    assert "| cached |" in third.out and "| this run |" not in third.out
+    assert all(json.loads(p.read_text())["model_library"] != "0.0.1 @ old" for p in records)
+    assert figures(json.loads(out.read_text())["rows"]) == figures(rows)
 
 
 def test_a_union_of_domains_is_one_catalogue_with_labels_kept_apart(dd: ModuleType, tiny_data: Path) -> None:
