@@ -218,3 +218,7 @@ def test_a_stale_graph_is_not_used_by_default(tmp_path: Path, caplog: pytest.Log
         got = s.search_vector(q, 10)
     assert got == s.search_vector(q, 10, rerank="none")
     assert "neighbour graph is stale" in caplog.text
+    with caplog.at_level("WARNING", logger="varsitysrch._rerank"):
+        s.search_vector(q, 10)
+        s.search_vector(q, 10)
+    assert caplog.text.count("neighbour graph is stale") == 1  # once per model, not per search

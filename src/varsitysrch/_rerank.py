@@ -42,6 +42,7 @@ the rest is re-ordered -- the variant measured without a recall@1 loss.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import weakref
@@ -107,11 +108,15 @@ def model_graph(
         return None
     why = _stale_reason(config, arrays, g)
     if why is not None:
-        log.warning(
-            "model %s: its neighbour graph is stale (%s); searching without re-ranking", model_path, why
-        )
+        _warn_stale(str(model_path), why)
         return None
     return g
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_stale(model_path: str, why: str) -> None:
+    """Said once per model and reason, not on every search of a stale model (the search path)."""
+    log.warning("model %s: its neighbour graph is stale (%s); searching without re-ranking", model_path, why)
 
 
 # ====================================================================== the graph
