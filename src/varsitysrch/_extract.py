@@ -316,6 +316,11 @@ class _SessionPool:
 _SESSIONS = _SessionPool()
 
 
+def _lane_threads(threads: int | None, workers: int) -> int:
+    """ONNX Runtime threads per lane: ``threads``, else the CPUs shared out between the lanes."""
+    return threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def _lane_batches(
     root: Path,
     jobs: Sequence[tuple[Sequence[str], bool]],
@@ -333,8 +338,7 @@ def _lane_batches(
     calling thread.
     """
     size, resize = ex.input_size, ex.resize
-    cpus = os.cpu_count() or 1
-    per = threads or max(1, cpus // max(1, workers))
+    per = _lane_threads(threads, workers)
 
     def run(chunk: Sequence[str], embed: bool) -> _Done:
         ok, pixels, colour, bad = _decode_store_batch(root, chunk, size, resize)
@@ -696,7 +700,7 @@ def _extract_locked(
     setup = 0.0
     if todo and engine != "dask":  # the graph and one session, timed apart from the images/s
         t_setup = time.perf_counter()
-        per = threads or max(1, (os.cpu_count() or 1) // max(1, _default_lanes(num_workers)))
+        per = _lane_threads(threads, _default_lanes(num_workers))
         _SESSIONS.give(ex, per, _SESSIONS.take(ex, per))  # the key _lane_batches' lanes take
         setup = time.perf_counter() - t_setup
     if todo or colour_todo:
