@@ -270,3 +270,18 @@ def test_real_ensemble_equals_its_members_on_photos(tmp_path: Path, monkeypatch:
         for m in ("efficientnet-lite0", "efficientnet-lite2")
     ]
     np.testing.assert_allclose(got, np.hstack(parts) / np.sqrt(2.0), atol=1e-5)
+
+
+def test_cli_extract_takes_the_ensemble(
+    fakes: dict[str, Path], synth_catalogue: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from varsitysrch._store import load_features
+    from varsitysrch.cli import app
+
+    store = tmp_path / "features"
+    res = CliRunner().invoke(app, ["-q", "extract", str(synth_catalogue[0]), str(store), "--extractor", ENS])
+    assert res.exit_code == 0, res.output
+    _ids, X, recorded = load_features(store)
+    assert X.shape[1] == 2560 and recorded["name"] == ENS
