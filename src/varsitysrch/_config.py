@@ -326,6 +326,9 @@ class TrainOptions(_Settings):
             (k-reciprocal, :mod:`varsitysrch._rerank`; kept up to date by ``update_catalogue``).
             ``None`` (the default): for a model without an IVF (up to ``_index.IVF_THRESHOLD``
             images), not above it (opt-in there: ``True``); ``False``: none.
+        colour_labels: a string column of the catalogue's ``attributes`` naming each product's
+            colour: "match colour" then ranks by a colour classifier learned from it
+            (:mod:`varsitysrch._colourlabels`; ``None``, the default: by the colour signatures).
     """
 
     n_components: int | None = None
@@ -339,6 +342,7 @@ class TrainOptions(_Settings):
     search_pca: int | None = None
     query_expansion: int | None = None
     rerank_graph: bool | None = None
+    colour_labels: str | None = None
 
     def __post_init__(self) -> None:
         _int(self, "n_components", 1, optional=True)
@@ -354,6 +358,9 @@ class TrainOptions(_Settings):
             raise _fail("target_recall", "a number in (0, 1]", t)
         _int(self, "search_pca", 0, optional=True, rule="an integer >= 0 or None")
         _int(self, "query_expansion", 0, optional=True, rule="an integer >= 0 or None")
+        c = self.colour_labels
+        if c is not None and (not isinstance(c, str) or not c.strip()):
+            raise _fail("colour_labels", "an attributes column name (a non-empty string) or None", c)
 
 
 @dataclass(frozen=True)

@@ -643,6 +643,18 @@ def _read_extras(r: _Reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
             if a is not None:
                 out[name] = a
     out.update(_read_graph(r, cfg))
+    if cfg.get("colour_model") is not None:  # the colour classifier (see _colourlabels)
+        from ._colourlabels import ColourModel
+
+        cm = cfg["colour_model"]
+        names = cm.get("names") if isinstance(cm, dict) else None
+        rows = len(names) if isinstance(names, list) else None
+        colour = {
+            "colour_coef": r.array("extra/colour_coef", (rows, None), "f"),
+            "colour_intercept": r.array("extra/colour_intercept", (rows,), "f"),
+        }
+        ColourModel.from_parts(cm, {k: v for k, v in colour.items() if v is not None}, dim, str(p))
+        out.update({k: v for k, v in colour.items() if v is not None})
     for name in ("search_components", "search_mean", "search_vectors", "ivf_centroids"):
         _finite(p, name, out.get(name), unit=name in ("search_vectors", "ivf_centroids"))
     if ("search_components" in out) != ("search_mean" in out):

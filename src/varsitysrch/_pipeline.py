@@ -56,7 +56,14 @@ from PIL import Image
 
 from ._candidates import Scan
 from ._collapse import collapse_rows
-from ._colour import PLAIN_DECODE_SIZE, border_share, colour_inputs, colour_signature, combine_scores
+from ._colour import (
+    PLAIN_DECODE_SIZE,
+    SIGNATURE_DIM,
+    border_share,
+    colour_inputs,
+    colour_signature,
+    combine_scores,
+)
 from ._confidence import monotone_in_rank
 from ._errors import ImageError, IncompatibleModelError, InvalidArgumentError
 from ._feedback import ALPHA, BETA, GAMMA, check_items, check_weights, rocchio
@@ -404,13 +411,28 @@ def _graph_rerank(
 
 # ====================================================================== 7. colour re-ranking
 def _colour_rerank(
-    s: Searcher, rows: np.ndarray, scores: np.ndarray, colour: np.ndarray | None, w: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(1 - w) ranking score + w colour similarity`` over the ranked pool, re-sorted."""
+    s: Searcher, rows: np.ndarray, scores: np.ndarray, colour: np.ndarray | None, w: float,
+    proba: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(1 - w) ranking score + w colour similarity`` over the ranked pool, re-sorted.  The
+    similarity: the signatures' cosine, or with a learned colour model (``proba``: the query's
+    colour probabilities) how likely the query is of each candidate's colour."""
     if w <= 0 or not len(rows):
         return rows, scores
     assert colour is not None
-    mixed = combine_scores(scores, s._colour_signatures()[rows] @ colour, w)
+    cm = s._colour_model
+    if cm is not None and proba is not None and s._colour_codes is not None:
+        codes = s._colour_codes[rows]
+        unknown = codes < 0  # their own predicted colours (vectors and signatures read for them only)
+        V = np.asarray(s.vectors[rows[unknown]], np.float32) if unknown.any() else np.zeros((0, cm.dim))
+        sig = s._colour_signatures()[rows[unknown]] if unknown.any() else np.zeros((0, SIGNATURE_DIM))
+        similarity = np.empty(len(rows), np.float32)
+        similarity[~unknown] = cm.scale * proba[codes[~unknown]]
+        if unknown.any():
+            similarity[unknown] = cm.scale * (cm.proba(V, sig) @ proba)
+    else:
+        similarity = s._colour_signatures()[rows] @ colour
+    mixed = combine_scores(scores, similarity, w)
     order = np.argsort(-mixed, kind="stable")
     return rows[order], np.asarray(mixed, np.float32)[order]
 
@@ -509,6 +531,12 @@ def run_search(
     # 1-3. decode, views, embed
     q = _query_vectors(s, query, o, w, st)
     exclude = np.fromiter(sorted(q.exclude), np.int64, len(q.exclude))
+    # a learned colour model: the query's colour probabilities, from its whole photo (stage 7)
+    proba = (
+        s._colour_model.proba(q.raw[:1], q.colour[None])[0]
+        if w > 0 and s._colour_model is not None and q.colour is not None and len(q.raw)
+        else None
+    )
     flt = s._filter(o.where, q.exclude)
     qe = (s.query_expansion if o.expansion is None else o.expansion) if q.expand else 0
     n = len(s.ids)
@@ -536,7 +564,7 @@ def run_search(
                     rows, scores = rows[:pool], scores[:pool]
             if k and q.discount:  # a crop view counts less than the whole photo
                 scores = scores - np.float32(q.discount)
-            lists.append(_colour_rerank(s, rows, scores, q.colour, w))  # 7
+            lists.append(_colour_rerank(s, rows, scores, q.colour, w, proba))  # 7
             scan = scan or view_scan
         rows = _merge_views(lists)[0][:want]  # 8
         kept, dups = _collapse(s, rows, threshold)  # 9

@@ -41,6 +41,7 @@ from ._colour import (
     model_colour_checksum,
     model_studio_share,
 )
+from ._colourlabels import ColourModel, colour_model, label_codes
 from ._confidence import ScoreCalibrator
 from ._errors import FeatureStoreError, IncompatibleModelError, InvalidArgumentError
 from ._extractors import Embedder, Extractor, query_extractor
@@ -170,6 +171,13 @@ class Searcher:
         #: the catalogue's attributes (``None``: the model has none), filtered by ``where=``
         self.attributes: Attributes | None = model_attributes(mf.config, mf.arrays, self.ids)
         self._filters = FilterCache(self.attributes, self.labels, self.k) if self.attributes else None
+        #: "match colour" by a colour classifier learned from the catalogue's colour names
+        #: (``train_clusters(colour_labels=...)``; ``None``: by the colour signatures), and each
+        #: image's colour as a row of its names (-1: none)
+        self._colour_model: ColourModel | None = colour_model(mf.config, mf.arrays, str(self.model_path))
+        self._colour_codes: np.ndarray | None = (
+            label_codes(self._colour_model, self.attributes, len(self.ids)) if self._colour_model else None
+        )
         #: the search index (the candidates stage), which owns ``nprobe``: K-means clusters or IVF lists
         self._index: ClusterIndex | ListIndex = (
             ListIndex(ivf)

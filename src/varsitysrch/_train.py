@@ -18,7 +18,9 @@ import numpy as np
 
 from . import _index
 from ._attributes import resolve_attributes
+from ._colourlabels import fit_colour_model, labels_from_attributes
 from ._config import Compute, TrainOptions, settle
+from ._errors import FeatureStoreError
 from ._io import check_replaceable
 from ._kmeans import Assigner, KMeansModel, distance_quantiles
 from ._modelfile import MODEL_FORMAT, MODEL_VERSION, ModelFile, record_store, save_model_and_csv, stamp_arrays
@@ -96,7 +98,9 @@ def train_clusters(
     (``image,<columns>``), ``{image: {column: value}}`` or an ``Attributes`` -- joined to
     the store's ids and stored in the model (``attribute_types`` overrides a column's
     guessed type: ``{"sku": "string"}``); see :mod:`varsitysrch._attributes` and
-    ``docs/shop.md``.
+    ``docs/shop.md``.  ``colour_labels``: one of those columns naming each product's colour
+    ("Navy Blue", ...): a colour classifier is learned from it and "match colour" ranks by it
+    (:mod:`varsitysrch._colourlabels`; measured in ``docs/quality.md``).
 
     Returns the fitted :class:`KMeansModel`.
     """
@@ -107,6 +111,14 @@ def train_clusters(
     check_replaceable(csv_filename)
     store = FeatureStore.open(features_folder)
     attrs = resolve_attributes(attributes, store.ids, types=attribute_types)  # a bad CSV fails before K-means
+    colour_names = (
+        labels_from_attributes(attrs, opts.colour_labels) if opts.colour_labels is not None else None
+    )
+    if colour_names is not None and store.colour is None:
+        raise FeatureStoreError(
+            f"colour_labels={opts.colour_labels!r} needs the catalogue's colour signatures, and the feature "
+            f"store {str(features_folder)!r} has no colour rows: re-extract it with extract_features"
+        )
     X = store.vectors  # a memory map: float16 or float32, never copied whole
     n, dim = X.shape
     use_ivf = bool(ivf or (ivf is None and n > _index.IVF_THRESHOLD))
@@ -150,6 +162,12 @@ def train_clusters(
     if attrs is not None:
         config["attributes"] = attrs.to_config()
         arrays.update(attrs.to_arrays())
+    if colour_names is not None and store.colour is not None:  # "match colour" by a learned classifier
+        cm = fit_colour_model(
+            X, store.colour, colour_names, str(opts.colour_labels), random_state=random_state
+        )
+        config["colour_model"] = cm.to_config()
+        arrays.update(cm.to_arrays())
     mf = ModelFile(
         config,
         model.cluster_centers_,

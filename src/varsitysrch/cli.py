@@ -583,6 +583,15 @@ def train(
             show_default=False,
         ),
     ] = None,
+    colour_labels: Annotated[
+        str | None,
+        typer.Option(
+            "--colour-labels",
+            metavar="COLUMN",
+            help="An --attributes column naming each product's colour: search --colour match then ranks "
+            "by a colour classifier learned from it (docs/quality.md).",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a CSV that belongs to another model.")
     ] = False,
@@ -624,6 +633,7 @@ def train(
         query_expansion=query_expansion,
         search_pca=SEARCH_PCA_DIM if search_pca else None,
         rerank_graph=rerank_graph,
+        colour_labels=colour_labels,
         show_progress=_bars(),
     )
     import numpy as np
