@@ -277,3 +277,25 @@ def test_cli_trains_and_searches_as_the_library(shop: dict[str, Path], tmp_path:
     assert [h["image"] for h in json.loads(out.stdout)] == lib
     out = CliRunner().invoke(cli_app, [*args, "--colour-labels", "nope"])
     assert out.exit_code != 0 and "colour-labels='nope'" in out.output
+
+
+def test_the_service_says_and_searches_as_the_library(shop: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx2")
+    from fastapi.testclient import TestClient
+
+    from varsitysrch.service import create_app
+
+    q = shop["queries"] / "green.png"
+    s = Searcher(shop["model"], features_folder=shop["features"])
+    lib = [h.image for h in s.search(q, 6, colour_weight=MATCH_COLOUR_WEIGHT)]
+    assert lib != [h.image for h in s.search(q, 6, colour_weight=1.0)]  # the weight is passed, not fixed
+    with TestClient(create_app(shop["model"], cache_dir=tmp_path, reload_interval=0)) as c:
+        assert c.get("/healthz").json()["colour_labels"] == "colour"
+        r = c.post(
+            "/search",
+            files={"image": ("green.png", q.read_bytes(), "image/png")},
+            params={"top_n": 6, "colour_weight": MATCH_COLOUR_WEIGHT},
+        )
+        assert r.status_code == 200, r.text
+        assert [h["image"] for h in r.json()["hits"]] == lib

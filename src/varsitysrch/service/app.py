@@ -677,6 +677,10 @@ def _add_service_routes(app: Any, svc: Service) -> None:
             "model_generation": gen.number,
             "report": svc.report is not None,
             "rerank_graph": _has_graph(gen.searcher),
+            # "match colour" by a classifier learned from this attributes column (None: by signature)
+            "colour_labels": None
+            if gen.searcher._colour_model is None
+            else gen.searcher._colour_model.column,
         }
 
     @app.get("/metrics", tags=["service"], response_class=Response)

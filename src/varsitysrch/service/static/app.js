@@ -576,6 +576,9 @@
       $("nprobe").placeholder = `auto (${info.nprobe})`;
       $("nav-catalogue").hidden = !info.report;  // the catalogue report, when the service has one
       $("rerank-control").hidden = !info.rerank_graph;  // k-reciprocal re-ranking, when the model can
+      $("colour-weight").title = info.colour_labels  // what "match colour" goes by
+        ? `by the catalogue's own colour names (column ${info.colour_labels})`
+        : "by the products' colour signatures";
       if (!info.rerank_graph) $("rerank").value = "none";  // a model without the graph: off (not refused)
     } catch (err) {
       $("stats").textContent = "service unavailable";
