@@ -13,17 +13,31 @@ the recall is measured on them).  ``--store DIR``: also the recall on a real fea
 (``varsitysrch._rerank``'s private builders, ``_modelfile.load_model``): no public way builds a graph
 apart from training.
 
+**Above** ``_index.IVF_THRESHOLD`` **images** (a model with an IVF, where the graph is opt-in:
+``rerank_graph=True``) training builds the graph through the IVF (``_ivf_graph``: every image
+searched at the IVF's calibrated ``nprobe``), so that is the build timed there (wall and CPU
+seconds: CPU / wall is the cores it kept busy), on the whole catalogue -- or, with ``--graph-sample
+M``, on ``M`` random images through the same index and search, extrapolated to ``n`` (the index fill
+timed in full; the search part scaled by ``n / M``; said in the line) -- and its recall of the exact
+lists on 1,000 images (exact against the float16 store, chunked: no float32 copy of it).  The
+cluster-probed build is not what the library does there and is skipped.
+
 ``--latency Q``: per size also the default model (trained as ``train_clusters`` trains by default:
-with the graph, no IVF below ``_index.IVF_THRESHOLD`` images) loaded in a public ``Searcher``, and
+with the graph, no IVF below ``_index.IVF_THRESHOLD`` images; above it the default has no graph, so
+the model is trained with ``rerank_graph=True`` and its graph's build time read from its record)
+loaded in a public ``Searcher``, and
 single-query latency, one thread (``threadpoolctl``), interleaved A B A B: ``search_vector(q, 10)``
 (re-ranked, the default) vs ``rerank="none"`` over ``Q`` held-out generated vectors, and
 ``search_id`` over ``Q`` catalogue ids both ways.  Each kind gets a freshly loaded ``Searcher`` and
 two passes: the first (cold) computes the weights rows it touches, the second (warm) finds them in
 the model's row cache.  The stage re-orders the top ``_rerank.POOL`` candidates with stored rows,
-so its cost per query does not depend on ``n``; the search before it does.
+so its cost per query does not depend on ``n``; the search before it does.  The row cache
+(``_rerank._CACHE_ROWS``) is emptied when full: the rows each pass computed and the cache's size
+after it are printed, so a warm pass that found its rows gone says so.
 
     .venv/bin/python benchmarks/bench_rerank_build.py --sizes 20000,100000
     .venv/bin/python benchmarks/bench_rerank_build.py --sizes 20000,100000 --latency 200
+    .venv/bin/python benchmarks/bench_rerank_build.py --sizes 1000000 --latency 200 --work /var/tmp
 """
 
 from __future__ import annotations
@@ -46,17 +60,60 @@ def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return hit / max(exact.size, 1)
 
 
-def measure(store: Path, k: int, work: Path, exact_max: int, log: bool = True) -> dict[str, float]:
+def _train_with_graph(store: Path, model: Path, csv: Path, k: int) -> tuple[float, float, float, float]:
+    """``train_clusters(..., rerank_graph=True)``: ``(wall s, CPU s)`` of the whole training and of
+    the graph's build inside it (``_train.add_graph``, timed by a wrapper)."""
+    from varsitysrch import _train, train_clusters
+
+    spent: list[float] = []
+    add_graph = _train.add_graph
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            return add_graph(*args, **kwargs)
+        finally:
+            spent[:] = [time.perf_counter() - w, time.process_time() - c]
+
+    _train.add_graph = timed
+    try:
+        w, c = time.perf_counter(), time.process_time()
+        train_clusters(store, model, csv, k, show_progress=False, rerank_graph=True)
+        wall, cpu = time.perf_counter() - w, time.process_time() - c
+    finally:
+        _train.add_graph = add_graph
+    if not spent:
+        raise SystemExit(f"{model}: training built no neighbour graph")
+    return wall, cpu, spent[0], spent[1]
+
+
+def measure(
+    store: Path,
+    k: int,
+    work: Path,
+    exact_max: int,
+    log: bool = True,
+    graph_sample: int = 0,
+    in_training: bool = False,
+) -> dict[str, Any]:
     from varsitysrch import FeatureStore, train_clusters
+    from varsitysrch._index import IVF_THRESHOLD
     from varsitysrch._modelfile import load_model
     from varsitysrch._rerank import _BLOCK, _K1, _build_graph, _cluster_graph, _ranking_vectors, _topk_rows
 
+    X = FeatureStore.open(store).vectors
+    if in_training and len(X) > IVF_THRESHOLD:  # one training, the graph built in it (latency's model)
+        model, csv = work / f"d{k}.vsm", work / f"d{k}.csv"
+        wall, cpu, g_wall, g_cpu = _train_with_graph(store, model, csv, k)
+        built = (g_wall, g_cpu, wall, cpu)
+        return _measure_ivf(load_model(model), X, k, wall - g_wall, graph_sample, log, built=built)
     model, csv = work / f"m{k}.vsm", work / f"m{k}.csv"
     t0 = time.perf_counter()
     train_clusters(store, model, csv, k, show_progress=False, rerank_graph=False)
     train_s = time.perf_counter() - t0
     mf = load_model(model)
-    X = FeatureStore.open(store).vectors
+    if mf.config.get("ivf"):
+        return _measure_ivf(mf, X, k, train_s, graph_sample, log)
     n = len(X)
     C = np.ascontiguousarray(_ranking_vectors(mf.config, mf.arrays, X), np.float32)
     nprobe = int(mf.config["nprobe"])
@@ -90,22 +147,137 @@ def measure(store: Path, k: int, work: Path, exact_max: int, log: bool = True) -
     return out
 
 
+def _ivf_lists(index: Any, X: np.ndarray, rows: np.ndarray, k: int, nprobe: int) -> np.ndarray:
+    """The graph lists of catalogue ``rows`` as ``_rerank._ivf_graph`` finds them (its loop, for a
+    sample): each row searched at ``nprobe`` lists, itself and missing results dropped, best first,
+    ties by row; a row with fewer than ``k`` found keeps ``-1`` there (``_ivf_graph`` would search it
+    exactly: counted, not timed)."""
+    from varsitysrch._index import _probe
+
+    n = len(X)
+    out = np.empty((len(rows), k), np.int64)
+    params = _probe(max(1, int(nprobe)))
+    for s in range(0, len(rows), 16384):
+        r = rows[s : s + 16384]
+        score, found = index.search(np.ascontiguousarray(X[r], np.float32), k + 1, params=params)
+        ok = (found >= 0) & (found != r[:, None])
+        score = np.where(ok, score, -np.inf).astype(np.float32)
+        order = np.lexsort((np.where(ok, found, n), -score), axis=1)[:, :k]
+        got = np.take_along_axis(np.where(ok, found, -1), order, 1)
+        out[s : s + len(r)] = np.where(np.isfinite(np.take_along_axis(score, order, 1)), got, -1)
+    return out
+
+
+def _measure_ivf(
+    mf: Any,
+    X: np.ndarray,
+    k: int,
+    train_s: float,
+    sample: int,
+    log: bool,
+    built: tuple[float, float, float, float] | None = None,
+) -> dict[str, Any]:
+    """The graph of a model with an IVF, built as training builds it (``_rerank._ivf_graph``): on
+    the whole catalogue (``sample`` 0), or on ``sample`` random images, extrapolated; ``built``:
+    the model's own graph, built in its training (graph wall, graph CPU, training wall, training
+    CPU seconds; ``train_s`` is then the training's wall time less the graph's)."""
+    from varsitysrch._index import build_faiss_index
+    from varsitysrch._rerank import _K1, _ivf_graph
+
+    n = len(X)
+    kk = min(_K1, n - 1)
+    ivf = mf.config["ivf"]
+    nprobe, nlist = int(ivf["nprobe"]), int(ivf["nlist"])
+    cents, lists = mf.arrays["ivf_centroids"], mf.arrays["ivf_lists"]
+    rng = np.random.default_rng(0)
+    ex_rows = np.sort(rng.choice(n, 1000, replace=False))
+    out: dict[str, Any] = {"n": n, "k": k, "nprobe": nprobe, "nlist": nlist, "train_s": train_s}
+    if built is not None:
+        graph_s, graph_cpu, total_s, total_cpu = built
+        approx = mf.arrays["rerank_nn"][ex_rows].astype(np.int64)
+        how = (
+            f"whole catalogue, measured inside train_clusters(rerank_graph=True): {total_s:.1f} s wall, "
+            f"{total_cpu:.1f} s CPU in all; train_clusters without it = the difference"
+        )
+        out["bytes"] = int(mf.arrays["rerank_nn"].nbytes + mf.arrays["rerank_sims"].nbytes)
+        out["built"] = mf.config["rerank"]["built"]
+    elif not sample or sample >= n:
+        w0, c0 = time.perf_counter(), time.process_time()
+        g = _ivf_graph(X, cents, lists, nprobe, _K1)
+        graph_s, graph_cpu = time.perf_counter() - w0, time.process_time() - c0
+        approx = g.nn[ex_rows].astype(np.int64)
+        how = "whole catalogue, measured"
+        out["bytes"] = g.nbytes
+        del g
+    else:
+        rows = np.sort(
+            np.concatenate(
+                [ex_rows, rng.choice(np.setdiff1d(np.arange(n), ex_rows), sample - 1000, replace=False)]
+            )
+        )
+        w0, c0 = time.perf_counter(), time.process_time()
+        index = build_faiss_index(cents, lists, X)
+        fill_s, fill_cpu = time.perf_counter() - w0, time.process_time() - c0
+        w0, c0 = time.perf_counter(), time.process_time()
+        got = _ivf_lists(index, X, rows, kk, nprobe)
+        search_s, search_cpu = time.perf_counter() - w0, time.process_time() - c0
+        del index
+        scale = n / len(rows)
+        graph_s, graph_cpu = fill_s + search_s * scale, fill_cpu + search_cpu * scale
+        approx = got[np.searchsorted(rows, ex_rows)]
+        out["short_rows"] = int((got < 0).any(axis=1).sum())
+        how = (
+            f"extrapolated: index fill {fill_s:.1f} s + search of {len(rows):,} sampled images "
+            f"{search_s:.1f} s x {scale:.1f}"
+        )
+        out["bytes"] = n * kk * 8
+    from varsitysrch._neighbours import exact_topk
+
+    t0 = time.perf_counter()
+    exact, _ = exact_topk(np.ascontiguousarray(X[ex_rows], np.float32), X, kk, exclude=ex_rows)
+    exact_s = (time.perf_counter() - t0) * n / len(ex_rows)
+    rec = _recall(approx, exact)
+    out.update(graph_s=graph_s, graph_cpu=graph_cpu, exact_s=exact_s, recall=rec, how=how)
+    if log:
+        print(
+            f"n={n:,} k={k} IVF nlist={nlist} nprobe={nprobe}: train_clusters (no graph) {train_s:.1f} s | "
+            f"graph through the IVF {graph_s:.1f} s wall, {graph_cpu:.1f} s CPU ({how}; "
+            f"{graph_s / train_s:.2f}x train) | exact graph {exact_s:.0f} s (extrapolated from 1,000 "
+            f"images) | recall@{kk} of the exact lists {rec:.4f} (on those 1,000) | "
+            f"{out['bytes']:,} bytes ({out['bytes'] / n:.0f} per image)",
+            flush=True,
+        )
+    return out
+
+
 def _pct(ms: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(ms), q))
 
 
-def latency(store: Path, k: int, work: Path, queries: int, dim: int) -> list[dict[str, Any]]:
-    """Single-query latency of the default model's search, re-ranked vs ``rerank="none"``."""
+def _cached_rows(caches: dict[int, Any]) -> int:
+    """Rows in the row caches of the models still loaded."""
+    return sum(len(c) for ref, c in caches.values() if ref() is not None)
+
+
+def latency(
+    store: Path, k: int, work: Path, queries: int, dim: int, trained: bool = False
+) -> list[dict[str, Any]]:
+    """Single-query latency of the default model's search, re-ranked vs ``rerank="none"`` (above
+    ``IVF_THRESHOLD`` images: the model trained with ``rerank_graph=True``, the default having none)."""
     from bench_scale import generator
     from threadpoolctl import threadpool_limits
 
-    from varsitysrch import Searcher, train_clusters
+    from varsitysrch import FeatureStore, Searcher, train_clusters
+    from varsitysrch._index import IVF_THRESHOLD
+    from varsitysrch._rerank import _caches
 
+    n = len(FeatureStore.open(store).ids)
+    graph = True if n > IVF_THRESHOLD else None  # None: the default (a graph for every model without an IVF)
     model, csv = work / f"d{k}.vsm", work / f"d{k}.csv"
     t0 = time.perf_counter()
-    train_clusters(store, model, csv, k, show_progress=False)  # the default: rerank_graph=None
+    if not (trained and graph and model.exists()):  # else: measure's model (--graph-in-training)
+        train_clusters(store, model, csv, k, show_progress=False, rerank_graph=graph)
     train_s = time.perf_counter() - t0
-    n = len(Searcher(model, csv).ids)
     Q = generator(dim, 0)(queries, 10**9 + 7)  # held out: an item seed the store never uses
     ids = [f"p/{i:07d}.jpg" for i in np.random.default_rng(1).choice(n, queries, replace=False)]
     kinds = {
@@ -113,16 +285,22 @@ def latency(store: Path, k: int, work: Path, queries: int, dim: int) -> list[dic
         "search_id": lambda s, i, **kw: s.search_id(ids[i], 10, **kw),
     }
     rows: list[dict[str, Any]] = []
+    record: dict[str, Any] = {}
+    load_s: list[float] = []
     with threadpool_limits(1):
         for kind, call in kinds.items():
+            t0 = time.perf_counter()
             s = Searcher(model, csv, threads=1)  # a fresh model: an empty row cache
+            load_s.append(time.perf_counter() - t0)
             if "rerank" not in s.config:
-                raise SystemExit(f"n={n:,}: the default model has no neighbour graph (an IVF model?)")
-            nprobe = int(s.config["nprobe"])
+                raise SystemExit(f"n={n:,}: the model has no neighbour graph")
+            record = dict(s.config["rerank"])
+            nprobe = int((s.config.get("ivf") or {}).get("nprobe", s.config["nprobe"]))
             for i in range(3):  # imports and first-call costs, not the re-ranking's row cache
                 call(s, i, rerank="none")
             for name in ("cold", "warm"):
                 t: dict[str, list[float]] = {"none": [], "rerank": []}
+                before = _cached_rows(_caches)
                 for i in range(queries):  # A B A B
                     t0 = time.perf_counter()
                     call(s, i, rerank="none")
@@ -131,11 +309,24 @@ def latency(store: Path, k: int, work: Path, queries: int, dim: int) -> list[dic
                     t2 = time.perf_counter()
                     t["none"].append((t1 - t0) * 1e3)
                     t["rerank"].append((t2 - t1) * 1e3)
+                after = _cached_rows(_caches)
                 r: dict[str, Any] = {"n": n, "k": k, "nprobe": nprobe, "kind": kind, "pass": name}
+                r["ivf"] = bool(s.config.get("ivf"))
+                r["cache_before"], r["cache_after"] = before, after
                 for m in ("none", "rerank"):
                     r[f"{m}_p50"], r[f"{m}_p95"] = _pct(t[m], 50), _pct(t[m], 95)
                 rows.append(r)
-    print(f"n={n:,} k={k}: default train_clusters (with the graph) {train_s:.1f} s", flush=True)
+            del s
+    what = "rerank_graph=True" if graph else "the default, with the graph"
+    if trained and graph:
+        what += ", trained above (--graph-in-training), not again"
+    print(
+        f"n={n:,} k={k}: train_clusters ({what}) {train_s:.1f} s, of which the graph "
+        f"({record.get('built')}) {record.get('seconds')} s; "
+        f"{record.get('bytes_per_image')} bytes per image; "
+        f"Searcher load {', '.join(f'{x:.1f}' for x in load_s)} s",
+        flush=True,
+    )
     return rows
 
 
@@ -144,15 +335,19 @@ def print_latency(rows: list[dict[str, Any]], queries: int) -> None:
         f"\nsingle-query latency, 1 thread, top 10, {queries} queries per pass, interleaved "
         "(ms p50 / p95; ratio = re-ranked / none at p50; stage = the p50 difference)"
     )
-    head = "| n | clusters | nprobe | query | pass | none p50 / p95 | re-ranked p50 / p95 | ratio | stage |"
+    head = (
+        "| n | clusters | nprobe | query | pass | none p50 / p95 | re-ranked p50 / p95 | ratio | stage "
+        "| cache rows before -> after |"
+    )
     print(head)
     print("|" + "---|" * head.count(" | ") + "---|")
     for r in rows:
         a, b = float(r["none_p50"]), float(r["rerank_p50"])
+        nprobe = f"{r['nprobe']} (IVF)" if r.get("ivf") else str(r["nprobe"])
         print(
-            f"| {r['n']:,} | {r['k']} | {r['nprobe']} | {r['kind']} | {r['pass']} "
+            f"| {r['n']:,} | {r['k']} | {nprobe} | {r['kind']} | {r['pass']} "
             f"| {a:.2f} / {float(r['none_p95']):.2f} | {b:.2f} / {float(r['rerank_p95']):.2f} "
-            f"| {b / a:.2f}x | +{b - a:.2f} |"
+            f"| {b / a:.2f}x | +{b - a:.2f} | {r['cache_before']:,} -> {r['cache_after']:,} |"
         )
     print(
         "the stage re-orders the top 100 candidates with stored rows: its cost per query does not "
@@ -171,11 +366,28 @@ def main() -> None:
     ap.add_argument("--store-k", default="50,100", help="--store: clusters")
     ap.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
     ap.add_argument(
+        "--graph-sample",
+        type=int,
+        default=0,
+        help="above IVF_THRESHOLD: build the graph's lists of M >= 1,000 random images and extrapolate "
+        "(0: the whole catalogue)",
+    )
+    ap.add_argument(
+        "--graph-in-training",
+        action="store_true",
+        help="above IVF_THRESHOLD: train once with rerank_graph=True and time the graph's build inside "
+        "train_clusters (train_clusters without it: the difference); --latency searches that model",
+    )
+    ap.add_argument(
         "--latency", type=int, default=0, help="Q > 0: also search latency, re-ranked vs none, over Q queries"
     )
     a = ap.parse_args()
     if a.latency < 0:
         ap.error(f"--latency must be >= 0; got {a.latency}")
+    if a.graph_sample and a.graph_sample < 1000:
+        ap.error(f"--graph-sample must be 0 or at least 1000 (the recall's images); got {a.graph_sample}")
+    if a.graph_sample and a.graph_in_training:
+        ap.error("--graph-sample and --graph-in-training exclude each other (a sample vs the whole build)")
     from bench_scale import write_store
 
     work = Path(tempfile.mkdtemp(prefix="bench-rerank-build-", dir=a.work))
@@ -185,9 +397,9 @@ def main() -> None:
     for n, k in zip(sizes, ks, strict=True):
         folder = work / f"store-{n}"
         write_store(folder, n, a.dim, 0)
-        measure(folder, k, work, a.exact_max)
+        measure(folder, k, work, a.exact_max, graph_sample=a.graph_sample, in_training=a.graph_in_training)
         if a.latency:
-            lat += latency(folder, k, work, a.latency, a.dim)
+            lat += latency(folder, k, work, a.latency, a.dim, trained=a.graph_in_training)
     if lat:
         print_latency(lat, a.latency)
     if a.store:
