@@ -28,16 +28,19 @@ the model is trained with ``rerank_graph=True`` and its graph's build time read 
 loaded in a public ``Searcher``, and
 single-query latency, one thread (``threadpoolctl``), interleaved A B A B: ``search_vector(q, 10)``
 (re-ranked, the default) vs ``rerank="none"`` over ``Q`` held-out generated vectors, and
-``search_id`` over ``Q`` catalogue ids both ways.  Each kind gets a freshly loaded ``Searcher`` and
-two passes: the first (cold) computes the weights rows it touches, the second (warm) finds them in
-the model's row cache.  The stage re-orders the top ``_rerank.POOL`` candidates with stored rows,
-so its cost per query does not depend on ``n``; the search before it does.  The row cache
+``search_id`` over ``Q`` catalogue ids both ways (wall time, and a second table of the searching
+thread's CPU time: on cores shared with other jobs the wall time adds the waits).  Each kind gets
+a freshly loaded ``Searcher`` and two passes: the first (cold) computes the weights rows it
+touches, the second (warm) finds them in the model's row cache.  The stage re-orders the top
+``_rerank.POOL`` candidates with stored rows, so its cost per query does not depend on ``n``; the
+search before it does.  The row cache
 (``_rerank._CACHE_ROWS``) is emptied when full: the rows each pass computed and the cache's size
 after it are printed, so a warm pass that found its rows gone says so.
 
     .venv/bin/python benchmarks/bench_rerank_build.py --sizes 20000,100000
     .venv/bin/python benchmarks/bench_rerank_build.py --sizes 20000,100000 --latency 200
-    .venv/bin/python benchmarks/bench_rerank_build.py --sizes 1000000 --latency 200 --work /var/tmp
+    .venv/bin/python benchmarks/bench_rerank_build.py --sizes 1000000 --latency 200 --graph-in-training
+    .venv/bin/python benchmarks/bench_rerank_build.py --latency 200 --model WORK/d707.vsm   # that model again
 """
 
 from __future__ import annotations
@@ -260,10 +263,17 @@ def _cached_rows(caches: dict[int, Any]) -> int:
 
 
 def latency(
-    store: Path, k: int, work: Path, queries: int, dim: int, trained: bool = False
+    store: Path | None,
+    k: int,
+    work: Path,
+    queries: int,
+    dim: int,
+    trained: bool = False,
+    model: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Single-query latency of the default model's search, re-ranked vs ``rerank="none"`` (above
-    ``IVF_THRESHOLD`` images: the model trained with ``rerank_graph=True``, the default having none)."""
+    ``IVF_THRESHOLD`` images: the model trained with ``rerank_graph=True``, the default having none);
+    ``model``: that model, already trained (its CSV beside it; ``store`` and ``k`` unused)."""
     from bench_scale import generator
     from threadpoolctl import threadpool_limits
 
@@ -271,12 +281,24 @@ def latency(
     from varsitysrch._index import IVF_THRESHOLD
     from varsitysrch._rerank import _caches
 
-    n = len(FeatureStore.open(store).ids)
-    graph = True if n > IVF_THRESHOLD else None  # None: the default (a graph for every model without an IVF)
-    model, csv = work / f"d{k}.vsm", work / f"d{k}.csv"
     t0 = time.perf_counter()
-    if not (trained and graph and model.exists()):  # else: measure's model (--graph-in-training)
-        train_clusters(store, model, csv, k, show_progress=False, rerank_graph=graph)
+    graph: bool | None
+    if model is not None:
+        from varsitysrch._modelfile import load_model
+
+        csv = model.with_suffix(".csv")
+        cfg = load_model(model).config
+        n, k, graph = int(cfg["n_images"]), int(cfg["k"]), bool(cfg.get("ivf"))
+        trained = True
+    else:
+        assert store is not None
+        n = len(FeatureStore.open(store).ids)
+        graph = (
+            True if n > IVF_THRESHOLD else None
+        )  # None: the default (a graph for every model without an IVF)
+        model, csv = work / f"d{k}.vsm", work / f"d{k}.csv"
+        if not (trained and graph and model.exists()):  # else: measure's model (--graph-in-training)
+            train_clusters(store, model, csv, k, show_progress=False, rerank_graph=graph)
     train_s = time.perf_counter() - t0
     Q = generator(dim, 0)(queries, 10**9 + 7)  # held out: an item seed the store never uses
     ids = [f"p/{i:07d}.jpg" for i in np.random.default_rng(1).choice(n, queries, replace=False)]
@@ -299,27 +321,29 @@ def latency(
             for i in range(3):  # imports and first-call costs, not the re-ranking's row cache
                 call(s, i, rerank="none")
             for name in ("cold", "warm"):
-                t: dict[str, list[float]] = {"none": [], "rerank": []}
+                t: dict[str, list[float]] = {"none": [], "rerank": [], "cpu_none": [], "cpu_rerank": []}
                 before = _cached_rows(_caches)
                 for i in range(queries):  # A B A B
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.thread_time()
                     call(s, i, rerank="none")
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), time.thread_time()
                     call(s, i)
-                    t2 = time.perf_counter()
+                    t2, c2 = time.perf_counter(), time.thread_time()
                     t["none"].append((t1 - t0) * 1e3)
                     t["rerank"].append((t2 - t1) * 1e3)
+                    t["cpu_none"].append((c1 - c0) * 1e3)
+                    t["cpu_rerank"].append((c2 - c1) * 1e3)
                 after = _cached_rows(_caches)
                 r: dict[str, Any] = {"n": n, "k": k, "nprobe": nprobe, "kind": kind, "pass": name}
                 r["ivf"] = bool(s.config.get("ivf"))
                 r["cache_before"], r["cache_after"] = before, after
-                for m in ("none", "rerank"):
+                for m in t:
                     r[f"{m}_p50"], r[f"{m}_p95"] = _pct(t[m], 50), _pct(t[m], 95)
                 rows.append(r)
             del s
     what = "rerank_graph=True" if graph else "the default, with the graph"
     if trained and graph:
-        what += ", trained above (--graph-in-training), not again"
+        what += f", trained before ({model}), not again"
     print(
         f"n={n:,} k={k}: train_clusters ({what}) {train_s:.1f} s, of which the graph "
         f"({record.get('built')}) {record.get('seconds')} s; "
@@ -330,9 +354,13 @@ def latency(
     return rows
 
 
-def print_latency(rows: list[dict[str, Any]], queries: int) -> None:
+def print_latency(rows: list[dict[str, Any]], queries: int, clock: str = "") -> None:
+    """The latency table: wall time (``clock`` ``""``), or the searching thread's CPU time
+    (``"cpu_"``: what a query costs on a core of its own; wall time on cores shared with other
+    jobs adds the time the thread waited)."""
+    what = "CPU time of the searching thread" if clock else "latency"
     print(
-        f"\nsingle-query latency, 1 thread, top 10, {queries} queries per pass, interleaved "
+        f"\nsingle-query {what}, 1 thread, top 10, {queries} queries per pass, interleaved "
         "(ms p50 / p95; ratio = re-ranked / none at p50; stage = the p50 difference)"
     )
     head = (
@@ -342,11 +370,14 @@ def print_latency(rows: list[dict[str, Any]], queries: int) -> None:
     print(head)
     print("|" + "---|" * head.count(" | ") + "---|")
     for r in rows:
-        a, b = float(r["none_p50"]), float(r["rerank_p50"])
+        if f"{clock}none_p50" not in r:
+            continue
+        a, b = float(r[f"{clock}none_p50"]), float(r[f"{clock}rerank_p50"])
+        a95, b95 = float(r[f"{clock}none_p95"]), float(r[f"{clock}rerank_p95"])
         nprobe = f"{r['nprobe']} (IVF)" if r.get("ivf") else str(r["nprobe"])
         print(
             f"| {r['n']:,} | {r['k']} | {nprobe} | {r['kind']} | {r['pass']} "
-            f"| {a:.2f} / {float(r['none_p95']):.2f} | {b:.2f} / {float(r['rerank_p95']):.2f} "
+            f"| {a:.2f} / {a95:.2f} | {b:.2f} / {b95:.2f} "
             f"| {b / a:.2f}x | +{b - a:.2f} | {r['cache_before']:,} -> {r['cache_after']:,} |"
         )
     print(
@@ -381,6 +412,12 @@ def main() -> None:
     ap.add_argument(
         "--latency", type=int, default=0, help="Q > 0: also search latency, re-ranked vs none, over Q queries"
     )
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="only --latency, on this model trained before by this script (e.g. WORK/bench-rerank-build-*/"
+        "d707.vsm, its CSV and store where they were): nothing written or trained",
+    )
     a = ap.parse_args()
     if a.latency < 0:
         ap.error(f"--latency must be >= 0; got {a.latency}")
@@ -388,6 +425,13 @@ def main() -> None:
         ap.error(f"--graph-sample must be 0 or at least 1000 (the recall's images); got {a.graph_sample}")
     if a.graph_sample and a.graph_in_training:
         ap.error("--graph-sample and --graph-in-training exclude each other (a sample vs the whole build)")
+    if a.model:
+        if not a.latency:
+            ap.error("--model needs --latency Q (it measures only the search latency)")
+        got = latency(None, 0, Path("."), a.latency, a.dim, model=Path(a.model))
+        print_latency(got, a.latency)
+        print_latency(got, a.latency, "cpu_")
+        return
     from bench_scale import write_store
 
     work = Path(tempfile.mkdtemp(prefix="bench-rerank-build-", dir=a.work))
@@ -402,6 +446,7 @@ def main() -> None:
             lat += latency(folder, k, work, a.latency, a.dim, trained=a.graph_in_training)
     if lat:
         print_latency(lat, a.latency)
+        print_latency(lat, a.latency, "cpu_")
     if a.store:
         for k in (int(s) for s in a.store_k.split(",") if s):
             measure(Path(a.store), k, work, a.exact_max)
