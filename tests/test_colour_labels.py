@@ -28,6 +28,7 @@ from varsitysrch import (
 from varsitysrch._colour import MATCH_COLOUR_WEIGHT, SIGNATURE_DIM
 from varsitysrch._colourlabels import (
     _COLOUR_C,
+    _COLOUR_TOL,
     ColourModel,
     _features,
     colour_model,
@@ -120,7 +121,7 @@ def test_the_stored_classifier_gives_scikit_learns_probabilities(n_names: int) -
     assert cm.names == tuple(names) and cm.coef.shape == (n_names, dim + SIGNATURE_DIM)
     X = _features(V, sig)  # unit vectors beside the signatures
     np.testing.assert_allclose(X[:, :dim], V / np.linalg.norm(V, axis=1, keepdims=True), rtol=1e-5)
-    ref = LogisticRegression(C=_COLOUR_C, max_iter=1000, random_state=0).fit(X[1:], y[1:])
+    ref = LogisticRegression(C=_COLOUR_C, tol=_COLOUR_TOL, max_iter=1000, random_state=0).fit(X[1:], y[1:])
     np.testing.assert_allclose(cm.proba(V, sig), ref.predict_proba(X), atol=2e-4)
     assert cm.fitted_on == n - 1
 
