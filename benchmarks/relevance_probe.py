@@ -39,7 +39,10 @@ bytes per image, extrapolated to 200k and 1M images (see :func:`cost_part`).
 ``--parts colour`` (fashion-dev, ``baseColour``): same-type precision@10 and same-type-and-same-
 colour precision@10 of colour re-ranking rules over the default's top 50; tuned on half of the
 queries (seeded split), reported on the other half; the other two domains' mAP@10 cost of the
-chosen rule.  ``--parts shelf``: shelf photo -> studio catalogue (see :func:`shelf_protocol`).
+chosen rule.  ``--parts colour-labels`` (fashion-dev): the same with the shop's own colour names
+(:func:`colour_labels_part`: the library's learned colour, richer colour descriptors, and the
+query's true colour as an oracle).  ``--parts shelf``: shelf photo -> studio catalogue (see
+:func:`shelf_protocol`).
 
 Costs are measured in the same run: ms/query of each ranking (numpy, one process, the exact scan
 included), the extra work of the re-ranking stage alone, offline build seconds, bytes per image.
@@ -911,6 +914,98 @@ def colour_table(rec: dict[str, Any]) -> list[str]:
 
 
 # ====================================================================== (e) shelf photo -> studio catalogue
+def colour_labels_part(
+    doms: list[dd.Domain], work: Path, probe_work: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Colour from the catalogue's own labels, and the limit of any colour rule (fashion-dev, LOO).
+
+    Every image is an LOO query over the plain-cosine top 50; a candidate's colour is its
+    ``baseColour`` label (the shop's own names), the query's colour a probability over the names:
+    the library's classifier (``_colourlabels.fit_colour_model``: unit CNN vector + colour signature,
+    logistic regression), cross-fitted over 5 seeded folds so that no query's own label is learned
+    from, with extra descriptors (the 12 colour names, a 4x4 grid of colour means and spreads) as
+    probes; or the query's true label (an oracle: the best any colour predictor could do with this
+    rule).  Rule ``cos + w p(query's colour = the candidate's label)``; for each, the best
+    same-type-and-same-colour P@10 with same-type P@10 within 0.01 of the default on the report
+    half (the seeded half of ``colour_part``), the weight read on a fine grid of that half."""
+    import csv
+
+    from varsitysrch._colourlabels import fit_colour_model
+
+    by = {d.name: d for d in doms}
+    if "fashion-dev" not in by:
+        raise UsageError("--parts colour-labels needs the fashion-dev domain (its baseColour labels)")
+    dom = by["fashion-dev"]
+    with open(dom.root / "manifest.csv", encoding="utf-8", newline="") as f:
+        colour_of = {r["path"]: r.get("baseColour", "") for r in csv.DictReader(f)}
+    names, cy = np.unique([colour_of[i] for i in dom.ids], return_inverse=True)
+    ty = dom.labels
+    X = load_vectors(work, dom)
+    lib = load_colour(work, dom)
+    if lib is None:
+        raise UsageError(f"the {dom.name} store has no colour signatures")
+    n = len(X)
+    rows, sims = topk(X, X, COLOUR_POOL_N, np.arange(n))
+    half = np.random.default_rng([0, 7]).permutation(n) < n // 2  # colour_part's tune (True) / report
+    folds = np.random.default_rng(1).integers(0, 5, n)
+    imgs = decode_small(dom, probe_work, log)
+    g = imgs.reshape(n, 4, 16, 4, 16, 3).astype(np.float32) / 255
+    grid = np.concatenate([g.mean((2, 4)).reshape(n, -1), g.std((2, 4)).reshape(n, -1)], 1)
+    grid = (grid - grid.mean(0)) / (grid.std(0) + 1e-6) * 0.05
+    extras = {
+        "vector + signature (the library's)": None,
+        "+ 12 colour names": np.sqrt(name_histograms(imgs)),
+        "+ 4x4 grid of colour means and spreads": grid,
+    }
+    st0, sc0 = _p10(rows, ty, cy)
+    rec: dict[str, Any] = {"default_st": float(st0[~half].mean()), "default_stsc": float(sc0[~half].mean())}
+    rec["rows"] = []
+
+    def frontier(label: str, P: np.ndarray, extra: dict[str, Any]) -> None:
+        pc = P[np.arange(n)[:, None], cy[rows]]
+        best = None
+        for w in np.arange(0.005, 0.3001, 0.005):
+            order = np.take_along_axis(rows, np.argsort(-(sims + w * pc), 1, kind="stable"), 1)
+            st, sc = _p10(order, ty, cy)
+            if st[~half].mean() >= st0[~half].mean() - 0.01 and (best is None or sc[~half].mean() > best[1]):
+                best = (float(w), float(sc[~half].mean()), float(st[~half].mean() - st0[~half].mean()))
+        assert best is not None
+        rec["rows"].append({"query colour": label, "w": best[0], "stsc": best[1], "d_st": best[2], **extra})
+        log(f"  colour labels {label}: w={best[0]:.3f} STSC {best[1]:.4f} (ST {best[2]:+.4f}) {extra}")
+
+    for label, extra in extras.items():
+        P = np.zeros((n, len(names)), np.float32)
+        t0 = time.perf_counter()
+        for fold in range(5):
+            a = folds != fold
+            Xa = X if extra is None else np.concatenate([X, extra], 1)
+            cm = fit_colour_model(Xa[a], lib[a], [str(c) for c in names[cy[a]]], "baseColour")
+            col = {c: i for i, c in enumerate(names)}
+            P[np.ix_(~a, [col[c] for c in cm.names])] = cm.proba(Xa[~a], lib[~a])
+        acc = float((P.argmax(1) == cy).mean())
+        frontier(label, P, {"accuracy": acc, "fit_s": (time.perf_counter() - t0) / 5})
+    frontier("the true label (oracle)", np.eye(len(names), dtype=np.float32)[cy], {"accuracy": 1.0})
+    return rec
+
+
+def colour_labels_table(rec: dict[str, Any]) -> list[str]:
+    out = [
+        f"fashion-dev LOO, plain cosine top {COLOUR_POOL_N}, report half: default same-type P@10 "
+        f"{rec['default_st']:.4f}, same type + colour {rec['default_stsc']:.4f}; rule cos + w p(colour = "
+        "label), the best within 0.01 of same type",
+        "",
+        "| query's colour from | accuracy (5-fold) | fit s | w | same type + colour P@10 | Δ same type |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rec["rows"]:
+        fit = f"{r['fit_s']:.0f}" if "fit_s" in r else "-"
+        out.append(
+            f"| {r['query colour']} | {r['accuracy']:.3f} | {fit} | {r['w']:.3f} | {r['stsc']:.4f} "
+            f"| {r['d_st']:+.4f} |"
+        )
+    return out
+
+
 def shelf_queries(
     fashion: dd.Domain, grocery: dd.Domain, probe_work: Path, n: int, log: Callable[[str], None]
 ) -> tuple[Path, np.ndarray]:
@@ -1209,6 +1304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "colour" in parts:
             record["colour"] = colour_part(doms, work, probe_work, log)
             out += ["", *colour_table(record["colour"])]
+        if "colour-labels" in parts:
+            record["colour_labels"] = colour_labels_part(doms, work, probe_work, log)
+            out += ["", *colour_labels_table(record["colour_labels"])]
         if "shelf" in parts:
             record["shelf"] = shelf_part(doms, work, probe_work, log)
             out += ["", *shelf_table(record["shelf"])]
