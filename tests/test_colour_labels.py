@@ -300,3 +300,51 @@ def test_the_service_says_and_searches_as_the_library(shop: dict[str, Path], tmp
         )
         assert r.status_code == 200, r.text
         assert [h["image"] for h in r.json()["hits"]] == lib
+
+
+def test_a_store_without_colour_rows_is_refused_naming_the_parameter(tmp_path: Path) -> None:
+    from varsitysrch import FeatureStoreError
+    from varsitysrch._store import FeatureStore
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    ids = [f"p/{i:02d}.jpg" for i in range(30)]
+    FeatureStore.write(tmp_path / "f", ids, X, {"name": "test", "dim": 16})  # vectors only
+    attrs = {i: {"colour": "red" if j % 2 else "blue"} for j, i in enumerate(ids)}
+    with pytest.raises(
+        FeatureStoreError, match="colour_labels='colour' needs the catalogue's colour signatures"
+    ):
+        train_clusters(
+            tmp_path / "f",
+            tmp_path / "m.vsm",
+            tmp_path / "m.csv",
+            3,
+            attributes=attrs,
+            colour_labels="colour",
+        )
+    assert not (tmp_path / "m.vsm").exists()
+
+
+def test_an_update_with_a_table_without_the_column_predicts_every_colour(
+    shop: dict[str, Path], tmp_path: Path
+) -> None:
+    feats, model, csv_file = tmp_path / "features", tmp_path / "m.vsm", tmp_path / "m.csv"
+    shutil.copytree(shop["features"], feats)
+    shutil.copyfile(shop["model"], model)
+    shutil.copyfile(shop["tmp"] / "m.csv", csv_file)
+    other = tmp_path / "other.csv"
+    with open(shop["attrs"], encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(other, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "price"])
+        w.writerows([r["image"], r["price"]] for r in rows)
+    update_catalogue(shop["root"], feats, model, csv_file, attributes=other, show_progress=False)
+    s = Searcher(model)
+    assert s._colour_model is not None and s.attributes is not None and "colour" not in s.attributes.names
+    assert (label_codes(s._colour_model, s.attributes, len(s.ids)) == -1).all()
+    # every colour predicted: the red-looking catalogue images first (the one the shop called blue too)
+    red = {i for i in s.ids if "/red_" in i}
+    hits = s.search(shop["queries"] / "red.png", len(red), rerank="none", colour_weight=1.0)
+    assert {h.image for h in hits} == red
