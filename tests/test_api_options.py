@@ -58,6 +58,7 @@ BAD: list[tuple[type, str, list[Any]]] = [
     (TrainOptions, "n_components", [0, 1.5, True]),
     (TrainOptions, "n_init", [0, -3, 2.5]),
     (TrainOptions, "backend", ["torch", None]),
+    (TrainOptions, "colour_labels", ["", " ", 3, True]),
     (TrainOptions, "max_samples", [0, 1.5]),
     (TrainOptions, "random_state", [-1, 1.5, None]),
     (TrainOptions, "ivf", [1, "yes"]),
