@@ -12,8 +12,8 @@ bootstrap 95 % intervals (2,000 resamples) against the default (colour off).
 
 Rows:
 * ``default``: today's defaults, colour off;
-* ``signature``: "match colour" on a model without colour names (the colour signatures' cosine,
-  ``colour_weight`` 0.15, the switch's weight);
+* ``signature``: "match colour" on a model without colour names (the colour signatures' cosine),
+  at each ``--signature-weights`` value (default 0.15, the switch's weight);
 * ``learned``: a model trained with ``attributes=`` + ``colour_labels="baseColour"`` (the
   classifier learned from the catalogue's labels), at each ``--weights`` value; the row at 0.15
   is what the switch gives.
@@ -51,6 +51,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="folder holding fashion-dev/ (or $VARSITYSRCH_DEV_DATA)")
     p.add_argument("--work", default=None, help="dev_domains.py's cache (default: its default)")
     p.add_argument("--weights", default="0.05,0.1,0.15,0.2,0.3,0.5", help="learned colour_weight values")
+    p.add_argument(
+        "--signature-weights",
+        default="0.15",
+        help="colour_weight values by the signatures (0.15: the switch)",
+    )
     p.add_argument("--limit", type=int, default=None, help="queries (default: every held-out image)")
     p.add_argument("--out", default=None, help="write the record as JSON here")
     return p.parse_args(argv)
@@ -124,7 +129,9 @@ def run(a: argparse.Namespace, data: Path) -> int:
         f"classifier: {len(cm.names)} names, fitted on {cm.fitted_on:,} in {cm.seconds:.1f}s "
         f"(train_clusters {train_s:.1f}s)"
     )
-    settings: list[tuple[str, Any, float]] = [("default", base, 0.0), ("signature", base, MATCH)]
+    sig_weights = [float(w) for w in a.signature_weights.split(",") if w.strip()]
+    settings: list[tuple[str, Any, float]] = [("default", base, 0.0)]
+    settings += [(f"signature w={w:g}", base, w) for w in sig_weights]
     settings += [(f"learned w={w:g}", lrn, w) for w in weights]
     st = {name: np.zeros(len(queries)) for name, _, _ in settings}
     sc = {name: np.zeros(len(queries)) for name, _, _ in settings}
