@@ -567,7 +567,8 @@ def extract_features(
               or a cluster object (``LocalCluster``, dask-kubernetes, dask-jobqueue,
               ``SSHCluster``); ``None`` uses the current default client.
         extractor: ``"efficientnet-lite0"`` (default), ``"efficientnet-lite1"``,
-            ``"efficientnet-lite2"`` (opt-in, the ``backbones`` extra), ``"mobilenet-v2"``,
+            ``"efficientnet-lite2"``, ``"ensemble-lite0-lite2"`` (both networks in one graph,
+            2560-d; opt-in, the ``backbones`` extra), ``"mobilenet-v2"``,
             ``"vgg16-block5pool"``, ``"onnx:PATH"`` or an :class:`Extractor`; extractor options
             such as ``pooling="rmac"`` (regional maxima, opt-in) or ``quantized=True`` as keywords.
         show_progress: a progress bar (when stderr is a terminal) and the one-line summary

@@ -458,8 +458,8 @@ def extract(
     extractor: Annotated[
         str,
         typer.Option(
-            help="efficientnet-lite0, efficientnet-lite1 or -lite2 (extra backbones), mobilenet-v2, "
-            "vgg16-block5pool or onnx:PATH."
+            help="efficientnet-lite0, efficientnet-lite1 or -lite2 (extra backbones), ensemble-lite0-lite2 "
+            "(both networks; extra backbones), mobilenet-v2, vgg16-block5pool or onnx:PATH."
         ),
     ] = "efficientnet-lite0",
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 8,
