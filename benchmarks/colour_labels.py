@@ -22,6 +22,10 @@ Metrics per query: same-type P@10 (the hit's article type is the query's) and sa
 same-colour P@10 (type and ``baseColour`` both).  Costs, same run: the classifier's fit seconds
 and bytes in the model, ms per query of each setting.
 
+It uses internals (``_pipeline.embed_query`` and ``run_search``, ``Searcher._colour_model``): the
+public searches embed a photo on every call, and this embeds each query photo once and searches it
+with every setting (``varsitysrch eval`` measures the same way).
+
     python benchmarks/colour_labels.py --data ../shared/data
 """
 
@@ -40,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchdata
 import dev_domains as dd
 
 DOMAIN = "fashion-dev"
@@ -47,8 +52,8 @@ MATCH = 0.15  # _colour.MATCH_COLOUR_WEIGHT, the switch's weight (checked in mai
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=None, help="folder holding fashion-dev/ (or $VARSITYSRCH_DEV_DATA)")
+    p = argparse.ArgumentParser(prog="colour_labels.py", description=__doc__.split("\n\n")[0])
+    benchdata.add_data_argument(p, (DOMAIN,))
     p.add_argument("--work", default=None, help="dev_domains.py's cache (default: its default)")
     p.add_argument("--weights", default="0.05,0.1,0.15,0.2,0.3,0.5", help="learned colour_weight values")
     p.add_argument(
@@ -62,21 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
-
     a = parse_args(argv)
-    data = a.data or os.environ.get("VARSITYSRCH_DEV_DATA")
-    if not data:
-        print(
-            "error: --data (or VARSITYSRCH_DEV_DATA) must name the folder holding fashion-dev/",
-            file=sys.stderr,
-        )
-        return 2
+    data = benchdata.data_root("colour_labels.py", a.data, (DOMAIN,))
     try:
-        return run(a, Path(data))
+        return run(a, data)
     except dd.UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        benchdata.fail("colour_labels.py", str(exc))
 
 
 def run(a: argparse.Namespace, data: Path) -> int:

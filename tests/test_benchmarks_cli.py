@@ -28,6 +28,7 @@ NEEDS_DATA = {
     "bench_int8.py",
     "bench_report.py",
     "bench_update.py",
+    "colour_labels.py",
     "dev_domains.py",
     "eval_clothing.py",
     "eval_contract.py",
