@@ -342,10 +342,12 @@ def latency(
                 rows.append(r)
             del s
     what = "rerank_graph=True" if graph else "the default, with the graph"
+    took = f"{train_s:.1f} s"
     if trained and graph:
         what += f", trained before ({model}), not again"
+        took = "(timed when it was trained)"
     print(
-        f"n={n:,} k={k}: train_clusters ({what}) {train_s:.1f} s, of which the graph "
+        f"n={n:,} k={k}: train_clusters ({what}) {took}, of which the graph "
         f"({record.get('built')}) {record.get('seconds')} s; "
         f"{record.get('bytes_per_image')} bytes per image; "
         f"Searcher load {', '.join(f'{x:.1f}' for x in load_s)} s",
