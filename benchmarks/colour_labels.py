@@ -14,6 +14,8 @@ Rows:
 * ``default``: today's defaults, colour off;
 * ``signature``: "match colour" on a model without colour names (the colour signatures' cosine),
   at each ``--signature-weights`` value (default 0.15, the switch's weight);
+* ``oracle`` (``--oracle-weights``): the learned model told each query photo's true colour, a
+  ceiling for any colour predictor with this rule;
 * ``learned``: a model trained with ``attributes=`` + ``colour_labels="baseColour"`` (the
   classifier learned from the catalogue's labels), at each ``--weights`` value; the row at 0.15
   is what the switch gives.
@@ -60,6 +62,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--signature-weights",
         default="0.15",
         help="colour_weight values by the signatures (0.15: the switch)",
+    )
+    p.add_argument(
+        "--oracle-weights",
+        default="",
+        help="colour_weight values of a ceiling: the learned model told each query photo's true colour",
     )
     p.add_argument("--limit", type=int, default=None, help="queries (default: every held-out image)")
     p.add_argument("--out", default=None, help="write the record as JSON here")
@@ -129,6 +136,12 @@ def run(a: argparse.Namespace, data: Path) -> int:
     settings: list[tuple[str, Any, float]] = [("default", base, 0.0)]
     settings += [(f"signature w={w:g}", base, w) for w in sig_weights]
     settings += [(f"learned w={w:g}", lrn, w) for w in weights]
+    oracle_weights = [float(w) for w in a.oracle_weights.split(",") if w.strip()]
+    told = _Told(cm)
+    if oracle_weights:  # a ceiling, not a setting: the query's colour probabilities are its true colour
+        orc = Searcher(learned, learned.with_suffix(".csv"), features_folder=built.store)
+        orc._colour_model = told
+        settings += [(f"oracle w={w:g}", orc, w) for w in oracle_weights]
     st = {name: np.zeros(len(queries)) for name, _, _ in settings}
     sc = {name: np.zeros(len(queries)) for name, _, _ in settings}
     ms = {name: 0.0 for name, _, _ in settings}
@@ -139,6 +152,7 @@ def run(a: argparse.Namespace, data: Path) -> int:
         eq = embed_query(base, path, "auto", colour=True)  # the same photo, decoded once
         t_embed += time.perf_counter() - t
         qt, qc = int(dom.labels[r]), colour_of[dom.ids[r]]
+        told.colour = qc
         for name, s, w in settings:
             t = time.perf_counter()
             res = run_search(
@@ -193,6 +207,20 @@ def run(a: argparse.Namespace, data: Path) -> int:
     if a.out:
         Path(a.out).write_text(json.dumps(rec, indent=1))
     return 0
+
+
+class _Told:
+    """The learned colour model, but told the query photo's true colour (``colour``): its colour
+    probabilities are that name's one-hot row (a ceiling for any colour predictor with this rule)."""
+
+    def __init__(self, cm: Any) -> None:
+        self.names, self.scale, self.dim, self.colour = cm.names, cm.scale, cm.dim, ""
+
+    def proba(self, vectors: np.ndarray, signatures: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(np.atleast_2d(vectors)), len(self.names)), np.float32)
+        if self.colour in self.names:
+            out[:, self.names.index(self.colour)] = 1.0
+        return out
 
 
 def _d(d: Sequence[float]) -> str:
