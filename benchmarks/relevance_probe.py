@@ -710,28 +710,36 @@ def _p10(rows: np.ndarray, ty: np.ndarray, cy: np.ndarray) -> tuple[np.ndarray, 
     return st.mean(1), (st & (cy[top] == cy[:, None])).mean(1)
 
 
-def colour_part(
-    doms: list[dd.Domain], work: Path, probe_work: Path, log: Callable[[str], None]
-) -> dict[str, Any]:
+def fashion_colours(
+    doms: list[dd.Domain], work: Path, part: str
+) -> tuple[dd.Domain, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """fashion-dev (refused in words without it): ``(domain, colour names, each image's colour
+    code, its vectors, its colour signatures)``, rows in manifest order."""
     import csv
 
     by = {d.name: d for d in doms}
     if "fashion-dev" not in by:
-        raise UsageError("--parts colour needs the fashion-dev domain (its baseColour labels)")
+        raise UsageError(f"--parts {part} needs the fashion-dev domain (its baseColour labels)")
     dom = by["fashion-dev"]
     with open(dom.root / "manifest.csv", encoding="utf-8", newline="") as f:
         colour_of = {r["path"]: r.get("baseColour", "") for r in csv.DictReader(f)}
-    _, cy = np.unique([colour_of[i] for i in dom.ids], return_inverse=True)
+    names, cy = np.unique([colour_of[i] for i in dom.ids], return_inverse=True)
+    lib = load_colour(work, dom)
+    if lib is None:
+        raise UsageError(f"the {dom.name} store has no colour signatures")
+    return dom, names, cy, load_vectors(work, dom), lib
+
+
+def colour_part(
+    doms: list[dd.Domain], work: Path, probe_work: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    dom, _, cy, X, lib = fashion_colours(doms, work, "colour")
     ty = dom.labels
-    X = load_vectors(work, dom)
     space = fit_space(X)
     assert space is not None
     Cs = norm((X - space[0]) @ space[1].T)
     n = len(X)
     rows, sims, _ = rank_default(Cs, Cs, np.arange(n), k=COLOUR_POOL_N)  # every image as an LOO query
-    lib = load_colour(work, dom)
-    if lib is None:
-        raise UsageError(f"the {dom.name} store has no colour signatures")
     t0 = time.perf_counter()
     names = name_histograms(decode_small(dom, probe_work, log))
     names_ms = 1000 * (time.perf_counter() - t0) / n
@@ -928,22 +936,10 @@ def colour_labels_part(
     rule).  Rule ``cos + w p(query's colour = the candidate's label)``; for each, the best
     same-type-and-same-colour P@10 with same-type P@10 within 0.01 of the default on the report
     half (the seeded half of ``colour_part``), the weight read on a fine grid of that half."""
-    import csv
-
     from varsitysrch._colourlabels import fit_colour_model
 
-    by = {d.name: d for d in doms}
-    if "fashion-dev" not in by:
-        raise UsageError("--parts colour-labels needs the fashion-dev domain (its baseColour labels)")
-    dom = by["fashion-dev"]
-    with open(dom.root / "manifest.csv", encoding="utf-8", newline="") as f:
-        colour_of = {r["path"]: r.get("baseColour", "") for r in csv.DictReader(f)}
-    names, cy = np.unique([colour_of[i] for i in dom.ids], return_inverse=True)
+    dom, names, cy, X, lib = fashion_colours(doms, work, "colour-labels")
     ty = dom.labels
-    X = load_vectors(work, dom)
-    lib = load_colour(work, dom)
-    if lib is None:
-        raise UsageError(f"the {dom.name} store has no colour signatures")
     n = len(X)
     rows, sims = topk(X, X, COLOUR_POOL_N, np.arange(n))
     half = np.random.default_rng([0, 7]).permutation(n) < n // 2  # colour_part's tune (True) / report
@@ -973,14 +969,14 @@ def colour_labels_part(
         rec["rows"].append({"query colour": label, "w": best[0], "stsc": best[1], "d_st": best[2], **extra})
         log(f"  colour labels {label}: w={best[0]:.3f} STSC {best[1]:.4f} (ST {best[2]:+.4f}) {extra}")
 
+    col = {c: i for i, c in enumerate(names)}
     for label, extra in extras.items():
         P = np.zeros((n, len(names)), np.float32)
+        Xa = X if extra is None else np.concatenate([X, extra], 1)
         t0 = time.perf_counter()
         for fold in range(5):
             a = folds != fold
-            Xa = X if extra is None else np.concatenate([X, extra], 1)
             cm = fit_colour_model(Xa[a], lib[a], [str(c) for c in names[cy[a]]], "baseColour")
-            col = {c: i for i, c in enumerate(names)}
             P[np.ix_(~a, [col[c] for c in cm.names])] = cm.proba(Xa[~a], lib[~a])
         acc = float((P.argmax(1) == cy).mean())
         frontier(label, P, {"accuracy": acc, "fit_s": (time.perf_counter() - t0) / 5})

@@ -138,7 +138,7 @@ def test_similarity_uses_the_labels_and_predicts_the_unlabelled() -> None:
     )
     q = np.array([0.7, 0.2, 0.1], np.float32)
     V, sig = rng.normal(size=(4, dim)), np.abs(rng.normal(size=(4, SIGNATURE_DIM)))
-    got = cm.similarity(q, np.array([2, -1, 0, -1]), V, sig)
+    got = cm.similarity(q, np.array([2, -1, 0, -1]), lambda i: (V[i], sig[i]))
     p = cm.proba(V, sig)
     np.testing.assert_allclose(got, 0.5 * np.array([0.1, p[1] @ q, 0.7, p[3] @ q]), rtol=1e-5)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,18 +97,22 @@ class ColourModel:
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def similarity(
-        self, query: np.ndarray, codes: np.ndarray, vectors: np.ndarray, signatures: np.ndarray
+        self,
+        query: np.ndarray,
+        codes: np.ndarray,
+        inputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     ) -> np.ndarray:
         """``scale * p(query's colour = each candidate's)``: ``query`` = the query's colour
-        probabilities, ``codes`` = each candidate's colour (row of ``names``; -1: unknown, then
-        its predicted distribution from ``vectors`` / ``signatures``, read only for those)."""
+        probabilities, ``codes`` = each candidate's colour (row of ``names``; -1: unknown, then its
+        predicted distribution from ``inputs(positions)`` = those candidates' vectors and colour
+        signatures, asked for only when some candidate has no colour)."""
         codes = np.asarray(codes, np.int64)
         out = np.empty(len(codes), np.float32)
         known = codes >= 0
         out[known] = query[codes[known]]
         if not known.all():
             unknown = np.flatnonzero(~known)
-            out[unknown] = self.proba(vectors[unknown], signatures[unknown]) @ query
+            out[unknown] = self.proba(*inputs(unknown)) @ query
         return (self.scale * out).astype(np.float32)
 
     # ------------------------------------------------------------------ the model file

@@ -58,7 +58,6 @@ from ._candidates import Scan
 from ._collapse import collapse_rows
 from ._colour import (
     PLAIN_DECODE_SIZE,
-    SIGNATURE_DIM,
     border_share,
     colour_inputs,
     colour_signature,
@@ -422,14 +421,11 @@ def _colour_rerank(
     assert colour is not None
     cm = s._colour_model
     if cm is not None and proba is not None and s._colour_codes is not None:
-        codes = s._colour_codes[rows]
-        unknown = codes < 0  # their own predicted colours (vectors and signatures read for them only)
-        V = np.asarray(s.vectors[rows[unknown]], np.float32) if unknown.any() else np.zeros((0, cm.dim))
-        sig = s._colour_signatures()[rows[unknown]] if unknown.any() else np.zeros((0, SIGNATURE_DIM))
-        similarity = np.empty(len(rows), np.float32)
-        similarity[~unknown] = cm.scale * proba[codes[~unknown]]
-        if unknown.any():
-            similarity[unknown] = cm.scale * (cm.proba(V, sig) @ proba)
+        similarity = cm.similarity(
+            proba,
+            s._colour_codes[rows],
+            lambda i: (np.asarray(s.vectors[rows[i]], np.float32), s._colour_signatures()[rows[i]]),
+        )
     else:
         similarity = s._colour_signatures()[rows] @ colour
     mixed = combine_scores(scores, similarity, w)
